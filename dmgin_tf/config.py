@@ -1,0 +1,318 @@
+"""Typed, validated configuration: one frozen dataclass per concern.
+
+All configs load from one YAML/JSON file with a section per concern::
+
+    data:     {dataset: taobao, max_history: 10000, ...}
+    grouping: {key: cluster, num_groups: 256, ...}
+    model:    {embedding_dim: 16, max_groups: 64, ...}
+    train:    {epochs: 3, batch_size: 1024, ...}
+    pipeline: {...}
+    serving:  {...}
+
+An unknown key or a bad value raises `ConfigError` naming the section, field and value.
+Flags override file values through `apply_overrides({"model.max_groups": 32})`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import typing
+from typing import Any, Mapping, Tuple
+
+
+class ConfigError(ValueError):
+    """A config file or override names an unknown field or carries a bad value."""
+
+
+def _check_type(section: str, field: dataclasses.Field, value: Any) -> Any:
+    """Coerces `value` to the field's declared type or raises ConfigError."""
+    name = f"{section}.{field.name}"
+    tp = field.type if not isinstance(field.type, str) else _resolve(field.type)
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is typing.Union:  # Optional[X]
+        if value is None and type(None) in args:
+            return None
+        tp = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{name}: expected a boolean, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ConfigError(f"{name}: expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"{name}: expected an integer, got {value!r}") from None
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{name}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}: expected a number, got {value!r}") from None
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{name}: expected a string, got {value!r}")
+        return str(value)
+    if origin in (tuple, list):
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name}: expected a list, got {value!r}")
+        inner = args[0] if args else str
+        fake = dataclasses.field()
+        fake.name, fake.type = field.name, inner
+        return tuple(_check_type(section, fake, v) for v in value)
+    return value
+
+
+def _resolve(type_str: str):
+    return eval(type_str, {"typing": typing, "Optional": typing.Optional,  # noqa: S307
+                           "Tuple": typing.Tuple, "tuple": tuple, "list": list,
+                           "int": int, "float": float, "str": str, "bool": bool})
+
+
+class ConfigBase:
+    """Mixin for frozen dataclass configs: dict round trip + validation."""
+
+    SECTION = "config"
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any] | None):
+        values = dict(values or {})
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(fields))
+        if unknown:
+            raise ConfigError(f"{cls.SECTION}: unknown key(s) {unknown}; "
+                              f"known: {sorted(fields)}")
+        kwargs = {k: _check_type(cls.SECTION, fields[k], v) for k, v in values.items()}
+        obj = cls(**kwargs)
+        obj.validate()
+        return obj
+
+    def to_dict(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v)
+                for k, v in dataclasses.asdict(self).items()}
+
+    def replace(self, **changes):
+        merged = self.to_dict()
+        merged.update(changes)
+        return type(self).from_dict(merged)
+
+    def validate(self) -> None:
+        """Subclasses raise ConfigError naming the field on a bad value."""
+
+    def _require(self, cond: bool, field: str, msg: str) -> None:
+        if not cond:
+            raise ConfigError(f"{self.SECTION}.{field}={getattr(self, field)!r}: {msg}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig(ConfigBase):
+    """Which dataset, where, and how examples are built (DESIGN §2, §6)."""
+    SECTION = "data"
+    dataset: str = "taobao"            # taobao | movielens | generic
+    input_path: str = ""               # raw data file/dir; "" = embedded sample
+    max_history: int = 10000           # newest behaviors kept per example
+    min_events_for_test: int = 5       # users with fewer labelled events: train only
+    test_fraction: float = 0.2
+    val_fraction: float = 0.1
+    negatives_per_positive: int = 1    # Taobao: sampled negatives per behavior
+    seed: int = 0
+    max_error_fraction: float = 0.01   # converters fail past this fraction of bad rows
+
+    def validate(self):
+        self._require(self.dataset in ("taobao", "movielens", "generic"), "dataset",
+                      "must be taobao, movielens or generic")
+        self._require(self.max_history >= 1, "max_history", "must be >= 1")
+        self._require(0 < self.test_fraction < 1, "test_fraction", "must be in (0, 1)")
+        self._require(0 <= self.val_fraction < 1, "val_fraction", "must be in [0, 1)")
+        self._require(self.negatives_per_positive >= 0, "negatives_per_positive", "must be >= 0")
+        self._require(0 <= self.max_error_fraction <= 1, "max_error_fraction", "must be in [0, 1]")
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupingConfig(ConfigBase):
+    """How items map to interest groups (DESIGN §1 transform/grouping)."""
+    SECTION = "grouping"
+    key: str = "cluster"              # cluster | item_id | category | random
+    num_groups: int = 256             # K for k-means / random
+    kmeans_iterations: int = 20
+    kmeans_sample_size: int = 10000   # k-means++ init sample
+    embedding_source: str = "encoder"  # encoder | external (precomputed item_id -> vector)
+    external_embeddings: str = ""     # Parquet/TFRecord path when embedding_source=external
+    seed: int = 0
+
+    def validate(self):
+        self._require(self.key in ("cluster", "item_id", "category", "random"), "key",
+                      "must be cluster, item_id, category or random")
+        self._require(self.num_groups >= 1, "num_groups", "must be >= 1")
+        self._require(self.kmeans_iterations >= 1, "kmeans_iterations", "must be >= 1")
+        self._require(self.embedding_source in ("encoder", "external"), "embedding_source",
+                      "must be encoder or external")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig(ConfigBase):
+    """DMGIN / baseline hyperparameters (DESIGN §3)."""
+    SECTION = "model"
+    model: str = "dmgin"              # dmgin | dgin | din | sim | bst | transformer
+    item_vocab_size: int = 0          # filled from the data (ids incl. reserved)
+    group_vocab_size: int = 0
+    num_behavior_types: int = 4       # real types (ids 2..T+1 after reserved)
+    history_length: int = 512         # L of the dense model input
+    max_groups: int = 64              # G
+    max_per_group: int = 16           # M
+    recent_window: int = 50           # DIN / BST window
+    embedding_dim: int = 16
+    num_heads: int = 2
+    intra_layers: int = 1
+    inter_layers: int = 2
+    inter_block: str = "hstu"         # hstu | transformer
+    mlp_units: Tuple[int, ...] = (128, 64)
+    dropout: float = 0.1
+    use_stats: bool = True
+    use_intra: bool = True
+    use_inter: bool = True
+    use_candidate_group: bool = True
+
+    def validate(self):
+        self._require(self.model in ("dmgin", "dgin", "din", "sim", "bst", "transformer"),
+                      "model", "must be one of dmgin, dgin, din, sim, bst, transformer")
+        for f in ("history_length", "max_groups", "max_per_group", "embedding_dim",
+                  "num_heads", "recent_window", "num_behavior_types"):
+            self._require(getattr(self, f) >= 1, f, "must be >= 1")
+        self._require(self.inter_block in ("hstu", "transformer"), "inter_block",
+                      "must be hstu or transformer")
+        self._require(0 <= self.dropout < 1, "dropout", "must be in [0, 1)")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(ConfigBase):
+    """Training loop settings (Adam, lr 1e-3, batch 1024 as in the paper)."""
+    SECTION = "train"
+    backend: str = "tensorflow"       # tensorflow | jax
+    epochs: int = 5
+    batch_size: int = 1024
+    learning_rate: float = 1e-3
+    early_stopping_patience: int = 2
+    mixed_precision: bool = False
+    jit_compile: bool = True
+    seed: int = 0
+    output_dir: str = "runs/train"
+
+    def validate(self):
+        self._require(self.backend in ("tensorflow", "jax"), "backend", "must be tensorflow or jax")
+        self._require(self.epochs >= 1, "epochs", "must be >= 1")
+        self._require(self.batch_size >= 1, "batch_size", "must be >= 1")
+        self._require(self.learning_rate > 0, "learning_rate", "must be > 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class BeamConfig(ConfigBase):
+    """Which Beam runner executes our Beam stages (DESIGN §1)."""
+    SECTION = "beam"
+    runner: str = "direct"            # direct | dask | flink | spark | dataflow
+    direct_num_workers: int = 0       # 0 = one per core (multi_processing)
+    dask_address: str = ""            # tcp://host:port of an existing scheduler
+    dask_local_workers: int = 0       # >0: start a LocalCluster for the run
+    extra_args: Tuple[str, ...] = ()            # pass-through pipeline args
+
+    def validate(self):
+        self._require(self.runner in ("direct", "dask", "flink", "spark", "dataflow"), "runner",
+                      "must be direct, dask, flink, spark or dataflow")
+        self._require(self.dask_local_workers >= 0, "dask_local_workers", "must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig(ConfigBase):
+    """TFX pipeline settings."""
+    SECTION = "pipeline"
+    name: str = "dmgin"
+    root: str = "runs/pipeline"
+    serving_model_dir: str = "runs/serving/dmgin"
+    min_auc: float = 0.5              # absolute Evaluator threshold
+    max_auc_drop: float = 0.0         # vs last blessed model
+
+    def validate(self):
+        self._require(bool(self.name), "name", "must be non-empty")
+        self._require(0 <= self.min_auc <= 1, "min_auc", "must be in [0, 1]")
+
+
+@dataclasses.dataclass(frozen=True)
+class ServingConfig(ConfigBase):
+    """Export and dev-server settings (DESIGN §4)."""
+    SECTION = "serving"
+    model_name: str = "dmgin"
+    batch_buckets: Tuple[int, ...] = (1, 8, 32, 128)
+    max_candidates: int = 1000
+    port: int = 8500
+    metrics_port: int = 8502
+
+    def validate(self):
+        self._require(len(self.batch_buckets) > 0 and all(b >= 1 for b in self.batch_buckets),
+                      "batch_buckets", "must be a non-empty list of positive sizes")
+
+
+SECTIONS = {c.SECTION: c for c in (DataConfig, GroupingConfig, ModelConfig, TrainConfig,
+                                     BeamConfig, PipelineConfig, ServingConfig)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """All sections together."""
+    data: DataConfig = DataConfig()
+    grouping: GroupingConfig = GroupingConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    beam: BeamConfig = BeamConfig()
+    pipeline: PipelineConfig = PipelineConfig()
+    serving: ServingConfig = ServingConfig()
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any] | None) -> "Config":
+        values = dict(values or {})
+        unknown = sorted(set(values) - set(SECTIONS))
+        if unknown:
+            raise ConfigError(f"unknown config section(s) {unknown}; known: {sorted(SECTIONS)}")
+        return cls(**{name: SECTIONS[name].from_dict(values.get(name)) for name in SECTIONS})
+
+    def to_dict(self) -> dict:
+        return {name: getattr(self, name).to_dict() for name in SECTIONS}
+
+    def apply_overrides(self, overrides: Mapping[str, Any]) -> "Config":
+        """Overrides like {"model.max_groups": 32}; None values are ignored."""
+        merged = self.to_dict()
+        for dotted, value in overrides.items():
+            if value is None:
+                continue
+            if "." not in dotted:
+                raise ConfigError(f"override {dotted!r} must be section.field")
+            section, field = dotted.split(".", 1)
+            if section not in merged:
+                raise ConfigError(f"override {dotted!r}: unknown section {section!r}")
+            merged[section][field] = value
+        return Config.from_dict(merged)
+
+
+def load_config(path: str | os.PathLike | None = None,
+                overrides: Mapping[str, Any] | None = None) -> Config:
+    """Loads a YAML/JSON config file (or defaults when `path` is None) and applies overrides."""
+    values: dict = {}
+    if path:
+        text = open(path, encoding="utf-8").read()
+        if str(path).endswith(".json"):
+            values = json.loads(text)
+        else:
+            import yaml
+            values = yaml.safe_load(text) or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections")
+    cfg = Config.from_dict(values)
+    return cfg.apply_overrides(overrides or {})

@@ -1,0 +1,59 @@
+"""Feature keys and the canonical schema, in one place (DESIGN.md §2).
+
+Every module imports these names; no feature-name string literals elsewhere.
+
+Canonical tables (what converters write, Parquet):
+  behaviors: USER_ID str, ITEM_ID str, BEHAVIOR str, TIMESTAMP int64 (Unix seconds)
+  items:     ITEM_ID str, TITLE str, DESCRIPTION str, CATEGORY str, IMAGE bytes|None
+
+Training example (tf.Example / numpy arrays), one per labelled event:
+  USER_ID, ITEM_ID (candidate), CATEGORY (candidate), LABEL, TIMESTAMP (request time),
+  HIST_ITEM_ID, HIST_BEHAVIOR, HIST_TIMESTAMP (lifelong history strictly before TIMESTAMP,
+  oldest first, newest `max_history` kept).
+
+Model inputs (dense int tensors, padding id 0; produced by TFT or the numpy builder):
+  HIST_ITEM [B, L], HIST_GROUP [B, L], HIST_BEHAVIOR_ID [B, L], HIST_TIME [B, L],
+  REQUEST_TIME [B], CAND_ITEM [B], CAND_GROUP [B].
+"""
+
+# --- canonical behavior / item tables -------------------------------------------------
+USER_ID = "user_id"
+ITEM_ID = "item_id"
+BEHAVIOR = "behavior"
+TIMESTAMP = "timestamp"
+
+TITLE = "title"
+DESCRIPTION = "description"
+CATEGORY = "category"
+IMAGE = "image"
+
+BEHAVIOR_COLUMNS = (USER_ID, ITEM_ID, BEHAVIOR, TIMESTAMP)
+ITEM_COLUMNS = (ITEM_ID, TITLE, DESCRIPTION, CATEGORY, IMAGE)
+
+# --- labelled training examples (tf.Example features, string ids) ---------------------
+LABEL = "label"
+HIST_ITEM_ID = "hist_item_id"
+HIST_BEHAVIOR = "hist_behavior"
+HIST_TIMESTAMP = "hist_timestamp"
+
+# --- dense model inputs (int ids after vocabulary / group lookup) ---------------------
+HIST_ITEM = "hist_item"
+HIST_GROUP = "hist_group"
+HIST_BEHAVIOR_ID = "hist_behavior_id"
+HIST_TIME = "hist_time"
+REQUEST_TIME = "request_time"
+CAND_ITEM = "cand_item"
+CAND_GROUP = "cand_group"
+
+MODEL_INPUT_KEYS = (HIST_ITEM, HIST_GROUP, HIST_BEHAVIOR_ID, HIST_TIME,
+                    REQUEST_TIME, CAND_ITEM, CAND_GROUP)
+HISTORY_INPUT_KEYS = (HIST_ITEM, HIST_GROUP, HIST_BEHAVIOR_ID, HIST_TIME)
+
+# --- model outputs / serving -------------------------------------------------------------
+PREDICTION = "ctr"
+USER_STATE = "user_state"
+
+# --- reserved ids ---------------------------------------------------------------------------
+PAD_ID = 0   # padding in every id tensor (items, groups, behaviors)
+OOV_ID = 1   # unknown item / group / behavior after vocabulary lookup
+NUM_RESERVED_IDS = 2  # real ids start at 2
