@@ -126,6 +126,11 @@ class DataConfig(ConfigBase):
     negatives_per_positive: int = 1    # Taobao: sampled negatives per behavior
     seed: int = 0
     max_error_fraction: float = 0.01   # converters fail past this fraction of bad rows
+    # dataset=generic only (taobao/movielens have fixed specs, see data/datasets.py):
+    behavior_types: Tuple[str, ...] = ()      # behavior vocabulary; () = sorted set seen in data
+    labelled_behaviors: Tuple[str, ...] = ()  # behaviors that become examples; () = all
+    positive_behaviors: Tuple[str, ...] = ()  # labelled behaviors with label 1; () = all labelled
+    sample_negatives: bool = False            # sample negatives_per_positive items per event
 
     def validate(self):
         self._require(self.dataset in ("taobao", "movielens", "generic"), "dataset",

@@ -1,0 +1,149 @@
+"""Dataset specs: which behaviors exist, which are labelled, which are positive.
+
+A `DatasetSpec` is the only place that knows what a dataset's behavior strings mean
+(DESIGN.md §6). Example building, batching and the model read behavior ids from it:
+id 0 is padding and behavior type `behavior_types[i]` has id `i + 1`.
+
+    >>> spec = get_spec("movielens")
+    >>> spec.behavior_id("high"), spec.is_positive("high"), spec.is_labelled("tag")
+    (3, True, False)
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterable, Optional, Tuple
+
+from dmgin_tf.config import DataConfig
+from dmgin_tf.errors import DataError
+from dmgin_tf.features import PAD_ID
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    """What the behaviors of one dataset mean for example building.
+
+    Attributes:
+      name: dataset name (taobao | movielens | generic).
+      behavior_types: the behavior vocabulary; type `behavior_types[i]` has id `i + 1`,
+        id 0 is padding.
+      labelled_behaviors: behaviors that become training examples (others are history only).
+      positive_behaviors: labelled behaviors whose example gets label 1 (others label 0).
+      sample_negatives: whether each labelled event also gets sampled negatives (data
+        without impressions, e.g. Taobao).
+      negatives_per_positive: sampled negatives per labelled event when `sample_negatives`.
+    """
+    name: str
+    behavior_types: Tuple[str, ...]
+    labelled_behaviors: Tuple[str, ...]
+    positive_behaviors: Tuple[str, ...]
+    sample_negatives: bool = False
+    negatives_per_positive: int = 0
+
+    def __post_init__(self):
+        if not self.behavior_types:
+            raise DataError(f"dataset {self.name!r}: behavior_types is empty")
+        if len(set(self.behavior_types)) != len(self.behavior_types):
+            raise DataError(f"dataset {self.name!r}: duplicate behavior_types {self.behavior_types}")
+        for field in ("labelled_behaviors", "positive_behaviors"):
+            unknown = [b for b in getattr(self, field) if b not in self.behavior_types]
+            if unknown:
+                raise DataError(f"dataset {self.name!r}: {field} {unknown} not in "
+                                f"behavior_types {list(self.behavior_types)}")
+        if not self.labelled_behaviors:
+            raise DataError(f"dataset {self.name!r}: labelled_behaviors is empty")
+        not_labelled = [b for b in self.positive_behaviors if b not in self.labelled_behaviors]
+        if not_labelled:
+            raise DataError(f"dataset {self.name!r}: positive_behaviors {not_labelled} are not "
+                            f"labelled_behaviors {list(self.labelled_behaviors)}")
+        if self.negatives_per_positive < 0:
+            raise DataError(f"dataset {self.name!r}: negatives_per_positive="
+                            f"{self.negatives_per_positive} must be >= 0")
+        if self.sample_negatives and self.negatives_per_positive < 1:
+            raise DataError(f"dataset {self.name!r}: sample_negatives needs "
+                            f"negatives_per_positive >= 1, got {self.negatives_per_positive}")
+
+    @property
+    def num_behavior_types(self) -> int:
+        """T, the number of real behavior types (ids 1..T; 0 is padding)."""
+        return len(self.behavior_types)
+
+    @property
+    def behavior_vocab_size(self) -> int:
+        """T + 1: size of an embedding table over behavior ids incl. padding."""
+        return len(self.behavior_types) + 1
+
+    def behavior_id(self, behavior: str) -> int:
+        """Id of one behavior string (1..T); DataError naming it when unknown."""
+        try:
+            return self.behavior_types.index(behavior) + 1
+        except ValueError:
+            raise DataError(f"dataset {self.name!r}: unknown behavior {behavior!r}; "
+                            f"known: {list(self.behavior_types)}") from None
+
+    def is_labelled(self, behavior: str) -> bool:
+        return behavior in self.labelled_behaviors
+
+    def is_positive(self, behavior: str) -> bool:
+        return behavior in self.positive_behaviors
+
+    def id_table(self, which: str) -> "list[bool]":
+        """Boolean table indexed by behavior id (0..T) for `labelled` or `positive`."""
+        members = {"labelled": self.labelled_behaviors, "positive": self.positive_behaviors}[which]
+        return [False] + [b in members for b in self.behavior_types]
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DatasetSpec":
+        return cls(name=d["name"], behavior_types=tuple(d["behavior_types"]),
+                   labelled_behaviors=tuple(d["labelled_behaviors"]),
+                   positive_behaviors=tuple(d["positive_behaviors"]),
+                   sample_negatives=bool(d.get("sample_negatives", False)),
+                   negatives_per_positive=int(d.get("negatives_per_positive", 0)))
+
+
+assert PAD_ID == 0  # behavior ids are position + 1 because padding is 0
+
+# Taobao UserBehavior: every behavior is an implicit positive for its item; the log has
+# no impressions, so each gets sampled negatives (DESIGN §6).
+TAOBAO_BEHAVIORS = ("pv", "cart", "fav", "buy")
+# MovieLens: ratings bucketed by value (low <= 2.5, mid 3.0-3.5, high >= 4.0) plus tag
+# applications; ratings are labelled (label = high), tags are history only.
+MOVIELENS_BEHAVIORS = ("low", "mid", "high", "tag")
+
+
+def get_spec(name: str, data_cfg: Optional[DataConfig] = None,
+             observed_behaviors: Optional[Iterable[str]] = None) -> DatasetSpec:
+    """The spec of a dataset by name.
+
+    Args:
+      name: taobao | movielens | generic.
+      data_cfg: `DataConfig`; supplies `negatives_per_positive` and, for `generic`, the
+        behavior vocabulary (`behavior_types`, `labelled_behaviors`, `positive_behaviors`,
+        `sample_negatives`).
+      observed_behaviors: for `generic` without `data.behavior_types`: the behavior strings
+        seen in the data; the vocabulary is their sorted set.
+    """
+    cfg = data_cfg or DataConfig()
+    if name == "taobao":
+        return DatasetSpec("taobao", TAOBAO_BEHAVIORS, TAOBAO_BEHAVIORS, TAOBAO_BEHAVIORS,
+                           sample_negatives=cfg.negatives_per_positive > 0,
+                           negatives_per_positive=cfg.negatives_per_positive)
+    if name == "movielens":
+        return DatasetSpec("movielens", MOVIELENS_BEHAVIORS, ("low", "mid", "high"), ("high",),
+                           sample_negatives=False, negatives_per_positive=0)
+    if name == "generic":
+        types = tuple(getattr(cfg, "behavior_types", ()) or ())
+        if not types:
+            if observed_behaviors is None:
+                raise DataError("dataset 'generic': set data.behavior_types or pass the "
+                                "behaviors observed in the data")
+            types = tuple(sorted({str(b) for b in observed_behaviors}))
+        labelled = tuple(getattr(cfg, "labelled_behaviors", ()) or ()) or types
+        positive = tuple(getattr(cfg, "positive_behaviors", ()) or ()) or labelled
+        sample = bool(getattr(cfg, "sample_negatives", False)) and cfg.negatives_per_positive > 0
+        return DatasetSpec("generic", types, labelled, positive, sample_negatives=sample,
+                           negatives_per_positive=cfg.negatives_per_positive if sample else 0)
+    raise DataError(f"unknown dataset {name!r}; known: taobao, movielens, generic")
