@@ -27,9 +27,13 @@ BEHAVIORS_SCHEMA = pa.schema([(USER_ID, pa.string()), (ITEM_ID, pa.string()),
 ITEMS_SCHEMA = pa.schema([(ITEM_ID, pa.string()), (TITLE, pa.string()), (DESCRIPTION, pa.string()),
                           (CATEGORY, pa.string()), (IMAGE, pa.binary())])
 
-# Private provenance columns of the spill file: which input file and line a row came from.
-_FILE, _LINE = "_file", "_line"
-_SPILL_SCHEMA = BEHAVIORS_SCHEMA.append(pa.field(_FILE, pa.int32())).append(pa.field(_LINE, pa.int64()))
+# Private columns of the spill file: which input file and line a row came from, and the
+# raw detail the canonical row drops (MovieLens rating value, tag text) - two rows are
+# exact duplicates only when that detail matches too (one user may apply several tags
+# to one movie in the same second).
+_FILE, _LINE, _DETAIL = "_file", "_line", "_detail"
+_SPILL_SCHEMA = pa.schema(list(BEHAVIORS_SCHEMA) + [pa.field(_FILE, pa.int32()), pa.field(_LINE, pa.int64()),
+                                                    pa.field(_DETAIL, pa.string())])
 
 
 class BehaviorSink:
@@ -51,8 +55,9 @@ class BehaviorSink:
         self.rows = 0
 
     def add(self, user_id: str, item_id: str, behavior: str, timestamp: int,
-            file_index: int, line: int) -> None:
-        for col, v in zip(self._cols, (user_id, item_id, behavior, timestamp, file_index, line)):
+            file_index: int, line: int, detail: str = "") -> None:
+        """One validated row; `detail` = raw information the canonical row drops."""
+        for col, v in zip(self._cols, (user_id, item_id, behavior, timestamp, file_index, line, detail)):
             col.append(v)
         self.rows += 1
         if len(self._cols[0]) >= self.chunk_rows:
@@ -112,7 +117,7 @@ class BehaviorSink:
         pos = np.flatnonzero(in_run)
         sub = table.take(pa.array(pos)).to_pandas()
         sub["_pos"] = pos
-        key = [USER_ID, ITEM_ID, BEHAVIOR, TIMESTAMP]
+        key = [USER_ID, ITEM_ID, BEHAVIOR, TIMESTAMP, _DETAIL]
         dup = sub.duplicated(subset=key, keep="first")  # first = earliest file:line
         if not dup.any():
             return None
@@ -127,7 +132,7 @@ class BehaviorSink:
             of, ol = first[k]
             report.bad(self.files[int(f)], int(l), "duplicate_row",
                        f"exact duplicate of {self.files[int(of)].path}:{int(ol)}",
-                       ",".join(str(v) for v in k))
+                       ",".join(str(v) for v in k if v != ""))
         return keep
 
 
