@@ -502,3 +502,34 @@ def _percentiles(es: ExampleSet) -> dict:
 
 
 assert NUM_RESERVED_IDS == 2
+
+
+def build_from_canonical(data_dir: Union[str, os.PathLike], output_dir: Union[str, os.PathLike],
+                         data_cfg: Optional[DataConfig] = None, *, grouping_key: str = "item_id",
+                         group_table=None, num_groups: int = 0, grouping_seed: int = 0,
+                         progress: bool = True) -> ExampleSet:
+    """Converted data directory -> ExampleSet + item index written to `output_dir`.
+
+    Reads `behaviors.parquet` and `items.parquet` (converter output, docs/internals.md),
+    builds the `ItemIndex` for `grouping_key` and the examples for `data_cfg.dataset`,
+    and writes `examples.npz`, `examples.json` and `item_index.parquet`.
+    """
+    import pandas as pd
+    from dmgin_tf.data.converters.tables import BEHAVIORS_FILE, ITEMS_FILE
+    from dmgin_tf.data.datasets import get_spec
+    cfg = data_cfg or DataConfig()
+    data_dir = os.fspath(data_dir)
+    paths = {name: os.path.join(data_dir, name) for name in (BEHAVIORS_FILE, ITEMS_FILE)}
+    for p in paths.values():
+        if not os.path.exists(p):
+            raise DataError(f"{p} not found: convert the raw data first (`dmgin data convert`)")
+    behaviors = pd.read_parquet(paths[BEHAVIORS_FILE], columns=[USER_ID, ITEM_ID, BEHAVIOR, TIMESTAMP])
+    items = pd.read_parquet(paths[ITEMS_FILE])
+    spec = get_spec(cfg.dataset, cfg, observed_behaviors=behaviors[BEHAVIOR].unique())
+    index = ItemIndex.build(items, grouping_key, num_groups=num_groups, seed=grouping_seed,
+                            group_table=group_table)
+    es = build_example_set(behaviors, items, spec, index, cfg, progress=progress)
+    es.metadata["source"] = os.path.abspath(data_dir)
+    es.save(output_dir)
+    index.save(output_dir)
+    return es
