@@ -211,12 +211,20 @@ class TrainConfig(ConfigBase):
     jit_compile: bool = True
     seed: int = 0
     output_dir: str = "runs/train"
+    distribute: str = "auto"          # auto: several GPUs/devices -> data parallel | off | force
+    steps_per_epoch: int = 0          # 0 = whole train split per epoch (budgeted benchmarks cap it)
+    eval_batch_size: int = 0          # 0 = batch_size
 
     def validate(self):
         self._require(self.backend in ("tensorflow", "jax"), "backend", "must be tensorflow or jax")
         self._require(self.epochs >= 1, "epochs", "must be >= 1")
         self._require(self.batch_size >= 1, "batch_size", "must be >= 1")
         self._require(self.learning_rate > 0, "learning_rate", "must be > 0")
+        self._require(self.early_stopping_patience >= 0, "early_stopping_patience", "must be >= 0")
+        self._require(self.distribute in ("auto", "off", "force"), "distribute",
+                      "must be auto, off or force")
+        self._require(self.steps_per_epoch >= 0, "steps_per_epoch", "must be >= 0")
+        self._require(self.eval_batch_size >= 0, "eval_batch_size", "must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,11 +236,24 @@ class BeamConfig(ConfigBase):
     dask_address: str = ""            # tcp://host:port of an existing scheduler
     dask_local_workers: int = 0       # >0: start a LocalCluster for the run
     extra_args: Tuple[str, ...] = ()            # pass-through pipeline args
+    direct_running_mode: str = "multi_processing"  # multi_processing | multi_threading | in_memory
+    dask_npartitions: int = 0         # Dask bag partitions per Create; 0 = 2 x local workers (or 8)
+    job_endpoint: str = ""            # flink/spark: running Beam job server host:port (PortableRunner)
+    flink_master: str = ""            # flink: host:port of the Flink REST endpoint
+    spark_master: str = ""            # spark: spark://host:port
+    environment_type: str = ""        # portable runners: DOCKER | PROCESS | EXTERNAL | LOOPBACK
 
     def validate(self):
         self._require(self.runner in ("direct", "dask", "flink", "spark", "dataflow"), "runner",
                       "must be direct, dask, flink, spark or dataflow")
         self._require(self.dask_local_workers >= 0, "dask_local_workers", "must be >= 0")
+        self._require(self.direct_num_workers >= 0, "direct_num_workers", "must be >= 0")
+        self._require(self.dask_npartitions >= 0, "dask_npartitions", "must be >= 0")
+        self._require(self.direct_running_mode in ("multi_processing", "multi_threading",
+                                                   "in_memory"), "direct_running_mode",
+                      "must be multi_processing, multi_threading or in_memory")
+        self._require(self.environment_type in ("", "DOCKER", "PROCESS", "EXTERNAL", "LOOPBACK"),
+                      "environment_type", "must be DOCKER, PROCESS, EXTERNAL or LOOPBACK")
 
 
 @dataclasses.dataclass(frozen=True)
