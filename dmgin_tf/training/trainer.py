@@ -1,0 +1,357 @@
+"""`dmgin train`: one Keras 3 training loop for the TensorFlow and JAX backends.
+
+    from dmgin_tf.training import backend
+    backend.select_backend("jax")            # before anything imports keras
+    from dmgin_tf.training.data_source import load_training_data
+    from dmgin_tf.training.trainer import train
+    result = train(cfg, load_training_data(cfg), "runs/dmgin")
+
+The loop (identical on both backends): Adam (lr `train.learning_rate`), binary
+cross-entropy on the `ctr` output, fixed batch size (`train.batch_size`), exact
+validation AUC/GAUC/logloss after every epoch, early stopping on validation AUC with the
+best weights restored, checkpoints, per-epoch logs (TensorBoard on the TF backend;
+history.json/csv always), a training-curve PNG, then AUC/GAUC/logloss of the best model
+on val and test.
+
+Output directory:
+  model.weights.h5   best weights — the one format that moves between backends
+  config.json        the resolved config (vocabulary sizes filled from the data)
+  metrics.json       val/test metrics, best epoch, speed, placement, versions
+  history.json/.csv  per-epoch logs;  training_curve.png
+  checkpoints/       best.weights.h5, last.weights.h5
+  parity_batch.npz   a few test inputs + this backend's predictions (see parity.py)
+  item_index.parquet (when the data has one) and tensorboard/ (TF backend)
+
+Import only after the backend is selected (imports keras).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import random
+import sys
+import time
+from typing import Callable, Dict, List, Optional
+
+import keras
+import numpy as np
+
+from dmgin_tf.config import Config
+from dmgin_tf.errors import DmginError
+from dmgin_tf.features import PREDICTION
+from dmgin_tf.training import callbacks as cb
+from dmgin_tf.training.distribution import make_placement, precision_policy
+from dmgin_tf.training.inputs import Split, cast_for_backend, check_batch
+from dmgin_tf.training.plots import plot_history
+
+WEIGHTS_FILE = "model.weights.h5"
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.json"
+PARITY_FILE = "parity_batch.npz"
+PARITY_EXAMPLES = 256
+
+
+@dataclasses.dataclass
+class TrainingData:
+    """The three splits plus what the model config needs from the data.
+
+    Attributes:
+      train, val, test: `inputs.Split`s.
+      model_overrides: ModelConfig fields fixed by the data (item_vocab_size,
+        group_vocab_size, num_behavior_types).
+      info: facts about the data for metrics.json (dataset, path, counts, grouping key).
+      save_artifacts: optional callable(output_dir) writing data artifacts the model
+        needs at serving time (the item index); returns the written paths.
+    """
+    train: Split
+    val: Split
+    test: Split
+    model_overrides: Dict[str, int] = dataclasses.field(default_factory=dict)
+    info: Dict[str, object] = dataclasses.field(default_factory=dict)
+    save_artifacts: Optional[Callable[[str], List[str]]] = None
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What `train` produced: the trained (best) model, its config, metrics and files."""
+    model: object
+    config: Config
+    metrics: dict
+    history: List[dict]
+    output_dir: str
+
+    @property
+    def weights_path(self) -> str:
+        return os.path.join(self.output_dir, WEIGHTS_FILE)
+
+
+def resolve_config(cfg: Config, data: TrainingData) -> Config:
+    """Fills model fields the data decides: vocabulary sizes (when 0 in the config) and the
+    number of behavior types (always the dataset's)."""
+    changes = {}
+    for field in ("item_vocab_size", "group_vocab_size"):
+        if field in data.model_overrides and not getattr(cfg.model, field):
+            changes[field] = int(data.model_overrides[field])
+    if "num_behavior_types" in data.model_overrides:
+        changes["num_behavior_types"] = int(data.model_overrides["num_behavior_types"])
+    model_cfg = cfg.model.replace(**changes) if changes else cfg.model
+    return dataclasses.replace(cfg, model=model_cfg)
+
+
+def default_model_fn(model_cfg):
+    """`dmgin_tf.models.build_model` (imported lazily: it is another engineer's module)."""
+    from dmgin_tf.models import build_model
+    return build_model(model_cfg)
+
+
+def seed_everything(seed: int) -> None:
+    """Python, numpy and Keras seeds; on JAX without touching TensorFlow.
+
+    `keras.utils.set_random_seed` also seeds TensorFlow whenever it is importable, which
+    would load TensorFlow into the JAX path; there we set Keras' global seed directly.
+    """
+    if keras.backend.backend() == "tensorflow":
+        keras.utils.set_random_seed(int(seed))
+        return
+    random.seed(seed)
+    np.random.seed(seed)
+    from keras.src.backend.common import global_state
+    from keras.src.utils.rng_utils import GLOBAL_RANDOM_SEED
+    global_state.set_global_attribute(GLOBAL_RANDOM_SEED, int(seed))
+
+
+def _model_input_shapes(model) -> Dict[str, tuple]:
+    """Shapes a functional model declares for its named inputs ({} for subclassed models)."""
+    try:
+        inputs = model.inputs
+    except (AttributeError, ValueError):
+        return {}
+    if not inputs:
+        return {}
+    shapes = {}
+    for t in inputs:
+        name = getattr(t, "name", "").split(":")[0]
+        shapes[name] = tuple(t.shape)
+    return shapes
+
+
+def _loss_for(model):
+    """Binary cross-entropy on the `ctr` output (the model may return a dict)."""
+    loss = keras.losses.BinaryCrossentropy()
+    names = list(getattr(model, "output_names", None) or [])
+    if len(names) > 1 and PREDICTION in names:
+        return {PREDICTION: loss}
+    return loss
+
+
+def _versions() -> dict:
+    out = {"python": platform.python_version(), "keras": keras.__version__,
+           "numpy": np.__version__, "machine": platform.machine(),
+           "node": platform.node(), "cpu_count": os.cpu_count()}
+    backend = keras.backend.backend()
+    mod = sys.modules.get(backend)
+    if mod is None:
+        mod = __import__(backend)
+    out[backend] = getattr(mod, "__version__", "?")
+    try:
+        import dmgin_tf
+        out["dmgin_tf"] = dmgin_tf.__version__
+    except Exception:  # noqa: BLE001 - versions are informational
+        pass
+    return out
+
+
+def train(cfg: Config, data: TrainingData, output_dir: str, *,
+          model_fn: Optional[Callable] = None, verbose: int = 1) -> TrainResult:
+    """Trains, selects the best epoch by validation AUC, evaluates, writes `output_dir`.
+
+    Args:
+      cfg: full config; `train.backend` must equal the active Keras backend.
+      data: the splits (`TrainingData`).
+      output_dir: where everything is written (created).
+      model_fn: `ModelConfig -> keras.Model` (inputs: dict of MODEL_INPUT_KEYS, output
+        `ctr` [B]); default `dmgin_tf.models.build_model`.
+      verbose: 0 silent, 1 one line per epoch, 2 also Keras' progress bar.
+
+    Raises:
+      DmginError: backend mismatch, empty train split; DataError on data/config mismatch.
+    """
+    t_start = time.perf_counter()
+    backend = keras.backend.backend()
+    if cfg.train.backend != backend:
+        raise DmginError(f"train.backend={cfg.train.backend!r} but Keras runs the {backend!r} "
+                         f"backend; select it before importing keras (dmgin train --backend ...)")
+    if len(data.train) == 0:
+        raise DmginError("the train split is empty; nothing to train on")
+    cfg = resolve_config(cfg, data)
+    tc = cfg.train
+    model_fn = model_fn or default_model_fn
+    os.makedirs(output_dir, exist_ok=True)
+    ckpt_dir = os.path.join(output_dir, "checkpoints")
+    os.makedirs(ckpt_dir, exist_ok=True)
+
+    # Check the data against the config before spending time on building the model.
+    first = np.arange(min(len(data.train), tc.batch_size))
+    check_batch(data.train.batch(first), cfg.model, where="train batch 0")
+    for name, split in (("val", data.val), ("test", data.test)):
+        if len(split):
+            check_batch(split.batch(np.arange(min(len(split), tc.batch_size))), cfg.model,
+                        where=f"{name} batch 0")
+
+    seed_everything(tc.seed)
+    placement = make_placement(tc.distribute, tc.batch_size)
+    policy = precision_policy(tc.mixed_precision, placement)
+    previous_policy = keras.config.dtype_policy().name
+    keras.config.set_dtype_policy(policy)
+    try:
+        with placement.scope():
+            model = model_fn(cfg.model)
+            check_batch(data.train.batch(first), cfg.model, where="train batch 0",
+                        model_input_shapes=_model_input_shapes(model))
+            model.compile(optimizer=keras.optimizers.Adam(learning_rate=tc.learning_rate),
+                          loss=_loss_for(model), jit_compile=tc.jit_compile)
+            history, callbacks_used = _fit(model, cfg, data, output_dir, ckpt_dir, placement,
+                                           verbose)
+            eval_bs = tc.eval_batch_size or tc.batch_size
+            results = {}
+            for name, split in (("val", data.val), ("test", data.test)):
+                if len(split):
+                    scores = cb.predict_split(model, split, eval_bs, backend)
+                    results[name] = cb.split_metrics(split.labels, scores, split.user_ids)
+            _write_parity_batch(model, data.test if len(data.test) else data.train,
+                                os.path.join(output_dir, PARITY_FILE), backend)
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+
+    model.save_weights(os.path.join(output_dir, WEIGHTS_FILE))
+    with open(os.path.join(output_dir, CONFIG_FILE), "w", encoding="utf-8") as f:
+        json.dump(cfg.to_dict(), f, indent=1, sort_keys=True)
+    artifacts = data.save_artifacts(output_dir) if data.save_artifacts else []
+    curve = plot_history(history, os.path.join(output_dir, "training_curve.png"),
+                         title=f"{cfg.model.model} ({backend})")
+
+    timer, stopper = callbacks_used
+    speeds = [len(data.train) // tc.batch_size * tc.batch_size / s for s in timer.seconds if s > 0]
+    if tc.steps_per_epoch:
+        speeds = [min(tc.steps_per_epoch, max(1, len(data.train) // tc.batch_size)) * tc.batch_size / s
+                  for s in timer.seconds if s > 0]
+    metrics = {
+        "model": cfg.model.model,
+        "backend": backend,
+        "placement": placement.describe(),
+        "precision_policy": policy,
+        "jit_compile": tc.jit_compile,
+        "epochs_run": len(history),
+        "best_epoch": (stopper.best_epoch + 1) if stopper is not None else len(history),
+        "monitor": stopper.monitor if stopper is not None else None,
+        "val": results.get("val"),
+        "test": results.get("test"),
+        "examples": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
+        # The first epoch includes compilation; later epochs give the steady-state rate.
+        "train_examples_per_second": float(np.median(speeds[1:] if len(speeds) > 1 else speeds))
+        if speeds else None,
+        "train_seconds": float(sum(timer.seconds)),
+        "total_seconds": time.perf_counter() - t_start,
+        "data": data.info,
+        "files": sorted(os.listdir(output_dir)) + [os.path.basename(p) for p in artifacts
+                                                    if os.path.dirname(p) != output_dir],
+        "training_curve": os.path.basename(curve) if curve else None,
+        "versions": _versions(),
+    }
+    metrics["files"] = sorted(set(metrics["files"]) | {METRICS_FILE})
+    with open(os.path.join(output_dir, METRICS_FILE), "w", encoding="utf-8") as f:
+        json.dump(metrics, f, indent=1, sort_keys=True, default=str)
+    if verbose:
+        for name in ("val", "test"):
+            m = metrics.get(name)
+            if m:
+                print(f"{name}: auc {m['auc']:.4f}  gauc {_fmt(m.get('gauc'))}  "
+                      f"logloss {m['logloss']:.4f}  (n={m.get('num_examples', '?')})", flush=True)
+        print(f"wrote {output_dir}", flush=True)
+    return TrainResult(model, cfg, metrics, history, output_dir)
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _fit(model, cfg: Config, data: TrainingData, output_dir: str, ckpt_dir: str, placement,
+         verbose: int):
+    """model.fit with our callbacks; returns (history rows, (timer, early stopper))."""
+    tc = cfg.train
+    backend = placement.backend
+    seq = cb.SplitSequence(data.train, tc.batch_size, shuffle=True, seed=tc.seed, backend=backend)
+    steps = min(tc.steps_per_epoch, len(seq)) if tc.steps_per_epoch else None
+    examples_per_epoch = (steps or len(seq)) * tc.batch_size
+    timer = cb.EpochTimer(examples_per_epoch)
+    history_writer = cb.HistoryWriter(output_dir)
+    callbacks = [timer]
+    eval_bs = tc.eval_batch_size or tc.batch_size
+    if len(data.val):
+        callbacks.append(cb.ValidationMetrics(data.val, eval_bs, verbose=1 if verbose else 0))
+        monitor, mode = "val_auc", "max"
+    else:
+        # Without a validation split (tiny data) the best epoch is the lowest train loss.
+        monitor, mode = "loss", "min"
+        if verbose:
+            print("note: empty validation split; early stopping monitors train loss", flush=True)
+    stopper = keras.callbacks.EarlyStopping(monitor=monitor, mode=mode,
+                                            patience=tc.early_stopping_patience,
+                                            restore_best_weights=True, verbose=0)
+    callbacks += [
+        stopper,
+        keras.callbacks.ModelCheckpoint(os.path.join(ckpt_dir, "best.weights.h5"), monitor=monitor,
+                                        mode=mode, save_best_only=True, save_weights_only=True),
+        keras.callbacks.ModelCheckpoint(os.path.join(ckpt_dir, "last.weights.h5"),
+                                        save_weights_only=True),
+        history_writer,
+    ]
+    if backend == "tensorflow":
+        callbacks.append(keras.callbacks.TensorBoard(os.path.join(output_dir, "tensorboard"),
+                                                     write_graph=False, profile_batch=0))
+    model.fit(seq, epochs=tc.epochs, steps_per_epoch=steps, callbacks=callbacks,
+              verbose=2 if verbose >= 2 else 0)
+    return history_writer.rows, (timer, stopper)
+
+
+def _write_parity_batch(model, split: Split, path: str, backend: str) -> None:
+    """Saves up to PARITY_EXAMPLES inputs and this model's predictions on them."""
+    n = min(len(split), PARITY_EXAMPLES)
+    if not n:
+        return
+    inputs = cast_for_backend(split.batch(np.arange(n)), backend)
+    preds = cb._prediction_vector(model.predict_on_batch(inputs))
+    np.savez(path, predictions=preds, backend=np.asarray(backend),
+             **{f"input/{k}": v for k, v in inputs.items()})
+
+
+def load_config_file(run_dir: str) -> Config:
+    """The resolved Config a run wrote (config.json)."""
+    with open(os.path.join(run_dir, CONFIG_FILE), encoding="utf-8") as f:
+        return Config.from_dict(json.load(f))
+
+
+def load_trained_model(run_dir: str, model_fn: Optional[Callable] = None):
+    """Rebuilds a run's model on the active backend and loads its `model.weights.h5`.
+
+    Works across backends: weights written by a JAX run load into the TF-backend model
+    (the path the SavedModel export takes). Returns `(model, config)`.
+    """
+    cfg = load_config_file(run_dir)
+    model = (model_fn or default_model_fn)(cfg.model)
+    _build_with_dummy(model, cfg)
+    model.load_weights(os.path.join(run_dir, WEIGHTS_FILE))
+    return model, cfg
+
+
+def _build_with_dummy(model, cfg: Config) -> None:
+    """Creates the model's variables (subclassed models build on first call)."""
+    if getattr(model, "built", False) and model.weights:
+        return
+    from dmgin_tf.training.inputs import input_spec
+    batch = {}
+    for key, (shape, _) in input_spec(cfg.model).items():
+        batch[key] = np.zeros((2,) + tuple(shape[1:]), dtype=np.int32)
+    model(cast_for_backend(batch, keras.backend.backend()))
