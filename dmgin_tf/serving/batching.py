@@ -1,0 +1,193 @@
+"""Server-side request batching with TF Serving's `BatchingParameters` semantics.
+
+Concurrent requests to the same signature are queued; a batch thread merges them
+along axis 0 into one call of at most `max_batch_size` rows, waiting no longer than
+`batch_timeout_micros` after the oldest queued request; the merged batch is padded
+up to the next `allowed_batch_sizes` entry by repeating its first row (what TF
+Serving's BatchingSession does), run once, and the outputs are split back.
+
+Differences from TF Serving, on purpose and documented in docs/serving.md:
+- only requests whose non-batch dimensions match are merged (TF Serving needs
+  `pad_variable_length_inputs` for that, which we do not implement);
+- a request larger than `max_batch_size` fails with RESOURCE_EXHAUSTED (TF Serving:
+  INVALID_ARGUMENT "Task size ... is larger than maximum input batch size").
+A full queue (`max_enqueued_batches`) fails with UNAVAILABLE, like TF Serving, which
+`dmgin_tf.serving.Client` retries with backoff.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import threading
+import time
+from concurrent.futures import Future
+from typing import Callable, Deque, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import grpc
+import numpy as np
+
+from dmgin_tf.serving.errors import ServingError
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchOptions:
+    """The subset of `BatchingParameters` the dev server honours (defaults = TF Serving's)."""
+    max_batch_size: int = 1000
+    batch_timeout_micros: int = 0
+    max_enqueued_batches: int = 10
+    num_batch_threads: int = 1
+    allowed_batch_sizes: Tuple[int, ...] = ()
+
+    @classmethod
+    def from_proto(cls, p) -> "BatchOptions":
+        """From a `BatchingParameters` message (`dmgin_tf.serving.protos`)."""
+        d = cls()
+        return cls(
+            max_batch_size=p.max_batch_size.value if p.HasField("max_batch_size") else d.max_batch_size,
+            batch_timeout_micros=(p.batch_timeout_micros.value if p.HasField("batch_timeout_micros")
+                                  else d.batch_timeout_micros),
+            max_enqueued_batches=(p.max_enqueued_batches.value if p.HasField("max_enqueued_batches")
+                                  else d.max_enqueued_batches),
+            num_batch_threads=(p.num_batch_threads.value if p.HasField("num_batch_threads")
+                               else d.num_batch_threads),
+            allowed_batch_sizes=tuple(p.allowed_batch_sizes))
+
+    def padded_size(self, n: int) -> int:
+        """Smallest allowed batch size >= n (n itself when no sizes are listed)."""
+        for size in self.allowed_batch_sizes:
+            if size >= n:
+                return size
+        return n
+
+
+@dataclasses.dataclass
+class _Task:
+    inputs: Mapping[str, np.ndarray]
+    size: int
+    key: tuple                      # dtypes + non-batch shapes: tasks merge only if equal
+    enqueued: float
+    future: Future
+
+
+def _merge_key(inputs: Mapping[str, np.ndarray]) -> tuple:
+    return tuple(sorted((k, np.asarray(v).dtype.str, np.shape(v)[1:]) for k, v in inputs.items()))
+
+
+def pad_and_concat(parts: Sequence[Mapping[str, np.ndarray]], target: int) -> Dict[str, np.ndarray]:
+    """Concatenates per-request inputs along axis 0 and pads to `target` rows by
+    repeating row 0 (padding rows are computed and thrown away)."""
+    merged = {k: np.concatenate([np.asarray(p[k]) for p in parts], axis=0) for k in parts[0]}
+    for k, v in merged.items():
+        if v.shape[0] < target:
+            pad = np.repeat(v[:1], target - v.shape[0], axis=0)
+            merged[k] = np.concatenate([v, pad], axis=0)
+    return merged
+
+
+class BatchScheduler:
+    """Batches calls to one `run(inputs) -> outputs` function (one model signature).
+
+    Args:
+      run_fn: runs a merged batch; inputs/outputs are dicts of arrays with a shared
+        leading dimension.
+      options: `BatchOptions`.
+      on_batch: called with (real_rows, padded_rows) after each batch (metrics).
+    """
+
+    def __init__(self, run_fn: Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]],
+                 options: BatchOptions, on_batch: Optional[Callable[[int, int], None]] = None,
+                 name: str = "batch"):
+        self._run = run_fn
+        self.options = options
+        self._on_batch = on_batch or (lambda real, padded: None)
+        self._queue: Deque[_Task] = collections.deque()
+        self._queued_rows = 0
+        self._cond = threading.Condition()
+        self._closed = False
+        self._threads = [threading.Thread(target=self._loop, name=f"{name}-{i}", daemon=True)
+                         for i in range(max(1, options.num_batch_threads))]
+        for t in self._threads:
+            t.start()
+
+    def submit(self, inputs: Mapping[str, np.ndarray], size: int) -> Future:
+        """Queues one request of `size` rows; the future yields its outputs."""
+        opts = self.options
+        if size > opts.max_batch_size:
+            raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                               f"request has {size} rows, more than the server's max_batch_size "
+                               f"{opts.max_batch_size}; split it (Client does this for candidates)")
+        task = _Task(inputs, size, _merge_key(inputs), time.monotonic(), Future())
+        with self._cond:
+            if self._closed:
+                raise ServingError(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
+            queued_batches = -(-(self._queued_rows + size) // opts.max_batch_size)
+            if queued_batches > opts.max_enqueued_batches:
+                raise ServingError(grpc.StatusCode.UNAVAILABLE,
+                                   f"batch queue full ({self._queued_rows} rows queued, "
+                                   f"max_enqueued_batches={opts.max_enqueued_batches}); retry")
+            self._queue.append(task)
+            self._queued_rows += size
+            self._cond.notify_all()
+        return task.future
+
+    def __call__(self, inputs: Mapping[str, np.ndarray], size: int,
+                 timeout_s: Optional[float] = None) -> Mapping[str, np.ndarray]:
+        return self.submit(inputs, size).result(timeout=timeout_s)
+
+    def _take_batch(self) -> Optional[List[_Task]]:
+        """Waits for a batch: full, or the oldest task's timeout expired."""
+        opts = self.options
+        timeout_s = opts.batch_timeout_micros / 1e6
+        with self._cond:
+            while True:
+                if not self._queue:
+                    if self._closed:
+                        return None
+                    self._cond.wait()
+                    continue
+                head = self._queue[0]
+                same = [t for t in self._queue if t.key == head.key]
+                rows, batch = 0, []
+                for t in same:
+                    if rows + t.size > opts.max_batch_size:
+                        break
+                    batch.append(t)
+                    rows += t.size
+                full = rows >= opts.max_batch_size or len(batch) < len(same)
+                remaining = head.enqueued + timeout_s - time.monotonic()
+                if full or remaining <= 0 or self._closed:
+                    for t in batch:
+                        self._queue.remove(t)
+                    self._queued_rows -= rows
+                    return batch
+                self._cond.wait(timeout=remaining)
+
+    def _loop(self) -> None:
+        while True:
+            batch = self._take_batch()
+            if batch is None:
+                return
+            rows = sum(t.size for t in batch)
+            padded = self.options.padded_size(rows)
+            try:
+                if len(batch) == 1 and padded == rows:
+                    outputs = self._run(batch[0].inputs)
+                else:
+                    outputs = self._run(pad_and_concat([t.inputs for t in batch], padded))
+                self._on_batch(rows, padded)
+                start = 0
+                for t in batch:
+                    t.future.set_result({k: v[start:start + t.size] for k, v in outputs.items()})
+                    start += t.size
+            except BaseException as e:  # every waiting request gets the error
+                for t in batch:
+                    if not t.future.done():
+                        t.future.set_exception(e)
+
+    def close(self) -> None:
+        """Finishes queued work, then stops the batch threads."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        for t in self._threads:
+            t.join(timeout=10)

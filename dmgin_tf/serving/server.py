@@ -1,0 +1,258 @@
+"""Development gRPC server speaking TF Serving's API — a stand-in, not a replacement.
+
+Production serving is the official `tensorflow/serving` image with `serving_configs/`.
+This server exists so tests, the README demo and benchmarks can run where no TF
+Serving binary can be installed. It implements, over the official protos/stubs of
+`tensorflow-serving-api`:
+
+- `PredictionService.Predict` (model name / version / version_label, signature_name,
+  output_filter) and `PredictionService.GetModelMetadata` (`signature_def`);
+- `ModelService.GetModelStatus`;
+
+and reads the same `--model_config_file` (ModelServerConfig) and base-path layout,
+polls for new versions and unloads old ones per version policy without dropping
+in-flight requests (`model_registry`), batches requests with the parameters of a
+`--batching_parameters_file` (`batching`), limits message size and concurrent RPCs,
+shuts down gracefully and exports Prometheus metrics (`metrics`).
+
+Example::
+
+    server = DevServer(read_model_server_config("serving_configs/models.config"), port=0)
+    port = server.start()
+    ...
+    server.stop()
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent import futures
+from typing import Dict, Mapping, Optional
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,
+                                     model_service_pb2_grpc, predict_pb2,
+                                     prediction_service_pb2_grpc)
+
+from dmgin_tf.serving import model_registry as mr
+from dmgin_tf.serving.batching import BatchOptions, BatchScheduler
+from dmgin_tf.serving.errors import ServingError
+from dmgin_tf.serving.metrics import DEFAULT_PATH, MetricsHttpServer, ServingMetrics
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+def _tensor_to_array(name: str, proto) -> np.ndarray:
+    try:
+        return tf.make_ndarray(proto)
+    except Exception as e:  # wrong content size for the shape, bad dtype enum, ...
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"input {name!r}: malformed TensorProto: {e}") from None
+
+
+def _proto_dtype(name: str, proto) -> tf.DType:
+    try:
+        return tf.as_dtype(proto.dtype)
+    except TypeError:
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"input {name!r}: unknown dtype enum {proto.dtype}") from None
+
+
+class _PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
+    def __init__(self, server: "DevServer"):
+        self._s = server
+
+    def Predict(self, request, context):
+        s = self._s
+        spec = request.model_spec
+        signature = spec.signature_name or "serving_default"
+        start = time.perf_counter()
+        s.metrics.inflight.inc()
+        try:
+            version = spec.version.value if spec.HasField("version") else None
+            with s.registry.acquire(spec.name, version, spec.version_label or None) as servable:
+                runner = servable.signature(signature)
+                runner.check_dtypes({k: _proto_dtype(k, t) for k, t in request.inputs.items()})
+                inputs = {k: _tensor_to_array(k, t) for k, t in request.inputs.items()}
+                runner.check_shapes(inputs)
+                outputs = s._execute(servable, runner, inputs, context)
+                wanted = list(request.output_filter) or sorted(outputs)
+                unknown = sorted(set(wanted) - set(outputs))
+                if unknown:
+                    raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                                       f"output_filter names unknown output(s) {unknown}; "
+                                       f"outputs: {sorted(outputs)}")
+                response = predict_pb2.PredictResponse()
+                response.model_spec.name = spec.name
+                response.model_spec.version.value = servable.version
+                response.model_spec.signature_name = signature
+                for k in wanted:
+                    response.outputs[k].CopyFrom(tf.make_tensor_proto(outputs[k]))
+        except ServingError as e:
+            s._count("Predict", spec.name, signature, e.code)
+            context.abort(e.code, e.message)
+        finally:
+            s.metrics.inflight.dec()
+        s.metrics.latency.labels(spec.name, signature).observe(time.perf_counter() - start)
+        s._count("Predict", spec.name, signature, grpc.StatusCode.OK)
+        return response
+
+    def GetModelMetadata(self, request, context):
+        s = self._s
+        spec = request.model_spec
+        try:
+            fields = list(request.metadata_field)
+            if fields != ["signature_def"]:
+                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   f"metadata_field must be ['signature_def'], got {fields}")
+            version = spec.version.value if spec.HasField("version") else None
+            with s.registry.acquire(spec.name, version, spec.version_label or None) as servable:
+                sig_map = get_model_metadata_pb2.SignatureDefMap()
+                for k, v in servable.signature_defs.items():
+                    sig_map.signature_def[k].CopyFrom(v)
+                response = get_model_metadata_pb2.GetModelMetadataResponse()
+                response.model_spec.name = spec.name
+                response.model_spec.version.value = servable.version
+                response.metadata["signature_def"].Pack(sig_map)
+        except ServingError as e:
+            s._count("GetModelMetadata", spec.name, "", e.code)
+            context.abort(e.code, e.message)
+        s._count("GetModelMetadata", spec.name, "", grpc.StatusCode.OK)
+        return response
+
+
+class _ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
+    def __init__(self, server: "DevServer"):
+        self._s = server
+
+    def GetModelStatus(self, request, context):
+        spec = request.model_spec
+        try:
+            version = spec.version.value if spec.HasField("version") else None
+            items = self._s.registry.status(spec.name, version)
+        except ServingError as e:
+            context.abort(e.code, e.message)
+        response = get_model_status_pb2.GetModelStatusResponse()
+        for v, st in items:
+            mvs = response.model_version_status.add(version=v, state=st.state)
+            mvs.status.error_code = st.error_code
+            mvs.status.error_message = st.error_message
+        return response
+
+
+class DevServer:
+    """The development PredictionService/ModelService server.
+
+    Args:
+      model_config: `ModelServerConfig` (see `protos.read_model_server_config`).
+      port: gRPC port on `host`; 0 picks a free one (returned by `start()`).
+      batching: `BatchingParameters` message or `BatchOptions`; None = no batching.
+      max_batch_size: without batching, requests with more rows fail RESOURCE_EXHAUSTED.
+      max_message_bytes: gRPC receive/send limit (TF Serving's default is 2 GB;
+        larger messages fail RESOURCE_EXHAUSTED in grpc itself).
+      max_concurrent_rpcs: more concurrent RPCs fail RESOURCE_EXHAUSTED in grpc.
+      poll_interval_s: version polling (TF Serving's --file_system_poll_wait_seconds).
+      metrics_port: serve Prometheus metrics on this port (0 = free port, None = off).
+    """
+
+    def __init__(self, model_config, port: int = 0, host: str = "127.0.0.1", batching=None,
+                 max_batch_size: int = 4096, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 max_concurrent_rpcs: Optional[int] = 64, max_workers: int = 16,
+                 poll_interval_s: float = 1.0, metrics_port: Optional[int] = None,
+                 metrics_path: str = DEFAULT_PATH, warmup: bool = True):
+        self.metrics = ServingMetrics()
+        self.registry = mr.ModelRegistry(
+            model_config, poll_interval_s=poll_interval_s, warmup=warmup,
+            on_change=lambda m, v, st: self.metrics.version_state.labels(m, str(v)).set(st))
+        if batching is not None and not isinstance(batching, BatchOptions):
+            batching = BatchOptions.from_proto(batching)
+        self.batching: Optional[BatchOptions] = batching
+        self.max_batch_size = batching.max_batch_size if batching else max_batch_size
+        self.host, self._port = host, port
+        self._metrics_port, self._metrics_path = metrics_port, metrics_path
+        self.metrics_http: Optional[MetricsHttpServer] = None
+        self._sched_lock = threading.Lock()
+        options = [("grpc.max_receive_message_length", max_message_bytes),
+                   ("grpc.max_send_message_length", max_message_bytes),
+                   ("grpc.so_reuseport", 0)]
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers,
+                                                              thread_name_prefix="grpc"),
+                                   options=options, maximum_concurrent_rpcs=max_concurrent_rpcs)
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+            _PredictionServicer(self), self._server)
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(_ModelServicer(self), self._server)
+        self.port: Optional[int] = None
+
+    def start(self) -> int:
+        """Loads the models on disk, starts polling, gRPC and metrics; returns the port."""
+        self.registry.start()
+        self.port = self._server.add_insecure_port(f"{self.host}:{self._port}")
+        if not self.port:
+            raise OSError(f"could not bind gRPC port {self.host}:{self._port}")
+        self._server.start()
+        if self._metrics_port is not None:
+            self.metrics_http = MetricsHttpServer(self.metrics, self._metrics_port, self.host,
+                                                  self._metrics_path)
+        log.info("dev server on %s:%d serving %s", self.host, self.port, self.registry.model_names)
+        return self.port
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        """Stops accepting RPCs, lets in-flight ones finish (up to grace_s), then stops
+        polling, batch threads and the metrics endpoint."""
+        self._server.stop(grace_s).wait()
+        self.registry.stop()
+        for name in self.registry.model_names:
+            for v in self.registry.available_versions(name):
+                try:
+                    for sched in self.registry.resolve(name, v).extras.values():
+                        sched.close()
+                except ServingError:
+                    pass
+        if self.metrics_http:
+            self.metrics_http.close()
+
+    def wait(self) -> None:
+        self._server.wait_for_termination()
+
+    # ---- request execution ---------------------------------------------------------------
+    def _count(self, method: str, model: str, signature: str, code: grpc.StatusCode) -> None:
+        self.metrics.requests.labels(method, model, signature, code.name).inc()
+
+    def _execute(self, servable: mr.Servable, runner: mr.SignatureRunner,
+                 inputs: Mapping[str, np.ndarray], context) -> Dict[str, np.ndarray]:
+        size = runner.batch_size(inputs) if runner.batchable else None
+        if size is not None and size > self.max_batch_size:
+            raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                               f"request has {size} rows, more than the server's max batch "
+                               f"size {self.max_batch_size}; split it into smaller requests")
+        if self.batching is None or size is None:
+            outputs = runner.run(inputs)
+            self.metrics.batch_rows.labels(servable.name, runner.name).observe(size or 1)
+            return outputs
+        sched = self._scheduler(servable, runner)
+        remaining = context.time_remaining() if context is not None else None
+        try:
+            return sched(inputs, size, timeout_s=remaining)
+        except futures.TimeoutError:
+            raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                               "deadline exceeded while waiting for a batch") from None
+
+    def _scheduler(self, servable: mr.Servable, runner: mr.SignatureRunner) -> BatchScheduler:
+        with self._sched_lock:
+            sched = servable.extras.get(runner.name)
+            if sched is None:
+                labels = (servable.name, runner.name)
+
+                def on_batch(real, padded):
+                    self.metrics.batch_rows.labels(*labels).observe(real)
+                    self.metrics.padded_rows.labels(*labels).inc(padded - real)
+
+                sched = BatchScheduler(runner.run, self.batching, on_batch,
+                                       name=f"batch-{servable.name}-{servable.version}-{runner.name}")
+                servable.extras[runner.name] = sched
+            return sched

@@ -1,0 +1,244 @@
+"""Dev server, driven only through the official tensorflow-serving-api stubs."""
+import os
+import threading
+import time
+import urllib.request
+
+import grpc
+import numpy as np
+import portpicker
+import pytest
+import tensorflow as tf
+from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,
+                                     model_service_pb2_grpc, predict_pb2,
+                                     prediction_service_pb2_grpc)
+
+from dmgin_tf.serving.batching import BatchOptions
+from dmgin_tf.serving.protos import read_model_server_config
+from dmgin_tf.serving.server import DevServer
+from serving.standin import make_example, reference, save_standin, write_models_config
+
+NAME = "standin"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    root = tmp_path_factory.mktemp("served")
+    base = str(root / NAME)
+    save_standin(base, 1)
+    cfg = read_model_server_config(write_models_config(str(root / "models.config"), NAME, base))
+    server = DevServer(cfg, port=portpicker.pick_unused_port(), metrics_port=0,
+                       max_batch_size=64, max_message_bytes=1 << 20, poll_interval_s=60)
+    port = server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    yield server, prediction_service_pb2_grpc.PredictionServiceStub(channel), \
+        model_service_pb2_grpc.ModelServiceStub(channel)
+    channel.close()
+    server.stop(1)
+
+
+def _request(signature="predict_raw", version=None, label=None, **inputs):
+    req = predict_pb2.PredictRequest()
+    req.model_spec.name = NAME
+    req.model_spec.signature_name = signature
+    if version is not None:
+        req.model_spec.version.value = version
+    if label:
+        req.model_spec.version_label = label
+    for k, v in inputs.items():
+        req.inputs[k].CopyFrom(tf.make_tensor_proto(v))
+    return req
+
+
+def _abort(stub_call, req):
+    with pytest.raises(grpc.RpcError) as info:
+        stub_call(req, timeout=10)
+    return info.value.code(), info.value.details()
+
+
+def test_predict_raw_matches_reference(served):
+    _, stub, _ = served
+    x = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
+    resp = stub.Predict(_request(x=x), timeout=10)
+    np.testing.assert_allclose(tf.make_ndarray(resp.outputs["ctr"]), reference(x, 1), rtol=1e-6)
+    assert resp.model_spec.version.value == 1
+    assert resp.model_spec.signature_name == "predict_raw"
+
+
+def test_serving_default_parses_examples(served):
+    _, stub, _ = served
+    x = np.array([[1, 2, 3], [0, 0, 0]], np.float32)
+    ex = np.array([make_example(r) for r in x], dtype=object)
+    resp = stub.Predict(_request("serving_default", examples=ex), timeout=10)
+    np.testing.assert_allclose(tf.make_ndarray(resp.outputs["ctr"]), reference(x, 1), rtol=1e-6)
+
+
+def test_metadata_and_status(served):
+    _, stub, model_stub = served
+    req = get_model_metadata_pb2.GetModelMetadataRequest()
+    req.model_spec.name = NAME
+    req.metadata_field.append("signature_def")
+    resp = stub.GetModelMetadata(req, timeout=10)
+    sig_map = get_model_metadata_pb2.SignatureDefMap()
+    resp.metadata["signature_def"].Unpack(sig_map)
+    assert set(sig_map.signature_def) == {"serving_default", "predict_raw", "rank"}
+    assert set(sig_map.signature_def["predict_raw"].inputs) == {"x"}
+    assert resp.model_spec.version.value == 1
+
+    sreq = get_model_status_pb2.GetModelStatusRequest()
+    sreq.model_spec.name = NAME
+    status = model_stub.GetModelStatus(sreq, timeout=10)
+    assert [(s.version, s.state) for s in status.model_version_status] == [
+        (1, get_model_status_pb2.ModelVersionStatus.AVAILABLE)]
+
+
+@pytest.mark.parametrize("case", [
+    "missing_input", "extra_input", "wrong_dtype", "wrong_shape", "malformed_example",
+    "example_missing_feature", "example_wrong_type", "unknown_signature",
+    "unknown_model", "unknown_version", "unknown_label", "oversized_batch",
+    "oversized_message", "malformed_tensor", "bad_output_filter"])
+def test_bad_input_gets_status_and_server_keeps_serving(served, case):
+    _, stub, _ = served
+    ok = np.zeros((1, 3), np.float32)
+    expected = grpc.StatusCode.INVALID_ARGUMENT
+    if case == "missing_input":
+        req, words = _request(), ["missing", "'x'"]
+    elif case == "extra_input":
+        req, words = _request(x=ok, y=ok), ["unknown input", "'y'"]
+    elif case == "wrong_dtype":
+        req, words = _request(x=ok.astype(np.int64)), ["'x'", "int64", "float32"]
+    elif case == "wrong_shape":
+        req, words = _request(x=np.zeros((2, 4), np.float32)), ["'x'", "[2, 4]", "[?, 3]"]
+    elif case == "malformed_example":
+        req, words = _request("serving_default", examples=np.array([b"\xff\x00garbage"], object)), \
+            ["serving_default", "parse"]
+    elif case == "example_missing_feature":
+        empty = tf.train.Example().SerializeToString()
+        req, words = _request("serving_default", examples=np.array([empty], object)), ["x", "required"]
+    elif case == "example_wrong_type":
+        bad = tf.train.Example(features=tf.train.Features(feature={"x": tf.train.Feature(
+            int64_list=tf.train.Int64List(value=[1, 2, 3]))})).SerializeToString()
+        req, words = _request("serving_default", examples=np.array([bad], object)), ["x", "type"]
+    elif case == "unknown_signature":
+        req, words = _request("nope", x=ok), ["'nope'", "not found"]
+    elif case == "unknown_model":
+        req, words = _request(x=ok), ["'other'", "not found"]
+        req.model_spec.name = "other"
+        expected = grpc.StatusCode.NOT_FOUND
+    elif case == "unknown_version":
+        req, words, expected = _request(version=7, x=ok), ["version 7"], grpc.StatusCode.NOT_FOUND
+    elif case == "unknown_label":
+        req, words, expected = _request(label="canary", x=ok), ["'canary'"], grpc.StatusCode.NOT_FOUND
+    elif case == "oversized_batch":
+        req, words = _request(x=np.zeros((65, 3), np.float32)), ["65 rows", "64"]
+        expected = grpc.StatusCode.RESOURCE_EXHAUSTED
+    elif case == "oversized_message":
+        req, words = _request(x=np.zeros((200_000, 3), np.float32)), ["message"]
+        expected = grpc.StatusCode.RESOURCE_EXHAUSTED
+    elif case == "malformed_tensor":
+        req, words = _request(x=ok), ["'x'", "malformed"]
+        req.inputs["x"].tensor_content = b"\x00" * 5  # 5 bytes for a [1, 3] float tensor
+    elif case == "bad_output_filter":
+        req, words = _request(x=ok), ["output_filter", "'prob'"]
+        req.output_filter.append("prob")
+    code, details = _abort(stub.Predict, req)
+    assert code == expected, details
+    for w in words:
+        assert w.lower() in details.lower(), details
+    # The next good request is served.
+    resp = stub.Predict(_request(x=ok), timeout=10)
+    assert tf.make_ndarray(resp.outputs["ctr"]).shape == (1,)
+
+
+def test_metrics_endpoint_counts_requests(served):
+    server, stub, _ = served
+    stub.Predict(_request(x=np.zeros((2, 3), np.float32)), timeout=10)
+    url = f"http://127.0.0.1:{server.metrics_http.port}/monitoring/prometheus/metrics"
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    assert 'dmgin_serving_requests_total{code="OK",method="Predict",model="standin",signature="predict_raw"}' in text
+    assert 'dmgin_serving_model_version_state{model="standin",version="1"} 30.0' in text
+
+
+def test_batching_merges_concurrent_requests_and_pads(tmp_path):
+    base = str(tmp_path / NAME)
+    save_standin(base, 3)
+    cfg = read_model_server_config(write_models_config(str(tmp_path / "m.config"), NAME, base))
+    opts = BatchOptions(max_batch_size=8, batch_timeout_micros=200_000, max_enqueued_batches=100,
+                        num_batch_threads=1, allowed_batch_sizes=(4, 8))
+    server = DevServer(cfg, port=0, batching=opts, poll_interval_s=60)
+    port = server.start()
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
+    rng = np.random.default_rng(1)
+    xs = [rng.normal(size=(n, 3)).astype(np.float32) for n in (1, 2, 3, 1, 1)]
+    results, errors = [None] * len(xs), []
+
+    def call(i):
+        try:
+            results[i] = tf.make_ndarray(stub.Predict(_request(x=xs[i]), timeout=10).outputs["ctr"])
+        except grpc.RpcError as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(xs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    try:
+        assert not errors
+        for x, r in zip(xs, results):
+            np.testing.assert_allclose(r, reference(x, 3), rtol=1e-6)
+        # 8 rows arrived within the 200 ms window: fewer executed batches than requests,
+        # all padded to an allowed size.
+        samples = {s.name: s.value for m in server.metrics.registry.collect() for s in m.samples}
+        n_batches = samples['dmgin_serving_batch_rows_count']
+        assert n_batches < len(xs)
+        assert samples['dmgin_serving_batch_rows_sum'] == 8
+        # a 9-row request exceeds max_batch_size
+        code, details = _abort(stub.Predict, _request(x=np.zeros((9, 3), np.float32)))
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "max batch size 8" in details
+    finally:
+        server.stop(1)
+
+
+def test_version_hot_swap_under_load_drops_nothing(tmp_path):
+    base = str(tmp_path / NAME)
+    save_standin(base, 1)
+    cfg = read_model_server_config(write_models_config(str(tmp_path / "m.config"), NAME, base))
+    server = DevServer(cfg, port=0, poll_interval_s=0.05)
+    port = server.start()
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
+    x = np.ones((4, 3), np.float32)
+    stop = threading.Event()
+    seen, failures, counts = set(), [], [0]
+
+    def traffic():
+        while not stop.is_set():
+            try:
+                resp = stub.Predict(_request(x=x), timeout=10)
+                v = resp.model_spec.version.value
+                np.testing.assert_allclose(tf.make_ndarray(resp.outputs["ctr"]), reference(x, v), rtol=1e-6)
+                seen.add(v)
+                counts[0] += 1
+            except Exception as e:  # any failure is a dropped request
+                failures.append(repr(e))
+
+    threads = [threading.Thread(target=traffic) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.3)
+        save_standin(base, 2)
+        deadline = time.monotonic() + 30
+        while server.registry.available_versions(NAME) != [2] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(20)
+        server.stop(1)
+    assert server.registry.available_versions(NAME) == [2]
+    assert not failures, failures[:3]
+    assert seen == {1, 2} and counts[0] > 20
+    states = dict((v, s.state) for v, s in server.registry.status(NAME))
+    assert states == {1: 50, 2: 30}  # END, AVAILABLE
