@@ -57,10 +57,16 @@ class BehaviorSink:
     def add(self, user_id: str, item_id: str, behavior: str, timestamp: int,
             file_index: int, line: int, detail: str = "") -> None:
         """One validated row; `detail` = raw information the canonical row drops."""
-        for col, v in zip(self._cols, (user_id, item_id, behavior, timestamp, file_index, line, detail)):
-            col.append(v)
+        c = self._cols  # unrolled: this runs once per input row
+        c[0].append(user_id)
+        c[1].append(item_id)
+        c[2].append(behavior)
+        c[3].append(timestamp)
+        c[4].append(file_index)
+        c[5].append(line)
+        c[6].append(detail)
         self.rows += 1
-        if len(self._cols[0]) >= self.chunk_rows:
+        if len(c[0]) >= self.chunk_rows:
             self._flush()
 
     def _flush(self) -> None:

@@ -71,7 +71,7 @@ def convert_taobao(input_path, output_dir, config: DataConfig | None = None, *,
             f = check_line(line, 5, report, fr, _KEY_FIELDS)
             if f is None:
                 continue
-            user, item, cat, behavior, ts_text = (v.strip() for v in f)
+            user, item, cat, behavior, ts_text = f  # no trimming: the raw format has no spaces
             bad = None
             for name, value in (("user_id", user), ("item_id", item), ("category_id", cat)):
                 if not is_int_id(value):
