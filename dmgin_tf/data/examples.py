@@ -31,16 +31,18 @@ import json
 import math
 import os
 import time
-from typing import Optional, Sequence, Union
+from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 import numpy as np
-import pandas as pd
 
 from dmgin_tf.config import DataConfig
 from dmgin_tf.data.datasets import DatasetSpec
 from dmgin_tf.data.item_index import ItemIndex, stable_hash64
 from dmgin_tf.errors import DataError
 from dmgin_tf.features import BEHAVIOR, ITEM_ID, NUM_RESERVED_IDS, OOV_ID, TIMESTAMP, USER_ID
+
+if TYPE_CHECKING:  # pandas is imported where used: loading/batching needs numpy only
+    import pandas as pd
 
 SPLIT_TRAIN, SPLIT_VAL, SPLIT_TEST = 0, 1, 2
 SPLIT_NAMES = ("train", "val", "test")
@@ -95,6 +97,7 @@ class ItemUniverse:
     """
 
     def __init__(self, item_ids: Sequence[str]):
+        import pandas as pd
         self.ids = np.asarray(item_ids, dtype=object)
         self._index = pd.Index(self.ids)
 
@@ -128,7 +131,8 @@ def sample_negative_items(user_id: str, touched_items, item_universe, count: int
     """Draws `count` items uniformly from the universe minus the user's touched items.
 
     Algorithm (reproducible outside this code): x_1, x_2, ... = raw uint64 outputs of
-    `user_bit_generator(seed, user_id)`; candidate i is `universe[x_i mod N]`; it is kept
+    `user_bit_generator(seed, user_id)`; candidate i is `universe[x_i mod N]` (exact
+    unsigned 64-bit modulo — not via float64, which loses the low bits); it is kept
     unless the user touched it; the first `count` kept candidates are returned (with
     replacement across draws). If fewer than 5% of the universe is allowed, candidate i is
     `allowed[x_i mod len(allowed)]` (allowed = untouched items in universe order) instead,
@@ -197,6 +201,7 @@ def _behavior_ids(behaviors, spec: DatasetSpec) -> np.ndarray:
             raise DataError(f"dataset {spec.name!r}: behavior id {arr[bad][0]} out of range "
                             f"1..{spec.num_behavior_types}")
         return arr.astype(np.int64)
+    import pandas as pd
     codes = pd.Categorical(arr.astype(object), categories=list(spec.behavior_types)).codes
     if (codes < 0).any():
         unknown = sorted({str(b) for b in arr[codes < 0]})[:5]
@@ -411,6 +416,7 @@ def build_example_set(behaviors_df: pd.DataFrame, items_df: Optional[pd.DataFram
       data_cfg: DataConfig (split fractions, max_history, seed).
       progress: show a tqdm bar over users.
     """
+    import pandas as pd
     t0 = time.perf_counter()
     cfg = data_cfg or DataConfig()
     missing = [c for c in (USER_ID, ITEM_ID, BEHAVIOR, TIMESTAMP) if c not in behaviors_df.columns]

@@ -23,13 +23,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Optional, Sequence, Union
+from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 import numpy as np
-import pandas as pd
 
 from dmgin_tf.errors import DataError
 from dmgin_tf.features import CATEGORY, ITEM_ID, NUM_RESERVED_IDS, OOV_ID, PAD_ID
+
+if TYPE_CHECKING:  # pandas is imported where used: loading/batching needs numpy only
+    import pandas as pd
 
 GROUP_ID = "group_id"    # column of the k-means item -> group table
 ITEM_IDX = "item_idx"    # column of item_index.parquet
@@ -68,6 +70,7 @@ class ItemIndex:
         self.grouping_key = grouping_key
         self.group_vocab_size = int(group_vocab_size)
         self.info = dict(info or {})
+        import pandas as pd
         self._index = pd.Index(self.item_ids)
         if not self._index.is_unique:
             dup = self._index[self._index.duplicated()][:5].tolist()
@@ -115,6 +118,7 @@ class ItemIndex:
           seed: `random` grouping seed.
           group_table: `table`: DataFrame or Parquet/CSV path with `item_id`, `group_id`.
         """
+        import pandas as pd
         if grouping_key not in GROUPING_KEYS:
             raise DataError(f"grouping key {grouping_key!r} is unknown; known: "
                             f"{list(GROUPING_KEYS[:-1])}")
@@ -222,6 +226,7 @@ class ItemIndex:
 
 def _read_group_table(src) -> pd.DataFrame:
     """Reads and validates an item -> group table (DataFrame, Parquet or CSV path)."""
+    import pandas as pd
     if src is None:
         raise DataError("grouping key 'table' needs a group table (item_id -> group_id); "
                         "pass --group-table FILE")
