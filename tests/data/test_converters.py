@@ -252,3 +252,20 @@ def test_report_json_is_valid_json(tmp_path):
     convert("taobao", tmp_path, tmp_path / "out")
     data = json.loads((tmp_path / "out" / "report.json").read_text())
     assert data["dataset"] == "taobao" and data["rows_read"] == len(GOOD_TAOBAO)
+
+
+def test_behavior_sink_spills_in_chunks_and_sorts(tmp_path):
+    from dmgin_tf.data.converters.report import ConversionReport
+    from dmgin_tf.data.converters.tables import BehaviorSink
+    report = ConversionReport("t", 1.0)
+    fr = report.file(tmp_path / "f.csv", "behaviors")
+    rows = [("b", "i1", "pv", 5), ("a", "i2", "pv", 9), ("b", "i3", "buy", 1), ("a", "i4", "pv", 9),
+            ("a", "i0", "fav", 2), ("b", "i3", "buy", 1), ("c", "i1", "pv", 0)]
+    sink = BehaviorSink(tmp_path, [fr], chunk_rows=2)  # 4 spills
+    for line, r in enumerate(rows, start=1):
+        sink.add(*r, 0, line)
+    assert sink.finish(tmp_path / "b.parquet", report) == 6
+    got = list(pd.read_parquet(tmp_path / "b.parquet").itertuples(index=False, name=None))
+    assert got == [("a", "i0", "fav", 2), ("a", "i2", "pv", 9), ("a", "i4", "pv", 9),
+                   ("b", "i3", "buy", 1), ("b", "i1", "pv", 5), ("c", "i1", "pv", 0)]
+    assert fr.bad == {"duplicate_row": 1} and not (tmp_path / "_behaviors_spill.parquet").exists()

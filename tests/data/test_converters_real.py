@@ -2,7 +2,6 @@
 checked row for row against an independent pandas reading of the raw files."""
 import numpy as np
 import pandas as pd
-import pytest
 
 from dmgin_tf.data.converters import convert
 from dmgin_tf.data.sample import sample_path

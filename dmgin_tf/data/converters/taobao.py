@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import collections
 import datetime
-import pathlib
 
 from dmgin_tf.config import DataConfig
 from dmgin_tf.data.converters.common import ConversionResult, progress_bar, publish, resolve_file, staging
