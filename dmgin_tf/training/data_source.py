@@ -122,8 +122,8 @@ def prepare_example_dir(cfg: Config, data_path: Optional[str], work_dir: str, *,
     if not _is_example_dir(example_dir):
         log(f"building examples ({cfg.data.dataset}, grouping {key}) -> {example_dir}")
         build_from_canonical(canonical, example_dir, cfg.data, grouping_key=key,
-                             group_table=group_table, num_groups=cfg.grouping.num_groups
-                             if key in ("random", "cluster", "table") else 0,
+                             group_table=group_table,
+                             num_groups=cfg.grouping.num_groups if key == "random" else 0,
                              grouping_seed=cfg.grouping.seed, progress=progress)
     return example_dir
 

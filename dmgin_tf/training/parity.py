@@ -1,0 +1,91 @@
+"""Weights handoff between backends: JAX-trained `model.weights.h5` into the TF-backend model.
+
+A training run writes `parity_batch.npz` next to `model.weights.h5`: up to 256 test
+inputs and the predictions of the trained model on them, made by the backend that trained
+it. In another process running the other backend (Keras fixes its backend per process),
+
+    from dmgin_tf.training.parity import check_run_parity
+    report = check_run_parity("runs/dmgin_jax")      # rebuild, load weights, predict, compare
+    assert report.max_abs_diff < 1e-5
+
+rebuilds the model from the run's `config.json`, loads its weights and compares. The
+export engineer's SavedModel check calls `reference_batch` / `compare_predictions` with the
+exported signature's outputs instead of a Keras model.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Callable, Dict, Optional, Tuple
+
+import numpy as np
+
+from dmgin_tf.errors import DmginError
+
+PARITY_FILE = "parity_batch.npz"
+DEFAULT_TOLERANCE = 1e-5
+
+
+@dataclasses.dataclass
+class ParityReport:
+    """Result of comparing two backends' predictions on the same examples.
+
+    Attributes:
+      reference_backend: backend that trained the run and wrote the reference predictions.
+      backend: backend that re-predicted here.
+      num_examples: batch size compared.
+      max_abs_diff: max |p_ref - p| over the batch.
+      tolerance: threshold for `ok`.
+    """
+    reference_backend: str
+    backend: str
+    num_examples: int
+    max_abs_diff: float
+    tolerance: float
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.max_abs_diff <= self.tolerance)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["ok"] = self.ok
+        return d
+
+
+def reference_batch(run_dir: str) -> Tuple[Dict[str, np.ndarray], np.ndarray, str]:
+    """(inputs {key: [B, L] / [B]}, predictions [B] float, backend) saved by a run."""
+    path = os.path.join(run_dir, PARITY_FILE)
+    if not os.path.exists(path):
+        raise DmginError(f"{path} not found: the run has no parity batch (train it with "
+                         f"`dmgin train`, which writes one)")
+    with np.load(path, allow_pickle=False) as z:
+        inputs = {k.split("/", 1)[1]: z[k] for k in z.files if k.startswith("input/")}
+        return inputs, z["predictions"].astype(np.float64), str(z["backend"])
+
+
+def compare_predictions(reference: np.ndarray, predictions: np.ndarray,
+                        reference_backend: str, backend: str,
+                        tolerance: float = DEFAULT_TOLERANCE) -> ParityReport:
+    """Max absolute difference of two prediction vectors `[B]`."""
+    ref = np.asarray(reference, dtype=np.float64).reshape(-1)
+    got = np.asarray(predictions, dtype=np.float64).reshape(-1)
+    if ref.shape != got.shape:
+        raise DmginError(f"parity: {len(ref)} reference predictions vs {len(got)} predictions")
+    diff = float(np.max(np.abs(ref - got))) if len(ref) else 0.0
+    return ParityReport(reference_backend, backend, len(ref), diff, tolerance)
+
+
+def check_run_parity(run_dir: str, model_fn: Optional[Callable] = None,
+                     tolerance: float = DEFAULT_TOLERANCE) -> ParityReport:
+    """Rebuilds the run's model on this process's backend, loads `model.weights.h5`,
+    predicts the run's parity batch and compares with the stored predictions."""
+    import keras
+    from dmgin_tf.training.callbacks import _prediction_vector
+    from dmgin_tf.training.inputs import cast_for_backend
+    from dmgin_tf.training.trainer import load_trained_model
+    inputs, reference, ref_backend = reference_batch(run_dir)
+    model, _ = load_trained_model(run_dir, model_fn)
+    backend = keras.backend.backend()
+    preds = _prediction_vector(model.predict_on_batch(cast_for_backend(inputs, backend)))
+    return compare_predictions(reference, preds, ref_backend, backend, tolerance)

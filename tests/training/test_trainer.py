@@ -1,0 +1,99 @@
+"""The trainer on the TensorFlow backend: files, metrics, early stopping, clear errors."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from dmgin_tf.errors import DataError, DmginError
+from tests.training.tiny import tiny_config, tiny_data, tiny_model_fn
+
+keras = pytest.importorskip("keras")
+
+
+def _weights(model):
+    return [np.asarray(w) for w in model.get_weights()]
+
+
+def test_one_epoch_writes_everything_and_metrics_match_predictions(tmp_path):
+    from dmgin_tf import evaluation
+    from dmgin_tf.training.callbacks import predict_split
+    from dmgin_tf.training.trainer import load_trained_model, train
+    data = tiny_data()
+    out = str(tmp_path / "run")
+    result = train(tiny_config(), data, out, model_fn=tiny_model_fn, verbose=0)
+    for name in ("model.weights.h5", "config.json", "metrics.json", "history.json",
+                 "history.csv", "training_curve.png", "parity_batch.npz", "tensorboard",
+                 os.path.join("checkpoints", "best.weights.h5"),
+                 os.path.join("checkpoints", "last.weights.h5")):
+        assert os.path.exists(os.path.join(out, name)), name
+    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    assert metrics["backend"] == "tensorflow" and metrics["epochs_run"] == 1
+    assert metrics["examples"] == {"train": 256, "val": 64, "test": 64}
+    # Reported test metrics are those of the saved weights, recomputed independently.
+    model, cfg = load_trained_model(out, tiny_model_fn)
+    assert cfg.model.item_vocab_size == 42   # filled from the data
+    scores = predict_split(model, data.test, 32)
+    want = evaluation.evaluate(data.test.labels, scores, data.test.user_ids)
+    for key in ("auc", "gauc", "logloss"):
+        assert metrics["test"][key] == pytest.approx(want[key], abs=1e-6)
+    assert result.metrics["val"]["num_examples"] == 64
+
+
+def test_early_stopping_restores_best_epoch(tmp_path):
+    """Validation labels are flipped, so learning the train task makes val AUC worse: the
+    best epoch is the first, training stops after `patience` worse epochs, and the
+    weights written are epoch 1's, not the last epoch's."""
+    from dmgin_tf.training.trainer import train
+    data = tiny_data(n_train=512)
+    data.val.labels = 1.0 - data.val.labels
+    cfg = tiny_config(epochs=5, early_stopping_patience=1, learning_rate=0.05)
+    out = str(tmp_path / "es")
+    result = train(cfg, data, out, model_fn=tiny_model_fn, verbose=0)
+    hist = result.history
+    aucs = [r["val_auc"] for r in hist]
+    assert result.metrics["best_epoch"] == int(np.argmax(aucs)) + 1 == 1
+    assert result.metrics["epochs_run"] == 2 < 5
+    assert result.metrics["val"]["auc"] == pytest.approx(aucs[0], abs=1e-9)
+
+    def loaded(path):
+        m = tiny_model_fn(result.config.model)
+        from dmgin_tf.training.trainer import _build_with_dummy
+        _build_with_dummy(m, result.config)
+        m.load_weights(path)
+        return _weights(m)
+
+    final = loaded(os.path.join(out, "model.weights.h5"))
+    best = loaded(os.path.join(out, "checkpoints", "best.weights.h5"))
+    last = loaded(os.path.join(out, "checkpoints", "last.weights.h5"))
+    assert all(np.array_equal(a, b) for a, b in zip(final, best))
+    assert not all(np.array_equal(a, b) for a, b in zip(final, last))
+
+
+def test_history_length_mismatch_is_a_clear_error(tmp_path):
+    from dmgin_tf.training.trainer import train
+    cfg = tiny_config()
+    cfg = cfg.apply_overrides({"model.history_length": 12})
+    with pytest.raises(DataError, match=r"train batch 0: input 'hist_item' has shape \[32, 8\], "
+                                        r"expected \[B, 12\]"):
+        train(cfg, tiny_data(), str(tmp_path / "x"), model_fn=tiny_model_fn, verbose=0)
+
+
+def test_backend_mismatch_is_refused(tmp_path):
+    from dmgin_tf.training.backend import select_backend
+    from dmgin_tf.training.trainer import train
+    with pytest.raises(DmginError, match="train.backend='jax' but Keras runs the 'tensorflow'"):
+        train(tiny_config(backend="jax"), tiny_data(), str(tmp_path / "x"),
+              model_fn=tiny_model_fn, verbose=0)
+    with pytest.raises(DmginError, match="already imported .* 'tensorflow' backend"):
+        select_backend("jax")
+    assert select_backend("tensorflow") == "tensorflow"
+
+
+def test_forced_mirrored_strategy_trains(tmp_path):
+    """The multi-GPU code path (MirroredStrategy) on this machine's single CPU device."""
+    from dmgin_tf.training.trainer import train
+    result = train(tiny_config(distribute="force"), tiny_data(n_train=128, n_val=32, n_test=32),
+                   str(tmp_path / "mirrored"), model_fn=tiny_model_fn, verbose=0)
+    assert result.metrics["placement"]["strategy"] == "mirrored"
+    assert np.isfinite(result.metrics["test"]["logloss"])
