@@ -150,6 +150,8 @@ class GroupingConfig(ConfigBase):
     num_groups: int = 256             # K for k-means / random
     kmeans_iterations: int = 20
     kmeans_sample_size: int = 10000   # k-means++ init sample
+    kmeans_init_trials: int = 3       # k-means++ + Lloyd on the sample, best kept as Beam init
+    kmeans_tol: float = 1e-4          # stop when relative inertia improvement < tol
     embedding_source: str = "encoder"  # encoder | external (precomputed item_id -> vector)
     external_embeddings: str = ""     # Parquet/TFRecord path when embedding_source=external
     seed: int = 0
@@ -159,6 +161,9 @@ class GroupingConfig(ConfigBase):
                       "must be cluster, item_id, category or random")
         self._require(self.num_groups >= 1, "num_groups", "must be >= 1")
         self._require(self.kmeans_iterations >= 1, "kmeans_iterations", "must be >= 1")
+        self._require(self.kmeans_sample_size >= 1, "kmeans_sample_size", "must be >= 1")
+        self._require(self.kmeans_init_trials >= 1, "kmeans_init_trials", "must be >= 1")
+        self._require(self.kmeans_tol >= 0, "kmeans_tol", "must be >= 0")
         self._require(self.embedding_source in ("encoder", "external"), "embedding_source",
                       "must be encoder or external")
 
@@ -186,6 +191,8 @@ class ModelConfig(ConfigBase):
     use_intra: bool = True
     use_inter: bool = True
     use_candidate_group: bool = True
+    attention_units: Tuple[int, ...] = (64, 32)  # target attention scoring MLP
+    num_time_buckets: int = 32        # log2-minute recency buckets (embeddings, HSTU bias)
 
     def validate(self):
         self._require(self.model in ("dmgin", "dgin", "din", "sim", "bst", "transformer"),
@@ -193,6 +200,15 @@ class ModelConfig(ConfigBase):
         for f in ("history_length", "max_groups", "max_per_group", "embedding_dim",
                   "num_heads", "recent_window", "num_behavior_types"):
             self._require(getattr(self, f) >= 1, f, "must be >= 1")
+        self._require(self.num_time_buckets >= 2, "num_time_buckets", "must be >= 2")
+        for f in ("intra_layers", "inter_layers"):
+            self._require(getattr(self, f) >= 0, f, "must be >= 0")
+        self._require(self.embedding_dim % self.num_heads == 0, "embedding_dim",
+                      f"must be a multiple of num_heads={self.num_heads}")
+        self._require(all(u >= 1 for u in self.mlp_units), "mlp_units",
+                      "must be positive sizes")
+        self._require(all(u >= 1 for u in self.attention_units), "attention_units",
+                      "must be positive sizes")
         self._require(self.inter_block in ("hstu", "transformer"), "inter_block",
                       "must be hstu or transformer")
         self._require(0 <= self.dropout < 1, "dropout", "must be in [0, 1)")

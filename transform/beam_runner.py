@@ -74,8 +74,10 @@ def pipeline_args(beam_cfg: BeamConfig, dask_address: Optional[str] = None) -> L
     runner = beam_cfg.runner
     args = [f"--runner={_RUNNER_NAMES[runner]}"]
     if runner == "direct":
+        # in_memory runs in this process: one worker (Beam warns on any other count).
+        workers = 1 if beam_cfg.direct_running_mode == "in_memory" else beam_cfg.direct_num_workers
         args += [f"--direct_running_mode={beam_cfg.direct_running_mode}",
-                 f"--direct_num_workers={beam_cfg.direct_num_workers}"]
+                 f"--direct_num_workers={workers}"]
     elif runner == "dask":
         address = dask_address or beam_cfg.dask_address
         if not address:
