@@ -293,6 +293,8 @@ class ServingConfig(ConfigBase):
     SECTION = "serving"
     model_name: str = "dmgin"
     batch_buckets: Tuple[int, ...] = (1, 8, 32, 128)
+    # Candidate counts of `rank`/`score` are padded up to one of these (fixed XLA shapes).
+    candidate_buckets: Tuple[int, ...] = (16, 64, 128, 512)
     max_candidates: int = 1000
     port: int = 8500
     metrics_port: int = 8502
@@ -300,6 +302,8 @@ class ServingConfig(ConfigBase):
     def validate(self):
         self._require(len(self.batch_buckets) > 0 and all(b >= 1 for b in self.batch_buckets),
                       "batch_buckets", "must be a non-empty list of positive sizes")
+        self._require(len(self.candidate_buckets) > 0 and all(b >= 1 for b in self.candidate_buckets),
+                      "candidate_buckets", "must be a non-empty list of positive sizes")
 
 
 SECTIONS = {c.SECTION: c for c in (DataConfig, GroupingConfig, ModelConfig, TrainConfig,

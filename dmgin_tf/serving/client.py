@@ -24,11 +24,12 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
                                      prediction_service_pb2_grpc)
 
 from dmgin_tf import features as F
+from dmgin_tf.config import ServingConfig
 
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
 # Candidate chunks are padded to one of these sizes so XLA-compiled `rank` signatures
 # see a few fixed shapes (and TF Serving's batching can merge equal-shaped requests).
-DEFAULT_CANDIDATE_BUCKETS = (16, 64, 128, 256, 512, 1024)
+DEFAULT_CANDIDATE_BUCKETS = ServingConfig().candidate_buckets  # = the export's
 
 
 class Client:

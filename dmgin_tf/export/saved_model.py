@@ -1,0 +1,212 @@
+"""Keras 3 ranking model → TF Serving SavedModels: an XLA variant and a non-XLA twin.
+
+Layout (TF Serving's `<base>/<name>/<version>/`)::
+
+    <base>/<name>/<version>/          XLA-compiled model math (jit_compile=True)
+    <base>/<name>_noxla/<version>/    same weights, same signatures, no XLA
+
+Both variants carry the same signatures (`signatures.py`), lookup tables and warmup
+records (`warmup.py`) and agree numerically (checked by `verify_export` and the tests).
+Why two: XLA:CPU in TF Serving needs `--xla_cpu_compilation_enabled=true`, and the
+official GPU images from 2.13.1 on cannot run `jit_compile` SavedModels
+(tensorflow/serving#2214, #2217) — GPU deployments serve `<name>_noxla` under the name
+`<name>` (serving_configs/models.gpu.config), so clients never change.
+
+Each version directory is written under a temporary name and renamed into place, so a
+polling server (TF Serving or `dmgin serve`) never sees half a SavedModel.
+
+    paths = export_model(model, "runs/serving", "dmgin", history_length=512,
+                         item_index=index, behavior_types=spec.behavior_types,
+                         warmup_inputs=real_batch)
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import Dict, Mapping, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from dmgin_tf import features as F
+from dmgin_tf.config import ServingConfig
+from dmgin_tf.errors import DmginError
+from dmgin_tf.export.example_parsing import LookupTables, examples_from_dense
+from dmgin_tf.export.signatures import ServingModule
+from dmgin_tf.export.warmup import build_warmup_logs, write_warmup_file
+
+NOXLA_SUFFIX = "_noxla"
+EXPORT_INFO_FILE = "dmgin_export.json"   # in assets.extra/, next to the warmup file
+
+
+def next_version(model_base: str) -> int:
+    """1 + the largest integer version directory under `model_base` (1 if none)."""
+    try:
+        versions = [int(n) for n in os.listdir(model_base) if n.isdigit()]
+    except FileNotFoundError:
+        versions = []
+    return max(versions, default=0) + 1
+
+
+def _save_atomically(module: ServingModule, final_dir: str, logs, info: dict) -> None:
+    parent = os.path.dirname(final_dir)
+    os.makedirs(parent, exist_ok=True)
+    if os.path.exists(final_dir):
+        raise DmginError(f"export: {final_dir} already exists; pick another --version")
+    tmp = os.path.join(parent, f".tmp-{os.path.basename(final_dir)}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tf.saved_model.save(module, tmp, signatures=module.signatures())
+        if logs:
+            write_warmup_file(tmp, logs)
+        with open(os.path.join(tmp, "assets.extra", EXPORT_INFO_FILE), "w") as f:
+            json.dump(info, f, indent=1, sort_keys=True)
+        os.rename(tmp, final_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def export_model(model, base_path: str, name: str, *, history_length: int,
+                 version: Optional[int] = None, item_index=None,
+                 behavior_types: Optional[Sequence[str]] = None,
+                 warmup_inputs: Optional[Mapping[str, np.ndarray]] = None,
+                 serving_cfg: ServingConfig = ServingConfig(),
+                 variants: Sequence[str] = ("xla", "noxla"),
+                 model_config: Optional[dict] = None) -> Dict[str, str]:
+    """Exports `model` as TF Serving SavedModels; returns {variant: version dir}.
+
+    Args:
+      model: built Keras 3 ranking model (TF backend), inputs `MODEL_INPUT_KEYS`.
+      base_path, name: write `<base_path>/<name>[_noxla]/<version>/`.
+      history_length: L of the model's history inputs.
+      version: integer version; default = next free version of the XLA variant.
+      item_index: `dmgin_tf.data.item_index.ItemIndex`; with `behavior_types` it
+        enables the tf.Example `serving_default` signature (else serving_default =
+        predict_raw).
+      behavior_types: the dataset's behavior vocabulary (DatasetSpec.behavior_types).
+      warmup_inputs: real dense examples (MODEL_INPUT_KEYS) for the warmup records.
+      serving_cfg: batch and candidate buckets.
+      variants: subset of ("xla", "noxla").
+      model_config: stored in assets.extra/dmgin_export.json for the record.
+    """
+    unknown = sorted(set(variants) - {"xla", "noxla"})
+    if unknown or not variants:
+        raise DmginError(f"export: variants must be a non-empty subset of ['xla', 'noxla'], "
+                         f"got {list(variants)}")
+    tables = None
+    if item_index is not None and behavior_types:
+        tables = LookupTables(item_index.item_ids, item_index.group_of_idx, behavior_types)
+    version = int(version) if version is not None else next_version(os.path.join(base_path, name))
+    if version < 1:
+        raise DmginError(f"export: version must be >= 1, got {version}")
+    examples = None
+    if warmup_inputs is not None and tables is not None:
+        examples = examples_from_dense(warmup_inputs, item_index.item_ids, behavior_types)
+    paths = {}
+    for variant in variants:
+        module = ServingModule(model, tables, history_length, jit_compile=variant == "xla",
+                               batch_buckets=serving_cfg.batch_buckets,
+                               candidate_buckets=serving_cfg.candidate_buckets)
+        sigs = module.signatures()
+        logs = (build_warmup_logs(name, sigs, warmup_inputs, examples,
+                                  serving_cfg.batch_buckets, serving_cfg.candidate_buckets)
+                if warmup_inputs is not None else [])
+        info = {"model_name": name, "variant": variant, "version": version,
+                "jit_compile": variant == "xla", "history_length": int(history_length),
+                "batch_buckets": list(serving_cfg.batch_buckets),
+                "candidate_buckets": list(serving_cfg.candidate_buckets),
+                "signatures": sorted(sigs), "warmup_records": len(logs),
+                "serving_example_features": sorted([F.ITEM_ID, F.TIMESTAMP, F.HIST_ITEM_ID,
+                                                    F.HIST_BEHAVIOR, F.HIST_TIMESTAMP])
+                if tables is not None else [],
+                "behavior_types": list(behavior_types or []),
+                "model_config": model_config or {}}
+        model_dir = os.path.join(base_path, name + ("" if variant == "xla" else NOXLA_SUFFIX))
+        final = os.path.join(model_dir, str(version))
+        _save_atomically(module, final, logs, info)
+        paths[variant] = final
+    return paths
+
+
+def export_from_run_dir(run_dir: str, base_path: str, name: str, *,
+                        version: Optional[int] = None,
+                        variants: Sequence[str] = ("xla", "noxla"),
+                        serving_cfg: Optional[ServingConfig] = None) -> Dict[str, str]:
+    """Exports a `dmgin train` output directory (what `dmgin export` and the TFX
+    Trainer's run_fn call).
+
+    Reads `config.json` + `model.weights.h5` (any backend), `item_index.parquet` for
+    the tf.Example signature, and `parity_batch.npz` (real held-out examples) for the
+    warmup records.
+    """
+    # Export needs the TensorFlow backend of Keras 3 (the SavedModel is TF).
+    import keras
+    if keras.backend.backend() != "tensorflow":
+        raise DmginError(f"export needs KERAS_BACKEND=tensorflow, this process runs "
+                         f"{keras.backend.backend()!r}")
+    from dmgin_tf.data.datasets import get_spec
+    from dmgin_tf.data.item_index import FILE_NAME as ITEM_INDEX_FILE, ItemIndex
+    from dmgin_tf.training.trainer import PARITY_FILE, load_trained_model
+
+    if not os.path.isdir(run_dir):
+        raise DmginError(f"export: model dir {run_dir} does not exist")
+    model, cfg = load_trained_model(run_dir)
+    index_path = os.path.join(run_dir, ITEM_INDEX_FILE)
+    item_index = ItemIndex.load(index_path) if os.path.exists(index_path) else None
+    behavior_types = get_spec(cfg.data.dataset, cfg.data).behavior_types
+    warmup = None
+    parity = os.path.join(run_dir, PARITY_FILE)
+    if os.path.exists(parity):
+        with np.load(parity, allow_pickle=False) as z:
+            warmup = {k: z[f"input/{k}"] for k in F.MODEL_INPUT_KEYS}
+        for k in (F.HIST_TIME, F.REQUEST_TIME):
+            warmup[k] = warmup[k].astype(np.int64)
+        for k in set(F.MODEL_INPUT_KEYS) - {F.HIST_TIME, F.REQUEST_TIME}:
+            warmup[k] = warmup[k].astype(np.int32)
+    return export_model(model, base_path, name, history_length=cfg.model.history_length,
+                        version=version, item_index=item_index, behavior_types=behavior_types,
+                        warmup_inputs=warmup, serving_cfg=serving_cfg or cfg.serving,
+                        variants=variants, model_config=cfg.model.to_dict())
+
+
+def read_export_info(version_dir: str) -> dict:
+    with open(os.path.join(version_dir, "assets.extra", EXPORT_INFO_FILE)) as f:
+        return json.load(f)
+
+
+def verify_export(version_dir: str, model, inputs: Mapping[str, np.ndarray],
+                  examples: Optional[Sequence[bytes]] = None, atol: float = 1e-5) -> dict:
+    """Loads a version dir and checks every signature against the in-process model.
+
+    Returns {signature: max abs difference}; raises DmginError past `atol`.
+    """
+    loaded = tf.saved_model.load(version_dir)
+    ref = np.asarray(model(inputs, training=False)).reshape(-1)
+    diffs = {}
+    raw = loaded.signatures["predict_raw"](**{k: tf.constant(inputs[k]) for k in F.MODEL_INPUT_KEYS})
+    diffs["predict_raw"] = float(np.abs(raw[F.PREDICTION].numpy() - ref).max())
+    if examples is not None and "examples" in loaded.signatures["serving_default"].structured_input_signature[1]:
+        out = loaded.signatures["serving_default"](examples=tf.constant(list(examples)))
+        diffs["serving_default"] = float(np.abs(out[F.PREDICTION].numpy() - ref).max())
+    # rank/score: each row as one user with its own candidate.
+    worst_rank = worst_score = 0.0
+    for r in range(len(ref)):
+        one = {k: tf.constant(np.asarray(inputs[k])[r:r + 1]) for k in F.MODEL_INPUT_KEYS}
+        one[F.CAND_ITEM] = tf.reshape(one[F.CAND_ITEM], [1, 1])
+        one[F.CAND_GROUP] = tf.reshape(one[F.CAND_GROUP], [1, 1])
+        got = loaded.signatures["rank"](**one)[F.PREDICTION].numpy()
+        worst_rank = max(worst_rank, float(abs(got.reshape(-1)[0] - ref[r])))
+        if "score" in loaded.signatures:
+            hist = {k: one[k] for k in F.HISTORY_INPUT_KEYS + (F.REQUEST_TIME,)}
+            state = loaded.signatures["user_state"](**hist)
+            got = loaded.signatures["score"](**one, **state)[F.PREDICTION].numpy()
+            worst_score = max(worst_score, float(abs(got.reshape(-1)[0] - ref[r])))
+    diffs["rank"] = worst_rank
+    if "score" in loaded.signatures:
+        diffs["score"] = worst_score
+    bad = {k: v for k, v in diffs.items() if not v <= atol}
+    if bad:
+        raise DmginError(f"export {version_dir}: signatures differ from the Keras model by "
+                         f"{bad} (tolerance {atol})")
+    return diffs

@@ -1,0 +1,187 @@
+"""Serving signatures around a Keras 3 ranking model (TF backend), as a `tf.Module`.
+
+Signatures (names are what clients pass as `signature_name`):
+
+| signature | inputs | outputs |
+|---|---|---|
+| `serving_default` | `examples: string [B]` serialized tf.Example (example_parsing) | `ctr [B]` |
+| `predict_raw` | `hist_item, hist_group, hist_behavior_id: int32 [B, L]`, `hist_time: int64 [B, L]`, `request_time: int64 [B]`, `cand_item, cand_group: int32 [B]` | `ctr [B]` |
+| `rank` | history keys `[1, L]`, `request_time [1]`, `cand_item, cand_group: int32 [1, N]` | `ctr [1, N]` |
+| `user_state` | history keys `[B, L]`, `request_time [B]` | `group_vectors f32 [B, G, D]`, `group_mask bool [B, G]`, `group_ids int32 [B, G]` |
+| `score` | `user_state`'s outputs `[1, …]` + history keys `[1, L]`, `request_time [1]`, `cand_item, cand_group [1, N]` | `ctr [1, N]` |
+
+`rank`/`score` take one user per request with every input's leading dimension = 1:
+TF Serving's batching requires all inputs of a request to share dimension 0, so
+candidates are `[1, N]` rather than `[N]`. The user side (grouping, statistics, both
+Transformer levels) runs once; target attention, candidate-group features and the MLP
+run per candidate. `score` needs the history as well as the cached state because the
+candidate-group features scan the whole history (O(L) per candidate).
+
+Fixed shapes for XLA: inside every signature the batch is zero-padded up to the next
+entry of `batch_buckets` (beyond the largest: a multiple of it) and candidates up to
+the next `candidate_buckets` entry; outputs are sliced back. So the XLA-compiled core
+sees only a few shapes, all compiled by the warmup records before traffic arrives.
+
+With `jit_compile=True` the model math (grouping included) runs in
+`tf.function(jit_compile=True)`; the graph node calling it carries `_XlaMustCompile`.
+Parsing and lookups stay outside XLA (string ops have no XLA kernels).
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence
+
+import tensorflow as tf
+
+from dmgin_tf import features as F
+from dmgin_tf.export.example_parsing import LookupTables, parse_serving_examples
+
+USER_STATE_KEYS = ("group_vectors", "group_mask", "group_ids")  # GroupInterestEncoder's
+SIGNATURES = ("serving_default", "predict_raw", "rank", "user_state", "score")
+EXAMPLES = "examples"
+
+
+def history_specs(L: int, batch: Optional[int]) -> Dict[str, tf.TensorSpec]:
+    return {F.HIST_ITEM: tf.TensorSpec([batch, L], tf.int32, F.HIST_ITEM),
+            F.HIST_GROUP: tf.TensorSpec([batch, L], tf.int32, F.HIST_GROUP),
+            F.HIST_BEHAVIOR_ID: tf.TensorSpec([batch, L], tf.int32, F.HIST_BEHAVIOR_ID),
+            F.HIST_TIME: tf.TensorSpec([batch, L], tf.int64, F.HIST_TIME),
+            F.REQUEST_TIME: tf.TensorSpec([batch], tf.int64, F.REQUEST_TIME)}
+
+
+def bucket_size(n: tf.Tensor, buckets: Sequence[int]) -> tf.Tensor:
+    """Smallest bucket >= n; above the largest bucket, n rounded up to a multiple of it."""
+    b = tf.constant(sorted(buckets), tf.int32)
+    n = tf.cast(n, tf.int32)
+    largest = b[-1]
+    fitting = tf.reduce_min(tf.where(b >= n, b, largest))
+    return tf.where(n <= largest, fitting, (n + largest - 1) // largest * largest)
+
+
+def pad_rows(x: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
+    """Zero-pads dimension 0 of x up to `size` rows (zeros = padding ids / empty rows)."""
+    extra = size - tf.shape(x)[0]
+    return tf.pad(x, [[0, extra]] + [[0, 0]] * (x.shape.rank - 1))
+
+
+class ServingModule(tf.Module):
+    """A Keras 3 ranking model + lookup tables with the signatures above.
+
+    Args:
+      model: built Keras 3 `RankingModel` (TF backend); `encode_user`/`score` methods
+        (DMGIN, DGIN) enable `rank`'s user-once split and the `user_state`/`score`
+        pair; other models get `rank` by tiling the history over the candidates.
+      tables: `LookupTables` for `serving_default`, or None to omit that signature.
+      history_length: L of the model input.
+      jit_compile: trace the model math with XLA (`tf.function(jit_compile=True)`).
+      batch_buckets, candidate_buckets: padded sizes (see module docstring).
+    """
+
+    def __init__(self, model, tables: Optional[LookupTables], history_length: int,
+                 jit_compile: bool, batch_buckets: Sequence[int] = (1, 8, 32, 128),
+                 candidate_buckets: Sequence[int] = (16, 64, 128, 512)):
+        super().__init__(name="dmgin_serving")
+        self.model = model
+        # Track the variables explicitly (as keras.export.ExportArchive does), so the
+        # SavedModel holds them whatever Keras' own tracking decides.
+        self.model_variables = list(model.variables)
+        self.tables = tables
+        self.history_length = int(history_length)
+        self.jit_compile = bool(jit_compile)
+        self.batch_buckets = tuple(sorted(int(b) for b in batch_buckets))
+        self.candidate_buckets = tuple(sorted(int(b) for b in candidate_buckets))
+        self.has_user_split = hasattr(model, "encode_user") and hasattr(model, "score")
+        jit = dict(jit_compile=True) if jit_compile else {}
+        self._ctr_core = tf.function(self._ctr, **jit)
+        self._rank_core = tf.function(self._rank, **jit)
+        self._user_state_core = tf.function(self._user_state, **jit)
+        self._score_core = tf.function(self._score, **jit)
+
+    # ---- model math (XLA-compiled in the XLA variant) -------------------------------------
+    def _ctr(self, inputs):
+        return tf.reshape(self.model(inputs, training=False), [-1])
+
+    def _user_state(self, history):
+        state = self.model.encode_user(history, training=False)
+        return {k: state[k] for k in USER_STATE_KEYS}
+
+    def _score(self, state, inputs):
+        return tf.reshape(self.model.score(state, inputs, training=False), [-1])
+
+    def _rank(self, history, cand_item, cand_group):
+        """history: keys [1, L] / [1]; cand_*: [N] → ctr [N]."""
+        inputs = dict(history, **{F.CAND_ITEM: cand_item, F.CAND_GROUP: cand_group})
+        if self.has_user_split:
+            return self._score(self._user_state(history), inputs)
+        n = tf.shape(cand_item)[0]  # no split: the history repeats per candidate
+        tiled = {k: tf.repeat(v, n, axis=0) for k, v in history.items()}
+        return self._ctr(dict(tiled, **{F.CAND_ITEM: cand_item, F.CAND_GROUP: cand_group}))
+
+    # ---- padding helpers ---------------------------------------------------------------------
+    def _padded_ctr(self, inputs):
+        n = tf.shape(inputs[F.CAND_ITEM])[0]
+        size = bucket_size(n, self.batch_buckets)
+        ctr = self._ctr_core({k: pad_rows(v, size) for k, v in inputs.items()})
+        return {F.PREDICTION: ctr[:n]}
+
+    def _one_user(self, history, cand_item, cand_group):
+        """Candidates [1, N] padded to a bucket → (history, cand [Np], cand [Np], N)."""
+        n = tf.shape(cand_item)[1]
+        size = bucket_size(n, self.candidate_buckets)
+        return (pad_rows(tf.reshape(cand_item, [-1]), size),
+                pad_rows(tf.reshape(cand_group, [-1]), size), n)
+
+    # ---- signatures ---------------------------------------------------------------------------
+    def signatures(self) -> Dict[str, tf.types.experimental.ConcreteFunction]:
+        """Concrete functions for `tf.saved_model.save(..., signatures=...)`."""
+        L = self.history_length
+        hist_b = history_specs(L, None)
+        hist_1 = history_specs(L, 1)
+        cand_b = {F.CAND_ITEM: tf.TensorSpec([None], tf.int32, F.CAND_ITEM),
+                  F.CAND_GROUP: tf.TensorSpec([None], tf.int32, F.CAND_GROUP)}
+        cand_1n = {F.CAND_ITEM: tf.TensorSpec([1, None], tf.int32, F.CAND_ITEM),
+                   F.CAND_GROUP: tf.TensorSpec([1, None], tf.int32, F.CAND_GROUP)}
+        sigs = {}
+
+        @tf.function(input_signature=[dict(hist_b, **cand_b)])
+        def predict_raw(inputs):
+            return self._padded_ctr(inputs)
+        sigs["predict_raw"] = predict_raw.get_concrete_function()
+
+        if self.tables is not None:
+            @tf.function(input_signature=[tf.TensorSpec([None], tf.string, EXAMPLES)])
+            def serving_default(examples):
+                return self._padded_ctr(parse_serving_examples(examples, self.tables, L))
+            sigs["serving_default"] = serving_default.get_concrete_function()
+        else:  # no vocabularies: the raw signature is the default one
+            sigs["serving_default"] = sigs["predict_raw"]
+
+        @tf.function(input_signature=[dict(hist_1, **cand_1n)])
+        def rank(inputs):
+            history = {k: inputs[k] for k in hist_1}
+            ci, cg, n = self._one_user(history, inputs[F.CAND_ITEM], inputs[F.CAND_GROUP])
+            ctr = self._rank_core(history, ci, cg)
+            return {F.PREDICTION: tf.reshape(ctr[:n], [1, -1])}
+        sigs["rank"] = rank.get_concrete_function()
+
+        if self.has_user_split:
+            @tf.function(input_signature=[hist_b])
+            def user_state(history):
+                n = tf.shape(history[F.REQUEST_TIME])[0]
+                size = bucket_size(n, self.batch_buckets)
+                state = self._user_state_core({k: pad_rows(v, size) for k, v in history.items()})
+                return {k: v[:n] for k, v in state.items()}
+            sigs["user_state"] = user_state.get_concrete_function()
+
+            probe = self._user_state_core.get_concrete_function(hist_1).structured_outputs
+            state_1 = {k: tf.TensorSpec([1] + probe[k].shape.as_list()[1:], probe[k].dtype, k)
+                       for k in USER_STATE_KEYS}
+
+            @tf.function(input_signature=[dict(state_1, **hist_1, **cand_1n)])
+            def score(inputs):
+                history = {k: inputs[k] for k in hist_1}
+                state = {k: inputs[k] for k in USER_STATE_KEYS}
+                ci, cg, n = self._one_user(history, inputs[F.CAND_ITEM], inputs[F.CAND_GROUP])
+                ctr = self._score_core(state, dict(history, **{F.CAND_ITEM: ci, F.CAND_GROUP: cg}))
+                return {F.PREDICTION: tf.reshape(ctr[:n], [1, -1])}
+            sigs["score"] = score.get_concrete_function()
+        return sigs

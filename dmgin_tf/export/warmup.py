@@ -1,0 +1,104 @@
+"""`assets.extra/tf_serving_warmup_requests`: PredictionLog records TF Serving replays
+at load time, so every XLA shape is compiled before the first real request.
+
+One record per (signature, bucket): `serving_default`/`predict_raw`/`user_state` at
+every batch bucket, `rank`/`score` at every candidate bucket — the padded shapes are
+exactly these, so nothing compiles at serving time. Records are built from real
+examples (rows are reused cyclically to fill a bucket). TF Serving reads at most 1000.
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+from dmgin_tf import features as F
+from dmgin_tf.export.signatures import EXAMPLES, USER_STATE_KEYS
+
+WARMUP_DIR = "assets.extra"
+WARMUP_FILE = "tf_serving_warmup_requests"
+MAX_RECORDS = 1000
+
+HISTORY_KEYS = F.HISTORY_INPUT_KEYS + (F.REQUEST_TIME,)
+
+
+def _cycle(x: np.ndarray, n: int) -> np.ndarray:
+    return np.take(np.asarray(x), np.arange(n) % len(x), axis=0)
+
+
+def _log(model_name: str, signature: str, inputs: Mapping[str, np.ndarray]):
+    req = predict_pb2.PredictRequest()
+    req.model_spec.name = model_name
+    req.model_spec.signature_name = signature
+    for k, v in inputs.items():
+        req.inputs[k].CopyFrom(tf.make_tensor_proto(v))
+    return prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=req))
+
+
+def build_warmup_logs(model_name: str, signatures: Mapping[str, object],
+                      dense: Mapping[str, np.ndarray], examples: Optional[Sequence[bytes]],
+                      batch_buckets: Sequence[int], candidate_buckets: Sequence[int]) -> List:
+    """PredictionLogs for every signature × bucket.
+
+    Args:
+      model_name: model name for the requests' ModelSpec.
+      signatures: name → callable concrete function (used to compute `score`'s state).
+      dense: real model inputs (MODEL_INPUT_KEYS, [E, L] / [E]), E >= 1.
+      examples: the same examples serialized (serving layout), or None.
+    """
+    dense = {k: np.asarray(dense[k]) for k in F.MODEL_INPUT_KEYS}
+    logs = []
+    for b in batch_buckets:
+        rows = {k: _cycle(v, b) for k, v in dense.items()}
+        if "serving_default" in signatures and examples is not None and \
+                _takes_examples(signatures["serving_default"]):
+            logs.append(_log(model_name, "serving_default",
+                             {EXAMPLES: np.array(_cycle(np.array(examples, dtype=object), b), dtype=object)}))
+        if "predict_raw" in signatures:
+            logs.append(_log(model_name, "predict_raw", rows))
+        if "user_state" in signatures:
+            logs.append(_log(model_name, "user_state", {k: rows[k] for k in HISTORY_KEYS}))
+    user = {k: dense[k][:1] for k in HISTORY_KEYS}          # one real user
+    for c in candidate_buckets:
+        cands = {F.CAND_ITEM: _cycle(dense[F.CAND_ITEM], c).reshape(1, c),
+                 F.CAND_GROUP: _cycle(dense[F.CAND_GROUP], c).reshape(1, c)}
+        if "rank" in signatures:
+            logs.append(_log(model_name, "rank", dict(user, **cands)))
+        if "score" in signatures:
+            state = signatures["user_state"](**{k: tf.constant(v) for k, v in user.items()})
+            logs.append(_log(model_name, "score", dict(user, **cands, **{
+                k: state[k].numpy() for k in USER_STATE_KEYS})))
+    if len(logs) > MAX_RECORDS:
+        raise ValueError(f"{len(logs)} warmup records; TF Serving reads at most {MAX_RECORDS}")
+    return logs
+
+
+def _takes_examples(fn) -> bool:
+    return EXAMPLES in fn.structured_input_signature[1]
+
+
+def write_warmup_file(saved_model_dir: str, logs: Sequence) -> str:
+    """Writes the records as a TFRecord file in `<saved_model_dir>/assets.extra/`."""
+    d = os.path.join(saved_model_dir, WARMUP_DIR)
+    os.makedirs(d, exist_ok=True)
+    path = os.path.join(d, WARMUP_FILE)
+    with tf.io.TFRecordWriter(path) as w:
+        for plog in logs:
+            w.write(plog.SerializeToString())
+    return path
+
+
+def read_warmup_file(path: str) -> List:
+    """Parses a warmup file back into PredictionLog messages."""
+    if os.path.isdir(path):
+        path = os.path.join(path, WARMUP_DIR, WARMUP_FILE)
+    return [prediction_log_pb2.PredictionLog.FromString(r.numpy())
+            for r in tf.data.TFRecordDataset(path)]
+
+
+def inputs_of(plog) -> Dict[str, np.ndarray]:
+    """The request tensors of one PredictionLog as numpy arrays."""
+    return {k: tf.make_ndarray(v) for k, v in plog.predict_log.request.inputs.items()}
