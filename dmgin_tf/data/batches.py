@@ -1,10 +1,16 @@
 """Dense model batches from an `ExampleSet` (numpy only; feeds both Keras backends).
 
 `densify` gathers each example's history with one vectorized fancy-index per array (no
-Python loop over rows), so it keeps a GPU busy: see `benchmarks`/the data docs for
-examples/s. Layout (docs/internals.md): the newest `min(history_length, max_history)`
-behaviors strictly before the example, oldest first, left-aligned, zero-padded on the
-right.
+Python loop over rows). Layout (docs/internals.md): the newest `min(history_length,
+max_history)` behaviors strictly before the example, oldest first, left-aligned,
+zero-padded on the right.
+
+Throughput (batch 1024, train split, H100 host CPU, numpy 2.5): one thread ~75-105k
+examples/s on Taobao and ~160-230k on MovieLens at L = 512; at L = 2048 ~55-70k (Taobao,
+histories <= 539 so only the used width is gathered) and ~23-31k (MovieLens, histories up
+to 2,698). `np.take` releases the GIL, so batches made in parallel threads scale: 8
+threads gave ~120k (Taobao) / ~100k (MovieLens) examples/s at L = 2048 — use
+`make_py_dataset(..., workers=8)` (threads) when feeding a GPU.
 
     es = ExampleSet.load("runs/examples/taobao")
     for batch in iterate_batches(es, "train", batch_size=1024, history_length=512,

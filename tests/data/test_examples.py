@@ -31,7 +31,6 @@ def user(n, ts=None, behavior="pv"):
 ])
 def test_split_sizes_follow_protocol(n, expected):
     assert split_sizes(n, DataConfig()) == expected
-    _, _, ts = user(n)
     ue = build_user_examples("u", *user(n), NO_NEG, cfg=DataConfig())
     counts = tuple(int((ue.split == c).sum()) for c in (SPLIT_TRAIN, SPLIT_VAL, SPLIT_TEST))
     assert counts == expected
