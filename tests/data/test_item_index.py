@@ -54,6 +54,12 @@ def test_group_table_offsets_ids_and_marks_missing_items_unknown(tmp_path):
     from_file = ItemIndex.build(ITEMS, "cluster", group_table=tmp_path / "g.parquet", num_groups=10)
     assert from_file.grouping_key == "table" and from_file.group_vocab_size == 12
     np.testing.assert_array_equal(from_file.group_of_idx, idx.group_of_idx)
+    # a sharded Parquet directory, as the Beam k-means stage writes it
+    (tmp_path / "shards").mkdir()
+    table.iloc[:2].to_parquet(tmp_path / "shards" / "part-0.parquet")
+    table.iloc[2:].to_parquet(tmp_path / "shards" / "part-1.parquet")
+    sharded = ItemIndex.build(ITEMS, "table", group_table=tmp_path / "shards")
+    np.testing.assert_array_equal(sharded.group_of_idx, idx.group_of_idx)
 
 
 @pytest.mark.parametrize("table, match", [
