@@ -1,0 +1,230 @@
+"""Beam example builder: canonical behaviors → per-user labelled tf.Examples by split.
+
+The protocol (split by time, strictly-before history, seeded negatives) lives in ONE
+place, `dmgin_tf.data.examples.build_user_examples`; this module only distributes it:
+
+    behaviors.parquet ─ReadParquet(row ranges, global row number)─► (user, (ts, row, item, behavior))
+      ─GroupByKey(user)─► sort by (timestamp, row) ─build_user_examples─► tf.Example per example
+      ─Filter by split─► WriteOutputs(train/ val/ test/ TFRecord, count-checked, atomic)
+
+The row number reproduces the converter's file order as the timestamp tie-break, so the
+Beam builder and the in-process numpy builder (`build_example_set`) produce the same
+examples on any runner (tested, order-independent).
+
+tf.Example features (keys from `dmgin_tf.features`; `feature_spec()` parses them):
+
+  user_id        bytes [1]      item_id (candidate) bytes [1]   category (candidate) bytes [1]
+  label          int64 [1]      timestamp (request time, s) int64 [1]
+  hist_item_id   bytes [h]      hist_behavior (behavior strings) bytes [h]
+  hist_timestamp int64 [h]      — the newest h = min(max_history, available) behaviors
+                                  strictly before `timestamp`, oldest first.
+
+Negatives' universe = the items table in file order (the same `ItemIndex.item_ids` the
+numpy builder uses); the candidate's category comes from the items table ("" if absent).
+The catalog (ids + categories) is held in each worker's memory — the negative sampler
+needs the full id list anyway; behaviors, the big side, are never collected.
+
+Under DaskRunner, multi-output ParDos (`with_outputs`, `Partition`) feed every output
+with all elements, so splits are separated by three filters instead.
+"""
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+import apache_beam as beam
+
+from dmgin_tf import features as F
+from dmgin_tf.config import BeamConfig, DataConfig
+from dmgin_tf.data.datasets import DatasetSpec, get_spec
+from dmgin_tf.data.examples import (SPLIT_NAMES, ItemUniverse, UserExamples,
+                                    build_user_examples)
+from dmgin_tf.errors import DataError
+from transform import beam_io
+from transform.beam_runner import beam_pipeline, dask_npartitions, default_workers
+
+BEHAVIORS_FILE = "behaviors.parquet"
+ITEMS_FILE = "items.parquet"
+_ROW = "_row"
+
+
+def feature_spec() -> dict:
+    """`tf.io.parse_example` spec of the examples this module writes."""
+    import tensorflow as tf
+    one_str, one_int = tf.io.FixedLenFeature([], tf.string), tf.io.FixedLenFeature([], tf.int64)
+    return {F.USER_ID: one_str, F.ITEM_ID: one_str, F.CATEGORY: one_str, F.LABEL: one_int,
+            F.TIMESTAMP: one_int, F.HIST_ITEM_ID: tf.io.VarLenFeature(tf.string),
+            F.HIST_BEHAVIOR: tf.io.VarLenFeature(tf.string),
+            F.HIST_TIMESTAMP: tf.io.VarLenFeature(tf.int64)}
+
+
+def example_rows(user_id: str, items: np.ndarray, behaviors: np.ndarray, timestamps: np.ndarray,
+                 ue: UserExamples, categories: Mapping[str, str], max_history: int
+                 ) -> Iterable[Tuple[str, dict]]:
+    """(split name, feature dict) per example of `ue`; history = newest `max_history`
+    behaviors before each example, oldest first (arrays of one user, sorted)."""
+    start = ue.history_start(max_history)
+    for e in range(len(ue)):
+        s, t = int(start[e]), int(ue.hist_end[e])
+        cand = str(ue.cand_item[e])
+        yield SPLIT_NAMES[int(ue.split[e])], {
+            F.USER_ID: str(user_id), F.ITEM_ID: cand, F.CATEGORY: categories.get(cand, ""),
+            F.LABEL: int(ue.label[e]), F.TIMESTAMP: int(ue.timestamp[e]),
+            F.HIST_ITEM_ID: [str(v) for v in items[s:t]],
+            F.HIST_BEHAVIOR: [str(v) for v in behaviors[s:t]],
+            F.HIST_TIMESTAMP: [int(v) for v in timestamps[s:t]]}
+
+
+def to_tf_example(row: dict) -> bytes:
+    """Feature dict (as from `example_rows`) -> serialized tf.train.Example."""
+    from tensorflow.core.example import example_pb2, feature_pb2
+
+    def b(vals):
+        return feature_pb2.Feature(bytes_list=feature_pb2.BytesList(
+            value=[v.encode("utf-8") for v in vals]))
+
+    def i(vals):
+        return feature_pb2.Feature(int64_list=feature_pb2.Int64List(value=vals))
+
+    feats = {F.USER_ID: b([row[F.USER_ID]]), F.ITEM_ID: b([row[F.ITEM_ID]]),
+             F.CATEGORY: b([row[F.CATEGORY]]), F.LABEL: i([row[F.LABEL]]),
+             F.TIMESTAMP: i([row[F.TIMESTAMP]]), F.HIST_ITEM_ID: b(row[F.HIST_ITEM_ID]),
+             F.HIST_BEHAVIOR: b(row[F.HIST_BEHAVIOR]), F.HIST_TIMESTAMP: i(row[F.HIST_TIMESTAMP])}
+    return example_pb2.Example(features=feature_pb2.Features(feature=feats)).SerializeToString()
+
+
+def from_tf_example(record: bytes) -> dict:
+    """Serialized example -> feature dict (inverse of `to_tf_example`; for tests/tools)."""
+    from tensorflow.core.example import example_pb2
+    f = example_pb2.Example.FromString(record).features.feature
+    s = lambda k: [v.decode("utf-8") for v in f[k].bytes_list.value]  # noqa: E731
+    n = lambda k: list(f[k].int64_list.value)  # noqa: E731
+    return {F.USER_ID: s(F.USER_ID)[0], F.ITEM_ID: s(F.ITEM_ID)[0], F.CATEGORY: s(F.CATEGORY)[0],
+            F.LABEL: n(F.LABEL)[0], F.TIMESTAMP: n(F.TIMESTAMP)[0],
+            F.HIST_ITEM_ID: s(F.HIST_ITEM_ID), F.HIST_BEHAVIOR: s(F.HIST_BEHAVIOR),
+            F.HIST_TIMESTAMP: n(F.HIST_TIMESTAMP)}
+
+
+# Per-process cache: under DaskRunner DoFn.setup runs per partition, so the catalog
+# structures are built once per worker process here instead.
+_CATALOG_CACHE: Dict[str, Tuple[Optional[ItemUniverse], Dict[str, str]]] = {}
+
+
+class _UserExamplesFn(beam.DoFn):
+    """``(user_id, [(ts, row, item, behavior)])`` -> ``(split, serialized tf.Example)``."""
+
+    def __init__(self, spec: DatasetSpec, cfg: DataConfig, item_ids: Sequence[str],
+                 categories: Mapping[str, str]):
+        self._spec, self._cfg = spec, cfg
+        self._item_ids, self._categories = list(item_ids), dict(categories)
+        self._token = uuid.uuid4().hex
+
+    def setup(self):
+        if self._token not in _CATALOG_CACHE:
+            universe = ItemUniverse(self._item_ids) if self._spec.sample_negatives else None
+            _CATALOG_CACHE[self._token] = (universe, self._categories)
+        self._universe, self._cats = _CATALOG_CACHE[self._token]
+
+    def process(self, element):
+        user_id, rows = element
+        rows = sorted(rows)  # (timestamp, file row): the protocol's order
+        ts = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        items = np.array([r[2] for r in rows], dtype=object)
+        behaviors = np.array([r[3] for r in rows], dtype=object)
+        ue = build_user_examples(user_id, items, behaviors, ts, self._spec,
+                                 item_universe=self._universe, seed=self._cfg.seed, cfg=self._cfg)
+        for split, row in example_rows(user_id, items, behaviors, ts, ue, self._cats,
+                                       self._cfg.max_history):
+            yield split, to_tf_example(row)
+
+
+class _ReadWithRowFn(beam.DoFn):
+    """Work item ``(file, row_group, start, stop, global_offset)`` -> keyed behaviors."""
+
+    def process(self, work):
+        import pyarrow.parquet as pq
+        filename, rg, start, stop, offset = work
+        t = pq.ParquetFile(filename).read_row_group(
+            rg, columns=[F.USER_ID, F.ITEM_ID, F.BEHAVIOR, F.TIMESTAMP]).slice(start, stop - start)
+        cols = [t.column(c).to_pylist() for c in (F.USER_ID, F.ITEM_ID, F.BEHAVIOR, F.TIMESTAMP)]
+        for j, (u, i, b, ts) in enumerate(zip(*cols)):
+            if ts is None or u is None or i is None or b is None:
+                raise DataError(f"{filename}: row {offset + j} has a null field")
+            yield str(u), (int(ts), offset + j, str(i), str(b))
+
+
+def _work_with_offsets(path: str, splits: int) -> List[tuple]:
+    """Row-range work items plus each range's global row number (file order)."""
+    import pyarrow.parquet as pq
+    files = beam_io._parquet_files(path)
+    base, offsets = 0, {}
+    for f in files:
+        meta = pq.ParquetFile(f).metadata
+        for rg in range(meta.num_row_groups):
+            offsets[(f, rg)] = base
+            base += meta.row_group(rg).num_rows
+    return [(f, rg, s, e, offsets[(f, rg)] + s)
+            for f, rg, s, e in beam_io.parquet_work_items(path, splits)]
+
+
+def _keep_split(element, name):
+    split, record = element
+    if split == name:
+        yield record
+
+
+def build_examples(data_dir: str, output_dir: str, data_cfg: DataConfig, beam_cfg: BeamConfig,
+                   *, dask_address: Optional[str] = None, splits: int = 0) -> Dict[str, int]:
+    """Builds tf.Examples from converted data with Beam; writes ``<output_dir>/{train,val,test}/``.
+
+    Args:
+      data_dir: converter output with ``behaviors.parquet`` and ``items.parquet``.
+      output_dir: receives one committed TFRecord directory per split.
+      data_cfg: dataset, split fractions, max_history, negatives, seed.
+      beam_cfg: runner.
+      dask_address: use this Dask scheduler (overrides `beam_cfg`).
+      splits: read work items (0 = 2 per worker).
+
+    Returns: ``{split: examples written}`` (each checked against the writers' counts).
+    """
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    beh_path = os.path.join(data_dir, BEHAVIORS_FILE)
+    items_path = os.path.join(data_dir, ITEMS_FILE)
+    for p in (beh_path, items_path):
+        if not os.path.exists(p):
+            raise DataError(f"{p} not found: convert the raw data first (`dmgin data convert`)")
+    items = pq.read_table(items_path, columns=[F.ITEM_ID, F.CATEGORY]
+                          if F.CATEGORY in pq.ParquetFile(items_path).schema_arrow.names
+                          else [F.ITEM_ID])
+    item_ids = [str(v) for v in items.column(F.ITEM_ID).to_pylist()]
+    cats = (items.column(F.CATEGORY).to_pylist() if F.CATEGORY in items.column_names
+            else [""] * len(item_ids))
+    categories = {i: (c or "") for i, c in zip(item_ids, cats)}
+    observed = pc.unique(pq.read_table(beh_path, columns=[F.BEHAVIOR]).column(0)).to_pylist()
+    spec = get_spec(data_cfg.dataset, data_cfg, observed_behaviors=observed)
+    if not splits:
+        splits = (dask_npartitions(beam_cfg) if beam_cfg.runner == "dask"
+                  else max(2, 2 * (beam_cfg.direct_num_workers or default_workers())))
+    work = _work_with_offsets(beh_path, splits)
+    sinks = {name: beam_io.TFRecordSink(os.path.join(output_dir, name)) for name in SPLIT_NAMES}
+    with beam_pipeline(beam_cfg, dask_address) as p:
+        examples = (p | "RowRanges" >> beam.Create(work)
+                    | "ReadBehaviors" >> beam.ParDo(_ReadWithRowFn())
+                    | "PerUser" >> beam.GroupByKey()
+                    | "BuildExamples" >> beam.ParDo(
+                        _UserExamplesFn(spec, data_cfg, item_ids, categories)))
+        by_split = {name: examples | f"Keep[{name}]" >> beam.FlatMap(_keep_split, name)
+                    for name in SPLIT_NAMES}
+        by_split | "Write" >> beam_io.WriteOutputs(sinks)
+    counts = {name: beam_io.output_rows(sink.path) for name, sink in sinks.items()}
+    return counts
+
+
+def read_examples(path: str) -> List[dict]:
+    """All examples of a committed split directory as feature dicts."""
+    return [from_tf_example(r) for r in beam_io.read_tfrecords(path)]
