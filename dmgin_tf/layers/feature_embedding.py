@@ -1,0 +1,172 @@
+"""Shared id and time embeddings for DMGIN and every baseline (one place, DESIGN §3)."""
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import ops
+
+# Recency buckets are log2-spaced in minutes: bucket b covers ages in
+# [60 * (2**(b-1) - 1), 60 * (2**b - 1)) seconds, so 32 buckets reach far beyond 2038.
+_BUCKET_UNIT_SECONDS = 60.0
+
+
+def log_time_bucket(seconds, num_buckets):
+    """Log2 buckets of a non-negative duration in seconds.
+
+    Args:
+        seconds: float tensor of any shape (negative values clamp to 0).
+        num_buckets: int, the bucket count; larger ages clamp to `num_buckets - 1`.
+
+    Returns:
+        int32 tensor, same shape, values in `[0, num_buckets)`.
+    """
+    seconds = ops.maximum(ops.cast(seconds, "float32"), 0.0)
+    b = ops.floor(ops.log(1.0 + seconds / _BUCKET_UNIT_SECONDS) / math.log(2.0))
+    return ops.cast(ops.clip(b, 0, num_buckets - 1), "int32")
+
+
+def age_seconds(times, request_time):
+    """`request_time - times` as float32 seconds, broadcasting `request_time` [B].
+
+    Args:
+        times: int tensor `[B, ...]` (Unix seconds; int64 on TF, int32 on JAX).
+        request_time: int tensor `[B]`.
+
+    Returns:
+        float32 tensor shaped like `times`. The subtraction happens in the integer dtype
+        so that large timestamps keep full precision before the cast.
+    """
+    rt = ops.cast(request_time, times.dtype)
+    rt = ops.reshape(rt, (-1,) + (1,) * (len(times.shape) - 1))
+    return ops.cast(rt - times, "float32")
+
+
+@keras.saving.register_keras_serializable(package="dmgin_tf")
+class FeatureEmbedding(keras.layers.Layer):
+    """Item, group, behavior-type and recency embeddings shared by all models.
+
+    One table per id kind; behavior tokens (one per history event) are the sum of the
+    item, behavior-type and recency-bucket embeddings, so every model (DMGIN and the
+    baselines) sees the same history representation.
+
+    Args:
+        item_vocab_size: int, item ids `[0, item_vocab_size)` (0 = padding, 1 = OOV).
+        group_vocab_size: int, group ids `[0, group_vocab_size)`. With
+            `group_key="item"` groups are item ids and the item table is reused, so
+            this may be 0.
+        num_behavior_ids: int, behavior ids `[0, num_behavior_ids)` (0 = padding).
+        embedding_dim: int, D.
+        num_time_buckets: int, log2-minute recency buckets (see `log_time_bucket`).
+        group_key: `"group"` (own group table) or `"item"` (DGIN: group id = item id).
+        embeddings_regularizer: optional L2 factor on the id tables (float, 0 = none).
+
+    Call methods (there is no single `call`; `call` is `item`):
+        item(ids [...]) -> [..., D]; group(ids [...]) -> [..., D];
+        tokens(items, behaviors, times [..], request_time [B]) -> [..., D].
+        Ids must lie inside the vocabulary (TF on CPU raises, XLA/JAX clamp), so
+        callers map unknown ids to OOV (1) upstream.
+
+    Example:
+
+    ```python
+    emb = FeatureEmbedding(item_vocab_size=100, group_vocab_size=10,
+                           num_behavior_ids=6, embedding_dim=8)
+    items = np.array([[2, 3, 0]]); beh = np.array([[2, 3, 0]])
+    times = np.array([[10, 20, 0]]); now = np.array([30])
+    tok = emb.tokens(items, beh, times, now)   # [1, 3, 8]
+    ```
+    """
+
+    def __init__(self, item_vocab_size, group_vocab_size, num_behavior_ids, embedding_dim,
+                 num_time_buckets=32, group_key="group", embeddings_regularizer=0.0,
+                 **kwargs):
+        super().__init__(**kwargs)
+        if group_key not in ("group", "item"):
+            raise ValueError(f"group_key={group_key!r}: must be 'group' or 'item'")
+        for name, value in (("item_vocab_size", item_vocab_size),
+                            ("num_behavior_ids", num_behavior_ids),
+                            ("embedding_dim", embedding_dim),
+                            ("num_time_buckets", num_time_buckets)):
+            if value < 1:
+                raise ValueError(f"{name}={value!r}: must be >= 1")
+        if group_key == "group" and group_vocab_size < 1:
+            raise ValueError(f"group_vocab_size={group_vocab_size!r}: must be >= 1 "
+                             "when group_key='group'")
+        self.item_vocab_size = int(item_vocab_size)
+        self.group_vocab_size = int(group_vocab_size)
+        self.num_behavior_ids = int(num_behavior_ids)
+        self.embedding_dim = int(embedding_dim)
+        self.num_time_buckets = int(num_time_buckets)
+        self.group_key = group_key
+        self.embeddings_regularizer = float(embeddings_regularizer)
+        reg = (keras.regularizers.L2(self.embeddings_regularizer)
+               if self.embeddings_regularizer else None)
+        init = keras.initializers.RandomNormal(stddev=0.05)
+        self.item_table = keras.layers.Embedding(
+            self.item_vocab_size, self.embedding_dim, embeddings_initializer=init,
+            embeddings_regularizer=reg, name="item_embedding")
+        self.group_table = None
+        if group_key == "group":
+            self.group_table = keras.layers.Embedding(
+                self.group_vocab_size, self.embedding_dim, embeddings_initializer=init,
+                embeddings_regularizer=reg, name="group_embedding")
+        self.behavior_table = keras.layers.Embedding(
+            self.num_behavior_ids, self.embedding_dim, embeddings_initializer=init,
+            name="behavior_embedding")
+        self.time_table = keras.layers.Embedding(
+            self.num_time_buckets, self.embedding_dim, embeddings_initializer=init,
+            name="recency_embedding")
+
+    def build(self, input_shape=None):
+        self.item_table.build((None,))
+        if self.group_table is not None:
+            self.group_table.build((None,))
+        self.behavior_table.build((None,))
+        self.time_table.build((None,))
+        self.built = True
+
+    def call(self, ids):
+        return self.item(ids)
+
+    def item(self, ids):
+        """Item embeddings: int ids [...] -> [..., D]."""
+        return self.item_table(ops.cast(ids, "int32"))
+
+    def group(self, ids):
+        """Group embeddings: int ids [...] -> [..., D] (item table when group_key='item')."""
+        if self.group_table is None:
+            return self.item(ids)
+        return self.group_table(ops.cast(ids, "int32"))
+
+    def behavior(self, ids):
+        """Behavior-type embeddings: int ids [...] -> [..., D]."""
+        return self.behavior_table(ops.cast(ids, "int32"))
+
+    def recency(self, ages):
+        """Recency embeddings of float ages in seconds [...] -> [..., D]."""
+        return self.time_table(log_time_bucket(ages, self.num_time_buckets))
+
+    def tokens(self, items, behaviors, times, request_time):
+        """Behavior tokens: item + behavior type + recency bucket.
+
+        Args:
+            items, behaviors: int `[B, ...]`; times: int `[B, ...]` Unix seconds;
+            request_time: int `[B]`.
+
+        Returns:
+            float `[B, ..., D]`. Padded slots get a (finite) token; callers mask them.
+        """
+        return (self.item(items) + self.behavior(behaviors)
+                + self.recency(age_seconds(times, request_time)))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(item_vocab_size=self.item_vocab_size,
+                      group_vocab_size=self.group_vocab_size,
+                      num_behavior_ids=self.num_behavior_ids,
+                      embedding_dim=self.embedding_dim,
+                      num_time_buckets=self.num_time_buckets,
+                      group_key=self.group_key,
+                      embeddings_regularizer=self.embeddings_regularizer)
+        return config

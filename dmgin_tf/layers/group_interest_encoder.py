@@ -1,0 +1,328 @@
+"""GroupInterestEncoder: lifelong history + candidate → interest vector (DMGIN)."""
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from dmgin_tf.features import (CAND_GROUP, CAND_ITEM, HIST_BEHAVIOR_ID, HIST_GROUP, HIST_ITEM,
+                               HIST_TIME, NUM_RESERVED_IDS, REQUEST_TIME)
+from dmgin_tf.layers.candidate_group_attention import CandidateGroupAttention
+from dmgin_tf.layers.candidate_match import candidate_item_match
+from dmgin_tf.layers.feature_embedding import FeatureEmbedding, age_seconds
+from dmgin_tf.layers.group_statistics import GroupStatistics
+from dmgin_tf.layers.inter_group_transformer import InterGroupTransformer
+from dmgin_tf.layers.intra_group_transformer import IntraGroupTransformer
+from dmgin_tf.layers.target_attention import TargetAttention
+from dmgin_tf.ops import NUM_STATS, candidate_group_history, group_behaviors
+
+GROUP_VECTORS = "group_vectors"
+GROUP_MASK = "group_mask"
+GROUP_IDS = "group_ids"
+USER_STATE_KEYS = (GROUP_VECTORS, GROUP_MASK, GROUP_IDS)
+
+
+@keras.saving.register_keras_serializable(package="dmgin_tf")
+class GroupInterestEncoder(keras.layers.Layer):
+    """DMGIN's interest encoder, the one layer to drop into a ranking model.
+
+    Pipeline (DESIGN §3): `group_behaviors` (top-G most recently active groups, last M
+    behaviors each, per-group statistics) → `GroupStatistics` → `IntraGroupTransformer`
+    (self-attention within each group, pooled, fused with group embedding + stats) →
+    `InterGroupTransformer` (HSTU or Transformer over the time-ordered groups) → the
+    candidate attends over the evolved groups (`TargetAttention`). With
+    `use_candidate_group`, DGIN's `CandidateGroupAttention` over the candidate's own
+    group (found over the whole history) and the raw matching features (how often and
+    how recently, per behavior type, the user touched the candidate's group and the
+    candidate item itself) are appended, so they reach the caller's MLP directly.
+
+    The work splits in two (what serving caches per user):
+    - `encode_user(inputs) -> user_state` — candidate-independent:
+      `{"group_vectors": [B, G, D], "group_mask": [B, G] bool, "group_ids": [B, G]}`.
+    - `score_candidates(user_state, inputs) -> [N, output_dim]` — per candidate;
+      `user_state` and the history in `inputs` may have batch N or 1 (one user × N
+      candidates: they broadcast), while `cand_item`/`cand_group` are `[N]`.
+    `call(inputs)` is `score_candidates(encode_user(inputs), inputs)`.
+
+    Args:
+        item_vocab_size, group_vocab_size: ints, id ranges incl. reserved ids 0/1.
+        num_behavior_types: int, T (behavior ids 1..T, 0 = padding).
+        max_groups: int, G. max_per_group: int, M.
+        embedding_dim: int, D. num_heads: int.
+        intra_layers, inter_layers: ints, Transformer/HSTU blocks per level.
+        inter_block: `"hstu"` or `"transformer"`.
+        attention_units: tuple, target attention MLP.
+        dropout: float.
+        use_stats, use_intra, use_inter, use_candidate_group: ablation switches.
+        group_key: `"group"` (hist_group / cand_group) or `"item"` (DGIN: each item is
+            its own group; the item table embeds groups).
+        num_time_buckets: int, log2-minute recency buckets.
+
+    Call arguments:
+        inputs: dict with `hist_item, hist_group, hist_behavior_id: [B, L] int`,
+            `hist_time: [B, L] int` (Unix s), `request_time: [B] int`,
+            `cand_item, cand_group: [B] int` (keys in `dmgin_tf.features`).
+        training: bool.
+
+    Returns:
+        float `[B, output_dim]` (`encoder.output_dim`).
+
+    Example:
+
+    ```python
+    enc = GroupInterestEncoder(item_vocab_size=100, group_vocab_size=20,
+                               num_behavior_types=2, max_groups=4, max_per_group=3,
+                               embedding_dim=8)
+    L = 10
+    inputs = {"hist_item": np.random.randint(2, 100, (2, L)),
+              "hist_group": np.random.randint(2, 20, (2, L)),
+              "hist_behavior_id": np.random.randint(1, 3, (2, L)),
+              "hist_time": np.tile(np.arange(L) * 60, (2, 1)),
+              "request_time": np.array([L * 60, L * 60]),
+              "cand_item": np.array([5, 6]), "cand_group": np.array([3, 4])}
+    interest = enc(inputs)                        # [2, enc.output_dim]
+    state = enc.encode_user(inputs)               # cacheable per user
+    interest2 = enc.score_candidates(state, inputs)
+    ```
+    """
+
+    def __init__(self, item_vocab_size, group_vocab_size, num_behavior_types, max_groups=64,
+                 max_per_group=16, embedding_dim=16, num_heads=2, intra_layers=1,
+                 inter_layers=2, inter_block="hstu", attention_units=(64, 32), dropout=0.0,
+                 use_stats=True, use_intra=True, use_inter=True, use_candidate_group=True,
+                 group_key="group", num_time_buckets=32, **kwargs):
+        super().__init__(**kwargs)
+        for name, value in (("max_groups", max_groups), ("max_per_group", max_per_group),
+                            ("num_behavior_types", num_behavior_types),
+                            ("embedding_dim", embedding_dim), ("num_heads", num_heads)):
+            if int(value) < 1:
+                raise ValueError(f"GroupInterestEncoder: {name}={value!r} must be >= 1")
+        self.item_vocab_size = int(item_vocab_size)
+        self.group_vocab_size = int(group_vocab_size)
+        self.num_behavior_types = int(num_behavior_types)
+        self.max_groups = int(max_groups)
+        self.max_per_group = int(max_per_group)
+        self.embedding_dim = int(embedding_dim)
+        self.num_heads = int(num_heads)
+        self.intra_layers = int(intra_layers)
+        self.inter_layers = int(inter_layers)
+        self.inter_block = inter_block
+        self.attention_units = tuple(int(u) for u in attention_units)
+        self.dropout = float(dropout)
+        self.use_stats = bool(use_stats)
+        self.use_intra = bool(use_intra)
+        self.use_inter = bool(use_inter)
+        self.use_candidate_group = bool(use_candidate_group)
+        self.group_key = group_key
+        self.num_time_buckets = int(num_time_buckets)
+
+        d = self.embedding_dim
+        self.embedding = FeatureEmbedding(
+            self.item_vocab_size, self.group_vocab_size, self.num_behavior_types + 1, d,
+            num_time_buckets=self.num_time_buckets, group_key=group_key, name="embedding")
+        self.statistics = None
+        if self.use_stats or self.use_candidate_group:
+            self.statistics = GroupStatistics(d, name="group_statistics")
+        self.intra = None
+        self.fuse = None
+        if self.use_intra:
+            self.intra = IntraGroupTransformer(self.num_heads, self.intra_layers,
+                                               output_dim=d, dropout=self.dropout,
+                                               name="intra_group_transformer")
+        else:
+            self.fuse = keras.layers.Dense(d, activation="gelu", name="group_fuse")
+        self.inter = None
+        if self.use_inter:
+            self.inter = InterGroupTransformer(self.num_heads, self.inter_layers,
+                                               block=inter_block,
+                                               num_time_buckets=self.num_time_buckets,
+                                               dropout=self.dropout,
+                                               name="inter_group_transformer")
+        self.query_proj = keras.layers.Dense(d, name="candidate_query")
+        self.target_attention = TargetAttention(self.attention_units,
+                                                name="target_attention")
+        self.candidate_attention = None
+        if self.use_candidate_group:
+            self.candidate_attention = CandidateGroupAttention(
+                self.num_heads, num_layers=1, attention_units=self.attention_units,
+                dropout=self.dropout, name="candidate_group_attention")
+
+    # ----------------------------------------------------------------- shapes / build
+    @property
+    def match_feature_dim(self):
+        """Width of the raw matching features: group `log1p(counts)` + stats, item
+        `log1p(counts)` + seen + recency."""
+        t = self.num_behavior_types
+        return (t + NUM_STATS) + (t + 2)
+
+    @property
+    def output_dim(self):
+        """Width of the interest vector returned by `call` / `score_candidates`."""
+        d = self.embedding_dim
+        width = 2 * d                              # target attention + candidate query
+        if self.use_candidate_group:
+            width += 3 * d + self.match_feature_dim  # cand-group attn, stats emb, matched
+        return width
+
+    def build(self, input_shape=None):
+        g, m, d, t = self.max_groups, self.max_per_group, self.embedding_dim, \
+            self.num_behavior_types
+        self.embedding.build()
+        if self.statistics is not None:
+            self.statistics.build((None, g, t), (None, g, NUM_STATS))
+        context = d + (d if self.use_stats else 0)
+        if self.intra is not None:
+            self.intra.build((None, g, m, d), (None, g, m), (None, g, context), (None, g))
+        else:
+            self.fuse.build((None, g, context))
+        if self.inter is not None:
+            self.inter.build((None, g, d), (None, g), (None, g))
+        self.query_proj.build((None, 2 * d))
+        self.target_attention.build((None, d), (None, g, d))
+        if self.candidate_attention is not None:
+            self.candidate_attention.build((None, d), (None, m, d))
+        self.built = True
+
+    # ----------------------------------------------------------------- user side
+    def _group_key(self, inputs):
+        return inputs[HIST_ITEM] if self.group_key == "item" else inputs[HIST_GROUP]
+
+    def _num_groups(self):
+        return self.item_vocab_size if self.group_key == "item" else self.group_vocab_size
+
+    def _cand_key(self, inputs):
+        return inputs[CAND_ITEM] if self.group_key == "item" else inputs[CAND_GROUP]
+
+    def encode_user(self, inputs, training=None):
+        """Candidate-independent user state (cache it per user).
+
+        Args:
+            inputs: dict with the history keys `hist_item, hist_group,
+                hist_behavior_id, hist_time: [B, L]` and `request_time: [B]`
+                (candidate keys are ignored).
+
+        Returns:
+            dict `{"group_vectors": float [B, G, D], "group_mask": bool [B, G],
+            "group_ids": int32 [B, G]}`; padded groups have zero vectors.
+        """
+        if not self.built:
+            self.build()
+        rt = inputs[REQUEST_TIME]
+        num_groups = self._num_groups()
+        gh = group_behaviors(inputs[HIST_ITEM], self._group_key(inputs),
+                             inputs[HIST_BEHAVIOR_ID], inputs[HIST_TIME], rt,
+                             max_groups=self.max_groups, max_per_group=self.max_per_group,
+                             num_behavior_types=self.num_behavior_types,
+                             num_groups=num_groups)
+        mask = ops.cast(gh.group_mask, "bool")
+        parts = [self.embedding.group(gh.group_ids)]
+        if self.use_stats:
+            parts.append(self.statistics(gh.counts, gh.stats, group_mask=mask))
+        context = ops.concatenate(parts, axis=-1)
+        if self.intra is not None:
+            tokens = self.embedding.tokens(gh.group_items, gh.group_behaviors,
+                                           gh.group_times, rt)
+            vectors = self.intra(tokens, gh.group_item_mask, group_context=context,
+                                 group_mask=mask, training=training)
+        else:
+            vectors = self.fuse(context) * ops.cast(mask, context.dtype)[..., None]
+        if self.inter is not None:
+            vectors = self.inter(vectors, mask, age_seconds(gh.last_time, rt),
+                                 training=training)
+        return {GROUP_VECTORS: vectors, GROUP_MASK: mask,
+                GROUP_IDS: ops.cast(gh.group_ids, "int32")}
+
+    # ----------------------------------------------------------------- candidate side
+    def score_candidates(self, user_state, inputs, training=None):
+        """Interest vectors for N candidates given a (cached) user state.
+
+        Args:
+            user_state: dict from `encode_user`, batch N or 1.
+            inputs: dict with `cand_item, cand_group: [N]`; with
+                `use_candidate_group` also the history keys and `request_time`,
+                batch N or 1 (matching features look at the whole history, O(L) per
+                candidate).
+            training: bool.
+
+        Returns:
+            float `[N, output_dim]`.
+        """
+        if not self.built:
+            self.build()
+        cand_item = ops.cast(inputs[CAND_ITEM], "int32")
+        cand_key = ops.cast(self._cand_key(inputs), "int32")
+        n = ops.shape(cand_item)[0]
+        g, d = self.max_groups, self.embedding_dim
+        vectors = ops.broadcast_to(user_state[GROUP_VECTORS], (n, g, d))
+        mask = ops.broadcast_to(ops.cast(user_state[GROUP_MASK], "bool"), (n, g))
+        ids = ops.broadcast_to(ops.cast(user_state[GROUP_IDS], "int32"), (n, g))
+
+        query = self.query_proj(ops.concatenate(
+            [self.embedding.item(cand_item), self.embedding.group(cand_key)], axis=-1))
+        parts = [self.target_attention(query, vectors, mask), query]
+        if self.use_candidate_group:
+            parts += self._candidate_group_parts(query, vectors, mask, ids, cand_item,
+                                                 cand_key, inputs, training)
+        return ops.concatenate(parts, axis=-1)
+
+    def _candidate_group_parts(self, query, vectors, mask, ids, cand_item, cand_key,
+                               inputs, training):
+        n = ops.shape(cand_item)[0]
+        length = inputs[HIST_ITEM].shape[-1]
+        if length is None:
+            length = ops.shape(inputs[HIST_ITEM])[-1]
+        hist = {k: ops.broadcast_to(self._history(inputs, k), (n, length))
+                for k in ("item", "key", "behavior", "time")}
+        rt = ops.broadcast_to(ops.reshape(inputs[REQUEST_TIME], (-1,)), (n,))
+        # Reserved candidate ids (padding/OOV) match nothing: "unknown" is not a group.
+        known = cand_key >= NUM_RESERVED_IDS
+        cg = candidate_group_history(hist["item"], hist["key"], hist["behavior"],
+                                     hist["time"], rt, cand_key,
+                                     max_per_group=self.max_per_group,
+                                     num_behavior_types=self.num_behavior_types,
+                                     num_groups=self._num_groups())
+        cg_mask = ops.cast(cg.mask, "bool") & known[:, None]
+        knownf = ops.cast(known, "float32")[:, None]
+        counts = ops.cast(cg.counts, "float32") * knownf
+        stats = ops.cast(cg.stats, "float32") * knownf
+        tokens = self.embedding.tokens(cg.items, cg.behaviors, cg.times, rt)
+        cand_attention = self.candidate_attention(query, tokens, cg_mask, training=training)
+        cand_stats = self.statistics(counts, stats, group_mask=known)
+        # The evolved vector of the candidate's own group, if it is among the top G.
+        hit = ops.cast((ids == cand_key[:, None]) & mask & known[:, None], vectors.dtype)
+        matched = ops.einsum("ng,ngd->nd", hit, vectors)
+        raw = ops.concatenate([
+            GroupStatistics.features(counts, stats),
+            candidate_item_match(hist["item"], hist["behavior"], hist["time"], rt,
+                                 cand_item, self.num_behavior_types)], axis=-1)
+        dtype = query.dtype
+        return [cand_attention, cand_stats, matched, ops.cast(raw, dtype)]
+
+    def _history(self, inputs, which):
+        if which == "item":
+            return inputs[HIST_ITEM]
+        if which == "key":
+            return self._group_key(inputs)
+        if which == "behavior":
+            return inputs[HIST_BEHAVIOR_ID]
+        return inputs[HIST_TIME]
+
+    def call(self, inputs, training=None):
+        return self.score_candidates(self.encode_user(inputs, training=training), inputs,
+                                     training=training)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[CAND_ITEM][0], self.output_dim)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            item_vocab_size=self.item_vocab_size, group_vocab_size=self.group_vocab_size,
+            num_behavior_types=self.num_behavior_types, max_groups=self.max_groups,
+            max_per_group=self.max_per_group, embedding_dim=self.embedding_dim,
+            num_heads=self.num_heads, intra_layers=self.intra_layers,
+            inter_layers=self.inter_layers, inter_block=self.inter_block,
+            attention_units=self.attention_units, dropout=self.dropout,
+            use_stats=self.use_stats, use_intra=self.use_intra, use_inter=self.use_inter,
+            use_candidate_group=self.use_candidate_group, group_key=self.group_key,
+            num_time_buckets=self.num_time_buckets)
+        return config

@@ -1,0 +1,199 @@
+"""tf.keras (Keras 2, `TF_USE_LEGACY_KERAS=1`) adapters over the Keras 3 layers.
+
+TFRS, TFT and many existing ranking stacks are tf.keras (tf_keras 2.16); our math is
+Keras 3. Rather than a second copy of the math, `KerasLayerAdapter` is a
+`tf_keras.layers.Layer` that *runs a Keras 3 layer instance* (TF backend) in its `call`
+and reports that layer's variables as its own weights:
+
+- every Keras 3 variable on the TF backend wraps a real `tf.Variable` (`v.value`); the
+  adapter lists those, so tf.keras optimizers update them and `GradientTape` records
+  them (they are read inside `call`);
+- the Keras 3 layer is a trackable child of the adapter, so tf.keras checkpoints
+  (`model.save_weights`) and `tf.saved_model.save` include its variables;
+- the layer is built eagerly in `build()` from the input shapes, so no variable is ever
+  created inside a tf.keras functional graph.
+
+Why not re-implement the layers in tf.keras: one math, tested once, and weights that
+move unchanged between Keras 3 (TF or JAX backend) and tf.keras. The one weights format
+is the Keras 3 `.weights.h5` of the Keras 3 object the adapter wraps
+(`adapter.inner.save_weights` / `load_weights` when it is a `keras.Model`, or
+`save_keras3_weights` / `load_keras3_weights` below for a single layer).
+
+Requires KERAS_BACKEND=tensorflow (the default) in this process.
+"""
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+import tf_keras
+
+from dmgin_tf.layers import group_interest_encoder as _gie
+
+
+def _check_backend():
+    if keras.backend.backend() != "tensorflow":
+        raise RuntimeError("dmgin_tf.layers.tf_keras needs KERAS_BACKEND=tensorflow, "
+                           f"got {keras.backend.backend()!r}")
+
+
+def _dummy_from_shapes(shapes, dtypes):
+    """Zeros (batch 1) for a possibly nested dict of TensorShapes."""
+    if isinstance(shapes, dict):
+        return {k: _dummy_from_shapes(shapes[k], dtypes.get(k) if dtypes else None)
+                for k in shapes}
+    dims = [1 if d is None else int(d) for d in list(shapes)]
+    if dims:
+        dims[0] = 1
+    return np.zeros(dims, dtypes or "float32")
+
+
+class KerasLayerAdapter(tf_keras.layers.Layer):
+    """A tf.keras layer that runs a Keras 3 layer (or model) and owns its weights.
+
+    Args:
+        inner: a Keras 3 `keras.layers.Layer` / `keras.Model` (TF backend), built or not.
+        input_dtypes: optional dict key → dtype (or one dtype) of the inputs, used for
+            the dummy call that builds `inner`; default: each input's dtype as seen at
+            `build` time is unknown to tf.keras, so ints must be declared here when
+            `inner` cannot be built from float zeros.
+
+    Call arguments:
+        inputs: whatever `inner` takes as its first argument (tensor or dict).
+        training: bool, forwarded.
+
+    Returns:
+        `inner`'s output.
+
+    Example:
+
+    ```python
+    dense3 = keras.layers.Dense(4)                      # a Keras 3 layer
+    x = tf_keras.Input((3,))
+    y = KerasLayerAdapter(dense3)(x)
+    model = tf_keras.Model(x, y)                        # trains with tf.keras
+    ```
+    """
+
+    def __init__(self, inner, input_dtypes=None, **kwargs):
+        _check_backend()
+        super().__init__(**kwargs)
+        self.inner = inner
+        self.input_dtypes = input_dtypes
+
+    def build(self, input_shape):
+        if not self.inner.built:
+            # A dummy eager call creates the Keras 3 variables outside any tf.keras
+            # graph (tf.keras would otherwise trace `call` in a scratch FuncGraph).
+            self.inner(_dummy_from_shapes(input_shape, self.input_dtypes))
+        super().build(input_shape)
+
+    # tf.keras asks its layers for weights through these properties.
+    @property
+    def trainable_weights(self):
+        if not self.trainable:
+            return []
+        return [v.value for v in self.inner.trainable_variables]
+
+    @property
+    def non_trainable_weights(self):
+        frozen = [] if self.trainable else list(self.inner.trainable_variables)
+        return [v.value for v in frozen + list(self.inner.non_trainable_variables)]
+
+    @property
+    def weights(self):
+        return self.trainable_weights + self.non_trainable_weights
+
+    @property
+    def losses(self):
+        return list(self.inner.losses)
+
+    def call(self, inputs, training=None):
+        return self.inner(inputs, training=training)
+
+    def save_keras3_weights(self, path):
+        """Writes `inner`'s weights as a Keras 3 `.weights.h5` file."""
+        _as_model(self.inner).save_weights(path)
+
+    def load_keras3_weights(self, path):
+        """Loads a Keras 3 `.weights.h5` file (TF or JAX backend) into `inner`."""
+        _as_model(self.inner).load_weights(path)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(inner=keras.saving.serialize_keras_object(self.inner),
+                      input_dtypes=self.input_dtypes)
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["inner"] = keras.saving.deserialize_keras_object(config["inner"])
+        return cls(**config)
+
+
+class _Holder(keras.Model):
+    """A Keras 3 model around one layer, only to use Model.save_weights/load_weights."""
+
+    def __init__(self, layer, **kwargs):
+        super().__init__(**kwargs)
+        self.layer = layer
+        self.built = True
+
+    def call(self, inputs):
+        return self.layer(inputs)
+
+
+def _as_model(obj):
+    return obj if isinstance(obj, keras.Model) else _Holder(obj)
+
+
+def save_keras3_weights(layer, path):
+    """Saves a (Keras 3) layer's weights as `.weights.h5` — the format all variants load."""
+    _as_model(layer).save_weights(path)
+
+
+def load_keras3_weights(layer, path):
+    """Loads a `.weights.h5` written by `save_keras3_weights` (any backend) into `layer`."""
+    _as_model(layer).load_weights(path)
+
+
+class GroupInterestEncoder(KerasLayerAdapter):
+    """tf.keras version of `dmgin_tf.layers.GroupInterestEncoder` (same math, same args).
+
+    Takes the same constructor arguments as the Keras 3 layer and the same dict of
+    inputs; returns `[B, output_dim]`. `encode_user` / `score_candidates` of the Keras 3
+    layer are on `.inner`.
+
+    Example (tf.keras functional ranking model):
+
+    ```python
+    inputs = {k: tf_keras.Input((L,), dtype=...) ...}      # see docs/layers.md
+    interest = GroupInterestEncoder(item_vocab_size=..., group_vocab_size=...,
+                                    num_behavior_types=4)(inputs)
+    ctr = tf_keras.layers.Dense(1, activation="sigmoid")(interest)
+    ```
+    """
+
+    def __init__(self, inner=None, input_dtypes=None, **encoder_kwargs):
+        layer_kwargs = {k: encoder_kwargs.pop(k) for k in ("name", "trainable", "dtype")
+                        if k in encoder_kwargs}
+        if inner is None:
+            inner = _gie.GroupInterestEncoder(**encoder_kwargs)
+        elif encoder_kwargs:
+            raise TypeError(f"GroupInterestEncoder: pass either inner or encoder "
+                            f"arguments, not both (got {sorted(encoder_kwargs)})")
+        super().__init__(inner, input_dtypes=input_dtypes, **layer_kwargs)
+
+    @property
+    def output_dim(self):
+        return self.inner.output_dim
+
+    def build(self, input_shape):
+        if not self.inner.built:
+            self.inner.build(input_shape)   # the encoder builds from its config alone
+        super().build(input_shape)
+
+    def compute_output_shape(self, input_shape):
+        first = tf.TensorShape(input_shape[_gie.CAND_ITEM])
+        return tf.TensorShape([first[0], self.output_dim])

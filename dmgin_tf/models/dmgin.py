@@ -1,0 +1,68 @@
+"""DMGIN (Keras 3): GroupInterestEncoder + MLP head; DGIN is the same with item groups."""
+from __future__ import annotations
+
+import keras
+
+from dmgin_tf.layers.group_interest_encoder import GroupInterestEncoder
+from dmgin_tf.models.ranking_model import RankingModel
+
+
+def encoder_from_config(model_cfg, *, group_key="group", use_inter=None, name="encoder"):
+    """A `GroupInterestEncoder` from a `ModelConfig` (ablation switches included)."""
+    c = model_cfg
+    return GroupInterestEncoder(
+        item_vocab_size=c.item_vocab_size, group_vocab_size=c.group_vocab_size,
+        num_behavior_types=c.num_behavior_types, max_groups=c.max_groups,
+        max_per_group=c.max_per_group, embedding_dim=c.embedding_dim,
+        num_heads=c.num_heads, intra_layers=c.intra_layers, inter_layers=c.inter_layers,
+        inter_block=c.inter_block, attention_units=c.attention_units, dropout=c.dropout,
+        use_stats=c.use_stats, use_intra=c.use_intra,
+        use_inter=c.use_inter if use_inter is None else use_inter,
+        use_candidate_group=c.use_candidate_group, group_key=group_key,
+        num_time_buckets=c.num_time_buckets, name=name)
+
+
+@keras.saving.register_keras_serializable(package="dmgin_tf")
+class DMGIN(RankingModel):
+    """DMGIN ranking model: inputs dict → `ctr` `[B]`.
+
+    Besides `call`, the two halves serving uses (DESIGN §4):
+    - `encode_user(inputs) -> user_state` (candidate-independent, cache per user):
+      `{"group_vectors": [B, G, D], "group_mask": [B, G], "group_ids": [B, G]}`.
+    - `score(user_state, inputs) -> ctr [N]`, `inputs` holding `cand_item,
+      cand_group: [N]` and the history + `request_time` with batch N or 1.
+
+    Args:
+        model_cfg: `ModelConfig` or its dict.
+    """
+
+    GROUP_KEY = "group"
+
+    def __init__(self, model_cfg, **kwargs):
+        super().__init__(model_cfg, **kwargs)
+        self.encoder = encoder_from_config(self.model_cfg, group_key=self.GROUP_KEY,
+                                           use_inter=self._use_inter())
+
+    def _use_inter(self):
+        return None
+
+    def interest(self, inputs, training=None):
+        return self.encoder(inputs, training=training)
+
+    def encode_user(self, inputs, training=None):
+        return self.encoder.encode_user(inputs, training=training)
+
+    def score(self, user_state, inputs, training=None):
+        return self.head(self.encoder.score_candidates(user_state, inputs, training=training),
+                         training=training)
+
+
+@keras.saving.register_keras_serializable(package="dmgin_tf")
+class DGIN(DMGIN):
+    """DGIN baseline (Liu et al. 2023): the same pipeline with groups = item ids, no
+    inter-group level; candidate-group attention over the candidate item's behaviors."""
+
+    GROUP_KEY = "item"
+
+    def _use_inter(self):
+        return False
