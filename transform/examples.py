@@ -52,14 +52,19 @@ ITEMS_FILE = "items.parquet"
 _ROW = "_row"
 
 
-def feature_spec() -> dict:
-    """`tf.io.parse_example` spec of the examples this module writes."""
+def feature_spec(with_groups: bool = False) -> dict:
+    """`tf.io.parse_example` spec of the examples this module writes (`with_groups`: the
+    examples were built with `item_groups`, adding `group_id` / `hist_group_id`)."""
     import tensorflow as tf
     one_str, one_int = tf.io.FixedLenFeature([], tf.string), tf.io.FixedLenFeature([], tf.int64)
-    return {F.USER_ID: one_str, F.ITEM_ID: one_str, F.CATEGORY: one_str, F.LABEL: one_int,
+    spec = {F.USER_ID: one_str, F.ITEM_ID: one_str, F.CATEGORY: one_str, F.LABEL: one_int,
             F.TIMESTAMP: one_int, F.HIST_ITEM_ID: tf.io.VarLenFeature(tf.string),
             F.HIST_BEHAVIOR: tf.io.VarLenFeature(tf.string),
             F.HIST_TIMESTAMP: tf.io.VarLenFeature(tf.int64)}
+    if with_groups:
+        spec[F.GROUP_ID] = one_int
+        spec[F.HIST_GROUP_ID] = tf.io.VarLenFeature(tf.int64)
+    return spec
 
 
 def example_rows(user_id: str, items: np.ndarray, behaviors: np.ndarray, timestamps: np.ndarray,
@@ -79,22 +84,48 @@ def example_rows(user_id: str, items: np.ndarray, behaviors: np.ndarray, timesta
             F.HIST_TIMESTAMP: [int(v) for v in timestamps[s:t]]}
 
 
+def _varint(n: int) -> bytes:
+    n &= (1 << 64) - 1  # int64 two's complement, as protobuf encodes negative int64
+    out = bytearray()
+    while True:
+        bits = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(bits | 0x80)
+        else:
+            out.append(bits)
+            return bytes(out)
+
+
+def _field(tag: int, payload: bytes) -> bytes:
+    """Length-delimited protobuf field (wire type 2) with field number `tag`."""
+    return _varint((tag << 3) | 2) + _varint(len(payload)) + payload
+
+
 def to_tf_example(row: dict) -> bytes:
-    """Feature dict (as from `example_rows`) -> serialized tf.train.Example."""
-    from tensorflow.core.example import example_pb2, feature_pb2
+    """Feature dict (as from `example_rows`) -> serialized `tf.train.Example`.
 
-    def b(vals):
-        return feature_pb2.Feature(bytes_list=feature_pb2.BytesList(
-            value=[v.encode("utf-8") for v in vals]))
+    Encoded by hand in protobuf wire format (Example{Features{map<string, Feature>}},
+    BytesList / packed Int64List) so Beam workers need not import TensorFlow (≈ 5-15 s
+    per worker process); tests parse the result with TensorFlow.
+    """
+    def feature(key: str, kind: str, values) -> bytes:
+        if kind == "bytes":
+            inner = b"".join(_field(1, v.encode("utf-8")) for v in values)
+            feat = _field(1, inner)                                  # Feature.bytes_list
+        else:
+            inner = _field(1, b"".join(_varint(int(v)) for v in values)) if len(values) else b""
+            feat = _field(3, inner)                                  # Feature.int64_list
+        return _field(1, _field(1, key.encode("utf-8")) + _field(2, feat))  # map entry
 
-    def i(vals):
-        return feature_pb2.Feature(int64_list=feature_pb2.Int64List(value=vals))
-
-    feats = {F.USER_ID: b([row[F.USER_ID]]), F.ITEM_ID: b([row[F.ITEM_ID]]),
-             F.CATEGORY: b([row[F.CATEGORY]]), F.LABEL: i([row[F.LABEL]]),
-             F.TIMESTAMP: i([row[F.TIMESTAMP]]), F.HIST_ITEM_ID: b(row[F.HIST_ITEM_ID]),
-             F.HIST_BEHAVIOR: b(row[F.HIST_BEHAVIOR]), F.HIST_TIMESTAMP: i(row[F.HIST_TIMESTAMP])}
-    return example_pb2.Example(features=feature_pb2.Features(feature=feats)).SerializeToString()
+    feats = b"".join([
+        feature(F.USER_ID, "bytes", [row[F.USER_ID]]), feature(F.ITEM_ID, "bytes", [row[F.ITEM_ID]]),
+        feature(F.CATEGORY, "bytes", [row[F.CATEGORY]]), feature(F.LABEL, "int", [row[F.LABEL]]),
+        feature(F.TIMESTAMP, "int", [row[F.TIMESTAMP]]),
+        feature(F.HIST_ITEM_ID, "bytes", row[F.HIST_ITEM_ID]),
+        feature(F.HIST_BEHAVIOR, "bytes", row[F.HIST_BEHAVIOR]),
+        feature(F.HIST_TIMESTAMP, "int", row[F.HIST_TIMESTAMP])])
+    return _field(1, feats)                                          # Example.features
 
 
 def from_tf_example(record: bytes) -> dict:
@@ -118,9 +149,10 @@ class _UserExamplesFn(beam.DoFn):
     """``(user_id, [(ts, row, item, behavior)])`` -> ``(split, serialized tf.Example)``."""
 
     def __init__(self, spec: DatasetSpec, cfg: DataConfig, item_ids: Sequence[str],
-                 categories: Mapping[str, str]):
+                 categories: Mapping[str, str], item_groups: Optional[Mapping[str, int]] = None):
         self._spec, self._cfg = spec, cfg
         self._item_ids, self._categories = list(item_ids), dict(categories)
+        self._groups = dict(item_groups) if item_groups is not None else None
         self._token = uuid.uuid4().hex
 
     def setup(self):
@@ -139,6 +171,10 @@ class _UserExamplesFn(beam.DoFn):
                                  item_universe=self._universe, seed=self._cfg.seed, cfg=self._cfg)
         for split, row in example_rows(user_id, items, behaviors, ts, ue, self._cats,
                                        self._cfg.max_history):
+            if self._groups is not None:  # unknown item -> group OOV_ID
+                row[F.GROUP_ID] = int(self._groups.get(row[F.ITEM_ID], F.OOV_ID))
+                row[F.HIST_GROUP_ID] = [int(self._groups.get(v, F.OOV_ID))
+                                        for v in row[F.HIST_ITEM_ID]]
             yield split, to_tf_example(row)
 
 
@@ -178,7 +214,8 @@ def _keep_split(element, name):
 
 
 def build_examples(data_dir: str, output_dir: str, data_cfg: DataConfig, beam_cfg: BeamConfig,
-                   *, dask_address: Optional[str] = None, splits: int = 0) -> Dict[str, int]:
+                   *, dask_address: Optional[str] = None, splits: int = 0,
+                   item_groups: Optional[Mapping[str, int]] = None) -> Dict[str, int]:
     """Builds tf.Examples from converted data with Beam; writes ``<output_dir>/{train,val,test}/``.
 
     Args:
@@ -188,6 +225,8 @@ def build_examples(data_dir: str, output_dir: str, data_cfg: DataConfig, beam_cf
       beam_cfg: runner.
       dask_address: use this Dask scheduler (overrides `beam_cfg`).
       splits: read work items (0 = 2 per worker).
+      item_groups: optional item id -> group id (the TFX ItemGrouper's table); adds int64
+        `group_id` [1] and `hist_group_id` [h] features (unknown items -> OOV_ID).
 
     Returns: ``{split: examples written}`` (each checked against the writers' counts).
     """
@@ -217,7 +256,7 @@ def build_examples(data_dir: str, output_dir: str, data_cfg: DataConfig, beam_cf
                     | "ReadBehaviors" >> beam.ParDo(_ReadWithRowFn())
                     | "PerUser" >> beam.GroupByKey()
                     | "BuildExamples" >> beam.ParDo(
-                        _UserExamplesFn(spec, data_cfg, item_ids, categories)))
+                        _UserExamplesFn(spec, data_cfg, item_ids, categories, item_groups)))
         by_split = {name: examples | f"Keep[{name}]" >> beam.FlatMap(_keep_split, name)
                     for name in SPLIT_NAMES}
         by_split | "Write" >> beam_io.WriteOutputs(sinks)

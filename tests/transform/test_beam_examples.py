@@ -102,6 +102,22 @@ def test_tf_example_round_trip_and_feature_spec():
            F.HIST_ITEM_ID: ["a", "b"], F.HIST_BEHAVIOR: ["pv", "buy"], F.HIST_TIMESTAMP: [1, 2]}
     rec = beam_examples.to_tf_example(row)
     assert beam_examples.from_tf_example(rec) == row
+    # Hand-written wire format == TensorFlow's own encoding of the same Example.
+    ref = tf.train.Example.FromString(rec)
+    assert tf.train.Example.FromString(ref.SerializeToString()) == ref
+    big = dict(row, **{F.TIMESTAMP: 2 ** 40, F.LABEL: 0, F.HIST_TIMESTAMP: [-5, 0, 300],
+                       F.HIST_ITEM_ID: ["é", ""], F.HIST_BEHAVIOR: []})
+    big[F.HIST_ITEM_ID] = ["é", "", "x"]
+    assert beam_examples.from_tf_example(beam_examples.to_tf_example(big)) == big
+    empty = dict(row, **{F.HIST_ITEM_ID: [], F.HIST_BEHAVIOR: [], F.HIST_TIMESTAMP: []})
+    assert beam_examples.from_tf_example(beam_examples.to_tf_example(empty)) == empty
+    expected = tf.train.Example(features=tf.train.Features(feature={
+        F.LABEL: tf.train.Feature(int64_list=tf.train.Int64List(value=[1])),
+        F.HIST_TIMESTAMP: tf.train.Feature(int64_list=tf.train.Int64List(value=[1, 2])),
+        F.HIST_ITEM_ID: tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"a", b"b"]))}))
+    got = tf.train.Example.FromString(rec)
+    for k in (F.LABEL, F.HIST_TIMESTAMP, F.HIST_ITEM_ID):
+        assert got.features.feature[k] == expected.features.feature[k]
     parsed = tf.io.parse_single_example(rec, beam_examples.feature_spec())
     assert parsed[F.LABEL].numpy() == 1
     assert tf.sparse.to_dense(parsed[F.HIST_TIMESTAMP]).numpy().tolist() == [1, 2]
