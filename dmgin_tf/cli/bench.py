@@ -1,0 +1,117 @@
+"""`dmgin bench <what>`: the benchmarks of docs/benchmarks.md, one subcommand each.
+
+    dmgin bench quality --dataset taobao --data ../shared/data/taobao-userbehavior
+
+Each subcommand is registered by one `_add_<name>(sub)` function listed in
+`SUBCOMMANDS`; add a benchmark by writing its function and appending it there.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+
+from dmgin_tf.cli.common import add_config_args, config_from_args
+
+DOCS_DEFAULT = os.path.join("docs", "benchmarks.md")
+
+
+def _add_quality(sub) -> None:
+    p = sub.add_parser(
+        "quality", help="AUC/GAUC/logloss of every model and ablation (mean ± std over seeds)",
+        description="Trains DMGIN, every baseline and ablation with one split and budget and "
+                    "writes a markdown table, a PNG chart, JSON and the dataset's block of "
+                    "docs/benchmarks.md.")
+    p.add_argument("--dataset", required=True, choices=["taobao", "movielens", "generic"])
+    p.add_argument("--data", metavar="PATH", help="converted or raw data (default: embedded sample)")
+    p.add_argument("--seeds", type=int, default=3, help="number of seeds (0..N-1; default 3)")
+    p.add_argument("--models", nargs="+", metavar="MODEL",
+                   help="models to compare (default: dmgin dgin din sim bst transformer)")
+    p.add_argument("--no-ablations", action="store_true", help="skip DMGIN's ablation rows")
+    p.add_argument("--k-values", type=int, nargs="+", metavar="K",
+                   help="K of the random-grouping sweep (default 16 256 2048)")
+    p.add_argument("--group-table", metavar="FILE", help="item -> group table: adds key=cluster")
+    p.add_argument("--epochs", type=int, help="epochs per row (default 2)")
+    p.add_argument("--steps-per-epoch", type=int, help="batches per epoch at most (default 60)")
+    p.add_argument("--batch-size", type=int, help="batch size (default 512)")
+    p.add_argument("--history-length", type=int, help="L (default 200)")
+    p.add_argument("--backend", choices=["tensorflow", "jax"], help="Keras backend (default tensorflow)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: 1 seed, dmgin + din, one ablation, a few tiny steps")
+    p.add_argument("--output", metavar="DIR", default=os.path.join("runs", "bench", "quality"),
+                   help="runs, JSON, table and chart (default runs/bench/quality)")
+    p.add_argument("--docs", metavar="FILE", default=DOCS_DEFAULT,
+                   help="benchmarks page to update ('' = don't; default docs/benchmarks.md)")
+    add_config_args(p)
+    p.set_defaults(func=run_quality)
+
+
+def run_quality(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args, {"data.dataset": args.dataset, "train.backend": args.backend})
+    from dmgin_tf.training.backend import select_backend
+    select_backend(cfg.train.backend)               # before any Keras import
+    from dmgin_tf.training import quality
+
+    base = quality.QUICK_BUDGET if args.quick else quality.Budget()
+    budget = quality.Budget(
+        epochs=args.epochs or base.epochs,
+        steps_per_epoch=args.steps_per_epoch or base.steps_per_epoch,
+        batch_size=args.batch_size or base.batch_size,
+        history_length=args.history_length or base.history_length,
+        early_stopping_patience=base.early_stopping_patience)
+    if args.quick:
+        models = args.models or ["dmgin", "din"]
+        variants = [quality.Variant(m, m) for m in models]
+        if not args.no_ablations:
+            variants.append(quality.Variant("dmgin -stats", "dmgin", (("use_stats", False),),
+                                            kind="ablation"))
+        variants.append(quality.Variant("item popularity", "popularity", kind="baseline"))
+        seeds = list(range(args.seeds if args.seeds != 3 else 1))
+    else:
+        variants = quality.default_variants(
+            args.models or quality.MODEL_NAMES, ablations=not args.no_ablations,
+            group_table=args.group_table, k_values=args.k_values or (16, 256, 2048))
+        seeds = list(range(args.seeds))
+    results = quality.run_quality(cfg, args.data, args.output, seeds=seeds, variants=variants,
+                                  budget=budget, group_table=args.group_table)
+    results["command"] = "dmgin bench quality " + _reconstruct(args)
+    paths = quality.write_outputs(results, args.output, args.docs or None)
+    print(quality.markdown_table(results))
+    print("wrote " + ", ".join(paths.values()))
+    return 0
+
+
+def _reconstruct(args: argparse.Namespace) -> str:
+    """The command line that reproduces this run (for the docs)."""
+    parts = [f"--dataset {args.dataset}"]
+    for flag, value in (("--data", args.data), ("--epochs", args.epochs),
+                        ("--steps-per-epoch", args.steps_per_epoch),
+                        ("--batch-size", args.batch_size), ("--history-length", args.history_length),
+                        ("--backend", args.backend), ("--group-table", args.group_table)):
+        if value is not None:
+            parts.append(f"{flag} {shlex.quote(str(value))}")
+    if args.seeds != 3:
+        parts.append(f"--seeds {args.seeds}")
+    if args.models:
+        parts.append("--models " + " ".join(args.models))
+    if args.k_values:
+        parts.append("--k-values " + " ".join(map(str, args.k_values)))
+    if args.no_ablations:
+        parts.append("--no-ablations")
+    if args.quick:
+        parts.append("--quick")
+    return " ".join(parts)
+
+
+# (name, function adding the subparser); other benchmarks append theirs here.
+SUBCOMMANDS = [("quality", _add_quality)]
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("bench", help="benchmarks (quality, ...) -> docs/benchmarks.md",
+                              description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="bench_command", metavar="BENCHMARK")
+    sub.required = True
+    for _, add in SUBCOMMANDS:
+        add(sub)

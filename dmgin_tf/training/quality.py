@@ -1,0 +1,397 @@
+"""`dmgin bench quality`: every model and ablation on one dataset, same split and budget.
+
+    dmgin bench quality --dataset taobao --data ../shared/data/taobao-userbehavior
+
+Rows: the models (DMGIN, DGIN, DIN, SIM-hard, BST, full-sequence Transformer), DMGIN's
+ablations (no statistics / no intra-group / no inter-group level; grouping key item_id,
+category, random with a K sweep, cluster when a group table is given) and item
+popularity. Every trained row uses the same examples (DESIGN §6 protocol), the same
+history length, optimizer, batch size and step budget, and is run once per seed; the
+table reports mean ± std over seeds of test AUC, GAUC and logloss, plus the best
+validation AUC, so numbers are comparable to the bar-to-beat table.
+
+The budget (`Budget`) is what keeps the whole table bounded on a 2-core CPU: every row
+trains `epochs` epochs of at most `steps_per_epoch` batches (early stopping on validation
+AUC may end it sooner), with `history_length` behaviors per example.
+
+Outputs (`out_dir`): quality_<dataset>.json (every run), .md (the table), .png (chart),
+and the dataset's block in docs/benchmarks.md ("Quality" section) is replaced.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import time
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from dmgin_tf.config import Config
+
+MODEL_NAMES = ("dmgin", "dgin", "din", "sim", "bst", "transformer")
+
+# DESIGN §6: outside implementations under exactly this protocol (test, mean of 3 seeds).
+BAR_TO_BEAT = {
+    "movielens": {"item popularity": (0.669, 0.658),
+                  "LightGBM on past-only history features": (0.773, 0.670),
+                  "DIN (deepctr-torch, <= 400 steps)": (0.767, 0.655),
+                  "DNN over mean-pooled history": (0.766, 0.657)},
+    "taobao": {"item popularity": (0.374, 0.374),
+               "LightGBM on past-only history features": (0.929, 0.926),
+               "DIN (deepctr-torch, <= 400 steps)": (0.606, 0.606),
+               "DNN over mean-pooled history": (0.581, 0.574)},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """Training budget shared by every row (see module docstring)."""
+    epochs: int = 2
+    steps_per_epoch: int = 60
+    batch_size: int = 512
+    history_length: int = 200
+    early_stopping_patience: int = 1
+
+    def overrides(self) -> dict:
+        return {"train.epochs": self.epochs, "train.steps_per_epoch": self.steps_per_epoch,
+                "train.batch_size": self.batch_size,
+                "train.early_stopping_patience": self.early_stopping_patience,
+                "model.history_length": self.history_length}
+
+
+QUICK_BUDGET = Budget(epochs=1, steps_per_epoch=2, batch_size=128, history_length=16)
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One row of the table.
+
+    Attributes:
+      name: row label.
+      model: model.model, or "popularity" for the untrained baseline.
+      model_overrides: ModelConfig fields changed for this row (ablation switches).
+      grouping_key: item_id | category | random | table; None = the dataset's default key.
+      num_groups: K for random grouping.
+      kind: "model", "ablation", "k-sweep" or "baseline" (for the chart's colors).
+    """
+    name: str
+    model: str
+    model_overrides: tuple = ()
+    grouping_key: Optional[str] = None
+    num_groups: int = 0
+    kind: str = "model"
+
+
+def default_variants(models: Sequence[str] = MODEL_NAMES, ablations: bool = True,
+                     group_table: Optional[str] = None,
+                     k_values: Sequence[int] = (16, 256, 2048)) -> List[Variant]:
+    """The rows: models, DMGIN ablations, random-K sweep, popularity."""
+    rows = [Variant(m, m) for m in models]
+    if ablations:
+        rows += [
+            Variant("dmgin -stats", "dmgin", (("use_stats", False),), kind="ablation"),
+            Variant("dmgin -intra", "dmgin", (("use_intra", False),), kind="ablation"),
+            Variant("dmgin -inter", "dmgin", (("use_inter", False),), kind="ablation"),
+            Variant("dmgin key=item_id", "dmgin", (), "item_id", kind="ablation"),
+            Variant("dmgin key=category", "dmgin", (), "category", kind="ablation"),
+        ]
+        if group_table:
+            rows.append(Variant("dmgin key=cluster", "dmgin", (), "table", kind="ablation"))
+        rows += [Variant(f"dmgin key=random K={k}", "dmgin", (), "random", k, kind="k-sweep")
+                 for k in k_values]
+    rows.append(Variant("item popularity", "popularity", kind="baseline"))
+    return rows
+
+
+def _summary(values: List[float]) -> dict:
+    arr = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=np.float64)
+    if not len(arr):
+        return {"mean": None, "std": None, "n": 0}
+    return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0,
+            "n": int(len(arr))}
+
+
+class _GroupedSets:
+    """The base example set and its regrouped copies (one per grouping key / K), cached."""
+
+    def __init__(self, example_set, items_df, default_key: str, group_table, seed: int):
+        self.base = example_set
+        self.items = items_df
+        self.default_key = default_key
+        self.group_table = group_table
+        self.seed = seed
+        self._cache: Dict[tuple, object] = {}
+
+    def get(self, key: Optional[str], num_groups: int = 0):
+        from dmgin_tf.data.item_index import ItemIndex
+        from dmgin_tf.training.data_source import regroup
+        key = key or self.default_key
+        cache_key = (key, num_groups)
+        if cache_key not in self._cache:
+            if self.items is None:
+                from dmgin_tf.errors import DataError
+                raise DataError(f"grouping key {key!r}: needs the items table (pass converted "
+                                f"or raw data, not an example-set directory)")
+            index = ItemIndex.build(self.items, key, num_groups=num_groups, seed=self.seed,
+                                    group_table=self.group_table if key == "table" else None)
+            self._cache[cache_key] = regroup(self.base, index)
+        return self._cache[cache_key]
+
+
+def run_quality(cfg: Config, data_path: Optional[str], out_dir: str, *, seeds: Sequence[int] = (0, 1, 2),
+                variants: Optional[Sequence[Variant]] = None, budget: Budget = Budget(),
+                group_table: Optional[str] = None, work_dir: Optional[str] = None,
+                model_fn: Optional[Callable] = None, progress: bool = False,
+                log: Callable = print) -> dict:
+    """Trains and evaluates every variant for every seed; returns the results dict.
+
+    Args:
+      cfg: base config (data.dataset, train.backend, ...); the budget overrides it.
+      data_path: converted dir, raw data or "" / None for the embedded sample.
+      out_dir: where runs, JSON, markdown and PNG go.
+      seeds: train.seed values (initialization and shuffling; the split is fixed).
+      variants: rows (default `default_variants`).
+      budget: the shared training budget.
+      group_table: item -> group table for the `cluster` key.
+      model_fn: `ModelConfig -> keras.Model` (default `dmgin_tf.models.build_model`).
+    """
+    import pandas as pd
+    from dmgin_tf.data.examples import ExampleSet
+    from dmgin_tf.training.data_source import (effective_grouping_key, prepare_example_dir,
+                                               training_data_from_example_set)
+    from dmgin_tf.training.popularity import evaluate_popularity
+    from dmgin_tf.training.trainer import train
+
+    t0 = time.perf_counter()
+    cfg = cfg.apply_overrides(budget.overrides())
+    dataset = cfg.data.dataset
+    work_dir = work_dir or os.path.join(out_dir, "data")
+    os.makedirs(out_dir, exist_ok=True)
+    # Examples are built once with item_id groups; each grouping key regroups them.
+    base_cfg = cfg.apply_overrides({"grouping.key": "item_id"})
+    example_dir = prepare_example_dir(base_cfg, data_path, work_dir, progress=progress, log=log)
+    es = ExampleSet.load(example_dir)
+    canonical = data_path if data_path and os.path.exists(os.path.join(data_path, "items.parquet")) \
+        else os.path.join(work_dir, "canonical")
+    items_path = os.path.join(canonical, "items.parquet")
+    items = pd.read_parquet(items_path) if os.path.exists(items_path) else None
+    default_key = effective_grouping_key(cfg, group_table)
+    default_key = "table" if default_key == "cluster" else default_key
+    sets = _GroupedSets(es, items, default_key, group_table, cfg.grouping.seed)
+    variants = list(variants or default_variants(group_table=group_table))
+
+    runs = []
+    for variant in variants:
+        if variant.model == "popularity":
+            m = evaluate_popularity(es, "test")
+            runs.append({"variant": variant.name, "seed": None, "test": m, "val": None,
+                         "seconds": 0.0})
+            log(f"[quality {dataset}] {variant.name}: test auc {m['auc']:.4f} gauc {m['gauc']:.4f}")
+            continue
+        grouped = sets.get(variant.grouping_key, variant.num_groups)
+        for seed in seeds:
+            overrides = {"model.model": variant.model, "train.seed": seed}
+            overrides.update({f"model.{k}": v for k, v in variant.model_overrides})
+            # Vocabulary sizes come from each regrouped example set.
+            overrides.update({"model.item_vocab_size": 0, "model.group_vocab_size": 0})
+            run_cfg = cfg.apply_overrides(overrides)
+            data = training_data_from_example_set(
+                grouped, budget.history_length, info={"variant": variant.name})
+            run_dir = os.path.join(out_dir, "runs", _slug(variant.name), f"seed{seed}")
+            t = time.perf_counter()
+            result = train(run_cfg, data, run_dir, model_fn=model_fn, verbose=0)
+            runs.append({"variant": variant.name, "seed": seed, "test": result.metrics["test"],
+                         "val": result.metrics["val"], "best_epoch": result.metrics["best_epoch"],
+                         "epochs_run": result.metrics["epochs_run"],
+                         "train_examples_per_second": result.metrics["train_examples_per_second"],
+                         "seconds": time.perf_counter() - t})
+            m = result.metrics["test"]
+            log(f"[quality {dataset}] {variant.name} seed {seed}: test auc {m['auc']:.4f} "
+                f"gauc {m['gauc']:.4f} logloss {m['logloss']:.4f} "
+                f"({time.perf_counter() - t:.0f}s)")
+    rows = []
+    for variant in variants:
+        mine = [r for r in runs if r["variant"] == variant.name]
+        row = {"variant": variant.name, "model": variant.model, "kind": variant.kind,
+               "grouping_key": variant.grouping_key or (None if variant.model == "popularity"
+                                                        else default_key),
+               "num_groups": variant.num_groups or None, "runs": len(mine)}
+        for metric in ("auc", "gauc", "logloss"):
+            row[metric] = _summary([r["test"].get(metric) for r in mine])
+        row["val_auc"] = _summary([(r["val"] or {}).get("auc") for r in mine])
+        row["seconds"] = float(sum(r["seconds"] for r in mine))
+        rows.append(row)
+    return {
+        "dataset": dataset, "data": data_path or "embedded sample", "seeds": list(seeds),
+        "budget": dataclasses.asdict(budget), "backend": cfg.train.backend,
+        "default_grouping_key": default_key, "counts": es.metadata.get("counts"),
+        "rows": rows, "runs": runs, "bar_to_beat": BAR_TO_BEAT.get(dataset, {}),
+        "seconds": time.perf_counter() - t0, "environment": _environment(),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name).strip("_")
+
+
+def _environment() -> dict:
+    env = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "python": platform.python_version()}
+    for mod in ("keras", "tensorflow", "jax", "numpy"):
+        import sys
+        if mod in sys.modules:
+            env[mod] = getattr(sys.modules[mod], "__version__", "?")
+    try:
+        import dmgin_tf
+        env["dmgin_tf"] = dmgin_tf.__version__
+    except Exception:  # noqa: BLE001
+        pass
+    return env
+
+
+def _cell(summary: dict, digits: int = 3) -> str:
+    if summary.get("mean") is None:
+        return "n/a"
+    if summary.get("n", 0) > 1:
+        return f"{summary['mean']:.{digits}f} ± {summary['std']:.{digits}f}"
+    return f"{summary['mean']:.{digits}f}"
+
+
+def markdown_table(results: dict) -> str:
+    """The results as a markdown block: table, bar to beat, budget, command, environment."""
+    lines = ["| row | grouping | test AUC | test GAUC | test logloss | val AUC | s (all seeds) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in results["rows"]:
+        key = r["grouping_key"] or "—"
+        if r.get("num_groups"):
+            key += f" (K={r['num_groups']})"
+        lines.append(f"| {r['variant']} | {key} | {_cell(r['auc'])} | {_cell(r['gauc'])} | "
+                     f"{_cell(r['logloss'])} | {_cell(r['val_auc'])} | {r['seconds']:.0f} |")
+    bar = results.get("bar_to_beat") or {}
+    if bar:
+        lines += ["", "Bar to beat (DESIGN §6, outside implementations, same protocol, "
+                      "test AUC / GAUC, mean of 3 seeds):", "",
+                  "| outside model | test AUC | test GAUC |", "|---|---|---|"]
+        lines += [f"| {name} | {a:.3f} | {g:.3f} |" for name, (a, g) in bar.items()]
+    b = results["budget"]
+    env = results["environment"]
+    lines += ["",
+              f"Budget per row and seed: {b['epochs']} epoch(s) × at most {b['steps_per_epoch']} "
+              f"steps × batch {b['batch_size']}, history length L = {b['history_length']}, "
+              f"Adam lr 1e-3, early stopping on val AUC (patience {b['early_stopping_patience']}); "
+              f"seeds {results['seeds']}; backend {results['backend']}. Popularity is "
+              f"deterministic (one run; its logloss uses count/(count+1), uncalibrated).",
+              f"Data: {results['data']}; default grouping key {results['default_grouping_key']}; "
+              f"examples per split {_counts(results.get('counts'))}.",
+              f"Command: `{results.get('command', 'dmgin bench quality')}`",
+              f"Machine: {env.get('machine')}; Python {env.get('python')}; "
+              + ", ".join(f"{k} {v}" for k, v in env.items() if k not in ("machine", "python"))
+              + f"; {results['date']}; total {results['seconds'] / 60:.1f} min."]
+    return "\n".join(lines)
+
+
+def _counts(counts) -> str:
+    if not counts:
+        return "n/a"
+    return ", ".join(f"{k} {v['examples']}" for k, v in counts.items())
+
+
+def plot_results(results: dict, path: str) -> Optional[str]:
+    """Horizontal bar chart of test AUC and GAUC (mean ± std) per row, bar-to-beat lines."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    rows = results["rows"]
+    names = [r["variant"] for r in rows]
+    y = np.arange(len(rows))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.45 * len(rows) + 1.5), sharey=True)
+    colors = {"model": "tab:blue", "ablation": "tab:orange", "k-sweep": "tab:green",
+              "baseline": "tab:gray"}
+    for ax, metric, idx in ((axes[0], "auc", 0), (axes[1], "gauc", 1)):
+        means = [r[metric]["mean"] if r[metric]["mean"] is not None else np.nan for r in rows]
+        stds = [r[metric]["std"] or 0.0 for r in rows]
+        ax.barh(y, means, xerr=stds, color=[colors.get(r["kind"], "tab:blue") for r in rows])
+        for name, vals in (results.get("bar_to_beat") or {}).items():
+            if name.startswith("LightGBM"):
+                ax.axvline(vals[idx], color="black", linestyle="--", linewidth=1,
+                           label="LightGBM bar")
+        ax.axvline(0.5, color="red", linewidth=0.8, label="random")
+        ax.set_xlabel(f"test {metric.upper()}")
+        ax.set_xlim(0.3, 1.0)
+        ax.legend(loc="lower right", fontsize=7)
+    axes[0].set_yticks(y)
+    axes[0].set_yticklabels(names, fontsize=8)
+    axes[0].invert_yaxis()
+    fig.suptitle(f"Quality on {results['dataset']} (mean ± std over seeds {results['seeds']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_outputs(results: dict, out_dir: str, docs_path: Optional[str] = None) -> dict:
+    """Writes quality_<dataset>.json/.md/.png into `out_dir` and updates `docs_path`."""
+    os.makedirs(out_dir, exist_ok=True)
+    name = f"quality_{results['dataset']}"
+    paths = {"json": os.path.join(out_dir, name + ".json"), "md": os.path.join(out_dir, name + ".md"),
+             "png": os.path.join(out_dir, name + ".png")}
+    with open(paths["json"], "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=1, default=str)
+    table = markdown_table(results)
+    with open(paths["md"], "w", encoding="utf-8") as f:
+        f.write(table + "\n")
+    if not plot_results(results, paths["png"]):
+        paths.pop("png")
+    if docs_path:
+        chart = os.path.relpath(paths["png"], os.path.dirname(os.path.abspath(docs_path))) \
+            if "png" in paths else None
+        update_benchmarks_doc(docs_path, results["dataset"], table, chart)
+        paths["docs"] = docs_path
+    return paths
+
+
+SECTION_TITLE = "## Quality"
+
+
+def update_benchmarks_doc(path: str, dataset: str, table: str, chart: Optional[str] = None) -> None:
+    """Replaces (or appends) the dataset's block of the "Quality" section in `path`.
+
+    Only the text between `<!-- quality:<dataset>:start -->` and `...:end -->` is ours;
+    everything else in the file (other benchmarks' sections) is kept as is.
+    """
+    start, end = f"<!-- quality:{dataset}:start -->", f"<!-- quality:{dataset}:end -->"
+    block = [start, f"### {dataset}", "", table]
+    if chart:
+        block += ["", f"![quality on {dataset}]({chart})"]
+    block.append(end)
+    block_text = "\n".join(block)
+    text = open(path, encoding="utf-8").read() if os.path.exists(path) else "# Benchmarks\n"
+    if start in text and end in text:
+        before, rest = text.split(start, 1)
+        after = rest.split(end, 1)[1]
+        text = before + block_text + after
+    else:
+        if SECTION_TITLE not in text:
+            text = text.rstrip("\n") + "\n\n" + SECTION_TITLE + "\n\n" + QUALITY_INTRO + "\n"
+        head, tail = text.split(SECTION_TITLE, 1)
+        # Append at the end of the Quality section (before the next "## " heading).
+        nxt = tail.find("\n## ")
+        section, rest = (tail, "") if nxt < 0 else (tail[:nxt], tail[nxt:])
+        text = head + SECTION_TITLE + section.rstrip("\n") + "\n\n" + block_text + "\n" + rest
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text if text.endswith("\n") else text + "\n")
+
+
+QUALITY_INTRO = (
+    "Test AUC / GAUC / logloss of DMGIN, its baselines and ablations under the fixed "
+    "protocol of DESIGN §6 (per-user time split, history strictly before each event), "
+    "mean ± std over seeds, every row with the same examples and training budget. "
+    "Produced by `dmgin bench quality --dataset NAME --data PATH`; each dataset's block "
+    "below is rewritten by its run.")

@@ -1,0 +1,48 @@
+"""`dmgin gpu bundle` without downloading: layout, data shards, configs, run.sh."""
+import json
+import os
+import subprocess
+
+from dmgin_tf.config import Config
+from dmgin_tf.training.gpu_bundle import build_bundle, download_command
+
+
+def _fake_downloader(dest):
+    os.makedirs(dest, exist_ok=True)
+    names = ["keras-3.12.4-py3-none-any.whl", "numpy-2.1.0-cp312-cp312-manylinux_2_28_x86_64.whl",
+             "ml_dtypes-0.5.1-cp312-cp312-manylinux_2_28_x86_64.whl",
+             "pandas-2.2.3-cp312-cp312-manylinux_2_17_x86_64.manylinux2014_x86_64.whl"]
+    for n in names:
+        open(os.path.join(dest, n), "wb").write(b"x")
+    return names
+
+
+def test_bundle_dry_run(tmp_path):
+    from dmgin_tf.data.examples import ExampleSet
+    out = str(tmp_path / "bundle")
+    cfg = Config.from_dict({"model": {"history_length": 32}, "train": {"epochs": 1}})
+    manifest = build_bundle(cfg, ["taobao"], out, downloader=_fake_downloader, log=lambda *a: None)
+    # Host-provided wheels are pruned, ours kept.
+    assert manifest["wheels"] == ["keras-3.12.4-py3-none-any.whl",
+                                  "pandas-2.2.3-cp312-cp312-manylinux_2_17_x86_64.manylinux2014_x86_64.whl"]
+    es = ExampleSet.load(os.path.join(out, "data", "taobao"))
+    assert len(es) > 1000 and es.metadata["spec"]["name"] == "taobao"
+    assert os.path.exists(os.path.join(out, "data", "taobao", "item_index.parquet"))
+    run_cfg = json.load(open(os.path.join(out, "config_taobao.json")))
+    assert run_cfg["train"]["backend"] == "jax" and run_cfg["train"]["mixed_precision"] is True
+    assert run_cfg["model"]["history_length"] == 32 and run_cfg["data"]["dataset"] == "taobao"
+    assert os.path.exists(os.path.join(out, "src", "dmgin_tf", "training", "trainer.py"))
+    assert not os.path.exists(os.path.join(out, "src", "dmgin_tf", "sample_data"))
+    assert not os.path.exists(os.path.join(out, ".work"))
+    run_sh = open(os.path.join(out, "run.sh")).read()
+    assert "train --backend jax --dataset taobao" in run_sh and "KERAS_BACKEND=jax" in run_sh
+    assert subprocess.run(["bash", "-n", os.path.join(out, "run.sh")]).returncode == 0
+    assert manifest["within_carry_limit"] and manifest["total_bytes"] < 16 * 2**20
+    assert json.load(open(os.path.join(out, "MANIFEST.json")))["datasets"]["taobao"]["bytes"] > 0
+
+
+def test_download_command_targets_cp312_manylinux():
+    cmd = download_command("/tmp/w", ["keras==3.12.4"])
+    joined = " ".join(cmd)
+    assert "--python-version 3.12" in joined and "--only-binary=:all:" in joined
+    assert "--platform manylinux_2_28_x86_64" in joined and cmd[-1] == "keras==3.12.4"
