@@ -77,7 +77,8 @@ def build_warmup_logs(model_name: str, signatures: Mapping[str, object],
 
 
 def _takes_examples(fn) -> bool:
-    return EXAMPLES in fn.structured_input_signature[1]
+    return any(getattr(spec, "name", None) == EXAMPLES
+               for spec in tf.nest.flatten(fn.structured_input_signature))
 
 
 def write_warmup_file(saved_model_dir: str, logs: Sequence) -> str:

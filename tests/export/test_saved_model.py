@@ -1,0 +1,166 @@
+"""SavedModel export: layout, signatures vs the in-process Keras model, XLA, warmup."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
+
+from dmgin_tf import features as F
+from dmgin_tf.export.example_parsing import examples_from_dense, make_serving_example
+from dmgin_tf.export.saved_model import read_export_info, verify_export
+from dmgin_tf.export.warmup import inputs_of, read_warmup_file
+from export.conftest import BEHAVIORS, L, SERVING, tiny_inputs
+
+
+def test_layout_and_saved_model_cli(standin_export):
+    base, paths, *_ = standin_export
+    assert paths == {"xla": os.path.join(base, "ranker", "1"),
+                     "noxla": os.path.join(base, "ranker_noxla", "1")}
+    assert not [n for n in os.listdir(os.path.join(base, "ranker")) if n.startswith(".tmp")]
+    cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    # --tag_set/--signature_def reads the protos only (--all would also load the model).
+    out = subprocess.run([cli, "show", "--dir", paths["xla"], "--tag_set", "serve"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    for sig in ("serving_default", "predict_raw", "rank", "user_state", "score"):
+        assert f'"{sig}"' in out.stdout, out.stdout
+    out = subprocess.run([cli, "show", "--dir", paths["xla"], "--tag_set", "serve",
+                          "--signature_def", "rank"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "inputs['hist_item']" in out.stdout and "outputs['ctr']" in out.stdout, out.stdout
+    info = read_export_info(paths["xla"])
+    assert info["jit_compile"] and not read_export_info(paths["noxla"])["jit_compile"]
+
+
+@pytest.mark.parametrize("variant", ["xla", "noxla"])
+def test_every_signature_equals_keras_model(standin_export, variant):
+    _, paths, model, index, inputs = standin_export
+    # 9 rows: beyond the largest batch bucket (4) -> padded to 12 inside the signature.
+    inputs = tiny_inputs(9, seed=3)
+    examples = examples_from_dense(inputs, index.item_ids, BEHAVIORS)
+    diffs = verify_export(paths[variant], model, inputs, examples, atol=1e-5)
+    assert set(diffs) == {"predict_raw", "serving_default", "rank", "score"}
+
+
+def test_rank_scores_many_candidates_once(standin_export):
+    _, paths, model, _, _ = standin_export
+    loaded = tf.saved_model.load(paths["xla"])
+    user = tiny_inputs(1, seed=5)
+    n = 11  # > largest candidate bucket (8) -> padded to 16
+    cands = np.arange(2, 2 + n, dtype=np.int32)
+    rows = {k: np.repeat(v, n, axis=0) for k, v in user.items()}
+    rows[F.CAND_ITEM], rows[F.CAND_GROUP] = cands, (cands % 5 + 2).astype(np.int32)
+    ref = np.asarray(model(rows))
+    req = {k: tf.constant(v) for k, v in user.items() if k not in (F.CAND_ITEM, F.CAND_GROUP)}
+    out = loaded.signatures["rank"](**req, cand_item=tf.constant(cands[None]),
+                                    cand_group=tf.constant(rows[F.CAND_GROUP][None]))["ctr"].numpy()
+    assert out.shape == (1, n)
+    np.testing.assert_allclose(out[0], ref, atol=1e-5)
+
+
+def _xla_flags(path):
+    sm = saved_model_pb2.SavedModel()
+    sm.ParseFromString(open(os.path.join(path, "saved_model.pb"), "rb").read())
+    flags = []
+    for fn in sm.meta_graphs[0].graph_def.library.function:
+        if "_XlaMustCompile" in fn.attr:
+            flags.append(fn.attr["_XlaMustCompile"].b)
+        for node in fn.node_def:
+            if "_XlaMustCompile" in node.attr:
+                flags.append(node.attr["_XlaMustCompile"].b)
+    return flags
+
+
+def test_xla_attribute_only_in_xla_variant(standin_export):
+    _, paths, *_ = standin_export
+    assert any(_xla_flags(paths["xla"]))
+    assert not any(_xla_flags(paths["noxla"]))
+
+
+def test_warmup_records_cover_every_bucket_and_replay(standin_export):
+    _, paths, *_ = standin_export
+    logs = read_warmup_file(paths["xla"])
+    seen = set()
+    loaded = tf.saved_model.load(paths["xla"])
+    for plog in logs:
+        req = plog.predict_log.request
+        assert req.model_spec.name == "ranker"
+        arrays = inputs_of(plog)
+        sig = req.model_spec.signature_name
+        if sig in ("rank", "score"):
+            size = arrays[F.CAND_ITEM].shape[1]
+        else:
+            size = len(next(iter(arrays.values())))
+        seen.add((sig, size))
+        loaded.signatures[sig](**{k: tf.constant(v) for k, v in arrays.items()})
+    expected = {(s, b) for s in ("serving_default", "predict_raw", "user_state")
+                for b in SERVING.batch_buckets}
+    expected |= {(s, c) for s in ("rank", "score") for c in SERVING.candidate_buckets}
+    assert seen == expected and len(logs) == len(expected) <= 1000
+
+
+def _serving_default(standin_export):
+    _, paths, *_ = standin_export
+    return tf.saved_model.load(paths["noxla"]).signatures["serving_default"]
+
+
+def test_examples_truncate_to_newest_history_and_map_oov(standin_export):
+    _, _, model, index, _ = standin_export
+    fn = _serving_default(standin_export)
+    n = L + 5  # longer than L: the newest L behaviors are kept
+    hist = [f"item{k % 40}" for k in range(n - 1)] + ["never-seen"]
+    times = list(range(1000, 1000 + n))
+    ex = make_serving_example("item7", 5000, hist, ["pv"] * (n - 1) + ["unknown-type"], times)
+    got = fn(examples=tf.constant([ex]))["ctr"].numpy()
+    idx = index.lookup(hist[-L:])
+    assert idx[-1] == F.OOV_ID
+    dense = {F.HIST_ITEM: idx[None], F.HIST_GROUP: index.groups_of(idx)[None],
+             F.HIST_BEHAVIOR_ID: np.array([[1] * (L - 1) + [0]], np.int32),
+             F.HIST_TIME: np.array([times[-L:]], np.int64),
+             F.REQUEST_TIME: np.array([5000], np.int64),
+             F.CAND_ITEM: index.lookup(["item7"]), F.CAND_GROUP: index.lookup_groups(["item7"])}
+    np.testing.assert_allclose(got, np.asarray(model(dense)), atol=1e-5)
+
+
+@pytest.mark.parametrize("bad,words", [
+    ("missing", ["item_id", "required"]),
+    ("dtype", ["timestamp", "type"]),
+    ("lengths", ["hist_item_id", "hist_behavior", "same number"]),
+])
+def test_bad_examples_name_the_feature(standin_export, bad, words):
+    fn = _serving_default(standin_export)
+    good = tf.train.Example.FromString(make_serving_example("item1", 10, ["item2"], ["pv"], [5]))
+    if bad == "missing":
+        del good.features.feature[F.ITEM_ID]
+    elif bad == "dtype":
+        good.features.feature[F.TIMESTAMP].Clear()
+        good.features.feature[F.TIMESTAMP].bytes_list.value.append(b"10")
+    elif bad == "lengths":
+        good.features.feature[F.HIST_BEHAVIOR].bytes_list.value.append(b"pv")
+    with pytest.raises(tf.errors.InvalidArgumentError) as info:
+        fn(examples=tf.constant([good.SerializeToString()]))
+    for w in words:
+        assert w in info.value.message
+
+
+def test_real_dmgin_model_exports_and_matches(tmp_path):
+    pytest.importorskip("dmgin_tf.ops.grouping", reason="grouping op not built yet")
+    from dmgin_tf.config import ModelConfig
+    from dmgin_tf.export.saved_model import export_model
+    from dmgin_tf.models import build_model
+    from export.conftest import tiny_item_index
+    cfg = ModelConfig(item_vocab_size=42, group_vocab_size=7, num_behavior_types=4,
+                      history_length=L, max_groups=3, max_per_group=3, embedding_dim=8,
+                      mlp_units=(8,), inter_layers=1, dropout=0.0)
+    model = build_model(cfg)
+    inputs = tiny_inputs(5, seed=7)
+    index = tiny_item_index()
+    paths = export_model(model, str(tmp_path), "dmgin", history_length=L, item_index=index,
+                         behavior_types=BEHAVIORS, warmup_inputs=inputs, serving_cfg=SERVING)
+    examples = examples_from_dense(inputs, index.item_ids, BEHAVIORS)
+    for variant in ("xla", "noxla"):
+        verify_export(paths[variant], model, inputs, examples, atol=1e-5)
+    assert any(_xla_flags(paths["xla"]))
