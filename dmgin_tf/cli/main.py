@@ -14,7 +14,7 @@ import sys
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before anything imports TensorFlow
 
 # Subcommand modules, in --help order.
-COMMAND_MODULES = ("data", "encoder", "grouping", "examples", "train", "export",
+COMMAND_MODULES = ("demo", "data", "encoder", "grouping", "examples", "train", "export",
                    "serve", "predict", "pipeline", "bench", "gpu")
 
 
