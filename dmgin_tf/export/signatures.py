@@ -6,13 +6,14 @@ Signatures (names are what clients pass as `signature_name`):
 |---|---|---|
 | `serving_default` | `examples: string [B]` serialized tf.Example (example_parsing) | `ctr [B]` |
 | `predict_raw` | `hist_item, hist_group, hist_behavior_id: int32 [B, L]`, `hist_time: int64 [B, L]`, `request_time: int64 [B]`, `cand_item, cand_group: int32 [B]` | `ctr [B]` |
-| `rank` | history keys `[1, L]`, `request_time [1]`, `cand_item, cand_group: int32 [1, N]` | `ctr [1, N]` |
+| `rank` | history keys `[U, L]`, `request_time [U]`, `cand_item, cand_group: int32 [U, N]` | `ctr [U, N]` |
 | `user_state` | history keys `[B, L]`, `request_time [B]` | `group_vectors f32 [B, G, D]`, `group_mask bool [B, G]`, `group_ids int32 [B, G]` |
-| `score` | `user_state`'s outputs `[1, …]` + history keys `[1, L]`, `request_time [1]`, `cand_item, cand_group [1, N]` | `ctr [1, N]` |
+| `score` | `user_state`'s outputs `[U, …]` + history keys `[U, L]`, `request_time [U]`, `cand_item, cand_group [U, N]` | `ctr [U, N]` |
 
-`rank`/`score` take one user per request with every input's leading dimension = 1:
-TF Serving's batching requires all inputs of a request to share dimension 0, so
-candidates are `[1, N]` rather than `[N]`. The user side (grouping, statistics, both
+`rank`/`score` take U users (a client sends one: U = 1) with N candidates each. Every
+input's leading dimension is the user: TF Serving's batching concatenates requests
+along dimension 0 and requires all inputs to share it, so candidates are `[U, N]`
+rather than `[N]`, and requests with the same (bucketed) N merge into one batch. The user side (grouping, statistics, both
 Transformer levels) runs once; target attention, candidate-group features and the MLP
 run per candidate. `score` needs the history as well as the cached state because the
 candidate-group features scan the whole history (O(L) per candidate).
@@ -104,17 +105,29 @@ class ServingModule(tf.Module):
         state = self.model.encode_user(history, training=False)
         return {k: state[k] for k in USER_STATE_KEYS}
 
-    def _score(self, state, inputs):
-        return tf.reshape(self.model.score(state, inputs, training=False), [-1])
-
     def _rank(self, history, cand_item, cand_group):
-        """history: keys [1, L] / [1]; cand_*: [N] → ctr [N]."""
-        inputs = dict(history, **{F.CAND_ITEM: cand_item, F.CAND_GROUP: cand_group})
+        """history: keys [U, L] / [U]; cand_*: [U, N] → ctr [U, N]."""
         if self.has_user_split:
-            return self._score(self._user_state(history), inputs)
-        n = tf.shape(cand_item)[0]  # no split: the history repeats per candidate
+            return self._score(self._user_state(history), history, cand_item, cand_group)
+        n = tf.shape(cand_item)[1]  # no split: the history repeats per candidate
         tiled = {k: tf.repeat(v, n, axis=0) for k, v in history.items()}
-        return self._ctr(dict(tiled, **{F.CAND_ITEM: cand_item, F.CAND_GROUP: cand_group}))
+        ctr = self._ctr(dict(tiled, **{F.CAND_ITEM: tf.reshape(cand_item, [-1]),
+                                       F.CAND_GROUP: tf.reshape(cand_group, [-1])}))
+        return tf.reshape(ctr, tf.shape(cand_item))
+
+    def _score(self, state, history, cand_item, cand_group):
+        """state/history: [U, ...]; cand_*: [U, N] → ctr [U, N].
+
+        The model's `score` takes N candidates with a state/history of batch N or 1;
+        for U users each user's rows are repeated over its N candidates (for U = 1 this
+        is the broadcast the model would do itself)."""
+        n = tf.shape(cand_item)[1]
+        rep = lambda v: tf.repeat(v, n, axis=0)  # noqa: E731
+        inputs = {k: rep(v) for k, v in history.items()}
+        inputs[F.CAND_ITEM] = tf.reshape(cand_item, [-1])
+        inputs[F.CAND_GROUP] = tf.reshape(cand_group, [-1])
+        ctr = self.model.score({k: rep(v) for k, v in state.items()}, inputs, training=False)
+        return tf.reshape(ctr, tf.shape(cand_item))
 
     # ---- padding helpers ---------------------------------------------------------------------
     def _padded_ctr(self, inputs):
@@ -123,23 +136,24 @@ class ServingModule(tf.Module):
         ctr = self._ctr_core({k: pad_rows(v, size) for k, v in inputs.items()})
         return {F.PREDICTION: ctr[:n]}
 
-    def _one_user(self, history, cand_item, cand_group):
-        """Candidates [1, N] padded to a bucket → (history, cand [Np], cand [Np], N)."""
-        n = tf.shape(cand_item)[1]
-        size = bucket_size(n, self.candidate_buckets)
-        return (pad_rows(tf.reshape(cand_item, [-1]), size),
-                pad_rows(tf.reshape(cand_group, [-1]), size), n)
+    def _pad_users(self, tensors, cand_item, cand_group):
+        """Users padded to a batch bucket, candidates [U, N] to a candidate bucket."""
+        u, n = tf.shape(cand_item)[0], tf.shape(cand_item)[1]
+        us = bucket_size(u, self.batch_buckets)
+        ns = bucket_size(n, self.candidate_buckets)
+        pad_c = lambda c: tf.pad(c, [[0, us - u], [0, ns - n]])  # noqa: E731
+        return {k: pad_rows(v, us) for k, v in tensors.items()}, pad_c(cand_item), \
+            pad_c(cand_group), u, n
 
     # ---- signatures ---------------------------------------------------------------------------
     def signatures(self) -> Dict[str, tf.types.experimental.ConcreteFunction]:
         """Concrete functions for `tf.saved_model.save(..., signatures=...)`."""
         L = self.history_length
         hist_b = history_specs(L, None)
-        hist_1 = history_specs(L, 1)
         cand_b = {F.CAND_ITEM: tf.TensorSpec([None], tf.int32, F.CAND_ITEM),
                   F.CAND_GROUP: tf.TensorSpec([None], tf.int32, F.CAND_GROUP)}
-        cand_1n = {F.CAND_ITEM: tf.TensorSpec([1, None], tf.int32, F.CAND_ITEM),
-                   F.CAND_GROUP: tf.TensorSpec([1, None], tf.int32, F.CAND_GROUP)}
+        cand_un = {F.CAND_ITEM: tf.TensorSpec([None, None], tf.int32, F.CAND_ITEM),
+                   F.CAND_GROUP: tf.TensorSpec([None, None], tf.int32, F.CAND_GROUP)}
         sigs = {}
 
         @tf.function(input_signature=[dict(hist_b, **cand_b)])
@@ -155,12 +169,11 @@ class ServingModule(tf.Module):
         else:  # no vocabularies: the raw signature is the default one
             sigs["serving_default"] = sigs["predict_raw"]
 
-        @tf.function(input_signature=[dict(hist_1, **cand_1n)])
+        @tf.function(input_signature=[dict(hist_b, **cand_un)])
         def rank(inputs):
-            history = {k: inputs[k] for k in hist_1}
-            ci, cg, n = self._one_user(history, inputs[F.CAND_ITEM], inputs[F.CAND_GROUP])
-            ctr = self._rank_core(history, ci, cg)
-            return {F.PREDICTION: tf.reshape(ctr[:n], [1, -1])}
+            history, ci, cg, u, n = self._pad_users({k: inputs[k] for k in hist_b},
+                                                    inputs[F.CAND_ITEM], inputs[F.CAND_GROUP])
+            return {F.PREDICTION: self._rank_core(history, ci, cg)[:u, :n]}
         sigs["rank"] = rank.get_concrete_function()
 
         if self.has_user_split:
@@ -172,16 +185,16 @@ class ServingModule(tf.Module):
                 return {k: v[:n] for k, v in state.items()}
             sigs["user_state"] = user_state.get_concrete_function()
 
-            probe = self._user_state_core.get_concrete_function(hist_1).structured_outputs
-            state_1 = {k: tf.TensorSpec([1] + probe[k].shape.as_list()[1:], probe[k].dtype, k)
-                       for k in USER_STATE_KEYS}
+            probe = self._user_state_core.get_concrete_function(hist_b).structured_outputs
+            state_b = {k: tf.TensorSpec(probe[k].shape, probe[k].dtype, k) for k in USER_STATE_KEYS}
 
-            @tf.function(input_signature=[dict(state_1, **hist_1, **cand_1n)])
+            @tf.function(input_signature=[dict(state_b, **hist_b, **cand_un)])
             def score(inputs):
-                history = {k: inputs[k] for k in hist_1}
-                state = {k: inputs[k] for k in USER_STATE_KEYS}
-                ci, cg, n = self._one_user(history, inputs[F.CAND_ITEM], inputs[F.CAND_GROUP])
-                ctr = self._score_core(state, dict(history, **{F.CAND_ITEM: ci, F.CAND_GROUP: cg}))
-                return {F.PREDICTION: tf.reshape(ctr[:n], [1, -1])}
+                tensors = {k: inputs[k] for k in list(hist_b) + list(USER_STATE_KEYS)}
+                tensors, ci, cg, u, n = self._pad_users(tensors, inputs[F.CAND_ITEM],
+                                                        inputs[F.CAND_GROUP])
+                history = {k: tensors[k] for k in hist_b}
+                state = {k: tensors[k] for k in USER_STATE_KEYS}
+                return {F.PREDICTION: self._score_core(state, history, ci, cg)[:u, :n]}
             sigs["score"] = score.get_concrete_function()
         return sigs
