@@ -87,11 +87,16 @@ class PreparedCatalog:
         `text_pair` `[N]` bool (title and context both non-empty).
       has_text: `[N]` bool (False = `no_text` row).
       report: counts per reason.
+      row_reasons: one list of bad-row reasons per *input* row (dropped rows included),
+        so a distributed caller can write them out row by row.
+      kept: `[N]` int, input row index of each kept row.
     """
     item_ids: np.ndarray
     inputs: Dict[str, np.ndarray]
     has_text: np.ndarray
     report: CatalogReport
+    row_reasons: List[List[str]] = dataclasses.field(default_factory=list)
+    kept: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0,), np.int64))
 
 
 def prepare_catalog(items, preprocessor, image_size: int,
@@ -133,4 +138,15 @@ def prepare_catalog(items, preprocessor, image_size: int,
         report.add("bad_image", list(item_ids[broken]))
         report.with_image = int(has_image.sum())
     report.embedded = len(rows)
-    return PreparedCatalog(item_ids, inputs, has_text, report)
+    row_reasons: List[List[str]] = [[] for _ in raw_ids]
+    for i, iid in enumerate(raw_ids):
+        if not iid:
+            row_reasons[i].append("no_item_id")
+    flags = {"no_text": ~has_text, "truncated_text": truncated}
+    if with_images:
+        flags["bad_image"] = broken
+    for reason, mask in flags.items():
+        for j in np.flatnonzero(mask):
+            row_reasons[keep[j]].append(reason)
+    return PreparedCatalog(item_ids, inputs, has_text, report, row_reasons,
+                           np.asarray(keep, dtype=np.int64))

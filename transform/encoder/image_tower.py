@@ -7,7 +7,6 @@ raises: broken bytes or a missing file give `None`, which the caller counts.
 """
 from __future__ import annotations
 
-import os
 from typing import Optional, Sequence
 
 import keras
@@ -18,7 +17,8 @@ def decode_image(value, image_size: int) -> Optional[np.ndarray]:
     """Decodes one catalog `image` cell to `[S, S, 3]` float32 in [0, 1], or None.
 
     Args:
-      value: encoded image bytes (PNG/JPEG/GIF/BMP), a file path (str), or None/empty.
+      value: encoded image bytes (PNG/JPEG/GIF/BMP...), a file path (str, or UTF-8
+        bytes that are not an image), or None/empty.
       image_size: S; the image is resized (aspect ratio not kept) to S × S.
 
     Returns:
@@ -27,19 +27,41 @@ def decode_image(value, image_size: int) -> Optional[np.ndarray]:
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return None
     if isinstance(value, str):
-        if not value:
-            return None
-        try:
-            with open(value, "rb") as f:
-                value = f.read()
-        except OSError:
-            return None
+        return _decode_bytes(_read_path(value), image_size)
     if not isinstance(value, (bytes, bytearray, memoryview)) or len(value) == 0:
+        return None
+    value = bytes(value)
+    arr = _decode_bytes(value, image_size)
+    if arr is None and len(value) <= _MAX_PATH_BYTES:
+        # The canonical `image` column is binary, so a path stored there arrives as
+        # UTF-8 bytes (pandas → Parquet does this): try it as a path.
+        try:
+            arr = _decode_bytes(_read_path(value.decode("utf-8")), image_size)
+        except UnicodeDecodeError:
+            return None
+    return arr
+
+
+_MAX_PATH_BYTES = 4096
+
+
+def _read_path(path: str) -> Optional[bytes]:
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except (OSError, ValueError):  # missing file, directory, NUL in name
+        return None
+
+
+def _decode_bytes(value: Optional[bytes], image_size: int) -> Optional[np.ndarray]:
+    if not value:
         return None
     import io
     from PIL import Image, UnidentifiedImageError
     try:
-        with Image.open(io.BytesIO(bytes(value))) as img:
+        with Image.open(io.BytesIO(value)) as img:
             img = img.convert("RGB").resize((image_size, image_size), Image.BILINEAR)
             return np.asarray(img, dtype=np.float32) / 255.0
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
@@ -127,6 +149,3 @@ def load_images(values: Sequence, image_size: int):
             has[i] = True
     return images, has, broken
 
-
-def is_path(value) -> bool:
-    return isinstance(value, str) and os.path.sep in value

@@ -66,6 +66,7 @@ def build_encoder(config: EncoderConfig, corpus: Sequence[str] = (),
     from transform.encoder.text_tower import (TextPreprocessor, TextTower, build_vocabulary,
                                               minilm_backbone, scratch_backbone,
                                               set_trainable_blocks)
+    config.validate()
     keras.utils.set_random_seed(config.seed)
     kind = resolve_backbone(config)
     if kind == "minilm":
@@ -80,6 +81,7 @@ def build_encoder(config: EncoderConfig, corpus: Sequence[str] = (),
                                     config.scratch_layers, config.scratch_hidden_dim,
                                     config.scratch_heads, config.scratch_intermediate_dim,
                                     config.dropout)
+        set_trainable_blocks(backbone, None)
     model = MultimodalEncoder(TextTower(backbone, name="text_tower"),
                               ImageTower(config.image_filters, config.image_size,
                                          name="image_tower"),
@@ -102,6 +104,29 @@ def build_model(model: MultimodalEncoder, config: EncoderConfig) -> None:
     model(dummy, training=False)
 
 
+def _trimmed(token_ids: np.ndarray, padding_mask: np.ndarray):
+    """Drops padding columns beyond the batch's longest row.
+
+    Attention masks padding, so outputs are unchanged (to float rounding), while short
+    texts (titles) cost a fraction of a full `sequence_length` pass.
+    """
+    width = max(2, int(padding_mask.sum(axis=1).max())) if len(padding_mask) else 2
+    return token_ids[:, :width], padding_mask[:, :width]
+
+
+def text_features(encoder: ItemEncoder, token_ids: np.ndarray, padding_mask: np.ndarray,
+                  batch_size: int) -> np.ndarray:
+    """`[N, L]` tokens → `[N, H_t]` float32 text-tower outputs (inference mode)."""
+    n = len(token_ids)
+    out = np.zeros((n, encoder.model.text_tower.output_dim), dtype=np.float32)
+    for start in range(0, n, batch_size):
+        ids, mask = _trimmed(token_ids[start:start + batch_size],
+                             padding_mask[start:start + batch_size])
+        out[start:start + len(ids)] = np.asarray(
+            encoder.model.text_features(ids, mask, training=False), dtype=np.float32)
+    return out
+
+
 def embed_prepared(encoder: ItemEncoder, inputs: dict, batch_size: int) -> np.ndarray:
     """Model inputs of N rows (from `prepare_catalog`) → `[N, D]` float32 unit vectors."""
     n = len(inputs[f"{FULL_VIEW}_token_ids"])
@@ -113,8 +138,9 @@ def embed_prepared(encoder: ItemEncoder, inputs: dict, batch_size: int) -> np.nd
         # Skip the image tower for batches without any image (text-only catalogs).
         if has_image is not None and has_image[sl].any():
             images, hi = inputs[IMAGE][sl], has_image[sl]
-        emb = encoder.model.item_embedding(inputs[f"{FULL_VIEW}_token_ids"][sl],
-                                           inputs[f"{FULL_VIEW}_padding_mask"][sl], images, hi)
+        ids, mask = _trimmed(inputs[f"{FULL_VIEW}_token_ids"][sl],
+                             inputs[f"{FULL_VIEW}_padding_mask"][sl])
+        emb = encoder.model.item_embedding(ids, mask, images, hi)
         out[sl] = np.asarray(emb, dtype=np.float32)
     return out
 

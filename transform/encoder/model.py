@@ -48,7 +48,8 @@ def contrastive_loss(a, b, logit_scale, valid=None):
       Scalar float32: ½ (CE(a→b) + CE(b→a)) averaged over valid rows; 0 when no row is
       valid.
     """
-    scale = ops.exp(ops.minimum(logit_scale, MAX_LOGIT_SCALE))
+    a, b = ops.convert_to_tensor(a), ops.convert_to_tensor(b)
+    scale = ops.exp(ops.minimum(ops.cast(logit_scale, a.dtype), MAX_LOGIT_SCALE))
     logits = scale * ops.matmul(a, ops.transpose(b))                 # [B, B]
     n = ops.shape(logits)[0]
     if valid is None:

@@ -185,11 +185,14 @@ def set_trainable_blocks(backbone, trainable_blocks: Optional[int]) -> None:
     `None` leaves everything trainable (scratch backbones); 0 freezes all of it (only
     the projection heads learn — the bounded-cost MiniLM default).
     """
-    if trainable_blocks is None:
-        backbone.trainable = True
-        return
     backbone.trainable = True
+    # We mean-pool token outputs; the [CLS] pooler gets no gradient, so keep it frozen.
+    pooler = backbone.get_layer("pooled_dense")
+    if trainable_blocks is None:
+        pooler.trainable = False
+        return
     for layer in backbone.layers:
         layer.trainable = False
     for i in range(max(0, backbone.num_layers - trainable_blocks), backbone.num_layers):
         backbone.get_layer(f"transformer_layer_{i}").trainable = True
+    pooler.trainable = False

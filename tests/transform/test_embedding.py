@@ -1,0 +1,115 @@
+"""Catalog embedding in Beam (DirectRunner) and the external-embeddings reader."""
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from dmgin_tf.config import BeamConfig
+from dmgin_tf.errors import DataError
+from tests.transform.encoder_fixtures import bad_items, tiny_config, tiny_items
+from transform.embedding import (embed_catalog, embedding_schema, import_external_embeddings,
+                                 read_embeddings, read_external_embeddings, write_embeddings,
+                                 write_tfrecord_embeddings)
+from transform.encoder import build_encoder, embed_items
+from transform.encoder.io import save_encoder
+from transform.encoder.train import training_corpus
+
+
+@pytest.fixture(scope="module")
+def saved_encoder(tmp_path_factory):
+    items = tiny_items()
+    enc = build_encoder(tiny_config(), corpus=training_corpus(items))
+    return enc, save_encoder(enc, tmp_path_factory.mktemp("encoder"))
+
+
+def test_beam_embedding_equals_in_process(saved_encoder, tmp_path):
+    enc, vdir = saved_encoder
+    items = pd.concat([tiny_items(), bad_items(tmp_path)], ignore_index=True)
+    items_path = tmp_path / "items.parquet"
+    items.to_parquet(items_path)
+    beam_cfg = BeamConfig(runner="direct", direct_running_mode="in_memory")
+    # Small Beam batches: several RunInference batches with different compositions.
+    report = embed_catalog(str(items_path), str(vdir.parent), str(tmp_path / "out"), beam_cfg,
+                           batch_size=4, max_batch_size=5)
+    ids, vecs = read_embeddings(str(tmp_path / "out"))
+    ref_ids, ref = embed_items(enc, items, batch_size=16)
+    order = np.argsort(ids)
+    ref_order = np.argsort(ref_ids)
+    assert ids[order].tolist() == ref_ids[ref_order].tolist()
+    np.testing.assert_allclose(vecs[order], ref[ref_order], atol=1e-5)
+    assert report["embedded"] == len(items) - 1 and report["rows"] == len(items)
+    assert report["counts"] == {"no_item_id": 1, "no_text": 1, "truncated_text": 1,
+                                "bad_image": 2}
+    assert report["encoder_version"] == int(vdir.name)
+    on_disk = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert on_disk["counts"] == report["counts"]
+    # exact table schema (the k-means stage reads it)
+    table = pq.read_table(str(next((tmp_path / "out" / "embeddings").glob("part-*.parquet"))))
+    assert table.schema.equals(embedding_schema())
+
+
+def test_write_then_read_table_round_trip(tmp_path):
+    rng = np.random.default_rng(1)
+    ids = [f"m{i}" for i in range(5)]
+    vecs = rng.normal(size=(5, 3)).astype(np.float32)
+    write_embeddings(str(tmp_path / "t"), ids, vecs)
+    got_ids, got = read_embeddings(str(tmp_path / "t"))
+    assert got_ids.tolist() == ids
+    np.testing.assert_array_equal(got, vecs)
+
+
+def _parquet(path, ids, vecs):
+    pq.write_table(pa.table({"item_id": ids, "embedding": [list(map(float, v)) for v in vecs]}),
+                   str(path))
+
+
+def test_external_parquet_and_tfrecord_agree(tmp_path):
+    rng = np.random.default_rng(2)
+    ids = ["a", "b", "c", "d"]
+    vecs = rng.normal(size=(4, 6)).astype(np.float32)
+    _parquet(tmp_path / "e.parquet", ids, vecs)
+    write_tfrecord_embeddings(str(tmp_path / "e.tfrecord"), ids, vecs)
+    for path in (tmp_path / "e.parquet", tmp_path / "e.tfrecord"):
+        got_ids, got = read_external_embeddings(str(path))
+        assert got_ids.tolist() == ids
+        np.testing.assert_allclose(got, vecs, rtol=1e-6)
+    report = import_external_embeddings(str(tmp_path / "e.tfrecord"), str(tmp_path / "imp"),
+                                        normalize=True)
+    assert report["rows"] == 4 and report["embedding_dim"] == 6
+    _, imported = read_embeddings(str(tmp_path / "imp"))
+    np.testing.assert_allclose(imported, vecs / np.linalg.norm(vecs, axis=1, keepdims=True),
+                               rtol=1e-5)
+
+
+def test_external_bad_dimension_names_the_item(tmp_path):
+    vecs = [[0.1, 0.2, 0.3], [0.4, 0.5, 0.6], [0.7, 0.8]]
+    pq.write_table(pa.table({"item_id": ["x", "y", "shorty"], "embedding": vecs}),
+                   str(tmp_path / "bad.parquet"))
+    with pytest.raises(DataError, match=r"row 2 \(item 'shorty'\): embedding has 2 values, expected 3"):
+        read_external_embeddings(str(tmp_path / "bad.parquet"))
+    write_tfrecord_embeddings(str(tmp_path / "bad.tfrecord"), ["x", "y", "shorty"],
+                              np.zeros((3, 3)))
+    import tensorflow as tf
+    with tf.io.TFRecordWriter(str(tmp_path / "bad2.tfrecord")) as w:
+        for iid, v in (("x", [1.0, 2.0]), ("long", [1.0, 2.0, 3.0])):
+            w.write(tf.train.Example(features=tf.train.Features(feature={
+                "item_id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[iid.encode()])),
+                "embedding": tf.train.Feature(float_list=tf.train.FloatList(value=v))})
+            ).SerializeToString())
+    with pytest.raises(DataError, match=r"record 1 \(item 'long'\): embedding has 3 values"):
+        read_external_embeddings(str(tmp_path / "bad2.tfrecord"))
+
+
+def test_external_duplicates_missing_columns_and_nan(tmp_path):
+    _parquet(tmp_path / "dup.parquet", ["a", "b", "a"], np.ones((3, 2)))
+    with pytest.raises(DataError, match=r"row 2: duplicate item_id 'a' \(first at .*row 0\)"):
+        read_external_embeddings(str(tmp_path / "dup.parquet"))
+    pq.write_table(pa.table({"item_id": ["a"], "vector": [[1.0]]}), str(tmp_path / "col.parquet"))
+    with pytest.raises(DataError, match=r"lacks column\(s\) \['embedding'\]"):
+        read_external_embeddings(str(tmp_path / "col.parquet"))
+    _parquet(tmp_path / "nan.parquet", ["a", "b"], [[1.0, 2.0], [float("nan"), 1.0]])
+    with pytest.raises(DataError, match=r"row 1 \(item 'b'\): non-finite"):
+        read_external_embeddings(str(tmp_path / "nan.parquet"))
