@@ -1,0 +1,96 @@
+"""`dmgin grouping fit|assign`: item -> interest group for every grouping key.
+
+    dmgin grouping fit --items data/items.parquet --embeddings emb/ --key cluster \
+        --num-groups 256 --output runs/grouping [--previous runs/grouping-old] \
+        [--beam-runner dask --dask-local-workers 2]
+    dmgin grouping fit --items data/items.parquet --key category --output runs/grouping-cat
+    dmgin grouping assign --embeddings new_items.parquet --grouping runs/grouping \
+        --output runs/new-groups
+
+Every key writes `item_index.parquet` (model ids: 0 pad, 1 unknown, 2.. groups) and a
+report (`report.md` + `group_sizes.png`); `cluster` also writes `centroids.npy`,
+`item_groups/` (Parquet item_id, group_id = cluster 0..K-1) and `kmeans.json`.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+from dmgin_tf.cli.common import add_beam_args, add_config_args, beam_overrides, config_from_args
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("grouping", help="item -> interest group (k-means, item id, category, random)")
+    sub = p.add_subparsers(dest="grouping_command", metavar="ACTION")
+    sub.required = True
+
+    fit = sub.add_parser("fit", help="build the item -> group map for a grouping key")
+    add_config_args(fit)
+    add_beam_args(fit)
+    fit.add_argument("--items", required=True, help="canonical items.parquet (catalog order = item ids)")
+    fit.add_argument("--embeddings", help="Parquet item_id + embedding (key=cluster); "
+                     "default grouping.external_embeddings")
+    fit.add_argument("--key", choices=["cluster", "item_id", "category", "random"],
+                     help="grouping key (default grouping.key)")
+    fit.add_argument("--num-groups", type=int, help="K for cluster / random")
+    fit.add_argument("--iterations", type=int, help="max Lloyd iterations")
+    fit.add_argument("--previous", help="previous cluster grouping dir: keep its group ids stable")
+    fit.add_argument("--output", required=True, help="output directory")
+    fit.set_defaults(func=_fit)
+
+    assign = sub.add_parser("assign", help="put new items on an existing grouping's centroids")
+    add_config_args(assign)
+    add_beam_args(assign)
+    assign.add_argument("--embeddings", required=True, help="Parquet item_id + embedding of the items")
+    assign.add_argument("--grouping", required=True, help="a `grouping fit --key cluster` output dir")
+    assign.add_argument("--output", required=True, help="output directory (Parquet item_id, group_id)")
+    assign.set_defaults(func=_assign)
+
+
+def _fit(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from dmgin_tf.data.item_index import ItemIndex
+    from dmgin_tf.errors import DataError
+    from transform.grouping import kmeans, report
+
+    cfg = config_from_args(args, {**beam_overrides(args), "grouping.key": args.key,
+                                  "grouping.num_groups": args.num_groups,
+                                  "grouping.kmeans_iterations": args.iterations})
+    g = cfg.grouping
+    items = pd.read_parquet(args.items)
+    os.makedirs(args.output, exist_ok=True)
+    facts = {"key": g.key}
+    if g.key == "cluster":
+        emb = args.embeddings or g.external_embeddings
+        if not emb:
+            raise DataError("grouping key 'cluster' needs --embeddings (or grouping.external_embeddings)")
+        previous = kmeans.load_centroids(args.previous) if args.previous else None
+        res = kmeans.fit_kmeans(emb, g, cfg.beam, args.output, previous_centroids=previous)
+        index = ItemIndex.build(items, "table", num_groups=len(res.centroids),
+                                group_table=os.path.join(args.output, kmeans.GROUPS_DIR))
+        facts.update(iterations=res.iterations, converged=res.converged,
+                     inertia=f"{res.inertia:.4f}", runner=cfg.beam.runner,
+                     seconds=f"{res.seconds:.1f}")
+        if res.matched_similarity is not None:
+            facts["stable ids"] = f"matched to {args.previous}"
+    else:
+        index = ItemIndex.build(items, g.key, num_groups=g.num_groups, seed=g.seed)
+    index.save(args.output)
+    groups = pd.DataFrame({"item_id": index.item_ids,
+                           "group_id": index.group_of_idx[2:]})
+    facts["group vocabulary"] = index.group_vocab_size
+    path = report.write_report(args.output, groups, items, title=f"Interest grouping ({g.key})",
+                               facts=facts)
+    print(f"grouping ({g.key}): {index.num_items} items, group vocabulary "
+          f"{index.group_vocab_size}; report {path}")
+    return 0
+
+
+def _assign(args: argparse.Namespace) -> int:
+    from transform.grouping import kmeans
+    cfg = config_from_args(args, beam_overrides(args))
+    n = kmeans.assign_new_items(args.embeddings, kmeans.load_centroids(args.grouping),
+                                args.output, cfg.beam)
+    print(f"assigned {n} items to existing groups -> {args.output}")
+    return 0
