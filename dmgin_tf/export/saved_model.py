@@ -132,13 +132,15 @@ def export_model(model, base_path: str, name: str, *, history_length: int,
 def export_from_run_dir(run_dir: str, base_path: str, name: str, *,
                         version: Optional[int] = None,
                         variants: Sequence[str] = ("xla", "noxla"),
-                        serving_cfg: Optional[ServingConfig] = None) -> Dict[str, str]:
+                        serving_cfg: Optional[ServingConfig] = None,
+                        verify: bool = True) -> Dict[str, str]:
     """Exports a `dmgin train` output directory (what `dmgin export` and the TFX
     Trainer's run_fn call).
 
     Reads `config.json` + `model.weights.h5` (any backend), `item_index.parquet` for
     the tf.Example signature, and `parity_batch.npz` (real held-out examples) for the
-    warmup records.
+    warmup records; with `verify`, every exported signature is compared with the Keras
+    model on 4 of those examples (tolerance 1e-5) before returning.
     """
     # Export needs the TensorFlow backend of Keras 3 (the SavedModel is TF).
     import keras
@@ -164,10 +166,17 @@ def export_from_run_dir(run_dir: str, base_path: str, name: str, *,
             warmup[k] = warmup[k].astype(np.int64)
         for k in set(F.MODEL_INPUT_KEYS) - {F.HIST_TIME, F.REQUEST_TIME}:
             warmup[k] = warmup[k].astype(np.int32)
-    return export_model(model, base_path, name, history_length=cfg.model.history_length,
-                        version=version, item_index=item_index, behavior_types=behavior_types,
-                        warmup_inputs=warmup, serving_cfg=serving_cfg or cfg.serving,
-                        variants=variants, model_config=cfg.model.to_dict())
+    paths = export_model(model, base_path, name, history_length=cfg.model.history_length,
+                         version=version, item_index=item_index, behavior_types=behavior_types,
+                         warmup_inputs=warmup, serving_cfg=serving_cfg or cfg.serving,
+                         variants=variants, model_config=cfg.model.to_dict())
+    if verify and warmup is not None:
+        rows = {k: v[:4] for k, v in warmup.items()}
+        examples = (examples_from_dense(rows, item_index.item_ids, behavior_types)
+                    if item_index is not None else None)
+        for path in paths.values():
+            verify_export(path, model, rows, examples)
+    return paths
 
 
 def read_export_info(version_dir: str) -> dict:

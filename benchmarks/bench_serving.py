@@ -1,0 +1,200 @@
+"""Loopback serving benchmark: p50/p99 latency and throughput through `dmgin serve`.
+
+Exports a DMGIN model (random weights — latency does not depend on them) with history
+length L, serves it with the dev server on 127.0.0.1 and measures, each for a bounded
+number of requests:
+
+1. `rank`: one user with an L-behavior history × C candidates per request, XLA vs
+   non-XLA variant (the DESIGN §4 goal: p99 < 20 ms for C = 100, L = 10 000);
+2. `predict_raw` vs batch size B, without and with server batching (concurrent clients).
+
+    python benchmarks/bench_serving.py --history 10000 --candidates 100 --requests 200 \\
+        --append docs/benchmarks.md
+
+Prints a Markdown table; `--append` adds it with the command to docs/benchmarks.md.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+
+def synthetic_inputs(n, L, num_items, num_groups, seed=0):
+    """Full histories of L behaviors (the worst case for serving), int ids."""
+    from dmgin_tf import features as F
+    rng = np.random.default_rng(seed)
+    item = rng.integers(2, num_items, size=(n, L)).astype(np.int32)
+    t = np.sort(rng.integers(1_500_000_000, 1_510_000_000, size=(n, L)), axis=1).astype(np.int64)
+    return {F.HIST_ITEM: item, F.HIST_GROUP: (item % (num_groups - 2) + 2).astype(np.int32),
+            F.HIST_BEHAVIOR_ID: rng.integers(1, 5, size=(n, L)).astype(np.int32),
+            F.HIST_TIME: t, F.REQUEST_TIME: t[:, -1] + 60,
+            F.CAND_ITEM: rng.integers(2, num_items, size=n).astype(np.int32),
+            F.CAND_GROUP: rng.integers(2, num_groups, size=n).astype(np.int32)}
+
+
+def percentiles(lat):
+    a = np.asarray(lat) * 1000
+    return float(np.percentile(a, 50)), float(np.percentile(a, 99))
+
+
+def run_load(fn, requests, concurrency):
+    """Calls fn() `requests` times from `concurrency` threads → (latencies s, wall s, errors)."""
+    lat, errors, lock = [], [], threading.Lock()
+    counter = iter(range(requests))
+
+    def worker():
+        while True:
+            with lock:
+                if next(counter, None) is None:
+                    return
+            t0 = time.perf_counter()
+            try:
+                fn()
+            except Exception as e:  # noqa: BLE001 — counted, reported
+                with lock:
+                    errors.append(repr(e))
+                continue
+            with lock:
+                lat.append(time.perf_counter() - t0)
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return lat, time.perf_counter() - t0, errors
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--history", type=int, default=10000, help="L")
+    ap.add_argument("--candidates", type=int, default=100)
+    ap.add_argument("--requests", type=int, default=200, help="requests per measurement")
+    ap.add_argument("--batch-sizes", default="1,8,32", help="predict_raw batch sizes")
+    ap.add_argument("--raw-history", type=int, default=1000, help="L for the predict_raw sweep")
+    ap.add_argument("--concurrency", type=int, default=4, help="client threads in the batching runs")
+    ap.add_argument("--append", metavar="MD", help="append the results to this Markdown file")
+    args = ap.parse_args(argv)
+
+    import keras  # noqa: F401
+    import portpicker
+    from dmgin_tf import features as F
+    from dmgin_tf.config import ModelConfig, ServingConfig
+    from dmgin_tf.export.saved_model import export_model
+    from dmgin_tf.models import build_model
+    from dmgin_tf.serving import Client
+    from dmgin_tf.serving.batching import BatchOptions
+    from dmgin_tf.serving.server import DevServer
+    from tensorflow_serving.config import model_server_config_pb2
+
+    num_items, num_groups = 100_000, 1002
+    rows = []
+    tmp = tempfile.mkdtemp(prefix="bench_serving_")
+
+    def export(L, buckets, cand_buckets):
+        cfg = ModelConfig(item_vocab_size=num_items, group_vocab_size=num_groups, history_length=L,
+                          max_groups=64, max_per_group=16, embedding_dim=16, inter_layers=2,
+                          dropout=0.0)
+        model = build_model(cfg)
+        warm = synthetic_inputs(4, L, num_items, num_groups)
+        scfg = ServingConfig(batch_buckets=buckets, candidate_buckets=cand_buckets)
+        t0 = time.perf_counter()
+        export_model(model, tmp, f"m{L}", history_length=L, warmup_inputs=warm, serving_cfg=scfg)
+        print(f"exported L={L} in {time.perf_counter() - t0:.0f}s", flush=True)
+        return f"m{L}"
+
+    def serve(name, batching=None):
+        mcfg = model_server_config_pb2.ModelServerConfig()
+        mc = mcfg.model_config_list.config.add(name=name, base_path=os.path.join(tmp, name),
+                                                model_platform="tensorflow")
+        mc.model_version_policy.latest.num_versions = 1
+        server = DevServer(mcfg, port=portpicker.pick_unused_port(), batching=batching,
+                           poll_interval_s=3600)
+        t0 = time.perf_counter()
+        port = server.start()
+        print(f"  loaded + warmed {name} in {time.perf_counter() - t0:.0f}s", flush=True)
+        return server, port
+
+    # 1. rank: one user x C candidates, L-long history, XLA vs not.
+    C, L = args.candidates, args.history
+    cand_buckets = tuple(sorted({16, 128, C if C > 128 else 128}))
+    name = export(L, (1,), cand_buckets)
+    user = synthetic_inputs(1, L, num_items, num_groups, seed=1)
+    cands = np.random.default_rng(2).integers(2, num_items, size=C).astype(np.int32)
+    groups = (cands % (num_groups - 2) + 2).astype(np.int32)
+    for variant in ("xla", "noxla"):
+        model_name = name if variant == "xla" else name + "_noxla"
+        server, port = serve(model_name)
+        try:
+            with Client(f"127.0.0.1:{port}", model_name, candidate_buckets=cand_buckets,
+                        timeout_s=30) as c:
+                call = lambda: c.rank(user, cands, groups)  # noqa: E731
+                for _ in range(3):
+                    call()
+                lat, wall, errors = run_load(call, args.requests, 1)
+        finally:
+            server.stop(1)
+        p50, p99 = percentiles(lat)
+        rows.append((f"rank, 1 user x {C} cand, L={L}", variant, "off", 1, p50, p99,
+                     len(lat) / wall * C, "cand/s", len(errors)))
+        print(rows[-1], flush=True)
+
+    # 2. predict_raw vs batch size, without / with server batching (noxla and xla).
+    Lr = args.raw_history
+    sizes = [int(b) for b in args.batch_sizes.split(",")]
+    buckets = tuple(sorted(set(sizes) | {max(sizes) * args.concurrency}))
+    rname = export(Lr, buckets, (16,))
+    data = synthetic_inputs(max(sizes), Lr, num_items, num_groups, seed=3)
+    batching = BatchOptions(max_batch_size=buckets[-1], batch_timeout_micros=2000,
+                            max_enqueued_batches=1000, num_batch_threads=1,
+                            allowed_batch_sizes=buckets)
+    n_req = max(20, args.requests // 2)
+    for variant in ("xla", "noxla"):
+        model_name = rname if variant == "xla" else rname + "_noxla"
+        for mode, opts, conc in (("off", None, 1), ("on", batching, args.concurrency)):
+            server, port = serve(model_name, opts)
+            try:
+                with Client(f"127.0.0.1:{port}", model_name, timeout_s=30) as c:
+                    for b in sizes:
+                        req = {k: v[:b] for k, v in data.items()}
+                        call = lambda: c.predict(req, signature="predict_raw")  # noqa: E731
+                        call()
+                        lat, wall, errors = run_load(call, n_req, conc)
+                        p50, p99 = percentiles(lat)
+                        rows.append((f"predict_raw B={b}, L={Lr}", variant, f"{mode} (x{conc} clients)",
+                                     b, p50, p99, len(lat) * b / wall, "ex/s", len(errors)))
+                        print(rows[-1], flush=True)
+            finally:
+                server.stop(1)
+
+    lines = ["| request | variant | server batching | rows/request | p50 ms | p99 ms | throughput | errors |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]:.1f} | {r[5]:.1f} | "
+                     f"{r[6]:,.0f} {r[7]} | {r[8]} |")
+    table = "\n".join(lines)
+    print(table)
+    if args.append:
+        cmd = "python benchmarks/bench_serving.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        with open(args.append, "a", encoding="utf-8") as f:
+            f.write(f"\n## Serving latency (gRPC loopback, `dmgin serve`)\n\n"
+                    f"Command: `{cmd}`  \nMachine: {platform.machine()}, {os.cpu_count()} cores "
+                    f"(shared), TF CPU, {time.strftime('%Y-%m-%d')}. Model: DMGIN, G=64, M=16, D=16, "
+                    f"2 HSTU layers, random weights; full-length synthetic histories.\n\n{table}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

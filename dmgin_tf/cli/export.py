@@ -1,0 +1,40 @@
+"""`dmgin export`: a training run directory → TF Serving SavedModels (XLA + non-XLA twin).
+
+    dmgin export --model-dir runs/dmgin --output runs/serving/dmgin [--version 3]
+
+writes runs/serving/dmgin/<version>/ (jit_compile) and runs/serving/dmgin_noxla/<version>/.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+from dmgin_tf.cli.common import add_config_args, config_from_args
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("export", help="export a trained model for TF Serving",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model-dir", required=True, metavar="DIR", help="output directory of dmgin train")
+    p.add_argument("--output", required=True, metavar="BASE/NAME",
+                   help="model base path; the last component is the model name")
+    p.add_argument("--version", type=int, help="version number (default: next free)")
+    p.add_argument("--variants", default="xla,noxla",
+                   help="comma list of xla,noxla (default both)")
+    p.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="skip comparing the exported signatures with the Keras model")
+    add_config_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    from dmgin_tf.export.saved_model import export_from_run_dir
+    cfg = config_from_args(args)
+    base, name = os.path.split(os.path.normpath(args.output))
+    paths = export_from_run_dir(args.model_dir, base or ".", name, version=args.version,
+                                variants=[v.strip() for v in args.variants.split(",") if v.strip()],
+                                serving_cfg=cfg.serving, verify=args.verify)
+    for variant, path in paths.items():
+        print(f"{variant}: {path}")
+    return 0

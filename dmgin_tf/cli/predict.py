@@ -1,0 +1,48 @@
+"""`dmgin predict`: score serialized tf.Examples (TFRecord) through TF Serving / dmgin serve.
+
+    dmgin predict --target localhost:8500 --model dmgin --examples data.tfrecord [--output ctr.csv]
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("predict", help="gRPC Predict on tf.Examples (serving_default)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--target", default="localhost:8500", help="host:port of the gRPC server")
+    p.add_argument("--model", default="dmgin", help="model name (default dmgin)")
+    p.add_argument("--version", type=int, help="model version (default latest)")
+    p.add_argument("--examples", required=True, metavar="TFRECORD",
+                   help="TFRecord file of serialized serving tf.Examples")
+    p.add_argument("--batch-size", type=int, default=128, help="examples per request")
+    p.add_argument("--timeout", type=float, default=10.0, help="deadline per request, seconds")
+    p.add_argument("--output", metavar="CSV", help="write ctr per example (default: stdout)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    import grpc
+    import tensorflow as tf
+
+    from dmgin_tf.errors import DmginError
+    from dmgin_tf.serving import Client
+    try:
+        serialized = [r.numpy() for r in tf.data.TFRecordDataset(args.examples)]
+    except tf.errors.OpError as e:
+        raise DmginError(f"--examples {args.examples}: cannot read TFRecords: {e.message}") from None
+    with Client(args.target, args.model, version=args.version, timeout_s=args.timeout) as client:
+        try:
+            ctr = client.predict_examples(serialized, batch_size=args.batch_size)
+        except grpc.RpcError as e:
+            raise DmginError(f"{args.target}: {e.code().name}: {e.details()}") from None
+    out = open(args.output, "w") if args.output else sys.stdout
+    out.write("index,ctr\n")
+    for i, v in enumerate(ctr):
+        out.write(f"{i},{v:.6f}\n")
+    if args.output:
+        out.close()
+        print(f"wrote {len(ctr)} predictions to {args.output}")
+    return 0

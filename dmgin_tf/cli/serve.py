@@ -1,0 +1,71 @@
+"""`dmgin serve`: development gRPC server speaking TF Serving's API (a stand-in for
+tests and demos; production = the official tensorflow/serving image, serving_configs/).
+
+    dmgin serve --model-config-file serving_configs/models.config --port 8500 \\
+        [--enable-batching --batching-parameters-file serving_configs/batching_parameters.txt] \\
+        [--rest-metrics-port 8501]
+"""
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("serve", help="development PredictionService server (TF Serving stand-in)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model-config-file", required=True, metavar="FILE", help="ModelServerConfig text proto")
+    p.add_argument("--port", type=int, default=8500, help="gRPC port (default 8500)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    p.add_argument("--enable-batching", action="store_true", help="server-side request batching")
+    p.add_argument("--batching-parameters-file", metavar="FILE", help="BatchingParameters text proto")
+    p.add_argument("--rest-metrics-port", type=int, metavar="PORT",
+                   help="serve Prometheus metrics on this port")
+    p.add_argument("--monitoring-config-file", metavar="FILE",
+                   help="MonitoringConfig text proto (metrics path)")
+    p.add_argument("--file-system-poll-wait-seconds", type=float, default=1.0,
+                   help="version polling interval (default 1)")
+    p.add_argument("--max-message-bytes", type=int, default=64 * 1024 * 1024)
+    p.add_argument("--max-concurrent-rpcs", type=int, default=64)
+    p.add_argument("--max-batch-size", type=int, default=4096,
+                   help="row limit per request without batching (default 4096)")
+    p.add_argument("--no-warmup", dest="warmup", action="store_false",
+                   help="do not replay assets.extra warmup records at load")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+    from dmgin_tf.errors import DmginError
+    from dmgin_tf.serving.metrics import DEFAULT_PATH
+    from dmgin_tf.serving.protos import (read_batching_parameters, read_model_server_config,
+                                         read_monitoring_config)
+    from dmgin_tf.serving.server import DevServer
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    batching = None
+    if args.enable_batching:
+        if not args.batching_parameters_file:
+            raise DmginError("--enable-batching needs --batching-parameters-file")
+        batching = read_batching_parameters(args.batching_parameters_file)
+    path = DEFAULT_PATH
+    if args.monitoring_config_file:
+        mon = read_monitoring_config(args.monitoring_config_file)
+        path = mon.prometheus_config.path or DEFAULT_PATH
+    server = DevServer(read_model_server_config(args.model_config_file), port=args.port,
+                       host=args.host, batching=batching, max_batch_size=args.max_batch_size,
+                       max_message_bytes=args.max_message_bytes,
+                       max_concurrent_rpcs=args.max_concurrent_rpcs,
+                       poll_interval_s=args.file_system_poll_wait_seconds,
+                       metrics_port=args.rest_metrics_port, metrics_path=path, warmup=args.warmup)
+    port = server.start()
+    print(f"dmgin serve: gRPC on {args.host}:{port}"
+          + (f", metrics on http://{args.host}:{server.metrics_http.port}{path}"
+             if server.metrics_http else ""), flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    print("dmgin serve: shutting down (finishing in-flight requests)", flush=True)
+    server.stop(grace_s=10)
+    return 0
