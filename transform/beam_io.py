@@ -428,3 +428,9 @@ class ReadParquet(beam.PTransform):
     def expand(self, pbegin):
         return (pbegin | "RowRanges" >> beam.Create(self._work)
                 | "ReadRows" >> beam.ParDo(_ReadRowGroupFn(self._columns, self._batch_size)))
+
+
+def parquet_table_rows(path: str) -> int:
+    """Rows of a Parquet file / glob / directory, from metadata only."""
+    import pyarrow.parquet as pq
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in _parquet_files(path))

@@ -107,6 +107,21 @@ def _reconstruct(args: argparse.Namespace) -> str:
 SUBCOMMANDS = [("quality", _add_quality)]
 
 
+def _add_scale(sub) -> None:
+    # benchmarks/bench_scale.py owns the arguments and the run (Beam stages on Dask).
+    import importlib.util
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "bench_scale.py")
+    if not os.path.exists(path):
+        return  # installed without the benchmarks/ folder
+    spec = importlib.util.spec_from_file_location("bench_scale", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.add_subparser(sub)
+
+
+SUBCOMMANDS.append(("scale", _add_scale))
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("bench", help="benchmarks (quality, ...) -> docs/benchmarks.md",
                               description=__doc__,

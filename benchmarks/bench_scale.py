@@ -1,0 +1,212 @@
+"""`dmgin bench scale`: rows/s of our Beam stages on DirectRunner vs Dask (1 and 2 workers).
+
+    dmgin bench scale --data ../shared/data/taobao-userbehavior      # full shipped Taobao
+    python benchmarks/bench_scale.py --data ../shared/data/taobao-userbehavior --docs ''
+
+Stages, each run on every runner in ONE process so the numbers compare:
+- example building (`transform.examples.build_examples`): behavior rows / s, end to end
+  (read, per-user GroupByKey, protocol, tf.Example encoding, count-checked TFRecord write);
+- k-means (`transform.grouping.kmeans.fit_kmeans`, K=256, fixed iterations): item rows
+  × (iterations + final assignment pass) / s. Embeddings: `--embeddings` or, when absent,
+  deterministic synthetic 64-d vectors per catalog item (category direction + noise) —
+  throughput does not depend on what the vectors mean.
+
+Runners: DirectRunner (multi_processing, one worker per core), Dask LocalCluster with 1
+and with 2 worker processes (cluster start-up excluded, reported separately). On a
+2-core machine the speed-up is bounded by the cores; the point is that the same code
+runs distributed. Results: a markdown block between `<!-- scale:start/end -->` markers
+in docs/benchmarks.md plus JSON under --output.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+
+DOCS_DEFAULT = os.path.join("docs", "benchmarks.md")
+START, END = "<!-- scale:start -->", "<!-- scale:end -->"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default=os.path.join("..", "shared", "data", "taobao-userbehavior"),
+                   help="raw Taobao dir/CSV or a converted dir with behaviors.parquet "
+                        "(default: the full shipped Taobao file)")
+    p.add_argument("--dataset", default="taobao", choices=["taobao", "movielens", "generic"])
+    p.add_argument("--embeddings", help="Parquet item_id + embedding for k-means (default: synthetic)")
+    p.add_argument("--num-groups", type=int, default=256)
+    p.add_argument("--iterations", type=int, default=3, help="Lloyd iterations per k-means run")
+    p.add_argument("--runners", default="direct,dask1,dask2",
+                   help="comma-separated subset of direct,dask1,dask2")
+    p.add_argument("--stages", default="examples,kmeans", help="comma-separated subset")
+    p.add_argument("--output", default=os.path.join("runs", "bench", "scale"))
+    p.add_argument("--docs", default=DOCS_DEFAULT, help="page to update ('' = don't)")
+
+
+def add_subparser(sub) -> None:
+    """Hook for `dmgin_tf/cli/bench.py` (SUBCOMMANDS)."""
+    p = sub.add_parser("scale", help="rows/s of the Beam stages: DirectRunner vs Dask 1/2 workers",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    p.set_defaults(func=run)
+
+
+def _prepare_data(args, work: str) -> str:
+    """A converted data dir (converting raw input once into `work`)."""
+    if os.path.exists(os.path.join(args.data, "behaviors.parquet")):
+        return args.data
+    from dmgin_tf.config import DataConfig
+    from dmgin_tf.data.converters import convert
+    out = os.path.join(work, f"{args.dataset}-converted")
+    if not os.path.exists(os.path.join(out, "behaviors.parquet")):
+        convert(args.dataset, args.data, out, DataConfig.from_dict({"dataset": args.dataset}),
+                show_progress=False)
+    return out
+
+
+def synthetic_embeddings(items_path: str, out: str, dim: int = 64, seed: int = 0) -> str:
+    """item_id + float32 [dim] embedding per catalog item: a direction per category plus
+    noise (deterministic). For throughput measurement only."""
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from dmgin_tf.data.item_index import stable_hash64
+    items = pd.read_parquet(items_path, columns=["item_id", "category"])
+    rng = np.random.default_rng(seed)
+    cats = items["category"].fillna("").astype(str)
+    base = np.stack([np.random.default_rng(stable_hash64(c) % 2 ** 32).normal(size=dim)
+                     for c in cats.unique()])
+    code = pd.factorize(cats)[0]
+    x = (base[code] + 0.5 * rng.normal(size=(len(items), dim))).astype(np.float32)
+    pq.write_table(pa.table({"item_id": items["item_id"].astype(str),
+                             "embedding": pa.array(list(x), type=pa.list_(pa.float32()))}),
+                   out, row_group_size=8192)
+    return out
+
+
+def _runner_cfg(name: str):
+    from dmgin_tf.config import BeamConfig
+    if name == "direct":
+        return BeamConfig.from_dict({"runner": "direct"})
+    workers = int(name[len("dask"):])
+    return BeamConfig.from_dict({"runner": "dask", "dask_local_workers": workers})
+
+
+def run(args: argparse.Namespace) -> int:
+    from dmgin_tf.config import DataConfig, GroupingConfig
+    from transform import beam_io, beam_runner
+    from transform import examples as beam_examples
+    from transform.grouping import kmeans
+
+    os.makedirs(args.output, exist_ok=True)
+    data = _prepare_data(args, args.output)
+    n_rows = beam_io.parquet_table_rows(os.path.join(data, "behaviors.parquet"))
+    stages = args.stages.split(",")
+    emb = args.embeddings
+    if "kmeans" in stages and not emb:
+        emb = synthetic_embeddings(os.path.join(data, "items.parquet"),
+                                   os.path.join(args.output, "embeddings.parquet"))
+    n_items = kmeans.embedding_dim(emb)[0] if "kmeans" in stages else 0
+    data_cfg = DataConfig.from_dict({"dataset": args.dataset})
+    gcfg = GroupingConfig.from_dict({"num_groups": args.num_groups, "kmeans_iterations":
+                                     args.iterations, "kmeans_tol": 0, "kmeans_init_trials": 1,
+                                     "kmeans_sample_size": 5000})
+    results = []
+    for name in args.runners.split(","):
+        cfg = _runner_cfg(name)
+        t0 = time.perf_counter()
+        with _cluster(cfg) as address:
+            startup = time.perf_counter() - t0
+            row = {"runner": name, "startup_s": round(startup, 2)}
+            if "examples" in stages:
+                t = time.perf_counter()
+                counts = beam_examples.build_examples(data, os.path.join(args.output, f"ex-{name}"),
+                                                      data_cfg, cfg, dask_address=address)
+                s = time.perf_counter() - t
+                row.update(examples_s=round(s, 2), examples=sum(counts.values()),
+                           examples_rows_per_s=round(n_rows / s, 1))
+            if "kmeans" in stages:
+                t = time.perf_counter()
+                res = kmeans.fit_kmeans(emb, gcfg, cfg, os.path.join(args.output, f"km-{name}"),
+                                        dask_address=address)
+                s = time.perf_counter() - t
+                row.update(kmeans_s=round(s, 2), kmeans_iterations=res.iterations,
+                           kmeans_rows_per_s=round(n_items * (res.iterations + 1) / s, 1))
+        results.append(row)
+        print(json.dumps(row), flush=True)
+    command = "dmgin bench scale " + " ".join(shlex.quote(a) for a in sys.argv[3:]) \
+        if sys.argv[1:3] == ["bench", "scale"] else "python " + " ".join(map(shlex.quote, sys.argv))
+    summary = {"behavior_rows": n_rows, "items": n_items, "num_groups": args.num_groups,
+               "iterations": args.iterations, "data": os.path.abspath(data), "runs": results,
+               "host": f"{platform.node()} ({os.cpu_count()} cores)", "command": command}
+    with open(os.path.join(args.output, "scale.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    md = markdown(summary)
+    print(md)
+    if args.docs:
+        update_docs(args.docs, md)
+    return 0
+
+
+class _cluster:
+    """Starts a LocalCluster for dask runners (timed as start-up), nothing for direct."""
+
+    def __init__(self, cfg):
+        self._cfg, self._ctx = cfg, None
+
+    def __enter__(self):
+        if self._cfg.runner == "dask":
+            from transform.beam_runner import local_dask_cluster
+            self._ctx = local_dask_cluster(self._cfg.dask_local_workers)
+            return self._ctx.__enter__()
+        return None
+
+    def __exit__(self, *exc):
+        if self._ctx is not None:
+            return self._ctx.__exit__(*exc)
+        return False
+
+
+def markdown(s: dict) -> str:
+    lines = [START, "## Scale-out: Beam stages on DirectRunner vs Dask", "",
+             f"`{s['command']}` — {s['behavior_rows']} behavior rows, {s['items']} items, "
+             f"k-means K={s['num_groups']}, {s['iterations']} iterations + 1 assignment pass; "
+             f"host {s['host']}.", "",
+             "| runner | cluster start (s) | examples: s | behavior rows/s | k-means: s | item rows/s |",
+             "|---|---|---|---|---|---|"]
+    for r in s["runs"]:
+        lines.append(f"| {r['runner']} | {r['startup_s']} | {r.get('examples_s', '–')} | "
+                     f"{r.get('examples_rows_per_s', '–')} | {r.get('kmeans_s', '–')} | "
+                     f"{r.get('kmeans_rows_per_s', '–')} |")
+    lines += ["", "Read: 2 cores bound any speed-up here; Dask adds scheduling and "
+              "serialisation overhead per task. What the table shows is that the same stages run "
+              "unchanged on a distributed engine with identical outputs (tests/transform/"
+              "test_dask.py), not that 2 local workers are faster.", END]
+    return "\n".join(lines)
+
+
+def update_docs(path: str, block: str) -> None:
+    """Replaces our marked block in `path` (appends it when absent); keeps everything else."""
+    text = open(path, encoding="utf-8").read() if os.path.exists(path) else "# Benchmarks\n"
+    if START in text and END in text:
+        head, rest = text.split(START, 1)
+        text = head + block + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_arguments(p)
+    return run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    sys.exit(main())
