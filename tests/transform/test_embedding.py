@@ -113,3 +113,20 @@ def test_external_duplicates_missing_columns_and_nan(tmp_path):
     _parquet(tmp_path / "nan.parquet", ["a", "b"], [[1.0, 2.0], [float("nan"), 1.0]])
     with pytest.raises(DataError, match=r"row 1 \(item 'b'\): non-finite"):
         read_external_embeddings(str(tmp_path / "nan.parquet"))
+
+
+def test_cli_import_writes_the_table(tmp_path, capsys):
+    from dmgin_tf.cli.main import main
+    ids, vecs = ["p", "q"], np.arange(6, dtype=np.float32).reshape(2, 3)
+    write_tfrecord_embeddings(str(tmp_path / "x.tfrecord"), ids, vecs)
+    assert main(["encoder", "import", "--embeddings", str(tmp_path / "x.tfrecord"),
+                 "--output", str(tmp_path / "out")]) == 0
+    assert "imported 2 embeddings (D=3)" in capsys.readouterr().out
+    got_ids, got = read_embeddings(str(tmp_path / "out"))
+    assert got_ids.tolist() == ids
+    np.testing.assert_array_equal(got, vecs)
+    # bad input: one-line error, exit code 2
+    _parquet(tmp_path / "bad.parquet", ["a", "b"], [[1.0], [1.0, 2.0]])
+    assert main(["encoder", "import", "--embeddings", str(tmp_path / "bad.parquet"),
+                 "--output", str(tmp_path / "o2")]) == 2
+    assert "item 'b'" in capsys.readouterr().err

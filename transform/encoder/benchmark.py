@@ -21,13 +21,11 @@ import time
 
 
 def run(items_path: str, epochs: int = 10, scratch_epochs: int = 3, batch_size: int = 256,
-        holdout: float = 0.2, seed: int = 0, scratch_max_steps: int = 0) -> dict:
+        holdout: float = 0.2, seed: int = 0, scratch_max_steps: int = 0,
+        parts=("scratch", "minilm")) -> dict:
     import pandas as pd
-    from transform.encoder.config import EncoderConfig
-    from transform.encoder.item_encoder import build_encoder
     from transform.encoder.minilm import minilm_source_dir
-    from transform.encoder.retrieval import split_items, view_recall
-    from transform.encoder.train import train_encoder, training_corpus
+    from transform.encoder.retrieval import split_items
 
     items = pd.read_parquet(items_path)
     train, held = split_items(items, holdout, seed)
@@ -39,6 +37,18 @@ def run(items_path: str, epochs: int = 10, scratch_epochs: int = 3, batch_size: 
         results[name]["seconds"] = round(time.time() - t, 1)
         print(name, results[name], flush=True)
 
+    if "scratch" in parts:
+        _scratch(results, timed, train, held, scratch_epochs, batch_size, seed, scratch_max_steps)
+    if "minilm" in parts and minilm_source_dir() is not None:
+        _minilm(results, timed, train, held, epochs, batch_size, seed)
+    return results
+
+
+def _scratch(results, timed, train, held, scratch_epochs, batch_size, seed, scratch_max_steps):
+    from transform.encoder.config import EncoderConfig
+    from transform.encoder.item_encoder import build_encoder
+    from transform.encoder.retrieval import view_recall
+    from transform.encoder.train import train_encoder, training_corpus
     scratch_cfg = EncoderConfig(text_backbone="scratch", epochs=scratch_epochs,
                                 batch_size=batch_size, seed=seed, max_steps=scratch_max_steps)
     scratch = build_encoder(scratch_cfg, corpus=training_corpus(train))
@@ -51,20 +61,24 @@ def run(items_path: str, epochs: int = 10, scratch_epochs: int = 3, batch_size: 
         return out
     timed("scratch_trained", train_scratch)
 
-    if minilm_source_dir() is not None:
-        cfg = EncoderConfig(text_backbone="minilm", epochs=epochs, batch_size=batch_size, seed=seed)
-        minilm = build_encoder(cfg)
-        timed("minilm_frozen_raw", lambda: view_recall(minilm, held, projected=False))
-        timed("minilm_random_heads", lambda: view_recall(minilm, held))
 
-        def train_minilm():
-            enc, summary = train_encoder(train, cfg, encoder=minilm)
-            out = view_recall(enc, held)
-            out["training"] = {k: summary[k] for k in ("mode", "steps", "feature_seconds",
-                                                       "fit_seconds", "loss", "temperature")}
-            return out
-        timed("minilm_trained_heads", train_minilm)
-    return results
+def _minilm(results, timed, train, held, epochs, batch_size, seed):
+    from transform.encoder.config import EncoderConfig
+    from transform.encoder.item_encoder import build_encoder
+    from transform.encoder.retrieval import view_recall
+    from transform.encoder.train import train_encoder
+    cfg = EncoderConfig(text_backbone="minilm", epochs=epochs, batch_size=batch_size, seed=seed)
+    minilm = build_encoder(cfg)
+    timed("minilm_frozen_raw", lambda: view_recall(minilm, held, projected=False))
+    timed("minilm_random_heads", lambda: view_recall(minilm, held))
+
+    def train_minilm():
+        enc, summary = train_encoder(train, cfg, encoder=minilm)
+        out = view_recall(enc, held)
+        out["training"] = {k: summary[k] for k in ("mode", "steps", "feature_seconds",
+                                                   "fit_seconds", "loss", "temperature")}
+        return out
+    timed("minilm_trained_heads", train_minilm)
 
 
 def main(argv=None):
@@ -76,9 +90,10 @@ def main(argv=None):
     p.add_argument("--scratch-epochs", type=int, default=3)
     p.add_argument("--scratch-max-steps", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--parts", default="scratch,minilm", help="comma list: scratch, minilm")
     a = p.parse_args(argv)
     res = run(a.items, a.epochs, a.scratch_epochs, a.batch_size,
-              scratch_max_steps=a.scratch_max_steps)
+              scratch_max_steps=a.scratch_max_steps, parts=tuple(a.parts.split(",")))
     text = json.dumps(res, indent=1)
     if a.output:
         with open(a.output, "w") as f:

@@ -103,7 +103,8 @@ def train_encoder(items, config: EncoderConfig = EncoderConfig(),
 
     Args:
       items: catalog rows (DataFrame or list of dicts, canonical item columns).
-      config: hyperparameters (`EncoderConfig`).
+      config: hyperparameters (`EncoderConfig`); with `encoder` given, only its
+        training fields are used (the architecture is the encoder's).
       encoder: continue training this encoder instead of building a new one.
       verbose: Keras `fit` verbosity.
 
@@ -122,8 +123,12 @@ def train_encoder(items, config: EncoderConfig = EncoderConfig(),
     _check_pairs(items)
     if encoder is None:
         encoder = build_encoder(config, corpus=training_corpus(items))
-    config = encoder.config if encoder is not None else config
-    prepared = prepare_catalog(items, encoder.preprocessor, config.image_size,
+    # Architecture (sequence length, image size) comes from the encoder; training
+    # settings (epochs, steps, batch, learning rate, fine-tuning depth) from `config`.
+    if encoder.backbone == "minilm":
+        from transform.encoder.text_tower import set_trainable_blocks
+        set_trainable_blocks(encoder.model.text_tower.backbone, config.minilm_trainable_blocks)
+    prepared = prepare_catalog(items, encoder.preprocessor, encoder.config.image_size,
                                views=TEXT_VIEWS, with_images=True)
     inputs = prepared.inputs
     has_image = inputs[HAS_IMAGE] & prepared.has_text
