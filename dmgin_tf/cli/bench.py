@@ -122,6 +122,25 @@ def _add_scale(sub) -> None:
 SUBCOMMANDS.append(("scale", _add_scale))
 
 
+def _add_efficiency(sub) -> None:
+    # benchmarks/bench_efficiency.py owns the arguments and the run (cost vs history L).
+    import importlib.util
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "bench_efficiency.py")
+    if not os.path.exists(path):
+        return  # installed without the benchmarks/ folder
+    import sys
+    module = sys.modules.get("bench_efficiency")
+    if module is None:
+        spec = importlib.util.spec_from_file_location("bench_efficiency", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["bench_efficiency"] = module   # its dataclasses look themselves up here
+        spec.loader.exec_module(module)
+    module.add_subparser(sub)
+
+
+SUBCOMMANDS.append(("efficiency", _add_efficiency))
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("bench", help="benchmarks (quality, ...) -> docs/benchmarks.md",
                               description=__doc__,
