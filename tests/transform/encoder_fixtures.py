@@ -59,3 +59,18 @@ def bad_items(tmp_path) -> pd.DataFrame:
         "image": [None, None, b"\x89PNG not really an image", None, None, str(path),
                   str(tmp_path / "nope.png")],
     })
+
+
+_SHARED = {}
+
+
+def shared_encoder():
+    """One tiny scratch encoder per test process (building one costs ~10 s on CI).
+
+    Tests may train it further; none relies on its exact weights.
+    """
+    if "enc" not in _SHARED:
+        from transform.encoder import build_encoder
+        from transform.encoder.train import training_corpus
+        _SHARED["enc"] = build_encoder(tiny_config(), corpus=training_corpus(tiny_items()))
+    return _SHARED["enc"]

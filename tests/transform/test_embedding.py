@@ -9,19 +9,17 @@ import pytest
 
 from dmgin_tf.config import BeamConfig
 from dmgin_tf.errors import DataError
-from tests.transform.encoder_fixtures import bad_items, tiny_config, tiny_items
+from tests.transform.encoder_fixtures import bad_items, shared_encoder, tiny_items
 from transform.embedding import (embed_catalog, embedding_schema, import_external_embeddings,
                                  read_embeddings, read_external_embeddings, write_embeddings,
                                  write_tfrecord_embeddings)
-from transform.encoder import build_encoder, embed_items
+from transform.encoder import embed_items
 from transform.encoder.io import save_encoder
-from transform.encoder.train import training_corpus
 
 
 @pytest.fixture(scope="module")
 def saved_encoder(tmp_path_factory):
-    items = tiny_items()
-    enc = build_encoder(tiny_config(), corpus=training_corpus(items))
+    enc = shared_encoder()
     return enc, save_encoder(enc, tmp_path_factory.mktemp("encoder"))
 
 

@@ -5,19 +5,18 @@ import numpy as np
 import pytest
 
 from dmgin_tf.config import ConfigError
-from tests.transform.encoder_fixtures import bad_items, tiny_config, tiny_items
+from tests.transform.encoder_fixtures import bad_items, shared_encoder, tiny_config, tiny_items
 from transform.encoder import build_encoder, embed_items, embed_items_with_report
 from transform.encoder.catalog import prepare_catalog
 from transform.encoder.io import list_versions, load_encoder, save_encoder
 from transform.encoder.minilm import rename_key
 from transform.encoder.model import contrastive_loss
-from transform.encoder.train import train_encoder, training_corpus
+from transform.encoder.train import train_encoder
 
 
 @pytest.fixture(scope="module")
 def encoder():
-    items = tiny_items()
-    return build_encoder(tiny_config(), corpus=training_corpus(items))
+    return shared_encoder()
 
 
 def _np_infonce(a, b, scale, valid):

@@ -107,7 +107,6 @@ def resolve_version_dir(path) -> pathlib.Path:
 
 def load_encoder(path) -> ItemEncoder:
     """Loads an encoder saved by `save_encoder` (a base dir → its latest version)."""
-    import keras
     from transform.encoder import image_tower, model, text_tower  # noqa: F401  (registers classes)
     from transform.encoder.text_tower import TextPreprocessor
 
@@ -127,5 +126,4 @@ def load_encoder(path) -> ItemEncoder:
     preprocessor = TextPreprocessor(vocabulary, config.sequence_length, lowercase=True)
     metadata = {k: manifest[k] for k in ("version", "created_at", "training") if k in manifest}
     metadata["path"] = str(vdir)
-    del keras
     return ItemEncoder(net, preprocessor, config, manifest["backbone"], metadata)

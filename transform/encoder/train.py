@@ -22,7 +22,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from transform.encoder.catalog import CatalogReport, prepare_catalog
+from transform.encoder.catalog import prepare_catalog
 from transform.encoder.config import EncoderConfig
 from transform.encoder.item_encoder import ItemEncoder, build_encoder, text_features
 from transform.encoder.model import (CONTEXT_VIEW, FULL_VIEW, HAS_IMAGE, IMAGE, TEXT_PAIR,
@@ -200,9 +200,3 @@ def train_encoder(items, config: EncoderConfig = EncoderConfig(),
     _LOG.info("encoder trained: %s", {k: summary[k] for k in ("mode", "steps", "fit_seconds")})
     return encoder, summary
 
-
-def merge_reports(*reports: CatalogReport) -> CatalogReport:
-    out = CatalogReport()
-    for r in reports:
-        out.merge(r)
-    return out
