@@ -292,6 +292,11 @@ def commit_outputs(sinks: Mapping[str, Any], tmp_dirs: Mapping[str, str],
             final = f"part-{i:05d}-of-{len(shards):05d}{sink.extension}"
             os.rename(os.path.join(tmp, shard), os.path.join(tmp, final))
             final_names.append(final)
+        if not final_names and isinstance(sink, ParquetSink):
+            # An empty output still carries its schema: one zero-row part file.
+            final = f"part-00000-of-00001{sink.extension}"
+            sink.open(os.path.join(tmp, final)).close()
+            final_names.append(final)
         # Shards of failed/retried bundles are not in the counts: drop them.
         for stray in set(os.listdir(tmp)) - set(final_names):
             os.remove(os.path.join(tmp, stray))

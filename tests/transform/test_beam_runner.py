@@ -137,7 +137,13 @@ def test_write_outputs_multi_sink_commits_and_counts(tmp_path):
         str(i).encode() for i in range(77))
     assert beam_io.output_rows(str(tmp_path / "a")) == 300
     assert beam_io.output_rows(str(tmp_path / "e")) == 0  # empty output still committed
-    assert sorted(os.listdir(tmp_path)) == ["a", "b", "e"]  # no temp dirs left
+    empty_parquet = tmp_path / "ep"
+    with beam_runner.beam_pipeline(DIRECT) as p:
+        (p | beam.Create([]) | beam.Map(lambda x: x)
+         | beam_io.WriteOutputs({"o": beam_io.ParquetSink(str(empty_parquet), SCHEMA)}))
+    t = beam_io.read_parquet_table(str(empty_parquet))
+    assert t.num_rows == 0 and t.schema.equals(SCHEMA)  # readable, with its schema
+    assert sorted(os.listdir(tmp_path)) == ["a", "b", "e", "ep"]  # no temp dirs left
     info = json.load(open(tmp_path / "a" / beam_io.SUCCESS_FILE))
     assert all(s.startswith("part-") for s in info["shards"])
 
