@@ -60,6 +60,7 @@ def _save_atomically(module: ServingModule, final_dir: str, logs, info: dict) ->
         tf.saved_model.save(module, tmp, signatures=module.signatures())
         if logs:
             write_warmup_file(tmp, logs)
+        os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
         with open(os.path.join(tmp, "assets.extra", EXPORT_INFO_FILE), "w") as f:
             json.dump(info, f, indent=1, sort_keys=True)
         os.rename(tmp, final_dir)
