@@ -1,0 +1,39 @@
+"""Typed artifacts of our custom components (what flows between them in MLMD).
+
+| artifact | produced by | payload under `uri` |
+|---|---|---|
+| `EncoderModel` | MultimodalEncoder | a versioned encoder dir (`transform.encoder.save_encoder`) |
+| `ItemEmbeddings` | MultimodalEncoder | `embeddings/` Parquet (`item_id`, `embedding`) + `report.json` |
+| `ItemGroups` | ItemGrouper | `item_groups.parquet` (`item_id`, `group_id` 2..), `centroids.npy` (cluster key), `report.md`, `grouping.json` |
+
+Group ids follow docs/internals.md: 0 = padding, 1 = unknown, 2.. = groups; a k-means
+cluster c (0-based, stable across retrains) is group id c + 2.
+"""
+from __future__ import annotations
+
+from tfx.types.artifact import Artifact, Property, PropertyType
+
+_SPAN = Property(type=PropertyType.INT)
+
+
+class EncoderModel(Artifact):
+    """Trained multimodal item encoder (or nothing when the mode is `external`/`skip`)."""
+    TYPE_NAME = "DmginEncoderModel"
+    PROPERTIES = {"span": _SPAN}
+
+
+class ItemEmbeddings(Artifact):
+    """item_id -> embedding table (from the encoder, or imported external embeddings)."""
+    TYPE_NAME = "DmginItemEmbeddings"
+    PROPERTIES = {"span": _SPAN}
+
+
+class ItemGroups(Artifact):
+    """item -> interest group table, centroids and a report."""
+    TYPE_NAME = "DmginItemGroups"
+    PROPERTIES = {"span": _SPAN}
+
+
+GROUPS_FILE = "item_groups.parquet"
+CENTROIDS_FILE = "centroids.npy"
+GROUPING_INFO_FILE = "grouping.json"

@@ -1,0 +1,162 @@
+"""The DMGIN TFX pipeline (DESIGN §1) as a plain function returning a `tfx.dsl.Pipeline`.
+
+    MultimodalEncoder ─► ItemGrouper ◄─ (ItemGroups of the previous span, resolver: stable ids)
+                              │
+                        ExampleBuilder (our ExampleGen: per-user time split, span)
+                              │
+        StatisticsGen ─► ExampleValidator ◄─ ImportSchemaGen (curated schema/schema.pbtxt)
+                              │
+                        ValidationGate (anomalies stop the run)
+                              │
+                        Transform ─► Trainer ◄─ (latest blessed model, resolver: warm start)
+                                       │
+                                   Evaluator (AUC, logloss, calibration, GAUC; vs baseline)
+                                       │
+                                     Pusher ─► <serving_base>/<model_name>/<version>/
+
+    p = create_pipeline(cfg, data_root="runs/data", span=1, pipeline_root="runs/pipeline",
+                        serving_base="runs/serving")
+    tfx.orchestration.LocalDagRunner().run(p)
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import List, Optional
+
+from tfx import v1 as tfx
+
+from dmgin_tf.config import BeamConfig, Config
+from dmgin_tf.data.datasets import get_spec
+from tfx_pipeline.artifacts import ItemGroups
+from tfx_pipeline.components import ExampleBuilder, ItemGrouper, MultimodalEncoder, ValidationGate
+from tfx_pipeline.resolvers import PreviousSpanStrategy
+from tfx_pipeline.evaluation import eval_config as make_eval_config
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+MODULE_FILE = os.path.join(HERE, "module.py")
+SCHEMA_DIR = os.path.join(HERE, "schema")
+METADATA_FILE = "metadata.sqlite"
+
+
+def tfx_beam_args(beam_cfg: BeamConfig) -> List[str]:
+    """Beam args of TFX's own components (StatisticsGen, Transform, Evaluator ...).
+
+    They stay on DirectRunner here (DESIGN §1); `extra_args` pass through. Our own
+    components get the full `beam_cfg` (any runner) through their `beam_config`."""
+    from transform.beam_runner import pipeline_args
+    direct = BeamConfig(runner="direct", direct_num_workers=beam_cfg.direct_num_workers or 1,
+                        direct_running_mode=("in_memory" if (beam_cfg.direct_num_workers or 1) == 1
+                                             else beam_cfg.direct_running_mode),
+                        extra_args=beam_cfg.extra_args if beam_cfg.runner == "direct" else ())
+    return pipeline_args(direct)
+
+
+def encoder_mode(cfg: Config, requested: str = "auto") -> str:
+    """auto: skip for grouping keys that need no embeddings, external when configured."""
+    if requested != "auto":
+        return requested
+    if cfg.grouping.key != "cluster":
+        return "skip"
+    return "external" if cfg.grouping.embedding_source == "external" else "train"
+
+
+def create_pipeline(cfg: Config, *, data_root: str, span: int, pipeline_root: str,
+                    serving_base: str, model_name: Optional[str] = None,
+                    encoder: str = "auto", refit_groups: bool = True, label_noise: float = 0.0,
+                    enable_cache: bool = True, export_jit_compile: bool = True,
+                    encoder_config: Optional[dict] = None,
+                    metadata_path: Optional[str] = None,
+                    import_examples: Optional[str] = None) -> tfx.dsl.Pipeline:
+    """Builds the pipeline for one span.
+
+    Args:
+      cfg: the project config (data, grouping, model, train, beam, pipeline, serving).
+      data_root: holds ``span-<N>/{behaviors,items}.parquet`` (converter output per span).
+      span: the span this run trains on.
+      pipeline_root: artifacts and ML Metadata (``metadata.sqlite``) live here.
+      serving_base: Pusher target; versions land in ``<serving_base>/<model_name>/<v>/``.
+      model_name: default ``cfg.serving.model_name``.
+      encoder: MultimodalEncoder mode (train | external | skip | auto).
+      refit_groups: k-means refit with stable ids (True) or assign new items only.
+      label_noise: ExampleBuilder fault injection (tests/drills only; 0 in production).
+      enable_cache: reuse outputs of components whose inputs did not change.
+      export_jit_compile: XLA-compile the pushed model's math.
+      import_examples: bring-your-own tf.Examples instead of the ExampleBuilder: a
+        directory with ``Split-train/``, ``Split-val/``, ``Split-eval/`` TFRecord files
+        (ImportExampleGen). They pass the same validation gate.
+    """
+    model_name = model_name or cfg.serving.model_name
+    data_root = os.path.abspath(data_root)
+    beam_json = json.dumps(cfg.beam.to_dict(), sort_keys=True)
+    mode = encoder_mode(cfg, encoder)
+
+    enc = MultimodalEncoder(data_root=data_root, span=span, mode=mode,
+                            external_embeddings=cfg.grouping.external_embeddings,
+                            encoder_config=encoder_config, beam_config_json=beam_json)
+    latest_groups = tfx.dsl.Resolver(
+        strategy_class=PreviousSpanStrategy, config={"span": int(span)},
+        previous_groups=tfx.dsl.Channel(type=ItemGroups)).with_id("latest_item_groups_resolver")
+    grouper = ItemGrouper(data_root=data_root, span=span, grouping_config=cfg.grouping.to_dict(),
+                          item_embeddings=enc.outputs["item_embeddings"],
+                          previous_groups=latest_groups.outputs["previous_groups"],
+                          refit=refit_groups, beam_config_json=beam_json)
+    if import_examples:
+        splits = [tfx.proto.Input.Split(name=n, pattern=f"Split-{n}/*")
+                  for n in ("train", "val", "eval")]
+        examples = tfx.components.ImportExampleGen(
+            input_base=os.path.abspath(import_examples),
+            input_config=tfx.proto.Input(splits=splits))
+    else:
+        examples = ExampleBuilder(data_root=data_root, span=span, data_config=cfg.data.to_dict(),
+                                  item_groups=grouper.outputs["item_groups"],
+                                  label_noise=label_noise, beam_config_json=beam_json)
+    stats = tfx.components.StatisticsGen(examples=examples.outputs["examples"])
+    schema = tfx.components.ImportSchemaGen(schema_file=os.path.join(SCHEMA_DIR, "schema.pbtxt"))
+    validator = tfx.components.ExampleValidator(statistics=stats.outputs["statistics"],
+                                                schema=schema.outputs["schema"])
+    gate = ValidationGate(anomalies=validator.outputs["anomalies"])
+
+    behavior_types = list(get_spec(cfg.data.dataset, cfg.data).behavior_types) \
+        if cfg.data.dataset != "generic" else list(cfg.data.behavior_types)
+    transform = tfx.components.Transform(
+        examples=examples.outputs["examples"], schema=schema.outputs["schema"],
+        module_file=MODULE_FILE,
+        custom_config={"history_length": cfg.model.history_length,
+                       "behavior_types": behavior_types})
+    transform.add_upstream_node(gate)   # no Transform (and nothing after it) on anomalies
+
+    latest_blessed = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    ).with_id("latest_blessed_model_resolver")
+    trainer = tfx.components.Trainer(
+        module_file=MODULE_FILE, examples=transform.outputs["transformed_examples"],
+        transform_graph=transform.outputs["transform_graph"], schema=schema.outputs["schema"],
+        base_model=latest_blessed.outputs["model"],
+        train_args=tfx.proto.TrainArgs(splits=["train"]),
+        eval_args=tfx.proto.EvalArgs(splits=["val"]),
+        custom_config={"config": cfg.to_dict(), "behavior_types": behavior_types,
+                       "export_jit_compile": export_jit_compile})
+    evaluator = tfx.components.Evaluator(
+        examples=examples.outputs["examples"], model=trainer.outputs["model"],
+        baseline_model=latest_blessed.outputs["model"],
+        example_splits=["eval"],
+        eval_config=make_eval_config(cfg.pipeline.min_auc, cfg.pipeline.max_auc_drop))
+    pusher = tfx.components.Pusher(
+        model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
+        push_destination=tfx.proto.PushDestination(
+            filesystem=tfx.proto.PushDestination.Filesystem(
+                base_directory=os.path.join(os.path.abspath(serving_base), model_name))))
+
+    front = [] if import_examples else [enc, latest_groups, grouper]
+    components = front + [examples, stats, schema, validator, gate,
+                  transform, latest_blessed, trainer, evaluator, pusher]
+    metadata_path = metadata_path or os.path.join(pipeline_root, METADATA_FILE)
+    return tfx.dsl.Pipeline(
+        pipeline_name=cfg.pipeline.name, pipeline_root=os.path.abspath(pipeline_root),
+        components=components, enable_cache=enable_cache,
+        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
+            os.path.abspath(metadata_path)),
+        beam_pipeline_args=tfx_beam_args(cfg.beam))

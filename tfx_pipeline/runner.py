@@ -1,0 +1,242 @@
+"""Run the pipeline locally: span data preparation, LocalDagRunner with progress, and a
+summary of what the run produced, read back from ML Metadata (SQLite under the root).
+
+    from tfx_pipeline.runner import prepare_span, run_pipeline
+    prepare_span(cfg, "runs/data", span=1)              # embedded sample -> span-1/
+    summary = run_pipeline(cfg, data_root="runs/data", span=1,
+                           pipeline_root="runs/pipeline", serving_base="runs/serving")
+    summary.pushed_dir, summary.metrics["AUC"], summary.metrics["gauc"]
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+import shutil
+import sys
+import time
+from typing import Callable, Dict, List, Optional, Sequence
+
+from dmgin_tf import features as F
+from dmgin_tf.config import Config
+from dmgin_tf.errors import DataError, DmginError
+from tfx_pipeline.components.common import span_dir
+
+_CANONICAL = ("behaviors.parquet", "items.parquet")
+
+
+# ---------------------------------------------------------------------------- data
+
+def is_converted(path: str) -> bool:
+    return all(os.path.exists(os.path.join(path, f)) for f in _CANONICAL)
+
+
+def prepare_span(cfg: Config, data_root: str, span: int, data: Optional[str] = None) -> str:
+    """Puts the canonical tables of `span` at ``<data_root>/span-<span>/``.
+
+    `data`: a converted directory (copied), a raw dataset path of `cfg.data.dataset`
+    (converted with `dmgin_tf.data.converters.convert`), or None for the embedded sample.
+    An existing span directory is kept as is (spans are immutable once written).
+    """
+    dest = span_dir(data_root, span)
+    if is_converted(dest):
+        return dest
+    os.makedirs(data_root, exist_ok=True)
+    tmp = dest + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    if data and is_converted(data):
+        shutil.copytree(data, tmp)
+    else:
+        from dmgin_tf.data.converters import convert
+        convert(cfg.data.dataset, data or "", tmp, cfg.data)
+    os.rename(tmp, dest)
+    return dest
+
+
+def split_into_spans(converted: str, data_root: str, fractions: Sequence[float],
+                     max_users: Optional[int] = None, first_span: int = 1) -> List[str]:
+    """Cuts one converted dataset by time into cumulative spans (tests, demos, backfills).
+
+    Span k holds every behavior up to the `fractions[k]` time quantile (the last
+    fraction should be 1.0): "all data up to day N", so histories stay lifelong and each
+    retrain sees the new events. `max_users`: keep the first N users (sorted ids).
+    """
+    import numpy as np
+    import pandas as pd
+    beh = pd.read_parquet(os.path.join(converted, "behaviors.parquet"))
+    items = pd.read_parquet(os.path.join(converted, "items.parquet"))
+    if max_users:
+        users = sorted(beh[F.USER_ID].unique())[:max_users]
+        beh = beh[beh[F.USER_ID].isin(users)]
+    cuts = np.quantile(beh[F.TIMESTAMP].to_numpy(), list(fractions))
+    out = []
+    for k, cut in enumerate(cuts):
+        dest = span_dir(data_root, first_span + k)
+        os.makedirs(dest, exist_ok=True)
+        part = beh[beh[F.TIMESTAMP] <= cut]
+        part.to_parquet(os.path.join(dest, "behaviors.parquet"), index=False)
+        items[items[F.ITEM_ID].isin(set(part[F.ITEM_ID]))].to_parquet(
+            os.path.join(dest, "items.parquet"), index=False)
+        out.append(dest)
+    return out
+
+
+# ---------------------------------------------------------------------------- progress
+
+class _Progress(logging.Handler):
+    """Turns LocalDagRunner's log lines into one progress line per component."""
+
+    _RUN = re.compile(r"Component (\S+) is running")
+    _DONE = re.compile(r"Component (\S+) is finished")
+    _CACHED = re.compile(r"A cached execution (\d+) is used")
+
+    def __init__(self, echo: Callable[[str], None]):
+        super().__init__(logging.INFO)
+        self.echo, self.t0, self.started, self.current = echo, time.time(), {}, None
+        self.cached = set()
+        self.finished: List[str] = []
+
+    def emit(self, record):
+        try:
+            msg = record.getMessage()
+        except Exception:  # noqa: BLE001
+            return
+        m = self._RUN.search(msg)
+        if m:
+            self.current = m.group(1)
+            self.started[self.current] = time.time()
+            self.echo(f"[{time.time() - self.t0:7.1f}s] {self.current}: running")
+            return
+        if self._CACHED.search(msg) and self.current:
+            self.cached.add(self.current)
+            return
+        m = self._DONE.search(msg)
+        if m:
+            node = m.group(1)
+            took = time.time() - self.started.get(node, self.t0)
+            state = "cached" if node in self.cached else "done"
+            self.finished.append(node)
+            self.echo(f"[{time.time() - self.t0:7.1f}s] {node}: {state} ({took:.1f}s)")
+
+
+# ---------------------------------------------------------------------------- summary
+
+@dataclasses.dataclass
+class RunSummary:
+    """What one run produced (read from MLMD after the run).
+
+    artifacts: {type name: uri} of the newest artifact of each type in the store.
+    blessed / pushed: the Evaluator's verdict and whether the Pusher pushed.
+    pushed_dir: the version directory pushed by this run (None if not pushed).
+    metrics: overall-slice metrics of the newest evaluation (AUC, gauc, logloss, ...).
+    cached: components whose outputs were reused.
+    """
+    artifacts: Dict[str, str]
+    blessed: Optional[bool]
+    pushed: Optional[bool]
+    pushed_dir: Optional[str]
+    metrics: Dict[str, float]
+    cached: List[str]
+    seconds: float
+    execution_ids: Dict[str, int] = dataclasses.field(default_factory=dict)
+
+
+def metadata_store(pipeline_root: str):
+    from ml_metadata.metadata_store import metadata_store as mds
+    from tfx import v1 as tfx
+    from tfx_pipeline.pipeline import METADATA_FILE
+    cfg = tfx.orchestration.metadata.sqlite_metadata_connection_config(
+        os.path.join(os.path.abspath(pipeline_root), METADATA_FILE))
+    return mds.MetadataStore(cfg)
+
+
+def newest_artifacts(store, since_id: int = 0) -> Dict[str, object]:
+    """{type name: newest artifact proto with id > since_id}."""
+    out = {}
+    for t in store.get_artifact_types():
+        arts = [a for a in store.get_artifacts_by_type(t.name) if a.id > since_id]
+        if arts:
+            out[t.name] = max(arts, key=lambda a: a.id)
+    return out
+
+
+def _max_artifact_id(store) -> int:
+    try:
+        return max((a.id for a in store.get_artifacts()), default=0)
+    except Exception:  # noqa: BLE001 - fresh store
+        return 0
+
+
+def _prop(artifact, name):
+    if name in artifact.custom_properties:
+        v = artifact.custom_properties[name]
+        return v.int_value if v.HasField("int_value") else v.string_value
+    return None
+
+
+def run_pipeline(cfg: Config, *, data_root: str, span: int, pipeline_root: str,
+                 serving_base: str, echo: Callable[[str], None] = print, **pipeline_kwargs
+                 ) -> RunSummary:
+    """Builds and runs the pipeline with LocalDagRunner; returns the run's summary.
+
+    Raises the component's error when a component fails (e.g. the ValidationGate's
+    `DataValidationError` with the anomalies report).
+    """
+    from tfx import v1 as tfx
+    from tfx_pipeline.pipeline import create_pipeline
+    os.makedirs(pipeline_root, exist_ok=True)
+    before = _max_artifact_id(metadata_store(pipeline_root)) \
+        if os.path.exists(os.path.join(pipeline_root, "metadata.sqlite")) else 0
+    p = create_pipeline(cfg, data_root=data_root, span=span, pipeline_root=pipeline_root,
+                        serving_base=serving_base, **pipeline_kwargs)
+    progress = _Progress(echo)
+    # LocalDagRunner logs through absl's logger; components (Transform) may reset the
+    # root logger's handlers, so the progress handler sits on the absl logger itself.
+    loggers = [logging.getLogger("absl")]
+    for lg in loggers:
+        lg.addHandler(progress)
+    old_level = logging.getLogger("absl").level
+    logging.getLogger("absl").setLevel(logging.INFO)
+    t0 = time.time()
+    try:
+        tfx.orchestration.LocalDagRunner().run(p)
+    finally:
+        for lg in loggers:
+            lg.removeHandler(progress)
+        logging.getLogger("absl").setLevel(old_level)
+    seconds = time.time() - t0
+    store = metadata_store(pipeline_root)
+    new = newest_artifacts(store, before)
+    blessing, pushed = new.get("ModelBlessing"), new.get("PushedModel")
+    metrics = {}
+    if "ModelEvaluation" in new:
+        from tfx_pipeline.evaluation import read_metrics
+        try:
+            metrics = read_metrics(new["ModelEvaluation"].uri)
+        except Exception as e:  # noqa: BLE001 - a summary must not fail the run
+            echo(f"could not read the evaluation: {e}")
+    pushed_flag = bool(_prop(pushed, "pushed")) if pushed is not None else None
+    pushed_dir = _prop(pushed, "pushed_destination") if pushed_flag else None
+    summary = RunSummary(
+        artifacts={k: a.uri for k, a in new.items()},
+        blessed=bool(_prop(blessing, "blessed")) if blessing is not None else None,
+        pushed=pushed_flag, pushed_dir=pushed_dir or None, metrics=metrics,
+        cached=sorted(progress.cached), seconds=seconds)
+    echo(f"run finished in {seconds:.0f}s: blessed={summary.blessed} pushed={summary.pushed}"
+         + (f" -> {summary.pushed_dir}" if summary.pushed_dir else "")
+         + "".join(f"  {k}={metrics[k]:.4f}" for k in ("AUC", "gauc", "logloss", "calibration")
+                   if k in metrics))
+    return summary
+
+
+def latest_span(data_root: str) -> int:
+    """Largest N with a converted ``<data_root>/span-N/`` (what a scheduled run trains on)."""
+    spans = []
+    for name in os.listdir(data_root) if os.path.isdir(data_root) else []:
+        m = re.fullmatch(r"span-(\d+)", name)
+        if m and is_converted(os.path.join(data_root, name)):
+            spans.append(int(m.group(1)))
+    if not spans:
+        raise DataError(f"no span-<N>/ directories with converted data under {data_root}")
+    return max(spans)
