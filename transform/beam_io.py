@@ -244,8 +244,10 @@ class _WriteShardsFn(beam.DoFn):
 class _FinalizeFn(beam.DoFn):
     """Checks every output's shards against the counts and commits them atomically."""
 
-    def __init__(self, sinks: Mapping[str, Any], tmp_dirs: Mapping[str, str]):
+    def __init__(self, sinks: Mapping[str, Any], tmp_dirs: Mapping[str, str],
+                 expected_rows: Optional[Mapping[str, int]] = None):
         self._sinks, self._tmp_dirs = dict(sinks), dict(tmp_dirs)
+        self._expected = dict(expected_rows or {})
 
     def process(self, element):
         _, records = element
@@ -255,23 +257,30 @@ class _FinalizeFn(beam.DoFn):
                 continue
             (name, shard), n = rec
             counts[name][shard] = counts[name].get(shard, 0) + n
-        summary = commit_outputs(self._sinks, self._tmp_dirs, counts)
+        summary = commit_outputs(self._sinks, self._tmp_dirs, counts, self._expected)
         for name, rows in sorted(summary.items()):
             yield name, rows
 
 
 def commit_outputs(sinks: Mapping[str, Any], tmp_dirs: Mapping[str, str],
-                   counts: Mapping[str, Mapping[str, int]]) -> Dict[str, int]:
-    """Verifies on-disk shard rows == counted rows for every output, then renames each
-    temp directory onto its destination. Returns ``{output name: rows}``.
+                   counts: Mapping[str, Mapping[str, int]],
+                   expected_rows: Optional[Mapping[str, int]] = None) -> Dict[str, int]:
+    """Verifies on-disk shard rows == counted rows (== `expected_rows[name]` where
+    given) for every output, then renames each temp directory onto its destination.
+    Returns ``{output name: rows}``.
 
     Raises:
-      SinkCountError: a counted shard is missing or holds a different number of rows.
+      SinkCountError: a counted shard is missing or holds a different number of rows,
+        or an output's total differs from its expected rows; nothing is committed.
     """
     checked = {}
     for name, sink in sinks.items():
         tmp = tmp_dirs[name]
         shards = sorted(counts.get(name, {}).items())
+        want = (expected_rows or {}).get(name)
+        if want is not None and sum(n for _, n in shards) != want:
+            raise SinkCountError(f"output {name!r}: writers counted {sum(n for _, n in shards)} "
+                                 f"rows, the stage expected {want}; nothing committed")
         for shard, expected in shards:
             filename = os.path.join(tmp, shard)
             if not os.path.exists(filename):
@@ -327,10 +336,15 @@ class WriteOutputs(beam.PTransform):
 
     Args:
       sinks: ``{name: ParquetSink | TFRecordSink}``; destinations must differ.
+      expected_rows: optional ``{name: rows}`` the stage knows it must write (e.g. one
+        embedding per input item); checked before anything is committed, so a runner
+        that drops elements fails the run instead of publishing a short output.
     """
 
-    def __init__(self, sinks: Mapping[str, Any], label: Optional[str] = None):
+    def __init__(self, sinks: Mapping[str, Any], label: Optional[str] = None,
+                 expected_rows: Optional[Mapping[str, int]] = None):
         super().__init__(label)
+        self._expected = dict(expected_rows or {})
         if not sinks:
             raise ValueError("WriteOutputs: sinks must not be empty")
         paths = [os.path.abspath(s.path) for s in sinks.values()]
@@ -359,7 +373,8 @@ class WriteOutputs(beam.PTransform):
         return ((seed, *counted) | "Gather" >> beam.Flatten()
                 | "OneKey" >> beam.Map(lambda rec: (0, rec))
                 | "Collect" >> beam.GroupByKey()
-                | "Finalize" >> beam.ParDo(_FinalizeFn(self._sinks, self._tmp_dirs)))
+                | "Finalize" >> beam.ParDo(_FinalizeFn(self._sinks, self._tmp_dirs,
+                                                       self._expected)))
 
 
 # --------------------------------------------------------------------------- reading

@@ -178,6 +178,9 @@ def test_count_mismatch_raises_and_commits_nothing(tmp_path):
         beam_io.commit_outputs({"o": sink}, {"o": tmp}, {"o": {"shard-1.tfrecord": 3}})
     with pytest.raises(beam_io.SinkCountError, match="missing on disk"):
         beam_io.commit_outputs({"o": sink}, {"o": tmp}, {"o": {"shard-2.tfrecord": 1}})
+    with pytest.raises(beam_io.SinkCountError, match="stage expected 5; nothing committed"):
+        beam_io.commit_outputs({"o": sink}, {"o": tmp}, {"o": {"shard-1.tfrecord": 2}},
+                               expected_rows={"o": 5})
     assert not (tmp_path / "dest").exists()
     # Truncated file (a writer killed mid-record) is detected by the framing check.
     with open(os.path.join(tmp, "shard-1.tfrecord"), "ab") as f:

@@ -159,3 +159,31 @@ def test_worker_killed_mid_run_loses_and_duplicates_nothing(dask_address, tmp_pa
     else:
         # Only temp dirs may remain; nothing where the next stage reads.
         assert not dest.exists(), f"partial output left after failure: {error}"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "RunInference batches with BatchElements, which emits its last batch from "
+    "finish_bundle; DaskRunner drops finish_bundle output, so embeddings are lost and "
+    "embed_catalog's count check fails. Fix in transform/embedding.py: batch with a "
+    "keyed GroupByKey (no finish_bundle) before the model call."))
+def test_embedding_on_dask_equals_direct(dask_address, tmp_path):
+    from encoder_fixtures import tiny_config, tiny_items
+    from transform.embedding import embed_catalog, read_embeddings
+    from transform.encoder import build_encoder
+    from transform.encoder.io import save_encoder
+    from transform.encoder.train import training_corpus
+    items = tiny_items()
+    enc = build_encoder(tiny_config(), corpus=training_corpus(items))
+    vdir = save_encoder(enc, tmp_path / "encoder")
+    items.to_parquet(tmp_path / "items.parquet")
+    dask_cfg = BeamConfig.from_dict({"runner": "dask", "dask_address": dask_address,
+                                     "dask_npartitions": 4})
+    out = {}
+    for name, cfg in (("direct", DIRECT), ("dask", dask_cfg)):
+        embed_catalog(str(tmp_path / "items.parquet"), str(vdir.parent), str(tmp_path / name), cfg,
+                      batch_size=4, max_batch_size=5)
+        ids, vecs = read_embeddings(str(tmp_path / name))
+        order = np.argsort(ids)
+        out[name] = (ids[order], vecs[order])
+    assert out["dask"][0].tolist() == out["direct"][0].tolist()
+    np.testing.assert_allclose(out["dask"][1], out["direct"][1], atol=1e-5)
