@@ -161,6 +161,7 @@ def test_worker_killed_mid_run_loses_and_duplicates_nothing(dask_address, tmp_pa
         assert not dest.exists(), f"partial output left after failure: {error}"
 
 
+@pytest.mark.slow  # builds an encoder and imports Keras in both workers (minutes on 2 cores)
 @pytest.mark.xfail(strict=True, reason=(
     "RunInference batches with BatchElements, which emits its last batch from "
     "finish_bundle; DaskRunner drops finish_bundle output, so embeddings are lost and "
