@@ -31,10 +31,10 @@ def _add_quality(sub) -> None:
     p.add_argument("--k-values", type=int, nargs="+", metavar="K",
                    help="K of the random-grouping sweep (default 16 256 2048)")
     p.add_argument("--group-table", metavar="FILE", help="item -> group table: adds key=cluster")
-    p.add_argument("--epochs", type=int, help="epochs per row (default 2)")
-    p.add_argument("--steps-per-epoch", type=int, help="batches per epoch at most (default 60)")
-    p.add_argument("--batch-size", type=int, help="batch size (default 512)")
-    p.add_argument("--history-length", type=int, help="L (default 200)")
+    p.add_argument("--epochs", type=int, help="epochs per row (default 1)")
+    p.add_argument("--steps-per-epoch", type=int, help="batches per epoch at most (default 40)")
+    p.add_argument("--batch-size", type=int, help="batch size (default 256)")
+    p.add_argument("--history-length", type=int, help="L (default 100)")
     p.add_argument("--backend", choices=["tensorflow", "jax"], help="Keras backend (default tensorflow)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 1 seed, dmgin + din, one ablation, a few tiny steps")
@@ -58,7 +58,8 @@ def run_quality(args: argparse.Namespace) -> int:
         steps_per_epoch=args.steps_per_epoch or base.steps_per_epoch,
         batch_size=args.batch_size or base.batch_size,
         history_length=args.history_length or base.history_length,
-        early_stopping_patience=base.early_stopping_patience)
+        early_stopping_patience=base.early_stopping_patience,
+        eval_batch_size=base.eval_batch_size)
     if args.quick:
         models = args.models or ["dmgin", "din"]
         variants = [quality.Variant(m, m) for m in models]

@@ -116,6 +116,7 @@ class ValidationMetrics(keras.callbacks.Callback):
         self.batch_size = batch_size
         self.prefix = prefix
         self.verbose = verbose
+        self.results: Dict[int, dict] = {}   # epoch (0-based) -> full metrics dict
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None or not len(self.split):
@@ -123,6 +124,7 @@ class ValidationMetrics(keras.callbacks.Callback):
         t0 = time.perf_counter()
         scores = predict_split(self.model, self.split, self.batch_size)
         metrics = split_metrics(self.split.labels, scores, self.split.user_ids)
+        self.results[epoch] = metrics
         for name in ("auc", "gauc", "logloss"):
             value = metrics.get(name)
             logs[self.prefix + name] = float("nan") if value is None else float(value)

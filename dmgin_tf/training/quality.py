@@ -49,15 +49,16 @@ BAR_TO_BEAT = {
 @dataclasses.dataclass(frozen=True)
 class Budget:
     """Training budget shared by every row (see module docstring)."""
-    epochs: int = 2
-    steps_per_epoch: int = 60
-    batch_size: int = 512
-    history_length: int = 200
+    epochs: int = 1
+    steps_per_epoch: int = 40
+    batch_size: int = 256
+    history_length: int = 100
     early_stopping_patience: int = 1
+    eval_batch_size: int = 2048       # inference only: big batches, fewer calls
 
     def overrides(self) -> dict:
         return {"train.epochs": self.epochs, "train.steps_per_epoch": self.steps_per_epoch,
-                "train.batch_size": self.batch_size,
+                "train.batch_size": self.batch_size, "train.eval_batch_size": self.eval_batch_size,
                 "train.early_stopping_patience": self.early_stopping_patience,
                 "model.history_length": self.history_length}
 
@@ -184,6 +185,7 @@ def run_quality(cfg: Config, data_path: Optional[str], out_dir: str, *, seeds: S
     variants = list(variants or default_variants(group_table=group_table))
 
     runs = []
+    total_runs = sum(len(seeds) for v in variants if v.model != "popularity")
     for variant in variants:
         if variant.model == "popularity":
             m = evaluate_popularity(es, "test")
@@ -209,9 +211,11 @@ def run_quality(cfg: Config, data_path: Optional[str], out_dir: str, *, seeds: S
                          "train_examples_per_second": result.metrics["train_examples_per_second"],
                          "seconds": time.perf_counter() - t})
             m = result.metrics["test"]
+            done = sum(1 for r in runs if r["seed"] is not None)
+            left = (time.perf_counter() - t0) / done * (total_runs - done) / 60
             log(f"[quality {dataset}] {variant.name} seed {seed}: test auc {m['auc']:.4f} "
                 f"gauc {m['gauc']:.4f} logloss {m['logloss']:.4f} "
-                f"({time.perf_counter() - t:.0f}s)")
+                f"({time.perf_counter() - t:.0f}s; {done}/{total_runs} runs, ~{left:.0f} min left)")
     rows = []
     for variant in variants:
         mine = [r for r in runs if r["variant"] == variant.name]

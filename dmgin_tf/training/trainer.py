@@ -216,8 +216,13 @@ def train(cfg: Config, data: TrainingData, output_dir: str, *,
                                            verbose)
             eval_bs = tc.eval_batch_size or tc.batch_size
             results = {}
+            timer, stopper, validator = callbacks_used
+            best = stopper.best_epoch if stopper is not None else len(history) - 1
+            if validator is not None and best in validator.results:
+                # The restored weights are exactly the best epoch's: reuse its val metrics.
+                results["val"] = validator.results[best]
             for name, split in (("val", data.val), ("test", data.test)):
-                if len(split):
+                if len(split) and name not in results:
                     scores = cb.predict_split(model, split, eval_bs, backend)
                     results[name] = cb.split_metrics(split.labels, scores, split.user_ids)
             _write_parity_batch(model, data.test if len(data.test) else data.train,
@@ -232,7 +237,6 @@ def train(cfg: Config, data: TrainingData, output_dir: str, *,
     curve = plot_history(history, os.path.join(output_dir, "training_curve.png"),
                          title=f"{cfg.model.model} ({backend})")
 
-    timer, stopper = callbacks_used
     speeds = [len(data.train) // tc.batch_size * tc.batch_size / s for s in timer.seconds if s > 0]
     if tc.steps_per_epoch:
         speeds = [min(tc.steps_per_epoch, max(1, len(data.train) // tc.batch_size)) * tc.batch_size / s
@@ -279,7 +283,8 @@ def _fmt(value) -> str:
 
 def _fit(model, cfg: Config, data: TrainingData, output_dir: str, ckpt_dir: str, placement,
          verbose: int):
-    """model.fit with our callbacks; returns (history rows, (timer, early stopper))."""
+    """model.fit with our callbacks; returns (history rows, (timer, early stopper,
+    validation callback or None))."""
     tc = cfg.train
     backend = placement.backend
     seq = cb.SplitSequence(data.train, tc.batch_size, shuffle=True, seed=tc.seed, backend=backend)
@@ -289,8 +294,10 @@ def _fit(model, cfg: Config, data: TrainingData, output_dir: str, ckpt_dir: str,
     history_writer = cb.HistoryWriter(output_dir)
     callbacks = [timer]
     eval_bs = tc.eval_batch_size or tc.batch_size
+    validator = None
     if len(data.val):
-        callbacks.append(cb.ValidationMetrics(data.val, eval_bs, verbose=1 if verbose else 0))
+        validator = cb.ValidationMetrics(data.val, eval_bs, verbose=1 if verbose else 0)
+        callbacks.append(validator)
         monitor, mode = "val_auc", "max"
     else:
         # Without a validation split (tiny data) the best epoch is the lowest train loss.
@@ -313,7 +320,7 @@ def _fit(model, cfg: Config, data: TrainingData, output_dir: str, ckpt_dir: str,
                                                      write_graph=False, profile_batch=0))
     model.fit(seq, epochs=tc.epochs, steps_per_epoch=steps, callbacks=callbacks,
               verbose=2 if verbose >= 2 else 0)
-    return history_writer.rows, (timer, stopper)
+    return history_writer.rows, (timer, stopper, validator)
 
 
 def _write_parity_batch(model, split: Split, path: str, backend: str) -> None:
