@@ -37,7 +37,7 @@ def _add_quality(sub) -> None:
     p.add_argument("--history-length", type=int, help="L (default 100)")
     p.add_argument("--backend", choices=["tensorflow", "jax"], help="Keras backend (default tensorflow)")
     p.add_argument("--quick", action="store_true",
-                   help="smoke run: 1 seed, dmgin + din, one ablation, a few tiny steps")
+                   help="smoke run: 1 seed, dmgin + one ablation + popularity, a few tiny steps")
     p.add_argument("--output", metavar="DIR", default=os.path.join("runs", "bench", "quality"),
                    help="runs, JSON, table and chart (default runs/bench/quality)")
     p.add_argument("--docs", metavar="FILE", default=DOCS_DEFAULT,
@@ -61,7 +61,7 @@ def run_quality(args: argparse.Namespace) -> int:
         early_stopping_patience=base.early_stopping_patience,
         eval_batch_size=base.eval_batch_size)
     if args.quick:
-        models = args.models or ["dmgin", "din"]
+        models = args.models or ["dmgin"]
         variants = [quality.Variant(m, m) for m in models]
         if not args.no_ablations:
             variants.append(quality.Variant("dmgin -stats", "dmgin", (("use_stats", False),),

@@ -97,3 +97,27 @@ def test_forced_mirrored_strategy_trains(tmp_path):
                    str(tmp_path / "mirrored"), model_fn=tiny_model_fn, verbose=0)
     assert result.metrics["placement"]["strategy"] == "mirrored"
     assert np.isfinite(result.metrics["test"]["logloss"])
+
+
+def test_cli_train_refuses_a_second_backend(capsys):
+    """Keras is loaded with TensorFlow in this process: --backend jax fails clearly."""
+    from dmgin_tf.cli.main import main
+    assert main(["train", "--backend", "jax", "--output", "/nonexistent/x"]) == 2
+    assert "already imported in this process with the 'tensorflow' backend" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_train_on_embedded_sample(tmp_path, monkeypatch):
+    """`dmgin train` end to end on the embedded MovieLens sample (tiny model, few steps)."""
+    import dmgin_tf.training.trainer as trainer
+    from dmgin_tf.cli.main import main
+    monkeypatch.setattr(trainer, "default_model_fn", tiny_model_fn)
+    out = tmp_path / "run"
+    rc = main(["train", "--dataset", "movielens", "--output", str(out), "--history-length", "16",
+               "--epochs", "1", "--batch-size", "256", "--set", "train.steps_per_epoch=3",
+               "--set", "train.eval_batch_size=2048", "--quiet"])
+    assert rc == 0
+    metrics = json.load(open(out / "metrics.json"))
+    assert metrics["data"]["dataset"] == "movielens" and metrics["data"]["grouping_key"] == "category"
+    assert metrics["test"]["num_examples"] > 1000
+    assert (out / "item_index.parquet").exists() and (out / "data" / "canonical").is_dir()
