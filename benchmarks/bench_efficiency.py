@@ -346,9 +346,10 @@ def plan_cell(model: str, length: int, settings: Settings, prev: Optional[dict])
     budget = settings.memory_budget_gb * GIB
     b = settings.batch_size(length)
     while True:
-        mem = estimate_memory_bytes(model, length, b, cfg, train=True)
+        mem = estimate_memory_bytes(model, length, b, cfg, train="train" in settings.phases)
         # Host RSS is dominated by linear terms and compiler memory: scale it by L, not L².
-        measured = _scale(prev, length, b, 1.0, "train_rss_peak_bytes")
+        measured = max((v for v in (_scale(prev, length, b, 1.0, f"{ph}_rss_peak_bytes")
+                                    for ph in settings.phases) if v is not None), default=None)
         if measured is not None:
             mem = max(mem, measured)
         est_s = None
@@ -652,7 +653,7 @@ def slopes_table(results: dict) -> str:
         lines.append(f"| {MODEL_LABELS.get(model, model)} | {f(tr[model]['all'])} | "
                      f"{f(tr[model]['last_two'])} | {f(sv[model]['all'])} | "
                      f"{f(sv[model]['last_two'])} | "
-                     f"{', '.join(f'{x:,}' for x in tr[model]['lengths']) or '—'} |")
+                     f"{', '.join(f'{x:,}' for x in sorted(set(tr[model]['lengths']) | set(sv[model]['lengths']))) or '—'} |")
     return "\n".join(lines)
 
 
@@ -661,11 +662,14 @@ def headline(results: dict) -> List[str]:
     out = []
     for r in results["ratios"]:
         if r["model"] == "transformer":
-            parts = [f"{r[f'dmgin_cheaper_{ph}']:.2f}× in {word}"
+            parts = [f"{r[f'dmgin_cheaper_{ph}']:.1f}× in {word}"
                      for ph, word in (("train", "training"), ("serve", "serving"))
                      if r.get(f"dmgin_cheaper_{ph}") is not None]
             out.append(f"L = {r['length']:,}: DMGIN time per example vs the full Transformer's:"
-                       f" DMGIN cheaper by {' and '.join(parts)} (< 1: more expensive).")
+                       f" DMGIN cheaper by {' and '.join(parts)} (< 1: more expensive)"
+                       + (" — goal ≥ 10× at L = 10k: "
+                          + ("met." if min(float(p.split('×')[0]) for p in parts) >= 10
+                             else "not met.") if r["length"] == 10000 and parts else "."))
     for c in results["cells"]:
         if c["model"] == "transformer" and c["status"] != "ok":
             out.append(f"L = {c['length']:,}: full Transformer {c['status']}.")
@@ -683,9 +687,11 @@ def plot(results: dict, path: str) -> Optional[str]:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     cells = results["cells"]
-    for ax, ph in zip(axes, ("train", "serve")):
+    phases = [ph for ph in ("train", "serve")
+              if any(_ok(cells, m, ph) for m in {c["model"] for c in cells})] or ["serve"]
+    fig, axes = plt.subplots(1, len(phases), figsize=(5.5 * len(phases) + 0.5, 4.2), squeeze=False)
+    for ax, ph in zip(axes[0], phases):
         for model in dict.fromkeys(c["model"] for c in cells):
             pts = _ok(cells, model, ph)
             if not pts:
@@ -763,8 +769,16 @@ WHY = (
     "`max_groups` × `max_per_group` slice and G groups, independent of L; DIN and SIM "
     "select a fixed window with `top_k`; the full Transformer forms `[L, L]` score "
     "matrices per head and layer. At small L the fixed costs (the MLP head, G × M "
-    "attention) dominate, so DMGIN is *more* expensive than full attention there; the "
+    "attention) dominate, so there DMGIN can cost as much as full attention or more; the "
     "slope fit over the largest two L shows the asymptotic exponent.")
+
+
+GPU_HOWTO = (
+    "On a GPU host with JAX (DESIGN §5; no TensorFlow there): `python3 "
+    "benchmarks/bench_efficiency.py --backend jax --docs ''` (add `--tokens-per-batch`, "
+    "`--memory-budget-gb` to fit the card), bring `runs/bench/efficiency/efficiency.json` "
+    "back and run `dmgin bench efficiency --render efficiency.json --note '...'` here to "
+    "rewrite this section and its PNG (the GPU host has no matplotlib).")
 
 
 def write_outputs(results: dict, out_dir: str, docs_path: Optional[str] = None,
@@ -805,13 +819,17 @@ def render_section_body(results: dict, chart: Optional[str]) -> str:
         f"{m.get('mem_gb', '?')} GB RAM; load average at the end "
         f"{m.get('load_avg', '?')} (shared machine: absolute numbers are noisy, the "
         "ratios within one L less so).  ",
-        f"Versions: {vers}.", "",
+        f"Versions: {vers}.", ""]
+    if results.get("note"):
+        lines += [f"Note: {results['note']}", ""]
+    lines += [
         "### Headline", ""] + [f"- {h}" for h in headline(results)] + [
         "", "### Throughput and memory", "", markdown_table(results), "",
         "### Scaling (slope of log time-per-example vs log L)", "", slopes_table(results), "",
         WHY]
     if chart:
         lines += ["", f"![cost vs L, log-log]({chart})"]
+    lines += ["", GPU_HOWTO]
     return "\n".join(lines)
 
 
@@ -877,6 +895,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--render", metavar="JSON",
                    help="measure nothing: rewrite table, PNG and docs from a saved "
                         "efficiency.json (e.g. one brought back from the GPU host)")
+    p.add_argument("--note", default="",
+                   help="a sentence printed above the table (conditions of the run)")
 
 
 def add_subparser(sub) -> None:
@@ -941,6 +961,8 @@ def run_from_args(args: argparse.Namespace, prog: str = "dmgin bench efficiency"
     if getattr(args, "render", None):
         with open(args.render, encoding="utf-8") as f:
             results = json.load(f)
+        if args.note:
+            results["note"] = args.note
         paths = write_outputs(results, args.output, args.docs or None)
         print(markdown_table(results))
         print("wrote " + ", ".join(paths.values()))
@@ -950,6 +972,8 @@ def run_from_args(args: argparse.Namespace, prog: str = "dmgin bench efficiency"
           f"backend {settings.backend}; isolation {settings.isolation}", flush=True)
     results = run_efficiency(settings, log=lambda s: print(s, flush=True))
     results["command"] = reconstruct_command(settings, prog)
+    if args.note:
+        results["note"] = args.note
     paths = write_outputs(results, args.output, args.docs or None)
     print(markdown_table(results))
     print()
