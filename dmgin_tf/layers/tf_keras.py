@@ -80,13 +80,27 @@ class KerasLayerAdapter(tf_keras.layers.Layer):
         super().__init__(**kwargs)
         self.inner = inner
         self.input_dtypes = input_dtypes
+        if inner.built:
+            self._track_inner_variables()
 
     def build(self, input_shape):
         if not self.inner.built:
             # A dummy eager call creates the Keras 3 variables outside any tf.keras
             # graph (tf.keras would otherwise trace `call` in a scratch FuncGraph).
             self.inner(_dummy_from_shapes(input_shape, self.input_dtypes))
+        self._track_inner_variables()
         super().build(input_shape)
+
+    def _track_inner_variables(self):
+        # Keras 3 (TF backend) tracks layers held in Python lists for SavedModel but not
+        # for tf.train.Checkpoint, so tf.keras `save_weights` would silently skip e.g.
+        # the Transformer blocks. Naming every variable here (by its unique Keras 3
+        # path) makes the checkpoint complete; a variable reached twice is saved once.
+        named = {}
+        for i, v in enumerate(self.inner.variables):
+            key = v.path.replace("/", ".")
+            named[key if key not in named else f"{key}.{i}"] = v.value
+        self._inner_variables = named
 
     # tf.keras asks its layers for weights through these properties.
     @property
@@ -192,7 +206,7 @@ class GroupInterestEncoder(KerasLayerAdapter):
     def build(self, input_shape):
         if not self.inner.built:
             self.inner.build(input_shape)   # the encoder builds from its config alone
-        super().build(input_shape)
+        super().build(input_shape)   # KerasLayerAdapter.build tracks the variables
 
     def compute_output_shape(self, input_shape):
         first = tf.TensorShape(input_shape[_gie.CAND_ITEM])
