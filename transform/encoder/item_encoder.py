@@ -119,11 +119,13 @@ def text_features(encoder: ItemEncoder, token_ids: np.ndarray, padding_mask: np.
     """`[N, L]` tokens → `[N, H_t]` float32 text-tower outputs (inference mode)."""
     n = len(token_ids)
     out = np.zeros((n, encoder.model.text_tower.output_dim), dtype=np.float32)
+    # Batches of similar length: trimming then removes most padding work.
+    order = np.argsort(padding_mask.sum(axis=1), kind="stable")
     for start in range(0, n, batch_size):
-        ids, mask = _trimmed(token_ids[start:start + batch_size],
-                             padding_mask[start:start + batch_size])
-        out[start:start + len(ids)] = np.asarray(
-            encoder.model.text_features(ids, mask, training=False), dtype=np.float32)
+        rows = order[start:start + batch_size]
+        ids, mask = _trimmed(token_ids[rows], padding_mask[rows])
+        out[rows] = np.asarray(encoder.model.text_features(ids, mask, training=False),
+                               dtype=np.float32)
     return out
 
 
