@@ -1,0 +1,50 @@
+"""tf.keras adapter + TFRS model: gradients reach the Keras 3 variables, the loss goes down,
+and weights survive tf.keras checkpoints and the Keras 3 `.weights.h5` hand-off."""
+import numpy as np
+import tensorflow as tf
+import tf_keras
+
+from dmgin_tf import features as F
+from dmgin_tf.config import ModelConfig
+from dmgin_tf.models.tfrs_model import DMGIN
+
+from .synthetic import synthetic_inputs
+
+CFG = ModelConfig(item_vocab_size=40, group_vocab_size=8, num_behavior_types=2,
+                  history_length=12, max_groups=3, max_per_group=2, embedding_dim=8,
+                  num_heads=2, mlp_units=(8,), attention_units=(8,), dropout=0.0)
+
+
+def _synthetic_task(n=64):
+    """SYNTHETIC data: label = 1 iff the candidate's group occurs in the history, so
+    only a model that reads the history can fit it."""
+    x = synthetic_inputs(batch=n, length=12, seed=3)
+    present = (x[F.HIST_GROUP] == x[F.CAND_GROUP][:, None]).any(axis=1)
+    x[F.LABEL] = present.astype("float32")
+    return x
+
+
+def test_tfrs_dmgin_trains_and_weights_round_trip(tmp_path):
+    x = _synthetic_task()
+    model = DMGIN(CFG)
+    # Eager steps: a handful of tiny steps is cheaper than tracing the train function.
+    model.compile(optimizer=tf_keras.optimizers.Adam(3e-2), run_eagerly=True)
+    before = [v.numpy().copy() for v in model.trainable_variables]
+    assert len(before) == len(model.keras3_model.trainable_variables) > 20
+    ds = tf.data.Dataset.from_tensor_slices(x).batch(32)
+    hist = model.fit(ds, epochs=4, verbose=0).history
+    assert hist["loss"][-1] < hist["loss"][0], hist
+    changed = [not np.allclose(a, v.numpy()) for a, v in zip(before, model.trainable_variables)]
+    assert sum(changed) > 0.8 * len(changed)      # gradients reach the Keras 3 variables
+    pred = model(x).numpy()
+
+    model.save_weights(str(tmp_path / "ckpt"))    # tf.keras checkpoint
+    restored = DMGIN(CFG)
+    restored.load_weights(str(tmp_path / "ckpt")).expect_partial()
+    np.testing.assert_allclose(restored(x).numpy(), pred, atol=1e-6)
+
+    model.save_keras3_weights(str(tmp_path / "m.weights.h5"))   # the one shared format
+    from_h5 = DMGIN(CFG)
+    from_h5.load_keras3_weights(str(tmp_path / "m.weights.h5"))
+    np.testing.assert_allclose(from_h5(x).numpy(), pred, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(from_h5.keras3_model(x)), pred, atol=1e-6)
