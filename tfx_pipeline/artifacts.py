@@ -11,27 +11,27 @@ cluster c (0-based, stable across retrains) is group id c + 2.
 """
 from __future__ import annotations
 
-from tfx.types.artifact import Artifact, Property, PropertyType
+from tfx.types.artifact import Artifact
 
-_SPAN = Property(type=PropertyType.INT)
+# Type names follow KFP's schema-title rule (`<namespace>.<Name>`) and the span is an int
+# *custom* property (`SPAN`, as TFX's SpanRangeStrategy reads it): the Kubeflow V2
+# compiler accepts no typed properties on custom artifact types.
+SPAN = "span"
 
 
 class EncoderModel(Artifact):
     """Trained multimodal item encoder (or nothing when the mode is `external`/`skip`)."""
-    TYPE_NAME = "DmginEncoderModel"
-    PROPERTIES = {"span": _SPAN}
+    TYPE_NAME = "dmgin.EncoderModel"
 
 
 class ItemEmbeddings(Artifact):
     """item_id -> embedding table (from the encoder, or imported external embeddings)."""
-    TYPE_NAME = "DmginItemEmbeddings"
-    PROPERTIES = {"span": _SPAN}
+    TYPE_NAME = "dmgin.ItemEmbeddings"
 
 
 class ItemGroups(Artifact):
     """item -> interest group table, centroids and a report."""
-    TYPE_NAME = "DmginItemGroups"
-    PROPERTIES = {"span": _SPAN}
+    TYPE_NAME = "dmgin.ItemGroups"
 
 
 GROUPS_FILE = "item_groups.parquet"

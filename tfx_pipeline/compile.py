@@ -75,6 +75,8 @@ def compile_pipeline(cfg: Config, target: str, output: str, *, data_root: str, s
         with open(output, "w", encoding="utf-8") as f:
             f.write(text)
         return output
+    if target == "kubeflow-v2":
+        kwargs["groups_resolver"] = "latest"  # KFP v2 supports only TFX's built-in strategies
     p = create_pipeline(cfg, data_root=data_root, span=span, pipeline_root=pipeline_root,
                         serving_base=serving_base, **kwargs)
     if target == "ir":

@@ -245,8 +245,13 @@ class TFTTensorizer(tf.Module):
 
 
 def save_serving_model(model, tft_output, path: str, history_length: int, serving_cfg,
-                       jit_compile: bool) -> None:
-    """SavedModel with the export's signatures; serving_default = TFT graph + model."""
+                       jit_compile: bool, signatures: str = "all") -> None:
+    """SavedModel with the export's signatures; serving_default = TFT graph + model.
+
+    signatures: "all" (serving_default, predict_raw, rank, user_state, score — see
+    dmgin_tf/export/signatures.py) or "default" (serving_default + predict_raw only:
+    each signature traces the whole model, which costs minutes on a loaded CPU; tests).
+    """
     from dmgin_tf.export.signatures import EXAMPLES, ServingModule
 
     class _Module(ServingModule):
@@ -257,7 +262,18 @@ def save_serving_model(model, tft_output, path: str, history_length: int, servin
             self.tensorizer = TFTTensorizer(tft_output)
 
         def signatures(self):
-            sigs = super().signatures()
+            if signatures == "default":
+                from dmgin_tf.export.signatures import history_specs
+                spec = dict(history_specs(history_length, None),
+                            **{k: tf.TensorSpec([None], tf.int32, k)
+                               for k in (F.CAND_ITEM, F.CAND_GROUP)})
+
+                @tf.function(input_signature=[spec])
+                def predict_raw(inputs):
+                    return self._padded_ctr(inputs)
+                sigs = {"predict_raw": predict_raw.get_concrete_function()}
+            else:
+                sigs = super().signatures()
 
             @tf.function(input_signature=[tf.TensorSpec([None], tf.string, EXAMPLES)])
             def serving_default(examples):
@@ -316,7 +332,8 @@ def run_fn(fn_args) -> None:
     _LOG.info("run_fn: %s", info)
     save_serving_model(result.model, tft_out, fn_args.serving_model_dir,
                        result.config.model.history_length, result.config.serving,
-                       jit_compile=bool(custom.get("export_jit_compile", True)))
+                       jit_compile=bool(custom.get("export_jit_compile", True)),
+                       signatures=custom.get("export_signatures", "all"))
     # What the next run warm-starts from travels with the model (and is pushed with it).
     extra = os.path.join(fn_args.serving_model_dir, "assets.extra", WARM_START_DIR)
     os.makedirs(extra, exist_ok=True)

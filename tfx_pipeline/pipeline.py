@@ -67,7 +67,9 @@ def create_pipeline(cfg: Config, *, data_root: str, span: int, pipeline_root: st
                     enable_cache: bool = True, export_jit_compile: bool = True,
                     encoder_config: Optional[dict] = None,
                     metadata_path: Optional[str] = None,
-                    import_examples: Optional[str] = None) -> tfx.dsl.Pipeline:
+                    import_examples: Optional[str] = None,
+                    export_signatures: str = "all",
+                    groups_resolver: str = "previous_span") -> tfx.dsl.Pipeline:
     """Builds the pipeline for one span.
 
     Args:
@@ -82,6 +84,11 @@ def create_pipeline(cfg: Config, *, data_root: str, span: int, pipeline_root: st
       label_noise: ExampleBuilder fault injection (tests/drills only; 0 in production).
       enable_cache: reuse outputs of components whose inputs did not change.
       export_jit_compile: XLA-compile the pushed model's math.
+      export_signatures: "all" signatures of dmgin_tf.export, or "default"
+        (serving_default + predict_raw; faster to export, for tests).
+      groups_resolver: which ItemGroups keep ids stable: "previous_span" (newest of an
+        earlier span; a re-run of a span stays cacheable) or "latest" (TFX's
+        LatestArtifactStrategy — the only kind the Kubeflow V2 compiler accepts).
       import_examples: bring-your-own tf.Examples instead of the ExampleBuilder: a
         directory with ``Split-train/``, ``Split-val/``, ``Split-eval/`` TFRecord files
         (ImportExampleGen). They pass the same validation gate.
@@ -94,8 +101,12 @@ def create_pipeline(cfg: Config, *, data_root: str, span: int, pipeline_root: st
     enc = MultimodalEncoder(data_root=data_root, span=span, mode=mode,
                             external_embeddings=cfg.grouping.external_embeddings,
                             encoder_config=encoder_config, beam_config_json=beam_json)
+    if groups_resolver == "latest":
+        strategy = dict(strategy_class=tfx.dsl.experimental.LatestArtifactStrategy)
+    else:
+        strategy = dict(strategy_class=PreviousSpanStrategy, config={"span": int(span)})
     latest_groups = tfx.dsl.Resolver(
-        strategy_class=PreviousSpanStrategy, config={"span": int(span)},
+        **strategy,
         previous_groups=tfx.dsl.Channel(type=ItemGroups)).with_id("latest_item_groups_resolver")
     grouper = ItemGrouper(data_root=data_root, span=span, grouping_config=cfg.grouping.to_dict(),
                           item_embeddings=enc.outputs["item_embeddings"],
@@ -138,7 +149,8 @@ def create_pipeline(cfg: Config, *, data_root: str, span: int, pipeline_root: st
         train_args=tfx.proto.TrainArgs(splits=["train"]),
         eval_args=tfx.proto.EvalArgs(splits=["val"]),
         custom_config={"config": cfg.to_dict(), "behavior_types": behavior_types,
-                       "export_jit_compile": export_jit_compile})
+                       "export_jit_compile": export_jit_compile,
+                       "export_signatures": export_signatures})
     evaluator = tfx.components.Evaluator(
         examples=examples.outputs["examples"], model=trainer.outputs["model"],
         baseline_model=latest_blessed.outputs["model"],

@@ -14,12 +14,10 @@ from tfx.dsl.components.common import resolver
 
 
 def _span(artifact: types.Artifact) -> int:
-    if artifact.has_property("span") if hasattr(artifact, "has_property") else False:
-        return int(artifact.span)
-    try:
-        return int(artifact.span)
-    except Exception:  # noqa: BLE001 - artifacts without a span sort first
-        return -1
+    """The int custom property `span` (-1 when absent: such artifacts sort first)."""
+    if artifact.has_custom_property("span"):
+        return int(artifact.get_int_custom_property("span"))
+    return -1
 
 
 class PreviousSpanStrategy(resolver.ResolverStrategy):

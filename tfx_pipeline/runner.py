@@ -5,7 +5,7 @@ summary of what the run produced, read back from ML Metadata (SQLite under the r
     prepare_span(cfg, "runs/data", span=1)              # embedded sample -> span-1/
     summary = run_pipeline(cfg, data_root="runs/data", span=1,
                            pipeline_root="runs/pipeline", serving_base="runs/serving")
-    summary.pushed_dir, summary.metrics["AUC"], summary.metrics["gauc"]
+    summary.pushed_dir, summary.metrics["auc"], summary.metrics["gauc"]
 """
 from __future__ import annotations
 
@@ -126,7 +126,8 @@ class _Progress(logging.Handler):
 class RunSummary:
     """What one run produced (read from MLMD after the run).
 
-    artifacts: {type name: uri} of the newest artifact of each type in the store.
+    artifacts: {"<component>.<output key>": uri} of this run (cached outputs included).
+    types: {"<component>.<output key>": MLMD artifact type name}.
     blessed / pushed: the Evaluator's verdict and whether the Pusher pushed.
     pushed_dir: the version directory pushed by this run (None if not pushed).
     metrics: overall-slice metrics of the newest evaluation (AUC, gauc, logloss, ...).
@@ -139,7 +140,7 @@ class RunSummary:
     metrics: Dict[str, float]
     cached: List[str]
     seconds: float
-    execution_ids: Dict[str, int] = dataclasses.field(default_factory=dict)
+    types: Dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def metadata_store(pipeline_root: str):
@@ -151,19 +152,30 @@ def metadata_store(pipeline_root: str):
     return mds.MetadataStore(cfg)
 
 
-def newest_artifacts(store, since_id: int = 0) -> Dict[str, object]:
-    """{type name: newest artifact proto with id > since_id}."""
+def run_outputs(store, pipeline_root: str, since_execution: int = 0) -> Dict[str, tuple]:
+    """Outputs of the executions with id > `since_execution` (one run, cached ones included):
+    ``{"<component>.<output key>": (type name, artifact)}``; the component and key are
+    read off the artifact uri ``<pipeline root>/<component>/<key>/<execution id>``."""
+    from ml_metadata.proto import metadata_store_pb2
+    execs = [e.id for e in store.get_executions() if e.id > since_execution]
+    if not execs:
+        return {}
+    out_types = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
+    ids = sorted({ev.artifact_id for ev in store.get_events_by_execution_ids(execs)
+                  if ev.type in out_types})
+    type_names = {t.id: t.name for t in store.get_artifact_types()}
+    root = os.path.abspath(pipeline_root)
     out = {}
-    for t in store.get_artifact_types():
-        arts = [a for a in store.get_artifacts_by_type(t.name) if a.id > since_id]
-        if arts:
-            out[t.name] = max(arts, key=lambda a: a.id)
+    for a in store.get_artifacts_by_id(ids):
+        parts = os.path.relpath(a.uri, root).split(os.sep)
+        key = f"{parts[0]}.{parts[1]}" if len(parts) >= 2 else a.uri
+        out[key] = (type_names.get(a.type_id, "?"), a)
     return out
 
 
-def _max_artifact_id(store) -> int:
+def _max_execution_id(store) -> int:
     try:
-        return max((a.id for a in store.get_artifacts()), default=0)
+        return max((e.id for e in store.get_executions()), default=0)
     except Exception:  # noqa: BLE001 - fresh store
         return 0
 
@@ -186,7 +198,7 @@ def run_pipeline(cfg: Config, *, data_root: str, span: int, pipeline_root: str,
     from tfx import v1 as tfx
     from tfx_pipeline.pipeline import create_pipeline
     os.makedirs(pipeline_root, exist_ok=True)
-    before = _max_artifact_id(metadata_store(pipeline_root)) \
+    before = _max_execution_id(metadata_store(pipeline_root)) \
         if os.path.exists(os.path.join(pipeline_root, "metadata.sqlite")) else 0
     p = create_pipeline(cfg, data_root=data_root, span=span, pipeline_root=pipeline_root,
                         serving_base=serving_base, **pipeline_kwargs)
@@ -207,13 +219,14 @@ def run_pipeline(cfg: Config, *, data_root: str, span: int, pipeline_root: str,
         logging.getLogger("absl").setLevel(old_level)
     seconds = time.time() - t0
     store = metadata_store(pipeline_root)
-    new = newest_artifacts(store, before)
-    blessing, pushed = new.get("ModelBlessing"), new.get("PushedModel")
+    outputs = run_outputs(store, pipeline_root, before)
+    new = {key: art for key, (_, art) in outputs.items()}
+    blessing, pushed = new.get("Evaluator.blessing"), new.get("Pusher.pushed_model")
     metrics = {}
-    if "ModelEvaluation" in new:
+    if "Evaluator.evaluation" in new:
         from tfx_pipeline.evaluation import read_metrics
         try:
-            metrics = read_metrics(new["ModelEvaluation"].uri)
+            metrics = read_metrics(new["Evaluator.evaluation"].uri)
         except Exception as e:  # noqa: BLE001 - a summary must not fail the run
             echo(f"could not read the evaluation: {e}")
     pushed_flag = bool(_prop(pushed, "pushed")) if pushed is not None else None
@@ -222,10 +235,11 @@ def run_pipeline(cfg: Config, *, data_root: str, span: int, pipeline_root: str,
         artifacts={k: a.uri for k, a in new.items()},
         blessed=bool(_prop(blessing, "blessed")) if blessing is not None else None,
         pushed=pushed_flag, pushed_dir=pushed_dir or None, metrics=metrics,
-        cached=sorted(progress.cached), seconds=seconds)
+        cached=sorted(progress.cached), seconds=seconds,
+        types={k: t for k, (t, _) in outputs.items()})
     echo(f"run finished in {seconds:.0f}s: blessed={summary.blessed} pushed={summary.pushed}"
          + (f" -> {summary.pushed_dir}" if summary.pushed_dir else "")
-         + "".join(f"  {k}={metrics[k]:.4f}" for k in ("AUC", "gauc", "logloss", "calibration")
+         + "".join(f"  {k}={metrics[k]:.4f}" for k in ("auc", "gauc", "logloss", "calibration")
                    if k in metrics))
     return summary
 

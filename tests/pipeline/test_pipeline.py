@@ -25,27 +25,32 @@ _STATE: dict = {}
 def _run(spans, roots, span, **kwargs):
     from tfx_pipeline.runner import run_pipeline
     return run_pipeline(tiny_config(), data_root=spans, span=span,
-                        export_jit_compile=False, **roots, **kwargs)
+                        export_jit_compile=False, export_signatures="default", **roots, **kwargs)
 
 
 def test_end_to_end_span1(spans, roots):
     s = _run(spans, roots, 1)
     _STATE["span1"] = s
-    # Every artifact the issue names is recorded in ML Metadata.
-    for t in ("Examples", "ExampleStatistics", "Schema", "ExampleAnomalies", "TransformGraph",
-              "Model", "ModelRun", "ModelEvaluation", "ModelBlessing", "PushedModel",
-              "DmginItemGroups", "DmginValidationReport"):
-        assert t in s.artifacts, t
+    # Every artifact the issue names is recorded in ML Metadata, with its type.
+    expected = {"ExampleBuilder.examples": "Examples", "StatisticsGen.statistics": "ExampleStatistics",
+                "ImportSchemaGen.schema": "Schema", "ExampleValidator.anomalies": "ExampleAnomalies",
+                "Transform.transform_graph": "TransformGraph", "Trainer.model": "Model",
+                "Trainer.model_run": "ModelRun", "Evaluator.evaluation": "ModelEvaluation",
+                "Evaluator.blessing": "ModelBlessing", "Pusher.pushed_model": "PushedModel",
+                "ItemGrouper.item_groups": "dmgin.ItemGroups",
+                "ValidationGate.report": "dmgin.ValidationReport"}
+    for key, type_name in expected.items():
+        assert s.types.get(key) == type_name, (key, s.types.get(key))
     assert s.blessed and s.pushed
     assert served_versions(roots["serving_base"]) == [int(os.path.basename(s.pushed_dir))]
     # Splits of our ExampleGen and the span property.
-    ex = s.artifacts["Examples"]
+    ex = s.artifacts["ExampleBuilder.examples"]
     assert sorted(os.listdir(ex)) == ["Split-eval", "Split-train", "Split-val"]
     # The Evaluator's metrics include GAUC; it agrees with a pandas/numpy reference on the
     # pushed model's predictions.
-    for k in ("AUC", "gauc", "logloss", "example_count"):
+    for k in ("auc", "gauc", "logloss", "example_count", "calibration"):
         assert k in s.metrics, (k, sorted(s.metrics))
-    assert 0.6 <= s.metrics["AUC"] <= 1.0
+    assert 0.6 <= s.metrics["auc"] <= 1.0
     _check_gauc_against_reference(s)
 
 
@@ -53,7 +58,7 @@ def _check_gauc_against_reference(summary):
     import tensorflow as tf
     from dmgin_tf.evaluation import gauc
     loaded = tf.saved_model.load(summary.pushed_dir)
-    files = tf.io.gfile.glob(os.path.join(summary.artifacts["Examples"], "Split-eval", "*"))
+    files = tf.io.gfile.glob(os.path.join(summary.artifacts["ExampleBuilder.examples"], "Split-eval", "*"))
     records = list(tf.data.TFRecordDataset(files).as_numpy_iterator())
     ctr = loaded.signatures["serving_default"](examples=tf.constant(records))[F.PREDICTION].numpy()
     rows = [tf.train.Example.FromString(r).features.feature for r in records]
@@ -71,13 +76,13 @@ def test_retrain_new_span_warm_starts_and_pushes(spans, roots):
     s = _run(spans, roots, 2)
     _STATE["span2"] = s
     assert "ImportSchemaGen" in s.cached        # unchanged component reused
-    info = json.load(open(os.path.join(s.artifacts["Model"], "Format-Serving", "assets.extra",
+    info = json.load(open(os.path.join(s.artifacts["Trainer.model"], "Format-Serving", "assets.extra",
                                        "dmgin_train.json")))
     assert info["warm_start_from"], info          # warm-started from the blessed span-1 model
     assert info["warm_start"]["remapped"] >= 1 and info["warm_start"]["items_kept"] > 0
     # Stable group ids: every category grouped in span 1 keeps its id in span 2.
-    g1 = pd.read_parquet(os.path.join(first.artifacts["DmginItemGroups"], "item_groups.parquet"))
-    g2 = pd.read_parquet(os.path.join(s.artifacts["DmginItemGroups"], "item_groups.parquet"))
+    g1 = pd.read_parquet(os.path.join(first.artifacts["ItemGrouper.item_groups"], "item_groups.parquet"))
+    g2 = pd.read_parquet(os.path.join(s.artifacts["ItemGrouper.item_groups"], "item_groups.parquet"))
     both = g1.merge(g2, on=F.ITEM_ID, suffixes=("_1", "_2"))
     assert len(both) > 0 and (both.group_id_1 == both.group_id_2).all()
     assert s.blessed and s.pushed
@@ -104,7 +109,7 @@ def test_anomalous_examples_stop_at_validation(spans, roots, tmp_path):
     # Real examples with two defects: group_id dropped (missing feature) and timestamp
     # written as bytes (wrong type).
     for split in ("train", "val", "eval"):
-        files = tf.io.gfile.glob(os.path.join(src.artifacts["Examples"], f"Split-{split}", "*"))
+        files = tf.io.gfile.glob(os.path.join(src.artifacts["ExampleBuilder.examples"], f"Split-{split}", "*"))
         os.makedirs(tmp_path / f"Split-{split}")
         with tf.io.TFRecordWriter(str(tmp_path / f"Split-{split}" / "data.tfrecord")) as w:
             for r in tf.data.TFRecordDataset(files).take(50).as_numpy_iterator():

@@ -32,7 +32,7 @@ from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from dmgin_tf import features as F
 from dmgin_tf.config import GroupingConfig
 from dmgin_tf.errors import DataError
-from tfx_pipeline.artifacts import (CENTROIDS_FILE, GROUPING_INFO_FILE, GROUPS_FILE, ItemEmbeddings,
+from tfx_pipeline.artifacts import (SPAN, CENTROIDS_FILE, GROUPING_INFO_FILE, GROUPS_FILE, ItemEmbeddings,
                                     ItemGroups)
 from tfx_pipeline.components.common import beam_config, require_span_dir
 
@@ -79,7 +79,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         span = int(exec_properties["span"])
         refit = bool(exec_properties.get("refit", 1))
         out = output_dict["item_groups"][0]
-        out.span = span
+        out.set_int_custom_property(SPAN, span)
         os.makedirs(out.uri, exist_ok=True)
         data_dir = require_span_dir(exec_properties["data_root"], span, ("items.parquet",))
         items = pd.read_parquet(os.path.join(data_dir, "items.parquet"))

@@ -25,7 +25,7 @@ from tfx import types
 from tfx.dsl.components.base import base_beam_component, base_beam_executor, executor_spec
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
-from tfx_pipeline.artifacts import EncoderModel, ItemEmbeddings
+from tfx_pipeline.artifacts import SPAN, EncoderModel, ItemEmbeddings
 from tfx_pipeline.components.common import beam_config, require_span_dir
 
 MODES = ("train", "external", "skip")
@@ -60,7 +60,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         encoder_art = output_dict["encoder"][0]
         emb_art = output_dict["item_embeddings"][0]
         for art in (encoder_art, emb_art):
-            art.span = span
+            art.set_int_custom_property(SPAN, span)
             art.set_int_custom_property(SKIPPED, int(mode == "skip"))
         report: Dict[str, Any] = {"mode": mode, "span": span}
         if mode == "skip":

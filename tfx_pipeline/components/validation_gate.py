@@ -27,7 +27,7 @@ REPORT_FILE = "anomalies.md"
 
 class ValidationReport(Artifact):
     """Readable anomalies report of one validation (`anomalies.md`)."""
-    TYPE_NAME = "DmginValidationReport"
+    TYPE_NAME = "dmgin.ValidationReport"
 
 
 class DataValidationError(DataError):
