@@ -35,6 +35,10 @@ LABEL = "label"
 HIST_ITEM_ID = "hist_item_id"
 HIST_BEHAVIOR = "hist_behavior"
 HIST_TIMESTAMP = "hist_timestamp"
+# Optional (TFX pipeline, `transform.examples.build_examples(item_groups=...)`): the
+# ItemGrouper's group id (int64, 2.. ; 1 = unknown) of the candidate and of each history item.
+GROUP_ID = "group_id"
+HIST_GROUP_ID = "hist_group_id"
 
 # --- dense model inputs (int ids after vocabulary / group lookup) ---------------------
 HIST_ITEM = "hist_item"
