@@ -118,13 +118,17 @@ def to_tf_example(row: dict) -> bytes:
             feat = _field(3, inner)                                  # Feature.int64_list
         return _field(1, _field(1, key.encode("utf-8")) + _field(2, feat))  # map entry
 
-    feats = b"".join([
+    parts = [
         feature(F.USER_ID, "bytes", [row[F.USER_ID]]), feature(F.ITEM_ID, "bytes", [row[F.ITEM_ID]]),
         feature(F.CATEGORY, "bytes", [row[F.CATEGORY]]), feature(F.LABEL, "int", [row[F.LABEL]]),
         feature(F.TIMESTAMP, "int", [row[F.TIMESTAMP]]),
         feature(F.HIST_ITEM_ID, "bytes", row[F.HIST_ITEM_ID]),
         feature(F.HIST_BEHAVIOR, "bytes", row[F.HIST_BEHAVIOR]),
-        feature(F.HIST_TIMESTAMP, "int", row[F.HIST_TIMESTAMP])])
+        feature(F.HIST_TIMESTAMP, "int", row[F.HIST_TIMESTAMP])]
+    if F.GROUP_ID in row:  # built with item_groups (TFX pipeline)
+        parts += [feature(F.GROUP_ID, "int", [row[F.GROUP_ID]]),
+                  feature(F.HIST_GROUP_ID, "int", row[F.HIST_GROUP_ID])]
+    feats = b"".join(parts)
     return _field(1, feats)                                          # Example.features
 
 
