@@ -1,0 +1,110 @@
+"""Fast checks of the pipeline's pieces (no LocalDagRunner)."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dmgin_tf import features as F
+
+
+def test_key_groups_keep_previous_ids_and_append_new():
+    from tfx_pipeline.components.item_grouper import key_groups
+    first = key_groups(pd.DataFrame({F.CATEGORY: ["b", "a", "b", None]}), F.CATEGORY, None)
+    assert first == {"b": 2, "a": 3, "": 4}           # ids from 2, first-appearance order
+    second = key_groups(pd.DataFrame({F.CATEGORY: ["c", "a", "z"]}), F.CATEGORY, first)
+    assert {k: second[k] for k in first} == first      # stable
+    assert second["c"] == 5 and second["z"] == 6
+
+
+def test_validation_report_names_split_and_feature(tmp_path):
+    from tensorflow_metadata.proto.v0 import anomalies_pb2
+    from tfx_pipeline.components.validation_gate import format_report, read_anomalies
+    for split, bad in (("train", True), ("eval", False)):
+        a = anomalies_pb2.Anomalies()
+        if bad:
+            info = a.anomaly_info["timestamp"]
+            info.short_description = "Unexpected data type"
+            info.description = "Expected data of type: INT but got BYTES"
+        os.makedirs(tmp_path / f"Split-{split}")
+        (tmp_path / f"Split-{split}" / "SchemaDiff.pb").write_bytes(a.SerializeToString())
+    found = read_anomalies(str(tmp_path))
+    assert found["eval"] == [] and found["train"][0][0] == "timestamp"
+    text = format_report(found)
+    assert "split `train`" in text and "`timestamp`" in text and "INT but got BYTES" in text
+    assert "eval" not in text.split("## ")[-1]
+
+
+def test_gauc_metric_matches_reference():
+    from tensorflow_model_analysis.metrics import metric_types
+    from dmgin_tf.evaluation import gauc
+    from tfx_pipeline.evaluation import GAUC
+    rng = np.random.default_rng(0)
+    users = rng.integers(0, 6, 80)
+    labels = rng.integers(0, 2, 80)
+    preds = rng.random(80)
+    comps = GAUC().computations()
+    combiner = comps[0].combiner
+    accs = []
+    for part in np.array_split(np.arange(80), 3):   # several accumulators, merged
+        acc = combiner.create_accumulator()
+        for i in part:
+            acc = combiner.add_input(acc, metric_types.StandardMetricInputs(
+                labels=np.array([labels[i]]), predictions=np.array([preds[i]]),
+                example_weights=np.array([1.0]),
+                features={F.USER_ID: np.array([f"u{users[i]}".encode()])}))
+        accs.append(acc)
+    value = list(combiner.extract_output(combiner.merge_accumulators(accs)).values())[0]
+    ref = gauc(labels, preds, np.array([f"u{u}" for u in users], dtype=object))
+    assert value == pytest.approx(ref, abs=1e-12)
+
+
+def test_previous_span_strategy_picks_newest_earlier_span():
+    from tfx_pipeline.artifacts import SPAN, ItemGroups
+    from tfx_pipeline.resolvers import PreviousSpanStrategy
+    arts = []
+    for i, span in enumerate([1, 2, 2, 3]):
+        a = ItemGroups()
+        a.id = i + 1
+        a.set_int_custom_property(SPAN, span)
+        arts.append(a)
+    got = PreviousSpanStrategy(3).resolve_artifacts(None, {"g": arts})["g"]
+    assert [a.id for a in got] == [3]                  # newest artifact of span 2
+    assert PreviousSpanStrategy(1).resolve_artifacts(None, {"g": arts})["g"] == []
+
+
+def test_split_into_spans_is_cumulative(tmp_path):
+    from tfx_pipeline.runner import latest_span, split_into_spans
+    src = tmp_path / "src"
+    src.mkdir()
+    beh = pd.DataFrame({F.USER_ID: ["u1", "u1", "u2", "u2", "u3"],
+                        F.ITEM_ID: ["a", "b", "c", "a", "d"],
+                        F.BEHAVIOR: ["pv"] * 5, F.TIMESTAMP: [1, 2, 3, 4, 5]})
+    beh.to_parquet(src / "behaviors.parquet")
+    pd.DataFrame({F.ITEM_ID: list("abcd"), F.CATEGORY: list("xxyy")}).to_parquet(
+        src / "items.parquet")
+    dirs = split_into_spans(str(src), str(tmp_path / "data"), [0.5, 1.0], max_users=2)
+    s1 = pd.read_parquet(os.path.join(dirs[0], "behaviors.parquet"))
+    s2 = pd.read_parquet(os.path.join(dirs[1], "behaviors.parquet"))
+    assert list(s1[F.TIMESTAMP]) == [1, 2]             # quantile 0.5 of [1..4] = 2.5
+    assert list(s2[F.TIMESTAMP]) == [1, 2, 3, 4]       # cumulative, u3 dropped
+    assert set(pd.read_parquet(os.path.join(dirs[0], "items.parquet"))[F.ITEM_ID]) == {"a", "b"}
+    assert latest_span(str(tmp_path / "data")) == 2
+
+
+def test_pipeline_compiles_to_ir_with_all_components(tmp_path):
+    from dmgin_tf.config import Config
+    from tfx_pipeline.compile import compile_pipeline
+    out = compile_pipeline(Config.from_dict({"grouping": {"key": "category"}}), "ir",
+                           str(tmp_path / "p.pbtxt"), data_root=str(tmp_path / "d"), span=1,
+                           pipeline_root=str(tmp_path / "r"), serving_base=str(tmp_path / "s"))
+    text = open(out).read()
+    for node in ("MultimodalEncoder", "ItemGrouper", "ExampleBuilder", "StatisticsGen",
+                 "ImportSchemaGen", "ExampleValidator", "ValidationGate", "Transform", "Trainer",
+                 "Evaluator", "Pusher", "latest_blessed_model_resolver"):
+        assert f'id: "{node}"' in text, node
+    airflow = compile_pipeline(Config(), "airflow", str(tmp_path / "dag.py"),
+                               data_root="d", span=1, pipeline_root="r", serving_base="s")
+    assert "AirflowDagRunner" in open(airflow).read()
