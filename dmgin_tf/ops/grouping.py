@@ -31,14 +31,15 @@ Algorithm (O(L log L); designed around XLA's slow CPU sort, DESIGN §5):
 """
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
-import keras
 import numpy as np
 from keras import ops
 
 from dmgin_tf.features import OOV_ID, PAD_ID
+from dmgin_tf.ops._backend import current_executor
+from dmgin_tf.ops.kernels import (cumsum_rows, lower_bound_rows, stable_argsort_rows,
+                                  take_rows)
 
 OOV_GROUP_ID = OOV_ID          # out-of-range group ids are clamped to the unknown group
 SECONDS_PER_HOUR = 3600.0
@@ -188,46 +189,6 @@ def validate_history(hist_item, hist_group, hist_behavior, hist_time, request_ti
 
 # --- small building blocks ------------------------------------------------------------
 
-def _take(x, idx):
-    """x [B, L, ...], idx [B, K] int → x gathered along axis 1 → [B, K, ...]."""
-    if len(x.shape) == 2:
-        return ops.take_along_axis(x, idx, axis=1)
-    return ops.take_along_axis(x, ops.expand_dims(idx, -1), axis=1)
-
-
-def _prefix_sum(x):
-    """Inclusive prefix sum along axis 1 of an int tensor [B, L, ...].
-
-    A log-step (Hillis–Steele) scan of pads and adds: XLA:CPU lowers `cumsum` to a
-    reduce-window whose cost is quadratic in L (9 s for [256, 10000] here), while this
-    fuses into log2(L) linear passes on every backend. Exact for ints.
-    """
-    length = x.shape[1]
-    shift = 1
-    rest = [[0, 0]] * (len(x.shape) - 2)
-    while shift < length:
-        shifted = ops.pad(x[:, :length - shift], [[0, 0], [shift, 0]] + rest)
-        x = x + shifted
-        shift *= 2
-    return x
-
-
-def _lower_bound(sorted_keys, values, hi):
-    """First index i in [0, hi] with sorted_keys[b, i] >= values[b, k] (vectorised).
-
-    sorted_keys [B, L] ascending per row; values, hi [B, K] int32 (hi is an index whose
-    key is known to be >= the value). ceil(log2(L)) + 1 rounds of one small gather.
-    """
-    length = sorted_keys.shape[1]
-    lo = ops.zeros_like(hi)
-    for _ in range(max(1, math.ceil(math.log2(length + 1)) + 1)):
-        mid = (lo + hi) // 2
-        below = _take(sorted_keys, mid) < values
-        lo = ops.where(below, mid + 1, lo)
-        hi = ops.where(below, hi, mid)
-    return lo
-
-
 def _static_length(x, name):
     length = x.shape[-1]
     if length is None:
@@ -270,15 +231,43 @@ def _prepare(hist_item, hist_group, hist_behavior, hist_time, request_time,
     return item, valid, group, behavior, time, request
 
 
-def _time_order(valid, time):
-    """Permutation [B, L] putting each row's valid entries in stable time order.
+def _shift_left(x, fill):
+    """x[:, j + 1] at j, `fill` at the last position. x [B, L]."""
+    return ops.pad(x[:, 1:], [[0, 0], [0, 1]], constant_values=fill)
 
-    Padding sorts last (its key is above every time).
+
+def _time_order(valid, arrays, time, ex):
+    """Puts each row's valid entries in stable time order, padding last.
+
+    Returns (perm [B, L] int32 = original index of each time-ordered slot, the
+    `arrays` gathered in that order). Fast path: when every row is left-aligned and
+    oldest first (the model-input contract) the order is the identity and neither a sort
+    nor a gather runs (`cond` decides at run time for the whole batch). Otherwise a
+    stable argsort of time (padding keyed above every time). Both give the same result.
     """
     length = time.shape[1]
-    big = ops.cast(ops.max(time) if length else 0, time.dtype) + 1
-    key = ops.where(valid, time, big)
-    return ops.cast(ops.argsort(key, axis=1), "int32")
+    position = ops.broadcast_to(ops.arange(length, dtype="int32"), ops.shape(valid))
+    # next slot valid → this slot valid and not later than it.
+    next_valid = _shift_left(valid, False)
+    in_order = ops.logical_or(ops.logical_not(next_valid), ops.logical_and(
+        valid, time <= _shift_left(time, 0)))
+    big = ops.max(time) + 1
+
+    def sort_by_time():
+        perm = ops.cast(ops.argsort(ops.where(valid, time, big), axis=1), "int32")
+        return (perm,) + tuple(take_rows(a, perm, ex) for a in arrays)
+
+    out = ops.cond(ops.all(in_order), lambda: (position,) + tuple(arrays), sort_by_time)
+    return out[0], tuple(out[1:])
+
+
+def _one_hot_types(behavior, num_types, dtype, axis=-1):
+    """behavior [B, L] in 0..T → one-hot of types 1..T (0 → all zeros) on a new `axis`:
+    [B, L, T] (axis=-1) or [B, T, L] (axis=1, row-scan friendly)."""
+    types = ops.arange(1, num_types + 1, dtype="int32")
+    if axis == 1:
+        return ops.cast(ops.expand_dims(behavior, 1) == ops.reshape(types, [1, -1, 1]), dtype)
+    return ops.cast(ops.expand_dims(behavior, -1) == types, dtype)
 
 
 # --- the op ------------------------------------------------------------------------------
@@ -295,12 +284,13 @@ def group_behaviors(hist_item, hist_group, hist_behavior, hist_time, request_tim
       hist_time: [B, L] int Unix seconds (int64 on TF; int32 on JAX).
       request_time: [B] int Unix seconds of the request (for recency).
       max_groups: G, groups kept per row. max_per_group: M, behaviors kept per group.
-      num_behavior_types: T. num_groups: size of the group id space, or None.
+      num_behavior_types: T. num_groups: size of the group id space, or None. Giving
+        it enables the radix group sort under XLA on CPU (much faster than XLA's sort).
 
     Returns:
       `GroupedHistory` (shapes in its docstring). Deterministic and identical in eager,
       `tf.function`, `jit_compile=True` and JAX; rows without behaviors give all-false
-      masks and zeros.
+      masks and zeros. L must be static; B may be dynamic.
     """
     G, M, T = int(max_groups), int(max_per_group), int(num_behavior_types)
     if G < 1 or M < 1 or T < 1:
@@ -308,76 +298,90 @@ def group_behaviors(hist_item, hist_group, hist_behavior, hist_time, request_tim
                          "each must be >= 1")
     hist_item = ops.convert_to_tensor(hist_item)
     L = _static_length(hist_item, "hist_item")
+    ex = current_executor()
     item, valid, group, behavior, time, request = _prepare(
         hist_item, hist_group, hist_behavior, hist_time, request_time, T, num_groups)
 
-    # 1. time order, 2. stable group order → (group, time, position) order.
-    perm = _time_order(valid, time)
-    t_valid = _take(valid, perm)
-    t_time = _take(time, perm)
-    # Dense time rank (equal times share a rank) in time order; float32-exact (< 2**24).
-    step = ops.cast(ops.logical_and(
-        t_time != ops.pad(t_time[:, :-1], [[0, 0], [1, 0]], constant_values=-1),
-        t_valid), "int32")
-    t_rank = _prefix_sum(step)
-    group_key = ops.where(_take(valid, perm), _take(group, perm), _INT32_MAX)
-    perm2 = ops.cast(ops.argsort(group_key, axis=1), "int32")
-    perm = _take(perm, perm2)
-    s_valid = _take(valid, perm)
-    s_group = _take(group_key, perm2)
-    s_rank = _take(t_rank, perm2)
-    s_time = _take(time, perm)
-    s_item = _take(item, perm)
-    s_beh = _take(behavior, perm)
+    # 1. Time order (identity for contract inputs) and the dense time rank in it:
+    #    equal times share a rank, so top_k ties fall back to position = group order.
+    t_perm, (t_valid, t_time, t_group, t_beh) = _time_order(
+        valid, (valid, time, group, behavior), time, ex)
+    prev_time = ops.pad(t_time[:, :-1], [[0, 0], [1, 0]], constant_values=-1)
+    t_rank = cumsum_rows(ops.cast(ops.logical_and(t_time != prev_time, t_valid), "int32"),
+                         ex)                                       # float32-exact: < 2**24
 
-    # 3. run ends, scored by dense time rank; top_k → G most recent groups.
-    next_group = ops.pad(s_group[:, 1:], [[0, 0], [0, 1]], constant_values=_INT32_MAX)
-    is_end = ops.logical_and(s_valid, s_group != next_group)
+    # 2. Stable sort by group (padding → sentinel, last) → (group, time, position) order.
+    if num_groups is None:
+        num_bits, sentinel = None, _INT32_MAX
+    else:
+        num_bits = int(num_groups).bit_length()                    # 2**bits - 1 >= num_groups
+        sentinel = (1 << num_bits) - 1
+    t_key = ops.where(t_valid, t_group, sentinel)
+    s_group, g_perm = stable_argsort_rows(t_key, num_bits, ex)
+    s_valid = s_group != sentinel
+    # rank and behavior share one gather (rank * (T + 1) + behavior < 2**31 for any
+    # realistic L, T; checked below).
+    if (L + 1) * (T + 1) >= _INT32_MAX:
+        raise ValueError(f"history length L={L} times num_behavior_types+1={T + 1} "
+                         "must stay below 2**31")
+    s_rank_beh = take_rows(t_rank * (T + 1) + t_beh, g_perm, ex)
+    s_rank, s_beh = s_rank_beh // (T + 1), s_rank_beh % (T + 1)
+
+    # 3. A group is a run of equal keys; score each run's end by its dense time rank and
+    #    keep the G best (float32 top_k: a partial sort, fast under XLA too).
+    is_end = ops.logical_and(s_valid, s_group != _shift_left(s_group, sentinel))
     score = ops.where(is_end, ops.cast(s_rank, "float32"), -1.0)
     if L < G:
         score = ops.pad(score, [[0, 0], [0, G - L]], constant_values=-1.0)
     top_score, end = ops.top_k(score, G)
     present = top_score >= 0.0
     end = ops.where(present, ops.cast(end, "int32"), 0)
+    ids = take_rows(s_group, end, ex)
+    start = lower_bound_rows(s_group, ids, end, ex)
 
-    # 4. run starts by binary search; counts from prefix sums of one-hot behaviors.
-    ids = _take(s_group, end)
-    start = _lower_bound(s_group, ids, end)
-    one_hot = ops.cast(ops.expand_dims(s_beh, -1) == ops.arange(1, T + 1, dtype="int32"),
-                       "int32")
-    csum = _prefix_sum(one_hot)                                     # [B, L, T]
-    before = _take(csum, ops.maximum(start - 1, 0))
-    before = ops.where(ops.expand_dims(start > 0, -1), before, 0)
-    counts = _take(csum, end) - before
+    # 4. Counts per type over the whole run, from prefix sums of one-hot types, laid out
+    #    [B * T, L] so each is a plain row scan (XLA handles a trailing T axis badly).
+    csum = cumsum_rows(ops.reshape(_one_hot_types(s_beh, T, "int32", axis=1), [-1, L]), ex)
+    bounds = ops.repeat(ops.concatenate([ops.maximum(start - 1, 0), end], axis=1), T, axis=0)
+    at = ops.reshape(take_rows(csum, bounds, ex), [-1, T, 2 * G])     # [B, T, 2G]
+    before = ops.where(ops.expand_dims(start > 0, 1), at[:, :, :G], 0)
+    counts = ops.transpose(at[:, :, G:] - before, [0, 2, 1])         # [B, G, T]
     n = ops.cast(end - start + 1, "float32")
 
-    first_time = _take(s_time, start)
-    last_time = _take(s_time, end)
-    row_total = ops.sum(ops.cast(valid, "float32"), axis=1, keepdims=True)
-    stats = _stats(n, first_time, last_time, ops.expand_dims(request, 1), row_total, present)
-
-    # Last M behaviors of each group, oldest first, left-aligned.
+    # 5. Each group's last M behaviors, oldest first, left-aligned: one gather.
     kept_start = ops.maximum(start, end - (M - 1))
     slot = ops.expand_dims(kept_start, -1) + ops.arange(M, dtype="int32")   # [B, G, M]
-    slot_ok = ops.logical_and(slot <= ops.expand_dims(end, -1), ops.expand_dims(present, -1))
-    flat = ops.reshape(ops.minimum(slot, L - 1), [-1, G * M])
+    slot_ok = ops.logical_and(slot <= ops.expand_dims(end, -1),
+                              ops.expand_dims(present, -1))
+    # sorted slot → time-ordered slot → original index (small [B, G*M] gathers).
+    source = take_rows(g_perm, ops.reshape(ops.minimum(slot, L - 1), [-1, G * M]), ex)
+    source = take_rows(t_perm, source, ex)
+    ends = take_rows(t_perm, take_rows(g_perm, ops.concatenate([start, end], axis=1), ex),
+                     ex)                                                  # [B, 2G]
 
-    def gather(x):
-        return ops.where(slot_ok, ops.reshape(_take(x, flat), [-1, G, M]),
-                         ops.zeros((), x.dtype))
+    def gather(x, index, shape):
+        return ops.reshape(take_rows(x, index, ex), shape)
+
+    def kept(x):
+        return ops.where(slot_ok, gather(x, source, [-1, G, M]), ops.zeros((), x.dtype))
 
     zero_t = ops.zeros((), time.dtype)
+    first_last = gather(time, ends, [-1, 2, G])
+    first_time = ops.where(present, first_last[:, 0], zero_t)
+    last_time = ops.where(present, first_last[:, 1], zero_t)
+    row_total = ops.sum(ops.cast(valid, "float32"), axis=1, keepdims=True)
     return GroupedHistory(
         group_ids=ops.where(present, ids, 0),
         group_mask=present,
-        group_items=gather(s_item),
-        group_behaviors=gather(s_beh),
-        group_times=gather(s_time),
+        group_items=kept(item),
+        group_behaviors=kept(behavior),
+        group_times=kept(time),
         group_item_mask=slot_ok,
         counts=ops.where(ops.expand_dims(present, -1), ops.cast(counts, "float32"), 0.0),
-        first_time=ops.where(present, first_time, zero_t),
-        last_time=ops.where(present, last_time, zero_t),
-        stats=stats,
+        first_time=first_time,
+        last_time=last_time,
+        stats=_stats(n, first_time, last_time, ops.expand_dims(request, 1), row_total,
+                     present),
     )
 
 
@@ -391,21 +395,22 @@ def candidate_group_history(hist_item, hist_group, hist_behavior, hist_time, req
       first_time/last_time [B], stats [B,NUM_STATS]); a candidate group absent from the
       history gives an all-false mask and zeros.
 
-    No grouping sort: one time ordering plus a float32 `top_k` of size M.
+    No grouping sort: the time order (identity for contract inputs) plus a float32
+    `top_k` of size M over the members' positions.
     """
     M, T = int(max_per_group), int(num_behavior_types)
     if M < 1 or T < 1:
         raise ValueError(f"max_per_group={M}, num_behavior_types={T}: each must be >= 1")
     hist_item = ops.convert_to_tensor(hist_item)
     L = _static_length(hist_item, "hist_item")
+    ex = current_executor()
     item, valid, group, behavior, time, request = _prepare(
         hist_item, hist_group, hist_behavior, hist_time, request_time, T, num_groups)
     cand = ops.reshape(ops.cast(clamp_group(ops.convert_to_tensor(cand_group), num_groups),
                                 "int32"), [-1, 1])
     member = ops.logical_and(valid, group == cand)                  # [B, L]
 
-    perm = _time_order(valid, time)
-    t_member = _take(member, perm)
+    t_perm, (t_member,) = _time_order(valid, (member,), time, ex)
     # Score = position in time order (float32-exact); top_k → latest M members, newest first.
     score = ops.where(t_member, ops.cast(ops.arange(L, dtype="int32"), "float32"), -1.0)
     if L < M:
@@ -416,19 +421,18 @@ def candidate_group_history(hist_item, hist_group, hist_behavior, hist_time, req
     m = ops.arange(M, dtype="int32")
     mask = m < n_kept
     src = ops.where(mask, n_kept - 1 - m, 0)
-    pos = _take(ops.cast(top_idx, "int32"), src)                    # index in time order
-    pos = _take(perm, ops.minimum(pos, L - 1))                       # original index
+    pos = take_rows(ops.cast(top_idx, "int32"), src, ex)          # index in time order
+    pos = take_rows(t_perm, ops.minimum(pos, L - 1), ex)          # original index
 
     def gather(x):
-        return ops.where(mask, _take(x, pos), ops.zeros((), x.dtype))
+        return ops.where(mask, take_rows(x, pos, ex), ops.zeros((), x.dtype))
 
     member_f = ops.cast(member, "float32")
-    one_hot = ops.cast(ops.expand_dims(behavior, -1) == ops.arange(1, T + 1, dtype="int32"),
-                       "float32")
-    counts = ops.sum(one_hot * ops.expand_dims(member_f, -1), axis=1)
+    counts = ops.sum(_one_hot_types(behavior, T, "float32") * ops.expand_dims(member_f, -1),
+                     axis=1)
     n = ops.sum(member_f, axis=1)
     present = n > 0
-    big = ops.cast(ops.max(time) if L else 0, time.dtype) + 1
+    big = ops.max(time) + 1
     zero_t = ops.zeros((), time.dtype)
     first_time = ops.where(present, ops.min(ops.where(member, time, big), axis=1), zero_t)
     last_time = ops.where(present, ops.max(ops.where(member, time, zero_t), axis=1), zero_t)

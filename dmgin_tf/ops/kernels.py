@@ -1,0 +1,160 @@
+"""Row-wise building blocks of the grouping op, each with an XLA and a TF-kernel variant.
+
+Every function works on a batch of rows `[B, L, ...]` along axis 1, takes the
+`Executor` of the current trace (see `_backend.py`) and returns the *same integers* on
+every path; only the algorithm differs, picked for speed:
+
+- `take_rows`: `take_along_axis` under XLA; one flat `take` otherwise (2.5x faster there).
+- `cumsum_rows`: (of 0/1 indicators) two small triangular matmuls under XLA, whose
+  CPU `cumsum` lowering is a quadratic reduce-window; the native `cumsum` otherwise.
+- `stable_argsort_rows`: LSD radix sort (one bit per pass: a scan and one scatter)
+  where XLA's comparator-callback sort is slow (XLA:CPU) and the key is narrow;
+  `argsort` (stable on every backend) otherwise.
+- `lower_bound_rows`: vectorised binary search, ceil(log2 L) + 1 small gathers.
+"""
+from __future__ import annotations
+
+import math
+
+from keras import ops
+
+#: Radix sort only for keys of at most this many bits (each bit costs one scan + one
+#: scatter over [B, L]; beyond ~16 bits XLA's own sort is as fast).
+MAX_RADIX_BITS = 16
+#: ... and only for rows at least this long: below it XLA's sort is cheap anyway and the
+#: radix passes would only add compile time.
+RADIX_MIN_LENGTH = 1024
+
+
+def take_rows(x, idx, ex):
+    """x [B, L] or [B, L, C]; idx [B, K] int32 in [0, L) → x[b, idx[b, k]] [B, K(, C)]."""
+    if ex.xla:
+        if len(x.shape) == 2:
+            return ops.take_along_axis(x, idx, axis=1)
+        return ops.take_along_axis(x, ops.expand_dims(idx, -1), axis=1)
+    length = x.shape[1]
+    offsets = ops.expand_dims(ops.arange(ops.shape(x)[0], dtype="int32") * length, 1)
+    flat_idx = ops.reshape(idx + offsets, [-1])
+    tail = list(x.shape[2:])
+    out = ops.take(ops.reshape(x, [-1] + tail), flat_idx, axis=0)
+    return ops.reshape(out, [-1, idx.shape[1]] + tail)
+
+
+def _pairwise_scan(x):
+    """Inclusive prefix sum along axis 1: sum adjacent pairs, recurse, interleave.
+
+    O(L) work, log2(L) levels of reshapes/slices that XLA fuses well (4 ms for
+    [64, 10 000] vs 74 ms for a pad-and-add Hillis–Steele scan and 9 s for XLA:CPU's
+    `cumsum` at B=256). Exact for ints.
+    """
+    length = x.shape[1]
+    if length == 1:
+        return x
+    tail = list(x.shape[2:])
+    if length % 2:
+        x = ops.pad(x, [[0, 0], [0, 1]] + [[0, 0]] * len(tail))
+    half = x.shape[1] // 2
+    pairs = ops.reshape(x, [-1, half, 2] + tail)
+    first, second = pairs[:, :, 0], pairs[:, :, 1]
+    pair_sums = _pairwise_scan(first + second)             # prefix sums at odd positions
+    evens = pair_sums - second
+    out = ops.reshape(ops.stack([evens, pair_sums], axis=2), [-1, 2 * half] + tail)
+    return out[:, :length]
+
+
+def _blocked_scan(x):
+    """Inclusive prefix sum along axis 1 of 0/1 ints [R, L] with two small matmuls.
+
+    Rows are cut into blocks of C ≈ (2L)^(1/3); a [C, C] upper-triangular matmul gives
+    the sums within blocks, a strictly-upper [nb, nb] matmul of the block totals the
+    offsets before each block. Exact: inputs to each matmul are ints ≤ C ≤ 256 (exact
+    even if a GPU rounds matmul inputs to TF32/bf16) and float32 accumulates sums below
+    2**24 exactly. Chosen over `_pairwise_scan` under XLA because it compiles ~5x faster
+    (0.13 s vs 0.65 s per scan here; the op runs a dozen scans) at ~2x the run time of a
+    scan that is never the bottleneck.
+    """
+    length = x.shape[1]
+    block = 8
+    while block < 256 and block ** 3 < 2 * length:
+        block *= 2
+    num_blocks = -(-length // block)
+    if num_blocks > 4096:                      # L > ~1M: keep the [nb, nb] matrix small
+        return _pairwise_scan(x)
+    x = ops.pad(ops.cast(x, "float32"), [[0, 0], [0, num_blocks * block - length]])
+    blocks = ops.reshape(x, [-1, num_blocks, block])
+    within = ops.matmul(blocks, ops.triu(ops.ones((block, block), "float32")))
+    totals = within[:, :, -1]
+    before = ops.matmul(totals, ops.triu(ops.ones((num_blocks, num_blocks), "float32"), k=1))
+    out = ops.reshape(within + ops.expand_dims(before, -1), [-1, num_blocks * block])
+    return ops.cast(out[:, :length], "int32")
+
+
+def cumsum_rows(x, ex):
+    """Inclusive prefix sum along axis 1 of 0/1 ints [R, L] → int32 [R, L]."""
+    if ex.xla:
+        return _blocked_scan(x)
+    return ops.cast(ops.cumsum(x, axis=1), "int32")
+
+
+def _radix_argsort(keys, num_bits, ex):
+    """Stable argsort of non-negative int32 keys < 2**num_bits along axis 1 (LSD radix).
+
+    Each pass stably partitions the row by one bit: an element with bit 0 goes to the
+    number of zeros up to it (minus one), one with bit 1 after all zeros. Key and
+    position travel packed in one int32 when they fit, so each pass is one row scan and
+    one scatter. Returns (sorted keys, permutation) [B, L] int32.
+
+    Measured under XLA on CPU, B=64, L=10 000, 10 bits (with pairwise scans): 52 ms,
+    vs 524 ms for XLA's sort (182 ms for TF's non-XLA argsort). The passes are unrolled
+    on purpose: the same passes in a `fori_loop` ran 6x slower (332 ms), and 2- or 3-bit
+    digits (more scans, fewer scatters) were slower too.
+    """
+    length = keys.shape[1]
+    batch = ops.shape(keys)[0]
+    pos_bits = max(1, (length - 1).bit_length())
+    packed = num_bits + pos_bits <= 31
+    position = ops.broadcast_to(ops.arange(length, dtype="int32"), ops.shape(keys))
+    row_offset = ops.expand_dims(ops.arange(batch, dtype="int32") * length, 1)
+    flat_size = batch * length
+    offset = pos_bits if packed else 0
+    payloads = [ops.left_shift(keys, pos_bits) + position] if packed else [keys, position]
+    for bit in range(num_bits):
+        bits = ops.bitwise_and(ops.right_shift(payloads[0], bit + offset), 1)
+        zeros_upto = cumsum_rows(1 - bits, ex)
+        num_zeros = zeros_upto[:, -1:]
+        dest = ops.where(bits == 0, zeros_upto - 1, num_zeros + position - zeros_upto)
+        dest = ops.reshape(dest + row_offset, [-1, 1])
+        payloads = [ops.reshape(ops.scatter(dest, ops.reshape(p, [-1]), [flat_size]),
+                                ops.shape(keys)) for p in payloads]
+    if packed:
+        mask = (1 << pos_bits) - 1
+        return ops.right_shift(payloads[0], pos_bits), ops.bitwise_and(payloads[0], mask)
+    return payloads[0], payloads[1]
+
+
+def stable_argsort_rows(keys, num_bits, ex):
+    """Stable ascending sort of int32 keys along axis 1 → (sorted keys, permutation).
+
+    num_bits: keys are known to be < 2**num_bits (None: unknown, any int32).
+    """
+    if (ex.xla and ex.slow_sort and num_bits is not None and num_bits <= MAX_RADIX_BITS
+            and keys.shape[1] >= RADIX_MIN_LENGTH):
+        return _radix_argsort(keys, num_bits, ex)
+    perm = ops.cast(ops.argsort(keys, axis=1), "int32")
+    return take_rows(keys, perm, ex), perm
+
+
+def lower_bound_rows(sorted_keys, values, hi, ex):
+    """First index i in [0, hi] with sorted_keys[b, i] >= values[b, k] (vectorised).
+
+    sorted_keys [B, L] ascending per row; values, hi [B, K] int32 (hi: an index whose
+    key is known to be >= the value).
+    """
+    length = sorted_keys.shape[1]
+    lo = ops.zeros_like(hi)
+    for _ in range(max(1, math.ceil(math.log2(length + 1)) + 1)):
+        mid = (lo + hi) // 2
+        below = take_rows(sorted_keys, mid, ex) < values
+        lo = ops.where(below, mid + 1, lo)
+        hi = ops.where(below, hi, mid)
+    return lo
