@@ -66,10 +66,10 @@ def compile_pipeline(cfg: Config, target: str, output: str, *, data_root: str, s
         raise DmginError(f"compile: --target {target!r}; expected one of {list(TARGETS)}")
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     if target == "airflow":
+        from tfx_pipeline.pipeline import _abs
         text = _AIRFLOW_DAG.format(config=pprint.pformat(cfg.to_dict(), width=100),
-                                   data_root=os.path.abspath(data_root),
-                                   pipeline_root=os.path.abspath(pipeline_root),
-                                   serving_base=os.path.abspath(serving_base),
+                                   data_root=_abs(data_root), pipeline_root=_abs(pipeline_root),
+                                   serving_base=_abs(serving_base),
                                    kwargs=pprint.pformat(kwargs))
         compile(text, output, "exec")  # syntax check
         with open(output, "w", encoding="utf-8") as f:

@@ -39,6 +39,11 @@ SCHEMA_DIR = os.path.join(HERE, "schema")
 METADATA_FILE = "metadata.sqlite"
 
 
+def _abs(path: str) -> str:
+    """Absolute local path; URLs (gs://, s3://, hdfs://) unchanged."""
+    return path if "://" in path else os.path.abspath(path)
+
+
 def tfx_beam_args(beam_cfg: BeamConfig) -> List[str]:
     """Beam args of TFX's own components (StatisticsGen, Transform, Evaluator ...).
 
@@ -94,7 +99,7 @@ def create_pipeline(cfg: Config, *, data_root: str, span: int, pipeline_root: st
         (ImportExampleGen). They pass the same validation gate.
     """
     model_name = model_name or cfg.serving.model_name
-    data_root = os.path.abspath(data_root)
+    data_root = _abs(data_root)
     beam_json = json.dumps(cfg.beam.to_dict(), sort_keys=True)
     mode = encoder_mode(cfg, encoder)
 
@@ -116,7 +121,7 @@ def create_pipeline(cfg: Config, *, data_root: str, span: int, pipeline_root: st
         splits = [tfx.proto.Input.Split(name=n, pattern=f"Split-{n}/*")
                   for n in ("train", "val", "eval")]
         examples = tfx.components.ImportExampleGen(
-            input_base=os.path.abspath(import_examples),
+            input_base=_abs(import_examples),
             input_config=tfx.proto.Input(splits=splits))
     else:
         examples = ExampleBuilder(data_root=data_root, span=span, data_config=cfg.data.to_dict(),
@@ -160,15 +165,15 @@ def create_pipeline(cfg: Config, *, data_root: str, span: int, pipeline_root: st
         model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(
-                base_directory=os.path.join(os.path.abspath(serving_base), model_name))))
+                base_directory=os.path.join(_abs(serving_base), model_name))))
 
     front = [] if import_examples else [enc, latest_groups, grouper]
     components = front + [examples, stats, schema, validator, gate,
                   transform, latest_blessed, trainer, evaluator, pusher]
     metadata_path = metadata_path or os.path.join(pipeline_root, METADATA_FILE)
     return tfx.dsl.Pipeline(
-        pipeline_name=cfg.pipeline.name, pipeline_root=os.path.abspath(pipeline_root),
+        pipeline_name=cfg.pipeline.name, pipeline_root=_abs(pipeline_root),
         components=components, enable_cache=enable_cache,
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
-            os.path.abspath(metadata_path)),
+            _abs(metadata_path)),
         beam_pipeline_args=tfx_beam_args(cfg.beam))

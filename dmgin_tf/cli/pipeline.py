@@ -56,8 +56,20 @@ def register(subparsers) -> None:
     c.set_defaults(func=_compile)
 
 
+SAMPLE_CONFIG = "sample_config.yaml"   # in tfx_pipeline/
+
+
 def _setup(args):
+    if not args.data and not args.config and (args.dataset or "taobao") == "taobao":
+        # The embedded sample: a small model that finishes in minutes (docs/pipeline.md).
+        import tfx_pipeline
+        args.config = os.path.join(os.path.dirname(tfx_pipeline.__file__), SAMPLE_CONFIG)
+        print(f"embedded sample: using {args.config}", flush=True)
     cfg = config_from_args(args, {"data.dataset": args.dataset, **beam_overrides(args)})
+    if cfg.grouping.key == "cluster" and cfg.data.dataset == "taobao":
+        from dmgin_tf.errors import DmginError
+        raise DmginError("grouping.key=cluster needs item text, which Taobao lacks; use "
+                         "--set grouping.key=category")
     root = args.pipeline_root or cfg.pipeline.root
     data_root = args.data_root or os.path.join(root, "data")
     serving = args.serving_dir or "runs/serving"
