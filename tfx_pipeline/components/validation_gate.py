@@ -5,7 +5,9 @@ values ...) in its `ExampleAnomalies` artifact; the run would go on and might pu
 model trained on broken data. This gate reads each split's `SchemaDiff.pb`
 (`tensorflow_metadata` Anomalies), writes a readable ``anomalies.md`` into its
 `ValidationReport` artifact, and raises `DataValidationError` with the same text when
-any split has anomalies — so Transform, Trainer, Evaluator and Pusher (all downstream of
+any split has anomalies (the report is then kept at
+``<pipeline root>/ValidationGate/anomalies-<execution id>.md``, as TFX removes a failed
+execution's outputs) — so Transform, Trainer, Evaluator and Pusher (all downstream of
 the gate) never run and nothing is pushed.
 """
 from __future__ import annotations
@@ -87,9 +89,15 @@ class Executor(base_executor.BaseExecutor):
         n = sum(len(r) for r in found.values())
         out.set_int_custom_property("anomalies", n)
         if n:
+            # TFX deletes a failed execution's output dirs: keep the report next to them,
+            # <pipeline root>/ValidationGate/anomalies-<execution id>.md.
+            kept = os.path.join(os.path.dirname(os.path.dirname(out.uri)),
+                                f"anomalies-{os.path.basename(out.uri)}.md")
+            with open(kept, "w", encoding="utf-8") as f:
+                f.write(text)
             raise DataValidationError(
                 f"data validation failed, the run stops before Transform (nothing is trained "
-                f"or pushed); report {os.path.join(out.uri, REPORT_FILE)}:\n{text}")
+                f"or pushed); report {kept}:\n{text}")
 
 
 class ValidationGate(base_component.BaseComponent):
