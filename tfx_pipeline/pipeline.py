@@ -49,10 +49,10 @@ def tfx_beam_args(beam_cfg: BeamConfig) -> List[str]:
 
     They stay on DirectRunner here (DESIGN §1); `extra_args` pass through. Our own
     components get the full `beam_cfg` (any runner) through their `beam_config`."""
-    from transform.beam_runner import pipeline_args
-    direct = BeamConfig(runner="direct", direct_num_workers=beam_cfg.direct_num_workers or 1,
-                        direct_running_mode=("in_memory" if (beam_cfg.direct_num_workers or 1) == 1
-                                             else beam_cfg.direct_running_mode),
+    from transform.beam_runner import default_workers, pipeline_args
+    workers = beam_cfg.direct_num_workers or default_workers()   # 0 = one per core
+    mode = "in_memory" if workers == 1 else beam_cfg.direct_running_mode
+    direct = BeamConfig(runner="direct", direct_num_workers=workers, direct_running_mode=mode,
                         extra_args=beam_cfg.extra_args if beam_cfg.runner == "direct" else ())
     return pipeline_args(direct)
 
