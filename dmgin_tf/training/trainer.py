@@ -237,10 +237,7 @@ def train(cfg: Config, data: TrainingData, output_dir: str, *,
     curve = plot_history(history, os.path.join(output_dir, "training_curve.png"),
                          title=f"{cfg.model.model} ({backend})")
 
-    speeds = [len(data.train) // tc.batch_size * tc.batch_size / s for s in timer.seconds if s > 0]
-    if tc.steps_per_epoch:
-        speeds = [min(tc.steps_per_epoch, max(1, len(data.train) // tc.batch_size)) * tc.batch_size / s
-                  for s in timer.seconds if s > 0]
+    speeds = [timer.examples_per_epoch / s for s in timer.seconds if s > 0]
     metrics = {
         "model": cfg.model.model,
         "backend": backend,
@@ -259,12 +256,11 @@ def train(cfg: Config, data: TrainingData, output_dir: str, *,
         "train_seconds": float(sum(timer.seconds)),
         "total_seconds": time.perf_counter() - t_start,
         "data": data.info,
-        "files": sorted(os.listdir(output_dir)) + [os.path.basename(p) for p in artifacts
-                                                    if os.path.dirname(p) != output_dir],
+        "files": sorted(set(os.listdir(output_dir)) | {METRICS_FILE}),
+        "artifacts": [os.path.basename(p) for p in artifacts],
         "training_curve": os.path.basename(curve) if curve else None,
         "versions": _versions(),
     }
-    metrics["files"] = sorted(set(metrics["files"]) | {METRICS_FILE})
     with open(os.path.join(output_dir, METRICS_FILE), "w", encoding="utf-8") as f:
         json.dump(metrics, f, indent=1, sort_keys=True, default=str)
     if verbose:
@@ -289,7 +285,8 @@ def _fit(model, cfg: Config, data: TrainingData, output_dir: str, ckpt_dir: str,
     backend = placement.backend
     seq = cb.SplitSequence(data.train, tc.batch_size, shuffle=True, seed=tc.seed, backend=backend)
     steps = min(tc.steps_per_epoch, len(seq)) if tc.steps_per_epoch else None
-    examples_per_epoch = (steps or len(seq)) * tc.batch_size
+    examples_per_epoch = (steps or len(seq)) * tc.batch_size if seq.drop_remainder or steps \
+        else len(data.train)
     timer = cb.EpochTimer(examples_per_epoch)
     history_writer = cb.HistoryWriter(output_dir)
     callbacks = [timer]
