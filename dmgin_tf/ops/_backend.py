@@ -6,9 +6,9 @@ the fast primitive differs by up to 10x (measured on this 2-core CPU, B=64, L=10
 
 | primitive                    | TF graph / eager | XLA (TF jit_compile, JAX) |
 |------------------------------|------------------|---------------------------|
-| `cumsum` (XLA:CPU: O(L²))    | 8 ms             | 9 s at B=256 → use a pairwise scan (4 ms) |
+| `cumsum` (XLA:CPU: O(L²))    | 8 ms             | 9 s at B=256 → pairwise scan (1–4 ms) |
 | `take_along_axis`            | 19 ms            | 1.7 ms (flat `take`: 7.7 ms in graph)      |
-| stable `argsort`             | 150–200 ms       | 335–480 ms (XLA:CPU sort) → radix passes   |
+| stable `argsort`             | 150–200 ms       | 335–520 ms (XLA:CPU sort) → radix passes   |
 
 `Executor` captures the answer at trace time (a Python bool per property).
 """

@@ -17,17 +17,21 @@ Bad values cannot raise under jit, so the op *clamps*, always the same way (and
 - negative `hist_time` / `request_time` → 0; a request time before a group's last
   behavior gives recency 0, never a negative or NaN statistic.
 
-Algorithm (O(L log L); designed around XLA's slow CPU sort, DESIGN §5):
-1. stable argsort by time (skipped at run time by a `cond` when the valid entries are
-   already in time order, which is the data contract: histories are oldest first);
-2. stable argsort by group id (padding gets a sentinel id, so it sorts last) → the row
-   is now ordered by (group, time, original position);
-3. each group is a contiguous run; `top_k` (float32, which XLA:CPU runs as a fast
-   partial sort rather than a full sort) over the run ends scored by the dense time rank
-   picks the G groups with the most recent last behavior, ties → smaller group id;
+Algorithm (O(L log L) or O(L · bits); designed around XLA:CPU, DESIGN §5):
+1. time order: the identity when every row is left-aligned and oldest first (the
+   model-input contract; checked at run time by a `cond`), else a stable argsort;
+   a dense time rank (equal times share a rank) from one prefix sum;
+2. stable sort by group id (padding gets a sentinel and sorts last) → rows ordered by
+   (group, time, position); under XLA on CPU with `num_groups` given and L ≥ 512 this
+   is an LSD radix sort (`kernels.py`), since XLA:CPU's comparator sort is ~2.5x slower
+   than TF's argsort;
+3. each group is a run; a float32 `top_k` (a partial sort, fast under XLA too) over the
+   run ends scored by dense time rank picks the G groups with the latest behavior, ties
+   → lower index → smaller group id;
 4. a vectorised binary search finds each selected run's start; per-type counts come
-   from prefix sums (a log-step scan, since XLA:CPU lowers `cumsum` to an O(L²)
-   reduce-window), and the last M behaviors are one gather.
+   from prefix sums of one-hot types; the last M behaviors are one small gather.
+Which equivalent primitive runs (scan, gather, sort) is chosen per executor at trace
+time (`_backend.py`); every choice returns the same integers.
 """
 from __future__ import annotations
 

@@ -81,7 +81,7 @@ def test_matches_reference_eager(case):
 
 
 @pytest.mark.parametrize("mode", ["function", "xla"])
-@pytest.mark.parametrize("case", [CASES[0], CASES[4], CASES[5]], ids=lambda c: f"seed{c[0]}")
+@pytest.mark.parametrize("case", [CASES[0], CASES[5]], ids=lambda c: f"seed{c[0]}")
 def test_compiled_matches_reference(case, mode):
     seed, B, L, G, M, T, time_sorted, num_groups = case
     data = random_histories(seed + 100, B, L, num_types=T, time_sorted=time_sorted)
