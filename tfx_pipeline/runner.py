@@ -84,40 +84,65 @@ def split_into_spans(converted: str, data_root: str, fractions: Sequence[float],
 
 # ---------------------------------------------------------------------------- progress
 
-class _Progress(logging.Handler):
-    """Turns LocalDagRunner's log lines into one progress line per component."""
+class _Progress:
+    """One progress line per component, from ML Metadata polled in a thread.
 
-    _RUN = re.compile(r"Component (\S+) is running")
-    _DONE = re.compile(r"Component (\S+) is finished")
-    _CACHED = re.compile(r"A cached execution (\d+) is used")
+    (LocalDagRunner's own "Component X is running" log lines vanish once a component
+    lowers absl's verbosity, so the executions in MLMD are the reliable source.)
+    """
 
-    def __init__(self, echo: Callable[[str], None]):
-        super().__init__(logging.INFO)
-        self.echo, self.t0, self.started, self.current = echo, time.time(), {}, None
-        self.cached = set()
-        self.finished: List[str] = []
+    def __init__(self, pipeline_root: str, pipeline_name: str, since_execution: int,
+                 echo: Callable[[str], None], interval: float = 1.0):
+        import threading
+        self.prefix = pipeline_name + "."   # node contexts are named "<pipeline>.<node id>"
+        self.root, self.since, self.echo, self.interval = pipeline_root, since_execution, echo, interval
+        self.t0 = time.time()
+        self.seen: Dict[int, str] = {}
+        self.started: Dict[int, float] = {}
+        self.cached: List[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
 
-    def emit(self, record):
-        try:
-            msg = record.getMessage()
-        except Exception:  # noqa: BLE001
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.poll()  # final states
+
+    def _loop(self):
+        while not self._stop.wait(self.interval):
+            try:
+                self.poll()
+            except Exception:  # noqa: BLE001 - the store may be busy; try again
+                pass
+
+    def poll(self):
+        from ml_metadata.proto import metadata_store_pb2 as pb
+        path = os.path.join(self.root, "metadata.sqlite")
+        if not os.path.exists(path):
             return
-        m = self._RUN.search(msg)
-        if m:
-            self.current = m.group(1)
-            self.started[self.current] = time.time()
-            self.echo(f"[{time.time() - self.t0:7.1f}s] {self.current}: running")
-            return
-        if self._CACHED.search(msg) and self.current:
-            self.cached.add(self.current)
-            return
-        m = self._DONE.search(msg)
-        if m:
-            node = m.group(1)
-            took = time.time() - self.started.get(node, self.t0)
-            state = "cached" if node in self.cached else "done"
-            self.finished.append(node)
-            self.echo(f"[{time.time() - self.t0:7.1f}s] {node}: {state} ({took:.1f}s)")
+        store = metadata_store(self.root)
+        names = {pb.Execution.NEW: "running", pb.Execution.RUNNING: "running",
+                 pb.Execution.COMPLETE: "done", pb.Execution.CACHED: "cached",
+                 pb.Execution.FAILED: "FAILED", pb.Execution.CANCELED: "canceled"}
+        for e in sorted(store.get_executions(), key=lambda e: e.id):
+            if e.id <= self.since:
+                continue
+            state = names.get(e.last_known_state, "running")
+            if self.seen.get(e.id) == state:
+                continue
+            node = next((c.name[len(self.prefix):] for c in store.get_contexts_by_execution(e.id)
+                         if c.name.startswith(self.prefix)), str(e.id))
+            now = time.time()
+            self.started.setdefault(e.id, now)
+            took = "" if state == "running" else f" ({now - self.started[e.id]:.0f}s)"
+            if state == "cached":
+                self.cached.append(node)
+            self.seen[e.id] = state
+            self.echo(f"[{now - self.t0:7.1f}s] {node}: {state}{took}")
 
 
 # ---------------------------------------------------------------------------- summary
@@ -202,21 +227,9 @@ def run_pipeline(cfg: Config, *, data_root: str, span: int, pipeline_root: str,
         if os.path.exists(os.path.join(pipeline_root, "metadata.sqlite")) else 0
     p = create_pipeline(cfg, data_root=data_root, span=span, pipeline_root=pipeline_root,
                         serving_base=serving_base, **pipeline_kwargs)
-    progress = _Progress(echo)
-    # LocalDagRunner logs through absl's logger; components (Transform) may reset the
-    # root logger's handlers, so the progress handler sits on the absl logger itself.
-    loggers = [logging.getLogger("absl")]
-    for lg in loggers:
-        lg.addHandler(progress)
-    old_level = logging.getLogger("absl").level
-    logging.getLogger("absl").setLevel(logging.INFO)
     t0 = time.time()
-    try:
+    with _Progress(pipeline_root, cfg.pipeline.name, before, echo) as progress:
         tfx.orchestration.LocalDagRunner().run(p)
-    finally:
-        for lg in loggers:
-            lg.removeHandler(progress)
-        logging.getLogger("absl").setLevel(old_level)
     seconds = time.time() - t0
     store = metadata_store(pipeline_root)
     outputs = run_outputs(store, pipeline_root, before)
