@@ -102,6 +102,11 @@ class HSTUBlock(keras.layers.Layer):
         v, q, k = heads(v), heads(q), heads(k)
         scores = ops.cast(ops.einsum("bqhd,bkhd->bhqk", q, k), "float32") / math.sqrt(
             self._head_dim)
+        # Masking the raw scores first is free (padded pairs are zeroed below anyway) and
+        # keeps XLA:CPU from output-fusing the bias additions into the batched dot, which
+        # turns it into a naive loop ~100x slower (measured: 425 ms vs 3.5 ms at
+        # B=256, S=64, on the TF and the JAX backend).
+        scores = ops.where(mask[:, None, :, None] & mask[:, None, None, :], scores, 0.0)
 
         pos = ops.arange(seq, dtype="int32")
         rel = ops.clip(pos[:, None] - pos[None, :], -self.max_relative_position,
