@@ -1,4 +1,4 @@
-"""Tiny synthetic histories (built in code) shared by the layer and model tests."""
+"""Tiny synthetic histories (built in code) shared by tests/layers and tests/models."""
 import numpy as np
 
 from dmgin_tf import features as F

@@ -13,7 +13,7 @@ import tensorflow as tf
 from dmgin_tf import features as F
 from dmgin_tf.config import ModelConfig
 from dmgin_tf.models import MODELS, build_model
-from .synthetic import synthetic_inputs
+from layers.synthetic import synthetic_inputs  # shared with the layer tests (tests/ is on sys.path)
 
 CFG = ModelConfig(item_vocab_size=40, group_vocab_size=8, num_behavior_types=2,
                   history_length=12, max_groups=3, max_per_group=2, recent_window=4,
