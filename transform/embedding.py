@@ -21,11 +21,18 @@ with exactly two columns::
 and duplicate-id checks (errors name the file, row and item), and converted to the
 table above by `import_external_embeddings`.
 
-Beam notes: `EncoderModelHandler` is a `RunInference` model handler (the stock
-TensorFlow handler does not import on this stack, DESIGN §5). Its model is loaded
-once per worker process and cached in module state keyed by the encoder version
+Beam notes: `EncoderModelHandler` holds the one way to run the encoder on a batch
+of rows (`load_model` + `run_inference`, the `RunInference` handler interface; the
+stock TensorFlow handler does not import on this stack, DESIGN §5). `EmbedCatalog`
+does NOT use `RunInference`: its `BatchElements` emits the last batch from
+`finish_bundle`, whose output DaskRunner drops (docs/scale-out.md), so rows were lost.
+Instead rows get a stable batch key (crc32 of the item id), are grouped with
+`GroupByKey` and each group is embedded inside `process` in chunks of
+`max_batch_size` — no state is held until `finish_bundle`. The model is loaded once
+per worker process and cached in module state keyed by the encoder version
 directory, because under DaskRunner `DoFn.setup` runs per bundle (beam_runner doc).
-Reads/writes go through `transform.beam_io` (DaskRunner-safe, count-checked).
+Reads/writes go through `transform.beam_io` (DaskRunner-safe, count-checked; the
+embeddings sink is told the expected row count, so a short output is never committed).
 """
 from __future__ import annotations
 
@@ -134,6 +141,10 @@ class EncoderModelHandler(_handler_base()):
                         "reasons": prepared.row_reasons[i]})
         return out
 
+    @property
+    def max_batch_size(self) -> int:
+        return self._max_batch
+
     def batch_elements_kwargs(self):
         return {"min_batch_size": self._min_batch, "max_batch_size": self._max_batch}
 
@@ -159,22 +170,67 @@ def _beam():
     return beam
 
 
+def _batch_key(row: dict, num_keys: int) -> int:
+    """Stable batch key in [0, num_keys): crc32 of the item id (same on every worker;
+    Python's `hash` of a str is salted per process)."""
+    import zlib
+    iid = row.get(F.ITEM_ID)
+    return zlib.crc32(("" if iid is None else str(iid)).encode("utf-8")) % num_keys
+
+
+class _EmbedGroupFn(_beam().DoFn):
+    """`(key, rows)` → one handler result per row; the model runs inside `process`.
+
+    Rows of a group are sorted by item id (GroupByKey order is not deterministic) and
+    embedded in chunks of `handler.max_batch_size` rows via `handler.run_inference`.
+    """
+
+    def __init__(self, handler: EncoderModelHandler):
+        self._handler = handler
+        self._model = None
+
+    def setup(self):
+        self._model = self._handler.load_model()  # cached per process (cached_encoder)
+
+    def process(self, element):
+        _, rows = element
+        rows = sorted(rows, key=lambda r: str(r.get(F.ITEM_ID) or ""))
+        step = max(1, self._handler.max_batch_size)
+        for start in range(0, len(rows), step):
+            yield from self._handler.run_inference(rows[start:start + step], self._model)
+
+
 class EmbedCatalog(_beam().PTransform):
     """Catalog rows → `{"embeddings": PCollection[table row], "bad_rows": PCollection}`.
 
     Input: PCollection of item dicts (canonical item columns; `ReadParquet` output).
     Output dict: ``embeddings`` rows `{item_id: str, embedding: list[float]}` (one per
     row with an item id) and ``bad_rows`` rows `{item_id, reason}`.
+
+    Args:
+      handler: the encoder handler (model loading + per-batch inference).
+      num_keys: number of batch keys (groups); `embed_catalog` uses
+        ceil(rows / max_batch_size) so a group is about one model batch and groups
+        spread over workers.
+
+    Batching is keyed `GroupByKey`, not `RunInference`/`BatchElements`, because the
+    latter emits its last batch from `finish_bundle`, which DaskRunner drops.
     """
 
-    def __init__(self, handler: EncoderModelHandler, label: Optional[str] = None):
+    def __init__(self, handler: EncoderModelHandler, label: Optional[str] = None,
+                 num_keys: int = 1):
         super().__init__(label)
+        if int(num_keys) < 1:
+            raise ValueError(f"EmbedCatalog: num_keys must be >= 1, got {num_keys!r}")
         self._handler = handler
+        self._num_keys = int(num_keys)
 
     def expand(self, rows):
         beam = _beam()
-        from apache_beam.ml.inference.base import RunInference
-        results = rows | "RunInference" >> RunInference(self._handler)
+        num_keys = self._num_keys
+        results = (rows | "BatchKey" >> beam.Map(lambda r: (_batch_key(r, num_keys), r))
+                   | "Batch" >> beam.GroupByKey()
+                   | "Encode" >> beam.ParDo(_EmbedGroupFn(self._handler)))
         embeddings = (results | "HasEmbedding" >> beam.Filter(lambda r: r[EMBEDDING] is not None)
                       | "ToTableRow" >> beam.Map(_to_table_row))
         bad = results | "BadRows" >> beam.FlatMap(_bad_rows)
@@ -191,10 +247,13 @@ def embed_catalog(items_path: str, encoder_dir: str, output_dir: str, beam_cfg=N
       output_dir: receives `embeddings/`, `bad_rows/` and `report.json` (module doc).
       beam_cfg: `BeamConfig` (runner selection, `transform.beam_runner`); default
         DirectRunner.
-      batch_size, max_batch_size: forward-pass rows and Beam batch bound.
+      batch_size, max_batch_size: forward-pass rows and rows per model call (also
+        sets the number of batch keys, ceil(rows / max_batch_size)).
 
     Raises:
-      DmginError: the written table does not hold one row per input row with an id.
+      beam_io.SinkCountError (from the pipeline): the embeddings output would not hold
+        one row per input row with an id; nothing is committed.
+      DmginError: the committed table's row count differs (defensive re-check).
     """
     import pyarrow.parquet as pq
     from dmgin_tf.config import BeamConfig
@@ -214,12 +273,15 @@ def embed_catalog(items_path: str, encoder_dir: str, output_dir: str, beam_cfg=N
     os.makedirs(output_dir, exist_ok=True)
     emb_path = os.path.join(output_dir, EMBEDDINGS_SUBDIR)
     bad_path = os.path.join(output_dir, BAD_ROWS_SUBDIR)
+    num_keys = max(1, -(-len(ids) // max(1, int(max_batch_size))))
     with beam_pipeline(beam_cfg) as p:
         outputs = (p | "ReadItems" >> beam_io.ReadParquet(items_path, columns=columns)
-                   | "Embed" >> EmbedCatalog(handler))
+                   | "Embed" >> EmbedCatalog(handler, num_keys=num_keys))
+        # expected_rows: a runner that drops rows fails here, before anything is committed.
         _ = outputs | "Write" >> beam_io.WriteOutputs({
             EMBEDDINGS_SUBDIR: beam_io.ParquetSink(emb_path, embedding_schema()),
-            BAD_ROWS_SUBDIR: beam_io.ParquetSink(bad_path, bad_rows_schema())})
+            BAD_ROWS_SUBDIR: beam_io.ParquetSink(bad_path, bad_rows_schema())},
+            expected_rows={EMBEDDINGS_SUBDIR: expected})
     written = beam_io.output_rows(emb_path)
     if written != expected:
         raise DmginError(f"{emb_path}: wrote {written} embeddings for {expected} items with an id")

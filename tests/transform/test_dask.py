@@ -162,11 +162,6 @@ def test_worker_killed_mid_run_loses_and_duplicates_nothing(dask_address, tmp_pa
 
 
 @pytest.mark.slow  # builds an encoder and imports Keras in both workers (minutes on 2 cores)
-@pytest.mark.xfail(strict=True, reason=(
-    "RunInference batches with BatchElements, which emits its last batch from "
-    "finish_bundle; DaskRunner drops finish_bundle output, so embeddings are lost and "
-    "embed_catalog's count check fails. Fix in transform/embedding.py: batch with a "
-    "keyed GroupByKey (no finish_bundle) before the model call."))
 def test_embedding_on_dask_equals_direct(dask_address, tmp_path):
     from encoder_fixtures import tiny_config, tiny_items
     from transform.embedding import embed_catalog, read_embeddings
