@@ -22,7 +22,11 @@ def _add_quality(sub) -> None:
         description="Trains DMGIN, every baseline and ablation with one split and budget and "
                     "writes a markdown table, a PNG chart, JSON and the dataset's block of "
                     "docs/benchmarks.md.")
-    p.add_argument("--dataset", required=True, choices=["taobao", "movielens", "generic"])
+    p.add_argument("--dataset", choices=["taobao", "movielens", "generic"],
+                   help="dataset to run (required unless --render)")
+    p.add_argument("--render", metavar="RESULTS_JSON", nargs="+",
+                   help="render results a run wrote (e.g. quality_taobao.json from the GPU job "
+                        "queue) into .md/.png next to --output and the docs block; trains nothing")
     p.add_argument("--data", metavar="PATH", help="converted or raw data (default: embedded sample)")
     p.add_argument("--seeds", type=int, default=3, help="number of seeds (0..N-1; default 3)")
     p.add_argument("--models", nargs="+", metavar="MODEL",
@@ -46,7 +50,25 @@ def _add_quality(sub) -> None:
     p.set_defaults(func=run_quality)
 
 
+def render_quality(paths, out_dir: str, docs) -> int:
+    """Writes table, chart and docs block for each results JSON (no training, no Keras)."""
+    import json
+    from dmgin_tf.training import quality
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            results = json.load(f)
+        written = quality.write_outputs(results, out_dir, docs or None)
+        print(quality.markdown_table(results))
+        print("wrote " + ", ".join(written.values()))
+    return 0
+
+
 def run_quality(args: argparse.Namespace) -> int:
+    if args.render:
+        return render_quality(args.render, args.output, args.docs)
+    if not args.dataset:
+        from dmgin_tf.errors import DmginError
+        raise DmginError("bench quality: --dataset is required (or --render RESULTS_JSON)")
     cfg = config_from_args(args, {"data.dataset": args.dataset, "train.backend": args.backend})
     from dmgin_tf.training.backend import select_backend
     select_backend(cfg.train.backend)               # before any Keras import

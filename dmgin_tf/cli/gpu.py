@@ -1,6 +1,8 @@
 """`dmgin gpu`: train on a JAX-only GPU host (docs/gpu.md).
 
     dmgin gpu bundle --dataset taobao movielens --output runs/gpu_bundle
+    dmgin gpu bundle --quality --dataset taobao movielens --data taobao=... movielens=... \
+        --output runs/gpu_quality        # the quality table as a parallel job queue
     # on the host:   OUT=/some/dir bash runs/gpu_bundle/run.sh
     dmgin gpu parity --run OUT/taobao_dmgin     # here, TF backend: JAX weights -> TF model
 """
@@ -33,6 +35,17 @@ def register(subparsers) -> None:
     b.add_argument("--epochs", type=int, help="train.epochs in the bundled configs")
     b.add_argument("--history-length", type=int, help="model.history_length in the bundled configs")
     b.add_argument("--batch-size", type=int, help="train.batch_size in the bundled configs")
+    b.add_argument("--quality", action="store_true",
+                   help="bundle the quality table (every model, ablation and K, 3 seeds) as a "
+                        "parallel job queue instead of `dmgin train` per model")
+    b.add_argument("--seeds", type=int, default=3, help="--quality: seeds per row (default 3)")
+    b.add_argument("--steps-per-epoch", type=int,
+                   help="--quality: batches per epoch at most (default 0 = full train split)")
+    b.add_argument("--k-values", type=int, nargs="+", metavar="K",
+                   help="--quality: K of the random-grouping sweep (default 16 256 2048)")
+    b.add_argument("--mixed-precision", action="store_true",
+                   help="--quality: bfloat16 (default float32, so the TF export parity holds "
+                        "within 1e-5)")
     add_config_args(b)
     b.set_defaults(func=run_bundle)
 
@@ -58,6 +71,24 @@ def _data_paths(datasets, items) -> dict:
     return out
 
 
+def quality_spec(args: argparse.Namespace):
+    """The QualitySpec of `--quality` (rows, seeds, GPU budget with the flags applied)."""
+    import dataclasses
+    from dmgin_tf.training import quality
+    from dmgin_tf.training.gpu_bundle import QualitySpec
+    budget = quality.GPU_BUDGET
+    changes = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size),
+                                 ("history_length", args.history_length),
+                                 ("steps_per_epoch", args.steps_per_epoch)) if v is not None}
+    budget = dataclasses.replace(budget, **changes)
+    variants = quality.default_variants(args.model if args.model != ["dmgin"] else
+                                        quality.MODEL_NAMES, group_table=args.group_table,
+                                        k_values=args.k_values or (16, 256, 2048))
+    overrides = (("train.mixed_precision", bool(args.mixed_precision)),)
+    default_key = "table" if args.group_table else "category"   # as run_quality's fallback
+    return QualitySpec(tuple(variants), tuple(range(args.seeds)), budget, default_key, overrides)
+
+
 def run_bundle(args: argparse.Namespace) -> int:
     from dmgin_tf.training.gpu_bundle import build_bundle   # numpy/pandas only, no Keras
     cfg = config_from_args(args, {"train.epochs": args.epochs,
@@ -65,10 +96,15 @@ def run_bundle(args: argparse.Namespace) -> int:
                                   "train.batch_size": args.batch_size})
     manifest = build_bundle(cfg, args.dataset, args.output,
                             data_paths=_data_paths(args.dataset, args.data), models=args.model,
-                            wheels=not args.no_wheels, group_table=args.group_table)
+                            wheels=not args.no_wheels, group_table=args.group_table,
+                            quality=quality_spec(args) if args.quality else None)
     mib = manifest["total_bytes"] / 2**20
     print(f"bundle {args.output}: {mib:.1f} MiB ({len(manifest['wheels'])} wheels, "
           f"{manifest['wheel_bytes'] / 2**20:.1f} MiB)")
+    if args.quality:
+        q = manifest["quality"]
+        print(f"quality: {q['runs']} runs ({len(q['rows'])} rows x {len(q['seeds'])} seeds x "
+              f"{len(args.dataset)} datasets), budget {q['budget']}")
     print(f"run on the GPU host:  OUT=<dir> bash {os.path.join(args.output, 'run.sh')}")
     return 0
 

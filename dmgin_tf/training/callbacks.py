@@ -14,10 +14,12 @@ Import only after the backend is selected (imports keras).
 """
 from __future__ import annotations
 
+import concurrent.futures
 import csv
 import json
 import math
 import os
+import threading
 import time
 from typing import Dict, List, Optional
 
@@ -28,7 +30,7 @@ from dmgin_tf.training.inputs import Split, batch_indices, cast_for_backend
 
 
 class SplitSequence(keras.utils.PyDataset):
-    """Batches `(inputs, labels)` of a split for `model.fit`.
+    """Batches `(inputs, labels)` of a split for `model.fit`, optionally made ahead.
 
     Args:
       split: the split (`inputs.Split`).
@@ -36,11 +38,19 @@ class SplitSequence(keras.utils.PyDataset):
         `drop_remainder` (a shuffled epoch covers it next time) so every step has one shape.
       shuffle: reshuffle the order at each epoch with `seed + epoch`.
       backend: the Keras backend (decides the time dtype, see `inputs.cast_for_backend`).
+      prefetch: batches built ahead of the one asked for, in `threads` background threads
+        (0 = build on demand). Keras asks for batch i, then i+1, ...; while the device
+        runs step i the threads densify i+1..i+prefetch (`np.take` releases the GIL), so
+        host batch building overlaps device compute instead of adding to it. Order and
+        content are exactly those of the on-demand path (batches are keyed by
+        (epoch, index); a reshuffle drops the stale ones).
+      threads: worker threads for `prefetch`.
     Yields: `({key: [B, L] or [B]}, labels [B] float32)`.
     """
 
     def __init__(self, split: Split, batch_size: int, *, shuffle: bool = True, seed: int = 0,
-                 backend: Optional[str] = None, drop_remainder: bool = True, **kwargs):
+                 backend: Optional[str] = None, drop_remainder: bool = True, prefetch: int = 0,
+                 threads: int = 2, **kwargs):
         super().__init__(**kwargs)
         self.split = split
         self.batch_size = int(batch_size)
@@ -49,8 +59,14 @@ class SplitSequence(keras.utils.PyDataset):
         self.backend = backend or keras.backend.backend()
         # Dropping the remainder of a split smaller than one batch would leave nothing.
         self.drop_remainder = drop_remainder and len(split) >= self.batch_size
+        self.prefetch = max(0, int(prefetch))
         self._epoch = 0
         self._batches = self._make_batches()
+        self._lock = threading.Lock()
+        self._pending: Dict[tuple, object] = {}     # (epoch, index) -> Future
+        self._pool = (concurrent.futures.ThreadPoolExecutor(max(1, int(threads)),
+                                                            thread_name_prefix="dmgin-feed")
+                      if self.prefetch else None)
 
     def _make_batches(self):
         return batch_indices(len(self.split), self.batch_size, shuffle=self.shuffle,
@@ -59,15 +75,45 @@ class SplitSequence(keras.utils.PyDataset):
     def __len__(self) -> int:
         return len(self._batches)
 
-    def __getitem__(self, index: int):
-        idx = self._batches[index]
+    def _build(self, batches, index: int):
+        idx = batches[index]
         inputs = cast_for_backend(self.split.batch(idx), self.backend)
         return inputs, self.split.labels[idx].astype(np.float32)
 
+    def __getitem__(self, index: int):
+        if self._pool is None:
+            return self._build(self._batches, index)
+        with self._lock:
+            epoch, batches = self._epoch, self._batches
+            future = self._pending.pop((epoch, index), None)
+            if future is None:
+                future = self._pool.submit(self._build, batches, index)
+            for ahead in range(index + 1, min(index + 1 + self.prefetch, len(batches))):
+                if (epoch, ahead) not in self._pending:
+                    self._pending[(epoch, ahead)] = self._pool.submit(self._build, batches, ahead)
+        return future.result()
+
     def on_epoch_end(self):
-        self._epoch += 1
-        if self.shuffle:
-            self._batches = self._make_batches()
+        with self._lock:
+            self._epoch += 1
+            if self.shuffle:
+                self._batches = self._make_batches()
+            # Batches made ahead for the old order are stale after a reshuffle.
+            stale = [k for k in self._pending if k[0] < self._epoch] if self.shuffle else []
+            for key in stale:
+                self._pending.pop(key).cancel()
+            if not self.shuffle:   # same order: re-key what was made ahead
+                self._pending = {(self._epoch, i): f for (_, i), f in self._pending.items()}
+
+    def close(self) -> None:
+        """Stops the feeding threads (pending batches are dropped)."""
+        if self._pool is not None:
+            with self._lock:
+                for future in self._pending.values():
+                    future.cancel()
+                self._pending.clear()
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
 
 def _prediction_vector(outputs) -> np.ndarray:
@@ -110,6 +156,8 @@ class ValidationMetrics(keras.callbacks.Callback):
     they read `val_auc` from the same logs dict.
     """
 
+    async_safe = True   # epoch hooks only: lets Keras dispatch steps without a host sync
+
     def __init__(self, split: Split, batch_size: int, prefix: str = "val_", verbose: int = 1):
         super().__init__()
         self.split = split
@@ -140,6 +188,8 @@ class ValidationMetrics(keras.callbacks.Callback):
 class EpochTimer(keras.callbacks.Callback):
     """Wall seconds of each epoch's training steps and examples/s (before validation)."""
 
+    async_safe = True   # epoch hooks only: lets Keras dispatch steps without a host sync
+
     def __init__(self, examples_per_epoch: int):
         super().__init__()
         self.examples_per_epoch = int(examples_per_epoch)
@@ -157,6 +207,24 @@ class EpochTimer(keras.callbacks.Callback):
             logs["train_examples_per_second"] = self.examples_per_epoch / max(dt, 1e-9)
 
 
+class EpochCheckpoint(keras.callbacks.ModelCheckpoint):
+    """`ModelCheckpoint` that saves at epoch ends only (`save_freq="epoch"`), marked
+    async-safe.
+
+    Keras' ModelCheckpoint defines `on_train_batch_end`, so a callback list holding one
+    turns off async dispatch and pythonifies every step's logs: one host <-> device sync
+    per step, which stops the host from building the next batch while the device runs
+    this one. Saving per epoch never reads batch logs, so the sync buys nothing.
+    """
+
+    async_safe = True
+
+    def __init__(self, filepath: str, **kwargs):
+        if kwargs.get("save_freq", "epoch") != "epoch":
+            raise ValueError(f"EpochCheckpoint saves per epoch; got save_freq={kwargs['save_freq']!r}")
+        super().__init__(filepath, **kwargs)
+
+
 def _jsonable(value):
     try:
         value = float(value)
@@ -167,6 +235,8 @@ def _jsonable(value):
 
 class HistoryWriter(keras.callbacks.Callback):
     """Appends each epoch's logs to `history.json` / `history.csv` in `directory`."""
+
+    async_safe = True   # epoch hooks only: lets Keras dispatch steps without a host sync
 
     def __init__(self, directory: str):
         super().__init__()

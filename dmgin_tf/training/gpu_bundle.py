@@ -19,6 +19,7 @@ not carried (the host's JAX brought matching ones), so the host's jax stays unto
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -98,7 +99,7 @@ mkdir -p "$OUT" "$SITE"
 "$PY" -c "import jax; print('jax', jax.__version__, jax.devices())"
 # Wheels next to the host's JAX: --target + --no-deps, skipping what JAX already provides.
 WHEELS=$(ls "$HERE"/wheels/*.whl 2>/dev/null | grep -v -E '/({host_provided})-[0-9]' || true)
-if [ -n "$WHEELS" ]; then
+if [ -n "$WHEELS" ] && [ -z "${{DMGIN_NO_INSTALL:-}}" ]; then   # DMGIN_NO_INSTALL=1: keras already there
   "$PY" -m pip install --quiet --no-index --no-deps --target "$SITE" $WHEELS
 fi
 export PYTHONPATH="$SITE:$HERE/src${{PYTHONPATH:+:$PYTHONPATH}}"
@@ -114,10 +115,56 @@ TRAIN_CMD = ('"$PY" -m dmgin_tf.cli.main train --backend jax --dataset {dataset}
              '--output "$OUT/{dataset}_{model}" "$@" 2>&1 | tee "$OUT/{dataset}_{model}.log"')
 
 
+QUALITY_CMD = r"""# The quality table: job queue over (dataset, row, seed), P workers sharing the GPU(s).
+# Extra arguments go to `quality_jobs run` (--budget-s, --hard-limit-s, --epochs, --quick, ...).
+mkdir -p "$OUT/quality"
+"$PY" -m dmgin_tf.training.quality_jobs run --bundle "$HERE" --out "$OUT/quality" "$@" \
+  2>&1 | tee "$OUT/quality/driver.log" || true
+# At most 8 files come back from $OUT: results in one tar, the parity runs in another.
+(cd "$OUT/quality" && tar czf "$OUT/quality_results.tar.gz" quality_*.json quality_*.jsonl \
+  driver.log logs 2>/dev/null || true)
+(cd "$OUT/quality" && [ -d keep ] && tar czf "$OUT/quality_parity_runs.tar.gz" keep || true)
+rm -rf "$OUT/quality/jax_cache" "$OUT/quality/runs" "$OUT/quality/bundle_view"
+ls -la "$OUT"
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class QualitySpec:
+    """What a quality bundle runs: rows, seeds, the shared budget, config overrides."""
+    variants: tuple
+    seeds: tuple
+    budget: object                    # quality.Budget
+    default_key: str = "category"
+    config_overrides: tuple = ()      # ((dotted key, value), ...) for every run
+
+    @property
+    def overrides(self) -> dict:
+        return dict(self.config_overrides)
+
+
+def _write_quality_groupings(quality: "QualitySpec", cfg: Config, data_path: Optional[str],
+                             work_dir: str, example_dir: str, dest: str, group_table) -> None:
+    """groupings.npz for every row's grouping key / K, from the dataset's items table."""
+    import pandas as pd
+    from dmgin_tf.training import quality_jobs
+    candidates = [os.path.join(work_dir, "canonical", "items.parquet")]
+    if data_path:
+        candidates.insert(0, os.path.join(data_path, "items.parquet"))
+    items_path = next((c for c in candidates if os.path.exists(c)), None)
+    if items_path is None:
+        raise DmginError(f"gpu bundle --quality: no items table for {cfg.data.dataset} (looked "
+                         f"in {candidates}); pass converted or raw data, not an example set")
+    pairs = quality_jobs.groupings_needed(quality.variants, quality.default_key)
+    quality_jobs.write_groupings(pd.read_parquet(items_path), dest, pairs,
+                                 seed=cfg.grouping.seed, group_table=group_table)
+
+
 def build_bundle(cfg: Config, datasets: Sequence[str], output: str, *,
                  data_paths: Optional[Dict[str, str]] = None, models: Sequence[str] = ("dmgin",),
                  wheels: bool = True, group_table: Optional[str] = None, work_dir: Optional[str] = None,
-                 progress: bool = False, log=print, downloader=download_wheels) -> dict:
+                 progress: bool = False, log=print, downloader=download_wheels,
+                 quality: Optional["QualitySpec"] = None) -> dict:
     """Builds the bundle directory; returns the manifest (also written as MANIFEST.json).
 
     Args:
@@ -128,6 +175,9 @@ def build_bundle(cfg: Config, datasets: Sequence[str], output: str, *,
       models: models run.sh trains on every dataset.
       wheels: False skips the download (tests, or when wheels/ is already there).
       downloader: `download_wheels`-like callable (dest) -> names; injectable for tests.
+      quality: when given, a quality-table bundle: per dataset the grouping tables of every
+        row (groupings.npz), quality_plan.json, and a run.sh that runs the job queue of
+        `dmgin_tf.training.quality_jobs` instead of one `dmgin train` per model.
     """
     import datetime
     from dmgin_tf.training.data_source import prepare_example_dir
@@ -150,6 +200,10 @@ def build_bundle(cfg: Config, datasets: Sequence[str], output: str, *,
         for f in ("examples.npz", "examples.json", "item_index.parquet"):
             if os.path.exists(os.path.join(example_dir, f)):
                 shutil.copyfile(os.path.join(example_dir, f), os.path.join(dest, f))
+        if quality is not None:
+            ds_cfg = ds_cfg.apply_overrides(quality.overrides)
+            _write_quality_groupings(quality, ds_cfg, data_paths.get(name),
+                                     os.path.join(work_dir, name), example_dir, dest, group_table)
         with open(os.path.join(output, f"config_{name}.json"), "w", encoding="utf-8") as f:
             json.dump(ds_cfg.to_dict(), f, indent=1, sort_keys=True)
         manifest["datasets"][name] = {"bytes": _size(dest), "source": data_paths.get(name) or
@@ -167,8 +221,23 @@ def build_bundle(cfg: Config, datasets: Sequence[str], output: str, *,
     os.makedirs(wheel_dir, exist_ok=True)
     manifest["wheels"] = sorted(f for f in os.listdir(wheel_dir) if f.endswith(".whl"))
     manifest["wheel_bytes"] = _size(wheel_dir)
-    commands = "\n".join(TRAIN_CMD.format(dataset=d, model=m) for d in datasets for m in models)
-    run_sh = RUN_SH.format(created=manifest["created"], models=", ".join(models),
+    if quality is None:
+        commands = "\n".join(TRAIN_CMD.format(dataset=d, model=m) for d in datasets for m in models)
+        what = ", ".join(models)
+    else:
+        from dmgin_tf.training import quality_jobs
+        plan = quality_jobs.plan_dict(datasets, quality.variants, quality.seeds, quality.budget,
+                                      quality.default_key, quality.overrides)
+        with open(os.path.join(output, quality_jobs.PLAN_FILE), "w", encoding="utf-8") as f:
+            json.dump(plan, f, indent=1)
+        manifest["quality"] = {"runs": len(quality_jobs.plan_jobs(datasets, quality.variants,
+                                                                  quality.seeds)),
+                               "rows": [v.name for v in quality.variants],
+                               "seeds": list(quality.seeds),
+                               "budget": plan["budget"]}
+        commands = QUALITY_CMD
+        what = f"the quality table ({len(quality.variants)} rows x {len(quality.seeds)} seeds)"
+    run_sh = RUN_SH.format(created=manifest["created"], models=what,
                            datasets=", ".join(datasets), commands=commands,
                            host_provided="|".join(HOST_PROVIDED))
     run_path = os.path.join(output, "run.sh")

@@ -64,6 +64,12 @@ class Budget:
 
 
 QUICK_BUDGET = Budget(epochs=1, steps_per_epoch=2, batch_size=128, history_length=16)
+# The GPU quality run (`dmgin gpu bundle --quality`): one full epoch over the train split
+# at the paper's batch size, L = 256. On one H100 (raw DMGIN step ~28 ms at B = 1024, ~34 s
+# compile) an epoch is ~3 s on Taobao's 103k train examples; compiles dominate, and the
+# shared compilation cache pays them once per row (docs/gpu.md has the estimate).
+GPU_BUDGET = Budget(epochs=1, steps_per_epoch=0, batch_size=1024, history_length=256,
+                    early_stopping_patience=1, eval_batch_size=2048)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,24 +222,42 @@ def run_quality(cfg: Config, data_path: Optional[str], out_dir: str, *, seeds: S
             log(f"[quality {dataset}] {variant.name} seed {seed}: test auc {m['auc']:.4f} "
                 f"gauc {m['gauc']:.4f} logloss {m['logloss']:.4f} "
                 f"({time.perf_counter() - t:.0f}s; {done}/{total_runs} runs, ~{left:.0f} min left)")
+    results = summarize(dataset, runs, variants, seeds, budget, default_key=default_key,
+                        data=data_path or "embedded sample", backend=cfg.train.backend,
+                        counts=es.metadata.get("counts"))
+    results["seconds"] = time.perf_counter() - t0
+    return results
+
+
+def summarize(dataset: str, runs: List[dict], variants: Sequence[Variant], seeds: Sequence[int],
+              budget: Budget, *, default_key: str, data: str, backend: str,
+              counts: Optional[dict] = None, seconds: float = 0.0) -> dict:
+    """The results dict (`run_quality`'s schema) from per-run records.
+
+    `runs`: one record per finished run: variant, seed (None for popularity), test/val
+    metric dicts, seconds (and optional best_epoch, epochs_run, examples/s). A trained row
+    with fewer runs than seeds is marked `partial` (the parallel GPU run stops starting
+    jobs at its wall-clock budget); a row with none has n/a cells.
+    """
     rows = []
     for variant in variants:
-        mine = [r for r in runs if r["variant"] == variant.name]
+        mine = [r for r in runs if r["variant"] == variant.name and r.get("test")]
         row = {"variant": variant.name, "model": variant.model, "kind": variant.kind,
                "grouping_key": variant.grouping_key or (None if variant.model == "popularity"
                                                         else default_key),
-               "num_groups": variant.num_groups or None, "runs": len(mine)}
+               "num_groups": variant.num_groups or None, "runs": len(mine),
+               "partial": variant.model != "popularity" and len(mine) < len(seeds)}
         for metric in ("auc", "gauc", "logloss"):
             row[metric] = _summary([r["test"].get(metric) for r in mine])
-        row["val_auc"] = _summary([(r["val"] or {}).get("auc") for r in mine])
-        row["seconds"] = float(sum(r["seconds"] for r in mine))
+        row["val_auc"] = _summary([(r.get("val") or {}).get("auc") for r in mine])
+        row["seconds"] = float(sum(r.get("seconds") or 0.0 for r in mine))
         rows.append(row)
     return {
-        "dataset": dataset, "data": data_path or "embedded sample", "seeds": list(seeds),
-        "budget": dataclasses.asdict(budget), "backend": cfg.train.backend,
-        "default_grouping_key": default_key, "counts": es.metadata.get("counts"),
-        "rows": rows, "runs": runs, "bar_to_beat": BAR_TO_BEAT.get(dataset, {}),
-        "seconds": time.perf_counter() - t0, "environment": _environment(),
+        "dataset": dataset, "data": data, "seeds": list(seeds),
+        "budget": dataclasses.asdict(budget), "backend": backend,
+        "default_grouping_key": default_key, "counts": counts,
+        "rows": rows, "runs": list(runs), "bar_to_beat": BAR_TO_BEAT.get(dataset, {}),
+        "seconds": seconds, "environment": _environment(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
 
@@ -272,7 +296,9 @@ def markdown_table(results: dict) -> str:
         key = r["grouping_key"] or "—"
         if r.get("num_groups"):
             key += f" (K={r['num_groups']})"
-        lines.append(f"| {r['variant']} | {key} | {_cell(r['auc'])} | {_cell(r['gauc'])} | "
+        name = r["variant"] + (f" (partial: {r['runs']}/{len(results['seeds'])} seeds)"
+                                if r.get("partial") else "")
+        lines.append(f"| {name} | {key} | {_cell(r['auc'])} | {_cell(r['gauc'])} | "
                      f"{_cell(r['logloss'])} | {_cell(r['val_auc'])} | {r['seconds']:.0f} |")
     bar = results.get("bar_to_beat") or {}
     if bar:
@@ -283,8 +309,10 @@ def markdown_table(results: dict) -> str:
     b = results["budget"]
     env = results["environment"]
     lines += ["",
-              f"Budget per row and seed: {b['epochs']} epoch(s) × at most {b['steps_per_epoch']} "
-              f"steps × batch {b['batch_size']}, history length L = {b['history_length']}, "
+              f"Budget per row and seed: {b['epochs']} epoch(s) × "
+              + (f"at most {b['steps_per_epoch']} steps" if b['steps_per_epoch'] else
+                 "the full train split")
+              + f" × batch {b['batch_size']}, history length L = {b['history_length']}, "
               f"Adam lr 1e-3, early stopping on val AUC (patience {b['early_stopping_patience']}); "
               f"seeds {results['seeds']}; backend {results['backend']}. Popularity is "
               f"deterministic (one run; its logloss uses count/(count+1), uncalibrated).",

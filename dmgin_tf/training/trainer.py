@@ -51,6 +51,10 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
 PARITY_FILE = "parity_batch.npz"
 PARITY_EXAMPLES = 256
+# Training batches built ahead of the device, and the threads building them (numpy's
+# gathers release the GIL). A few batches suffice to hide densify behind a step.
+FEED_PREFETCH = 4
+FEED_THREADS = max(1, min(4, (os.cpu_count() or 2) // 2))
 
 
 @dataclasses.dataclass
@@ -283,7 +287,11 @@ def _fit(model, cfg: Config, data: TrainingData, output_dir: str, ckpt_dir: str,
     validation callback or None))."""
     tc = cfg.train
     backend = placement.backend
-    seq = cb.SplitSequence(data.train, tc.batch_size, shuffle=True, seed=tc.seed, backend=backend)
+    # Batches are densified in background threads ahead of the step that consumes them,
+    # and every callback is async-safe, so the host never waits for a step before
+    # building the next batch (see SplitSequence, EpochCheckpoint; bench_fit_loop.py).
+    seq = cb.SplitSequence(data.train, tc.batch_size, shuffle=True, seed=tc.seed, backend=backend,
+                           prefetch=FEED_PREFETCH, threads=FEED_THREADS)
     steps = min(tc.steps_per_epoch, len(seq)) if tc.steps_per_epoch else None
     examples_per_epoch = (steps or len(seq)) * tc.batch_size if seq.drop_remainder or steps \
         else len(data.train)
@@ -306,17 +314,19 @@ def _fit(model, cfg: Config, data: TrainingData, output_dir: str, ckpt_dir: str,
                                             restore_best_weights=True, verbose=0)
     callbacks += [
         stopper,
-        keras.callbacks.ModelCheckpoint(os.path.join(ckpt_dir, "best.weights.h5"), monitor=monitor,
-                                        mode=mode, save_best_only=True, save_weights_only=True),
-        keras.callbacks.ModelCheckpoint(os.path.join(ckpt_dir, "last.weights.h5"),
-                                        save_weights_only=True),
+        cb.EpochCheckpoint(os.path.join(ckpt_dir, "best.weights.h5"), monitor=monitor,
+                           mode=mode, save_best_only=True, save_weights_only=True),
+        cb.EpochCheckpoint(os.path.join(ckpt_dir, "last.weights.h5"), save_weights_only=True),
         history_writer,
     ]
     if backend == "tensorflow":
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(output_dir, "tensorboard"),
                                                      write_graph=False, profile_batch=0))
-    model.fit(seq, epochs=tc.epochs, steps_per_epoch=steps, callbacks=callbacks,
-              verbose=2 if verbose >= 2 else 0)
+    try:
+        model.fit(seq, epochs=tc.epochs, steps_per_epoch=steps, callbacks=callbacks,
+                  verbose=2 if verbose >= 2 else 0)
+    finally:
+        seq.close()
     return history_writer.rows, (timer, stopper, validator)
 
 
