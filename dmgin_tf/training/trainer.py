@@ -230,7 +230,7 @@ def train(cfg: Config, data: TrainingData, output_dir: str, *,
                     scores = cb.predict_split(model, split, eval_bs, backend)
                     results[name] = cb.split_metrics(split.labels, scores, split.user_ids)
             _write_parity_batch(model, data.test if len(data.test) else data.train,
-                                os.path.join(output_dir, PARITY_FILE), backend)
+                                os.path.join(output_dir, PARITY_FILE), backend, pad_to=eval_bs)
     finally:
         keras.config.set_dtype_policy(previous_policy)
 
@@ -330,13 +330,18 @@ def _fit(model, cfg: Config, data: TrainingData, output_dir: str, ckpt_dir: str,
     return history_writer.rows, (timer, stopper, validator)
 
 
-def _write_parity_batch(model, split: Split, path: str, backend: str) -> None:
+def _write_parity_batch(model, split: Split, path: str, backend: str,
+                        pad_to: int = 0) -> None:
     """Saves up to PARITY_EXAMPLES inputs and this model's predictions on them."""
     n = min(len(split), PARITY_EXAMPLES)
     if not n:
         return
     inputs = cast_for_backend(split.batch(np.arange(n)), backend)
-    preds = cb._prediction_vector(model.predict_on_batch(inputs))
+    # Padded to the evaluation batch (repeating row 0) so the compiled predict step of
+    # validation is reused: a 256-row batch would compile a second one (~10-30 s under XLA).
+    pad = max(n, int(pad_to or n))
+    padded = {k: np.concatenate([v, np.repeat(v[:1], pad - n, axis=0)]) for k, v in inputs.items()}
+    preds = cb._prediction_vector(model.predict_on_batch(padded))[:n]
     np.savez(path, predictions=preds, backend=np.asarray(backend),
              **{f"input/{k}": v for k, v in inputs.items()})
 
