@@ -116,18 +116,10 @@ class ServingModule(tf.Module):
         return tf.reshape(ctr, tf.shape(cand_item))
 
     def _score(self, state, history, cand_item, cand_group):
-        """state/history: [U, ...]; cand_*: [U, N] → ctr [U, N].
-
-        The model's `score` takes N candidates with a state/history of batch N or 1;
-        for U users each user's rows are repeated over its N candidates (for U = 1 this
-        is the broadcast the model would do itself)."""
-        n = tf.shape(cand_item)[1]
-        rep = lambda v: tf.repeat(v, n, axis=0)  # noqa: E731
-        inputs = {k: rep(v) for k, v in history.items()}
-        inputs[F.CAND_ITEM] = tf.reshape(cand_item, [-1])
-        inputs[F.CAND_GROUP] = tf.reshape(cand_group, [-1])
-        ctr = self.model.score({k: rep(v) for k, v in state.items()}, inputs, training=False)
-        return tf.reshape(ctr, tf.shape(cand_item))
+        """state/history: [U, ...]; cand_*: [U, N] → ctr [U, N]. The model scores N
+        candidates per user with one pass over each user's history."""
+        inputs = dict(history, **{F.CAND_ITEM: cand_item, F.CAND_GROUP: cand_group})
+        return self.model.score(state, inputs, training=False)
 
     # ---- padding helpers ---------------------------------------------------------------------
     def _padded_ctr(self, inputs):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from keras import ops
 
-from dmgin_tf.features import NUM_RESERVED_IDS, PAD_ID
 from dmgin_tf.layers.feature_embedding import age_seconds
+from dmgin_tf.ops import candidate_item_hits
 
 
 def recency_feature(ages, seen):
@@ -28,25 +28,24 @@ def candidate_item_match(hist_item, hist_behavior, hist_time, request_time, cand
     Args:
         hist_item, hist_behavior: int `[B, L]` (padding 0; behavior ids 1..T).
         hist_time: int `[B, L]` Unix seconds. request_time: int `[B]`.
-        cand_item: int `[B]`. Reserved ids (padding, OOV) never match: an unknown
-            candidate is not "the same item" as other unknown items.
+        cand_item: int `[B]` (one candidate per history row) or `[B, N]` (N candidates
+            per row, e.g. one user x N). Reserved ids (padding, OOV) never match: an
+            unknown candidate is not "the same item" as other unknown items.
         num_behavior_types: int, T.
 
     Returns:
-        float32 `[B, T + 2]`: `log1p(count of the item per behavior type)` (T), a seen
-        flag, and `recency_feature` of the item's last touch.
+        float32 `[B, T + 2]` (or `[B, N, T + 2]`): `log1p(count of the item per behavior
+        type)` (T), a seen flag, and `recency_feature` of the item's last touch.
+        The history is scanned once per row, not per candidate
+        (`dmgin_tf.ops.candidate_item_hits`).
     """
-    cand = ops.cast(cand_item, "int32")[:, None]
-    items = ops.cast(hist_item, "int32")
-    match = (items == cand) & (items != PAD_ID) & (cand >= NUM_RESERVED_IDS)   # [B, L]
-    behavior = ops.cast(hist_behavior, "int32")
-    # One [B, L] pass per type instead of a [B, L, T] one-hot: T is small and this keeps
-    # memory at O(B * L) for "one user x N candidates" scoring.
-    counts = ops.stack([ops.sum(ops.cast(match & (behavior == t + 1), "float32"), axis=1)
-                        for t in range(num_behavior_types)], axis=-1)            # [B, T]
-    seen = ops.any(match, axis=1)
-    ages = age_seconds(hist_time, request_time)                                  # [B, L]
-    # The most recent touch has the smallest age; non-matches are pushed to +inf-ish.
-    last_age = ops.min(ops.where(match, ages, 3.0e9), axis=1)
-    return ops.concatenate([ops.log1p(counts), ops.cast(seen, "float32")[:, None],
-                            recency_feature(last_age, seen)[:, None]], axis=-1)
+    cand = ops.cast(cand_item, "int32")
+    one = len(cand.shape) == 1
+    if one:
+        cand = ops.expand_dims(cand, 1)
+    counts, seen, last_time = candidate_item_hits(hist_item, hist_behavior, hist_time, cand,
+                                                  num_behavior_types=num_behavior_types)
+    last_age = age_seconds(last_time, request_time)                            # [B, N]
+    out = ops.concatenate([ops.log1p(counts), ops.cast(seen, "float32")[..., None],
+                           recency_feature(last_age, seen)[..., None]], axis=-1)
+    return out[:, 0] if one else out

@@ -13,7 +13,7 @@ from dmgin_tf.layers.group_statistics import GroupStatistics
 from dmgin_tf.layers.inter_group_transformer import InterGroupTransformer
 from dmgin_tf.layers.intra_group_transformer import IntraGroupTransformer
 from dmgin_tf.layers.target_attention import TargetAttention
-from dmgin_tf.ops import NUM_STATS, candidate_group_history, group_behaviors
+from dmgin_tf.ops import NUM_STATS, candidate_groups, group_behaviors
 
 GROUP_VECTORS = "group_vectors"
 GROUP_MASK = "group_mask"
@@ -233,78 +233,96 @@ class GroupInterestEncoder(keras.layers.Layer):
 
     # ----------------------------------------------------------------- candidate side
     def score_candidates(self, user_state, inputs, training=None):
-        """Interest vectors for N candidates given a (cached) user state.
+        """Interest vectors for candidates given a (cached) user state.
 
         Args:
-            user_state: dict from `encode_user`, batch N or 1.
-            inputs: dict with `cand_item, cand_group: [N]`; with
-                `use_candidate_group` also the history keys and `request_time`,
-                batch N or 1 (matching features look at the whole history, O(L) per
-                candidate).
+            user_state: dict from `encode_user`, batch U.
+            inputs: dict with `cand_item, cand_group`: `[U]` (one candidate per user
+                row, as in training) or `[U, N]` (N candidates per user, as in ranking);
+                with `use_candidate_group` also the history keys `[U, L]` and
+                `request_time [U]`: the candidate's own group and item are looked up in
+                the history once per user (`dmgin_tf.ops.candidate_groups`,
+                `candidate_item_hits`), not rescanned per candidate. Candidates `[N]`
+                with a state of static batch 1 are one user × N candidates.
             training: bool.
 
         Returns:
-            float `[N, output_dim]`.
+            float `[U, output_dim]`, `[U, N, output_dim]` for `[U, N]` candidates, or
+            `[N, output_dim]` for one user × `[N]` candidates.
         """
         if not self.built:
             self.build()
         cand_item = ops.cast(inputs[CAND_ITEM], "int32")
         cand_key = ops.cast(self._cand_key(inputs), "int32")
-        n = ops.shape(cand_item)[0]
-        g, d = self.max_groups, self.embedding_dim
-        vectors = ops.broadcast_to(user_state[GROUP_VECTORS], (n, g, d))
-        mask = ops.broadcast_to(ops.cast(user_state[GROUP_MASK], "bool"), (n, g))
-        ids = ops.broadcast_to(ops.cast(user_state[GROUP_IDS], "int32"), (n, g))
+        if len(cand_item.shape) == 2:
+            return self._score_lists(user_state, inputs, cand_item, cand_key, training)
+        state_batch = user_state[GROUP_MASK].shape[0]
+        if state_batch == 1 and cand_item.shape[0] != 1:
+            out = self._score_lists(user_state, inputs, cand_item[None], cand_key[None],
+                                    training)
+            return out[0]
+        out = self._score_lists(user_state, inputs, cand_item[:, None], cand_key[:, None],
+                                training)
+        return out[:, 0]
 
+    def _score_lists(self, user_state, inputs, cand_item, cand_key, training):
+        """U users × N candidates: cand_item, cand_key `[U, N]` → `[U, N, output_dim]`."""
+        n = cand_item.shape[1] if cand_item.shape[1] is not None else ops.shape(cand_item)[1]
+
+        def per_candidate(x):
+            """[U, ...] user-level tensor → [U * N, ...], each row repeated N times."""
+            x = ops.expand_dims(x, 1)
+            shape = ops.shape(x)
+            return ops.reshape(ops.broadcast_to(x, (shape[0], n) + tuple(shape[2:])),
+                               (-1,) + tuple(x.shape[2:]))
+
+        vectors = per_candidate(user_state[GROUP_VECTORS])                   # [U*N, G, D]
+        mask = per_candidate(ops.cast(user_state[GROUP_MASK], "bool"))
+        ids = per_candidate(ops.cast(user_state[GROUP_IDS], "int32"))
+        flat_item, flat_key = ops.reshape(cand_item, (-1,)), ops.reshape(cand_key, (-1,))
         query = self.query_proj(ops.concatenate(
-            [self.embedding.item(cand_item), self.embedding.group(cand_key)], axis=-1))
+            [self.embedding.item(flat_item), self.embedding.group(flat_key)], axis=-1))
         parts = [self.target_attention(query, vectors, mask), query]
         if self.use_candidate_group:
-            parts += self._candidate_group_parts(query, vectors, mask, ids, cand_item,
-                                                 cand_key, inputs, training)
-        return ops.concatenate(parts, axis=-1)
+            parts += self._candidate_group_parts(query, vectors, mask, ids, flat_item,
+                                                 flat_key, cand_item, cand_key, inputs,
+                                                 training)
+        out = ops.concatenate(parts, axis=-1)
+        return ops.reshape(out, (-1, n, out.shape[-1]))
 
-    def _candidate_group_parts(self, query, vectors, mask, ids, cand_item, cand_key,
-                               inputs, training):
-        n = ops.shape(cand_item)[0]
-        length = inputs[HIST_ITEM].shape[-1]
-        if length is None:
-            length = ops.shape(inputs[HIST_ITEM])[-1]
-        hist = {k: ops.broadcast_to(self._history(inputs, k), (n, length))
-                for k in ("item", "key", "behavior", "time")}
-        rt = ops.broadcast_to(ops.reshape(inputs[REQUEST_TIME], (-1,)), (n,))
+    def _candidate_group_parts(self, query, vectors, mask, ids, flat_item, flat_key,
+                               cand_item, cand_key, inputs, training):
+        """DGIN's candidate-group features for `[U, N]` candidates, returned `[U*N, ...]`."""
+        rt = ops.reshape(inputs[REQUEST_TIME], (-1,))
         # Reserved candidate ids (padding/OOV) match nothing: "unknown" is not a group.
-        known = cand_key >= NUM_RESERVED_IDS
-        cg = candidate_group_history(hist["item"], hist["key"], hist["behavior"],
-                                     hist["time"], rt, cand_key,
-                                     max_per_group=self.max_per_group,
-                                     num_behavior_types=self.num_behavior_types,
-                                     num_groups=self._num_groups())
-        cg_mask = ops.cast(cg.mask, "bool") & known[:, None]
+        known = flat_key >= NUM_RESERVED_IDS
+        cg = candidate_groups(inputs[HIST_ITEM], self._group_key(inputs),
+                              inputs[HIST_BEHAVIOR_ID], inputs[HIST_TIME], rt, cand_key,
+                              max_per_group=self.max_per_group,
+                              num_behavior_types=self.num_behavior_types,
+                              num_groups=self._num_groups())
+        m, t = self.max_per_group, self.num_behavior_types
+        flat = lambda x, *tail: ops.reshape(x, (-1,) + tail)  # noqa: E731  [U, N, ...] → [U*N, ...]
+        cg_mask = ops.cast(flat(cg.mask, m), "bool") & known[:, None]
         knownf = ops.cast(known, "float32")[:, None]
-        counts = ops.cast(cg.counts, "float32") * knownf
-        stats = ops.cast(cg.stats, "float32") * knownf
-        tokens = self.embedding.tokens(cg.items, cg.behaviors, cg.times, rt)
+        counts = ops.cast(flat(cg.counts, t), "float32") * knownf
+        stats = ops.cast(flat(cg.stats, NUM_STATS), "float32") * knownf
+        n = ops.shape(cand_item)[1]
+        rt_flat = ops.reshape(ops.broadcast_to(rt[:, None], (ops.shape(rt)[0], n)), (-1,))
+        tokens = self.embedding.tokens(flat(cg.items, m), flat(cg.behaviors, m),
+                                       flat(cg.times, m), rt_flat)
         cand_attention = self.candidate_attention(query, tokens, cg_mask, training=training)
         cand_stats = self.statistics(counts, stats, group_mask=known)
         # The evolved vector of the candidate's own group, if it is among the top G.
-        hit = ops.cast((ids == cand_key[:, None]) & mask & known[:, None], vectors.dtype)
+        hit = ops.cast((ids == flat_key[:, None]) & mask & known[:, None], vectors.dtype)
         matched = ops.einsum("ng,ngd->nd", hit, vectors)
-        raw = ops.concatenate([
-            GroupStatistics.features(counts, stats),
-            candidate_item_match(hist["item"], hist["behavior"], hist["time"], rt,
-                                 cand_item, self.num_behavior_types)], axis=-1)
+        item_match = candidate_item_match(inputs[HIST_ITEM], inputs[HIST_BEHAVIOR_ID],
+                                          inputs[HIST_TIME], rt, cand_item,
+                                          self.num_behavior_types)         # [U, N, T + 2]
+        raw = ops.concatenate([GroupStatistics.features(counts, stats),
+                               flat(item_match, t + 2)], axis=-1)
         dtype = query.dtype
         return [cand_attention, cand_stats, matched, ops.cast(raw, dtype)]
-
-    def _history(self, inputs, which):
-        if which == "item":
-            return inputs[HIST_ITEM]
-        if which == "key":
-            return self._group_key(inputs)
-        if which == "behavior":
-            return inputs[HIST_BEHAVIOR_ID]
-        return inputs[HIST_TIME]
 
     def call(self, inputs, training=None):
         return self.score_candidates(self.encode_user(inputs, training=training), inputs,

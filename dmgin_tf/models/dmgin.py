@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import keras
+from keras import ops
 
 from dmgin_tf.layers.group_interest_encoder import GroupInterestEncoder
 from dmgin_tf.models.ranking_model import RankingModel
@@ -29,8 +30,10 @@ class DMGIN(RankingModel):
     Besides `call`, the two halves serving uses (DESIGN §4):
     - `encode_user(inputs) -> user_state` (candidate-independent, cache per user):
       `{"group_vectors": [B, G, D], "group_mask": [B, G], "group_ids": [B, G]}`.
-    - `score(user_state, inputs) -> ctr [N]`, `inputs` holding `cand_item,
-      cand_group: [N]` and the history + `request_time` with batch N or 1.
+    - `score(user_state, inputs) -> ctr`, `inputs` holding the history + `request_time`
+      of the state's U users and `cand_item, cand_group`: `[U]` → ctr `[U]`, `[U, N]`
+      (N candidates per user; the history is scanned once per user) → ctr `[U, N]`, or
+      `[N]` with U = 1 → ctr `[N]`.
 
     Args:
         model_cfg: `ModelConfig` or its dict.
@@ -53,8 +56,12 @@ class DMGIN(RankingModel):
         return self.encoder.encode_user(inputs, training=training)
 
     def score(self, user_state, inputs, training=None):
-        return self.head(self.encoder.score_candidates(user_state, inputs, training=training),
-                         training=training)
+        interest = self.encoder.score_candidates(user_state, inputs, training=training)
+        if len(interest.shape) == 2:
+            return self.head(interest, training=training)
+        # [U, N, F]: the head takes rows; ctr back as [U, N].
+        ctr = self.head(ops.reshape(interest, (-1, interest.shape[-1])), training=training)
+        return ops.reshape(ctr, ops.shape(interest)[:2])
 
 
 @keras.saving.register_keras_serializable(package="dmgin_tf")

@@ -32,12 +32,13 @@ def take_rows(x, idx, ex):
         if len(x.shape) == 2:
             return ops.take_along_axis(x, idx, axis=1)
         return ops.take_along_axis(x, ops.expand_dims(idx, -1), axis=1)
-    length = x.shape[1]
+    length = x.shape[1] if x.shape[1] is not None else ops.shape(x)[1]
     offsets = ops.expand_dims(ops.arange(ops.shape(x)[0], dtype="int32") * length, 1)
     flat_idx = ops.reshape(idx + offsets, [-1])
     tail = list(x.shape[2:])
     out = ops.take(ops.reshape(x, [-1] + tail), flat_idx, axis=0)
-    return ops.reshape(out, [-1, idx.shape[1]] + tail)
+    k = idx.shape[1] if idx.shape[1] is not None else ops.shape(idx)[1]
+    return ops.reshape(out, [-1, k] + tail)
 
 
 def _pairwise_scan(x):
@@ -119,15 +120,21 @@ def stable_argsort_rows(keys, num_bits, ex):
     return take_rows(keys, perm, ex), perm
 
 
+#: Binary-search steps when the searched row length is not static (covers any int32 length).
+DYNAMIC_SEARCH_STEPS = 32
+
+
 def lower_bound_rows(sorted_keys, values, hi, ex):
     """First index i in [0, hi] with sorted_keys[b, i] >= values[b, k] (vectorised).
 
     sorted_keys [B, L] ascending per row; values, hi [B, K] int32 (hi: an index whose
-    key is known to be >= the value).
+    key is known to be >= the value). L may be dynamic (then `DYNAMIC_SEARCH_STEPS`
+    steps run; extra steps after convergence change nothing).
     """
     length = sorted_keys.shape[1]
+    steps = DYNAMIC_SEARCH_STEPS if length is None else math.ceil(math.log2(length + 1)) + 1
     lo = ops.zeros_like(hi)
-    for _ in range(max(1, math.ceil(math.log2(length + 1)) + 1)):
+    for _ in range(max(1, steps)):
         mid = (lo + hi) // 2
         below = take_rows(sorted_keys, mid, ex) < values
         lo = ops.where(below, mid + 1, lo)

@@ -1,8 +1,9 @@
 """A small Keras 3 ranking model with DMGIN's interface (used until/besides the real one).
 
 encode_user: keep the G most recent groups by a keras.ops top_k over times (an XLA-
-friendly op like the real grouping); score: candidate dot product + per-candidate scan
-of the history (like the candidate-group features), sigmoid.
+friendly op like the real grouping); score: candidate dot product + a scan of the
+history for each candidate (like the candidate-item features), candidates [U] or
+[U, N], sigmoid.
 """
 import keras
 from keras import ops
@@ -27,15 +28,20 @@ class StandInRanker(keras.Model):
         return {"group_vectors": vec, "group_mask": groups > 0, "group_ids": ops.cast(groups, "int32")}
 
     def score(self, state, inputs, training=None):
-        cand = self.item_emb(inputs[F.CAND_ITEM]) + self.group_emb(inputs[F.CAND_GROUP])   # [N, D]
-        n = ops.shape(cand)[0]
-        vec = ops.broadcast_to(state["group_vectors"], (n,) + tuple(state["group_vectors"].shape[1:]))
-        mask = ops.cast(ops.broadcast_to(state["group_mask"], (n, G)), "float32")
-        att = ops.sum(ops.einsum("nd,ngd->ng", cand, vec) * mask, axis=1, keepdims=True)
-        hist = ops.broadcast_to(inputs[F.HIST_ITEM], (n, inputs[F.HIST_ITEM].shape[-1]))
-        seen = ops.sum(ops.cast(hist == ops.cast(inputs[F.CAND_ITEM], hist.dtype)[:, None], "float32"),
-                       axis=1, keepdims=True)
-        return ops.squeeze(ops.sigmoid(self.out(ops.concatenate([att, seen, cand], axis=-1))), -1)
+        """Candidates [U] (one per user row) or [U, N] (N per user) → ctr [U] / [U, N]."""
+        ci, cg = inputs[F.CAND_ITEM], inputs[F.CAND_GROUP]
+        lists = len(ci.shape) == 2
+        if not lists:
+            ci, cg = ci[:, None], cg[:, None]
+        cand = self.item_emb(ci) + self.group_emb(cg)                              # [U, N, D]
+        mask = ops.cast(state["group_mask"], "float32")[:, None, :]                 # [U, 1, G]
+        att = ops.sum(ops.einsum("und,ugd->ung", cand, state["group_vectors"]) * mask,
+                      axis=-1, keepdims=True)
+        hist = inputs[F.HIST_ITEM][:, None, :]                                     # [U, 1, L]
+        seen = ops.sum(ops.cast(hist == ops.cast(ci, hist.dtype)[:, :, None], "float32"),
+                       axis=-1, keepdims=True)
+        out = ops.squeeze(ops.sigmoid(self.out(ops.concatenate([att, seen, cand], axis=-1))), -1)
+        return out if lists else out[:, 0]
 
     def call(self, inputs, training=None):
         return self.score(self.encode_user(inputs), inputs)

@@ -59,6 +59,16 @@ def test_user_state_split_and_one_user_many_candidates():
              for k, v in x.items()}
     np.testing.assert_allclose(np.asarray(model.score(state, cands)),
                                np.asarray(model(tiled)), atol=1e-6)
+    # U = 2 users x N = 5 candidates as [U, N] lists equal each (user, candidate) row.
+    users = {k: v[:2] for k, v in x.items()}
+    lists = dict(users, **{F.CAND_ITEM: np.stack([x[F.CAND_ITEM]] * 2),
+                           F.CAND_GROUP: np.stack([x[F.CAND_GROUP]] * 2)})
+    got = np.asarray(model.score(model.encode_user(users), lists))
+    assert got.shape == (2, 5)
+    for u in range(2):
+        rows = {k: (np.repeat(v[u:u + 1], 5, axis=0) if k not in (F.CAND_ITEM, F.CAND_GROUP)
+                    else v) for k, v in x.items()}
+        np.testing.assert_allclose(got[u], np.asarray(model(rows)), atol=1e-6)
 
 
 def test_candidate_matching_features_reach_the_output():
