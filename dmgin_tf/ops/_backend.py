@@ -30,6 +30,12 @@ class Executor:
     xla: bool
     slow_sort: bool
 
+    @property
+    def xla_cpu(self) -> bool:
+        """XLA compiling for the host CPU: its temporaries come from `malloc`, so the op
+        runs in row chunks of bounded size there (`kernels.map_row_chunks`)."""
+        return self.xla and self.slow_sort
+
 
 def current_executor() -> Executor:
     """Inspects the Keras backend and, for TensorFlow, the XLA context of the trace."""

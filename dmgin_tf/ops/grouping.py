@@ -31,7 +31,10 @@ Algorithm (O(L log L) or O(L · bits); designed around XLA:CPU, DESIGN §5):
 4. a vectorised binary search finds each selected run's start; per-type counts come
    from prefix sums of one-hot types; the last M behaviors are one small gather.
 Which equivalent primitive runs (scan, gather, sort) is chosen per executor at trace
-time (`_backend.py`); every choice returns the same integers.
+time (`_backend.py`); every choice returns the same integers. Under XLA:CPU the steps run
+in a loop over row chunks of ~128k elements (`kernels.map_row_chunks`): XLA:CPU takes
+all temporaries of a call in one `malloc` block, and one above 32 MiB is fresh
+(page-faulting) memory on every call.
 """
 from __future__ import annotations
 
@@ -42,8 +45,8 @@ from keras import ops
 
 from dmgin_tf.features import OOV_ID, PAD_ID
 from dmgin_tf.ops._backend import current_executor
-from dmgin_tf.ops.kernels import (cumsum_rows, lower_bound_rows, stable_argsort_rows,
-                                  take_rows)
+from dmgin_tf.ops.kernels import (chunk_rows, cumsum_rows, lower_bound_rows,
+                                  map_row_chunks, stable_argsort_rows, take_rows)
 
 OOV_GROUP_ID = OOV_ID          # out-of-range group ids are clamped to the unknown group
 SECONDS_PER_HOUR = 3600.0
@@ -303,6 +306,27 @@ def group_behaviors(hist_item, hist_group, hist_behavior, hist_time, request_tim
     hist_item = ops.convert_to_tensor(hist_item)
     L = _static_length(hist_item, "hist_item")
     ex = current_executor()
+    rows = chunk_rows(L, ex)
+    if rows is None:
+        return _group_rows(hist_item, hist_group, hist_behavior, hist_time, request_time,
+                           G, M, T, num_groups, ex)
+    # XLA:CPU: the same rows, chunk by chunk (bounded temporaries, see kernels.py).
+    time = ops.convert_to_tensor(hist_time)
+    arrays = (hist_item, hist_group, hist_behavior, time,
+              ops.reshape(ops.convert_to_tensor(request_time), [-1]))
+    int32, tdt = "int32", time.dtype
+    specs = [([G], int32), ([G], "bool"), ([G, M], int32), ([G, M], int32), ([G, M], tdt),
+             ([G, M], "bool"), ([G, T], "float32"), ([G], tdt), ([G], tdt),
+             ([G, NUM_STATS], "float32")]
+    outs = map_row_chunks(
+        lambda *a: tuple(_group_rows(*a, G, M, T, num_groups, ex)), arrays, specs, rows)
+    return GroupedHistory(*outs)
+
+
+def _group_rows(hist_item, hist_group, hist_behavior, hist_time, request_time, G, M, T,
+                num_groups, ex) -> GroupedHistory:
+    """`group_behaviors` on one block of rows (the whole batch, or one chunk)."""
+    L = hist_item.shape[1]
     item, valid, group, behavior, time, request = _prepare(
         hist_item, hist_group, hist_behavior, hist_time, request_time, T, num_groups)
 

@@ -18,7 +18,10 @@ def main(inp, out, kwargs_json):
     import numpy as np
 
     assert keras.backend.backend() == "jax", keras.backend.backend()
-    from dmgin_tf.ops import candidate_group_history, group_behaviors
+    from dmgin_tf.ops import candidate_group_history, group_behaviors, kernels
+
+    if os.environ.get("DMGIN_TEST_CHUNK_ELEMENTS"):      # exercise the row-chunk loop
+        kernels.XLA_CPU_CHUNK_ELEMENTS = int(os.environ["DMGIN_TEST_CHUNK_ELEMENTS"])
 
     kw = json.loads(kwargs_json)
     data = dict(np.load(inp))

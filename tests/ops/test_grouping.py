@@ -12,6 +12,8 @@ import tensorflow as tf
 from dmgin_tf.ops import (NUM_STATS, OOV_GROUP_ID, STAT_NAMES, CandidateGroup,
                           GroupedHistory, candidate_group_history, group_behaviors,
                           validate_history)
+from dmgin_tf.ops import kernels
+from dmgin_tf.ops._backend import Executor
 from dmgin_tf.ops.reference import (candidate_group_history_reference,
                                     group_behaviors_reference)
 
@@ -178,6 +180,34 @@ def test_length_100k():
         assert_same(c, c_ref, context=f"{mode}: ")
 
 
+def test_xla_row_chunks_match_reference(monkeypatch):
+    """XLA:CPU runs the op in a loop over row chunks: unbalanced (B=37 in 4 chunks of
+    10 rows, 3 padding rows), a dynamic batch (None at trace time) of several sizes,
+    including 0 and fewer rows than one chunk — all equal to the reference."""
+    monkeypatch.setattr(kernels, "XLA_CPU_CHUNK_ELEMENTS", 600)     # 10 rows of L=60
+    data = random_histories(21, 37, 60, num_types=4)
+    kw = _kwargs(5, 4, 4, 12)
+    g_ref, c_ref = _references(data, kw)
+    g, c = _run_tf(data, kw, "xla")
+    assert_same(g, g_ref, context="static B: ")
+    assert_same(c, c_ref, context="static B: ")
+    args = [tf.constant(data[k]) for k in HISTORY_KEYS]
+    sig = [tf.TensorSpec([None] + a.shape[1:], a.dtype) for a in args]
+    dynamic = tf.function(lambda *a: group_behaviors(*a, **kw)._asdict(),
+                          jit_compile=True, input_signature=sig)
+    for b in (37, 23, 3, 0):
+        out = GroupedHistory(**{k: v.numpy() for k, v in dynamic(*[a[:b] for a in args]).items()})
+        assert_same(out, GroupedHistory(*[x[:b] for x in g_ref]), context=f"dynamic B={b}: ")
+
+
+def test_chunking_only_under_xla_cpu():
+    assert kernels.chunk_rows(1000, Executor(xla=True, slow_sort=True)) == \
+        kernels.XLA_CPU_CHUNK_ELEMENTS // 1000
+    assert kernels.chunk_rows(10**7, Executor(xla=True, slow_sort=True)) == 1
+    assert kernels.chunk_rows(1000, Executor(xla=True, slow_sort=False)) is None   # GPU
+    assert kernels.chunk_rows(1000, Executor(xla=False, slow_sort=True)) is None   # graph
+
+
 @pytest.mark.parametrize("field,value,message", [
     ("hist_group", 12, "hist_group: bad value 12"),
     ("hist_group", -1, "hist_group: bad value -1"),
@@ -225,7 +255,9 @@ def test_jax_backend_matches_tf_and_reference(tmp_path):
     data = random_histories(11, 128, 60, num_types=3, time_dtype=np.int32)
     kw = _kwargs(6, 4, 3, 12)
     np.savez(tmp_path / "in.npz", **data)
-    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+    # Small chunks: jax.jit on CPU runs the op's row-chunk loop (3 chunks of 43 rows).
+    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu",
+               DMGIN_TEST_CHUNK_ELEMENTS="3000")
     proc = subprocess.run(
         [sys.executable, str(pathlib.Path(__file__).with_name("jax_runner.py")),
          str(tmp_path / "in.npz"), str(tmp_path / "out.npz"), json.dumps(kw)],
