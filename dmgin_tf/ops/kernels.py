@@ -29,9 +29,12 @@ RADIX_MIN_LENGTH = 512
 #: Under XLA:CPU the op runs on row chunks of about this many B*L elements. Why: XLA
 #: allocates all temporaries of a call as one `malloc` block (~55 bytes per element for
 #: `group_behaviors`); above glibc's largest mmap threshold (32 MiB) every call gets fresh
-#: pages from the kernel: at B=64, L=10 000 (35 MB) 8 600 page faults per call cost ~30 %
-#: of the op. Chunks keep the block at a few MB (also cache-friendlier): bench_grouping,
-#: same 640k elements, XLA CPU time L=1k/10k/100k went 122/105/110 → 95/81/69 ms.
+#: pages from the kernel: at B=64, L=10 000 (35.2 MB) 8 594 page faults per call (~25 ms
+#: system time, plus cold caches) made XLA 2x slower than graph mode there, while L=1k
+#: (20 MB) and L=100k (33.0 MB, just under) were unaffected. With chunks the block is
+#: 4.7 MB at L=100k and no call faults (bench_grouping, 640k elements, XLA wall ms at
+#: L=1k/10k/100k: 82.7/108.8/47.9 before, ~95/65-80/45-59 after on the shared 2 cores;
+#: 16k-128k-element chunks measured within noise, 512k slower).
 XLA_CPU_CHUNK_ELEMENTS = 1 << 17
 
 
