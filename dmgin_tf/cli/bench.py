@@ -36,7 +36,7 @@ def _add_quality(sub) -> None:
                    help="K of the random-grouping sweep (default 16 256 2048)")
     p.add_argument("--group-table", metavar="FILE", help="item -> group table: adds key=cluster")
     p.add_argument("--epochs", type=int, help="epochs per row (default 1)")
-    p.add_argument("--steps-per-epoch", type=int, help="batches per epoch at most (default 40)")
+    p.add_argument("--steps-per-epoch", type=int, help="batches per epoch at most (default 40; 0 = the whole train split)")
     p.add_argument("--batch-size", type=int, help="batch size (default 256)")
     p.add_argument("--history-length", type=int, help="L (default 100)")
     p.add_argument("--backend", choices=["tensorflow", "jax"], help="Keras backend (default tensorflow)")
@@ -77,7 +77,8 @@ def run_quality(args: argparse.Namespace) -> int:
     base = quality.QUICK_BUDGET if args.quick else quality.Budget()
     budget = quality.Budget(
         epochs=args.epochs or base.epochs,
-        steps_per_epoch=args.steps_per_epoch or base.steps_per_epoch,
+        # 0 is meaningful: every batch of the train split (no per-epoch cap).
+        steps_per_epoch=base.steps_per_epoch if args.steps_per_epoch is None else args.steps_per_epoch,
         batch_size=args.batch_size or base.batch_size,
         history_length=args.history_length or base.history_length,
         early_stopping_patience=base.early_stopping_patience,
