@@ -41,7 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iterations", type=int, default=3, help="Lloyd iterations per k-means run")
     p.add_argument("--runners", default="direct,dask1,dask2",
                    help="comma-separated subset of direct,dask1,dask2")
-    p.add_argument("--stages", default="examples,kmeans", help="comma-separated subset")
+    p.add_argument("--stages", default="examples,shuffle,kmeans",
+                   help="comma-separated subset of examples, shuffle, kmeans")
     p.add_argument("--output", default=os.path.join("runs", "bench", "scale"))
     p.add_argument("--docs", default=DOCS_DEFAULT, help="page to update ('' = don't)")
 
@@ -96,6 +97,26 @@ def _runner_cfg(name: str):
     return BeamConfig.from_dict({"runner": "dask", "dask_local_workers": workers})
 
 
+def shuffle_only(data: str, beam_cfg, address, out: str) -> int:
+    """The example builder's read + per-user GroupByKey alone (no protocol, no encoding):
+    isolates what the runner's shuffle costs. Writes one count per user (count-checked
+    sink); returns the number of users."""
+    import apache_beam as beam
+    from transform import beam_io
+    from transform.beam_runner import beam_pipeline, dask_npartitions, default_workers
+    from transform.examples import _ReadWithRowFn, _work_with_offsets
+    splits = (dask_npartitions(beam_cfg) if beam_cfg.runner == "dask"
+              else max(2, 2 * (beam_cfg.direct_num_workers or default_workers())))
+    work = _work_with_offsets(os.path.join(data, "behaviors.parquet"), splits)
+    sink = beam_io.TFRecordSink(out)
+    with beam_pipeline(beam_cfg, address) as p:
+        (p | "RowRanges" >> beam.Create(work) | "ReadBehaviors" >> beam.ParDo(_ReadWithRowFn())
+         | "PerUser" >> beam.GroupByKey()
+         | "Count" >> beam.Map(lambda kv: f"{kv[0]}\t{len(kv[1])}".encode())
+         | "Write" >> beam_io.WriteOutputs({"counts": sink}))
+    return beam_io.output_rows(out)
+
+
 def run(args: argparse.Namespace) -> int:
     from dmgin_tf.config import DataConfig, GroupingConfig
     from transform import beam_io, beam_runner
@@ -129,6 +150,12 @@ def run(args: argparse.Namespace) -> int:
                 s = time.perf_counter() - t
                 row.update(examples_s=round(s, 2), examples=sum(counts.values()),
                            examples_rows_per_s=round(n_rows / s, 1))
+            if "shuffle" in stages:
+                t = time.perf_counter()
+                users = shuffle_only(data, cfg, address, os.path.join(args.output, f"sh-{name}"))
+                s = time.perf_counter() - t
+                row.update(shuffle_s=round(s, 2), shuffle_users=users,
+                           shuffle_rows_per_s=round(n_rows / s, 1))
             if "kmeans" in stages:
                 t = time.perf_counter()
                 res = kmeans.fit_kmeans(emb, gcfg, cfg, os.path.join(args.output, f"km-{name}"),
@@ -176,11 +203,13 @@ def markdown(s: dict) -> str:
              f"`{s['command']}` — {s['behavior_rows']} behavior rows, {s['items']} items, "
              f"k-means K={s['num_groups']}, {s['iterations']} iterations + 1 assignment pass; "
              f"host {s['host']}.", "",
-             "| runner | cluster start (s) | examples: s | behavior rows/s | k-means: s | item rows/s |",
-             "|---|---|---|---|---|---|"]
+             "| runner | cluster start (s) | examples: s | behavior rows/s | read + GroupByKey "
+             "only: s | behavior rows/s | k-means: s | item rows/s |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in s["runs"]:
         lines.append(f"| {r['runner']} | {r['startup_s']} | {r.get('examples_s', '–')} | "
-                     f"{r.get('examples_rows_per_s', '–')} | {r.get('kmeans_s', '–')} | "
+                     f"{r.get('examples_rows_per_s', '–')} | {r.get('shuffle_s', '–')} | "
+                     f"{r.get('shuffle_rows_per_s', '–')} | {r.get('kmeans_s', '–')} | "
                      f"{r.get('kmeans_rows_per_s', '–')} |")
     lines += ["", "Read: 2 cores bound any speed-up here; Dask adds scheduling and "
               "serialisation overhead per task. What the table shows is that the same stages run "

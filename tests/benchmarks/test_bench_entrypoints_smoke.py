@@ -1,0 +1,54 @@
+"""Smoke runs of the timing benchmarks (grouping op, scale-out, serving) on tiny sizes, so
+their entry points cannot rot. Nothing here is timed or compared with a goal: the real
+runs and their figures live in docs/benchmarks.md."""
+import json
+import os
+import sys
+
+import pytest
+
+from dmgin_tf.data.sample import SAMPLE_ROOT
+
+BENCH_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "benchmarks")
+
+
+@pytest.fixture(autouse=True)
+def _bench_path(monkeypatch):
+    monkeypatch.syspath_prepend(BENCH_DIR)
+
+
+def test_bench_grouping_tiny(tmp_path):
+    import bench_grouping
+    md = tmp_path / "out.md"
+    rows = bench_grouping.main(["--lengths", "40", "--elements", "160", "--min-seconds", "0",
+                                "--append", str(md)])
+    assert {(r[0], r[2]) for r in rows} == {(40, "graph"), (40, "xla")}
+    table = md.read_text()
+    assert "| 40 |" in table and "xla" in table and "graph" in table
+
+
+@pytest.mark.slow
+def test_bench_scale_tiny_on_the_sample(tmp_path):
+    import bench_scale
+    out = tmp_path / "scale"
+    assert bench_scale.main(["--data", str(SAMPLE_ROOT / "taobao"), "--runners", "direct",
+                             "--stages", "examples,shuffle,kmeans", "--iterations", "1",
+                             "--num-groups", "4", "--docs", "", "--output", str(out)]) == 0
+    summary = json.loads((out / "scale.json").read_text())
+    (row,) = summary["runs"]
+    assert row["examples"] > 0 and row["shuffle_users"] > 0 and row["kmeans_iterations"] >= 1
+
+
+@pytest.mark.slow
+def test_bench_serving_tiny(tmp_path):
+    import bench_serving
+    md = tmp_path / "serving.md"
+    assert bench_serving.main(["--history", "24", "--candidates", "5", "--requests", "4",
+                               "--batch-sizes", "1,2", "--raw-history", "16",
+                               "--concurrency", "2", "--variants", "noxla",
+                               "--append", str(md)]) == 0
+    text = md.read_text()
+    assert "rank, 1 user x 5 cand, L=24" in text and "predict_raw B=2" in text
+    rows = [line for line in text.splitlines() if line.startswith("| rank") or
+            line.startswith("| predict_raw")]
+    assert rows and all(line.rstrip(" |").endswith("| 0") for line in rows), rows  # 0 errors
