@@ -53,6 +53,9 @@ def register(subparsers) -> None:
                                       "compare predictions on its parity batch")
     q.add_argument("--run", required=True, metavar="DIR", help="run directory of `dmgin train`")
     q.add_argument("--tolerance", type=float, default=1e-5)
+    q.add_argument("--saved-model", metavar="DIR",
+                   help="also compare this exported version dir (`dmgin export` of the run) "
+                        "with the run's stored predictions")
     q.set_defaults(func=run_parity)
 
 
@@ -113,6 +116,11 @@ def run_parity(args: argparse.Namespace) -> int:
     from dmgin_tf.training.backend import select_backend
     select_backend("tensorflow")
     from dmgin_tf.training.parity import check_run_parity
-    report = check_run_parity(args.run, tolerance=args.tolerance)
-    print(json.dumps(report.to_dict(), indent=1))
-    return 0 if report.ok else 1
+    reports = [check_run_parity(args.run, tolerance=args.tolerance)]
+    if args.saved_model:
+        from dmgin_tf.training.parity import check_saved_model_parity
+        reports.append(check_saved_model_parity(args.run, args.saved_model,
+                                                tolerance=args.tolerance))
+    for report in reports:
+        print(json.dumps(report.to_dict(), indent=1))
+    return 0 if all(r.ok for r in reports) else 1

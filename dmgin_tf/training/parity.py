@@ -89,3 +89,29 @@ def check_run_parity(run_dir: str, model_fn: Optional[Callable] = None,
     backend = keras.backend.backend()
     preds = _prediction_vector(model.predict_on_batch(cast_for_backend(inputs, backend)))
     return compare_predictions(reference, preds, ref_backend, backend, tolerance)
+
+
+def check_saved_model_parity(run_dir: str, saved_model_dir: str,
+                             signature: str = "predict_raw",
+                             tolerance: float = DEFAULT_TOLERANCE) -> ParityReport:
+    """The exported SavedModel (TF, `dmgin export` of this run) against the predictions the
+    training backend stored: the weights handoff end to end, JAX training → TF Serving.
+
+    Args:
+      run_dir: the training run (its `parity_batch.npz`).
+      saved_model_dir: one exported version directory (`<base>/<name>/<version>`).
+      signature: a raw-tensor signature taking `MODEL_INPUT_KEYS` (`predict_raw`).
+    """
+    import tensorflow as tf
+    from dmgin_tf.features import PREDICTION
+    from dmgin_tf.training.inputs import cast_for_backend
+    inputs, reference, ref_backend = reference_batch(run_dir)
+    loaded = tf.saved_model.load(saved_model_dir)
+    if signature not in loaded.signatures:
+        raise DmginError(f"{saved_model_dir}: no signature {signature!r} "
+                         f"(has {sorted(loaded.signatures)})")
+    fn = loaded.signatures[signature]
+    args = {k: tf.constant(v) for k, v in cast_for_backend(inputs, "tensorflow").items()}
+    preds = fn(**args)[PREDICTION].numpy()
+    return compare_predictions(reference, preds, ref_backend, f"saved_model:{signature}",
+                               tolerance)
