@@ -341,9 +341,23 @@ def _write_parity_batch(model, split: Split, path: str, backend: str,
     # validation is reused: a 256-row batch would compile a second one (~10-30 s under XLA).
     pad = max(n, int(pad_to or n))
     padded = {k: np.concatenate([v, np.repeat(v[:1], pad - n, axis=0)]) for k, v in inputs.items()}
-    preds = cb._prediction_vector(model.predict_on_batch(padded))[:n]
+    with _full_float32_matmuls(backend):
+        preds = cb._prediction_vector(model.predict_on_batch(padded))[:n]
     np.savez(path, predictions=preds, backend=np.asarray(backend),
              **{f"input/{k}": v for k, v in inputs.items()})
+
+
+def _full_float32_matmuls(backend: str):
+    """JAX on Ampere/Hopper GPUs runs float32 matmuls in TF32 by default (10-bit mantissa):
+    on the H100 that moved predictions by up to 3e-4 against the same weights on the
+    CPU. The reference predictions of the parity batch are what the exported TF model must
+    reproduce within 1e-5, so they are computed at full float32 precision; a no-op on CPU
+    and on the TensorFlow backend."""
+    import contextlib
+    if backend != "jax":
+        return contextlib.nullcontext()
+    import jax
+    return jax.default_matmul_precision("float32")
 
 
 def load_config_file(run_dir: str) -> Config:
