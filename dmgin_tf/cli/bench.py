@@ -26,7 +26,10 @@ def _add_quality(sub) -> None:
                    help="dataset to run (required unless --render)")
     p.add_argument("--render", metavar="RESULTS_JSON", nargs="+",
                    help="render results a run wrote (e.g. quality_taobao.json from the GPU job "
-                        "queue) into .md/.png next to --output and the docs block; trains nothing")
+                        "queue) into .md/.png/.json in --output and the docs block; trains "
+                        "nothing. Several files of one dataset are merged in order: the first "
+                        "keeps its metadata, later ones add (or replace) rows; budgets and "
+                        "seeds must match")
     p.add_argument("--data", metavar="PATH", help="converted or raw data (default: embedded sample)")
     p.add_argument("--seeds", type=int, default=3, help="number of seeds (0..N-1; default 3)")
     p.add_argument("--models", nargs="+", metavar="MODEL",
@@ -51,12 +54,27 @@ def _add_quality(sub) -> None:
 
 
 def render_quality(paths, out_dir: str, docs) -> int:
-    """Writes table, chart and docs block for each results JSON (no training, no Keras)."""
+    """Writes table, chart, JSON and docs block per dataset (no training, no Keras).
+
+    Files of the same dataset are merged in the order given (`quality.merge_results`):
+    `--render benchmarks/results/quality_movielens.json new/quality_movielens.json
+    --output benchmarks/results` adds the new file's rows to the published table.
+    """
     import json
     from dmgin_tf.training import quality
+    by_dataset: dict = {}
     for path in paths:
         with open(path, encoding="utf-8") as f:
             results = json.load(f)
+        name = results.get("dataset")
+        if name in by_dataset:
+            first, merged = by_dataset[name]
+            by_dataset[name] = (first, quality.merge_results(merged, results, base_name=first,
+                                                             extra_name=path))
+            print(f"merged rows {[r['variant'] for r in results['rows']]} of {path} into {first}")
+        else:
+            by_dataset[name] = (path, results)
+    for _, results in by_dataset.values():
         written = quality.write_outputs(results, out_dir, docs or None)
         print(quality.markdown_table(results))
         print("wrote " + ", ".join(written.values()))

@@ -3,6 +3,8 @@
     dmgin gpu bundle --dataset taobao movielens --output runs/gpu_bundle
     dmgin gpu bundle --quality --dataset taobao movielens --data taobao=... movielens=... \
         --output runs/gpu_quality        # the quality table as a parallel job queue
+    dmgin gpu bundle --quality --dataset movielens --data ... --group-table movielens=GROUPS \
+        --variants "dmgin key=cluster" --output runs/gpu_cluster   # one row, merged later
     # on the host:   OUT=/some/dir bash runs/gpu_bundle/run.sh
     dmgin gpu parity --run OUT/taobao_dmgin     # here, TF backend: JAX weights -> TF model
 """
@@ -31,7 +33,11 @@ def register(subparsers) -> None:
     b.add_argument("--output", required=True, metavar="DIR", help="bundle directory")
     b.add_argument("--no-wheels", action="store_true",
                    help="skip `pip download` (wheels/ already there, or a dry run)")
-    b.add_argument("--group-table", metavar="FILE", help="item -> group table (grouping.key=cluster)")
+    b.add_argument("--group-table", nargs="+", metavar="[NAME=]PATH",
+                   help="item -> group table per dataset (`dmgin grouping fit --key cluster` "
+                        "output, item_groups/): the grouping of grouping.key=cluster, and with "
+                        "--quality the `dmgin key=cluster` row of that dataset; a bare PATH "
+                        "only when one dataset is bundled")
     b.add_argument("--epochs", type=int, help="train.epochs in the bundled configs")
     b.add_argument("--history-length", type=int, help="model.history_length in the bundled configs")
     b.add_argument("--batch-size", type=int, help="train.batch_size in the bundled configs")
@@ -43,6 +49,8 @@ def register(subparsers) -> None:
                    help="--quality: batches per epoch at most (default 0 = full train split)")
     b.add_argument("--k-values", type=int, nargs="+", metavar="K",
                    help="--quality: K of the random-grouping sweep (default 16 256 2048)")
+    b.add_argument("--variants", nargs="+", metavar="ROW",
+                   help="--quality: only these rows (exact names, e.g. \"dmgin key=cluster\")")
     b.add_argument("--mixed-precision", action="store_true",
                    help="--quality: bfloat16 (default float32, so the TF export parity holds "
                         "within 1e-5)")
@@ -59,7 +67,13 @@ def register(subparsers) -> None:
     q.set_defaults(func=run_parity)
 
 
-def _data_paths(datasets, items) -> dict:
+def per_dataset_paths(datasets, items, flag: str = "--data") -> dict:
+    """`[NAME=]PATH` arguments of `flag` -> {dataset: path}.
+
+    A bare PATH is accepted only when one dataset is bundled; NAME must be one of
+    `datasets` and appear once. Errors name the flag and the offending value.
+    """
+    from dmgin_tf.errors import DmginError
     if not items:
         return {}
     if len(items) == 1 and "=" not in items[0] and len(datasets) == 1:
@@ -67,9 +81,14 @@ def _data_paths(datasets, items) -> dict:
     out = {}
     for item in items:
         if "=" not in item:
-            from dmgin_tf.errors import DmginError
-            raise DmginError(f"--data {item!r}: with several datasets write NAME=PATH")
+            raise DmginError(f"{flag} {item!r}: with several datasets ({' '.join(datasets)}) "
+                             f"write NAME=PATH, e.g. {flag} {datasets[-1]}={item}")
         name, path = item.split("=", 1)
+        if name not in datasets:
+            raise DmginError(f"{flag} {item!r}: {name!r} is not a bundled dataset "
+                             f"(--dataset {' '.join(datasets)})")
+        if name in out:
+            raise DmginError(f"{flag}: dataset {name!r} given twice ({out[name]!r}, {path!r})")
         out[name] = path
     return out
 
@@ -84,12 +103,27 @@ def quality_spec(args: argparse.Namespace):
                                  ("history_length", args.history_length),
                                  ("steps_per_epoch", args.steps_per_epoch)) if v is not None}
     budget = dataclasses.replace(budget, **changes)
+    tables = per_dataset_paths(args.dataset, args.group_table, "--group-table")
+    # The cluster row is listed once here; the bundle gives it only to datasets with a table.
     variants = quality.default_variants(args.model if args.model != ["dmgin"] else
-                                        quality.MODEL_NAMES, group_table=args.group_table,
+                                        quality.MODEL_NAMES, group_table=bool(tables),
                                         k_values=args.k_values or (16, 256, 2048))
+    if args.variants:
+        variants = quality.select_variants(variants, args.variants, flag="--variants")
     overrides = (("train.mixed_precision", bool(args.mixed_precision)),)
-    default_key = "table" if args.group_table else "category"   # as run_quality's fallback
-    return QualitySpec(tuple(variants), tuple(range(args.seeds)), budget, default_key, overrides)
+    # Every other row keeps grouping by category, also for a dataset with a cluster table:
+    # its table stays comparable with the published one, the cluster row is the ablation.
+    return QualitySpec(tuple(variants), tuple(range(args.seeds)), budget, "category", overrides)
+
+
+def _bundle_command() -> str:
+    """This process's command line as `dmgin gpu bundle ...` (for MANIFEST.json)."""
+    import shlex
+    import sys
+    argv = sys.argv[1:]
+    if "gpu" in argv:
+        argv = argv[argv.index("gpu"):]
+    return "dmgin " + " ".join(shlex.quote(a) for a in argv)
 
 
 def run_bundle(args: argparse.Namespace) -> int:
@@ -97,17 +131,24 @@ def run_bundle(args: argparse.Namespace) -> int:
     cfg = config_from_args(args, {"train.epochs": args.epochs,
                                   "model.history_length": args.history_length,
                                   "train.batch_size": args.batch_size})
+    if args.variants and not args.quality:
+        from dmgin_tf.errors import DmginError
+        raise DmginError("gpu bundle --variants: rows of the quality table; add --quality")
     manifest = build_bundle(cfg, args.dataset, args.output,
-                            data_paths=_data_paths(args.dataset, args.data), models=args.model,
-                            wheels=not args.no_wheels, group_table=args.group_table,
-                            quality=quality_spec(args) if args.quality else None)
+                            data_paths=per_dataset_paths(args.dataset, args.data), models=args.model,
+                            wheels=not args.no_wheels,
+                            group_tables=per_dataset_paths(args.dataset, args.group_table,
+                                                           "--group-table"),
+                            quality=quality_spec(args) if args.quality else None,
+                            command=_bundle_command())
     mib = manifest["total_bytes"] / 2**20
     print(f"bundle {args.output}: {mib:.1f} MiB ({len(manifest['wheels'])} wheels, "
           f"{manifest['wheel_bytes'] / 2**20:.1f} MiB)")
     if args.quality:
         q = manifest["quality"]
-        print(f"quality: {q['runs']} runs ({len(q['rows'])} rows x {len(q['seeds'])} seeds x "
-              f"{len(args.dataset)} datasets), budget {q['budget']}")
+        rows = ", ".join(f"{d}: {len(r)} rows" for d, r in q["rows_by_dataset"].items())
+        print(f"quality: {q['runs']} runs ({rows}; {len(q['seeds'])} seeds), "
+              f"budget {q['budget']}")
     print(f"run on the GPU host:  OUT=<dir> bash {os.path.join(args.output, 'run.sh')}")
     return 0
 

@@ -143,8 +143,9 @@ class QualitySpec:
         return dict(self.config_overrides)
 
 
-def _write_quality_groupings(quality: "QualitySpec", cfg: Config, data_path: Optional[str],
-                             work_dir: str, example_dir: str, dest: str, group_table) -> None:
+def _write_quality_groupings(quality: "QualitySpec", variants, cfg: Config,
+                             data_path: Optional[str], work_dir: str, dest: str,
+                             group_table: Optional[str]) -> None:
     """groupings.npz for every row's grouping key / K, from the dataset's items table."""
     import pandas as pd
     from dmgin_tf.training import quality_jobs
@@ -155,16 +156,24 @@ def _write_quality_groupings(quality: "QualitySpec", cfg: Config, data_path: Opt
     if items_path is None:
         raise DmginError(f"gpu bundle --quality: no items table for {cfg.data.dataset} (looked "
                          f"in {candidates}); pass converted or raw data, not an example set")
-    pairs = quality_jobs.groupings_needed(quality.variants, quality.default_key)
+    pairs = quality_jobs.groupings_needed(variants, quality.default_key)
     quality_jobs.write_groupings(pd.read_parquet(items_path), dest, pairs,
                                  seed=cfg.grouping.seed, group_table=group_table)
 
 
+def quality_rows(variants: Sequence, dataset: str, group_tables: Dict[str, str]) -> list:
+    """The rows one dataset runs: all of `variants`, except that a row grouping by the
+    item -> group table (`grouping_key == "table"`, the `dmgin key=cluster` row) needs
+    that dataset's table: without one, the row is left out for this dataset only."""
+    return [v for v in variants if v.grouping_key != "table" or dataset in group_tables]
+
+
 def build_bundle(cfg: Config, datasets: Sequence[str], output: str, *,
                  data_paths: Optional[Dict[str, str]] = None, models: Sequence[str] = ("dmgin",),
-                 wheels: bool = True, group_table: Optional[str] = None, work_dir: Optional[str] = None,
+                 wheels: bool = True, group_tables: Optional[Dict[str, str]] = None,
+                 work_dir: Optional[str] = None,
                  progress: bool = False, log=print, downloader=download_wheels,
-                 quality: Optional["QualitySpec"] = None) -> dict:
+                 quality: Optional["QualitySpec"] = None, command: Optional[str] = None) -> dict:
     """Builds the bundle directory; returns the manifest (also written as MANIFEST.json).
 
     Args:
@@ -173,26 +182,46 @@ def build_bundle(cfg: Config, datasets: Sequence[str], output: str, *,
       output: bundle directory (created; data and wheels inside are replaced).
       data_paths: per dataset, converted/raw/example-set path ("" = embedded sample).
       models: models run.sh trains on every dataset.
-      wheels: False skips the download (tests, or when wheels/ is already there).
+      wheels: False skips the download (tests, or when wheels/ is already there: a
+        filled `output/wheels/` is kept and listed in the manifest).
+      group_tables: per dataset, an item -> group table (Parquet file/dir or CSV with
+        item_id, group_id; `dmgin grouping fit --key cluster` writes item_groups/). Plain
+        bundles build that dataset's examples with it (grouping.key=cluster); quality
+        bundles give that dataset the `dmgin key=cluster` row (see `quality_rows`).
       downloader: `download_wheels`-like callable (dest) -> names; injectable for tests.
       quality: when given, a quality-table bundle: per dataset the grouping tables of every
         row (groupings.npz), quality_plan.json, and a run.sh that runs the job queue of
         `dmgin_tf.training.quality_jobs` instead of one `dmgin train` per model.
+        Rows that group by a table run only on datasets in `group_tables`.
+      command: the command line that built the bundle (MANIFEST.json; the quality
+        results quote it).
     """
     import datetime
     from dmgin_tf.training.data_source import prepare_example_dir
     if not datasets:
         raise DmginError("gpu bundle: name at least one --dataset")
+    group_tables = dict(group_tables or {})
+    stray = sorted(set(group_tables) - set(datasets))
+    if stray:
+        raise DmginError(f"gpu bundle: group table(s) for {stray}, which are not bundled "
+                         f"(datasets {list(datasets)})")
+    for name, path in group_tables.items():
+        if not os.path.exists(path):
+            raise DmginError(f"gpu bundle --group-table {name}={path}: no such file or directory")
     os.makedirs(output, exist_ok=True)
     data_paths = data_paths or {}
+    rows_by_dataset: Dict[str, list] = {}
     work_dir = work_dir or os.path.join(output, ".work")
     manifest: dict = {"datasets": {}, "models": list(models), "keras": KERAS_PIN,
                       "created": datetime.datetime.now(datetime.timezone.utc).strftime(
-                          "%Y-%m-%d %H:%M UTC")}
+                          "%Y-%m-%d %H:%M UTC"), "command": command}
     for name in datasets:
         ds_cfg = gpu_train_config(cfg, name)
+        # Quality rows regroup one base example set per row (groupings.npz); it is built
+        # without the table, as the published table's was, so the bytes are the same.
         example_dir = prepare_example_dir(ds_cfg, data_paths.get(name), os.path.join(work_dir, name),
-                                          group_table=group_table, progress=progress, log=log)
+                                          group_table=None if quality is not None else group_tables.get(name),
+                                          progress=progress, log=log)
         dest = os.path.join(output, "data", name)
         if os.path.exists(dest):
             shutil.rmtree(dest)
@@ -202,12 +231,19 @@ def build_bundle(cfg: Config, datasets: Sequence[str], output: str, *,
                 shutil.copyfile(os.path.join(example_dir, f), os.path.join(dest, f))
         if quality is not None:
             ds_cfg = ds_cfg.apply_overrides(quality.overrides)
-            _write_quality_groupings(quality, ds_cfg, data_paths.get(name),
-                                     os.path.join(work_dir, name), example_dir, dest, group_table)
+            rows_by_dataset[name] = quality_rows(quality.variants, name, group_tables)
+            if not [v for v in rows_by_dataset[name] if v.model != "popularity"]:
+                raise DmginError(f"gpu bundle --quality: no trained row left for {name} (rows "
+                                 f"{[v.name for v in quality.variants]}; a key=cluster row "
+                                 f"needs --group-table {name}=PATH)")
+            _write_quality_groupings(quality, rows_by_dataset[name], ds_cfg, data_paths.get(name),
+                                     os.path.join(work_dir, name), dest, group_tables.get(name))
         with open(os.path.join(output, f"config_{name}.json"), "w", encoding="utf-8") as f:
             json.dump(ds_cfg.to_dict(), f, indent=1, sort_keys=True)
         manifest["datasets"][name] = {"bytes": _size(dest), "source": data_paths.get(name) or
                                       "embedded sample"}
+        if name in group_tables:
+            manifest["datasets"][name]["group_table"] = group_tables[name]
     manifest["src_bytes"] = _copy_sources(os.path.join(output, "src"))
     wheel_dir = os.path.join(output, "wheels")
     if wheels:
@@ -226,13 +262,16 @@ def build_bundle(cfg: Config, datasets: Sequence[str], output: str, *,
         what = ", ".join(models)
     else:
         from dmgin_tf.training import quality_jobs
+        row_names = {d: [v.name for v in rows] for d, rows in rows_by_dataset.items()}
         plan = quality_jobs.plan_dict(datasets, quality.variants, quality.seeds, quality.budget,
-                                      quality.default_key, quality.overrides)
+                                      quality.default_key, quality.overrides,
+                                      dataset_rows=row_names)
         with open(os.path.join(output, quality_jobs.PLAN_FILE), "w", encoding="utf-8") as f:
             json.dump(plan, f, indent=1)
         manifest["quality"] = {"runs": len(quality_jobs.plan_jobs(datasets, quality.variants,
-                                                                  quality.seeds)),
+                                                                  quality.seeds, row_names)),
                                "rows": [v.name for v in quality.variants],
+                               "rows_by_dataset": row_names,
                                "seeds": list(quality.seeds),
                                "budget": plan["budget"]}
         commands = QUALITY_CMD

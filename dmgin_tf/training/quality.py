@@ -113,6 +113,20 @@ def default_variants(models: Sequence[str] = MODEL_NAMES, ablations: bool = True
     return rows
 
 
+def select_variants(variants: Sequence[Variant], names: Sequence[str],
+                    flag: str = "--variants") -> List[Variant]:
+    """The rows named in `names` (exact `Variant.name`s), in `variants`' order.
+
+    Raises DmginError naming `flag` and the unknown names, listing the known rows.
+    """
+    from dmgin_tf.errors import DmginError
+    known = [v.name for v in variants]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise DmginError(f"{flag}: unknown row(s) {unknown}; rows are {known}")
+    return [v for v in variants if v.name in set(names)]
+
+
 def _summary(values: List[float]) -> dict:
     arr = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=np.float64)
     if not len(arr):
@@ -262,6 +276,66 @@ def summarize(dataset: str, runs: List[dict], variants: Sequence[Variant], seeds
     }
 
 
+MERGE_MUST_MATCH = ("budget", "seeds", "default_grouping_key")
+
+
+def merge_results(base: dict, extra: dict, *, base_name: str = "first",
+                  extra_name: str = "second") -> dict:
+    """`base` with the rows (and their runs) of `extra`, a second run on the same dataset.
+
+    Typical use: the published table plus a row run later (the `dmgin key=cluster` row
+    of a one-row GPU bundle). `base` keeps its metadata (data, counts, environment,
+    command, date); a row of `extra` whose name `base` already has replaces it, a new
+    row goes after `base`'s last row of the same kind (else before the baselines).
+    `merged` records what came from where; `seconds` adds up.
+
+    Raises DmginError when the datasets differ or a field of `MERGE_MUST_MATCH` differs
+    (rows trained under another budget or seeds are not comparable), naming both values.
+    """
+    from dmgin_tf.errors import DmginError
+    if base.get("dataset") != extra.get("dataset"):
+        raise DmginError(f"merge: {extra_name} is dataset {extra.get('dataset')!r}, "
+                         f"{base_name} is {base.get('dataset')!r}")
+    for field in MERGE_MUST_MATCH:
+        if base.get(field) != extra.get(field):
+            raise DmginError(f"merge {extra_name} into {base_name} ({base['dataset']}): {field} "
+                             f"differs: {extra.get(field)!r} vs {base.get(field)!r}; rows are "
+                             f"only comparable under the same {field}")
+    out = dict(base)
+    rows = [dict(r) for r in base["rows"]]
+    new_names = [r["variant"] for r in extra["rows"]]
+    for row in extra["rows"]:
+        names = [r["variant"] for r in rows]
+        if row["variant"] in names:
+            rows[names.index(row["variant"])] = dict(row)
+            continue
+        same_kind = [i for i, r in enumerate(rows) if r["kind"] == row["kind"]]
+        baselines = [i for i, r in enumerate(rows) if r["kind"] == "baseline"]
+        at = same_kind[-1] + 1 if same_kind else (baselines[0] if baselines else len(rows))
+        rows.insert(at, dict(row))
+    out["rows"] = rows
+    out["runs"] = [r for r in base.get("runs", []) if r["variant"] not in new_names] + \
+        [r for r in extra.get("runs", []) if r["variant"] in new_names]
+    missing = [m for m in base.get("missing_runs") or [] if m[0] not in new_names]
+    out["missing_runs"] = sorted(missing + list(extra.get("missing_runs") or []))
+    # An earlier merge whose rows this one replaces (re-rendering with the same file)
+    # drops out, with its seconds.
+    earlier, seconds = [], float(base.get("seconds") or 0.0)
+    for m in base.get("merged") or []:
+        kept = [r for r in m["rows"] if r not in new_names]
+        if kept:
+            earlier.append(dict(m, rows=kept))
+        else:
+            seconds -= float(m.get("seconds") or 0.0)
+    out["seconds"] = seconds + float(extra.get("seconds") or 0.0)
+    out["merged"] = earlier + [{
+        "rows": new_names, "from": extra_name, "command": extra.get("command"),
+        "date": extra.get("date"), "seconds": extra.get("seconds"),
+        "backend": extra.get("backend"), "environment": extra.get("environment"),
+        "queue": extra.get("queue")}]
+    return out
+
+
 def _slug(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name).strip("_")
 
@@ -293,7 +367,8 @@ def markdown_table(results: dict) -> str:
     lines = ["| row | grouping | test AUC | test GAUC | test logloss | val AUC | s (all seeds) |",
              "|---|---|---|---|---|---|---|"]
     for r in results["rows"]:
-        key = r["grouping_key"] or "—"
+        # "table" is ItemIndex's name for the cluster key's item -> group table.
+        key = {"table": "cluster"}.get(r["grouping_key"], r["grouping_key"]) or "—"
         if r.get("num_groups"):
             key += f" (K={r['num_groups']})"
         name = r["variant"] + (f" (partial: {r['runs']}/{len(results['seeds'])} seeds)"
@@ -321,7 +396,13 @@ def markdown_table(results: dict) -> str:
               f"Command: `{results.get('command', 'dmgin bench quality')}`",
               f"Machine: {env.get('machine')}; Python {env.get('python')}; "
               + ", ".join(f"{k} {v}" for k, v in env.items() if k not in ("machine", "python"))
-              + f"; {results['date']}; total {results['seconds'] / 60:.1f} min."]
+              + f"; {results['date']}; total {results['seconds'] / 60:.1f} min"
+              + (" (with the later run(s) below)." if results.get("merged") else ".")]
+    for m in results.get("merged") or []:   # rows added later by `--render A.json B.json`
+        menv = m.get("environment") or {}
+        lines.append(f"Row(s) {', '.join(m['rows'])} from a later run ({m.get('date')}, backend "
+                     f"{m.get('backend')}, {menv.get('machine', '?')}, "
+                     f"{(m.get('seconds') or 0) / 60:.1f} min): `{m.get('command')}`")
     return "\n".join(lines)
 
 

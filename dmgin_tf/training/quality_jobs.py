@@ -59,21 +59,31 @@ class Job:
         return json.dumps(dataclasses.asdict(self))
 
 
-def plan_jobs(datasets: Sequence[str], variants, seeds: Sequence[int]) -> List[Job]:
+def plan_jobs(datasets: Sequence[str], variants, seeds: Sequence[int],
+              dataset_rows: Optional[Dict[str, Sequence[str]]] = None) -> List[Job]:
     """Seed-major job list, popularity excluded (the driver computes it directly).
 
     Order: for each seed, every trained row of every dataset. A run stopped by its
     wall-clock budget therefore has all rows with the first seeds rather than some rows
     with all seeds; within a seed, rows of one dataset alternate with the other's so both
-    tables fill at the same pace.
+    tables fill at the same pace. `dataset_rows`: per dataset, the row names it runs
+    (a dataset not listed runs every row), e.g. the cluster row only where a group
+    table was bundled.
     """
     trained = [v for v in variants if v.model != "popularity"]
     jobs = []
     for seed in seeds:
-        for i in range(len(trained)):
+        for v in trained:
             for ds in datasets:
-                jobs.append(Job(ds, trained[i].name, int(seed)))
+                if dataset_rows is None or ds not in dataset_rows or v.name in dataset_rows[ds]:
+                    jobs.append(Job(ds, v.name, int(seed)))
     return jobs
+
+
+def dataset_variants(plan: dict, dataset: str) -> list:
+    """The plan's rows (`Variant`s) that `dataset` runs, in plan order."""
+    names = (plan.get("dataset_rows") or {}).get(dataset)
+    return [v for v in plan["variants"] if names is None or v.name in names]
 
 
 def grouping_name(key: str, num_groups: int = 0) -> str:
@@ -143,16 +153,22 @@ def load_plan(bundle: str) -> dict:
                                                                  v["model_overrides"])})
                         for v in plan["variants"]]
     plan["budget"] = Budget(**plan["budget"])
+    plan.setdefault("dataset_rows", None)   # bundles before per-dataset rows: all rows
     return plan
 
 
 def plan_dict(datasets, variants, seeds, budget, default_key: str,
-              config_overrides: Optional[dict] = None) -> dict:
-    """What `load_plan` reads back (written by the bundle builder)."""
+              config_overrides: Optional[dict] = None,
+              dataset_rows: Optional[Dict[str, Sequence[str]]] = None) -> dict:
+    """What `load_plan` reads back (written by the bundle builder).
+
+    `dataset_rows`: per dataset, the names of the rows it runs (None: every row)."""
     return {"datasets": list(datasets), "seeds": [int(s) for s in seeds],
             "variants": [dataclasses.asdict(v) for v in variants],
             "budget": dataclasses.asdict(budget), "default_grouping_key": default_key,
-            "config_overrides": dict(config_overrides or {})}
+            "config_overrides": dict(config_overrides or {}),
+            "dataset_rows": ({d: list(r) for d, r in dataset_rows.items()}
+                             if dataset_rows is not None else None)}
 
 
 # ---------------------------------------------------------------------------- worker
@@ -453,17 +469,18 @@ def merge_dataset(bundle: str, out: str, dataset: str, plan: dict, *,
                         continue
     runs = [r for r in runs if "error" not in r]
     es = ExampleSet.load(os.path.join(bundle, "data", dataset))
-    for v in plan["variants"]:
+    variants = dataset_variants(plan, dataset)
+    for v in variants:
         if v.model == "popularity":
             runs.append({"variant": v.name, "seed": None, "test": evaluate_popularity(es, "test"),
                          "val": None, "seconds": 0.0})
     with open(os.path.join(bundle, "MANIFEST.json"), encoding="utf-8") as f:
         source = json.load(f)["datasets"].get(dataset, {}).get("source", dataset)
-    results = summarize(dataset, runs, plan["variants"], plan["seeds"], plan["budget"],
+    results = summarize(dataset, runs, variants, plan["seeds"], plan["budget"],
                         default_key=plan["default_grouping_key"], data=source, backend="jax",
                         counts=es.metadata.get("counts"), seconds=seconds)
     results["command"] = command
-    planned = {(j.variant, j.seed) for j in plan_jobs([dataset], plan["variants"], plan["seeds"])}
+    planned = {(j.variant, j.seed) for j in plan_jobs([dataset], variants, plan["seeds"])}
     done = {(r["variant"], r["seed"]) for r in runs if r["seed"] is not None}
     results["missing_runs"] = sorted([list(p) for p in planned - done])
     return results
@@ -491,11 +508,8 @@ def run_main(args) -> int:
     if args.seeds is not None:
         plan["seeds"] = list(range(args.seeds))
     if args.variants:
-        unknown = sorted(set(args.variants) - {v.name for v in plan["variants"]})
-        if unknown:
-            raise SystemExit(f"--variants: unknown row(s) {unknown}; rows are "
-                             f"{[v.name for v in plan['variants']]}")
-        plan["variants"] = [v for v in plan["variants"] if v.name in args.variants]
+        from dmgin_tf.training.quality import select_variants
+        plan["variants"] = select_variants(plan["variants"], args.variants, flag="--variants")
         changes = dict(changes, variants=True)
     # Workers read the plan from the bundle: write the effective one next to the results.
     bundle = os.path.abspath(args.bundle)
@@ -508,9 +522,13 @@ def run_main(args) -> int:
         with open(os.path.join(eff, PLAN_FILE), "w", encoding="utf-8") as f:
             json.dump(plan_dict(plan["datasets"], plan["variants"], plan["seeds"],
                                 plan["budget"], plan["default_grouping_key"],
-                                plan["config_overrides"]), f, indent=1)
+                                plan["config_overrides"], plan["dataset_rows"]), f, indent=1)
         bundle = eff
-    jobs = plan_jobs(datasets, plan["variants"], plan["seeds"])
+    idle = [ds for ds in datasets if not dataset_variants(plan, ds)]
+    if idle:   # e.g. --variants "dmgin key=cluster" and a dataset bundled without a table
+        print(f"[quality] no row of {idle} selected: skipped", flush=True)
+        datasets = [ds for ds in datasets if ds not in idle]
+    jobs = plan_jobs(datasets, plan["variants"], plan["seeds"], plan["dataset_rows"])
     layout = worker_layout(args.processes, cpus=args.cpus)
     print(f"[quality] {len(jobs)} runs ({', '.join(datasets)}; {len(plan['seeds'])} seeds; "
           f"budget {plan['budget']}) on {layout.describe()}; start budget {args.budget_s:.0f}s, "
@@ -533,8 +551,7 @@ def run_main(args) -> int:
         f.close()
     seconds = time.monotonic() - t0
     print(f"[quality] {counts} in {seconds:.0f}s", flush=True)
-    command = (f"dmgin gpu bundle --quality ... && OUT=$OUT bash run.sh (budget-s {args.budget_s:.0f}, "
-               f"{layout.describe()})")
+    command = _command(bundle, args, layout)
     for ds in datasets:
         results = merge_dataset(bundle, out, ds, plan, seconds=seconds, command=command)
         results["queue"] = dict(counts, layout=layout.describe())
@@ -545,6 +562,20 @@ def run_main(args) -> int:
         print(f"[quality] wrote {path}: {len(results['rows'])} rows"
               + (f", partial: {partial}" if partial else ", all complete"), flush=True)
     return 0
+
+
+def _command(bundle: str, args, layout: WorkerLayout) -> str:
+    """How these results were made: the bundle's build command (MANIFEST.json) and the
+    run.sh arguments (what followed --bundle/--out), for the docs' Command line."""
+    import shlex
+    try:
+        with open(os.path.join(bundle, "MANIFEST.json"), encoding="utf-8") as f:
+            built = json.load(f).get("command") or "dmgin gpu bundle --quality ..."
+    except (OSError, ValueError):
+        built = "dmgin gpu bundle --quality ..."
+    extra = " ".join(shlex.quote(a) for a in (args.run_args or []))
+    return (f"{built}`, then on the host ({layout.describe()}) "
+            f"`OUT=$OUT bash run.sh{' ' + extra if extra else ''}")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -574,7 +605,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     w.add_argument("--bundle", required=True)
     w.add_argument("--out", required=True)
     w.add_argument("--cache")
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(argv)
+    # run.sh passes --bundle/--out first, then its own arguments: keep those for the docs.
+    args.run_args = argv[5:] if argv[1:2] == ["--bundle"] and argv[3:4] == ["--out"] else None
     if args.cmd == "worker":
         return worker_main(args.bundle, args.out, args.cache)
     return run_main(args)

@@ -46,3 +46,37 @@ def test_download_command_targets_cp312_manylinux():
     joined = " ".join(cmd)
     assert "--python-version 3.12" in joined and "--only-binary=:all:" in joined
     assert "--platform manylinux_2_28_x86_64" in joined and cmd[-1] == "keras==3.12.4"
+
+
+def test_group_table_flag_is_per_dataset():
+    """--group-table NAME=PATH per dataset; a bare PATH only with one dataset."""
+    import pytest
+    from dmgin_tf.cli.gpu import per_dataset_paths
+    from dmgin_tf.errors import DmginError
+    both = ["taobao", "movielens"]
+    assert per_dataset_paths(["movielens"], ["g/item_groups"], "--group-table") == \
+        {"movielens": "g/item_groups"}
+    assert per_dataset_paths(both, ["movielens=g/item_groups"], "--group-table") == \
+        {"movielens": "g/item_groups"}
+    assert per_dataset_paths(both, None, "--group-table") == {}
+    with pytest.raises(DmginError, match=r"--group-table 'g/item_groups': with several datasets"
+                                         r".*movielens=g/item_groups"):
+        per_dataset_paths(both, ["g/item_groups"], "--group-table")
+    with pytest.raises(DmginError, match=r"--group-table 'generic=x': 'generic' is not a bundled"):
+        per_dataset_paths(both, ["generic=x"], "--group-table")
+    with pytest.raises(DmginError, match="given twice"):
+        per_dataset_paths(both, ["movielens=a", "movielens=b"], "--group-table")
+
+
+def test_bundle_cli_variants_need_known_rows_and_quality(tmp_path, capsys):
+    """`--variants` is checked against the quality rows before anything is built."""
+    from dmgin_tf.cli.main import main
+    base = ["gpu", "bundle", "--dataset", "movielens", "--no-wheels",
+            "--output", str(tmp_path / "b")]
+    assert main(base + ["--variants", "dmgin"]) == 2                # rows need --quality
+    assert "add --quality" in capsys.readouterr().err
+    # No --group-table: there is no cluster row, and the error lists the rows there are.
+    assert main(base + ["--quality", "--variants", "dmgin key=cluster"]) == 2
+    err = capsys.readouterr().err
+    assert "--variants: unknown row(s) ['dmgin key=cluster']" in err and "'dmgin -stats'" in err
+    assert not os.path.exists(tmp_path / "b")

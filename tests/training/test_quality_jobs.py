@@ -184,3 +184,116 @@ def test_prefetching_sequence_keeps_order_and_content():
         np.testing.assert_array_equal(plain[2][0]["x"], fast[2][0]["x"])
     finally:
         fast.close()
+
+
+CLUSTER = quality.Variant("dmgin key=cluster", "dmgin", (), "table", kind="ablation")
+
+
+def test_plan_runs_the_cluster_row_only_where_listed():
+    variants = VARIANTS[:2] + [CLUSTER] + VARIANTS[2:]
+    rows = {"movielens": [v.name for v in variants], "taobao": [v.name for v in VARIANTS]}
+    jobs = plan_jobs(["taobao", "movielens"], variants, [0, 1], rows)
+    assert {j.dataset for j in jobs if j.variant == CLUSTER.name} == {"movielens"}
+    assert len(jobs) == 2 * (3 + 4)
+    plan = quality_jobs.plan_dict(["taobao", "movielens"], variants, [0, 1], quality.QUICK_BUDGET,
+                                  "category", {}, rows)
+    plan["variants"] = variants
+    assert [v.name for v in quality_jobs.dataset_variants(plan, "taobao")] == \
+        [v.name for v in VARIANTS]
+    assert CLUSTER in quality_jobs.dataset_variants(plan, "movielens")
+    # Plans written before per-dataset rows: every dataset runs every row.
+    assert len(plan_jobs(["taobao", "movielens"], variants, [0], None)) == 2 * 4
+
+
+def test_bundle_gives_the_cluster_row_to_the_dataset_with_a_table(tmp_path):
+    """Two datasets, a group table for movielens only: its groupings hold the table,
+    its plan has the cluster row; taobao's has neither and merges without it."""
+    import pandas as pd
+    from dmgin_tf.config import Config
+    from dmgin_tf.training.gpu_bundle import QualitySpec, build_bundle
+    movies = pd.read_csv(os.path.join(os.path.dirname(quality.__file__), "..", "sample_data",
+                                      "movielens", "movies.csv"))
+    table = tmp_path / "item_groups.parquet"
+    pd.DataFrame({"item_id": movies["movieId"].astype(str),
+                  "group_id": movies["movieId"] % 7}).to_parquet(table)
+    spec = QualitySpec((VARIANTS[0], CLUSTER, VARIANTS[-1]), (0,), quality.QUICK_BUDGET,
+                       "category", (("train.mixed_precision", False),))
+    out = str(tmp_path / "bundle")
+    manifest = build_bundle(Config(), ["taobao", "movielens"], out, wheels=False, quality=spec,
+                            group_tables={"movielens": str(table)}, log=lambda *a: None,
+                            command="dmgin gpu bundle --test")
+    assert manifest["quality"]["rows_by_dataset"] == {
+        "taobao": ["dmgin", "item popularity"],
+        "movielens": ["dmgin", "dmgin key=cluster", "item popularity"]}
+    assert manifest["quality"]["runs"] == 3 and manifest["command"] == "dmgin gpu bundle --test"
+    ml = json.load(open(os.path.join(out, "data", "movielens", "groupings.json")))
+    tb = json.load(open(os.path.join(out, "data", "taobao", "groupings.json")))
+    assert set(ml) == {"category", "table"} and set(tb) == {"category"}
+    assert ml["table"]["group_vocab_size"] == 7 + 2
+    groups = np.load(os.path.join(out, "data", "movielens", "groupings.npz"))["table"]
+    assert groups[2:].min() >= 2 and groups.max() == 8     # every sample movie is in the table
+    plan = quality_jobs.load_plan(out)
+    assert [j.dataset for j in plan_jobs(plan["datasets"], plan["variants"], plan["seeds"],
+                                         plan["dataset_rows"])].count("movielens") == 2
+    res = tmp_path / "res"
+    res.mkdir()
+    merged = quality_jobs.merge_dataset(out, str(res), "taobao", plan)
+    assert [r["variant"] for r in merged["rows"]] == ["dmgin", "item popularity"]
+    assert merged["missing_runs"] == [["dmgin", 0]]
+    with pytest.raises(Exception, match="not bundled"):
+        build_bundle(Config(), ["taobao"], str(tmp_path / "b2"), wheels=False, quality=spec,
+                     group_tables={"movielens": str(table)}, log=lambda *a: None)
+
+
+def _results(rows, seeds=(0, 1, 2), budget=quality.Budget(epochs=4), auc=0.7, **extra):
+    """Synthetic `summarize` output: `rows` = variants, one run per seed."""
+    runs = [{"variant": v.name, "seed": s if v.model != "popularity" else None,
+             "test": {"auc": auc + 0.01 * s, "gauc": 0.6, "logloss": 0.5}, "val": {"auc": auc},
+             "seconds": 10.0} for v in rows for s in (seeds if v.model != "popularity" else [0])]
+    res = quality.summarize("movielens", runs, rows, list(seeds), budget, default_key="category",
+                            data="ml", backend="jax", seconds=100.0)
+    res.update(extra)
+    return res
+
+
+def test_render_merges_a_second_results_file_of_the_same_dataset(tmp_path, capsys):
+    from dmgin_tf.cli.main import main
+    category = quality.Variant("dmgin key=category", "dmgin", (), "category", kind="ablation")
+    first = _results([VARIANTS[0], category, VARIANTS[2], VARIANTS[3]], command="published run")
+    second = _results([CLUSTER], auc=0.8, command="cluster run", missing_runs=[])
+    a, b = tmp_path / "quality_movielens.json", tmp_path / "new" / "quality_movielens.json"
+    b.parent.mkdir()
+    a.write_text(json.dumps(first))
+    b.write_text(json.dumps(second))
+    docs = tmp_path / "benchmarks.md"
+    docs.write_text("# Benchmarks\n\n## Quality\n\n<!-- quality:movielens:start -->\nold\n"
+                    "<!-- quality:movielens:end -->\n\n## Other\n\nkept\n")
+    assert main(["bench", "quality", "--render", str(a), str(b), "--output", str(tmp_path),
+                 "--docs", str(docs)]) == 0
+    merged = json.loads(a.read_text())           # --output is a's folder: rewritten in place
+    names = [r["variant"] for r in merged["rows"]]
+    # The ablation goes after the last ablation row, before the K sweep and the baseline.
+    assert names == ["dmgin", "dmgin key=category", "dmgin key=cluster",
+                     "dmgin key=random K=16", "item popularity"]
+    cluster = merged["rows"][2]
+    assert cluster["auc"]["mean"] == pytest.approx(0.81) and cluster["runs"] == 3
+    assert merged["command"] == "published run" and merged["seconds"] == pytest.approx(200.0)
+    assert len(merged["runs"]) == len(first["runs"]) + 3
+    assert merged["merged"][0]["rows"] == ["dmgin key=cluster"]
+    text = docs.read_text()
+    assert "| dmgin key=cluster | cluster | 0.810 ± 0.010 |" in text and "old" not in text
+    assert "from a later run" in text and "`cluster run`" in text and "kept" in text
+    # Rendering the merged file with the second one again replaces the row, not duplicates it.
+    assert main(["bench", "quality", "--render", str(a), str(b), "--output", str(tmp_path),
+                 "--docs", ""]) == 0
+    again = json.loads(a.read_text())
+    assert [r["variant"] for r in again["rows"]] == names and len(again["runs"]) == len(merged["runs"])
+    assert again["seconds"] == pytest.approx(200.0) and len(again["merged"]) == 1
+    # Another budget: not comparable, nothing written.
+    b.write_text(json.dumps(_results([CLUSTER], budget=quality.Budget(epochs=1))))
+    before = a.read_text()
+    capsys.readouterr()
+    assert main(["bench", "quality", "--render", str(a), str(b), "--output", str(tmp_path),
+                 "--docs", ""]) == 2
+    err = capsys.readouterr().err
+    assert "budget differs" in err and str(b) in err and a.read_text() == before
