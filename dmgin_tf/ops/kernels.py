@@ -180,12 +180,19 @@ def map_row_chunks(fn, arrays, out_specs, rows):
         return tuple(fn(*arrays))
     if static_batch is not None:
         num_chunks = -(-static_batch // rows)
-        rows = -(-static_batch // num_chunks)
-        batch = static_batch
-    else:
-        batch = ops.shape(arrays[0])[0]
-        # At least one chunk: XLA rejects the loop's slices of an empty chunk axis.
-        num_chunks = ops.maximum((batch + rows - 1) // rows, 1)
+        return _chunk_loop(fn, arrays, out_specs, -(-static_batch // num_chunks), static_batch,
+                           num_chunks)
+    batch = ops.shape(arrays[0])[0]
+    # At least one chunk: XLA rejects the loop's slices of an empty chunk axis.
+    num_chunks = ops.maximum((batch + rows - 1) // rows, 1)
+    # A dynamic batch that fits one chunk (serving: one user x L = 10k) runs unpadded: the
+    # loop would pad it to `rows` rows (13 at L = 10k), i.e. 13x the work.
+    return ops.cond(batch <= rows, lambda: tuple(fn(*arrays)),
+                    lambda: _chunk_loop(fn, arrays, out_specs, rows, batch, num_chunks))
+
+
+def _chunk_loop(fn, arrays, out_specs, rows, batch, num_chunks):
+    """`map_row_chunks`' loop: `num_chunks` chunks of `rows` rows (the last zero-padded)."""
     pad = num_chunks * rows - batch
     padded = [ops.pad(a, [[0, pad]] + [[0, 0]] * (len(a.shape) - 1)) for a in arrays]
 
