@@ -160,6 +160,22 @@ def main(argv=None):
         rows.append((f"rank, 1 user x {C} cand, L={L}", variant, "off", 1, p50, p99,
                      len(lat) / wall * C, "cand/s", len(errors)))
         print(rows[-1], flush=True)
+        # The same signature called in this process, no gRPC: separates the model's time
+        # from the server's (proto conversion, validation, threads).
+        import tensorflow as tf
+        version_dir = sorted(os.listdir(os.path.join(tmp, model_name)), key=int)[-1]
+        fn = tf.saved_model.load(os.path.join(tmp, model_name, version_dir)).signatures["rank"]
+        sig_args = {k: tf.constant(v) for k, v in user.items()
+                    if k not in (F.CAND_ITEM, F.CAND_GROUP)}            # [1, L] / [1]
+        sig_args[F.CAND_ITEM] = tf.constant(cands[None])
+        sig_args[F.CAND_GROUP] = tf.constant(groups[None])
+        direct = lambda: fn(**sig_args)[F.PREDICTION].numpy()  # noqa: E731
+        direct()
+        lat, wall, errors = run_load(direct, args.requests, 1)
+        p50, p99 = percentiles(lat)
+        rows.append((f"rank, 1 user x {C} cand, L={L} — in-process SavedModel call, no gRPC",
+                     variant, "—", 1, p50, p99, len(lat) / wall * C, "cand/s", len(errors)))
+        print(rows[-1], flush=True)
 
     # 2. predict_raw vs batch size, without / with server batching (noxla and xla).
     Lr = args.raw_history
