@@ -573,7 +573,7 @@ def _command(bundle: str, args, layout: WorkerLayout) -> str:
             built = json.load(f).get("command") or "dmgin gpu bundle --quality ..."
     except (OSError, ValueError):
         built = "dmgin gpu bundle --quality ..."
-    extra = " ".join(shlex.quote(a) for a in (args.run_args or []))
+    extra = " ".join(shlex.quote(a) for a in (getattr(args, "run_args", None) or []))
     return (f"{built}`, then on the host ({layout.describe()}) "
             f"`OUT=$OUT bash run.sh{' ' + extra if extra else ''}")
 
