@@ -269,12 +269,7 @@ class GroupInterestEncoder(keras.layers.Layer):
         """U users × N candidates: cand_item, cand_key `[U, N]` → `[U, N, output_dim]`."""
         n = cand_item.shape[1] if cand_item.shape[1] is not None else ops.shape(cand_item)[1]
 
-        def per_candidate(x):
-            """[U, ...] user-level tensor → [U * N, ...], each row repeated N times."""
-            x = ops.expand_dims(x, 1)
-            shape = ops.shape(x)
-            return ops.reshape(ops.broadcast_to(x, (shape[0], n) + tuple(shape[2:])),
-                               (-1,) + tuple(x.shape[2:]))
+        per_candidate = lambda x: _repeat_per_candidate(x, n)  # noqa: E731
 
         vectors = per_candidate(user_state[GROUP_VECTORS])                   # [U*N, G, D]
         mask = per_candidate(ops.cast(user_state[GROUP_MASK], "bool"))
@@ -284,14 +279,13 @@ class GroupInterestEncoder(keras.layers.Layer):
             [self.embedding.item(flat_item), self.embedding.group(flat_key)], axis=-1))
         parts = [self.target_attention(query, vectors, mask), query]
         if self.use_candidate_group:
-            parts += self._candidate_group_parts(query, vectors, mask, ids, flat_item,
-                                                 flat_key, cand_item, cand_key, inputs,
-                                                 training)
+            parts += self._candidate_group_parts(query, vectors, mask, ids, flat_key,
+                                                 cand_item, cand_key, inputs, training)
         out = ops.concatenate(parts, axis=-1)
         return ops.reshape(out, (-1, n, out.shape[-1]))
 
-    def _candidate_group_parts(self, query, vectors, mask, ids, flat_item, flat_key,
-                               cand_item, cand_key, inputs, training):
+    def _candidate_group_parts(self, query, vectors, mask, ids, flat_key, cand_item,
+                               cand_key, inputs, training):
         """DGIN's candidate-group features for `[U, N]` candidates, returned `[U*N, ...]`."""
         rt = ops.reshape(inputs[REQUEST_TIME], (-1,))
         # Reserved candidate ids (padding/OOV) match nothing: "unknown" is not a group.
@@ -307,8 +301,7 @@ class GroupInterestEncoder(keras.layers.Layer):
         knownf = ops.cast(known, "float32")[:, None]
         counts = ops.cast(flat(cg.counts, t), "float32") * knownf
         stats = ops.cast(flat(cg.stats, NUM_STATS), "float32") * knownf
-        n = ops.shape(cand_item)[1]
-        rt_flat = ops.reshape(ops.broadcast_to(rt[:, None], (ops.shape(rt)[0], n)), (-1,))
+        rt_flat = _repeat_per_candidate(rt, ops.shape(cand_item)[1])
         tokens = self.embedding.tokens(flat(cg.items, m), flat(cg.behaviors, m),
                                        flat(cg.times, m), rt_flat)
         cand_attention = self.candidate_attention(query, tokens, cg_mask, training=training)
@@ -344,3 +337,12 @@ class GroupInterestEncoder(keras.layers.Layer):
             use_candidate_group=self.use_candidate_group, group_key=self.group_key,
             num_time_buckets=self.num_time_buckets)
         return config
+
+
+def _repeat_per_candidate(x, n):
+    """A user-level tensor `[U, ...]` → `[U * N, ...]`, each row repeated for its N
+    candidates (N an int or a scalar tensor)."""
+    x = ops.expand_dims(x, 1)
+    shape = ops.shape(x)
+    return ops.reshape(ops.broadcast_to(x, (shape[0], n) + tuple(shape[2:])),
+                       (-1,) + tuple(x.shape[2:]))
