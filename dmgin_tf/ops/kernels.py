@@ -4,7 +4,8 @@ Every function works on a batch of rows `[B, L, ...]` along axis 1, takes the
 `Executor` of the current trace (see `_backend.py`) and returns the *same integers* on
 every path; only the algorithm differs, picked for speed:
 
-- `take_rows`: `take_along_axis` under XLA; one flat `take` otherwise (2.5x faster there).
+- `take_rows`: a batched gather under XLA (`take_along_axis`; on TF one `tf.gather`); one
+  flat `take` otherwise (2.5x faster there).
 - `cumsum_rows`: a pairwise (work-efficient, log-depth) scan under XLA, whose CPU
   `cumsum` lowering is a quadratic reduce-window; the native `cumsum` otherwise.
 - `stable_argsort_rows`: LSD radix sort (one bit per pass: a scan and one scatter)
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import math
 
+import keras
 from keras import ops
 
 #: Radix sort only for keys of at most this many bits (each bit costs one scan + one
@@ -41,6 +43,12 @@ XLA_CPU_CHUNK_ELEMENTS = 1 << 17
 def take_rows(x, idx, ex):
     """x [B, L] or [B, L, C]; idx [B, K] int32 in [0, L) → x[b, idx[b, k]] [B, K(, C)]."""
     if ex.xla:
+        if keras.backend.backend() == "tensorflow":
+            # What Keras' take_along_axis lowers to after ~25 broadcast/transpose ops
+            # (identity here). The grouping + candidate ops call this ~400 times per
+            # trace, so those ops made SavedModel export ~2x slower to trace and save.
+            import tensorflow as tf
+            return tf.gather(x, idx, batch_dims=1)
         if len(x.shape) == 2:
             return ops.take_along_axis(x, idx, axis=1)
         return ops.take_along_axis(x, ops.expand_dims(idx, -1), axis=1)
@@ -132,25 +140,28 @@ def stable_argsort_rows(keys, num_bits, ex):
     return take_rows(keys, perm, ex), perm
 
 
-#: Binary-search steps when the searched row length is not static (covers any int32 length).
-DYNAMIC_SEARCH_STEPS = 32
-
-
 def lower_bound_rows(sorted_keys, values, hi, ex):
     """First index i in [0, hi] with sorted_keys[b, i] >= values[b, k] (vectorised).
 
     sorted_keys [B, L] ascending per row; values, hi [B, K] int32 (hi: an index whose
-    key is known to be >= the value). L may be dynamic (then `DYNAMIC_SEARCH_STEPS`
-    steps run; extra steps after convergence change nothing).
+    key is known to be >= the value). With a static L the ceil(log2(L + 1)) + 1 steps
+    are unrolled; with a dynamic L (candidates [B, N] in a serving trace) one step runs
+    in a while loop until every search has converged, so the trace holds one step
+    instead of an unrolled worst case (32 steps made export tracing much slower).
     """
     length = sorted_keys.shape[1]
-    steps = DYNAMIC_SEARCH_STEPS if length is None else math.ceil(math.log2(length + 1)) + 1
-    lo = ops.zeros_like(hi)
-    for _ in range(max(1, steps)):
+
+    def step(lo, hi):
         mid = (lo + hi) // 2
         below = take_rows(sorted_keys, mid, ex) < values
-        lo = ops.where(below, mid + 1, lo)
-        hi = ops.where(below, hi, mid)
+        return ops.where(below, mid + 1, lo), ops.where(below, hi, mid)
+
+    lo = ops.zeros_like(hi)
+    if length is None:
+        lo, _ = ops.while_loop(lambda lo, hi: ops.any(lo < hi), step, (lo, hi))
+        return lo
+    for _ in range(max(1, math.ceil(math.log2(length + 1)) + 1)):
+        lo, hi = step(lo, hi)
     return lo
 
 

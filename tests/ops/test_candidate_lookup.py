@@ -1,5 +1,6 @@
 """N candidates per history row (`candidate_groups`, `candidate_item_hits`) against the
-per-candidate numpy reference, in eager, tf.function with a dynamic N, and XLA."""
+per-candidate numpy reference, in eager, tf.function with a dynamic N, and XLA with a
+static and a dynamic N (the serving trace, where the candidate search is a while loop)."""
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -10,7 +11,7 @@ from dmgin_tf.ops.reference import candidate_group_history_reference
 from .histories import HISTORY_KEYS, assert_same, random_histories
 
 B, L, N, M, T = 24, 70, 9, 4, 3
-MODES = ("eager", "graph_dynamic_n", "xla")
+MODES = ("eager", "graph_dynamic_n", "xla", "xla_dynamic_n")
 
 
 def _data(seed, num_groups=None, length=L):
@@ -28,9 +29,9 @@ def _run(fn, args, cand, mode):
     args = [tf.constant(a) for a in args]
     if mode == "eager":
         return fn(*args, tf.constant(cand))
-    if mode == "graph_dynamic_n":   # candidates padded at run time in serving: N unknown
+    if mode.endswith("dynamic_n"):   # candidates padded at run time in serving: N unknown
         spec = tf.TensorSpec([None, None], tf.int32)
-        f = tf.function(lambda *a: fn(*a[:-1], a[-1]),
+        f = tf.function(lambda *a: fn(*a[:-1], a[-1]), jit_compile=mode.startswith("xla"),
                         input_signature=[tf.TensorSpec(a.shape, a.dtype) for a in args] + [spec])
         return f(*args, tf.constant(cand))
     return tf.function(fn, jit_compile=True)(*args, tf.constant(cand))
