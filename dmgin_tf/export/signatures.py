@@ -64,6 +64,13 @@ def pad_rows(x: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
     return tf.pad(x, [[0, extra]] + [[0, 0]] * (x.shape.rank - 1))
 
 
+class _Untracked:
+    """Plain attribute holder: what a tf.Module keeps here is not saved with it."""
+
+    def __init__(self, **attrs):
+        self.__dict__.update(attrs)
+
+
 class ServingModule(tf.Module):
     """A Keras 3 ranking model + lookup tables with the signatures above.
 
@@ -81,9 +88,12 @@ class ServingModule(tf.Module):
                  jit_compile: bool, batch_buckets: Sequence[int] = (1, 8, 32, 128),
                  candidate_buckets: Sequence[int] = (16, 64, 128, 512)):
         super().__init__(name="dmgin_serving")
-        self.model = model
-        # Track the variables explicitly (as keras.export.ExportArchive does), so the
-        # SavedModel holds them whatever Keras' own tracking decides.
+        # The SavedModel tracks only the variables (as keras.export.ExportArchive does),
+        # the lookup tables and the signatures. The Keras model and the core
+        # tf.functions stay untracked: tracked, `tf.saved_model.save` retraced the
+        # model (Keras' default save signature) and every core function once more
+        # while walking the object graph — a third of the export time.
+        self._untracked = _Untracked(model=model)
         self.model_variables = list(model.variables)
         self.tables = tables
         self.history_length = int(history_length)
@@ -91,11 +101,18 @@ class ServingModule(tf.Module):
         self.batch_buckets = tuple(sorted(int(b) for b in batch_buckets))
         self.candidate_buckets = tuple(sorted(int(b) for b in candidate_buckets))
         self.has_user_split = hasattr(model, "encode_user") and hasattr(model, "score")
-        jit = dict(jit_compile=True) if jit_compile else {}
-        self._ctr_core = tf.function(self._ctr, **jit)
-        self._rank_core = tf.function(self._rank, **jit)
-        self._user_state_core = tf.function(self._user_state, **jit)
-        self._score_core = tf.function(self._score, **jit)
+        # autograph off: the model math is keras.ops (control flow via ops.cond /
+        # while_loop, as on JAX), and converting every layer's source cost ~20 s per export.
+        core = lambda fn: tf.function(fn, jit_compile=self.jit_compile or None,  # noqa: E731
+                                      autograph=False)
+        self._untracked.ctr = core(self._ctr)
+        self._untracked.rank = core(self._rank)
+        self._untracked.user_state = core(self._user_state)
+        self._untracked.score = core(self._score)
+
+    @property
+    def model(self):
+        return self._untracked.model
 
     # ---- model math (XLA-compiled in the XLA variant) -------------------------------------
     def _ctr(self, inputs):
@@ -125,7 +142,7 @@ class ServingModule(tf.Module):
     def _padded_ctr(self, inputs):
         n = tf.shape(inputs[F.CAND_ITEM])[0]
         size = bucket_size(n, self.batch_buckets)
-        ctr = self._ctr_core({k: pad_rows(v, size) for k, v in inputs.items()})
+        ctr = self._untracked.ctr({k: pad_rows(v, size) for k, v in inputs.items()})
         return {F.PREDICTION: ctr[:n]}
 
     def _pad_users(self, tensors, cand_item, cand_group):
@@ -148,45 +165,46 @@ class ServingModule(tf.Module):
                    F.CAND_GROUP: tf.TensorSpec([None, None], tf.int32, F.CAND_GROUP)}
         sigs = {}
 
-        @tf.function(input_signature=[dict(hist_b, **cand_b)])
+        @tf.function(autograph=False, input_signature=[dict(hist_b, **cand_b)])
         def predict_raw(inputs):
             return self._padded_ctr(inputs)
         sigs["predict_raw"] = predict_raw.get_concrete_function()
 
         if self.tables is not None:
-            @tf.function(input_signature=[tf.TensorSpec([None], tf.string, EXAMPLES)])
+            @tf.function(autograph=False,
+                         input_signature=[tf.TensorSpec([None], tf.string, EXAMPLES)])
             def serving_default(examples):
                 return self._padded_ctr(parse_serving_examples(examples, self.tables, L))
             sigs["serving_default"] = serving_default.get_concrete_function()
         else:  # no vocabularies: the raw signature is the default one
             sigs["serving_default"] = sigs["predict_raw"]
 
-        @tf.function(input_signature=[dict(hist_b, **cand_un)])
+        @tf.function(autograph=False, input_signature=[dict(hist_b, **cand_un)])
         def rank(inputs):
             history, ci, cg, u, n = self._pad_users({k: inputs[k] for k in hist_b},
                                                     inputs[F.CAND_ITEM], inputs[F.CAND_GROUP])
-            return {F.PREDICTION: self._rank_core(history, ci, cg)[:u, :n]}
+            return {F.PREDICTION: self._untracked.rank(history, ci, cg)[:u, :n]}
         sigs["rank"] = rank.get_concrete_function()
 
         if self.has_user_split:
-            @tf.function(input_signature=[hist_b])
+            @tf.function(autograph=False, input_signature=[hist_b])
             def user_state(history):
                 n = tf.shape(history[F.REQUEST_TIME])[0]
                 size = bucket_size(n, self.batch_buckets)
-                state = self._user_state_core({k: pad_rows(v, size) for k, v in history.items()})
+                state = self._untracked.user_state({k: pad_rows(v, size) for k, v in history.items()})
                 return {k: v[:n] for k, v in state.items()}
             sigs["user_state"] = user_state.get_concrete_function()
 
-            probe = self._user_state_core.get_concrete_function(hist_b).structured_outputs
+            probe = self._untracked.user_state.get_concrete_function(hist_b).structured_outputs
             state_b = {k: tf.TensorSpec(probe[k].shape, probe[k].dtype, k) for k in USER_STATE_KEYS}
 
-            @tf.function(input_signature=[dict(state_b, **hist_b, **cand_un)])
+            @tf.function(autograph=False, input_signature=[dict(state_b, **hist_b, **cand_un)])
             def score(inputs):
                 tensors = {k: inputs[k] for k in list(hist_b) + list(USER_STATE_KEYS)}
                 tensors, ci, cg, u, n = self._pad_users(tensors, inputs[F.CAND_ITEM],
                                                         inputs[F.CAND_GROUP])
                 history = {k: tensors[k] for k in hist_b}
                 state = {k: tensors[k] for k in USER_STATE_KEYS}
-                return {F.PREDICTION: self._score_core(state, history, ci, cg)[:u, :n]}
+                return {F.PREDICTION: self._untracked.score(state, history, ci, cg)[:u, :n]}
             sigs["score"] = score.get_concrete_function()
         return sigs
