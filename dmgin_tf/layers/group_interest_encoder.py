@@ -266,54 +266,59 @@ class GroupInterestEncoder(keras.layers.Layer):
         return out[:, 0]
 
     def _score_lists(self, user_state, inputs, cand_item, cand_key, training):
-        """U users × N candidates: cand_item, cand_key `[U, N]` → `[U, N, output_dim]`."""
+        """U users × N candidates: cand_item, cand_key `[U, N]` → `[U, N, output_dim]`.
+
+        The user state is never repeated per candidate: target attention takes the N
+        queries of a user against the user's G groups at once.
+        """
         n = cand_item.shape[1] if cand_item.shape[1] is not None else ops.shape(cand_item)[1]
-
-        per_candidate = lambda x: _repeat_per_candidate(x, n)  # noqa: E731
-
-        vectors = per_candidate(user_state[GROUP_VECTORS])                   # [U*N, G, D]
-        mask = per_candidate(ops.cast(user_state[GROUP_MASK], "bool"))
-        ids = per_candidate(ops.cast(user_state[GROUP_IDS], "int32"))
-        flat_item, flat_key = ops.reshape(cand_item, (-1,)), ops.reshape(cand_key, (-1,))
+        vectors = user_state[GROUP_VECTORS]                                  # [U, G, D]
+        mask = ops.cast(user_state[GROUP_MASK], "bool")
         query = self.query_proj(ops.concatenate(
-            [self.embedding.item(flat_item), self.embedding.group(flat_key)], axis=-1))
-        parts = [self.target_attention(query, vectors, mask), query]
+            [self.embedding.item(cand_item), self.embedding.group(cand_key)], axis=-1))
+        parts = [self.target_attention(query, vectors, mask), query]         # [U, N, ...]
         if self.use_candidate_group:
-            parts += self._candidate_group_parts(query, vectors, mask, ids, flat_key,
-                                                 cand_item, cand_key, inputs, training)
-        out = ops.concatenate(parts, axis=-1)
-        return ops.reshape(out, (-1, n, out.shape[-1]))
+            parts += self._candidate_group_parts(query, vectors, mask,
+                                                 ops.cast(user_state[GROUP_IDS], "int32"),
+                                                 cand_item, cand_key, inputs, n, training)
+        return ops.concatenate(parts, axis=-1)
 
-    def _candidate_group_parts(self, query, vectors, mask, ids, flat_key, cand_item,
-                               cand_key, inputs, training):
-        """DGIN's candidate-group features for `[U, N]` candidates, returned `[U*N, ...]`."""
+    def _candidate_group_parts(self, query, vectors, mask, ids, cand_item, cand_key, inputs,
+                               n, training):
+        """DGIN's candidate-group features for `[U, N]` candidates, returned `[U, N, ...]`.
+
+        query `[U, N, D]`; vectors `[U, G, D]`, mask / ids `[U, G]` (the user state).
+        """
         rt = ops.reshape(inputs[REQUEST_TIME], (-1,))
         # Reserved candidate ids (padding/OOV) match nothing: "unknown" is not a group.
-        known = flat_key >= NUM_RESERVED_IDS
+        known = cand_key >= NUM_RESERVED_IDS                                 # [U, N]
         cg = candidate_groups(inputs[HIST_ITEM], self._group_key(inputs),
                               inputs[HIST_BEHAVIOR_ID], inputs[HIST_TIME], rt, cand_key,
                               max_per_group=self.max_per_group,
                               num_behavior_types=self.num_behavior_types,
                               num_groups=self._num_groups())
-        m, t = self.max_per_group, self.num_behavior_types
+        m = self.max_per_group
+        # The candidate's own group: one behavior set per candidate, so rows of U * N.
         flat = lambda x, *tail: ops.reshape(x, (-1,) + tail)  # noqa: E731  [U, N, ...] → [U*N, ...]
-        cg_mask = ops.cast(flat(cg.mask, m), "bool") & known[:, None]
-        knownf = ops.cast(known, "float32")[:, None]
-        counts = ops.cast(flat(cg.counts, t), "float32") * knownf
-        stats = ops.cast(flat(cg.stats, NUM_STATS), "float32") * knownf
-        rt_flat = _repeat_per_candidate(rt, ops.shape(cand_item)[1])
+        cg_mask = ops.cast(flat(cg.mask, m), "bool") & flat(known)[:, None]
+        knownf = ops.cast(known, "float32")[..., None]
+        counts = ops.cast(cg.counts, "float32") * knownf                    # [U, N, T]
+        stats = ops.cast(cg.stats, "float32") * knownf
+        rt_flat = _repeat_per_candidate(rt, n)
         tokens = self.embedding.tokens(flat(cg.items, m), flat(cg.behaviors, m),
                                        flat(cg.times, m), rt_flat)
-        cand_attention = self.candidate_attention(query, tokens, cg_mask, training=training)
+        cand_attention = self.candidate_attention(flat(query, query.shape[-1]), tokens,
+                                                  cg_mask, training=training)
+        cand_attention = ops.reshape(cand_attention, (-1, n, cand_attention.shape[-1]))
         cand_stats = self.statistics(counts, stats, group_mask=known)
         # The evolved vector of the candidate's own group, if it is among the top G.
-        hit = ops.cast((ids == flat_key[:, None]) & mask & known[:, None], vectors.dtype)
-        matched = ops.einsum("ng,ngd->nd", hit, vectors)
+        hit = ops.cast((ids[:, None, :] == cand_key[:, :, None]) & mask[:, None, :]
+                       & known[:, :, None], vectors.dtype)                  # [U, N, G]
+        matched = ops.einsum("ung,ugd->und", hit, vectors)
         item_match = candidate_item_match(inputs[HIST_ITEM], inputs[HIST_BEHAVIOR_ID],
                                           inputs[HIST_TIME], rt, cand_item,
                                           self.num_behavior_types)         # [U, N, T + 2]
-        raw = ops.concatenate([GroupStatistics.features(counts, stats),
-                               flat(item_match, t + 2)], axis=-1)
+        raw = ops.concatenate([GroupStatistics.features(counts, stats), item_match], axis=-1)
         dtype = query.dtype
         return [cand_attention, cand_stats, matched, ops.cast(raw, dtype)]
 

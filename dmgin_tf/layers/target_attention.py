@@ -15,18 +15,27 @@ class TargetAttention(keras.layers.Layer):
     normalised with a masked softmax; the output is the weighted sum of the keys.
     The query is projected to the key width when the sizes differ.
 
+    Several queries can share one key set (ranking: N candidates of one user over the
+    user's G groups): pass query `[B, N, Dq]`. The first MLP layer is evaluated split
+    by its input blocks, `W·[q; k; q-k; q*k] = (W_q + W_d)·q + (W_k - W_d)·k + W_p·(q*k)`:
+    the key part once per key set, the query part once per query, and only the `q*k`
+    part per (query, key) pair — the same function with the same weights, without
+    repeating the keys per query or building the 4D-wide concatenation (about half
+    the multiply-adds of the unsplit layer, whatever N).
+
     Args:
         hidden_units: tuple of ints, the scoring MLP.
         activation: hidden activation.
 
     Call arguments:
-        query: float `[B, Dq]`.
+        query: float `[B, Dq]`, or `[B, N, Dq]` (N queries over the same keys).
         keys: float `[B, S, D]`.
         key_mask: bool `[B, S]`, True = real key.
-        return_weights: bool; also return the weights `[B, S]`.
+        return_weights: bool; also return the weights `[B, S]` (`[B, N, S]`).
 
     Returns:
-        float `[B, D]` (zeros for a row without real keys), and optionally the weights.
+        float `[B, D]` (`[B, N, D]`; zeros for a row without real keys), and optionally
+        the weights.
 
     Example:
 
@@ -62,20 +71,40 @@ class TargetAttention(keras.layers.Layer):
         self.built = True
 
     def call(self, query, keys, key_mask, return_weights=False):
-        mask = key_mask
+        single = len(query.shape) == 2
         if self.query_proj is not None:
             query = self.query_proj(query)
-        q = ops.broadcast_to(ops.cast(query, keys.dtype)[:, None, :], ops.shape(keys))
-        h = ops.concatenate([q, keys, q - keys, q * keys], axis=-1)
-        for layer in self.mlp:
-            h = layer(h)
-        scores = ops.squeeze(self.score(h), axis=-1)                  # [B, S]
+        q = ops.cast(query, keys.dtype)
+        if single:
+            q = q[:, None, :]                                          # [B, 1, D]
+        mask = ops.cast(key_mask, "bool")[:, None, :]                  # [B, 1, S]
+        scores = self._scores(q, keys)                                 # [B, N, S]
         weights = masked_softmax(scores, mask)
-        out = ops.einsum("bs,bsd->bd", ops.cast(weights, keys.dtype), keys)
+        out = ops.einsum("bns,bsd->bnd", ops.cast(weights, keys.dtype), keys)
+        if single:
+            out, weights = out[:, 0], weights[:, 0]
         return (out, weights) if return_weights else out
 
+    def _scores(self, q, keys):
+        """MLP scores of every (query, key) pair: q [B, N, D], keys [B, S, D] → [B, N, S]."""
+        dim = keys.shape[-1]
+        first = self.mlp[0] if self.mlp else self.score
+        w = ops.cast(first.kernel, keys.dtype)                          # [4D, H]
+        w_q, w_k, w_d, w_p = (w[i * dim:(i + 1) * dim] for i in range(4))
+        h = (ops.matmul(q, w_q + w_d)[:, :, None, :]                     # [B, N, 1, H]
+             + ops.matmul(keys, w_k - w_d)[:, None, :, :]                # [B, 1, S, H]
+             + ops.einsum("bndh,bsd->bnsh", q[..., None] * w_p, keys))   # [B, N, S, H]
+        if first.use_bias:
+            h = h + ops.cast(first.bias, keys.dtype)
+        h = first.activation(h)
+        for layer in self.mlp[1:]:
+            h = layer(h)
+        if self.mlp:
+            h = self.score(h)
+        return ops.squeeze(h, axis=-1)
+
     def compute_output_shape(self, query_shape, keys_shape, key_mask_shape=None):
-        return (keys_shape[0], keys_shape[-1])
+        return tuple(query_shape[:-1]) + (keys_shape[-1],)
 
     def get_config(self):
         config = super().get_config()
