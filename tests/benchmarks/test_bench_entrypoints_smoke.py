@@ -37,6 +37,7 @@ def test_bench_scale_tiny_on_the_sample(tmp_path):
     summary = json.loads((out / "scale.json").read_text())
     (row,) = summary["runs"]
     assert row["examples"] > 0 and row["shuffle_users"] > 0 and row["kmeans_iterations"] >= 1
+    assert row["load_1m"] >= 0 and (out / "scale.png").stat().st_size > 0
 
 
 @pytest.mark.slow
