@@ -101,6 +101,7 @@ class ServingModule(tf.Module):
         self.batch_buckets = tuple(sorted(int(b) for b in batch_buckets))
         self.candidate_buckets = tuple(sorted(int(b) for b in candidate_buckets))
         self.has_user_split = hasattr(model, "encode_user") and hasattr(model, "score")
+        self.has_lookups = self.has_user_split and hasattr(model, "candidate_lookups")
         # autograph off: the model math is keras.ops (control flow via ops.cond /
         # while_loop, as on JAX), and converting every layer's source cost ~20 s per export.
         core = lambda fn: tf.function(fn, jit_compile=self.jit_compile or None,  # noqa: E731
@@ -109,6 +110,7 @@ class ServingModule(tf.Module):
         self._untracked.rank = core(self._rank)
         self._untracked.user_state = core(self._user_state)
         self._untracked.score = core(self._score)
+        self._untracked.lookups = core(self._lookups)
 
     @property
     def model(self):
@@ -122,21 +124,37 @@ class ServingModule(tf.Module):
         state = self.model.encode_user(history, training=False)
         return {k: state[k] for k in USER_STATE_KEYS}
 
+    def _lookups(self, history, cand_item, cand_group):
+        """The candidates' history lookups (`model.candidate_lookups`), [U, N, ...]."""
+        return self.model.candidate_lookups(
+            dict(history, **{F.CAND_ITEM: cand_item, F.CAND_GROUP: cand_group}))
+
     def _rank(self, history, cand_item, cand_group):
-        """history: keys [U, L] / [U]; cand_*: [U, N] → ctr [U, N]."""
-        if self.has_user_split:
-            return self._score(self._user_state(history), history, cand_item, cand_group)
+        """history: keys [U, L] / [U]; cand_*: [U, N] → ctr [U, N] (models without the
+        user/candidate split: the history repeats per candidate)."""
         n = tf.shape(cand_item)[1]  # no split: the history repeats per candidate
         tiled = {k: tf.repeat(v, n, axis=0) for k, v in history.items()}
         ctr = self._ctr(dict(tiled, **{F.CAND_ITEM: tf.reshape(cand_item, [-1]),
                                        F.CAND_GROUP: tf.reshape(cand_group, [-1])}))
         return tf.reshape(ctr, tf.shape(cand_item))
 
-    def _score(self, state, history, cand_item, cand_group):
+    def _score(self, state, history, cand_item, cand_group, lookups=None):
         """state/history: [U, ...]; cand_*: [U, N] → ctr [U, N]. The model scores N
         candidates per user with one pass over each user's history."""
         inputs = dict(history, **{F.CAND_ITEM: cand_item, F.CAND_GROUP: cand_group})
-        return self.model.score(state, inputs, training=False)
+        if lookups is None:
+            return self.model.score(state, inputs, training=False)
+        return self.model.score(state, inputs, training=False, lookups=lookups)
+
+    def _split_score(self, state, history, cand_item, cand_group):
+        """`score` of padded inputs as separately compiled parts: the history lookups do
+        not depend on the user state, so in `rank` TensorFlow's executor runs them on the
+        second core while `user_state` runs (two XLA clusters, not one sequential one)."""
+        lookups = (self._untracked.lookups(history, cand_item, cand_group)
+                   if self.has_lookups else None)
+        if state is None:
+            state = self._untracked.user_state(history)
+        return self._untracked.score(state, history, cand_item, cand_group, lookups)
 
     # ---- padding helpers ---------------------------------------------------------------------
     def _padded_ctr(self, inputs):
@@ -183,7 +201,11 @@ class ServingModule(tf.Module):
         def rank(inputs):
             history, ci, cg, u, n = self._pad_users({k: inputs[k] for k in hist_b},
                                                     inputs[F.CAND_ITEM], inputs[F.CAND_GROUP])
-            return {F.PREDICTION: self._untracked.rank(history, ci, cg)[:u, :n]}
+            if self.has_user_split:
+                ctr = self._split_score(None, history, ci, cg)
+            else:
+                ctr = self._untracked.rank(history, ci, cg)
+            return {F.PREDICTION: ctr[:u, :n]}
         sigs["rank"] = rank.get_concrete_function()
 
         if self.has_user_split:
@@ -205,6 +227,6 @@ class ServingModule(tf.Module):
                                                         inputs[F.CAND_GROUP])
                 history = {k: tensors[k] for k in hist_b}
                 state = {k: tensors[k] for k in USER_STATE_KEYS}
-                return {F.PREDICTION: self._untracked.score(state, history, ci, cg)[:u, :n]}
+                return {F.PREDICTION: self._split_score(state, history, ci, cg)[:u, :n]}
             sigs["score"] = score.get_concrete_function()
         return sigs

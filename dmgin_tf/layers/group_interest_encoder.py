@@ -13,7 +13,7 @@ from dmgin_tf.layers.group_statistics import GroupStatistics
 from dmgin_tf.layers.inter_group_transformer import InterGroupTransformer
 from dmgin_tf.layers.intra_group_transformer import IntraGroupTransformer
 from dmgin_tf.layers.target_attention import TargetAttention
-from dmgin_tf.ops import NUM_STATS, candidate_groups, group_behaviors
+from dmgin_tf.ops import NUM_STATS, CandidateGroup, candidate_groups, group_behaviors
 
 GROUP_VECTORS = "group_vectors"
 GROUP_MASK = "group_mask"
@@ -232,7 +232,7 @@ class GroupInterestEncoder(keras.layers.Layer):
                 GROUP_IDS: ops.cast(gh.group_ids, "int32")}
 
     # ----------------------------------------------------------------- candidate side
-    def score_candidates(self, user_state, inputs, training=None):
+    def score_candidates(self, user_state, inputs, training=None, lookups=None):
         """Interest vectors for candidates given a (cached) user state.
 
         Args:
@@ -245,6 +245,9 @@ class GroupInterestEncoder(keras.layers.Layer):
                 `candidate_item_hits`), not rescanned per candidate. Candidates `[N]`
                 with a state of static batch 1 are one user × N candidates.
             training: bool.
+            lookups: optional `history_lookups(inputs)` of the same `[U, N]`
+                candidates, computed beforehand (serving runs it beside `encode_user`:
+                it does not need the user state); None = computed here.
 
         Returns:
             float `[U, output_dim]`, `[U, N, output_dim]` for `[U, N]` candidates, or
@@ -255,7 +258,8 @@ class GroupInterestEncoder(keras.layers.Layer):
         cand_item = ops.cast(inputs[CAND_ITEM], "int32")
         cand_key = ops.cast(self._cand_key(inputs), "int32")
         if len(cand_item.shape) == 2:
-            return self._score_lists(user_state, inputs, cand_item, cand_key, training)
+            return self._score_lists(user_state, inputs, cand_item, cand_key, training,
+                                     lookups)
         state_batch = user_state[GROUP_MASK].shape[0]
         if state_batch == 1 and cand_item.shape[0] != 1:
             out = self._score_lists(user_state, inputs, cand_item[None], cand_key[None],
@@ -265,7 +269,37 @@ class GroupInterestEncoder(keras.layers.Layer):
                                 training)
         return out[:, 0]
 
-    def _score_lists(self, user_state, inputs, cand_item, cand_key, training):
+    def history_lookups(self, inputs):
+        """The candidate side's reads of the raw history, for `[U, N]` candidates.
+
+        Needs no user state, so it can run concurrently with `encode_user`.
+
+        Args:
+            inputs: history keys `[U, L]`, `request_time [U]`, `cand_item, cand_group`
+                `[U, N]`.
+
+        Returns:
+            dict: the `CandidateGroup` fields of each candidate's own group (items,
+            behaviors, times, mask `[U, N, M]`; counts `[U, N, T]`; first_time,
+            last_time `[U, N]`; stats `[U, N, S]`) and `item_match` `[U, N, T + 2]`
+            (`candidate_item_match`); {} without `use_candidate_group`.
+        """
+        if not self.use_candidate_group:
+            return {}
+        cand_item = ops.cast(inputs[CAND_ITEM], "int32")
+        cand_key = ops.cast(self._cand_key(inputs), "int32")
+        rt = ops.reshape(inputs[REQUEST_TIME], (-1,))
+        cg = candidate_groups(inputs[HIST_ITEM], self._group_key(inputs),
+                              inputs[HIST_BEHAVIOR_ID], inputs[HIST_TIME], rt, cand_key,
+                              max_per_group=self.max_per_group,
+                              num_behavior_types=self.num_behavior_types,
+                              num_groups=self._num_groups())
+        item_match = candidate_item_match(inputs[HIST_ITEM], inputs[HIST_BEHAVIOR_ID],
+                                          inputs[HIST_TIME], rt, cand_item,
+                                          self.num_behavior_types)
+        return dict(cg._asdict(), item_match=item_match)
+
+    def _score_lists(self, user_state, inputs, cand_item, cand_key, training, lookups=None):
         """U users × N candidates: cand_item, cand_key `[U, N]` → `[U, N, output_dim]`.
 
         The user state is never repeated per candidate: target attention takes the N
@@ -278,25 +312,29 @@ class GroupInterestEncoder(keras.layers.Layer):
             [self.embedding.item(cand_item), self.embedding.group(cand_key)], axis=-1))
         parts = [self.target_attention(query, vectors, mask), query]         # [U, N, ...]
         if self.use_candidate_group:
+            if lookups is None:
+                lookups = self.history_lookups({**inputs, CAND_ITEM: cand_item,
+                                                **self._cand_inputs(cand_key)})
             parts += self._candidate_group_parts(query, vectors, mask,
                                                  ops.cast(user_state[GROUP_IDS], "int32"),
-                                                 cand_item, cand_key, inputs, n, training)
+                                                 cand_key, inputs, lookups, n, training)
         return ops.concatenate(parts, axis=-1)
 
-    def _candidate_group_parts(self, query, vectors, mask, ids, cand_item, cand_key, inputs,
-                               n, training):
+    def _cand_inputs(self, cand_key):
+        """`cand_key` back under the input key it came from (`_cand_key`)."""
+        return {CAND_ITEM if self.group_key == "item" else CAND_GROUP: cand_key}
+
+    def _candidate_group_parts(self, query, vectors, mask, ids, cand_key, inputs, lookups, n,
+                               training):
         """DGIN's candidate-group features for `[U, N]` candidates, returned `[U, N, ...]`.
 
-        query `[U, N, D]`; vectors `[U, G, D]`, mask / ids `[U, G]` (the user state).
+        query `[U, N, D]`; vectors `[U, G, D]`, mask / ids `[U, G]` (the user state);
+        lookups: `history_lookups` of the candidates.
         """
         rt = ops.reshape(inputs[REQUEST_TIME], (-1,))
         # Reserved candidate ids (padding/OOV) match nothing: "unknown" is not a group.
         known = cand_key >= NUM_RESERVED_IDS                                 # [U, N]
-        cg = candidate_groups(inputs[HIST_ITEM], self._group_key(inputs),
-                              inputs[HIST_BEHAVIOR_ID], inputs[HIST_TIME], rt, cand_key,
-                              max_per_group=self.max_per_group,
-                              num_behavior_types=self.num_behavior_types,
-                              num_groups=self._num_groups())
+        cg = CandidateGroup(**{k: lookups[k] for k in CandidateGroup._fields})
         m = self.max_per_group
         # The candidate's own group: one behavior set per candidate, so rows of U * N.
         flat = lambda x, *tail: ops.reshape(x, (-1,) + tail)  # noqa: E731  [U, N, ...] → [U*N, ...]
@@ -315,9 +353,7 @@ class GroupInterestEncoder(keras.layers.Layer):
         hit = ops.cast((ids[:, None, :] == cand_key[:, :, None]) & mask[:, None, :]
                        & known[:, :, None], vectors.dtype)                  # [U, N, G]
         matched = ops.einsum("ung,ugd->und", hit, vectors)
-        item_match = candidate_item_match(inputs[HIST_ITEM], inputs[HIST_BEHAVIOR_ID],
-                                          inputs[HIST_TIME], rt, cand_item,
-                                          self.num_behavior_types)         # [U, N, T + 2]
+        item_match = ops.cast(lookups["item_match"], "float32")              # [U, N, T + 2]
         raw = ops.concatenate([GroupStatistics.features(counts, stats), item_match], axis=-1)
         dtype = query.dtype
         return [cand_attention, cand_stats, matched, ops.cast(raw, dtype)]

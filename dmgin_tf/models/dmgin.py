@@ -34,6 +34,9 @@ class DMGIN(RankingModel):
       of the state's U users and `cand_item, cand_group`: `[U]` → ctr `[U]`, `[U, N]`
       (N candidates per user; the history is scanned once per user) → ctr `[U, N]`, or
       `[N]` with U = 1 → ctr `[N]`.
+    - `candidate_lookups(inputs)`: what `score` reads from the raw history for `[U, N]`
+      candidates; it needs no user state, so serving runs it beside `encode_user` and
+      passes it to `score(..., lookups=...)`.
 
     Args:
         model_cfg: `ModelConfig` or its dict.
@@ -55,8 +58,12 @@ class DMGIN(RankingModel):
     def encode_user(self, inputs, training=None):
         return self.encoder.encode_user(inputs, training=training)
 
-    def score(self, user_state, inputs, training=None):
-        interest = self.encoder.score_candidates(user_state, inputs, training=training)
+    def candidate_lookups(self, inputs):
+        return self.encoder.history_lookups(inputs)
+
+    def score(self, user_state, inputs, training=None, lookups=None):
+        interest = self.encoder.score_candidates(user_state, inputs, training=training,
+                                                 lookups=lookups)
         if len(interest.shape) == 2:
             return self.head(interest, training=training)
         # [U, N, F]: the head takes rows; ctr back as [U, N].
