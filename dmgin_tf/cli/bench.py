@@ -30,6 +30,13 @@ def _add_quality(sub) -> None:
                         "nothing. Several files of one dataset are merged in order: the first "
                         "keeps its metadata, later ones add (or replace) rows; budgets and "
                         "seeds must match")
+    p.add_argument("--compare", metavar="RESULTS_JSON", nargs="+",
+                   help="pairs FIRST SECOND [FIRST SECOND ...] of results of one row trained "
+                        "twice under the same protocol (e.g. JAX on a GPU vs TF on this CPU): "
+                        "per-seed metrics, difference and seed std as a table and "
+                        "backend_comparison.png in --output; trains nothing")
+    p.add_argument("--compare-names", nargs=2, default=("first", "second"), metavar="NAME",
+                   help="column names of the two sides of --compare")
     p.add_argument("--data", metavar="PATH", help="converted or raw data (default: embedded sample)")
     p.add_argument("--seeds", type=int, default=3, help="number of seeds (0..N-1; default 3)")
     p.add_argument("--models", nargs="+", metavar="MODEL",
@@ -81,7 +88,29 @@ def render_quality(paths, out_dir: str, docs) -> int:
     return 0
 
 
+def compare_quality(paths, names, out_dir: str) -> int:
+    """`--compare`: tables + one chart for pairs of results files (no training)."""
+    import json
+    from dmgin_tf.errors import DmginError
+    from dmgin_tf.training import quality
+    if len(paths) % 2:
+        raise DmginError(f"bench quality --compare takes pairs of files, got {len(paths)}")
+    cmps = []
+    for first, second in zip(paths[::2], paths[1::2]):
+        with open(first, encoding="utf-8") as f1, open(second, encoding="utf-8") as f2:
+            cmps.append(quality.compare_runs(json.load(f1), json.load(f2), names=tuple(names)))
+        print(quality.comparison_markdown(cmps[-1]) + "\n")
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "backend_comparison.json"), "w", encoding="utf-8") as f:
+        json.dump(cmps, f, indent=1)
+    png = quality.plot_comparisons(cmps, os.path.join(out_dir, "backend_comparison.png"))
+    print(f"wrote {os.path.join(out_dir, 'backend_comparison.json')}" + (f", {png}" if png else ""))
+    return 0
+
+
 def run_quality(args: argparse.Namespace) -> int:
+    if args.compare:
+        return compare_quality(args.compare, args.compare_names, args.output)
     if args.render:
         return render_quality(args.render, args.output, args.docs)
     if not args.dataset:

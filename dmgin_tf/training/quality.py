@@ -25,7 +25,7 @@ import json
 import os
 import platform
 import time
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -334,6 +334,82 @@ def merge_results(base: dict, extra: dict, *, base_name: str = "first",
         "backend": extra.get("backend"), "environment": extra.get("environment"),
         "queue": extra.get("queue")}]
     return out
+
+
+COMPARE_MUST_MATCH = ("dataset", "budget", "seeds", "default_grouping_key", "counts")
+
+
+def compare_runs(first: dict, second: dict, variant: str = "dmgin", *,
+                 names: Tuple[str, str] = ("first", "second")) -> dict:
+    """One row trained twice under the same protocol (e.g. JAX on a GPU vs TF on this
+    CPU): per-seed test/val metrics of both, means, seed std and the difference.
+
+    Raises DmginError when a field of `COMPARE_MUST_MATCH` differs (other data, split,
+    budget or seeds: not the same experiment) or `variant` has no runs in a file.
+    Returns {"dataset", "variant", "sides": [{name, backend, command, seeds: {...}}],
+    "diff": {metric: second mean - first mean}, "pooled_std": {metric: ...}}.
+    """
+    from dmgin_tf.errors import DmginError
+    for field in COMPARE_MUST_MATCH:
+        if first.get(field) != second.get(field):
+            raise DmginError(f"compare {names[1]} with {names[0]}: {field} differs: "
+                             f"{second.get(field)!r} vs {first.get(field)!r}")
+    metrics = (("test", "auc"), ("test", "gauc"), ("val", "auc"))
+    sides = []
+    for name, res in zip(names, (first, second)):
+        runs = sorted((r for r in res.get("runs", []) if r.get("variant") == variant
+                       and r.get("test")), key=lambda r: r["seed"])
+        if not runs:
+            raise DmginError(f"compare: {name} has no finished runs of {variant!r}")
+        values = {f"{split} {m}": [float(r[split][m]) for r in runs] for split, m in metrics}
+        sides.append({"name": name, "backend": res.get("backend"), "command": res.get("command"),
+                      "seeds": [r["seed"] for r in runs], "values": values,
+                      "summary": {k: _summary(v) for k, v in values.items()}})
+    diff, pooled = {}, {}
+    for key in sides[0]["values"]:
+        a, b = sides[0]["summary"][key], sides[1]["summary"][key]
+        diff[key] = b["mean"] - a["mean"]
+        pooled[key] = float(np.sqrt((a["std"] ** 2 + b["std"] ** 2) / 2))
+    return {"dataset": first["dataset"], "variant": variant, "budget": first.get("budget"),
+            "sides": sides, "diff": diff, "pooled_std": pooled}
+
+
+def comparison_markdown(cmp: dict) -> str:
+    """Table of `compare_runs`: mean ± std per side, the difference and the seed std."""
+    a, b = cmp["sides"]
+    lines = [f"| {cmp['dataset']}, {cmp['variant']} | {a['name']} | {b['name']} | "
+             f"{b['name']} − {a['name']} | seed std (pooled) |", "|---|---|---|---|---|"]
+    for key in a["values"]:
+        cells = [f"{s['summary'][key]['mean']:.3f} ± {s['summary'][key]['std']:.3f} "
+                 f"({', '.join(f'{v:.3f}' for v in s['values'][key])})" for s in (a, b)]
+        lines.append(f"| {key} | {cells[0]} | {cells[1]} | {cmp['diff'][key]:+.4f} | "
+                     f"{cmp['pooled_std'][key]:.4f} |")
+    return "\n".join(lines)
+
+
+def plot_comparisons(cmps: Sequence[dict], path: str) -> Optional[str]:
+    """Per-seed test AUC / GAUC of both sides, one panel per comparison → PNG."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, axes = plt.subplots(1, len(cmps), figsize=(4.2 * len(cmps), 3.2), squeeze=False)
+    for ax, cmp in zip(axes[0], cmps):
+        for i, key in enumerate(("test auc", "test gauc")):
+            for j, side in enumerate(cmp["sides"]):
+                vals = side["values"][key]
+                x = i + (j - 0.5) * 0.3
+                ax.scatter([x] * len(vals), vals, color=f"C{j}", label=side["name"] if i == 0 else None)
+                ax.hlines(np.mean(vals), x - 0.1, x + 0.1, color=f"C{j}")
+        ax.set_xticks([0, 1], ["test AUC", "test GAUC"])
+        ax.set_title(f"{cmp['dataset']}: {cmp['variant']}, per seed", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def _slug(name: str) -> str:
