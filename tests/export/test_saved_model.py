@@ -72,6 +72,29 @@ def _xla_flags(path):
     return flags
 
 
+def _xla_calls_under_signature(path, signature):
+    """Names of the XLA-compiled functions called (transitively) by `signature`, each once
+    per call site directly under the first function that calls a compiled one."""
+    sm = saved_model_pb2.SavedModel()
+    sm.ParseFromString(open(os.path.join(path, "saved_model.pb"), "rb").read())
+    graph = sm.meta_graphs[0].graph_def
+    library = {fn.signature.name: fn for fn in graph.library.function}
+    out_tensor = next(iter(sm.meta_graphs[0].signature_def[signature].outputs.values())).name
+    entry = next(n for n in graph.node if n.name == out_tensor.split(":")[0])
+    todo, seen = [entry.attr["f"].func.name], set()
+    while todo:
+        fn = library[todo.pop()]
+        calls = [n for n in fn.node_def if "f" in n.attr and n.attr["f"].func.name in library]
+        compiled = [n.attr["f"].func.name for n in calls
+                    if n.attr["_XlaMustCompile"].b or
+                    library[n.attr["f"].func.name].attr["_XlaMustCompile"].b]
+        if compiled:
+            return compiled
+        todo += [n.attr["f"].func.name for n in calls if n.attr["f"].func.name not in seen]
+        seen.update(todo)
+    return []
+
+
 def test_xla_attribute_only_in_xla_variant(standin_export):
     _, paths, *_ = standin_export
     assert any(_xla_flags(paths["xla"]))
@@ -165,3 +188,6 @@ def test_real_dmgin_model_exports_and_matches(tmp_path):
     for variant in ("xla", "noxla"):
         verify_export(paths[variant], model, inputs, examples, atol=1e-5)
     assert any(_xla_flags(paths["xla"]))
+    # rank: user side, candidate lookups and scoring are three compiled clusters called
+    # side by side (so the first two can run on different cores), not one.
+    assert len(_xla_calls_under_signature(paths["xla"], "rank")) == 3
