@@ -13,7 +13,7 @@ from dmgin_tf.layers.group_statistics import GroupStatistics
 from dmgin_tf.layers.inter_group_transformer import InterGroupTransformer
 from dmgin_tf.layers.intra_group_transformer import IntraGroupTransformer
 from dmgin_tf.layers.target_attention import TargetAttention
-from dmgin_tf.ops import NUM_STATS, CandidateGroup, candidate_groups, group_behaviors
+from dmgin_tf.ops import NUM_STATS, candidate_groups, group_behaviors
 
 GROUP_VECTORS = "group_vectors"
 GROUP_MASK = "group_mask"
@@ -279,15 +279,18 @@ class GroupInterestEncoder(keras.layers.Layer):
                 `[U, N]`.
 
         Returns:
-            dict: the `CandidateGroup` fields of each candidate's own group (items,
+            dict: `group`, the `CandidateGroup` of each candidate's own group (items,
             behaviors, times, mask `[U, N, M]`; counts `[U, N, T]`; first_time,
-            last_time `[U, N]`; stats `[U, N, S]`) and `item_match` `[U, N, T + 2]`
+            last_time `[U, N]`; stats `[U, N, S]`), and `item_match` `[U, N, T + 2]`
             (`candidate_item_match`); {} without `use_candidate_group`.
         """
         if not self.use_candidate_group:
             return {}
-        cand_item = ops.cast(inputs[CAND_ITEM], "int32")
-        cand_key = ops.cast(self._cand_key(inputs), "int32")
+        return self._lookups(inputs, ops.cast(inputs[CAND_ITEM], "int32"),
+                             ops.cast(self._cand_key(inputs), "int32"))
+
+    def _lookups(self, inputs, cand_item, cand_key):
+        """`history_lookups` for candidates already cast to int32 `[U, N]`."""
         rt = ops.reshape(inputs[REQUEST_TIME], (-1,))
         cg = candidate_groups(inputs[HIST_ITEM], self._group_key(inputs),
                               inputs[HIST_BEHAVIOR_ID], inputs[HIST_TIME], rt, cand_key,
@@ -297,7 +300,7 @@ class GroupInterestEncoder(keras.layers.Layer):
         item_match = candidate_item_match(inputs[HIST_ITEM], inputs[HIST_BEHAVIOR_ID],
                                           inputs[HIST_TIME], rt, cand_item,
                                           self.num_behavior_types)
-        return dict(cg._asdict(), item_match=item_match)
+        return {"group": cg, "item_match": item_match}
 
     def _score_lists(self, user_state, inputs, cand_item, cand_key, training, lookups=None):
         """U users × N candidates: cand_item, cand_key `[U, N]` → `[U, N, output_dim]`.
@@ -313,16 +316,11 @@ class GroupInterestEncoder(keras.layers.Layer):
         parts = [self.target_attention(query, vectors, mask), query]         # [U, N, ...]
         if self.use_candidate_group:
             if lookups is None:
-                lookups = self.history_lookups({**inputs, CAND_ITEM: cand_item,
-                                                **self._cand_inputs(cand_key)})
+                lookups = self._lookups(inputs, cand_item, cand_key)
             parts += self._candidate_group_parts(query, vectors, mask,
                                                  ops.cast(user_state[GROUP_IDS], "int32"),
                                                  cand_key, inputs, lookups, n, training)
         return ops.concatenate(parts, axis=-1)
-
-    def _cand_inputs(self, cand_key):
-        """`cand_key` back under the input key it came from (`_cand_key`)."""
-        return {CAND_ITEM if self.group_key == "item" else CAND_GROUP: cand_key}
 
     def _candidate_group_parts(self, query, vectors, mask, ids, cand_key, inputs, lookups, n,
                                training):
@@ -334,7 +332,7 @@ class GroupInterestEncoder(keras.layers.Layer):
         rt = ops.reshape(inputs[REQUEST_TIME], (-1,))
         # Reserved candidate ids (padding/OOV) match nothing: "unknown" is not a group.
         known = cand_key >= NUM_RESERVED_IDS                                 # [U, N]
-        cg = CandidateGroup(**{k: lookups[k] for k in CandidateGroup._fields})
+        cg = lookups["group"]
         m = self.max_per_group
         # The candidate's own group: one behavior set per candidate, so rows of U * N.
         flat = lambda x, *tail: ops.reshape(x, (-1,) + tail)  # noqa: E731  [U, N, ...] → [U*N, ...]
