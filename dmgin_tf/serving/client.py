@@ -18,13 +18,13 @@ from typing import Dict, Mapping, Optional, Sequence
 
 import grpc
 import numpy as np
-import tensorflow as tf
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,
                                      model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc)
 
 from dmgin_tf import features as F
 from dmgin_tf.config import ServingConfig
+from dmgin_tf.serving import tensor_protos
 
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
 # Candidate chunks are padded to one of these sizes so XLA-compiled `rank` signatures
@@ -113,10 +113,10 @@ class Client:
         req = predict_pb2.PredictRequest()
         self._spec(req.model_spec, signature or self.signature, version)
         for k, v in inputs.items():
-            req.inputs[k].CopyFrom(tf.make_tensor_proto(np.asarray(v) if not isinstance(v, list) else v))
+            req.inputs[k].CopyFrom(tensor_protos.from_ndarray(np.asarray(v) if not isinstance(v, list) else v))
         req.output_filter.extend(output_filter)
         resp = self._call(self._predict.Predict, req, timeout_s)
-        return {k: tf.make_ndarray(v) for k, v in resp.outputs.items()}
+        return {k: tensor_protos.to_ndarray(v) for k, v in resp.outputs.items()}
 
     def predict_examples(self, serialized: Sequence[bytes], *, batch_size: int = 128,
                          timeout_s: Optional[float] = None) -> np.ndarray:

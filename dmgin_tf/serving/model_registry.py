@@ -30,6 +30,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
+from dmgin_tf.serving import tensor_protos
 from dmgin_tf.serving.errors import ServingError
 
 log = logging.getLogger(__name__)
@@ -162,7 +163,7 @@ class Servable:
                 continue
             req = plog.predict_log.request
             runner = self.signature(req.model_spec.signature_name)
-            runner.run({k: tf.make_ndarray(v) for k, v in req.inputs.items()})
+            runner.run({k: tensor_protos.to_ndarray(v) for k, v in req.inputs.items()})
             n += 1
         return n
 

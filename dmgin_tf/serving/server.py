@@ -38,6 +38,7 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
                                      prediction_service_pb2_grpc)
 
 from dmgin_tf.serving import model_registry as mr
+from dmgin_tf.serving import tensor_protos
 from dmgin_tf.serving.batching import BatchOptions, BatchScheduler
 from dmgin_tf.serving.errors import ServingError
 from dmgin_tf.serving.metrics import DEFAULT_PATH, MetricsHttpServer, ServingMetrics
@@ -49,7 +50,7 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 def _tensor_to_array(name: str, proto) -> np.ndarray:
     try:
-        return tf.make_ndarray(proto)
+        return tensor_protos.to_ndarray(proto)
     except Exception as e:  # wrong content size for the shape, bad dtype enum, ...
         raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                            f"input {name!r}: malformed TensorProto: {e}") from None
@@ -92,7 +93,7 @@ class _PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer)
                 response.model_spec.version.value = servable.version
                 response.model_spec.signature_name = signature
                 for k in wanted:
-                    response.outputs[k].CopyFrom(tf.make_tensor_proto(outputs[k]))
+                    response.outputs[k].CopyFrom(tensor_protos.from_ndarray(outputs[k]))
         except ServingError as e:
             s._count("Predict", spec.name, signature, e.code)
             context.abort(e.code, e.message)

@@ -1,0 +1,36 @@
+"""numpy ⇄ TensorProto fast path = TensorFlow's own helpers; bad content is named."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from dmgin_tf.serving import tensor_protos
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "int32", "int64", "uint8", "bool",
+                                   "float16"])
+def test_round_trip_equals_tensorflow_helpers(dtype):
+    x = (np.random.default_rng(0).normal(size=(2, 3, 4)) * 10).astype(dtype)
+    proto = tensor_protos.from_ndarray(x)
+    assert proto.tensor_content                      # raw bytes, as TF Serving clients send
+    np.testing.assert_array_equal(tf.make_ndarray(proto), x)   # TF reads ours
+    ours = tensor_protos.to_ndarray(tf.make_tensor_proto(x))   # we read TF's
+    assert ours.dtype == x.dtype and ours.shape == x.shape
+    np.testing.assert_array_equal(ours, x)
+
+
+def test_other_layouts_fall_back_to_tensorflow():
+    strings = np.array([b"a", b"bc"], dtype=object)
+    np.testing.assert_array_equal(tensor_protos.to_ndarray(tensor_protos.from_ndarray(strings)),
+                                  strings)
+    typed = tf.make_tensor_proto(np.int64(7))       # a scalar travels in int64_val
+    assert not typed.tensor_content
+    assert tensor_protos.to_ndarray(typed) == 7
+    empty = np.zeros((0, 3), np.float32)
+    assert tensor_protos.to_ndarray(tensor_protos.from_ndarray(empty)).shape == (0, 3)
+
+
+def test_content_of_the_wrong_size_is_refused():
+    proto = tensor_protos.from_ndarray(np.zeros((2, 3), np.float32))
+    proto.tensor_content = np.zeros(4, np.float32).tobytes()      # 4 values for [2, 3]
+    with pytest.raises(ValueError, match=r"4 float32 values, shape \[2, 3\] needs 6"):
+        tensor_protos.to_ndarray(proto)
