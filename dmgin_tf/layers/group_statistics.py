@@ -4,6 +4,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from dmgin_tf.layers.dense import Dense
+
 
 @keras.saving.register_keras_serializable(package="dmgin_tf")
 class GroupStatistics(keras.layers.Layer):
@@ -44,9 +46,9 @@ class GroupStatistics(keras.layers.Layer):
 
     def build(self, counts_shape, stats_shape=None, group_mask_shape=None):
         width = counts_shape[-1] + (stats_shape[-1] if stats_shape is not None else 0)
-        self.hidden = keras.layers.Dense(self.units, activation=self.activation,
-                                         name="hidden")
-        self.proj = keras.layers.Dense(self.units, name="projection")
+        self.hidden = Dense(self.units, activation=self.activation,
+                            name="hidden")
+        self.proj = Dense(self.units, name="projection")
         self.hidden.build((None, width))
         self.proj.build((None, self.units))
         self.built = True

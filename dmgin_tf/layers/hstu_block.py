@@ -6,6 +6,7 @@ import math
 import keras
 from keras import ops
 
+from dmgin_tf.layers.dense import Dense
 from dmgin_tf.layers.feature_embedding import log_time_bucket
 
 
@@ -73,8 +74,8 @@ class HSTUBlock(keras.layers.Layer):
                                                        name="input_norm")
         self.norm_attn = keras.layers.LayerNormalization(epsilon=self.layer_norm_epsilon,
                                                          name="attention_norm")
-        self.uvqk = keras.layers.Dense(4 * self._dim, activation="silu", name="uvqk")
-        self.out = keras.layers.Dense(self._dim, name="output")
+        self.uvqk = Dense(4 * self._dim, activation="silu", name="uvqk")
+        self.out = Dense(self._dim, name="output")
         self.drop = keras.layers.Dropout(self.dropout)
         flat = (None, x_shape[-2], self._dim)
         self.norm_in.build(flat)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from dmgin_tf.layers.dense import Dense
 from dmgin_tf.layers.transformer_block import TransformerBlock
 
 
@@ -79,7 +80,7 @@ class IntraGroupTransformer(keras.layers.Layer):
         width = dim + (group_context_shape[-1] if group_context_shape is not None else 0)
         self.fuse = None
         if group_context_shape is not None or out_dim != dim:
-            self.fuse = keras.layers.Dense(out_dim, activation="gelu", name="fuse")
+            self.fuse = Dense(out_dim, activation="gelu", name="fuse")
             self.fuse.build((None, width))
         self.built = True
 

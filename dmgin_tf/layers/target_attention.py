@@ -4,6 +4,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from dmgin_tf.layers.dense import Dense, matmul_rows
 from dmgin_tf.layers.transformer_block import masked_softmax
 
 
@@ -57,16 +58,16 @@ class TargetAttention(keras.layers.Layer):
         dim = keys_shape[-1]
         self.query_proj = None
         if query_shape[-1] != dim:
-            self.query_proj = keras.layers.Dense(dim, name="query_projection")
+            self.query_proj = Dense(dim, name="query_projection")
             self.query_proj.build((None, query_shape[-1]))
         self.mlp = []
         width = 4 * dim
         for i, u in enumerate(self.hidden_units):
-            layer = keras.layers.Dense(u, activation=self.activation, name=f"hidden_{i}")
+            layer = Dense(u, activation=self.activation, name=f"hidden_{i}")
             layer.build((None, width))
             self.mlp.append(layer)
             width = u
-        self.score = keras.layers.Dense(1, name="score")
+        self.score = Dense(1, name="score")
         self.score.build((None, width))
         self.built = True
 
@@ -91,9 +92,9 @@ class TargetAttention(keras.layers.Layer):
         first = self.mlp[0] if self.mlp else self.score
         w = ops.cast(first.kernel, keys.dtype)                          # [4D, H]
         w_q, w_k, w_d, w_p = (w[i * dim:(i + 1) * dim] for i in range(4))
-        h = (ops.matmul(q, w_q + w_d)[:, :, None, :]                     # [B, N, 1, H]
-             + ops.matmul(keys, w_k - w_d)[:, None, :, :]                # [B, 1, S, H]
-             + ops.einsum("bndh,bsd->bnsh", q[..., None] * w_p, keys))   # [B, N, S, H]
+        h = (matmul_rows(q, w_q + w_d)[:, :, None, :]                   # [B, N, 1, H]
+             + matmul_rows(keys, w_k - w_d)[:, None, :, :]              # [B, 1, S, H]
+             + matmul_rows(q[:, :, None, :] * keys[:, None, :, :], w_p))  # [B, N, S, H]
         if first.use_bias:
             h = h + ops.cast(first.bias, keys.dtype)
         h = first.activation(h)

@@ -6,6 +6,8 @@ import math
 import keras
 from keras import ops
 
+from dmgin_tf.layers.dense import Dense
+
 # Scores of masked keys; softmax is taken in float32 so this fits any compute dtype.
 _MASK_VALUE = -1e9
 
@@ -81,11 +83,11 @@ class TransformerBlock(keras.layers.Layer):
                                                      name="attention_norm")
         self.norm2 = keras.layers.LayerNormalization(epsilon=self.layer_norm_epsilon,
                                                      name="ffn_norm")
-        self.qkv = keras.layers.Dense(3 * self._dim, name="qkv")
-        self.out = keras.layers.Dense(self._dim, name="attention_output")
-        self.ffn1 = keras.layers.Dense(self.ffn_multiplier * self._dim, activation="gelu",
-                                       name="ffn_hidden")
-        self.ffn2 = keras.layers.Dense(self._dim, name="ffn_output")
+        self.qkv = Dense(3 * self._dim, name="qkv")
+        self.out = Dense(self._dim, name="attention_output")
+        self.ffn1 = Dense(self.ffn_multiplier * self._dim, activation="gelu",
+                          name="ffn_hidden")
+        self.ffn2 = Dense(self._dim, name="ffn_output")
         self.drop = keras.layers.Dropout(self.dropout)
         flat = (None, x_shape[-2], self._dim)
         for layer in (self.norm1, self.norm2, self.qkv):

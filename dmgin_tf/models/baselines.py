@@ -7,6 +7,7 @@ from keras import ops
 
 from dmgin_tf.features import (CAND_GROUP, CAND_ITEM, HIST_BEHAVIOR_ID, HIST_GROUP, HIST_ITEM,
                                HIST_TIME, PAD_ID, REQUEST_TIME)
+from dmgin_tf.layers.dense import Dense
 from dmgin_tf.layers.feature_embedding import FeatureEmbedding
 from dmgin_tf.layers.intra_group_transformer import masked_mean
 from dmgin_tf.layers.target_attention import TargetAttention
@@ -42,7 +43,7 @@ class _SequenceBaseline(RankingModel):
                                           c.num_behavior_types + 1, c.embedding_dim,
                                           num_time_buckets=c.num_time_buckets,
                                           name="embedding")
-        self.query_proj = keras.layers.Dense(c.embedding_dim, name="candidate_query")
+        self.query_proj = Dense(c.embedding_dim, name="candidate_query")
         self.target_attention = TargetAttention(c.attention_units, name="target_attention")
 
     def query(self, inputs):

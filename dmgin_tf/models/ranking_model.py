@@ -8,6 +8,7 @@ from keras import ops
 from dmgin_tf.config import ModelConfig
 from dmgin_tf.features import (CAND_GROUP, CAND_ITEM, HIST_BEHAVIOR_ID, HIST_GROUP, HIST_ITEM,
                                HIST_TIME, MODEL_INPUT_KEYS, REQUEST_TIME)
+from dmgin_tf.layers.dense import Dense
 
 
 def time_dtype():
@@ -54,10 +55,10 @@ class MLPHead(keras.layers.Layer):
         super().__init__(**kwargs)
         self.units = tuple(int(u) for u in units)
         self.dropout = float(dropout)
-        self.hidden = [keras.layers.Dense(u, activation="relu", name=f"hidden_{i}")
+        self.hidden = [Dense(u, activation="relu", name=f"hidden_{i}")
                        for i, u in enumerate(self.units)]
         self.drop = keras.layers.Dropout(self.dropout)
-        self.logit = keras.layers.Dense(1, name="logit")
+        self.logit = Dense(1, name="logit")
         self.norm = keras.layers.BatchNormalization(name="input_norm")
 
     def build(self, input_shape):

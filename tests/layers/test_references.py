@@ -110,3 +110,23 @@ def test_target_attention_queries_sharing_keys_match_din_unit(units):
                                    atol=1e-5)
         np.testing.assert_allclose(np.asarray(att(query[:, n], keys, mask)), out[:, n], atol=1e-6)
     assert not out[1].any()
+
+
+def test_row_dense_matches_keras_dense_on_any_rank():
+    """`Dense` (rows flattened into one 2-D matmul) = `keras.layers.Dense` with the same
+    weights on rank 2-4 inputs; `matmul_rows` = einsum."""
+    import keras
+    from dmgin_tf.layers.dense import Dense, matmul_rows
+    rng = np.random.default_rng(5)
+    ours, ref = Dense(6, activation="gelu"), keras.layers.Dense(6, activation="gelu")
+    ours.build((None, 4))
+    ref.build((None, 4))
+    ref.set_weights(ours.get_weights())
+    for shape in [(3, 4), (2, 3, 4), (2, 3, 5, 4)]:
+        x = rng.normal(size=shape).astype("float32")
+        y = np.asarray(ours(x))
+        assert y.shape == shape[:-1] + (6,)
+        np.testing.assert_allclose(y, np.asarray(ref(x)), atol=1e-6)
+    x, w = rng.normal(size=(2, 3, 5, 4)), rng.normal(size=(4, 6))
+    np.testing.assert_allclose(np.asarray(matmul_rows(x.astype("float32"), w.astype("float32"))),
+                               np.einsum("abck,kh->abch", x, w), atol=1e-5)
