@@ -101,7 +101,10 @@ class ServingModule(tf.Module):
         self.batch_buckets = tuple(sorted(int(b) for b in batch_buckets))
         self.candidate_buckets = tuple(sorted(int(b) for b in candidate_buckets))
         self.has_user_split = hasattr(model, "encode_user") and hasattr(model, "score")
-        self.has_lookups = self.has_user_split and hasattr(model, "candidate_lookups")
+        # Models that split scoring into a user-state part and a candidate part (DMGIN):
+        # `rank` compiles them as two clusters TensorFlow runs side by side.
+        self.has_parts = (self.has_user_split and hasattr(model, "candidate_features")
+                          and hasattr(model, "user_features"))
         # autograph off: the model math is keras.ops (control flow via ops.cond /
         # while_loop, as on JAX), and converting every layer's source cost ~20 s per export.
         core = lambda fn: tf.function(fn, jit_compile=self.jit_compile or None,  # noqa: E731
@@ -110,7 +113,8 @@ class ServingModule(tf.Module):
         self._untracked.rank = core(self._rank)
         self._untracked.user_state = core(self._user_state)
         self._untracked.score = core(self._score)
-        self._untracked.lookups = core(self._lookups)
+        self._untracked.candidate_features = core(self._candidate_features)
+        self._untracked.user_side = core(self._user_side)
 
     @property
     def model(self):
@@ -124,10 +128,11 @@ class ServingModule(tf.Module):
         state = self.model.encode_user(history, training=False)
         return {k: state[k] for k in USER_STATE_KEYS}
 
-    def _lookups(self, history, cand_item, cand_group):
-        """The candidates' history lookups (`model.candidate_lookups`), [U, N, ...]."""
-        return self.model.candidate_lookups(
-            dict(history, **{F.CAND_ITEM: cand_item, F.CAND_GROUP: cand_group}))
+    def _candidate_features(self, history, cand_item, cand_group):
+        """What scoring needs of the candidates without the user state
+        (`model.candidate_features`), [U, N, ...]."""
+        return self.model.candidate_features(
+            dict(history, **{F.CAND_ITEM: cand_item, F.CAND_GROUP: cand_group}), training=False)
 
     def _rank(self, history, cand_item, cand_group):
         """history: keys [U, L] / [U]; cand_*: [U, N] → ctr [U, N] (models without the
@@ -138,23 +143,40 @@ class ServingModule(tf.Module):
                                        F.CAND_GROUP: tf.reshape(cand_group, [-1])}))
         return tf.reshape(ctr, tf.shape(cand_item))
 
-    def _score(self, state, history, cand_item, cand_group, lookups=None):
-        """state/history: [U, ...]; cand_*: [U, N] → ctr [U, N]. The model scores N
-        candidates per user with one pass over each user's history."""
+    def _user_side(self, history, cand_item, cand_group):
+        """encode_user + the scoring part that reads the user state
+        (`model.user_features`), [U, N, ...]: all of `rank`'s work that waits for the
+        user state, in one cluster."""
         inputs = dict(history, **{F.CAND_ITEM: cand_item, F.CAND_GROUP: cand_group})
-        if lookups is None:
+        return self.model.user_features(self.model.encode_user(history, training=False),
+                                        inputs)
+
+    def _score(self, state, history, cand_item, cand_group, candidate_features=None,
+               user_features=None):
+        """state/history: [U, ...]; cand_*: [U, N] → ctr [U, N]. The model scores N
+        candidates per user with one pass over each user's history. With both feature
+        dicts given only the MLP head is left (state may be None)."""
+        inputs = dict(history, **{F.CAND_ITEM: cand_item, F.CAND_GROUP: cand_group})
+        if candidate_features is None:
             return self.model.score(state, inputs, training=False)
-        return self.model.score(state, inputs, training=False, lookups=lookups)
+        return self.model.score(state, inputs, training=False,
+                                candidate_features=candidate_features,
+                                user_features=user_features)
 
     def _split_score(self, state, history, cand_item, cand_group):
-        """`score` of padded inputs as separately compiled parts: the history lookups do
-        not depend on the user state, so in `rank` TensorFlow's executor runs them on the
-        second core while `user_state` runs (two XLA clusters, not one sequential one)."""
-        lookups = (self._untracked.lookups(history, cand_item, cand_group)
-                   if self.has_lookups else None)
-        if state is None:
-            state = self._untracked.user_state(history)
-        return self._untracked.score(state, history, cand_item, cand_group, lookups)
+        """`score` of padded inputs as separately compiled parts: the candidate features
+        (history lookups + the candidate-group attention) do not depend on the user
+        state, so TensorFlow's executor runs them on the second core while the user side
+        runs (in `rank`: encode_user + target attention; in `score`: target attention),
+        then a small cluster runs the MLP head on both."""
+        if not self.has_parts:
+            if state is None:
+                state = self._untracked.user_state(history)
+            return self._untracked.score(state, history, cand_item, cand_group)
+        cand = self._untracked.candidate_features(history, cand_item, cand_group)
+        user = (self._untracked.user_side(history, cand_item, cand_group) if state is None
+                else None)  # a given state: target attention runs in the score cluster
+        return self._untracked.score(state, history, cand_item, cand_group, cand, user)
 
     # ---- padding helpers ---------------------------------------------------------------------
     def _padded_ctr(self, inputs):

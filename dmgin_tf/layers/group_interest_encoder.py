@@ -8,6 +8,7 @@ from dmgin_tf.features import (CAND_GROUP, CAND_ITEM, HIST_BEHAVIOR_ID, HIST_GRO
                                HIST_TIME, NUM_RESERVED_IDS, REQUEST_TIME)
 from dmgin_tf.layers.candidate_group_attention import CandidateGroupAttention
 from dmgin_tf.layers.candidate_match import candidate_item_match
+from dmgin_tf.layers.dense import Dense
 from dmgin_tf.layers.feature_embedding import FeatureEmbedding, age_seconds
 from dmgin_tf.layers.group_statistics import GroupStatistics
 from dmgin_tf.layers.inter_group_transformer import InterGroupTransformer
@@ -129,7 +130,7 @@ class GroupInterestEncoder(keras.layers.Layer):
                                                output_dim=d, dropout=self.dropout,
                                                name="intra_group_transformer")
         else:
-            self.fuse = keras.layers.Dense(d, activation="gelu", name="group_fuse")
+            self.fuse = Dense(d, activation="gelu", name="group_fuse")
         self.inter = None
         if self.use_inter:
             self.inter = InterGroupTransformer(self.num_heads, self.inter_layers,
@@ -137,7 +138,7 @@ class GroupInterestEncoder(keras.layers.Layer):
                                                num_time_buckets=self.num_time_buckets,
                                                dropout=self.dropout,
                                                name="inter_group_transformer")
-        self.query_proj = keras.layers.Dense(d, name="candidate_query")
+        self.query_proj = Dense(d, name="candidate_query")
         self.target_attention = TargetAttention(self.attention_units,
                                                 name="target_attention")
         self.candidate_attention = None
@@ -232,7 +233,8 @@ class GroupInterestEncoder(keras.layers.Layer):
                 GROUP_IDS: ops.cast(gh.group_ids, "int32")}
 
     # ----------------------------------------------------------------- candidate side
-    def score_candidates(self, user_state, inputs, training=None, lookups=None):
+    def score_candidates(self, user_state, inputs, training=None, candidate_features=None,
+                         user_features=None):
         """Interest vectors for candidates given a (cached) user state.
 
         Args:
@@ -245,9 +247,13 @@ class GroupInterestEncoder(keras.layers.Layer):
                 `candidate_item_hits`), not rescanned per candidate. Candidates `[N]`
                 with a state of static batch 1 are one user × N candidates.
             training: bool.
-            lookups: optional `history_lookups(inputs)` of the same `[U, N]`
-                candidates, computed beforehand (serving runs it beside `encode_user`:
-                it does not need the user state); None = computed here.
+            candidate_features: optional `candidate_features(inputs)` of the same
+                `[U, N]` candidates, computed beforehand (serving runs it beside
+                `encode_user`: it does not need the user state); None = computed here.
+            user_features: optional `user_features(user_state, inputs)` of the same
+                `[U, N]` candidates, computed beforehand (serving computes it right
+                after `encode_user`, in the same compiled function); `user_state` is
+                then not read and may be None.
 
         Returns:
             float `[U, output_dim]`, `[U, N, output_dim]` for `[U, N]` candidates, or
@@ -259,7 +265,7 @@ class GroupInterestEncoder(keras.layers.Layer):
         cand_key = ops.cast(self._cand_key(inputs), "int32")
         if len(cand_item.shape) == 2:
             return self._score_lists(user_state, inputs, cand_item, cand_key, training,
-                                     lookups)
+                                     candidate_features, user_features)
         state_batch = user_state[GROUP_MASK].shape[0]
         if state_batch == 1 and cand_item.shape[0] != 1:
             out = self._score_lists(user_state, inputs, cand_item[None], cand_key[None],
@@ -269,28 +275,74 @@ class GroupInterestEncoder(keras.layers.Layer):
                                 training)
         return out[:, 0]
 
-    def history_lookups(self, inputs):
-        """The candidate side's reads of the raw history, for `[U, N]` candidates.
+    def candidate_features(self, inputs, training=None):
+        """Everything about `[U, N]` candidates that needs no user state.
 
-        Needs no user state, so it can run concurrently with `encode_user`.
+        The candidate query, and with `use_candidate_group` the candidate's own group
+        read from the raw history (`candidate_groups`, `candidate_item_match`) with
+        its attention and statistics. It can run concurrently with `encode_user`
+        (serving does), and `score_candidates(..., candidate_features=)` takes it.
 
         Args:
             inputs: history keys `[U, L]`, `request_time [U]`, `cand_item, cand_group`
                 `[U, N]`.
+            training: bool.
 
         Returns:
-            dict: `group`, the `CandidateGroup` of each candidate's own group (items,
-            behaviors, times, mask `[U, N, M]`; counts `[U, N, T]`; first_time,
-            last_time `[U, N]`; stats `[U, N, S]`), and `item_match` `[U, N, T + 2]`
-            (`candidate_item_match`); {} without `use_candidate_group`.
+            dict of `[U, N, ...]` floats: `query` `[U, N, D]`; with
+            `use_candidate_group` also `group_attention` `[U, N, D]` (the candidate over
+            its group's behaviors), `group_stats` `[U, N, D]` (the group's statistics
+            embedded) and `match_features` `[U, N, match_feature_dim]` (raw counts,
+            statistics and item matches).
         """
-        if not self.use_candidate_group:
-            return {}
-        return self._lookups(inputs, ops.cast(inputs[CAND_ITEM], "int32"),
-                             ops.cast(self._cand_key(inputs), "int32"))
+        if not self.built:
+            self.build()
+        return self._candidate_features(inputs, ops.cast(inputs[CAND_ITEM], "int32"),
+                                        ops.cast(self._cand_key(inputs), "int32"), training)
 
-    def _lookups(self, inputs, cand_item, cand_key):
-        """`history_lookups` for candidates already cast to int32 `[U, N]`."""
+    def user_features(self, user_state, inputs):
+        """The part of scoring `[U, N]` candidates that reads the user state.
+
+        Args:
+            user_state: dict from `encode_user`, batch U.
+            inputs: `cand_item, cand_group` `[U, N]`.
+
+        Returns:
+            dict: `target_attention` `[U, N, D]` (each candidate over the user's G
+            groups); with `use_candidate_group` also `group_match` `[U, N, D]` (the
+            evolved vector of the candidate's own group when it is among the G, else 0).
+        """
+        if not self.built:
+            self.build()
+        cand_item = ops.cast(inputs[CAND_ITEM], "int32")
+        cand_key = ops.cast(self._cand_key(inputs), "int32")
+        return self._user_features(user_state, self._query(cand_item, cand_key), cand_key)
+
+    def _query(self, cand_item, cand_key):
+        """The candidate representation `[U, N, D]`."""
+        return self.query_proj(ops.concatenate(
+            [self.embedding.item(cand_item), self.embedding.group(cand_key)], axis=-1))
+
+    def _user_features(self, user_state, query, cand_key):
+        """`user_features` given the candidates' query `[U, N, D]`, keys `[U, N]`."""
+        vectors = user_state[GROUP_VECTORS]                                  # [U, G, D]
+        mask = ops.cast(user_state[GROUP_MASK], "bool")
+        features = {"target_attention": self.target_attention(query, vectors, mask)}
+        if self.use_candidate_group:
+            ids = ops.cast(user_state[GROUP_IDS], "int32")
+            known = cand_key >= NUM_RESERVED_IDS
+            hit = ops.cast((ids[:, None, :] == cand_key[:, :, None]) & mask[:, None, :]
+                           & known[:, :, None], vectors.dtype)              # [U, N, G]
+            features["group_match"] = ops.einsum("ung,ugd->und", hit, vectors)
+        return features
+
+    def _candidate_features(self, inputs, cand_item, cand_key, training):
+        """`candidate_features` for candidates already cast to int32 `[U, N]`."""
+        query = self._query(cand_item, cand_key)
+        features = {"query": query}
+        if not self.use_candidate_group:
+            return features
+        n = cand_item.shape[1] if cand_item.shape[1] is not None else ops.shape(cand_item)[1]
         rt = ops.reshape(inputs[REQUEST_TIME], (-1,))
         cg = candidate_groups(inputs[HIST_ITEM], self._group_key(inputs),
                               inputs[HIST_BEHAVIOR_ID], inputs[HIST_TIME], rt, cand_key,
@@ -299,40 +351,9 @@ class GroupInterestEncoder(keras.layers.Layer):
                               num_groups=self._num_groups())
         item_match = candidate_item_match(inputs[HIST_ITEM], inputs[HIST_BEHAVIOR_ID],
                                           inputs[HIST_TIME], rt, cand_item,
-                                          self.num_behavior_types)
-        return {"group": cg, "item_match": item_match}
-
-    def _score_lists(self, user_state, inputs, cand_item, cand_key, training, lookups=None):
-        """U users × N candidates: cand_item, cand_key `[U, N]` → `[U, N, output_dim]`.
-
-        The user state is never repeated per candidate: target attention takes the N
-        queries of a user against the user's G groups at once.
-        """
-        n = cand_item.shape[1] if cand_item.shape[1] is not None else ops.shape(cand_item)[1]
-        vectors = user_state[GROUP_VECTORS]                                  # [U, G, D]
-        mask = ops.cast(user_state[GROUP_MASK], "bool")
-        query = self.query_proj(ops.concatenate(
-            [self.embedding.item(cand_item), self.embedding.group(cand_key)], axis=-1))
-        parts = [self.target_attention(query, vectors, mask), query]         # [U, N, ...]
-        if self.use_candidate_group:
-            if lookups is None:
-                lookups = self._lookups(inputs, cand_item, cand_key)
-            parts += self._candidate_group_parts(query, vectors, mask,
-                                                 ops.cast(user_state[GROUP_IDS], "int32"),
-                                                 cand_key, inputs, lookups, n, training)
-        return ops.concatenate(parts, axis=-1)
-
-    def _candidate_group_parts(self, query, vectors, mask, ids, cand_key, inputs, lookups, n,
-                               training):
-        """DGIN's candidate-group features for `[U, N]` candidates, returned `[U, N, ...]`.
-
-        query `[U, N, D]`; vectors `[U, G, D]`, mask / ids `[U, G]` (the user state);
-        lookups: `history_lookups` of the candidates.
-        """
-        rt = ops.reshape(inputs[REQUEST_TIME], (-1,))
+                                          self.num_behavior_types)          # [U, N, T + 2]
         # Reserved candidate ids (padding/OOV) match nothing: "unknown" is not a group.
         known = cand_key >= NUM_RESERVED_IDS                                 # [U, N]
-        cg = lookups["group"]
         m = self.max_per_group
         # The candidate's own group: one behavior set per candidate, so rows of U * N.
         flat = lambda x, *tail: ops.reshape(x, (-1,) + tail)  # noqa: E731  [U, N, ...] → [U*N, ...]
@@ -340,21 +361,36 @@ class GroupInterestEncoder(keras.layers.Layer):
         knownf = ops.cast(known, "float32")[..., None]
         counts = ops.cast(cg.counts, "float32") * knownf                    # [U, N, T]
         stats = ops.cast(cg.stats, "float32") * knownf
-        rt_flat = _repeat_per_candidate(rt, n)
         tokens = self.embedding.tokens(flat(cg.items, m), flat(cg.behaviors, m),
-                                       flat(cg.times, m), rt_flat)
-        cand_attention = self.candidate_attention(flat(query, query.shape[-1]), tokens,
-                                                  cg_mask, training=training)
-        cand_attention = ops.reshape(cand_attention, (-1, n, cand_attention.shape[-1]))
-        cand_stats = self.statistics(counts, stats, group_mask=known)
-        # The evolved vector of the candidate's own group, if it is among the top G.
-        hit = ops.cast((ids[:, None, :] == cand_key[:, :, None]) & mask[:, None, :]
-                       & known[:, :, None], vectors.dtype)                  # [U, N, G]
-        matched = ops.einsum("ung,ugd->und", hit, vectors)
-        item_match = ops.cast(lookups["item_match"], "float32")              # [U, N, T + 2]
-        raw = ops.concatenate([GroupStatistics.features(counts, stats), item_match], axis=-1)
-        dtype = query.dtype
-        return [cand_attention, cand_stats, matched, ops.cast(raw, dtype)]
+                                       flat(cg.times, m), _repeat_per_candidate(rt, n))
+        attention = self.candidate_attention(flat(query, query.shape[-1]), tokens,
+                                             cg_mask, training=training)
+        raw = ops.concatenate([GroupStatistics.features(counts, stats),
+                               ops.cast(item_match, "float32")], axis=-1)
+        features.update(
+            group_attention=ops.reshape(attention, (-1, n, attention.shape[-1])),
+            group_stats=self.statistics(counts, stats, group_mask=known),
+            match_features=ops.cast(raw, query.dtype))
+        return features
+
+    def _score_lists(self, user_state, inputs, cand_item, cand_key, training,
+                     candidate_features=None, user_features=None):
+        """U users × N candidates: cand_item, cand_key `[U, N]` → `[U, N, output_dim]`.
+
+        The user state is never repeated per candidate: target attention takes the N
+        queries of a user against the user's G groups at once.
+        """
+        c = candidate_features
+        if c is None:
+            c = self._candidate_features(inputs, cand_item, cand_key, training)
+        u = user_features
+        if u is None:
+            u = self._user_features(user_state, c["query"], cand_key)
+        parts = [u["target_attention"], c["query"]]
+        if self.use_candidate_group:
+            parts += [c["group_attention"], c["group_stats"], u["group_match"],
+                      c["match_features"]]
+        return ops.concatenate(parts, axis=-1)
 
     def call(self, inputs, training=None):
         return self.score_candidates(self.encode_user(inputs, training=training), inputs,

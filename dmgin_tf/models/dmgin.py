@@ -34,9 +34,14 @@ class DMGIN(RankingModel):
       of the state's U users and `cand_item, cand_group`: `[U]` → ctr `[U]`, `[U, N]`
       (N candidates per user; the history is scanned once per user) → ctr `[U, N]`, or
       `[N]` with U = 1 → ctr `[N]`.
-    - `candidate_lookups(inputs)`: what `score` reads from the raw history for `[U, N]`
-      candidates; it needs no user state, so serving runs it beside `encode_user` and
-      passes it to `score(..., lookups=...)`.
+    - `candidate_features(inputs)`: the part of `score` for `[U, N]` candidates that
+      needs no user state (the candidate's own group read from the raw history and its
+      attention); serving runs it beside `encode_user` and passes it to
+      `score(..., candidate_features=...)`.
+    - `user_features(user_state, inputs)`: the part of `score` for `[U, N]` candidates
+      that reads the user state (target attention over the groups); serving computes it
+      in the same compiled function as `encode_user` and passes it to
+      `score(..., user_features=...)`, so only the MLP head waits for both sides.
 
     Args:
         model_cfg: `ModelConfig` or its dict.
@@ -58,12 +63,17 @@ class DMGIN(RankingModel):
     def encode_user(self, inputs, training=None):
         return self.encoder.encode_user(inputs, training=training)
 
-    def candidate_lookups(self, inputs):
-        return self.encoder.history_lookups(inputs)
+    def candidate_features(self, inputs, training=None):
+        return self.encoder.candidate_features(inputs, training=training)
 
-    def score(self, user_state, inputs, training=None, lookups=None):
+    def user_features(self, user_state, inputs):
+        return self.encoder.user_features(user_state, inputs)
+
+    def score(self, user_state, inputs, training=None, candidate_features=None,
+              user_features=None):
         interest = self.encoder.score_candidates(user_state, inputs, training=training,
-                                                 lookups=lookups)
+                                                 candidate_features=candidate_features,
+                                                 user_features=user_features)
         if len(interest.shape) == 2:
             return self.head(interest, training=training)
         # [U, N, F]: the head takes rows; ctr back as [U, N].

@@ -65,6 +65,11 @@ def test_user_state_split_and_one_user_many_candidates():
                            F.CAND_GROUP: np.stack([x[F.CAND_GROUP]] * 2)})
     got = np.asarray(model.score(model.encode_user(users), lists))
     assert got.shape == (2, 5)
+    # Serving's parts (`rank`): the candidate side and the user side computed apart,
+    # then only the head — the same scores.
+    parts = model.score(None, lists, candidate_features=model.candidate_features(lists),
+                        user_features=model.user_features(model.encode_user(users), lists))
+    np.testing.assert_allclose(np.asarray(parts), got, atol=1e-6)
     for u in range(2):
         rows = {k: (np.repeat(v[u:u + 1], 5, axis=0) if k not in (F.CAND_ITEM, F.CAND_GROUP)
                     else v) for k, v in x.items()}
