@@ -13,13 +13,17 @@ import keras
 from keras import ops
 
 
+def _on_rows(fn, x, width):
+    """fn on the rows of x `[..., K]` flattened to `[rows, K]` → `[..., width]`."""
+    if len(x.shape) <= 2:
+        return fn(x)
+    lead = ops.shape(x)[:-1]
+    return ops.reshape(fn(ops.reshape(x, (-1, x.shape[-1]))), tuple(lead) + (width,))
+
+
 def matmul_rows(x, w):
     """x `[..., K]` @ w `[K, H]` → `[..., H]`, computed as one `[rows, K]` matmul."""
-    if len(x.shape) <= 2:
-        return ops.matmul(x, w)
-    lead = ops.shape(x)[:-1]
-    y = ops.matmul(ops.reshape(x, (-1, x.shape[-1])), w)
-    return ops.reshape(y, tuple(lead) + (w.shape[-1],))
+    return _on_rows(lambda rows: ops.matmul(rows, w), x, w.shape[-1])
 
 
 @keras.saving.register_keras_serializable(package="dmgin_tf")
@@ -28,8 +32,5 @@ class Dense(keras.layers.Dense):
     the rows of a `[..., D]` input as one 2-D matmul (see the module docstring)."""
 
     def call(self, inputs, training=None):
-        if len(inputs.shape) <= 2:
-            return super().call(inputs, training=training)
-        lead = ops.shape(inputs)[:-1]
-        y = super().call(ops.reshape(inputs, (-1, inputs.shape[-1])), training=training)
-        return ops.reshape(y, tuple(lead) + (self.units,))
+        return _on_rows(lambda rows: super(Dense, self).call(rows, training=training),
+                        inputs, self.units)
