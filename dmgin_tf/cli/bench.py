@@ -68,7 +68,7 @@ def render_quality(paths, out_dir: str, docs) -> int:
     --output benchmarks/results` adds the new file's rows to the published table.
     """
     import json
-    from dmgin_tf.training import quality
+    from dmgin_tf.bench import quality
     by_dataset: dict = {}
     for path in paths:
         with open(path, encoding="utf-8") as f:
@@ -92,7 +92,7 @@ def compare_quality(paths, names, out_dir: str) -> int:
     """`--compare`: tables + one chart for pairs of results files (no training)."""
     import json
     from dmgin_tf.errors import DmginError
-    from dmgin_tf.training import quality
+    from dmgin_tf.bench import quality
     if len(paths) % 2:
         raise DmginError(f"bench quality --compare takes pairs of files, got {len(paths)}")
     cmps = []
@@ -119,7 +119,7 @@ def run_quality(args: argparse.Namespace) -> int:
     cfg = config_from_args(args, {"data.dataset": args.dataset, "train.backend": args.backend})
     from dmgin_tf.training.backend import select_backend
     select_backend(cfg.train.backend)               # before any Keras import
-    from dmgin_tf.training import quality
+    from dmgin_tf.bench import quality
 
     base = quality.QUICK_BUDGET if args.quick else quality.Budget()
     budget = quality.Budget(

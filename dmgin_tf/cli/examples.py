@@ -13,7 +13,7 @@ def register(subparsers) -> None:
     sub.required = True
     b = sub.add_parser("build", help="behaviors.parquet + items.parquet -> examples.npz",
                        description="Builds one example per labelled event under the fixed "
-                                   "evaluation protocol (DESIGN §6) and writes examples.npz, "
+                                   "evaluation protocol (docs/design.md: Evaluation protocol) and writes examples.npz, "
                                    "examples.json and item_index.parquet.")
     b.add_argument("--data", required=True, metavar="DIR",
                    help="converted data directory (behaviors.parquet, items.parquet)")

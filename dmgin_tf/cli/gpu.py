@@ -96,8 +96,8 @@ def per_dataset_paths(datasets, items, flag: str = "--data") -> dict:
 def quality_spec(args: argparse.Namespace):
     """The QualitySpec of `--quality` (rows, seeds, GPU budget with the flags applied)."""
     import dataclasses
-    from dmgin_tf.training import quality
-    from dmgin_tf.training.gpu_bundle import QualitySpec
+    from dmgin_tf.bench import quality
+    from dmgin_tf.bench.gpu_bundle import QualitySpec
     budget = quality.GPU_BUDGET
     changes = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size),
                                  ("history_length", args.history_length),
@@ -127,7 +127,7 @@ def _bundle_command() -> str:
 
 
 def run_bundle(args: argparse.Namespace) -> int:
-    from dmgin_tf.training.gpu_bundle import build_bundle   # numpy/pandas only, no Keras
+    from dmgin_tf.bench.gpu_bundle import build_bundle   # numpy/pandas only, no Keras
     cfg = config_from_args(args, {"train.epochs": args.epochs,
                                   "model.history_length": args.history_length,
                                   "train.batch_size": args.batch_size})

@@ -44,7 +44,7 @@ def test_popularity_matches_pandas_reference(tmp_path):
     from dmgin_tf.config import Config
     from dmgin_tf.data.examples import ExampleSet
     from dmgin_tf.training.data_source import prepare_example_dir
-    from dmgin_tf.training.popularity import popularity_counts, popularity_scores
+    from dmgin_tf.bench.popularity import popularity_counts, popularity_scores
     cfg = Config.from_dict({"data": {"dataset": "taobao"}, "grouping": {"key": "item_id"}})
     es = ExampleSet.load(prepare_example_dir(cfg, None, str(tmp_path), progress=False,
                                              log=lambda *a: None))
@@ -61,7 +61,7 @@ def test_popularity_matches_pandas_reference(tmp_path):
 
 
 def test_benchmarks_doc_block_replaced_in_place(tmp_path):
-    from dmgin_tf.training.quality import update_benchmarks_doc
+    from dmgin_tf.bench.quality import update_benchmarks_doc
     path = str(tmp_path / "b.md")
     update_benchmarks_doc(path, "movielens", "table ML 1")
     update_benchmarks_doc(path, "taobao", "table TB 1")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from dmgin_tf.errors import DmginError
-from dmgin_tf.training import quality
+from dmgin_tf.bench import quality
 
 BUDGET = {"epochs": 1, "steps_per_epoch": 40, "batch_size": 1024, "history_length": 256}
 

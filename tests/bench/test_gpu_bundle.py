@@ -4,7 +4,7 @@ import os
 import subprocess
 
 from dmgin_tf.config import Config
-from dmgin_tf.training.gpu_bundle import build_bundle, download_command
+from dmgin_tf.bench.gpu_bundle import build_bundle, download_command
 
 
 def _fake_downloader(dest):

@@ -1,5 +1,5 @@
 """Item-popularity baseline: score = how often the candidate item occurs among the
-training events (DESIGN §6 bar-to-beat row "item popularity").
+training events (the bar-to-beat row "item popularity"; docs/design.md: Evaluation protocol).
 
 Counted over the train split's real events only — sampled negatives (Taobao) are not
 behaviors and validation/test events are the future — so the baseline sees exactly the

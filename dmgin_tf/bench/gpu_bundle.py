@@ -7,7 +7,7 @@ no Keras and no package registry. The bundle carries:
                  (dmgin_tf.data imports it); `pip download`, see `download_wheels`
   src/dmgin_tf/  the package sources (no sample data, no caches)
   data/<name>/   the example set of each dataset (examples.npz/json, item_index.parquet;
-                 numpy-readable, TF-free) built here under the DESIGN §6 protocol
+                 numpy-readable, TF-free) built here under the docs/design.md: Evaluation protocol protocol
   config_<name>.json  the training config of each dataset (backend jax, mixed precision,
                  jit_compile) — the same protocol and hyperparameters as CPU training
   run.sh         installs the wheels next to the host's JAX and runs `dmgin train` per
@@ -118,7 +118,7 @@ TRAIN_CMD = ('"$PY" -m dmgin_tf.cli.main train --backend jax --dataset {dataset}
 QUALITY_CMD = r"""# The quality table: job queue over (dataset, row, seed), P workers sharing the GPU(s).
 # Extra arguments go to `quality_jobs run` (--budget-s, --hard-limit-s, --epochs, --quick, ...).
 mkdir -p "$OUT/quality"
-"$PY" -m dmgin_tf.training.quality_jobs run --bundle "$HERE" --out "$OUT/quality" "$@" \
+"$PY" -m dmgin_tf.bench.quality_jobs run --bundle "$HERE" --out "$OUT/quality" "$@" \
   2>&1 | tee "$OUT/quality/driver.log" || true
 # At most 8 files come back from $OUT: results in one tar, the parity runs in another.
 (cd "$OUT/quality" && tar czf "$OUT/quality_results.tar.gz" quality_*.json quality_*.jsonl \
@@ -148,7 +148,7 @@ def _write_quality_groupings(quality: "QualitySpec", variants, cfg: Config,
                              group_table: Optional[str]) -> None:
     """groupings.npz for every row's grouping key / K, from the dataset's items table."""
     import pandas as pd
-    from dmgin_tf.training import quality_jobs
+    from dmgin_tf.bench import quality_jobs
     candidates = [os.path.join(work_dir, "canonical", "items.parquet")]
     if data_path:
         candidates.insert(0, os.path.join(data_path, "items.parquet"))
@@ -191,7 +191,7 @@ def build_bundle(cfg: Config, datasets: Sequence[str], output: str, *,
       downloader: `download_wheels`-like callable (dest) -> names; injectable for tests.
       quality: when given, a quality-table bundle: per dataset the grouping tables of every
         row (groupings.npz), quality_plan.json, and a run.sh that runs the job queue of
-        `dmgin_tf.training.quality_jobs` instead of one `dmgin train` per model.
+        `dmgin_tf.bench.quality_jobs` instead of one `dmgin train` per model.
         Rows that group by a table run only on datasets in `group_tables`.
       command: the command line that built the bundle (MANIFEST.json; the quality
         results quote it).
@@ -261,7 +261,7 @@ def build_bundle(cfg: Config, datasets: Sequence[str], output: str, *,
         commands = "\n".join(TRAIN_CMD.format(dataset=d, model=m) for d in datasets for m in models)
         what = ", ".join(models)
     else:
-        from dmgin_tf.training import quality_jobs
+        from dmgin_tf.bench import quality_jobs
         row_names = {d: [v.name for v in rows] for d, rows in rows_by_dataset.items()}
         plan = quality_jobs.plan_dict(datasets, quality.variants, quality.seeds, quality.budget,
                                       quality.default_key, quality.overrides,

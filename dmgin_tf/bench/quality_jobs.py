@@ -4,7 +4,7 @@ Built for the borrowed GPU host (docs/gpu.md "Quality table on the GPU"): Python
 no TensorFlow, no pyarrow, a 10-minute limit per call. `dmgin gpu bundle --quality` writes
 everything this module needs into the bundle; `run.sh` then calls
 
-    python -m dmgin_tf.training.quality_jobs run --bundle DIR --out OUT [--budget-s 420]
+    python -m dmgin_tf.bench.quality_jobs run --bundle DIR --out OUT [--budget-s 420]
 
 The driver (numpy only, never imports Keras/JAX) plans the jobs seed-major (seed 0 of every
 row of both datasets first, then seed 1, ...: a run cut short still has every row), starts
@@ -146,7 +146,7 @@ class TableIndex:
 
 def load_plan(bundle: str) -> dict:
     """The bundle's quality_plan.json with variants and budget as objects."""
-    from dmgin_tf.training.quality import Budget, Variant
+    from dmgin_tf.bench.quality import Budget, Variant
     with open(os.path.join(bundle, PLAN_FILE), encoding="utf-8") as f:
         plan = json.load(f)
     plan["variants"] = [Variant(**{**v, "model_overrides": tuple(tuple(p) for p in
@@ -216,7 +216,7 @@ class _Worker:
         cfg = load_config(os.path.join(self.bundle, f"config_{job.dataset}.json"), overrides)
         data = training_data_from_example_set(es, budget.history_length,
                                               info={"variant": variant.name})
-        from dmgin_tf.training.quality import _slug
+        from dmgin_tf.bench.quality import _slug
         run_dir = os.path.join(self.out, "runs", job.dataset, _slug(variant.name),
                                f"seed{job.seed}")
         t = time.perf_counter()
@@ -380,7 +380,7 @@ def run_queue(jobs: Sequence[Job], layout: WorkerLayout, bundle: str, out: str, 
 
     threads = []
     for i, env in enumerate(layout.env):
-        cmd = [python, "-m", "dmgin_tf.training.quality_jobs", "worker", "--bundle", bundle,
+        cmd = [python, "-m", "dmgin_tf.bench.quality_jobs", "worker", "--bundle", bundle,
                "--out", out] + (["--cache", cache_dir] if cache_dir else [])
         full_env = dict(os.environ, **env)
         full_env["PYTHONPATH"] = src_root + (os.pathsep + full_env["PYTHONPATH"]
@@ -454,8 +454,8 @@ def merge_dataset(bundle: str, out: str, dataset: str, plan: dict, *,
                   seconds: float = 0.0, command: str = "") -> dict:
     """Per-dataset results (`quality.run_quality` schema) from its JSONL + popularity."""
     from dmgin_tf.data.examples import ExampleSet
-    from dmgin_tf.training.popularity import evaluate_popularity
-    from dmgin_tf.training.quality import summarize
+    from dmgin_tf.bench.popularity import evaluate_popularity
+    from dmgin_tf.bench.quality import summarize
     runs = []
     path = os.path.join(out, f"quality_{dataset}.jsonl")
     if os.path.exists(path):
@@ -500,7 +500,7 @@ def run_main(args) -> int:
     if changes:
         plan["budget"] = dataclasses.replace(plan["budget"], **changes)
     if args.quick:   # smoke run: the quick budget, one seed
-        from dmgin_tf.training.quality import QUICK_BUDGET
+        from dmgin_tf.bench.quality import QUICK_BUDGET
         plan["budget"] = dataclasses.replace(QUICK_BUDGET, **changes)
         changes = dict(changes, quick=True)
         if args.seeds is None:
@@ -508,7 +508,7 @@ def run_main(args) -> int:
     if args.seeds is not None:
         plan["seeds"] = list(range(args.seeds))
     if args.variants:
-        from dmgin_tf.training.quality import select_variants
+        from dmgin_tf.bench.quality import select_variants
         plan["variants"] = select_variants(plan["variants"], args.variants, flag="--variants")
         changes = dict(changes, variants=True)
     # Workers read the plan from the bundle: write the effective one next to the results.
@@ -579,7 +579,7 @@ def _command(bundle: str, args, layout: WorkerLayout) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dmgin_tf.training.quality_jobs",
+    p = argparse.ArgumentParser(prog="python -m dmgin_tf.bench.quality_jobs",
                                 description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="plan, run the workers, merge (the host entry point)")

@@ -13,8 +13,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from dmgin_tf.training import quality, quality_jobs
-from dmgin_tf.training.quality_jobs import Job, plan_jobs, run_queue, worker_layout
+from dmgin_tf.bench import quality, quality_jobs
+from dmgin_tf.bench.quality_jobs import Job, plan_jobs, run_queue, worker_layout
 
 VARIANTS = [quality.Variant("dmgin", "dmgin"),
             quality.Variant("dmgin -stats", "dmgin", (("use_stats", False),), kind="ablation"),
@@ -103,7 +103,7 @@ def test_queue_budget_stops_starting_and_hard_limit_kills(tmp_path, monkeypatch)
 def _bundle_with_plan(tmp_path, seeds):
     """An example-set bundle dir (tiny synthetic ExampleSet is overkill: reuse the sample)."""
     from dmgin_tf.config import Config
-    from dmgin_tf.training.gpu_bundle import QualitySpec, build_bundle
+    from dmgin_tf.bench.gpu_bundle import QualitySpec, build_bundle
     spec = QualitySpec(tuple(VARIANTS), tuple(seeds), quality.QUICK_BUDGET, "category",
                        (("train.mixed_precision", False),))
     out = str(tmp_path / "bundle")
@@ -210,7 +210,7 @@ def test_bundle_gives_the_cluster_row_to_the_dataset_with_a_table(tmp_path):
     its plan has the cluster row; taobao's has neither and merges without it."""
     import pandas as pd
     from dmgin_tf.config import Config
-    from dmgin_tf.training.gpu_bundle import QualitySpec, build_bundle
+    from dmgin_tf.bench.gpu_bundle import QualitySpec, build_bundle
     movies = pd.read_csv(os.path.join(os.path.dirname(quality.__file__), "..", "sample_data",
                                       "movielens", "movies.csv"))
     table = tmp_path / "item_groups.parquet"

@@ -5,7 +5,7 @@
 Rows: the models (DMGIN, DGIN, DIN, SIM-hard, BST, full-sequence Transformer), DMGIN's
 ablations (no statistics / no intra-group / no inter-group level; grouping key item_id,
 category, random with a K sweep, cluster when a group table is given) and item
-popularity. Every trained row uses the same examples (DESIGN §6 protocol), the same
+popularity. Every trained row uses the same examples (docs/design.md: Evaluation protocol), the same
 history length, optimizer, batch size and step budget, and is run once per seed; the
 table reports mean ± std over seeds of test AUC, GAUC and logloss, plus the best
 validation AUC, so numbers are comparable to the bar-to-beat table.
@@ -33,7 +33,7 @@ from dmgin_tf.config import Config
 
 MODEL_NAMES = ("dmgin", "dgin", "din", "sim", "bst", "transformer")
 
-# DESIGN §6: outside implementations under exactly this protocol (test, mean of 3 seeds).
+# docs/design.md: Evaluation protocol: outside implementations under exactly this protocol (test, mean of 3 seeds).
 BAR_TO_BEAT = {
     "movielens": {"item popularity": (0.669, 0.658),
                   "LightGBM on past-only history features": (0.773, 0.670),
@@ -183,7 +183,7 @@ def run_quality(cfg: Config, data_path: Optional[str], out_dir: str, *, seeds: S
     from dmgin_tf.data.examples import ExampleSet
     from dmgin_tf.training.data_source import (effective_grouping_key, prepare_example_dir,
                                                training_data_from_example_set)
-    from dmgin_tf.training.popularity import evaluate_popularity
+    from dmgin_tf.bench.popularity import evaluate_popularity
     from dmgin_tf.training.trainer import train
 
     t0 = time.perf_counter()
@@ -453,7 +453,7 @@ def markdown_table(results: dict) -> str:
                      f"{_cell(r['logloss'])} | {_cell(r['val_auc'])} | {r['seconds']:.0f} |")
     bar = results.get("bar_to_beat") or {}
     if bar:
-        lines += ["", "Bar to beat (DESIGN §6, outside implementations, same protocol, "
+        lines += ["", "Bar to beat (docs/design.md: Evaluation protocol, outside implementations, same protocol, "
                       "test AUC / GAUC, mean of 3 seeds):", "",
                   "| outside model | test AUC | test GAUC |", "|---|---|---|"]
         lines += [f"| {name} | {a:.3f} | {g:.3f} |" for name, (a, g) in bar.items()]
@@ -580,7 +580,7 @@ def update_benchmarks_doc(path: str, dataset: str, table: str, chart: Optional[s
 
 QUALITY_INTRO = (
     "Test AUC / GAUC / logloss of DMGIN, its baselines and ablations under the fixed "
-    "protocol of DESIGN §6 (per-user time split, history strictly before each event), "
+    "protocol of docs/design.md: Evaluation protocol (per-user time split, history strictly before each event), "
     "mean ± std over seeds, every row with the same examples and training budget. "
     "Produced by `dmgin bench quality --dataset NAME --data PATH`; each dataset's block "
     "below is rewritten by its run.")
