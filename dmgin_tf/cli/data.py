@@ -1,11 +1,12 @@
-"""`dmgin data convert|stats`: raw data -> canonical tables, and their statistics.
+"""`dmgin data fetch|convert|stats`: public datasets, raw data -> canonical tables, statistics.
 
-    dmgin data convert --dataset taobao --input ../shared/data/taobao-userbehavior --output runs/data/taobao
+    dmgin data fetch ml-latest-small --to data/movielens-latest-small [--convert]
+    dmgin data convert --dataset taobao --input data/taobao-userbehavior --output runs/data/taobao
     dmgin data convert --dataset movielens --output runs/data/ml        # embedded sample
     dmgin data convert --dataset generic --input events.csv --items items.csv \
         --behaviors click,cart,order --output runs/data/mine
     dmgin data stats runs/data/taobao
-    dmgin data stats --dataset movielens --input ../shared/data/movielens-latest-small
+    dmgin data stats --dataset movielens --input data/movielens-latest-small
 """
 from __future__ import annotations
 
@@ -20,8 +21,10 @@ from dmgin_tf.cli.common import add_config_args, config_from_args
 def register(subparsers) -> None:
     parser = subparsers.add_parser("data", help="convert raw data to canonical tables; dataset statistics",
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="data_command", metavar="{convert,stats}")
+    sub = parser.add_subparsers(dest="data_command", metavar="{fetch,convert,stats}")
     sub.required = True
+
+    _add_fetch(sub)
 
     conv = sub.add_parser("convert", help="stream a raw dataset into behaviors/items Parquet + report",
                           description="Converts raw data into behaviors.parquet, items.parquet, "
@@ -38,6 +41,39 @@ def register(subparsers) -> None:
     _add_source_args(stats, dataset_required=False)
     stats.add_argument("--json", action="store_true", help="print the statistics as JSON")
     stats.set_defaults(func=_stats)
+
+
+def _add_fetch(sub) -> None:
+    from dmgin_tf.data.fetch import ARCHIVES, BASE_URL_ENV, MANUAL
+    names = "\n".join(f"  {a.name:16s} {a.description}" for a in ARCHIVES.values())
+    fetch = sub.add_parser(
+        "fetch", help="download a public dataset from its publisher, verify it, unpack it",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Downloads a MovieLens archive from GroupLens, checks its size and SHA-256 "
+                    "and every member's CRC, and unpacks it into --to.\n\n" + names +
+                    "\n  taobao           manual download (its terms): " + MANUAL["taobao"].split(": ")[0])
+    fetch.add_argument("name", metavar="NAME", help="dataset: " + ", ".join(ARCHIVES) + " (or taobao)")
+    fetch.add_argument("--to", required=True, metavar="DIR", help="dataset directory to create")
+    fetch.add_argument("--convert", action="store_true",
+                       help="also write canonical tables (behaviors/items Parquet) into DIR/canonical")
+    fetch.add_argument("--sha256", metavar="HEX", help="expected SHA-256 instead of the recorded one")
+    fetch.add_argument("--archive", metavar="ZIP", help="use this downloaded zip instead of the network")
+    fetch.add_argument("--base-url", metavar="URL",
+                       help=f"download from this mirror (default: ${BASE_URL_ENV} or GroupLens)")
+    fetch.add_argument("--timeout", type=float, default=60.0, metavar="S", help="network timeout (s)")
+    fetch.add_argument("--force", action="store_true", help="replace a non-empty --to directory")
+    fetch.set_defaults(func=_fetch)
+
+
+def _fetch(args) -> int:
+    from dmgin_tf.data.fetch import fetch
+    result = fetch(args.name, args.to, base_url=args.base_url, sha256=args.sha256,
+                   archive=args.archive, convert=args.convert, timeout=args.timeout, force=args.force)
+    print(f"{result.name}: {result.size:,} bytes, sha256 {result.sha256} ok; "
+          f"{len(result.files)} files in {result.directory}")
+    if result.canonical:
+        print(f"canonical tables: {result.canonical}")
+    return 0
 
 
 def _add_source_args(p: argparse.ArgumentParser, dataset_required: bool = True) -> None:
