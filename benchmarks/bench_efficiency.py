@@ -26,7 +26,7 @@ needs ~60 GB for its attention scores alone.
 The histories are **synthetic load shapes**, not data: every slot filled, items drawn
 from a Zipf law over the catalogue (popular items repeat), each item in a fixed group
 (so groups repeat Zipf-like too), behavior types skewed like Taobao (mostly views), times
-increasing with exponential gaps. The real sets in ../shared/data have histories up to
+increasing with exponential gaps. The public sets (Taobao UserBehavior, MovieLens) have histories up to
 ~3.6k, so L >= 10k only shows how cost scales. The grouping op alone is benchmarked by
 `benchmarks/bench_grouping.py`.
 
@@ -774,7 +774,7 @@ WHY = (
 
 
 GPU_HOWTO = (
-    "On a GPU host with JAX (DESIGN §5; no TensorFlow there): `python3 "
+    "On a GPU host with JAX (docs/design.md: Environment; no TensorFlow there): `python3 "
     "benchmarks/bench_efficiency.py --backend jax --docs ''` (add `--tokens-per-batch`, "
     "`--memory-budget-gb` to fit the card), bring `runs/bench/efficiency/efficiency.json` "
     "back and run `dmgin bench efficiency --render efficiency.json --note '...'` here to "

@@ -2,8 +2,8 @@
 
 A thin script over `dmgin bench quality` (library: dmgin_tf/training/quality.py):
 
-    python benchmarks/bench_quality.py --dataset taobao --data ../shared/data/taobao-userbehavior
-    python benchmarks/bench_quality.py --dataset movielens --data ../shared/data/movielens-latest-small
+    python benchmarks/bench_quality.py --dataset taobao --data data/taobao-userbehavior
+    python benchmarks/bench_quality.py --dataset movielens --data data/movielens-latest-small
     python benchmarks/bench_quality.py --dataset taobao --quick      # smoke run on the sample
 
 Arguments are those of `dmgin bench quality --help`.

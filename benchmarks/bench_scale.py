@@ -1,7 +1,7 @@
 """`dmgin bench scale`: rows/s of our Beam stages on DirectRunner vs Dask (1 and 2 workers).
 
-    dmgin bench scale --data ../shared/data/taobao-userbehavior      # full shipped Taobao
-    python benchmarks/bench_scale.py --data ../shared/data/taobao-userbehavior --docs ''
+    dmgin bench scale --data data/taobao-userbehavior      # full Taobao UserBehavior sample
+    python benchmarks/bench_scale.py --data data/taobao-userbehavior --docs ''
 
 Stages, each run on every runner in ONE process so the numbers compare:
 - example building (`transform.examples.build_examples`): behavior rows / s, end to end
@@ -33,9 +33,9 @@ START, END = "<!-- scale:start -->", "<!-- scale:end -->"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default=os.path.join("..", "shared", "data", "taobao-userbehavior"),
+    p.add_argument("--data", default=os.path.join("data", "taobao-userbehavior"),
                    help="raw Taobao dir/CSV or a converted dir with behaviors.parquet "
-                        "(default: the full shipped Taobao file)")
+                        "(default: data/taobao-userbehavior; docs/data.md says how to get it)")
     p.add_argument("--dataset", default="taobao", choices=["taobao", "movielens", "generic"])
     p.add_argument("--embeddings", help="Parquet item_id + embedding for k-means (default: synthetic)")
     p.add_argument("--num-groups", type=int, default=256)

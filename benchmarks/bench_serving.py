@@ -6,7 +6,7 @@ would be) on 127.0.0.1 and measures from this process, each for a bounded number
 requests:
 
 1. `rank`: one user with an L-behavior history × C candidates per request, XLA vs
-   non-XLA variant (the DESIGN §4 goal: p99 < 20 ms for C = 100, L = 10 000);
+   non-XLA variant (the goal in docs/design.md, Export and serving: p99 < 20 ms for C = 100, L = 10 000);
 2. `predict_raw` vs batch size B, without and with server batching (concurrent clients).
 
     python benchmarks/bench_serving.py --history 10000 --candidates 100 --requests 200 \\

@@ -115,7 +115,7 @@ class ConfigBase:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig(ConfigBase):
-    """Which dataset, where, and how examples are built (DESIGN §2, §6)."""
+    """Which dataset, where, and how examples are built (docs/design.md: Data formats, Evaluation protocol)."""
     SECTION = "data"
     dataset: str = "taobao"            # taobao | movielens | generic
     input_path: str = ""               # raw data file/dir; "" = embedded sample
@@ -144,7 +144,7 @@ class DataConfig(ConfigBase):
 
 @dataclasses.dataclass(frozen=True)
 class GroupingConfig(ConfigBase):
-    """How items map to interest groups (DESIGN §1 transform/grouping)."""
+    """How items map to interest groups (transform/grouping; docs/design.md: Architecture and data flow)."""
     SECTION = "grouping"
     key: str = "cluster"              # cluster | item_id | category | random
     num_groups: int = 256             # K for k-means / random
@@ -170,7 +170,7 @@ class GroupingConfig(ConfigBase):
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig(ConfigBase):
-    """DMGIN / baseline hyperparameters (DESIGN §3)."""
+    """DMGIN / baseline hyperparameters (docs/design.md: Model and tensor contracts)."""
     SECTION = "model"
     model: str = "dmgin"              # dmgin | dgin | din | sim | bst | transformer
     item_vocab_size: int = 0          # filled from the data (ids incl. reserved)
@@ -245,7 +245,7 @@ class TrainConfig(ConfigBase):
 
 @dataclasses.dataclass(frozen=True)
 class BeamConfig(ConfigBase):
-    """Which Beam runner executes our Beam stages (DESIGN §1)."""
+    """Which Beam runner executes our Beam stages (docs/design.md: Architecture and data flow)."""
     SECTION = "beam"
     runner: str = "direct"            # direct | dask | flink | spark | dataflow
     direct_num_workers: int = 0       # 0 = one per core (multi_processing)
@@ -289,7 +289,7 @@ class PipelineConfig(ConfigBase):
 
 @dataclasses.dataclass(frozen=True)
 class ServingConfig(ConfigBase):
-    """Export and dev-server settings (DESIGN §4)."""
+    """Export and dev-server settings (docs/design.md: Export and serving)."""
     SECTION = "serving"
     model_name: str = "dmgin"
     batch_buckets: Tuple[int, ...] = (1, 8, 32, 128)

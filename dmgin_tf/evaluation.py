@@ -1,4 +1,4 @@
-"""Offline ranking metrics (numpy only): AUC, GAUC, logloss (DESIGN.md §6).
+"""Offline ranking metrics (numpy only): AUC, GAUC, logloss (docs/design.md: Evaluation protocol).
 
 - `auc`: area under the ROC curve = probability that a random positive scores above a
   random negative, ties counted as 1/2 (Mann-Whitney U with average ranks).

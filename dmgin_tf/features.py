@@ -1,4 +1,4 @@
-"""Feature keys and the canonical schema, in one place (DESIGN.md §2).
+"""Feature keys and the canonical schema, in one place (docs/design.md: Data formats).
 
 Every module imports these names; no feature-name string literals elsewhere.
 

@@ -14,7 +14,7 @@ user's history is complete; lines are copied byte for byte in their original ord
   rows, the movies.csv rows of every movie they rated or tagged, and README.txt (the
   dataset's license) verbatim.
 
-Usage: python scripts/make_sample.py [--data ../shared/data] [--out dmgin_tf/sample_data]
+Usage: python scripts/make_sample.py [--data data] [--out dmgin_tf/sample_data]
 """
 from __future__ import annotations
 
@@ -68,7 +68,8 @@ def cut_movielens(src: pathlib.Path, dst: pathlib.Path) -> dict:
 def main() -> None:
     repo = pathlib.Path(__file__).resolve().parents[1]
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=pathlib.Path, default=repo.parent / "shared" / "data")
+    ap.add_argument("--data", type=pathlib.Path, default=repo / "data",
+                    help="folder holding taobao-userbehavior/ and movielens-latest-small/ (docs/data.md)")
     ap.add_argument("--out", type=pathlib.Path, default=repo / "dmgin_tf" / "sample_data")
     args = ap.parse_args()
     print("taobao", cut_taobao(args.data / "taobao-userbehavior" / "UserBehavior.csv", args.out / "taobao"))

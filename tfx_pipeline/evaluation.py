@@ -1,6 +1,6 @@
 """Evaluator configuration: AUC, logloss, calibration, example count and GAUC (TFMA).
 
-GAUC (DESIGN §6) = Σ_u n_u·AUC_u / Σ_u n_u over users whose examples have both labels.
+GAUC (docs/design.md: Evaluation protocol) = Σ_u n_u·AUC_u / Σ_u n_u over users whose examples have both labels.
 It is a custom TFMA metric (`GAUC` below): its combiner collects (user, label,
 prediction) per slice — users come from the raw examples' `user_id` feature — and the
 result is computed by `dmgin_tf.evaluation.gauc`, the project's one implementation.

@@ -1,4 +1,4 @@
-"""The DMGIN TFX pipeline (DESIGN §1) as a plain function returning a `tfx.dsl.Pipeline`.
+"""The DMGIN TFX pipeline (docs/design.md: Architecture and data flow) as a plain function returning a `tfx.dsl.Pipeline`.
 
     MultimodalEncoder ─► ItemGrouper ◄─ (ItemGroups of the previous span, resolver: stable ids)
                               │
@@ -47,7 +47,7 @@ def _abs(path: str) -> str:
 def tfx_beam_args(beam_cfg: BeamConfig) -> List[str]:
     """Beam args of TFX's own components (StatisticsGen, Transform, Evaluator ...).
 
-    They stay on DirectRunner here (DESIGN §1); `extra_args` pass through. Our own
+    They stay on DirectRunner here (docs/design.md: Architecture and data flow); `extra_args` pass through. Our own
     components get the full `beam_cfg` (any runner) through their `beam_config`."""
     from transform.beam_runner import default_workers, pipeline_args
     workers = beam_cfg.direct_num_workers or default_workers()   # 0 = one per core

@@ -15,7 +15,7 @@ with exactly two columns::
                                bad_image; see transform.encoder.catalog)
     <output_dir>/report.json   rows, D, encoder version, counts per reason
 
-**External embeddings** (a user's own MLLM vectors, DESIGN §2): Parquet (columns
+**External embeddings** (a user's own MLLM vectors, docs/design.md: Data formats): Parquet (columns
 `item_id`, `embedding`) or TFRecord of `tf.train.Example` (`item_id` bytes_list,
 `embedding` float_list), read by `read_external_embeddings` with dimension, finiteness
 and duplicate-id checks (errors name the file, row and item), and converted to the
@@ -23,7 +23,7 @@ table above by `import_external_embeddings`.
 
 Beam notes: `EncoderModelHandler` holds the one way to run the encoder on a batch
 of rows (`load_model` + `run_inference`, the `RunInference` handler interface; the
-stock TensorFlow handler does not import on this stack, DESIGN §5). `EmbedCatalog`
+stock TensorFlow handler does not import on this stack, docs/design.md: Environment). `EmbedCatalog`
 does NOT use `RunInference`: its `BatchElements` emits the last batch from
 `finish_bundle`, whose output DaskRunner drops (docs/scale-out.md), so rows were lost.
 Instead rows get a stable batch key (crc32 of the item id), are grouped with

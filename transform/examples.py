@@ -189,6 +189,116 @@ class _ReadWithRowFn(beam.DoFn):
         import pyarrow.parquet as pq
         filename, rg, start, stop, offset = work
         t = pq.ParquetFile(filename).read_row_group(
+# ------------------------------------------------------------------ per-user sequence records
+# Feature list keys of a user record (context: `user_id`). Behaviors, one step each, time order:
+SEQ_ITEM, SEQ_BEHAVIOR, SEQ_TIME, SEQ_GROUP = F.ITEM_ID, F.BEHAVIOR, F.TIMESTAMP, F.GROUP_ID
+# Labelled positions (negatives included), one step each:
+POS_HIST_END = "pos_hist_end"   # history = the record's behaviors [0, pos_hist_end)
+POS_ITEM, POS_GROUP, POS_LABEL, POS_TIME = "pos_item_id", "pos_group_id", "pos_label", "pos_timestamp"
+SEQUENCE_BYTES = (SEQ_ITEM, SEQ_BEHAVIOR, POS_ITEM)
+SEQUENCE_INTS = (SEQ_TIME, SEQ_GROUP, POS_HIST_END, POS_GROUP, POS_LABEL, POS_TIME)
+FLAT_EVAL = "test_flat"         # output dir of the eval split as flat tf.Examples (Evaluator)
+
+
+def to_sequence_example(user_id: str, lists: Mapping[str, Sequence]) -> bytes:
+    """One user record -> serialized `tf.train.SequenceExample` (hand-encoded, no TF).
+
+    lists: every key of SEQUENCE_BYTES (str values) and SEQUENCE_INTS (ints); each value
+    becomes one step of its feature list (a Feature with one value).
+    """
+    context = _map_entry(F.USER_ID, _feature("bytes", [user_id]))
+    entries = []
+    for key in SEQUENCE_BYTES + SEQUENCE_INTS:
+        kind = "bytes" if key in SEQUENCE_BYTES else "int"
+        steps = b"".join(_field(1, _feature(kind, [v])) for v in lists[key])
+        entries.append(_map_entry(key, steps))                       # FeatureLists map entry
+    return _field(1, context) + _field(2, b"".join(entries))
+
+
+def sequence_feature_spec():
+    """`tf.io.parse_sequence_example` specs `(context, sequence)` of a user record;
+    sequence features parse as RaggedTensors `[B, (steps)]`."""
+    import tensorflow as tf
+    context = {F.USER_ID: tf.io.FixedLenFeature([], tf.string)}
+    seq = {k: tf.io.RaggedFeature(tf.string) for k in SEQUENCE_BYTES}
+    seq.update({k: tf.io.RaggedFeature(tf.int64) for k in SEQUENCE_INTS})
+    return context, seq
+
+
+def from_sequence_example(record: bytes) -> Tuple[str, dict]:
+    """Serialized user record -> (user id, {key: list}) (inverse of `to_sequence_example`)."""
+    from tensorflow.core.example import example_pb2
+    se = example_pb2.SequenceExample.FromString(record)
+    lists = {}
+    for key in SEQUENCE_BYTES + SEQUENCE_INTS:
+        steps = se.feature_lists.feature_list[key].feature
+        lists[key] = ([f.bytes_list.value[0].decode("utf-8") for f in steps] if key in SEQUENCE_BYTES
+                      else [int(f.int64_list.value[0]) for f in steps])
+    return se.context.feature[F.USER_ID].bytes_list.value[0].decode("utf-8"), lists
+
+
+def user_records(user_id: str, items: np.ndarray, behaviors: np.ndarray, timestamps: np.ndarray,
+                 groups: np.ndarray, ue: UserExamples, window: int, cand_groups: np.ndarray
+                 ) -> Iterable[Tuple[str, bytes]]:
+    """(split name, serialized user record) per split with examples (`record_windows`)."""
+    for code, start, stop, ex in record_windows(ue, window):
+        yield SPLIT_NAMES[code], to_sequence_example(str(user_id), {
+            SEQ_ITEM: [str(v) for v in items[start:stop]],
+            SEQ_BEHAVIOR: [str(v) for v in behaviors[start:stop]],
+            SEQ_TIME: timestamps[start:stop], SEQ_GROUP: groups[start:stop],
+            POS_HIST_END: ue.hist_end[ex] - start, POS_ITEM: [str(v) for v in ue.cand_item[ex]],
+            POS_GROUP: cand_groups[ex], POS_LABEL: ue.label[ex], POS_TIME: ue.timestamp[ex]})
+
+
+def flip_labels(label: np.ndarray, fraction: float, user_id: str, seed: int) -> np.ndarray:
+    """Fault injection (tests / drills): `fraction` of labels replaced by seeded coin flips."""
+    import zlib
+    rng = np.random.default_rng([int(seed), zlib.crc32(str(user_id).encode("utf-8"))])
+    hit = rng.random(len(label)) < fraction
+    return np.where(hit, rng.integers(0, 2, len(label)), label).astype(label.dtype)
+
+
+class _UserRecordsFn(beam.DoFn):
+    """``(user_id, [(ts, row, item, behavior)])`` -> ``(split, serialized user record)``,
+    plus ``(FLAT_EVAL, tf.Example)`` per test example (history cut at `window`)."""
+
+    def __init__(self, spec: DatasetSpec, cfg: DataConfig, item_ids: Sequence[str],
+                 categories: Mapping[str, str], item_groups: Mapping[str, int], window: int,
+                 label_noise: float = 0.0):
+        self._spec, self._cfg, self._window = spec, cfg, int(window)
+        self._item_ids, self._categories = list(item_ids), dict(categories)
+        self._groups, self._noise = dict(item_groups), float(label_noise)
+        self._token = uuid.uuid4().hex
+
+    def setup(self):
+        if self._token not in _CATALOG_CACHE:
+            universe = ItemUniverse(self._item_ids) if self._spec.sample_negatives else None
+            _CATALOG_CACHE[self._token] = (universe, self._categories)
+        self._universe, self._cats = _CATALOG_CACHE[self._token]
+
+    def process(self, element):
+        user_id, rows = element
+        rows = sorted(rows)  # (timestamp, file row): the protocol's order
+        ts = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        items = np.array([r[2] for r in rows], dtype=object)
+        behaviors = np.array([r[3] for r in rows], dtype=object)
+        ue = build_user_examples(user_id, items, behaviors, ts, self._spec,
+                                 item_universe=self._universe, seed=self._cfg.seed, cfg=self._cfg)
+        if self._noise > 0:
+            ue.label = flip_labels(ue.label, self._noise, user_id, self._cfg.seed)
+        group = lambda v: int(self._groups.get(str(v), F.OOV_ID))  # noqa: E731
+        groups = np.array([group(v) for v in items], dtype=np.int64)
+        cand_groups = np.array([group(v) for v in ue.cand_item], dtype=np.int64)
+        yield from user_records(user_id, items, behaviors, ts, groups, ue, self._window,
+                                cand_groups)
+        for split, row in example_rows(user_id, items, behaviors, ts, ue, self._cats,
+                                       min(self._window, self._cfg.max_history)):
+            if split == "test":
+                row[F.GROUP_ID] = group(row[F.ITEM_ID])
+                row[F.HIST_GROUP_ID] = [group(v) for v in row[F.HIST_ITEM_ID]]
+                yield FLAT_EVAL, to_tf_example(row)
+
+
             rg, columns=[F.USER_ID, F.ITEM_ID, F.BEHAVIOR, F.TIMESTAMP]).slice(start, stop - start)
         cols = [t.column(c).to_pylist() for c in (F.USER_ID, F.ITEM_ID, F.BEHAVIOR, F.TIMESTAMP)]
         for j, (u, i, b, ts) in enumerate(zip(*cols)):
@@ -256,16 +366,68 @@ def build_examples(data_dir: str, output_dir: str, data_cfg: DataConfig, beam_cf
     work = _work_with_offsets(beh_path, splits)
     sinks = {name: beam_io.TFRecordSink(os.path.join(output_dir, name)) for name in SPLIT_NAMES}
     with beam_pipeline(beam_cfg, dask_address) as p:
-        examples = (p | "RowRanges" >> beam.Create(work)
-                    | "ReadBehaviors" >> beam.ParDo(_ReadWithRowFn())
-                    | "PerUser" >> beam.GroupByKey()
-                    | "BuildExamples" >> beam.ParDo(
-                        _UserExamplesFn(spec, data_cfg, item_ids, categories, item_groups)))
-        by_split = {name: examples | f"Keep[{name}]" >> beam.FlatMap(_keep_split, name)
-                    for name in SPLIT_NAMES}
-        by_split | "Write" >> beam_io.WriteOutputs(sinks)
-    counts = {name: beam_io.output_rows(sink.path) for name, sink in sinks.items()}
-    return counts
+        records = (p | "RowRanges" >> beam.Create(work)
+                   | "ReadBehaviors" >> beam.ParDo(_ReadWithRowFn())
+                   | "PerUser" >> beam.GroupByKey()
+                   | "BuildExamples" >> beam.ParDo(user_fn))
+        by_split = {name: records | f"Keep[{name}]" >> beam.FlatMap(_keep_split, name)
+                    for name in sinks}
+        by_split | "Write" >> beam_io.WriteOutputs(dict(sinks))
+    return {name: beam_io.output_rows(sink.path) for name, sink in sinks.items()}
+
+
+def build_examples(data_dir: str, output_dir: str, data_cfg: DataConfig, beam_cfg: BeamConfig,
+                   *, dask_address: Optional[str] = None, splits: int = 0,
+                   item_groups: Optional[Mapping[str, int]] = None) -> Dict[str, int]:
+    """Builds flat tf.Examples (one per example, history copied in) with Beam; writes
+    ``<output_dir>/{train,val,test}/``. The reference format of the protocol (tests,
+    bring-your-own-examples); the pipeline stores `build_user_records` instead.
+
+    Args:
+      data_dir: converter output with ``behaviors.parquet`` and ``items.parquet``.
+      output_dir: receives one committed TFRecord directory per split.
+      data_cfg: dataset, split fractions, max_history, negatives, seed.
+      beam_cfg: runner.
+      dask_address: use this Dask scheduler (overrides `beam_cfg`).
+      splits: read work items (0 = 2 per worker).
+      item_groups: optional item id -> group id (the TFX ItemGrouper's table); adds int64
+        `group_id` [1] and `hist_group_id` [h] features (unknown items -> OOV_ID).
+
+    Returns: ``{split: examples written}`` (each checked against the writers' counts).
+    """
+    spec, work, item_ids, categories = _prepare(data_dir, data_cfg, beam_cfg, splits)
+    sinks = {name: beam_io.TFRecordSink(os.path.join(output_dir, name)) for name in SPLIT_NAMES}
+    return _run(work, _UserExamplesFn(spec, data_cfg, item_ids, categories, item_groups),
+                sinks, beam_cfg, dask_address)
+
+
+def build_user_records(data_dir: str, output_dir: str, data_cfg: DataConfig,
+                       beam_cfg: BeamConfig, *, item_groups: Mapping[str, int], window: int,
+                       label_noise: float = 0.0, dask_address: Optional[str] = None,
+                       splits: int = 0, compression: str = "gzip") -> Dict[str, int]:
+    """Builds one `tf.train.SequenceExample` per (user, split) with Beam.
+
+    Writes ``<output_dir>/{train,val,test}/`` (user records, `dmgin_tf.data.sequences`)
+    and ``<output_dir>/test_flat/`` (the test examples as flat tf.Examples with their
+    newest `min(window, max_history)` behaviors, for TFMA, which scores one record per
+    example). Storage: O(behaviors) for the records, O(test examples × window) for the
+    flat view.
+
+    Args:
+      item_groups: item id -> group id (ItemGrouper); unknown items -> OOV_ID.
+      window: behaviors before a split's first example kept in its record
+        (`min(data.max_history, model.history_length)`: what the model reads).
+      label_noise: fault injection, fraction of labels replaced by seeded coin flips.
+      compression: "gzip" (files ``*.tfrecord.gz``) or "" (uncompressed).
+    Other args as `build_examples`.
+
+    Returns: ``{output name: records written}``.
+    """
+    spec, work, item_ids, categories = _prepare(data_dir, data_cfg, beam_cfg, splits)
+    sinks = {name: beam_io.TFRecordSink(os.path.join(output_dir, name), compression)
+             for name in SPLIT_NAMES + (FLAT_EVAL,)}
+    fn = _UserRecordsFn(spec, data_cfg, item_ids, categories, item_groups, window, label_noise)
+    return _run(work, fn, sinks, beam_cfg, dask_address)
 
 
 def read_examples(path: str) -> List[dict]:

@@ -1,17 +1,17 @@
 """`dmgin gpu bundle`: everything a JAX-only GPU host needs to train, in one directory.
 
-The borrowed GPU hosts (docs/gpu.md) have Python 3.12 with JAX + CUDA but no TensorFlow,
-no Keras and no package registry. The bundle carries:
+For air-gapped GPU hosts (docs/gpu.md) that have Python with JAX + CUDA but no TensorFlow,
+no Keras and no package index. The bundle carries:
 
   wheels/        cp312 manylinux wheels of keras==<our pin> and its deps, plus pandas
                  (dmgin_tf.data imports it); `pip download`, see `download_wheels`
   src/dmgin_tf/  the package sources (no sample data, no caches)
   data/<name>/   the example set of each dataset (examples.npz/json, item_index.parquet;
-                 numpy-readable, TF-free) built here under the docs/design.md: Evaluation protocol protocol
+                 numpy-readable, TF-free) built here under the evaluation protocol (docs/design.md)
   config_<name>.json  the training config of each dataset (backend jax, mixed precision,
                  jit_compile) — the same protocol and hyperparameters as CPU training
   run.sh         installs the wheels next to the host's JAX and runs `dmgin train` per
-                 dataset; writes runs into $OUT (the device tool's output folder) or ./out
+                 dataset; writes runs into ./out (or the directory in the OUT variable)
   MANIFEST.json  sizes, versions, the command
 
 Host-side install uses `pip install --target` with `--no-deps`; numpy / ml_dtypes wheels are
@@ -120,7 +120,7 @@ QUALITY_CMD = r"""# The quality table: job queue over (dataset, row, seed), P wo
 mkdir -p "$OUT/quality"
 "$PY" -m dmgin_tf.bench.quality_jobs run --bundle "$HERE" --out "$OUT/quality" "$@" \
   2>&1 | tee "$OUT/quality/driver.log" || true
-# At most 8 files come back from $OUT: results in one tar, the parity runs in another.
+# Two archives to copy back: the results in one tar, the parity runs in another.
 (cd "$OUT/quality" && tar czf "$OUT/quality_results.tar.gz" quality_*.json quality_*.jsonl \
   driver.log logs 2>/dev/null || true)
 (cd "$OUT/quality" && [ -d keep ] && tar czf "$OUT/quality_parity_runs.tar.gz" keep || true)

@@ -1,6 +1,6 @@
 """`dmgin bench quality`: every model and ablation on one dataset, same split and budget.
 
-    dmgin bench quality --dataset taobao --data ../shared/data/taobao-userbehavior
+    dmgin bench quality --dataset taobao --data data/taobao-userbehavior
 
 Rows: the models (DMGIN, DGIN, DIN, SIM-hard, BST, full-sequence Transformer), DMGIN's
 ablations (no statistics / no intra-group / no inter-group level; grouping key item_id,

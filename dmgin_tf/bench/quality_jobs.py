@@ -1,7 +1,7 @@
 """The quality table as a job queue: (dataset, variant, seed) runs over P worker processes.
 
-Built for the borrowed GPU host (docs/gpu.md "Quality table on the GPU"): Python + JAX,
-no TensorFlow, no pyarrow, a 10-minute limit per call. `dmgin gpu bundle --quality` writes
+Built for air-gapped GPU hosts (docs/gpu.md, "The quality table as a job queue"): Python + JAX,
+no TensorFlow, no pyarrow, often a time limit per job. `dmgin gpu bundle --quality` writes
 everything this module needs into the bundle; `run.sh` then calls
 
     python -m dmgin_tf.bench.quality_jobs run --bundle DIR --out OUT [--budget-s 420]
@@ -575,7 +575,7 @@ def _command(bundle: str, args, layout: WorkerLayout) -> str:
         built = "dmgin gpu bundle --quality ..."
     extra = " ".join(shlex.quote(a) for a in (getattr(args, "run_args", None) or []))
     return (f"{built}`, then on the host ({layout.describe()}) "
-            f"`OUT=$OUT bash run.sh{' ' + extra if extra else ''}")
+            f"`bash run.sh{' ' + extra if extra else ''}")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -1,6 +1,6 @@
 """`dmgin bench <what>`: the benchmarks of docs/benchmarks.md, one subcommand each.
 
-    dmgin bench quality --dataset taobao --data ../shared/data/taobao-userbehavior
+    dmgin bench quality --dataset taobao --data data/taobao-userbehavior
 
 Each subcommand is registered by one `_add_<name>(sub)` function listed in
 `SUBCOMMANDS`; add a benchmark by writing its function and appending it there.

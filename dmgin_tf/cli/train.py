@@ -1,7 +1,7 @@
 """`dmgin train`: train one model on one dataset with the TensorFlow or JAX backend.
 
     dmgin train --dataset taobao --model dmgin --backend tensorflow --output runs/dmgin
-    dmgin train --dataset movielens --data ../shared/data/movielens-latest-small \
+    dmgin train --dataset movielens --data data/movielens-latest-small \
         --backend jax --set train.epochs=3 --output runs/ml_jax
 
 The handler selects the Keras backend from --backend *before* anything imports Keras

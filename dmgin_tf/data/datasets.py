@@ -1,7 +1,7 @@
 """Dataset specs: which behaviors exist, which are labelled, which are positive.
 
 A `DatasetSpec` is the only place that knows what a dataset's behavior strings mean
-(DESIGN.md §6). Example building, batching and the model read behavior ids from it:
+(docs/design.md: Evaluation protocol). Example building, batching and the model read behavior ids from it:
 id 0 is padding and behavior type `behavior_types[i]` has id `i + 1`.
 
     >>> spec = get_spec("movielens")
@@ -107,7 +107,7 @@ class DatasetSpec:
 assert PAD_ID == 0  # behavior ids are position + 1 because padding is 0
 
 # Taobao UserBehavior: every behavior is an implicit positive for its item; the log has
-# no impressions, so each gets sampled negatives (DESIGN §6).
+# no impressions, so each gets sampled negatives (docs/design.md: Evaluation protocol).
 TAOBAO_BEHAVIORS = ("pv", "cart", "fav", "buy")
 # MovieLens: ratings bucketed by value (low <= 2.5, mid 3.0-3.5, high >= 4.0) plus tag
 # applications; ratings are labelled (label = high), tags are history only.

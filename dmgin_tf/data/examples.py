@@ -1,4 +1,4 @@
-"""Per-user example building under the fixed evaluation protocol (DESIGN.md §6).
+"""Per-user example building under the fixed evaluation protocol (docs/design.md: Evaluation protocol).
 
 One function, `build_user_examples`, turns one user's time-sorted behaviors into labelled
 examples; every builder calls it (the in-process numpy builder `build_example_set` below

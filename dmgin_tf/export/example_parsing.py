@@ -1,4 +1,4 @@
-"""Serialized tf.Example (string ids, DESIGN §2) → dense model inputs, inside the graph.
+"""Serialized tf.Example (string ids, docs/design.md: Data formats) → dense model inputs, inside the graph.
 
 The serving example carries what a caller knows at request time (no label needed):
 

@@ -1,5 +1,5 @@
 """Candidate-item matching features: how often and how recently the user touched the
-candidate item itself, per behavior type (DESIGN §6: what wins on sparse public sets)."""
+candidate item itself, per behavior type (docs/design.md: Evaluation protocol: what wins on sparse public sets)."""
 from __future__ import annotations
 
 from keras import ops

@@ -1,9 +1,9 @@
 """`Dense` and `matmul_rows`: projections of `[..., D]` tensors as 2-D matmuls.
 
 Keras' TensorFlow backend lowers `x @ W` for `x` of rank ≥ 3 to a batched matmul with
-`W` broadcast over the leading axes; under XLA on CPU that runs as many tiny dots and
+`W` broadcast over all leading axes; under XLA on CPU that runs as many tiny dots and
 was the largest cost of ranking (`TargetAttention` over 128 × 64 (candidate, group)
-pairs: about 3.5 → 1.5 ms on one core). Flattening the leading axes first gives one
+pairs: about 3.5 → 1.5 ms on one core). Flattening those axes first gives one
 `[rows, D] @ [D, H]` GEMM — the same numbers on every backend (JAX already lowers
 `jnp.matmul` this way).
 """

@@ -1,4 +1,4 @@
-"""Shared id and time embeddings for DMGIN and every baseline (one place, DESIGN §3)."""
+"""Shared id and time embeddings for DMGIN and every baseline (one place, docs/design.md: Model and tensor contracts)."""
 from __future__ import annotations
 
 import math

@@ -26,7 +26,7 @@ USER_STATE_KEYS = (GROUP_VECTORS, GROUP_MASK, GROUP_IDS)
 class GroupInterestEncoder(keras.layers.Layer):
     """DMGIN's interest encoder, the one layer to drop into a ranking model.
 
-    Pipeline (DESIGN §3): `group_behaviors` (top-G most recently active groups, last M
+    Pipeline (docs/design.md: Model and tensor contracts): `group_behaviors` (top-G most recently active groups, last M
     behaviors each, per-group statistics) → `GroupStatistics` → `IntraGroupTransformer`
     (self-attention within each group, pooled, fused with group embedding + stats) →
     `InterGroupTransformer` (HSTU or Transformer over the time-ordered groups) → the

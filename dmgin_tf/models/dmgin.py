@@ -27,7 +27,7 @@ def encoder_from_config(model_cfg, *, group_key="group", use_inter=None, name="e
 class DMGIN(RankingModel):
     """DMGIN ranking model: inputs dict → `ctr` `[B]`.
 
-    Besides `call`, the two halves serving uses (DESIGN §4):
+    Besides `call`, the two halves serving uses (docs/design.md: Export and serving):
     - `encode_user(inputs) -> user_state` (candidate-independent, cache per user):
       `{"group_vectors": [B, G, D], "group_mask": [B, G], "group_ids": [B, G]}`.
     - `score(user_state, inputs) -> ctr`, `inputs` holding the history + `request_time`

@@ -17,7 +17,7 @@ Bad values cannot raise under jit, so the op *clamps*, always the same way (and
 - negative `hist_time` / `request_time` → 0; a request time before a group's last
   behavior gives recency 0, never a negative or NaN statistic.
 
-Algorithm (O(L log L) or O(L · bits); designed around XLA:CPU, DESIGN §5):
+Algorithm (O(L log L) or O(L · bits); designed around XLA:CPU, docs/design.md: Environment):
 1. time order: the identity when every row is left-aligned and oldest first (the
    model-input contract; checked at run time by a `cond`), else a stable argsort;
    a dense time rank (equal times share a rank) from one prefix sum;

@@ -9,7 +9,7 @@ it. In another process running the other backend (Keras fixes its backend per pr
     assert report.max_abs_diff < 1e-5
 
 rebuilds the model from the run's `config.json`, loads its weights and compares. The
-export engineer's SavedModel check calls `reference_batch` / `compare_predictions` with the
+SavedModel export check calls `reference_batch` / `compare_predictions` with the
 exported signature's outputs instead of a Keras model.
 """
 from __future__ import annotations

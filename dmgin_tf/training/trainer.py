@@ -105,7 +105,7 @@ def resolve_config(cfg: Config, data: TrainingData) -> Config:
 
 
 def default_model_fn(model_cfg):
-    """`dmgin_tf.models.build_model` (imported lazily: it is another engineer's module)."""
+    """`dmgin_tf.models.build_model` (imported lazily, so importing the trainer stays light)."""
     from dmgin_tf.models import build_model
     return build_model(model_cfg)
 

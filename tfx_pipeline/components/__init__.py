@@ -1,4 +1,4 @@
-"""Custom TFX components of the DMGIN pipeline (DESIGN §1).
+"""Custom TFX components of the DMGIN pipeline (docs/design.md: Architecture and data flow).
 
     MultimodalEncoder  items of a span -> EncoderModel + ItemEmbeddings
     ItemGrouper        ItemEmbeddings (+ previous ItemGroups) -> ItemGroups (stable ids)

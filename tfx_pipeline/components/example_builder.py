@@ -1,6 +1,6 @@
 """ExampleBuilder: our ExampleGen — behaviors of a span + ItemGroups -> `Examples`.
 
-Why not a standard ExampleGen: the evaluation protocol (DESIGN §6) splits *per user by
+Why not a standard ExampleGen: the evaluation protocol (docs/design.md: Evaluation protocol) splits *per user by
 time* (last 20% of each user's labelled events = eval, the last 10% of the rest = val;
 users with < 5 events train only) and builds each example's history from everything
 the user did strictly before it, with seeded negatives. ExampleGen's `output_config`

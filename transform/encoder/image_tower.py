@@ -1,6 +1,6 @@
 """Image tower: a small convolutional net trained from scratch, plus per-row decoding.
 
-Neither shipped dataset has images (DESIGN §2), so the tower is small (three strided
+Neither shipped dataset has images (docs/design.md: Data formats), so the tower is small (three strided
 conv blocks, ~0.1 M parameters at the default widths) and trained only on the items
 that carry an image; the others skip the image loss. Decoding is per row and never
 raises: broken bytes or a missing file give `None`, which the caller counts.

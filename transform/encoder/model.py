@@ -1,7 +1,7 @@
 """The multimodal item encoder: two towers, projection heads, symmetric InfoNCE.
 
 CLIP-style training (Radford et al. 2021) adapted to catalogs where images are
-optional (DESIGN §2):
+optional (docs/design.md: Data formats):
 
 * items with an image: image ↔ full text ("title. description. category");
 * items with a title and a description/category: title ↔ "description. category"
