@@ -117,6 +117,7 @@ def export_model(model, base_path: str, name: str, *, history_length: int,
                 "jit_compile": variant == "xla", "history_length": int(history_length),
                 "batch_buckets": list(serving_cfg.batch_buckets),
                 "candidate_buckets": list(serving_cfg.candidate_buckets),
+                "max_candidates": int(serving_cfg.max_candidates),
                 "signatures": sorted(sigs), "warmup_records": len(logs),
                 "serving_example_features": sorted([F.ITEM_ID, F.TIMESTAMP, F.HIST_ITEM_ID,
                                                     F.HIST_BEHAVIOR, F.HIST_TIMESTAMP])

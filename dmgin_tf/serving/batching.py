@@ -12,7 +12,9 @@ Differences from TF Serving, on purpose and documented in docs/serving.md:
 - a request larger than `max_batch_size` fails with RESOURCE_EXHAUSTED (TF Serving:
   INVALID_ARGUMENT "Task size ... is larger than maximum input batch size").
 A full queue (`max_enqueued_batches`) fails with UNAVAILABLE, like TF Serving, which
-`dmgin_tf.serving.Client` retries with backoff.
+`dmgin_tf.serving.Client` retries with backoff. A queued request whose RPC was
+cancelled or whose deadline passed is dropped before its batch runs (its rows are not
+computed for nobody).
 """
 from __future__ import annotations
 
@@ -67,6 +69,12 @@ class _Task:
     key: tuple                      # dtypes + non-batch shapes: tasks merge only if equal
     enqueued: float
     future: Future
+    alive: Optional[Callable[[], bool]] = None   # False once the RPC is cancelled
+    deadline: Optional[float] = None             # time.monotonic() after which nobody waits
+
+    def abandoned(self, now: float) -> bool:
+        return (self.alive is not None and not self.alive()) or \
+            (self.deadline is not None and now > self.deadline)
 
 
 def _merge_key(inputs: Mapping[str, np.ndarray]) -> tuple:
@@ -109,14 +117,19 @@ class BatchScheduler:
         for t in self._threads:
             t.start()
 
-    def submit(self, inputs: Mapping[str, np.ndarray], size: int) -> Future:
-        """Queues one request of `size` rows; the future yields its outputs."""
+    def submit(self, inputs: Mapping[str, np.ndarray], size: int,
+               alive: Optional[Callable[[], bool]] = None,
+               timeout_s: Optional[float] = None) -> Future:
+        """Queues one request of `size` rows; the future yields its outputs. `alive`
+        (the RPC's `is_active`) and `timeout_s` let an abandoned request be dropped."""
         opts = self.options
         if size > opts.max_batch_size:
             raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                f"request has {size} rows, more than the server's max_batch_size "
                                f"{opts.max_batch_size}; split it (Client does this for candidates)")
-        task = _Task(inputs, size, _merge_key(inputs), time.monotonic(), Future())
+        now = time.monotonic()
+        task = _Task(inputs, size, _merge_key(inputs), now, Future(), alive,
+                     None if timeout_s is None else now + timeout_s)
         with self._cond:
             if self._closed:
                 raise ServingError(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
@@ -131,8 +144,9 @@ class BatchScheduler:
         return task.future
 
     def __call__(self, inputs: Mapping[str, np.ndarray], size: int,
-                 timeout_s: Optional[float] = None) -> Mapping[str, np.ndarray]:
-        return self.submit(inputs, size).result(timeout=timeout_s)
+                 timeout_s: Optional[float] = None,
+                 alive: Optional[Callable[[], bool]] = None) -> Mapping[str, np.ndarray]:
+        return self.submit(inputs, size, alive, timeout_s).result(timeout=timeout_s)
 
     def _take_batch(self) -> Optional[List[_Task]]:
         """Waits for a batch: full, or the oldest task's timeout expired."""
@@ -144,6 +158,14 @@ class BatchScheduler:
                     if self._closed:
                         return None
                     self._cond.wait()
+                    continue
+                now = time.monotonic()
+                for t in [t for t in self._queue if t.abandoned(now)]:
+                    self._queue.remove(t)
+                    self._queued_rows -= t.size
+                    t.future.set_exception(ServingError(grpc.StatusCode.CANCELLED,
+                                                        "request abandoned before its batch ran"))
+                if not self._queue:
                     continue
                 head = self._queue[0]
                 same = [t for t in self._queue if t.key == head.key]

@@ -5,14 +5,22 @@ version directories. A `ModelRegistry` reads a `ModelServerConfig`, scans each m
 base path, loads the versions its version policy asks for (`latest {num_versions}`,
 default 1; `all {}`; `specific {versions}`) and unloads the rest.
 
-Hot swap without dropping requests (TF Serving's availability-preserving policy): a new
-version is loaded (and warmed up) *before* an old one is taken out of the serving map;
-a removed version stays alive until its last in-flight request has returned
-(`acquire()` counts them), only then is it released.
+Version transitions keep the model available:
 
-Versions must appear atomically (write to a temp dir, then rename — as
-`dmgin_tf.export.saved_model.export_model` does); a directory without
-`saved_model.pb` is ignored until the file is there.
+- **Only complete versions load.** A version directory is ready when `saved_model.pb`,
+  `variables/variables.index` and every `variables.data-*-of-N` shard exist and no file
+  in it changed size or mtime for `settle_s` (a copy still in progress is waited for,
+  not loaded half-written).
+- **A version that fails to load is skipped, with its real cause** (truncated
+  `saved_model.pb`, missing variables, failing warmup) in `GetModelStatus`; the policy
+  is applied to the remaining good versions, so the newest *good* version serves — also
+  right after a restart with a corrupt newest version. The failed version is retried
+  with exponential backoff (1 s doubling to 60 s), at once when its files change.
+- **Warm before flip.** A new version replays its warmup records (or, without any,
+  requests of every configured batch/candidate bucket made from the export's
+  contract) *before* it enters the serving map; only then is an old version taken out.
+- A removed version stays alive until its last in-flight request has returned
+  (`acquire()` counts them), only then is it released.
 """
 from __future__ import annotations
 
@@ -30,13 +38,14 @@ import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
-from dmgin_tf.serving import tensor_protos
+from dmgin_tf.serving import tensor_protos, validation
 from dmgin_tf.serving.errors import ServingError
 
 log = logging.getLogger(__name__)
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 MAX_WARMUP_RECORDS = 1000  # TF Serving's limit
+RETRY_FIRST_S, RETRY_MAX_S = 1.0, 60.0  # backoff of a version that failed to load
 
 # ModelVersionStatus.State values (tensorflow_serving/apis/get_model_status.proto).
 START, LOADING, AVAILABLE, UNLOADING, END = 10, 20, 30, 40, 50
@@ -130,14 +139,29 @@ def _first_line(msg: str) -> str:
 
 
 class Servable:
-    """One loaded model version: signatures, SignatureDef protos, in-flight counter."""
+    """One loaded model version: signatures, SignatureDef protos, the request contract
+    (`validation.Contract`), in-flight counter.
 
-    def __init__(self, name: str, version: int, path: str):
+    Raises `VersionLoadError` with the real cause when the directory is not a loadable
+    SavedModel (checked before TensorFlow's loader, whose messages mislead on a
+    truncated file: "requires a tags= argument").
+    """
+
+    def __init__(self, name: str, version: int, path: str,
+                 max_candidates: Optional[int] = None):
         self.name, self.version, self.path = name, version, path
-        self._module = tf.saved_model.load(path)
+        self.signature_defs = _read_signature_defs(path)
+        try:
+            self._module = tf.saved_model.load(path)
+        except Exception as e:
+            raise VersionLoadError(f"TensorFlow could not load it: "
+                                   f"{_first_line(str(getattr(e, 'message', e)))}") from None
         self.signatures: Dict[str, SignatureRunner] = {
             k: SignatureRunner(k, fn) for k, fn in self._module.signatures.items()}
-        self.signature_defs = _read_signature_defs(path)
+        try:
+            self.contract = validation.Contract.from_version_dir(path, max_candidates)
+        except (ValueError, OSError) as e:
+            raise VersionLoadError(f"{validation.EXPORT_INFO}: {e}") from None
         self._inflight = 0
         self._cond = threading.Condition()
         self.extras: dict = {}  # per-servable state owned by the server (batch schedulers)
@@ -150,22 +174,41 @@ class Servable:
                                f"{name!r} not found; available: {sorted(self.signatures)}")
         return runner
 
+    def check_request(self, runner: SignatureRunner, inputs: Mapping[str, np.ndarray]) -> None:
+        """The contract's rules (`validation`); INVALID_ARGUMENT on the first broken one."""
+        validation.check_request(runner.name, inputs, self.contract)
+
     def warmup(self) -> int:
-        """Replays `assets.extra/tf_serving_warmup_requests` (PredictLog records) like TF
-        Serving does at load time, so XLA clusters compile before traffic arrives."""
+        """Replays `assets.extra/tf_serving_warmup_requests` (PredictionLog records) like TF
+        Serving does at load time, so XLA clusters compile before traffic arrives. Without
+        records, runs `synthetic_warmup_requests` (every configured bucket). A failing
+        record fails the load (as in TF Serving). Returns the number of requests run."""
         path = os.path.join(self.path, WARMUP_FILE)
-        if not os.path.exists(path):
-            return 0
-        n = 0
-        for raw in tf.data.TFRecordDataset(path).take(MAX_WARMUP_RECORDS):
-            plog = prediction_log_pb2.PredictionLog.FromString(raw.numpy())
-            if plog.WhichOneof("log_type") != "predict_log":
-                continue
-            req = plog.predict_log.request
-            runner = self.signature(req.model_spec.signature_name)
-            runner.run({k: tensor_protos.to_ndarray(v) for k, v in req.inputs.items()})
-            n += 1
-        return n
+        records = []
+        if os.path.exists(path):
+            for raw in tf.data.TFRecordDataset(path).take(MAX_WARMUP_RECORDS):
+                plog = prediction_log_pb2.PredictionLog.FromString(raw.numpy())
+                if plog.WhichOneof("log_type") != "predict_log":
+                    continue
+                req = plog.predict_log.request
+                records.append((req.model_spec.signature_name,
+                                {k: tensor_protos.to_ndarray(v) for k, v in req.inputs.items()}))
+        for i, (sig, inputs) in enumerate(records):
+            try:
+                self.signature(sig).run(inputs)
+            except ServingError as e:
+                raise VersionLoadError(f"warmup record {i + 1} ({sig!r}) failed: "
+                                       f"{e.message}") from None
+        # Without records: every configured bucket; with them: the padded candidate counts
+        # above the exported buckets (multiples of the largest, up to max_candidates).
+        synthetic = synthetic_warmup_requests(self, only_beyond_buckets=bool(records))
+        for sig, inputs in synthetic:
+            try:
+                self.signature(sig).run(inputs)
+            except ServingError as e:  # zeros may not suit every model: compile-only aid
+                log.warning("model %s version %d: synthetic warmup of %r failed: %s",
+                            self.name, self.version, sig, e.message)
+        return len(records) + len(synthetic)
 
     def acquire(self) -> None:
         with self._cond:
@@ -182,22 +225,115 @@ class Servable:
             return self._cond.wait_for(lambda: self._inflight == 0, timeout=timeout_s)
 
 
+class VersionLoadError(Exception):
+    """A version directory that cannot serve; the message is the cause users see."""
+
+
+def _spec_array(spec: tf.TensorSpec, batch: int, cands: int) -> Optional[np.ndarray]:
+    """Zeros (padding ids, time 0) of a TensorSpec's shape: dimension 0 = batch, the
+    other unknown dimensions = cands. None for string inputs."""
+    if spec.dtype == tf.string or spec.shape.rank is None:
+        return None
+    dims = spec.shape.as_list()
+    shape = [batch if i == 0 and d is None else (cands if d is None else d)
+             for i, d in enumerate(dims)]
+    return np.zeros(shape, spec.dtype.as_numpy_dtype)
+
+
+def synthetic_warmup_requests(servable: "Servable", only_beyond_buckets: bool = False):
+    """(signature, inputs) pairs covering the shapes the export's contract allows.
+
+    Signatures with candidates `[U, N]` (rank, score): U = 1 and every padded N
+    (`Contract.warm_candidate_sizes`); the others: every batch bucket. Inputs are zeros
+    (all-padding histories): warmup compiles shapes, its answers are thrown away.
+    `serving_default` gets tf.Examples with an unknown item (OOV). Nothing without an
+    export contract (no buckets known). With `only_beyond_buckets`, only candidate
+    sizes above the largest bucket (what exported records do not cover).
+    """
+    c = servable.contract
+    cand_sizes = c.warm_candidate_sizes()
+    if only_beyond_buckets:
+        cand_sizes = tuple(n for n in cand_sizes if c.candidate_buckets and n > max(c.candidate_buckets))
+    out = []
+    for name, runner in sorted(servable.signatures.items()):
+        has_cands = any(k in runner.inputs and runner.inputs[k].shape.rank == 2
+                        for k in validation.CANDIDATE_INPUTS)
+        if has_cands:
+            shapes = [(1, n) for n in cand_sizes]
+        elif only_beyond_buckets:
+            continue
+        else:
+            shapes = [(b, 1) for b in c.batch_buckets]
+        for batch, cands in shapes:
+            if set(runner.inputs) == {validation.EXAMPLES}:
+                from dmgin_tf.export.example_parsing import make_serving_example
+                ex = make_serving_example("<warmup>", 0)
+                out.append((name, {validation.EXAMPLES: np.array([ex] * batch, dtype=object)}))
+                continue
+            arrays = {k: _spec_array(s, batch, cands) for k, s in runner.inputs.items()}
+            if any(a is None for a in arrays.values()):
+                continue
+            out.append((name, arrays))
+    return out
+
+
 def _read_signature_defs(path: str):
+    pb = os.path.join(path, "saved_model.pb")
     sm = saved_model_pb2.SavedModel()
-    with open(os.path.join(path, "saved_model.pb"), "rb") as f:
-        sm.ParseFromString(f.read())
+    try:
+        with open(pb, "rb") as f:
+            sm.ParseFromString(f.read())
+    except Exception as e:  # DecodeError on truncated or foreign bytes
+        raise VersionLoadError(f"saved_model.pb is not a SavedModel protobuf (truncated or "
+                               f"corrupt file): {e}") from None
+    if not sm.meta_graphs:
+        raise VersionLoadError("saved_model.pb holds no MetaGraph (truncated or corrupt file)")
+    if not any("serve" in mg.meta_info_def.tags for mg in sm.meta_graphs):
+        raise VersionLoadError("saved_model.pb has no MetaGraph tagged 'serve'")
     defs = sm.meta_graphs[0].signature_def
     return {k: v for k, v in defs.items() if not k.startswith("__")}
 
 
 def list_versions(base_path: str) -> List[int]:
-    """Integer version dirs under `base_path` that hold a complete SavedModel."""
+    """Integer version dirs under `base_path` that hold `saved_model.pb`."""
     try:
         names = os.listdir(base_path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return []
     return sorted(int(n) for n in names
                   if n.isdigit() and os.path.isfile(os.path.join(base_path, n, "saved_model.pb")))
+
+
+def missing_files(path: str) -> List[str]:
+    """Files a complete SavedModel version needs that are not there (yet)."""
+    missing = [f for f in ("saved_model.pb", os.path.join("variables", "variables.index"))
+               if not os.path.isfile(os.path.join(path, f))]
+    var_dir = os.path.join(path, "variables")
+    shards = sorted(n for n in (os.listdir(var_dir) if os.path.isdir(var_dir) else [])
+                    if n.startswith("variables.data-"))
+    if not shards:
+        missing.append(os.path.join("variables", "variables.data-*"))
+    else:
+        total = int(shards[0].rsplit("-of-", 1)[-1] or 1) if "-of-" in shards[0] else 1
+        for i in range(total):
+            name = f"variables.data-{i:05d}-of-{total:05d}"
+            if name not in shards:
+                missing.append(os.path.join("variables", name))
+    return missing
+
+
+def fingerprint(path: str) -> tuple:
+    """(relative path, size, mtime_ns) of every file: changes while a copy is running."""
+    out = []
+    for root, _, files in os.walk(path):
+        for f in files:
+            full = os.path.join(root, f)
+            try:
+                st = os.stat(full)
+            except FileNotFoundError:
+                continue
+            out.append((os.path.relpath(full, path), st.st_size, st.st_mtime_ns))
+    return tuple(sorted(out))
 
 
 def aspired_versions(model_config, on_disk: List[int]) -> List[int]:
@@ -220,6 +356,13 @@ class VersionStatus:
     error_message: str = ""
 
 
+@dataclasses.dataclass
+class _Failure:
+    fingerprint: tuple
+    retry_at: float
+    delay_s: float
+
+
 class ModelRegistry:
     """Loads/unloads versions per a ModelServerConfig; thread-safe lookup for requests.
 
@@ -229,29 +372,36 @@ class ModelRegistry:
         `--file_system_poll_wait_seconds`).
       warmup: replay each version's warmup records before making it available.
       unload_grace_s: how long an unloaded version waits for in-flight requests.
+      settle_s: a version directory must stay unchanged this long before it loads.
+      max_candidates: candidate cap for every model (None: each export's own).
       on_change: called with (model, version, state) after each state change (metrics).
     """
 
     def __init__(self, model_config, poll_interval_s: float = 1.0, warmup: bool = True,
-                 unload_grace_s: float = 30.0,
+                 unload_grace_s: float = 30.0, settle_s: float = 1.0,
+                 max_candidates: Optional[int] = None,
                  on_change: Optional[Callable[[str, int, int], None]] = None):
         self._configs = {mc.name: mc for mc in model_config.model_config_list.config}
         self.poll_interval_s = poll_interval_s
         self.warmup = warmup
         self.unload_grace_s = unload_grace_s
+        self.settle_s = settle_s
+        self.max_candidates = max_candidates
         self._on_change = on_change or (lambda *a: None)
         self._lock = threading.RLock()
         self._refresh_lock = threading.Lock()
         self._available: Dict[str, Dict[int, Servable]] = {n: {} for n in self._configs}
         self._status: Dict[str, Dict[int, VersionStatus]] = {n: {} for n in self._configs}
-        self._failed: Dict[Tuple[str, int], float] = {}
+        self._failed: Dict[Tuple[str, int], _Failure] = {}
+        self._seen: Dict[Tuple[str, int], Tuple[tuple, float]] = {}  # fingerprint, since
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
     # ---- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
-        """Loads what is on disk now, then polls in a background thread."""
-        self.refresh()
+        """Loads what is on disk now (waiting for versions still being written), then
+        polls in a background thread."""
+        self.refresh(initial=True)
         self._thread = threading.Thread(target=self._poll, name="model-registry-poll", daemon=True)
         self._thread.start()
 
@@ -267,17 +417,59 @@ class ModelRegistry:
             except Exception:  # keep polling; one bad scan must not stop serving
                 log.exception("model registry refresh failed")
 
-    def refresh(self) -> None:
-        """One scan: load aspired versions that are new, then unload the rest."""
+    def _ready(self, name: str, version: int, path: str, now: float) -> bool:
+        """Complete (required files) and unchanged for settle_s since first seen so."""
+        if missing_files(path):
+            self._seen.pop((name, version), None)
+            return False
+        fp = fingerprint(path)
+        seen = self._seen.get((name, version))
+        if seen is None or seen[0] != fp:
+            self._seen[(name, version)] = (fp, now)
+            return self.settle_s <= 0
+        return now - seen[1] >= self.settle_s
+
+    def _loadable(self, name: str, base_path: str, now: float) -> List[int]:
+        """Ready versions, minus failed ones whose retry is not due (files unchanged)."""
+        out = []
+        for v in list_versions(base_path):
+            path = os.path.join(base_path, str(v))
+            if v in self._available[name]:
+                out.append(v)
+                continue
+            if not self._ready(name, v, path, now):
+                continue
+            failure = self._failed.get((name, v))
+            if failure is not None and failure.fingerprint == self._seen[(name, v)][0] \
+                    and now < failure.retry_at:
+                continue
+            out.append(v)
+        return out
+
+    def refresh(self, initial: bool = False) -> None:
+        """One scan: load aspired versions that are new (skipping ones that fail, so the
+        policy falls back to the newest good version), then unload the rest.
+
+        With `initial`, waits (up to 10 x settle_s) for versions still being written,
+        so a server started during a copy serves the copy's previous version at once
+        and the new one as soon as it is complete."""
         with self._refresh_lock:
             for name, mc in list(self._configs.items()):
-                aspired = aspired_versions(mc, list_versions(mc.base_path))
-                for v in aspired:
-                    if v not in self._available[name] and (name, v) not in self._failed:
-                        self._load(name, v, os.path.join(mc.base_path, str(v)))
-                # Only unload once at least one aspired version is serving, so a model
-                # never drops to zero versions during a swap.
-                if any(v in self._available[name] for v in aspired) or not aspired:
+                if initial and self.settle_s > 0:
+                    self._loadable(name, mc.base_path, time.monotonic())  # first look
+                    time.sleep(self.settle_s)
+                for _ in range(64):  # each failed load removes one candidate
+                    aspired = aspired_versions(mc, self._loadable(name, mc.base_path,
+                                                                  time.monotonic()))
+                    failed_now = False
+                    for v in aspired:
+                        if v not in self._available[name]:
+                            failed_now |= not self._load(name, v, os.path.join(mc.base_path, str(v)))
+                    if not failed_now:
+                        break
+                # Only unload once every aspired version is serving, so a model never
+                # drops below its policy's versions during a swap.
+                if all(v in self._available[name] for v in aspired):
                     for v in sorted(set(self._available[name]) - set(aspired)):
                         self._unload(name, v)
 
@@ -286,22 +478,32 @@ class ModelRegistry:
             self._status[name][version] = VersionStatus(state, code, msg)
         self._on_change(name, version, state)
 
-    def _load(self, name: str, version: int, path: str) -> None:
+    def _load(self, name: str, version: int, path: str) -> bool:
         self._set_status(name, version, LOADING)
+        fp = self._seen.get((name, version), (fingerprint(path), 0))[0]
         try:
-            servable = Servable(name, version, path)
+            servable = Servable(name, version, path, self.max_candidates)
             if self.warmup:
                 n = servable.warmup()
-                log.info("model %s version %d: %d warmup requests replayed", name, version, n)
+                log.info("model %s version %d: %d warmup requests run", name, version, n)
         except Exception as e:  # a broken version must not take the server down
-            log.exception("model %s version %d failed to load", name, version)
-            self._failed[(name, version)] = time.time()
-            self._set_status(name, version, END, 13, f"failed to load {path}: {e}")  # INTERNAL
-            return
+            cause = str(e) if isinstance(e, VersionLoadError) else f"{type(e).__name__}: {e}"
+            prev = self._failed.get((name, version))
+            delay = RETRY_FIRST_S if prev is None or prev.fingerprint != fp \
+                else min(prev.delay_s * 2, RETRY_MAX_S)
+            self._failed[(name, version)] = _Failure(fp, time.monotonic() + delay, delay)
+            log.warning("model %s version %d not loaded (%s); serving the newest good "
+                        "version, retry in %.0f s", name, version, cause, delay)
+            self._set_status(name, version, END, 13,  # INTERNAL
+                             f"version {version} at {path} failed to load: {cause}; "
+                             f"skipped, retried in {delay:.0f} s or when its files change")
+            return False
+        self._failed.pop((name, version), None)
         with self._lock:
             self._available[name][version] = servable
         self._set_status(name, version, AVAILABLE)
         log.info("model %s version %d available", name, version)
+        return True
 
     def _unload(self, name: str, version: int) -> None:
         with self._lock:
@@ -319,6 +521,26 @@ class ModelRegistry:
     @property
     def model_names(self) -> List[str]:
         return sorted(self._configs)
+
+    @property
+    def configs(self) -> list:
+        return [self._configs[n] for n in self.model_names]
+
+    def config(self, name: str):
+        return self._configs[name]
+
+    def why_unavailable(self, name: str) -> str:
+        """A line saying what is on disk and why nothing of it serves."""
+        base = self._configs[name].base_path
+        versions = list_versions(base)
+        if not versions:
+            return f"no integer version directory with saved_model.pb in {base}"
+        with self._lock:
+            failed = {v: st.error_message for v, st in self._status[name].items()
+                      if st.error_code}
+        if failed:
+            return "; ".join(msg for _, msg in sorted(failed.items()))
+        return f"versions {versions} are not complete yet"
 
     def resolve(self, name: str, version: Optional[int] = None,
                 label: Optional[str] = None) -> Servable:

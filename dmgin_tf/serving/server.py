@@ -11,9 +11,12 @@ Serving binary can be installed. It implements, over the official protos/stubs o
 
 and reads the same `--model_config_file` (ModelServerConfig) and base-path layout,
 polls for new versions and unloads old ones per version policy without dropping
-in-flight requests (`model_registry`), batches requests with the parameters of a
-`--batching_parameters_file` (`batching`), limits message size and concurrent RPCs,
-shuts down gracefully and exports Prometheus metrics (`metrics`).
+in-flight requests (`model_registry`), checks every request against the version's
+contract before it runs (`validation`), batches requests with the parameters of a
+`--batching_parameters_file` (`batching`), limits message size and concurrent RPCs
+(over the limit: UNAVAILABLE with a retry hint), stops the work of cancelled RPCs,
+serves TLS when given a certificate, shuts down gracefully and exports Prometheus
+metrics (`metrics`).
 
 Example::
 
@@ -25,6 +28,7 @@ Example::
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from concurrent import futures
@@ -37,6 +41,7 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
                                      model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc)
 
+from dmgin_tf.errors import DmginError
 from dmgin_tf.serving import model_registry as mr
 from dmgin_tf.serving import tensor_protos
 from dmgin_tf.serving.batching import BatchOptions, BatchScheduler
@@ -46,6 +51,7 @@ from dmgin_tf.serving.metrics import DEFAULT_PATH, MetricsHttpServer, ServingMet
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+RETRY_PUSHBACK_MS = 50   # hint sent with UNAVAILABLE "busy" (gRPC's retry pushback key)
 
 
 def _tensor_to_array(name: str, proto) -> np.ndarray:
@@ -64,6 +70,19 @@ def _proto_dtype(name: str, proto) -> tf.DType:
                            f"input {name!r}: unknown dtype enum {proto.dtype}") from None
 
 
+def _check_alive(context) -> None:
+    """Stops a request whose client has gone (cancelled, deadline passed) before it
+    costs a model run."""
+    if context is None:
+        return
+    if not context.is_active():
+        raise ServingError(grpc.StatusCode.CANCELLED, "request cancelled by the client")
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                           "deadline exceeded before the request ran")
+
+
 class _PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, server: "DevServer"):
         self._s = server
@@ -73,6 +92,12 @@ class _PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer)
         spec = request.model_spec
         signature = spec.signature_name or "serving_default"
         start = time.perf_counter()
+        if not s._slots.acquire(blocking=False):
+            s._count("Predict", spec.name, signature, grpc.StatusCode.UNAVAILABLE)
+            context.set_trailing_metadata((("grpc-retry-pushback-ms", str(RETRY_PUSHBACK_MS)),))
+            context.abort(grpc.StatusCode.UNAVAILABLE,
+                          f"server busy: {s.max_concurrent_rpcs} concurrent requests are being "
+                          f"served (--max-concurrent-rpcs); retry in ~{RETRY_PUSHBACK_MS} ms")
         s.metrics.inflight.inc()
         try:
             version = spec.version.value if spec.HasField("version") else None
@@ -81,6 +106,8 @@ class _PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer)
                 runner.check_dtypes({k: _proto_dtype(k, t) for k, t in request.inputs.items()})
                 inputs = {k: _tensor_to_array(k, t) for k, t in request.inputs.items()}
                 runner.check_shapes(inputs)
+                servable.check_request(runner, inputs)
+                _check_alive(context)
                 outputs = s._execute(servable, runner, inputs, context)
                 wanted = list(request.output_filter) or sorted(outputs)
                 unknown = sorted(set(wanted) - set(outputs))
@@ -99,6 +126,7 @@ class _PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer)
             context.abort(e.code, e.message)
         finally:
             s.metrics.inflight.dec()
+            s._slots.release()
         s.metrics.latency.labels(spec.name, signature).observe(time.perf_counter() - start)
         s._count("Predict", spec.name, signature, grpc.StatusCode.OK)
         return response
@@ -156,19 +184,38 @@ class DevServer:
       max_batch_size: without batching, requests with more rows fail RESOURCE_EXHAUSTED.
       max_message_bytes: gRPC receive/send limit (TF Serving's default is 2 GB;
         larger messages fail RESOURCE_EXHAUSTED in grpc itself).
-      max_concurrent_rpcs: more concurrent RPCs fail RESOURCE_EXHAUSTED in grpc.
+      max_concurrent_rpcs: more concurrent Predict RPCs fail UNAVAILABLE with a retry
+        hint (trailing metadata `grpc-retry-pushback-ms`); Client retries them.
       poll_interval_s: version polling (TF Serving's --file_system_poll_wait_seconds).
       metrics_port: serve Prometheus metrics on this port (0 = free port, None = off).
+      max_candidates: cap on candidates per user for every model (None: each export's
+        `max_candidates`, see `validation`).
+      settle_s: a new version directory must be complete and unchanged this long.
+      ssl_cert, ssl_key: PEM file paths; both given = TLS (gRPC's own SSL credentials).
     """
 
     def __init__(self, model_config, port: int = 0, host: str = "127.0.0.1", batching=None,
                  max_batch_size: int = 4096, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                  max_concurrent_rpcs: Optional[int] = 64, max_workers: int = 16,
                  poll_interval_s: float = 1.0, metrics_port: Optional[int] = None,
-                 metrics_path: str = DEFAULT_PATH, warmup: bool = True):
+                 metrics_path: str = DEFAULT_PATH, warmup: bool = True,
+                 max_candidates: Optional[int] = None, settle_s: float = 1.0,
+                 ssl_cert: Optional[str] = None, ssl_key: Optional[str] = None):
+        if bool(ssl_cert) != bool(ssl_key):
+            raise DmginError("TLS needs both --ssl-cert and --ssl-key")
+        self._credentials = None
+        if ssl_cert:
+            pems = []
+            for what, path in (("--ssl-key", ssl_key), ("--ssl-cert", ssl_cert)):
+                try:
+                    pems.append(open(path, "rb").read())
+                except OSError as e:
+                    raise DmginError(f"{what} {path}: {e.strerror}") from None
+            self._credentials = grpc.ssl_server_credentials([tuple(pems)])
         self.metrics = ServingMetrics()
         self.registry = mr.ModelRegistry(
-            model_config, poll_interval_s=poll_interval_s, warmup=warmup,
+            model_config, poll_interval_s=poll_interval_s, warmup=warmup, settle_s=settle_s,
+            max_candidates=max_candidates,
             on_change=lambda m, v, st: self.metrics.version_state.labels(m, str(v)).set(st))
         if batching is not None and not isinstance(batching, BatchOptions):
             batching = BatchOptions.from_proto(batching)
@@ -178,23 +225,49 @@ class DevServer:
         self._metrics_port, self._metrics_path = metrics_port, metrics_path
         self.metrics_http: Optional[MetricsHttpServer] = None
         self._sched_lock = threading.Lock()
+        # The concurrency limit is ours (a semaphore answering UNAVAILABLE + retry hint);
+        # grpc's own (RESOURCE_EXHAUSTED, not retried by clients) only backs it at 4x.
+        self.max_concurrent_rpcs = max_concurrent_rpcs or 1 << 30
+        self._slots = threading.BoundedSemaphore(self.max_concurrent_rpcs)
         options = [("grpc.max_receive_message_length", max_message_bytes),
                    ("grpc.max_send_message_length", max_message_bytes),
                    ("grpc.so_reuseport", 0)]
-        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers,
+        workers = max(max_workers, min(self.max_concurrent_rpcs, 256) + 4)
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers,
                                                               thread_name_prefix="grpc"),
-                                   options=options, maximum_concurrent_rpcs=max_concurrent_rpcs)
+                                   options=options,
+                                   maximum_concurrent_rpcs=(4 * max_concurrent_rpcs
+                                                            if max_concurrent_rpcs else None))
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
             _PredictionServicer(self), self._server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(_ModelServicer(self), self._server)
         self.port: Optional[int] = None
 
     def start(self) -> int:
-        """Loads the models on disk, starts polling, gRPC and metrics; returns the port."""
-        self.registry.start()
-        self.port = self._server.add_insecure_port(f"{self.host}:{self._port}")
+        """Binds the port, loads the models on disk, starts polling, gRPC and metrics;
+        returns the port. Raises DmginError when the port is taken or a base_path does
+        not exist."""
+        for mc in self.registry.configs:
+            if not os.path.isdir(mc.base_path):
+                raise DmginError(f"model {mc.name!r}: base_path {mc.base_path} "
+                                 f"{'is not a directory' if os.path.exists(mc.base_path) else 'does not exist'}")
+        address = f"{self.host}:{self._port}"
+        try:
+            if self._credentials is not None:
+                self.port = self._server.add_secure_port(address, self._credentials)
+            else:
+                self.port = self._server.add_insecure_port(address)
+        except RuntimeError:  # grpc >= 1.5x raises instead of returning 0
+            self.port = 0
         if not self.port:
-            raise OSError(f"could not bind gRPC port {self.host}:{self._port}")
+            raise DmginError(f"cannot listen on {address}: the port is in use or the address "
+                             f"is not local (pick another --port)")
+        self.registry.start()
+        for name in self.registry.model_names:
+            if not self.registry.available_versions(name):
+                log.warning("model %s: no servable version under %s yet (%s)", name,
+                            self.registry.config(name).base_path,
+                            self.registry.why_unavailable(name))
         self._server.start()
         if self._metrics_port is not None:
             self.metrics_http = MetricsHttpServer(self.metrics, self._metrics_port, self.host,
@@ -238,7 +311,8 @@ class DevServer:
         sched = self._scheduler(servable, runner)
         remaining = context.time_remaining() if context is not None else None
         try:
-            return sched(inputs, size, timeout_s=remaining)
+            return sched(inputs, size, timeout_s=remaining,
+                         alive=context.is_active if context is not None else None)
         except futures.TimeoutError:
             raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED,
                                "deadline exceeded while waiting for a batch") from None

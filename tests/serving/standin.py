@@ -61,3 +61,78 @@ def write_models_config(path: str, name: str, base_path: str, policy: str = "lat
         f.write(f'model_config_list {{ config {{ name: "{name}" base_path: "{base_path}" '
                 f'model_platform: "tensorflow" model_version_policy {{ {policy} }} }} }}\n')
     return path
+
+
+# ---- a stand-in with DMGIN's input names and an export contract ------------------------
+IDS_L = 6                       # history length
+IDS_CONTRACT = {"model_config": {"item_vocab_size": 10, "group_vocab_size": 5,
+                                 "num_behavior_types": 3},
+                "batch_buckets": [1, 4], "candidate_buckets": [4, 8], "max_candidates": 16}
+
+
+def _hist_specs(batch=None):
+    return dict(hist_item=tf.TensorSpec([batch, IDS_L], tf.int32, "hist_item"),
+                hist_group=tf.TensorSpec([batch, IDS_L], tf.int32, "hist_group"),
+                hist_behavior_id=tf.TensorSpec([batch, IDS_L], tf.int32, "hist_behavior_id"),
+                hist_time=tf.TensorSpec([batch, IDS_L], tf.int64, "hist_time"),
+                request_time=tf.TensorSpec([batch], tf.int64, "request_time"))
+
+
+class IdsStandIn(tf.Module):
+    """ctr = sigmoid(0.1 * (#history items + cand_item + sum(group_vectors)) + version/10)."""
+
+    def __init__(self, version: int):
+        super().__init__()
+        self.b = tf.Variable(version / 10.0)
+
+    def _user(self, h):
+        return tf.reduce_sum(tf.cast(h["hist_item"] > 0, tf.float32), axis=1)
+
+    @tf.function(input_signature=[dict(_hist_specs(), cand_item=tf.TensorSpec([None], tf.int32, "cand_item"),
+                                       cand_group=tf.TensorSpec([None], tf.int32, "cand_group"))])
+    def predict_raw(self, inputs):
+        z = self._user(inputs) + tf.cast(inputs["cand_item"], tf.float32)
+        return {"ctr": tf.sigmoid(0.1 * z + self.b)}
+
+    @tf.function(input_signature=[dict(_hist_specs(), cand_item=tf.TensorSpec([None, None], tf.int32, "cand_item"),
+                                       cand_group=tf.TensorSpec([None, None], tf.int32, "cand_group"))])
+    def rank(self, inputs):
+        z = self._user(inputs)[:, None] + tf.cast(inputs["cand_item"], tf.float32)
+        return {"ctr": tf.sigmoid(0.1 * z + self.b)}
+
+    @tf.function(input_signature=[dict(_hist_specs(), cand_item=tf.TensorSpec([None, None], tf.int32, "cand_item"),
+                                       cand_group=tf.TensorSpec([None, None], tf.int32, "cand_group"),
+                                       group_vectors=tf.TensorSpec([None, 2, 4], tf.float32, "group_vectors"))])
+    def score(self, inputs):
+        z = (self._user(inputs) + tf.reduce_sum(inputs["group_vectors"], [1, 2]))[:, None] \
+            + tf.cast(inputs["cand_item"], tf.float32)
+        return {"ctr": tf.sigmoid(0.1 * z + self.b)}
+
+
+def save_ids_standin(base_path: str, version: int, contract: dict = IDS_CONTRACT) -> str:
+    """The DMGIN-named stand-in with `assets.extra/dmgin_export.json` (its contract)."""
+    import json
+    m = IdsStandIn(version)
+    final = os.path.join(base_path, str(version))
+    tmp = os.path.join(base_path, f".tmp-{version}")
+    tf.saved_model.save(m, tmp, signatures={"serving_default": m.predict_raw,
+                                             "predict_raw": m.predict_raw, "rank": m.rank,
+                                             "score": m.score})
+    os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
+    with open(os.path.join(tmp, "assets.extra", "dmgin_export.json"), "w") as f:
+        json.dump(contract, f)
+    os.rename(tmp, final)
+    return final
+
+
+def ids_inputs(users: int = 1, cands: int = 3, rank: bool = True) -> dict:
+    """A valid request for IdsStandIn (rank: cand_* [U, N]; else predict_raw [B])."""
+    hist = np.array([[2, 3, 9, 0, 0, 0]] * users, np.int32)
+    out = dict(hist_item=hist, hist_group=np.minimum(hist, 4).astype(np.int32),
+               hist_behavior_id=np.where(hist > 0, 3, 0).astype(np.int32),
+               hist_time=np.where(hist > 0, 1_700_000_000, 0).astype(np.int64),
+               request_time=np.full([users], 1_700_000_100, np.int64))
+    shape = [users, cands] if rank else [users]
+    out["cand_item"] = np.full(shape, 5, np.int32)
+    out["cand_group"] = np.full(shape, 2, np.int32)
+    return out

@@ -1,0 +1,227 @@
+"""Request checks against a model version's contract, before any signature runs.
+
+TensorFlow checks dtypes and shapes; it does not know that `cand_item` must share the
+user dimension with the history, that an item id must lie inside the vocabulary the
+model was trained with, or that a NaN user-state vector gives a NaN CTR. Those requests
+used to return OK with a plausible-looking, wrong answer. Every rule here answers
+INVALID_ARGUMENT naming the input, the offending value (and its position) and what is
+allowed:
+
+- every input with a batch dimension has the same size on dimension 0;
+- `rank`/`score`: at most `max_candidates` candidates per user (N of `cand_* [U, N]`),
+  `cand_item` and `cand_group` of the same shape;
+- ids inside the vocabulary: item ids (`hist_item`, `cand_item`) in
+  `[0, item_vocab_size)`, group ids (`hist_group`, `cand_group`, `group_ids`) in
+  `[0, group_vocab_size)`, behavior ids (`hist_behavior_id`) in
+  `[0, num_behavior_types]`. Out-of-vocabulary ids are refused, never clamped or mapped
+  to the OOV bucket (0 is padding, 1 the OOV id a client may send on purpose);
+- times (`hist_time`, `request_time`, and the tf.Example `timestamp`/`hist_timestamp`)
+  are Unix seconds in `[0, MAX_TIME_S]`; a value that only makes sense as milliseconds
+  is named as such;
+- float inputs are finite (no NaN/inf);
+- `serving_default`: in every tf.Example the three history lists (`hist_item_id`,
+  `hist_behavior`, `hist_timestamp`) have the same length; float features are finite.
+
+The vocabulary sizes and the candidate cap come from the version's
+`assets.extra/dmgin_export.json` (written by `dmgin export`); a SavedModel without it
+gets the shape, batch, time and finiteness rules only.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from typing import Mapping, Optional, Tuple
+
+import grpc
+import numpy as np
+
+from dmgin_tf import features as F
+from dmgin_tf.serving.errors import ServingError
+
+EXPORT_INFO = os.path.join("assets.extra", "dmgin_export.json")
+# Unix seconds accepted as a time: 1970 .. 2100-01-01. Millisecond timestamps of today
+# (~1.7e12) are far above it, second timestamps of any real log far below.
+MAX_TIME_S = 4_102_444_800
+MS_HINT_MIN = 100_000_000_000   # >= 1e11 "seconds" is year 5138: almost surely milliseconds
+TIME_INPUTS = (F.HIST_TIME, F.REQUEST_TIME)
+CANDIDATE_INPUTS = (F.CAND_ITEM, F.CAND_GROUP)
+EXAMPLES = "examples"
+EXAMPLE_HISTORY = (F.HIST_ITEM_ID, F.HIST_BEHAVIOR, F.HIST_TIMESTAMP)
+EXAMPLE_TIMES = (F.TIMESTAMP, F.HIST_TIMESTAMP)
+
+
+def _invalid(msg: str) -> ServingError:
+    return ServingError(grpc.StatusCode.INVALID_ARGUMENT, msg)
+
+
+@dataclasses.dataclass(frozen=True)
+class Contract:
+    """What one exported version accepts (sizes 0 / None = not known, not checked).
+
+    Attributes:
+      item_vocab_size, group_vocab_size: ids incl. the reserved 0 (padding) and 1 (OOV).
+      num_behavior_types: behavior ids 1..T (0 = padding).
+      max_candidates: cap on N of `cand_* [U, N]`.
+      batch_buckets, candidate_buckets: the padded shapes the export compiled.
+    """
+    item_vocab_size: int = 0
+    group_vocab_size: int = 0
+    num_behavior_types: int = 0
+    max_candidates: Optional[int] = None
+    batch_buckets: Tuple[int, ...] = ()
+    candidate_buckets: Tuple[int, ...] = ()
+
+    @classmethod
+    def from_version_dir(cls, path: str, max_candidates: Optional[int] = None) -> "Contract":
+        """Reads `assets.extra/dmgin_export.json` when present; `max_candidates` (the
+        server's flag) overrides the exported cap."""
+        info: dict = {}
+        info_path = os.path.join(path, EXPORT_INFO)
+        if os.path.exists(info_path):
+            with open(info_path, encoding="utf-8") as f:
+                info = json.load(f)
+        mc = info.get("model_config") or {}
+        cap = max_candidates if max_candidates is not None else info.get("max_candidates")
+        buckets = tuple(int(b) for b in info.get("candidate_buckets") or ())
+        if cap is None and buckets:
+            cap = max(buckets)  # older exports: nothing beyond the largest bucket is warmed
+        return cls(item_vocab_size=int(mc.get("item_vocab_size") or 0),
+                   group_vocab_size=int(mc.get("group_vocab_size") or 0),
+                   num_behavior_types=int(mc.get("num_behavior_types") or 0),
+                   max_candidates=None if cap is None else int(cap),
+                   batch_buckets=tuple(int(b) for b in info.get("batch_buckets") or ()),
+                   candidate_buckets=buckets)
+
+    def id_ranges(self) -> dict:
+        """input name → (lo, hi inclusive, what) for the ids whose vocabulary is known."""
+        r = {}
+        if self.item_vocab_size > 0:
+            for k in (F.HIST_ITEM, F.CAND_ITEM):
+                r[k] = (0, self.item_vocab_size - 1, f"item_vocab_size={self.item_vocab_size}")
+        if self.group_vocab_size > 0:
+            for k in (F.HIST_GROUP, F.CAND_GROUP, "group_ids"):
+                r[k] = (0, self.group_vocab_size - 1, f"group_vocab_size={self.group_vocab_size}")
+        if self.num_behavior_types > 0:
+            r[F.HIST_BEHAVIOR_ID] = (0, self.num_behavior_types,
+                                     f"num_behavior_types={self.num_behavior_types}")
+        return r
+
+    def warm_candidate_sizes(self) -> Tuple[int, ...]:
+        """Every padded N a request under the cap can produce: the buckets, then
+        multiples of the largest bucket up to the cap (the signature's padding rule)."""
+        if not self.candidate_buckets:
+            return ()
+        sizes = set(self.candidate_buckets)
+        largest = max(sizes)
+        if self.max_candidates is not None:
+            sizes.update(range(largest, -(-self.max_candidates // largest) * largest + 1, largest))
+        return tuple(sorted(s for s in sizes if s >= 1))
+
+
+def _where(v: np.ndarray, mask: np.ndarray) -> Tuple[list, object]:
+    idx = tuple(int(i) for i in np.argwhere(mask)[0])
+    return list(idx), v[idx].item() if v.ndim else v.item()
+
+
+def check_batch_dims(signature: str, inputs: Mapping[str, np.ndarray]) -> Optional[int]:
+    """All inputs with a dimension 0 share it; returns it (None if no input has one)."""
+    sizes = {k: int(np.shape(v)[0]) for k, v in inputs.items() if np.ndim(v) >= 1}
+    if len(set(sizes.values())) > 1:
+        listed = ", ".join(f"{k!r} has {n}" for k, n in sorted(sizes.items()))
+        raise _invalid(f"signature {signature!r}: inputs must have the same size on dimension 0 "
+                       f"(the batch / user dimension); {listed}")
+    return next(iter(sizes.values()), None)
+
+
+def check_time(name: str, v: np.ndarray) -> None:
+    """Unix seconds in [0, MAX_TIME_S]; names milliseconds when it looks like them."""
+    if v.size == 0:
+        return
+    bad = (v < 0) | (v > MAX_TIME_S)
+    if bad.any():
+        pos, value = _where(v, bad)
+        hint = (" — this looks like milliseconds; send Unix seconds"
+                if value >= MS_HINT_MIN else "")
+        raise _invalid(f"input {name!r}: time {value} at {pos} is outside [0, {MAX_TIME_S}] "
+                       f"(Unix seconds, 1970..2100){hint}")
+
+
+def check_finite(name: str, v: np.ndarray) -> None:
+    if v.size and v.dtype.kind == "f":
+        bad = ~np.isfinite(v)
+        if bad.any():
+            pos, value = _where(v, bad)
+            raise _invalid(f"input {name!r}: value {value} at {pos} is not finite; "
+                           f"NaN and inf are refused")
+
+
+def check_request(signature: str, inputs: Mapping[str, np.ndarray], contract: Contract) -> None:
+    """Raises INVALID_ARGUMENT for the first rule (module docstring) a request breaks."""
+    check_batch_dims(signature, inputs)
+    cands = {k: np.shape(inputs[k]) for k in CANDIDATE_INPUTS if k in inputs}
+    if len(set(cands.values())) > 1:
+        raise _invalid(f"signature {signature!r}: {F.CAND_ITEM!r} and {F.CAND_GROUP!r} must have "
+                       f"the same shape, got {[list(s) for s in cands.values()]}")
+    for k, shape in cands.items():
+        if len(shape) == 2 and contract.max_candidates is not None \
+                and shape[1] > contract.max_candidates:
+            raise _invalid(f"input {k!r}: {shape[1]} candidates per user, more than "
+                           f"max_candidates={contract.max_candidates}; split the list "
+                           f"(Client.rank does)")
+    ranges = contract.id_ranges()
+    for k, v in inputs.items():
+        v = np.asarray(v)
+        if k in ranges and v.size and v.dtype.kind in "iu":
+            lo, hi, what = ranges[k]
+            bad = (v < lo) | (v > hi)
+            if bad.any():
+                pos, value = _where(v, bad)
+                raise _invalid(f"input {k!r}: id {value} at {pos} is outside [{lo}, {hi}] "
+                               f"({what}); out-of-vocabulary ids are refused — send the OOV "
+                               f"id 1 for unknown items")
+        elif k in TIME_INPUTS and v.dtype.kind in "iu":
+            check_time(k, v)
+        elif v.dtype.kind == "f":
+            check_finite(k, v)
+        elif k == EXAMPLES and v.dtype.kind in "OSU":
+            _check_examples(signature, v)
+
+
+def _check_examples(signature: str, serialized: np.ndarray) -> None:
+    """Per tf.Example: equal history list lengths, times in range, finite floats.
+    Unparseable bytes are left to the signature's own parser (it names them)."""
+    from tensorflow.core.example import example_pb2
+
+    for i, raw in enumerate(serialized.reshape(-1)):
+        try:
+            ex = example_pb2.Example.FromString(bytes(raw))
+        except Exception:  # the signature's parser reports it, naming the input
+            continue
+        feats = ex.features.feature
+        lengths = {}
+        for k in EXAMPLE_HISTORY:
+            if k in feats:
+                f = feats[k]
+                kind = f.WhichOneof("kind")
+                lengths[k] = len(getattr(f, kind).value) if kind else 0
+        if len(set(lengths.values())) > 1:
+            listed = ", ".join(f"{k} has {n}" for k, n in lengths.items())
+            raise _invalid(f"input {EXAMPLES!r}: example {i}: the history lists must have the "
+                           f"same number of values; {listed}")
+        for k in EXAMPLE_TIMES:
+            if k in feats and feats[k].WhichOneof("kind") == "int64_list":
+                vals = feats[k].int64_list.value
+                if vals:
+                    try:
+                        check_time(k, np.asarray(vals, np.int64))
+                    except ServingError as e:
+                        raise _invalid(f"input {EXAMPLES!r}: example {i}: feature "
+                                       f"{e.message[len('input '):]}") from None
+        for k, f in feats.items():
+            if f.WhichOneof("kind") == "float_list":
+                bad = [x for x in f.float_list.value if not math.isfinite(x)]
+                if bad:
+                    raise _invalid(f"input {EXAMPLES!r}: example {i}: feature {k!r} holds "
+                                   f"{bad[0]}; NaN and inf are refused")
