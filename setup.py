@@ -45,12 +45,15 @@ setup(
     python_requires=">=3.10,<3.11",
     packages=find_packages(include=["dmgin_tf", "dmgin_tf.*", "transform", "transform.*",
                                     "tfx_pipeline", "tfx_pipeline.*"]),
-    package_data={"dmgin_tf": ["sample_data/**/*", "configs/*.yaml"],
+    package_data={"dmgin_tf": ["sample_data/**/*"],
                   "tfx_pipeline": ["schema/*.pbtxt", "*.yaml"]},
     include_package_data=True,
     install_requires=INSTALL_REQUIRES,
     extras_require={
         "test": ["pytest", "jax[cpu]==0.4.30", "jaxlib==0.4.30"],
+        # GPU training (`dmgin train --backend jax`, docs/gpu.md): JAX with pip-installed
+        # CUDA 12 libraries, at the JAX version the test suite runs Keras 3 with.
+        "jax": ["jax[cuda12]==0.4.30", "jaxlib==0.4.30"],
         # `dmgin pipeline compile --target kubeflow-v2` (docs/pipeline.md): 0.2.2 is the
         # last release compatible with protobuf 3.20 (TFX 1.16's pin).
         "kubeflow": ["kfp-pipeline-spec==0.2.2"],
