@@ -22,6 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dmgin", description="DMGIN lifelong-sequence CTR: data, training, TFX pipeline, serving.")
     parser.add_argument("--version", action="version", version=_version())
+    parser.add_argument("--debug", action="store_true",
+                        help="show the Python traceback of an error (also: DMGIN_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMAND_MODULES:
@@ -45,15 +47,33 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from dmgin_tf.config import ConfigError
     from dmgin_tf.errors import DmginError
+    debug = args.debug or os.environ.get("DMGIN_DEBUG", "") not in ("", "0")
     try:
         result = args.func(args)
-    except (DmginError, ConfigError, FileNotFoundError) as e:
-        print(f"dmgin {args.command}: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"dmgin {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # every error: one line naming it, exit 2 (--debug: traceback)
+        if debug:
+            raise
+        print(f"dmgin {args.command}: error: {_one_line(e, (DmginError, ConfigError))}",
+              file=sys.stderr)
+        return 2
     return int(result or 0)
+
+
+def _one_line(e: Exception, ours: tuple) -> str:
+    """Our errors as they are; OS errors with the path; anything else with its type and
+    a pointer to --debug (an unexpected error is a bug worth its traceback)."""
+    if isinstance(e, ours):
+        msg = str(e)
+    elif isinstance(e, OSError) and e.filename is not None:
+        msg = f"{e.filename}: {e.strerror or e}"
+    elif isinstance(e, OSError):
+        msg = str(e)
+    else:
+        msg = f"{type(e).__name__}: {e} (run 'dmgin --debug ...' for the traceback)"
+    return " ".join(msg.split()) or type(e).__name__
 
 
 if __name__ == "__main__":

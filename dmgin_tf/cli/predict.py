@@ -7,6 +7,18 @@ from __future__ import annotations
 import argparse
 
 
+def _positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+    return parse
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("predict", help="gRPC Predict on tf.Examples (serving_default)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -15,8 +27,9 @@ def register(subparsers) -> None:
     p.add_argument("--version", type=int, help="model version (default latest)")
     p.add_argument("--examples", required=True, metavar="TFRECORD",
                    help="TFRecord file of serialized serving tf.Examples")
-    p.add_argument("--batch-size", type=int, default=128, help="examples per request")
-    p.add_argument("--timeout", type=float, default=10.0, help="deadline per request, seconds")
+    p.add_argument("--batch-size", type=_positive(int), default=128, help="examples per request (>= 1)")
+    p.add_argument("--timeout", type=_positive(float), default=10.0,
+                   help="deadline per request, seconds (> 0)")
     p.add_argument("--output", metavar="CSV", help="write ctr per example (default: stdout)")
     p.set_defaults(func=run)
 

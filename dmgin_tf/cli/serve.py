@@ -3,7 +3,10 @@ tests and demos; production = the official tensorflow/serving image, serving_con
 
     dmgin serve --model-config-file serving_configs/models.config --port 8500 \\
         [--enable-batching --batching-parameters-file serving_configs/batching_parameters.txt] \\
-        [--rest-metrics-port 8501]
+        [--rest-metrics-port 8501] [--ssl-cert cert.pem --ssl-key key.pem]
+
+Binds 127.0.0.1 by default; a server reachable from other hosts should use TLS
+(`--ssl-cert/--ssl-key`, PEM files).
 """
 from __future__ import annotations
 
@@ -30,6 +33,12 @@ def register(subparsers) -> None:
     p.add_argument("--max-concurrent-rpcs", type=int, default=64)
     p.add_argument("--max-batch-size", type=int, default=4096,
                    help="row limit per request without batching (default 4096)")
+    p.add_argument("--max-candidates", type=int, metavar="N",
+                   help="candidates per user in rank/score (default: the export's max_candidates)")
+    p.add_argument("--version-settle-seconds", type=float, default=1.0, metavar="S",
+                   help="a new version directory must be complete and unchanged this long (default 1)")
+    p.add_argument("--ssl-cert", metavar="PEM", help="TLS certificate chain (with --ssl-key)")
+    p.add_argument("--ssl-key", metavar="PEM", help="TLS private key (with --ssl-cert)")
     p.add_argument("--no-warmup", dest="warmup", action="store_false",
                    help="do not replay assets.extra warmup records at load")
     p.set_defaults(func=run)
@@ -43,6 +52,17 @@ def run(args: argparse.Namespace) -> int:
                                          read_monitoring_config)
     from dmgin_tf.serving.server import DevServer
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    for flag in ("port", "rest_metrics_port"):
+        value = getattr(args, flag)
+        if value is not None and not 0 <= value <= 65535:
+            raise DmginError(f"--{flag.replace('_', '-')} {value}: must be in [0, 65535]")
+    for flag in ("max_message_bytes", "max_concurrent_rpcs", "max_batch_size", "max_candidates"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise DmginError(f"--{flag.replace('_', '-')} {value}: must be >= 1")
+    if not args.file_system_poll_wait_seconds > 0 or not args.version_settle_seconds >= 0:
+        raise DmginError("--file-system-poll-wait-seconds must be > 0 and "
+                         "--version-settle-seconds >= 0")
     batching = None
     if args.enable_batching:
         if not args.batching_parameters_file:
@@ -57,9 +77,11 @@ def run(args: argparse.Namespace) -> int:
                        max_message_bytes=args.max_message_bytes,
                        max_concurrent_rpcs=args.max_concurrent_rpcs,
                        poll_interval_s=args.file_system_poll_wait_seconds,
-                       metrics_port=args.rest_metrics_port, metrics_path=path, warmup=args.warmup)
+                       metrics_port=args.rest_metrics_port, metrics_path=path, warmup=args.warmup,
+                       max_candidates=args.max_candidates, settle_s=args.version_settle_seconds,
+                       ssl_cert=args.ssl_cert, ssl_key=args.ssl_key)
     port = server.start()
-    print(f"dmgin serve: gRPC on {args.host}:{port}"
+    print(f"dmgin serve: gRPC{' (TLS)' if args.ssl_cert else ''} on {args.host}:{port}"
           + (f", metrics on http://{args.host}:{server.metrics_http.port}{path}"
              if server.metrics_http else ""), flush=True)
     stop = threading.Event()

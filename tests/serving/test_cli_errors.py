@@ -1,0 +1,64 @@
+"""`dmgin serve` / `dmgin predict` errors: one line on stderr, exit 2, no traceback
+(`dmgin --debug` shows it)."""
+import socket
+
+import pytest
+
+from dmgin_tf.cli.main import main
+from dmgin_tf.errors import DmginError
+from serving.standin import save_standin, write_models_config
+
+
+def _one_line_error(capsys, *words):
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    for w in words:
+        assert w in err, err
+    return err
+
+
+def test_serve_on_a_port_in_use(tmp_path, capsys):
+    base = str(tmp_path / "m")
+    save_standin(base, 1)
+    cfg = write_models_config(str(tmp_path / "models.config"), "m", base)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1)
+    try:
+        port = str(sock.getsockname()[1])
+        assert main(["serve", "--model-config-file", cfg, "--port", port]) == 2
+        _one_line_error(capsys, "dmgin serve: error:", port, "in use")
+        with pytest.raises(DmginError):  # --debug: the exception (and its traceback) surfaces
+            main(["--debug", "serve", "--model-config-file", cfg, "--port", port])
+    finally:
+        sock.close()
+
+
+def test_serve_with_a_missing_base_path(tmp_path, capsys):
+    cfg = write_models_config(str(tmp_path / "models.config"), "m", str(tmp_path / "absent"))
+    assert main(["serve", "--model-config-file", cfg, "--port", "0"]) == 2
+    _one_line_error(capsys, "base_path", "absent", "does not exist")
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--port", "-1"], ["--port -1", "[0, 65535]"]),
+    (["--max-candidates", "-5"], ["--max-candidates -5", ">= 1"]),
+    (["--ssl-cert", "c.pem"], ["--ssl-cert", "--ssl-key"]),
+])
+def test_serve_flag_errors(tmp_path, capsys, args, words):
+    base = str(tmp_path / "m")
+    save_standin(base, 1)
+    cfg = write_models_config(str(tmp_path / "models.config"), "m", base)
+    assert main(["serve", "--model-config-file", cfg] + args) == 2
+    _one_line_error(capsys, *words)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "x"])
+def test_predict_batch_size_must_be_positive(tmp_path, capsys, value):
+    examples = tmp_path / "e.tfrecord"
+    examples.write_bytes(b"")
+    with pytest.raises(SystemExit) as info:
+        main(["predict", "--examples", str(examples), "--batch-size", value])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--batch-size" in err and "Traceback" not in err, err
