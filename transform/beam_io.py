@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import gzip
 import json
 import os
 import shutil
@@ -85,13 +86,23 @@ class ParquetSink:
 
 @dataclasses.dataclass(frozen=True)
 class TFRecordSink:
-    """TFRecord output directory (uncompressed); each element is ``bytes``
-    (e.g. ``tf.train.Example.SerializeToString()``)."""
+    """TFRecord output directory; each element is ``bytes`` (e.g. a serialized
+    ``tf.train.Example``). `compression`: "" (``.tfrecord``) or "gzip" (``.tfrecord.gz``,
+    what TensorFlow reads with ``compression_type="GZIP"`` and TFX/Beam detect by suffix)."""
     path: str
-    extension = ".tfrecord"
+    compression: str = ""
+
+    def __post_init__(self):
+        if self.compression not in ("", "gzip"):
+            raise DataError(f"TFRecordSink: compression must be '' or 'gzip', got "
+                            f"{self.compression!r}")
+
+    @property
+    def extension(self) -> str:
+        return ".tfrecord.gz" if self.compression == "gzip" else ".tfrecord"
 
     def open(self, filename: str) -> "_TFRecordShardWriter":
-        return _TFRecordShardWriter(filename)
+        return _TFRecordShardWriter(filename, self.compression)
 
     @staticmethod
     def count(filename: str) -> int:
@@ -124,8 +135,11 @@ class _ParquetShardWriter:
 
 
 class _TFRecordShardWriter:
-    def __init__(self, filename):
-        self._f = open(filename, "wb")
+    def __init__(self, filename, compression: str = ""):
+        self._raw = open(filename, "wb")
+        # mtime=0: the same records give the same bytes (cache keys, reproducible sizes).
+        self._f = (gzip.GzipFile(fileobj=self._raw, mode="wb", compresslevel=6, mtime=0)
+                   if compression == "gzip" else self._raw)
 
     def write(self, record: bytes) -> None:
         if not isinstance(record, (bytes, bytearray)):
@@ -135,32 +149,38 @@ class _TFRecordShardWriter:
         _TFRecordUtil.write_record(self._f, bytes(record))
 
     def close(self) -> None:
-        self._f.flush()
-        os.fsync(self._f.fileno())
-        self._f.close()
+        if self._f is not self._raw:
+            self._f.close()
+        self._raw.flush()
+        os.fsync(self._raw.fileno())
+        self._raw.close()
+
+
+def _open_tfrecords(filename: str):
+    """Binary reader of a TFRecord file, gunzipped when the name ends in ``.gz``."""
+    return gzip.open(filename, "rb") if filename.endswith(".gz") else open(filename, "rb")
 
 
 def count_tfrecords(filename: str) -> int:
-    """Number of records in an uncompressed TFRecord file (framing only, no CRC check).
+    """Number of records in a TFRecord file (``.gz``: gzip) — framing only, no CRC check.
 
     Raises:
       SinkCountError: the file ends inside a record (truncated write).
     """
-    n = 0
-    size = os.path.getsize(filename)
-    with open(filename, "rb") as f:
-        pos = 0
-        while pos < size:
+    n, pos = 0, 0
+    with _open_tfrecords(filename) as f:
+        while True:
             header = f.read(8)
+            if not header:
+                return n
             if len(header) < 8:
                 raise SinkCountError(f"{filename}: truncated TFRecord header at byte {pos}")
             (length,) = struct.unpack("<Q", header)
-            pos += 8 + 4 + length + 4
-            if pos > size:
-                raise SinkCountError(f"{filename}: truncated TFRecord at byte {pos - length - 16}")
-            f.seek(pos)
+            body = f.read(4 + length + 4)   # length crc, data, data crc
+            if len(body) < 4 + length + 4:
+                raise SinkCountError(f"{filename}: truncated TFRecord at byte {pos}")
+            pos += 8 + len(body)
             n += 1
-    return n
 
 
 def read_tfrecords(path: str) -> List[bytes]:
@@ -168,7 +188,7 @@ def read_tfrecords(path: str) -> List[bytes]:
     from apache_beam.io.tfrecordio import _TFRecordUtil
     out = []
     for filename in output_files(path):
-        with open(filename, "rb") as f:
+        with _open_tfrecords(filename) as f:
             while True:
                 rec = _TFRecordUtil.read_record(f)
                 if rec is None:

@@ -43,6 +43,7 @@ from dmgin_tf.config import BeamConfig, DataConfig
 from dmgin_tf.data.datasets import DatasetSpec, get_spec
 from dmgin_tf.data.examples import (SPLIT_NAMES, ItemUniverse, UserExamples,
                                     build_user_examples)
+from dmgin_tf.data.sequences import record_windows
 from dmgin_tf.errors import DataError
 from transform import beam_io
 from transform.beam_runner import beam_pipeline, dask_npartitions, default_workers
@@ -102,6 +103,18 @@ def _field(tag: int, payload: bytes) -> bytes:
     return _varint((tag << 3) | 2) + _varint(len(payload)) + payload
 
 
+def _feature(kind: str, values) -> bytes:
+    """Serialized `tf.train.Feature`: BytesList of str (kind "bytes") or packed Int64List."""
+    if kind == "bytes":
+        return _field(1, b"".join(_field(1, v.encode("utf-8")) for v in values))
+    inner = _field(1, b"".join(_varint(int(v)) for v in values)) if len(values) else b""
+    return _field(3, inner)
+
+
+def _map_entry(key: str, payload: bytes) -> bytes:
+    return _field(1, _field(1, key.encode("utf-8")) + _field(2, payload))
+
+
 def to_tf_example(row: dict) -> bytes:
     """Feature dict (as from `example_rows`) -> serialized `tf.train.Example`.
 
@@ -110,13 +123,7 @@ def to_tf_example(row: dict) -> bytes:
     per worker process); tests parse the result with TensorFlow.
     """
     def feature(key: str, kind: str, values) -> bytes:
-        if kind == "bytes":
-            inner = b"".join(_field(1, v.encode("utf-8")) for v in values)
-            feat = _field(1, inner)                                  # Feature.bytes_list
-        else:
-            inner = _field(1, b"".join(_varint(int(v)) for v in values)) if len(values) else b""
-            feat = _field(3, inner)                                  # Feature.int64_list
-        return _field(1, _field(1, key.encode("utf-8")) + _field(2, feat))  # map entry
+        return _map_entry(key, _feature(kind, values))
 
     parts = [
         feature(F.USER_ID, "bytes", [row[F.USER_ID]]), feature(F.ITEM_ID, "bytes", [row[F.ITEM_ID]]),
@@ -182,13 +189,6 @@ class _UserExamplesFn(beam.DoFn):
             yield split, to_tf_example(row)
 
 
-class _ReadWithRowFn(beam.DoFn):
-    """Work item ``(file, row_group, start, stop, global_offset)`` -> keyed behaviors."""
-
-    def process(self, work):
-        import pyarrow.parquet as pq
-        filename, rg, start, stop, offset = work
-        t = pq.ParquetFile(filename).read_row_group(
 # ------------------------------------------------------------------ per-user sequence records
 # Feature list keys of a user record (context: `user_id`). Behaviors, one step each, time order:
 SEQ_ITEM, SEQ_BEHAVIOR, SEQ_TIME, SEQ_GROUP = F.ITEM_ID, F.BEHAVIOR, F.TIMESTAMP, F.GROUP_ID
@@ -217,7 +217,7 @@ def to_sequence_example(user_id: str, lists: Mapping[str, Sequence]) -> bytes:
 
 def sequence_feature_spec():
     """`tf.io.parse_sequence_example` specs `(context, sequence)` of a user record;
-    sequence features parse as RaggedTensors `[B, (steps)]`."""
+    sequence features parse as RaggedTensors `[B, (steps), (1)]` (one value per step)."""
     import tensorflow as tf
     context = {F.USER_ID: tf.io.FixedLenFeature([], tf.string)}
     seq = {k: tf.io.RaggedFeature(tf.string) for k in SEQUENCE_BYTES}
@@ -299,6 +299,13 @@ class _UserRecordsFn(beam.DoFn):
                 yield FLAT_EVAL, to_tf_example(row)
 
 
+class _ReadWithRowFn(beam.DoFn):
+    """Work item ``(file, row_group, start, stop, global_offset)`` -> keyed behaviors."""
+
+    def process(self, work):
+        import pyarrow.parquet as pq
+        filename, rg, start, stop, offset = work
+        t = pq.ParquetFile(filename).read_row_group(
             rg, columns=[F.USER_ID, F.ITEM_ID, F.BEHAVIOR, F.TIMESTAMP]).slice(start, stop - start)
         cols = [t.column(c).to_pylist() for c in (F.USER_ID, F.ITEM_ID, F.BEHAVIOR, F.TIMESTAMP)]
         for j, (u, i, b, ts) in enumerate(zip(*cols)):
@@ -327,23 +334,8 @@ def _keep_split(element, name):
         yield record
 
 
-def build_examples(data_dir: str, output_dir: str, data_cfg: DataConfig, beam_cfg: BeamConfig,
-                   *, dask_address: Optional[str] = None, splits: int = 0,
-                   item_groups: Optional[Mapping[str, int]] = None) -> Dict[str, int]:
-    """Builds tf.Examples from converted data with Beam; writes ``<output_dir>/{train,val,test}/``.
-
-    Args:
-      data_dir: converter output with ``behaviors.parquet`` and ``items.parquet``.
-      output_dir: receives one committed TFRecord directory per split.
-      data_cfg: dataset, split fractions, max_history, negatives, seed.
-      beam_cfg: runner.
-      dask_address: use this Dask scheduler (overrides `beam_cfg`).
-      splits: read work items (0 = 2 per worker).
-      item_groups: optional item id -> group id (the TFX ItemGrouper's table); adds int64
-        `group_id` [1] and `hist_group_id` [h] features (unknown items -> OOV_ID).
-
-    Returns: ``{split: examples written}`` (each checked against the writers' counts).
-    """
+def _prepare(data_dir: str, data_cfg: DataConfig, beam_cfg: BeamConfig, splits: int):
+    """Checks the inputs; returns (dataset spec, read work items, catalog ids, categories)."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
     beh_path = os.path.join(data_dir, BEHAVIORS_FILE)
@@ -363,8 +355,12 @@ def build_examples(data_dir: str, output_dir: str, data_cfg: DataConfig, beam_cf
     if not splits:
         splits = (dask_npartitions(beam_cfg) if beam_cfg.runner == "dask"
                   else max(2, 2 * (beam_cfg.direct_num_workers or default_workers())))
-    work = _work_with_offsets(beh_path, splits)
-    sinks = {name: beam_io.TFRecordSink(os.path.join(output_dir, name)) for name in SPLIT_NAMES}
+    return spec, _work_with_offsets(beh_path, splits), item_ids, categories
+
+
+def _run(work, user_fn: beam.DoFn, sinks: Mapping[str, beam_io.TFRecordSink],
+         beam_cfg: BeamConfig, dask_address: Optional[str]) -> Dict[str, int]:
+    """Read -> group per user -> `user_fn` -> one committed TFRecord output per sink name."""
     with beam_pipeline(beam_cfg, dask_address) as p:
         records = (p | "RowRanges" >> beam.Create(work)
                    | "ReadBehaviors" >> beam.ParDo(_ReadWithRowFn())

@@ -1,0 +1,169 @@
+"""Per-user sequence records (transform.examples.build_user_records) expanded on the fly
+(tfx_pipeline.records + dmgin_tf.data.batches.densify) == the per-example builders.
+
+Three builders, one protocol: the old flat builder (`build_examples`, one tf.Example per
+example with its history copied in), the numpy builder the JAX / quality path trains on
+(`build_example_set`), and the pipeline's user records read through tf.data. Compared
+order-independently, per split, on real sample slices with two cumulative spans, users
+with < 5 labelled events and behaviors sharing a timestamp with the example.
+"""
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dmgin_tf import features as F
+from dmgin_tf.config import DataConfig
+from dmgin_tf.data.batches import densify
+from dmgin_tf.data.datasets import get_spec
+from dmgin_tf.data.examples import SPLIT_NAMES, build_example_set
+from dmgin_tf.data.item_index import ItemIndex
+from tests.transform.test_beam_examples import DIRECT, make_slice
+from transform import beam_io
+from transform import examples as X
+
+L = 16
+
+
+def _vocab_files(index: ItemIndex, tmp):
+    """Vocabulary files laid out like the Transform's (line k -> id k + 2)."""
+    item_file, pair_file = str(tmp / "item_vocab"), str(tmp / "pair_vocab")
+    names = [str(v) for v in index.item_ids]
+    groups = index.groups_of(np.arange(len(names)) + 2)
+    with open(item_file, "w") as f:
+        f.write("".join(n + "\n" for n in names))
+    with open(pair_file, "w") as f:
+        f.write("".join(f"{n}|{int(g)}\n" for n, g in zip(names, groups)))
+    return item_file, pair_file
+
+
+def _rows(batch, users):
+    """Dense batch -> sorted tuples (user, time, cand, group, label, history...)."""
+    out = []
+    for j in range(len(batch[F.LABEL])):
+        n = int((batch[F.HIST_ITEM][j] != 0).sum())
+        out.append((str(users[j]), int(batch[F.REQUEST_TIME][j]), int(batch[F.CAND_ITEM][j]),
+                    int(batch[F.CAND_GROUP][j]), int(batch[F.LABEL][j]),
+                    tuple(batch[F.HIST_ITEM][j][:n]), tuple(batch[F.HIST_GROUP][j][:n]),
+                    tuple(batch[F.HIST_BEHAVIOR_ID][j][:n]), tuple(batch[F.HIST_TIME][j][:n])))
+    return sorted(out)
+
+
+def _expand(es, split):
+    idx = es.split_indices(split)
+    return _rows(densify(es, idx, L), es.user_ids[es.ex_user[idx]])
+
+
+def _flat_rows(path, index, spec, window):
+    """Old builder's flat examples, mapped to ids and cut to the newest `window`."""
+    out = []
+    beh = {b: i + 1 for i, b in enumerate(spec.behavior_types)}
+    for r in X.read_examples(path):
+        h = slice(-window, None)
+        items = index.lookup(np.asarray(r[F.HIST_ITEM_ID][h], dtype=object))
+        cand = int(index.lookup(np.asarray([r[F.ITEM_ID]], dtype=object))[0])
+        out.append((r[F.USER_ID], r[F.TIMESTAMP], cand, int(index.groups_of(np.array([cand]))[0]),
+                    r[F.LABEL], tuple(items), tuple(index.groups_of(items)),
+                    tuple(beh[b] for b in r[F.HIST_BEHAVIOR][h]), tuple(r[F.HIST_TIMESTAMP][h])))
+    return sorted(out)
+
+
+@pytest.fixture(scope="module")
+def spans(tmp_path_factory):
+    """MovieLens slice cut into two cumulative spans (70% / 100% of its time range)."""
+    from tfx_pipeline.runner import split_into_spans
+    root = tmp_path_factory.mktemp("user_records")
+    converted = make_slice(root, "movielens", 12)
+    # Two users cut to their first 3 and 1 behaviors (< 5 labelled events: train only).
+    path = converted / "behaviors.parquet"
+    b = pd.read_parquet(path)
+    short = sorted(b[F.USER_ID].unique())[:2]
+    keep = ~b[F.USER_ID].isin(short) | (b.groupby(F.USER_ID).cumcount()
+                                        < b[F.USER_ID].map({short[0]: 3, short[1]: 1}).fillna(0))
+    b[keep].to_parquet(path, index=False, row_group_size=700)
+    return split_into_spans(str(converted), str(root / "spans"), [0.7, 1.0])
+
+
+@pytest.mark.parametrize("span", [0, 1])
+def test_records_expand_to_the_per_example_builders(spans, tmp_path, span):
+    import tensorflow as tf
+    from tfx_pipeline.records import Lookups, read_user_records
+    data = spans[span]
+    cfg = DataConfig.from_dict({"dataset": "movielens", "max_history": 10, "seed": 3})
+    beh = pd.read_parquet(os.path.join(data, "behaviors.parquet"))
+    items = pd.read_parquet(os.path.join(data, "items.parquet"))
+    spec = get_spec("movielens", cfg, observed_behaviors=beh[F.BEHAVIOR].unique())
+    index = ItemIndex.build(items, "category")
+    groups = dict(zip(index.item_ids, index.groups_of(np.arange(len(index.item_ids)) + 2)))
+    # The slice must exercise the edge cases: a user with < 5 labelled events and
+    # behaviors at the same second as a later one of the same user.
+    per_user = beh.groupby(F.USER_ID).size()
+    assert (per_user < 5).any(), per_user.min()
+    assert beh.duplicated([F.USER_ID, F.TIMESTAMP]).any()
+
+    counts = X.build_user_records(data, str(tmp_path / "rec"), cfg, DIRECT, item_groups=groups,
+                                  window=L, splits=3)
+    X.build_examples(data, str(tmp_path / "flat"), cfg, DIRECT, splits=3, item_groups=groups)
+    es_ref = build_example_set(beh, items, spec, index, cfg, progress=False)
+    lookups = Lookups(*_vocab_files(index, tmp_path), spec.behavior_types)
+    window = min(L, cfg.max_history)
+    for split in SPLIT_NAMES:
+        files = beam_io.output_files(str(tmp_path / "rec" / split))
+        assert all(f.endswith(".tfrecord.gz") for f in files)
+        es = read_user_records(files, lookups, split, cfg.max_history)
+        assert counts[split] == es.num_users      # one record per user with examples
+        assert len(set(es.user_ids)) == es.num_users
+        got = _expand(es, split)
+        assert got == _expand(es_ref, split), split                     # == numpy / JAX path
+        flat = _flat_rows(str(tmp_path / "flat" / split), index, spec, window)
+        assert got == flat, split                                        # == old flat builder
+        assert len(got) > 0
+    # The strict-before rule at equal timestamps: no history behavior at the request second.
+    es = read_user_records(beam_io.output_files(str(tmp_path / "rec" / "train")), lookups,
+                           "train", cfg.max_history)
+    dense = densify(es, np.arange(len(es)), L)
+    held = dense[F.HIST_TIME] != 0
+    assert (dense[F.HIST_TIME][held] < np.broadcast_to(
+        dense[F.REQUEST_TIME][:, None], held.shape)[held]).all()
+    same_second = [(u, t) for u, t in zip(es.ex_user, es.ex_request_time)
+                   if (es.beh_time[es.user_offsets[u]:es.user_offsets[u + 1]] == t).any()]
+    assert same_second, "slice has no behavior sharing its example's second"
+    # The flat eval view is the test split's flat examples, histories cut at the window.
+    flat_eval = _flat_rows(str(tmp_path / "rec" / X.FLAT_EVAL), index, spec, window)
+    assert flat_eval == _flat_rows(str(tmp_path / "flat" / "test"), index, spec, window)
+    assert tf.io.gfile.exists(str(tmp_path / "rec" / X.FLAT_EVAL))
+
+
+def test_storage_is_linear_in_behaviors(spans, tmp_path):
+    """Records hold each behavior at most once per split (+ the window), unlike the
+    flat examples whose size grows with history length × examples."""
+    data = spans[1]
+    cfg = DataConfig.from_dict({"dataset": "movielens", "seed": 3})
+    X.build_user_records(data, str(tmp_path / "rec"), cfg, DIRECT, item_groups={}, window=L,
+                         splits=2, compression="")
+    n_beh = len(pd.read_parquet(os.path.join(data, "behaviors.parquet")))
+    steps = 0
+    for split in SPLIT_NAMES:
+        for rec in beam_io.read_tfrecords(str(tmp_path / "rec" / split)):
+            _, lists = X.from_sequence_example(rec)
+            steps += len(lists[X.SEQ_ITEM])
+    users = pd.read_parquet(os.path.join(data, "behaviors.parquet"))[F.USER_ID].nunique()
+    assert n_beh <= steps <= n_beh * 1.5 + 2 * L * users
+
+
+def test_sequence_example_round_trip():
+    import tensorflow as tf
+    lists = {X.SEQ_ITEM: ["a", "é"], X.SEQ_BEHAVIOR: ["pv", "buy"], X.SEQ_TIME: [5, 2 ** 40],
+             X.SEQ_GROUP: [2, 3], X.POS_HIST_END: [0, 1, 1], X.POS_ITEM: ["a", "x", "y"],
+             X.POS_GROUP: [2, 1, 1], X.POS_LABEL: [1, 0, 0], X.POS_TIME: [5, 9, 9]}
+    rec = X.to_sequence_example("u1", lists)
+    assert X.from_sequence_example(rec) == ("u1", {k: list(v) for k, v in lists.items()})
+    ref = tf.train.SequenceExample.FromString(rec)      # TensorFlow's own parser agrees
+    assert tf.train.SequenceExample.FromString(ref.SerializeToString()) == ref
+    ctx, seq = X.sequence_feature_spec()
+    c, s, _ = tf.io.parse_sequence_example(tf.constant([rec]), context_features=ctx,
+                                           sequence_features=seq)
+    # [records, (steps), (1 value)]
+    assert s[X.POS_HIST_END].to_list() == [[[0], [1], [1]]]
+    assert s[X.SEQ_ITEM].to_list() == [[[b"a"], ["é".encode()]]]

@@ -1,0 +1,122 @@
+"""User records (SequenceExamples of the ExampleBuilder) -> training data, and the id
+lookups shared by training and serving.
+
+`Lookups` maps strings to model ids with the Transform's vocabulary files (TF tables):
+
+  item   id = line number in `item_vocab` + 2 (NUM_RESERVED_IDS); unknown -> 1 (OOV)
+  group  parsed off the "item|group" line of `item_group_vocab` keyed by the item;
+         unknown item -> 1. So serving needs only item ids.
+  behavior  `behavior_types[i] -> i + 1`, unknown -> 0 (DatasetSpec.behavior_id)
+
+`read_user_records` streams a split's records through `tf.data` (batched
+`parse_sequence_example`, lookups as vectorised table ops; no per-example Python) into an
+`ExampleSet` with one row per record: O(behaviors + examples) memory, no history is
+materialised. The trainer's batches cut histories on the fly with `densify`, the same
+expansion the numpy/JAX path uses, so both backends see identical inputs.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from dmgin_tf import features as F
+from dmgin_tf.data.examples import ExampleSet, split_code
+from dmgin_tf.data.sequences import example_set_from_records
+from transform import examples as X
+
+_UNKNOWN_GROUP_LINE = f"|{F.OOV_ID}"
+
+
+class Lookups(tf.Module):
+    """String -> id tables built from the Transform's vocabulary files (module docstring).
+
+    Methods take string / int tensors of any shape (dense) and return int64 of the same
+    shape. The files become SavedModel assets when the module is saved.
+    """
+
+    def __init__(self, item_vocab_file: str, pair_vocab_file: str, behavior_types: Sequence[str]):
+        super().__init__(name="dmgin_lookups")
+        self.items = tf.lookup.StaticHashTable(tf.lookup.TextFileInitializer(
+            item_vocab_file, tf.string, tf.lookup.TextFileIndex.WHOLE_LINE,
+            tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER), default_value=-1)
+        # One key column + WHOLE_LINE value, the group parsed off the line.
+        self.pairs = tf.lookup.StaticHashTable(tf.lookup.TextFileInitializer(
+            pair_vocab_file, tf.string, 0, tf.string, tf.lookup.TextFileIndex.WHOLE_LINE,
+            delimiter="|"), default_value=_UNKNOWN_GROUP_LINE)
+        self.behavior_types = list(behavior_types)
+
+    def item_ids(self, x: tf.Tensor) -> tf.Tensor:
+        return self.items.lookup(x) + F.NUM_RESERVED_IDS
+
+    def group_ids(self, x: tf.Tensor) -> tf.Tensor:
+        line = self.pairs.lookup(x)
+        ok = tf.strings.regex_full_match(line, r".*\|[0-9]+")
+        digits = tf.where(ok, tf.strings.regex_replace(line, r"^.*\|", ""), str(F.OOV_ID))
+        return tf.strings.to_number(digits, tf.int64)
+
+    def behavior_ids(self, x: tf.Tensor) -> tf.Tensor:
+        ids = tf.zeros_like(x, dtype=tf.int64)
+        for i, name in enumerate(self.behavior_types):
+            ids += tf.cast(tf.equal(x, name), tf.int64) * (i + 1)
+        return ids
+
+
+def newest(x: tf.RaggedTensor, length: int) -> tf.Tensor:
+    """Ragged [B, (n)] -> dense [B, length]: newest `length` values, oldest first,
+    left-aligned, zero-padded (the layout of `dmgin_tf.data.batches.densify`)."""
+    return x[:, -length:].to_tensor(default_value=tf.cast(0, x.dtype), shape=[None, length])
+
+
+def _decode_batch(serialized: tf.Tensor, lookups: Lookups) -> Dict[str, tf.Tensor]:
+    """[b] serialized user records -> per-record counts and mapped flat values."""
+    context, seq = X.sequence_feature_spec()
+    ctx, lists, _ = tf.io.parse_sequence_example(serialized, context_features=context,
+                                                 sequence_features=seq)
+    beh_item = lists[X.SEQ_ITEM]
+    pos_item = lists[X.POS_ITEM]
+    return {
+        "user_id": ctx[F.USER_ID],
+        "behavior_counts": beh_item.row_lengths(),
+        "beh_item": lookups.item_ids(beh_item.flat_values),
+        "beh_group": lookups.group_ids(beh_item.flat_values),
+        "beh_behavior": lookups.behavior_ids(lists[X.SEQ_BEHAVIOR].flat_values),
+        "beh_time": lists[X.SEQ_TIME].flat_values,
+        "position_counts": pos_item.row_lengths(),
+        "pos_hist_end": lists[X.POS_HIST_END].flat_values,
+        "pos_item": lookups.item_ids(pos_item.flat_values),
+        "pos_group": lookups.group_ids(pos_item.flat_values),
+        "pos_label": lists[X.POS_LABEL].flat_values,
+        "pos_time": lists[X.POS_TIME].flat_values,
+    }
+
+
+def read_user_records(files: List[str], lookups: Lookups, split: str, max_history: int,
+                      batch_size: int = 512) -> ExampleSet:
+    """A split's user records (TFRecord files, ``*.gz`` gzip) -> `ExampleSet`.
+
+    Args:
+      files: the split's files.
+      lookups: vocabulary tables (`Lookups`).
+      split: "train" / "val" / "test" (the code stored with every example).
+      max_history: the data config's cap; batches keep the newest
+        `min(max_history, history_length)` behaviors strictly before each example.
+    """
+    gz = [f for f in files if f.endswith(".gz")]
+    if gz and len(gz) != len(files):
+        raise ValueError(f"mixed gzip and plain TFRecord files in one split: {files}")
+    ds = tf.data.TFRecordDataset(list(files), compression_type="GZIP" if gz else "")
+    ds = ds.batch(batch_size).map(lambda s: _decode_batch(s, lookups)).prefetch(2)
+    parts: Dict[str, list] = {}
+    for batch in ds:
+        for k, v in batch.items():
+            parts.setdefault(k, []).append(v.numpy())
+    cols = {k: np.concatenate(v) if v else np.zeros(0, np.int64) for k, v in parts.items()}
+    if not parts:
+        cols = {k: np.zeros(0, np.int64) for k in (
+            "user_id", "behavior_counts", "beh_item", "beh_group", "beh_behavior", "beh_time",
+            "position_counts", "pos_hist_end", "pos_item", "pos_group", "pos_label", "pos_time")}
+    users = np.array([u.decode("utf-8") for u in cols.pop("user_id")], dtype=str)
+    return example_set_from_records(users, split=split_code(split),
+                                    metadata={"max_history": int(max_history)}, **cols)
