@@ -1,12 +1,11 @@
 """dmgin-tf: Deep Multimodal Group Interest Network for TensorFlow ranking stacks.
 
-Importing the package sets TF_USE_LEGACY_KERAS=1 (unless the caller set it) so that
-`tf.keras` is Keras 2 (tf_keras), which TFRS/TFT/TFMA need; our public layers are Keras 3
-(`import keras`) and both live in one process.
+Importing the package changes nothing in the process (no environment variables, no
+logging setup). Entry points configure what they need: the `dmgin` CLI sets
+`TF_USE_LEGACY_KERAS=1` (so `tf.keras` is Keras 2, which TFRS/TFT/TFMA need) and quiets
+TensorFlow's logs (`dmgin_tf.cli.common.configure_process`); `dmgin_tf.layers.tf_keras`
+sets `TF_USE_LEGACY_KERAS=1` if TensorFlow is not imported yet. In your own process, set
+`TF_USE_LEGACY_KERAS=1` before importing TensorFlow when you mix our Keras 3 layers with
+tf.keras models.
 """
-import os as _os
-
-_os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 __version__ = "0.1.0"

@@ -2,8 +2,46 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+import warnings
 
 from dmgin_tf.config import Config, ConfigError, load_config
+
+
+# Environment for quiet TensorFlow / XLA / gRPC C++ logging (errors still shown).
+QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "GRPC_VERBOSITY": "ERROR", "GLOG_minloglevel": "2"}
+# Libraries whose Python warnings (deprecations, "do not pass input_shape", ...) a user of
+# the CLI cannot act on.
+NOISY_MODULES = r"(tensorflow|tf_keras|keras|tfx|tensorflow_[a-z_]+|apache_beam|absl|google\.protobuf|ml_metadata)(\.|$)"
+
+
+def configure_process(verbose: bool = False) -> None:
+    """What every `dmgin` command sets before anything imports TensorFlow.
+
+    Always `TF_USE_LEGACY_KERAS=1` (tf.keras = Keras 2 for TFX/TFRS/TFMA; our layers are
+    Keras 3). Unless `verbose`: TensorFlow/XLA/gRPC C++ logs below ERROR, absl and the
+    `tensorflow` logger at ERROR, deprecation warnings and third-party library warnings
+    ignored — also in Beam worker subprocesses (through the environment). Values the
+    caller already set in the environment are kept.
+    """
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    if verbose:
+        return
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning,ignore::FutureWarning,"
+                                            "ignore::PendingDeprecationWarning")
+    for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):
+        warnings.filterwarnings("ignore", category=category)
+    warnings.filterwarnings("ignore", module=NOISY_MODULES)
+    for name in ("tensorflow", "absl", "apache_beam", "tfx", "h5py", "jax"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        from absl import logging as absl_logging
+        absl_logging.set_verbosity(absl_logging.ERROR)
+    except ImportError:  # the JAX-only path may run without absl
+        pass
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:

@@ -11,7 +11,8 @@ import importlib
 import os
 import sys
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before anything imports TensorFlow
+# tf.keras = Keras 2 before anything imports TensorFlow; `main` adds quiet logging.
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 # Subcommand modules, in --help order.
 COMMAND_MODULES = ("demo", "data", "encoder", "grouping", "examples", "train", "export",
@@ -22,6 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dmgin", description="DMGIN lifelong-sequence CTR: data, training, TFX pipeline, serving.")
     parser.add_argument("--version", action="version", version=_version())
+    parser.add_argument("--verbose", action="store_true",
+                        help="show TensorFlow/absl/XLA logs and library warnings (hidden by default)")
     parser.add_argument("--debug", action="store_true",
                         help="show the Python traceback of an error (also: DMGIN_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -45,6 +48,8 @@ def _version() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from dmgin_tf.cli.common import configure_process
+    configure_process(verbose=args.verbose)
     from dmgin_tf.config import ConfigError
     from dmgin_tf.errors import DmginError
     debug = args.debug or os.environ.get("DMGIN_DEBUG", "") not in ("", "0")

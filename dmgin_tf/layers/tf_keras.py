@@ -23,12 +23,42 @@ Requires KERAS_BACKEND=tensorflow (the default) in this process.
 """
 from __future__ import annotations
 
-import keras
-import numpy as np
-import tensorflow as tf
-import tf_keras
+import os
+import sys
+import warnings
+
+# The adapters are tf_keras layers; to put them into `tf.keras` models (TFRS, TFT, users'
+# rankers) `tf.keras` must be Keras 2, which TensorFlow decides from TF_USE_LEGACY_KERAS
+# when it is first imported. `import dmgin_tf` leaves the environment alone, so this
+# module sets the variable if TensorFlow is not loaded yet, and otherwise checks it
+# (`warn_if_tf_keras_is_keras3` below). The `dmgin` CLI sets it at start-up.
+if "tensorflow" not in sys.modules:
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tf_keras  # noqa: E402
+
 
 from dmgin_tf.layers import group_interest_encoder as _gie
+
+
+def tf_keras_is_keras2() -> bool:
+    """True when `tf.keras` in this process is Keras 2 (tf_keras), as TFRS/TFT need."""
+    return getattr(tf.keras, "__name__", "").startswith("tf_keras")
+
+
+def warn_if_tf_keras_is_keras3() -> None:
+    """The adapters work with `tf_keras` models either way; `tf.keras` models need Keras 2."""
+    if not tf_keras_is_keras2():
+        warnings.warn("tf.keras is Keras 3 in this process (TensorFlow was imported without "
+                      "TF_USE_LEGACY_KERAS=1): KerasLayerAdapter works in tf_keras models, but "
+                      "tf.keras / TFRS models need TF_USE_LEGACY_KERAS=1 set before TensorFlow "
+                      "is imported", RuntimeWarning, stacklevel=3)
+
+
+warn_if_tf_keras_is_keras3()
 
 
 def _check_backend():

@@ -8,7 +8,8 @@ move in one format, the Keras 3 model's `.weights.h5`:
     tfrs_model = DMGIN(model_cfg)
     tfrs_model.load_keras3_weights("m.weights.h5")     # and back: save_keras3_weights
 
-Needs KERAS_BACKEND=tensorflow and TF_USE_LEGACY_KERAS=1 (set by `import dmgin_tf`).
+Needs KERAS_BACKEND=tensorflow and TF_USE_LEGACY_KERAS=1 (set by the `dmgin` CLI and by
+`dmgin_tf.layers.tf_keras` when TensorFlow is not imported yet).
 """
 from __future__ import annotations
 
