@@ -86,6 +86,9 @@ def _add_source_args(p: argparse.ArgumentParser, dataset_required: bool = True) 
     p.add_argument("--behaviors", metavar="B1,B2,...", help="generic: the behavior vocabulary")
     p.add_argument("--max-error-fraction", type=float, metavar="F",
                    help="fail when a file has more than this fraction of bad rows (data.max_error_fraction)")
+    p.add_argument("--timestamp-unit", choices=["s", "ms"], default="s",
+                   help="unit of the input's timestamps; ms is divided by 1000 (default s: "
+                        "millisecond values are bad rows named as such)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_config_args(p)
 
@@ -94,7 +97,7 @@ def _run_convert(args, output_dir):
     from dmgin_tf.data.converters import convert
     cfg = config_from_args(args, {"data.dataset": args.dataset,
                                   "data.max_error_fraction": args.max_error_fraction})
-    kwargs = {"show_progress": not args.no_progress}
+    kwargs = {"show_progress": not args.no_progress, "timestamp_unit": args.timestamp_unit}
     if args.dataset == "generic":
         kwargs["items_path"] = args.items
         kwargs["behavior_types"] = [b.strip() for b in (args.behaviors or "").split(",") if b.strip()]
@@ -126,11 +129,23 @@ def _stats(args) -> int:
     if args.path and (args.dataset or args.input):
         raise DmginError("give either PATH (a converted directory) or --dataset/--input, not both")
     if args.path:
+        from dmgin_tf.data.converters.common import failure_dir
+        failed = failure_dir(args.path) / "report.md"
+        if failed.exists():
+            print(f"dmgin data stats: note: the last conversion into {args.path} failed "
+                  f"(see {failed}); these statistics are of the previous successful one",
+                  file=sys.stderr)
         stats = dataset_stats(args.path)
     elif args.dataset:
+        from dmgin_tf.errors import DataError
         with tempfile.TemporaryDirectory(prefix="dmgin-stats-") as tmp:
-            _run_convert(args, tmp)
-            stats = dataset_stats(tmp)
+            try:
+                _run_convert(args, f"{tmp}/canonical")
+            except DataError as e:  # its report lives in tmp, about to be deleted
+                msg = str(e).split("; report: ")[0]
+                raise DataError(f"{msg} (run `dmgin data convert --output DIR` with the same "
+                                f"input to keep the report)") from None
+            stats = dataset_stats(f"{tmp}/canonical")
             stats["path"] = str(args.input or f"embedded sample ({args.dataset})")
     else:
         raise DmginError("stats needs PATH (a converted directory) or --dataset [--input RAW]")

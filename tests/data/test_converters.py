@@ -107,7 +107,8 @@ def test_error_fraction_exceeded_raises_and_publishes_no_tables(tmp_path):
                                         r"max_error_fraction 10.00%"):
         convert_taobao(tmp_path, tmp_path / "out", DataConfig(max_error_fraction=0.1))
     assert not (tmp_path / "out" / "behaviors.parquet").exists()
-    assert read_report(tmp_path / "out")["files"][0]["bad"] == {"bad_timestamp": 1}
+    # the failure report lives beside the output, never inside it
+    assert read_report(tmp_path / "out.failed")["files"][0]["bad"] == {"bad_timestamp": 1}
     # at the limit it passes
     convert_taobao(tmp_path, tmp_path / "ok", DataConfig(max_error_fraction=0.25))
 

@@ -15,6 +15,7 @@ from dmgin_tf.config import DataConfig
 from dmgin_tf.data.converters.common import ConversionResult
 from dmgin_tf.data.converters.generic import convert_generic
 from dmgin_tf.data.converters.movielens import convert_movielens
+from dmgin_tf.data.converters.reader import TIMESTAMP_UNITS
 from dmgin_tf.data.converters.taobao import convert_taobao
 from dmgin_tf.errors import DataError
 
@@ -29,11 +30,14 @@ def convert(dataset: str, input_path, output_dir, config: DataConfig | None = No
     """Runs the converter of `dataset` (taobao | movielens | generic).
 
     `input_path` None or "" means the embedded sample (taobao, movielens). Keyword
-    arguments go to the converter (`show_progress`, `max_samples`; generic also
-    `items_path`, `behavior_types`).
+    arguments go to the converter (`show_progress`, `max_samples`, `timestamp_unit`
+    "s" | "ms"; generic also `items_path`, `behavior_types`).
     """
     if dataset not in CONVERTERS:
         raise DataError(f"unknown dataset {dataset!r}; known: {sorted(CONVERTERS)}")
+    unit = kwargs.get("timestamp_unit", "s")
+    if unit not in TIMESTAMP_UNITS:
+        raise DataError(f"timestamp unit {unit!r}: must be one of {sorted(TIMESTAMP_UNITS)}")
     if not input_path:
         if dataset == "generic":
             raise DataError("dataset 'generic' needs an input path (no embedded sample)")

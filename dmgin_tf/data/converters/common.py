@@ -1,4 +1,20 @@
-"""The frame every converter runs in: temp space, progress bars, atomic publish."""
+"""The frame every converter runs in: staging, progress bars, atomic publish.
+
+A conversion writes everything (tables and report) into a staging directory beside
+the output (`.<name>.convert-<pid>-*`, same filesystem) and swaps it in only when it
+succeeded, so a failed or interrupted run never leaves half-new tables, and never
+mixes new tables with old ones:
+
+* success: the staged directory replaces `output_dir` (a rename; when `output_dir`
+  also holds files that are not converter output, the four files are replaced one by
+  one instead, each atomically); a stale failure report beside it is removed;
+* failure (too many bad rows, no data, ...): `output_dir` is left exactly as it was (the
+  previous good conversion, if any) and the failure report goes to a separate
+  directory beside it, `<output_dir>.failed/` (`failure_dir`);
+* SIGTERM/SIGHUP during the run: the staging directory is removed before the process
+  exits; one left by a killed run (SIGKILL) is removed by the next run into the same
+  output.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -6,12 +22,18 @@ import dataclasses
 import os
 import pathlib
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 from typing import Iterator
 
-from dmgin_tf.data.converters.report import ConversionReport
+from dmgin_tf.data.converters.report import REPORT_JSON, REPORT_MD, ConversionReport
 from dmgin_tf.data.converters.tables import BEHAVIORS_FILE, ITEMS_FILE
+from dmgin_tf.errors import DataError
+
+OUTPUT_FILES = (BEHAVIORS_FILE, ITEMS_FILE, REPORT_JSON, REPORT_MD)
+FAILED_SUFFIX = ".failed"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,30 +45,149 @@ class ConversionResult:
     report: dict
 
 
+def failure_dir(output_dir) -> pathlib.Path:
+    """Where a failed conversion into `output_dir` writes its report."""
+    out = pathlib.Path(output_dir)
+    return out.parent / (out.name + FAILED_SUFFIX)
+
+
+def _staging_prefix(out: pathlib.Path) -> str:
+    return f".{out.name}.convert-"
+
+
+def _remove_stale_staging(out: pathlib.Path) -> None:
+    """Staging dirs of runs that were killed (their pid is gone)."""
+    prefix = _staging_prefix(out)
+    try:
+        names = os.listdir(out.parent)
+    except OSError:
+        return
+    for name in names:
+        if not name.startswith(prefix):
+            continue
+        pid = name[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(out.parent / name, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class _Terminated(BaseException):
+    """Raised by the SIGTERM/SIGHUP handler so `finally` blocks clean up."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"terminated by signal {signum}")
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _cleanup_on_signals():
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    sigs = [s for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None]
+
+    def handler(signum, frame):
+        raise _Terminated(signum)
+
+    previous = {s: signal.signal(s, handler) for s in sigs}
+    try:
+        yield
+    except _Terminated as t:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        # the caller's `finally` already ran; die of the same signal
+        os.kill(os.getpid(), t.signum)
+        raise SystemExit(128 + t.signum)
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
 @contextlib.contextmanager
 def staging(output_dir) -> Iterator[pathlib.Path]:
-    """A temp dir inside `output_dir` (same filesystem, so publishing is a rename)."""
+    """A temp dir beside `output_dir` (same filesystem, so publishing is a rename);
+    removed on exit, on an exception and on SIGTERM/SIGHUP."""
     out = pathlib.Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=".convert-", dir=out))
-    try:
-        yield tmp
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"output {out} exists and is not a directory")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_staging(out)
+    with _cleanup_on_signals():
+        tmp = pathlib.Path(tempfile.mkdtemp(prefix=f"{_staging_prefix(out)}{os.getpid()}-",
+                                            dir=out.parent))
+        try:
+            yield tmp
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _fail(report: ConversionReport, out: pathlib.Path, error: DataError) -> None:
+    """Writes the failure report beside `out` and raises `error` pointing at it."""
+    where = failure_dir(out)
+    shutil.rmtree(where, ignore_errors=True)
+    report.write(where)
+    kept = (f"; {out} still holds the previous conversion" if (out / BEHAVIORS_FILE).exists()
+            else "")
+    raise DataError(f"{error}; report: {where / REPORT_MD}{kept}") from None
 
 
 def publish(tmp: pathlib.Path, output_dir, report: ConversionReport) -> ConversionResult:
-    """Checks the error fraction, then moves the staged tables into `output_dir`.
+    """Checks the staged conversion, then swaps it into `output_dir` (module docstring).
 
-    On too many bad rows only the report is written (no half-valid tables are left
-    behind) and `DataError` is raised.
+    Raises:
+      DataError: too many bad rows, or no behaviors at all (empty input). `output_dir`
+        is untouched; the report is in `failure_dir(output_dir)`.
     """
     out = pathlib.Path(output_dir)
-    report.check_error_fraction(out)
-    for name in (BEHAVIORS_FILE, ITEMS_FILE):
-        os.replace(tmp / name, out / name)
-    report.write(out)
+    try:
+        report.check_error_fraction()
+        for fr in report.files.values():
+            if fr.role == "behaviors" and fr.rows_read == 0:
+                raise DataError(f"{fr.path}: no data rows (empty input file)")
+        if not report.info.get("behaviors"):
+            raise DataError(f"no behaviors converted from "
+                            f"{', '.join(fr.path for fr in report.files.values())}")
+    except DataError as e:
+        _fail(report, out, e)
+    report.write(tmp)
+    _swap_in(tmp, out)
+    shutil.rmtree(failure_dir(out), ignore_errors=True)
     return ConversionResult(out, out / BEHAVIORS_FILE, out / ITEMS_FILE, report.to_dict())
+
+
+def _swap_in(tmp: pathlib.Path, out: pathlib.Path) -> None:
+    staged = [n for n in os.listdir(tmp) if n in OUTPUT_FILES]
+    foreign = [n for n in (os.listdir(out) if out.is_dir() else [])
+               if n not in OUTPUT_FILES]
+    if foreign:  # the user keeps other files here: replace ours one by one, atomically each
+        for name in staged:
+            os.replace(tmp / name, out / name)
+        return
+    keep = tmp.parent / (tmp.name + ".new")
+    final = tmp.parent / (tmp.name + ".old")
+    os.mkdir(keep)
+    for name in staged:
+        os.replace(tmp / name, keep / name)
+    if out.exists():
+        os.rename(out, final)
+    try:
+        os.rename(keep, out)
+    except OSError:
+        if final.exists():
+            os.rename(final, out)  # put the previous conversion back
+        raise
+    finally:
+        shutil.rmtree(final, ignore_errors=True)
+        shutil.rmtree(keep, ignore_errors=True)
 
 
 def progress_bar(total: int, desc: str, enabled: bool, unit: str = "B"):
@@ -57,11 +198,12 @@ def progress_bar(total: int, desc: str, enabled: bool, unit: str = "B"):
 
 
 def resolve_file(input_path, default_name: str) -> pathlib.Path:
-    """`input_path` itself, or `input_path/default_name` when it is a directory."""
+    """`input_path` itself, or `input_path/default_name` (or `default_name.gz`) when it
+    is a directory."""
     p = pathlib.Path(input_path)
     if p.is_dir():
-        p = p / default_name
+        gz = p / (default_name + ".gz")
+        p = gz if not (p / default_name).exists() and gz.is_file() else p / default_name
     if not p.is_file():
         raise FileNotFoundError(f"input file not found: {p}")
     return p
-

@@ -17,8 +17,10 @@ Layout (docs/data.md, "Your own data"):
 written by any converter is therefore valid input too).
 
 Flawed rows follow the same rules as the dataset converters: wrong field count, bad
-quoting, empty ids, unknown behavior, bad timestamp, invalid UTF-8 in a key field, exact
-duplicates -> dropped (bad); invalid UTF-8 in item text -> repaired and flagged; items
+quoting, empty ids, unknown behavior, bad timestamp (not an integer, or after 2100 —
+millisecond timestamps are named as such; `timestamp_unit="ms"` converts them),
+invalid UTF-8 in a key field, exact duplicates, any unexpected error in one row ->
+dropped (bad); invalid UTF-8 in item text -> repaired and flagged; items
 without text, images that cannot be read, behaviors on items absent from the items
 file -> kept and flagged.
 """
@@ -33,7 +35,7 @@ import pyarrow.parquet as pq
 
 from dmgin_tf.config import DataConfig
 from dmgin_tf.data.converters.common import ConversionResult, progress_bar, publish, staging
-from dmgin_tf.data.converters.reader import check_line, file_size, iter_csv_lines, parse_timestamp
+from dmgin_tf.data.converters.reader import check_line, check_timestamp, file_size, iter_csv_lines
 from dmgin_tf.data.converters.report import ConversionReport, FileReport
 from dmgin_tf.data.converters.tables import BEHAVIORS_FILE, ITEMS_FILE, BehaviorSink, write_items
 from dmgin_tf.errors import DataError
@@ -118,15 +120,15 @@ def values_of(batch: pa.RecordBatch, column: str) -> list:
     return batch.column(batch.schema.get_field_index(column)).to_pylist()
 
 
-def _timestamp(value) -> Optional[int]:
-    """Unix seconds from CSV text, int or integral float; None when invalid or negative."""
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, int):
-        return value if value >= 0 else None
-    if isinstance(value, float):
-        return int(value) if value.is_integer() and value >= 0 else None
-    return parse_timestamp(str(value))
+def _timestamp(value, unit: str = "s"):
+    """(Unix seconds, None) or (None, (reason, detail)) from CSV text, an int or an
+    integral float (`reader.check_timestamp`)."""
+    if isinstance(value, float) and value.is_integer() and 0 <= value < 2.0 ** 63:
+        value = int(value)
+    if isinstance(value, (bool, float)) or value is None:
+        return None, ("bad_timestamp", f"timestamp {value!r} is not a non-negative integer "
+                                       f"(Unix seconds)")
+    return check_timestamp(value if isinstance(value, int) else str(value), unit)
 
 
 def _text(value) -> str:
@@ -135,7 +137,8 @@ def _text(value) -> str:
 
 def convert_generic(input_path, output_dir, config: DataConfig | None = None, *,
                     items_path=None, behavior_types: Sequence[str] | None = None,
-                    show_progress: bool = False, max_samples: int = 5) -> ConversionResult:
+                    show_progress: bool = False, max_samples: int = 5,
+                    timestamp_unit: str = "s") -> ConversionResult:
     """Converts behaviors (+ optional items) in the generic layout into `output_dir`.
 
     Args:
@@ -183,25 +186,28 @@ def convert_generic(input_path, output_dir, config: DataConfig | None = None, *,
         bar = progress_bar(total, f"generic {beh_path.name}", show_progress, unit=unit)
         for number, rec, text, extra in _records(beh_path, BEHAVIOR_COLUMNS, (), report, beh_fr,
                                           BEHAVIOR_COLUMNS, bar):
-            user, item, behavior = _text(rec[USER_ID]), _text(rec[ITEM_ID]), _text(rec[BEHAVIOR])
-            ts = _timestamp(rec[TIMESTAMP])
-            if not user or not item:
-                report.bad(beh_fr, number, "bad_id", f"empty {USER_ID if not user else ITEM_ID}", text)
-            elif not behavior or (allowed and behavior not in allowed):
-                report.bad(beh_fr, number, "unknown_behavior",
-                           f"behavior {behavior!r} not in {list(vocab)}", text)
-            elif ts is None:
-                report.bad(beh_fr, number, "bad_timestamp",
-                           f"timestamp {rec[TIMESTAMP]!r} is not a non-negative integer (Unix seconds)",
-                           text)
-            else:
-                seen_behaviors.setdefault(behavior, None)
-                if item not in items and item not in extra_items:
-                    extra_items[item] = {}
-                    if items_file is not None:
-                        report.flag(beh_fr, number, "item_not_in_catalog",
-                                    f"item {item!r} not in {items_file.name}; added with empty text", text)
-                sink.add(user, item, behavior, ts, 0, number, extra)
+            try:
+                user, item, behavior = _text(rec[USER_ID]), _text(rec[ITEM_ID]), _text(rec[BEHAVIOR])
+                ts, ts_bad = _timestamp(rec[TIMESTAMP], timestamp_unit)
+                if not user or not item:
+                    report.bad(beh_fr, number, "bad_id", f"empty {USER_ID if not user else ITEM_ID}",
+                               text)
+                elif not behavior or (allowed and behavior not in allowed):
+                    report.bad(beh_fr, number, "unknown_behavior",
+                               f"behavior {behavior!r} not in {list(vocab)}", text)
+                elif ts_bad is not None:
+                    report.bad(beh_fr, number, ts_bad[0], ts_bad[1], text)
+                else:
+                    seen_behaviors.setdefault(behavior, None)
+                    if item not in items and item not in extra_items:
+                        extra_items[item] = {}
+                        if items_file is not None:
+                            report.flag(beh_fr, number, "item_not_in_catalog",
+                                        f"item {item!r} not in {items_file.name}; added with "
+                                        f"empty text", text)
+                    sink.add(user, item, behavior, ts, 0, number, extra)
+            except Exception as e:  # one row never stops the conversion
+                report.bad(beh_fr, number, "row_error", f"{type(e).__name__}: {e}", text)
         bar.close()
         n_behaviors = sink.finish(tmp / BEHAVIORS_FILE, report)
         items.update(extra_items)

@@ -14,7 +14,9 @@ case-insensitive) - e.g. "Adventure, Animation, Children. Tags: pixar, fun".
 
 Decisions on flawed rows (also in report.json / report.md):
 * wrong field count, bad quoting, non-numeric ids, rating not in 0.5..5.0 (step 0.5),
-  timestamp not a non-negative integer, invalid UTF-8 in a key field: row dropped (bad).
+  timestamp not a non-negative integer or after 2100 (millisecond timestamps are named
+  as such; `timestamp_unit="ms"` converts them), invalid UTF-8 in a key field: row
+  dropped (bad). An unexpected error in one row makes it a bad row `row_error`.
 * invalid UTF-8 inside a title or tag: replaced by U+FFFD, row kept, flagged.
 * exact duplicate behavior rows: later copies dropped (bad `duplicate_row`).
 * duplicate movieId in movies.csv: the first row wins, later ones are bad.
@@ -28,7 +30,7 @@ import pathlib
 
 from dmgin_tf.config import DataConfig
 from dmgin_tf.data.converters.common import ConversionResult, progress_bar, publish, staging
-from dmgin_tf.data.converters.reader import check_line, file_size, is_int_id, iter_csv_lines, parse_timestamp
+from dmgin_tf.data.converters.reader import check_line, check_timestamp, file_size, is_int_id, iter_csv_lines
 from dmgin_tf.data.converters.report import ConversionReport
 from dmgin_tf.data.converters.tables import BEHAVIORS_FILE, ITEMS_FILE, BehaviorSink, write_items
 from dmgin_tf.data.datasets import MOVIELENS_BEHAVIORS
@@ -69,7 +71,8 @@ def _data_lines(path: pathlib.Path, header, bar):
 
 
 def convert_movielens(input_dir, output_dir, config: DataConfig | None = None, *,
-                      show_progress: bool = False, max_samples: int = 5) -> ConversionResult:
+                      show_progress: bool = False, max_samples: int = 5,
+                      timestamp_unit: str = "s") -> ConversionResult:
     """Converts an ml-latest-small style directory into `output_dir`.
 
     Raises:
@@ -123,24 +126,27 @@ def convert_movielens(input_dir, output_dir, config: DataConfig | None = None, *
             f = check_line(line, 4, report, ratings_fr, key_fields=(0, 1, 2, 3))
             if f is None:
                 continue
-            user, movie, rating_text, ts_text = (v.strip() for v in f)
-            bad = _check_ids(user, movie)
-            ts = parse_timestamp(ts_text)
-            if bad is None:
-                try:
-                    rating = float(rating_text)
-                except ValueError:
-                    rating = None
-                if rating not in _VALID_RATINGS:
-                    bad = ("bad_rating", f"rating {rating_text!r} is not one of 0.5, 1.0, ..., 5.0 "
-                                         "(no behavior type)")
-            if bad is None and ts is None:
-                bad = ("bad_timestamp", f"timestamp {ts_text!r} is not a non-negative integer")
-            if bad is not None:
-                report.bad(ratings_fr, line.number, bad[0], bad[1], line.text)
-                continue
-            note_item(movie, ratings_fr, line.number, line.text)
-            sink.add(user, movie, rating_behavior(rating), ts, 0, line.number, rating_text)
+            try:
+                user, movie, rating_text, ts_text = (v.strip() for v in f)
+                bad = _check_ids(user, movie)
+                if bad is None:
+                    try:
+                        rating = float(rating_text)
+                    except ValueError:
+                        rating = None
+                    if rating not in _VALID_RATINGS:
+                        bad = ("bad_rating", f"rating {rating_text!r} is not one of 0.5, 1.0, ..., "
+                                             "5.0 (no behavior type)")
+                if bad is None:
+                    ts, bad = check_timestamp(ts_text, timestamp_unit)
+                if bad is not None:
+                    report.bad(ratings_fr, line.number, bad[0], bad[1], line.text)
+                    continue
+                note_item(movie, ratings_fr, line.number, line.text)
+                sink.add(user, movie, rating_behavior(rating), ts, 0, line.number, rating_text)
+            except Exception as e:  # one row never stops the conversion
+                report.bad(ratings_fr, line.number, "row_error", f"{type(e).__name__}: {e}",
+                           line.text)
 
         # --- tags.csv -> tag behaviors + item text ----------------------------------------
         tags_by_movie: dict = {}  # movie -> {tag.lower(): first spelling}
@@ -149,21 +155,25 @@ def convert_movielens(input_dir, output_dir, config: DataConfig | None = None, *
                 f = check_line(line, 4, report, tags_fr, key_fields=(0, 1, 3))
                 if f is None:
                     continue
-                user, movie, tag, ts_text = f[0].strip(), f[1].strip(), f[2].strip(), f[3].strip()
-                bad = _check_ids(user, movie)
-                ts = parse_timestamp(ts_text)
-                if bad is None and ts is None:
-                    bad = ("bad_timestamp", f"timestamp {ts_text!r} is not a non-negative integer")
-                if bad is not None:
-                    report.bad(tags_fr, line.number, bad[0], bad[1], line.text)
-                    continue
-                note_item(movie, tags_fr, line.number, line.text)
-                if tag:
-                    tags_by_movie.setdefault(movie, {}).setdefault(tag.lower(), tag)
-                else:
-                    report.flag(tags_fr, line.number, "empty_tag", "tag text is empty; behavior kept",
-                                line.text)
-                sink.add(user, movie, TAG, ts, 1, line.number, tag)
+                try:
+                    user, movie, tag, ts_text = (f[0].strip(), f[1].strip(), f[2].strip(),
+                                                 f[3].strip())
+                    bad = _check_ids(user, movie)
+                    if bad is None:
+                        ts, bad = check_timestamp(ts_text, timestamp_unit)
+                    if bad is not None:
+                        report.bad(tags_fr, line.number, bad[0], bad[1], line.text)
+                        continue
+                    note_item(movie, tags_fr, line.number, line.text)
+                    if tag:
+                        tags_by_movie.setdefault(movie, {}).setdefault(tag.lower(), tag)
+                    else:
+                        report.flag(tags_fr, line.number, "empty_tag",
+                                    "tag text is empty; behavior kept", line.text)
+                    sink.add(user, movie, TAG, ts, 1, line.number, tag)
+                except Exception as e:  # one row never stops the conversion
+                    report.bad(tags_fr, line.number, "row_error", f"{type(e).__name__}: {e}",
+                               line.text)
         bar.close()
 
         n_behaviors = sink.finish(tmp / BEHAVIORS_FILE, report)

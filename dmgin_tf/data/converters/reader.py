@@ -5,15 +5,43 @@ logs), decoded per line, and split with the `csv` module so quoted commas
 (`"American President, The (1995)"`) parse right. One physical line is one record:
 a stray quote therefore damages only its own line instead of swallowing the rest of
 the file into one field (none of the supported formats has multi-line fields).
+
+Gzip-compressed input (`.gz`, recognised by its magic bytes) is read as is; zip, bzip2,
+xz and zstd archives are refused by name (unpack them first).
+
+Timestamps are Unix seconds inside `[0, MAX_TIMESTAMP_S]` (1970..2100): larger values are
+bad rows — named as milliseconds when they look like them (>= 1e11), unless the
+converter is told `timestamp_unit="ms"`, which divides by 1000.
 """
 from __future__ import annotations
 
 import csv
 import dataclasses
+import gzip
 import os
-from typing import Iterator, List, Optional
+from typing import Iterator, List, Optional, Tuple
 
 from dmgin_tf.data.converters.report import ConversionReport, FileReport
+from dmgin_tf.errors import DataError
+
+MAX_TIMESTAMP_S = 4_102_444_800        # 2100-01-01: nothing later is a real log
+MS_LIKELY = 100_000_000_000             # >= 1e11 "seconds" = year 5138+: milliseconds
+TIMESTAMP_UNITS = {"s": 1, "ms": 1000}
+_ARCHIVES = ((b"PK\x03\x04", "a zip archive"), (b"BZh", "bzip2-compressed"),
+             (b"\xfd7zXZ\x00", "xz-compressed"), (b"\x28\xb5\x2f\xfd", "zstd-compressed"))
+
+
+def open_text_source(path):
+    """Opens `path` for binary line reading: gzip transparently; other archives refused
+    by name (DataError)."""
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic.startswith(b"\x1f\x8b"):
+        return gzip.open(path, "rb")
+    for sig, what in _ARCHIVES:
+        if magic.startswith(sig):
+            raise DataError(f"{path}: {what}; unpack it first (gzip .gz files are read directly)")
+    return open(path, "rb")
 
 
 @dataclasses.dataclass
@@ -41,8 +69,8 @@ def iter_csv_lines(path, progress=None) -> Iterator[Line]:
       progress: optional tqdm-like object; `.update(n_bytes)` is called as bytes are read.
     """
     pending = 0
-    with open(path, "rb") as f:
-        for number, raw in enumerate(f, start=1):
+    with open_text_source(path) as f:
+        for number, raw in _lines(f, path):
             pending += len(raw)
             if progress is not None and pending >= 1 << 20:
                 progress.update(pending)
@@ -65,6 +93,18 @@ def iter_csv_lines(path, progress=None) -> Iterator[Line]:
             yield Line(number, text, fields, error, bad_utf8)
     if progress is not None and pending:
         progress.update(pending)
+
+
+def _lines(f, path):
+    """(1-based number, raw line) pairs; a corrupt gzip stream is a DataError naming it."""
+    number = 0
+    try:
+        for raw in f:
+            number += 1
+            yield number, raw
+    except (OSError, EOFError) as e:  # gzip.BadGzipFile, truncated stream
+        raise DataError(f"{path}: cannot read past line {number}: {e} (corrupt or truncated "
+                        f"compressed file?)") from None
 
 
 def check_line(line: Line, n_fields: int, report: ConversionReport, fr: FileReport,
@@ -106,6 +146,29 @@ def parse_timestamp(value: str) -> Optional[int]:
     if not v or not (v.isdigit() and v.isascii()):
         return None  # '-5', '1.5e9', '', 'abc' are all rejected
     return int(v)
+
+
+def check_timestamp(value, unit: str = "s") -> Tuple[Optional[int], Optional[Tuple[str, str]]]:
+    """(Unix seconds, None) or (None, (reason, detail)) for a timestamp field.
+
+    `value` is text (CSV) or an int; `unit` "s" or "ms" (divided by 1000, rounded down).
+    Reasons: `bad_timestamp` (not a non-negative integer), `timestamp_out_of_range`
+    (past 2100 or beyond int64 — the detail says when it looks like milliseconds).
+    """
+    ts = value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 \
+        else parse_timestamp(str(value)) if isinstance(value, str) else None
+    if ts is None:
+        return None, ("bad_timestamp", f"timestamp {value!r} is not a non-negative integer "
+                                       f"(Unix seconds)")
+    seconds = ts // TIMESTAMP_UNITS[unit]
+    if seconds > MAX_TIMESTAMP_S:
+        if unit == "s" and MS_LIKELY <= ts <= MAX_TIMESTAMP_S * 1000:
+            why = ("looks like milliseconds; the format wants Unix seconds (convert "
+                   "millisecond logs with --timestamp-unit ms)")
+        else:
+            why = "is after 2100-01-01 (Unix seconds expected)"
+        return None, ("timestamp_out_of_range", f"timestamp {ts} {why}")
+    return seconds, None
 
 
 def is_int_id(value: str) -> bool:

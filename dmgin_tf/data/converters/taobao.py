@@ -6,8 +6,10 @@ in {pv, cart, fav, buy}, timestamp in Unix seconds (Zhu et al., KDD 2018; Tianch
 Decisions on flawed rows (also written into report.json / report.md):
 
 * wrong field count, quoting errors, non-numeric ids, unknown behavior, timestamps that
-  are not a non-negative integer, invalid UTF-8 (every field is a key): row dropped,
-  counted as bad with `file:line`.
+  are not a non-negative integer or lie after 2100 (millisecond timestamps are named as
+  such), invalid UTF-8 (every field is a key): row dropped, counted as bad with
+  `file:line`. No row can stop the conversion: an unexpected error in one row makes it
+  a bad row `row_error`.
 * timestamp outside the dataset's stated window 2017-11-25 .. 2017-12-03 (China time,
   UTC+8): **kept** and flagged `out_of_window` - they are real behaviors (32 rows in
   the published first-680-users file, as early as 2017-09-11) and history before the
@@ -25,7 +27,8 @@ import datetime
 
 from dmgin_tf.config import DataConfig
 from dmgin_tf.data.converters.common import ConversionResult, progress_bar, publish, resolve_file, staging
-from dmgin_tf.data.converters.reader import check_line, file_size, is_int_id, iter_csv_lines, parse_timestamp
+from dmgin_tf.data.converters.reader import (check_line, check_timestamp, file_size, is_int_id,
+                                            iter_csv_lines)
 from dmgin_tf.data.converters.report import ConversionReport
 from dmgin_tf.data.converters.tables import BEHAVIORS_FILE, ITEMS_FILE, BehaviorSink, write_items
 from dmgin_tf.data.datasets import TAOBAO_BEHAVIORS
@@ -44,7 +47,8 @@ def _china_time(ts: int) -> str:
 
 
 def convert_taobao(input_path, output_dir, config: DataConfig | None = None, *,
-                   show_progress: bool = False, max_samples: int = 5) -> ConversionResult:
+                   show_progress: bool = False, max_samples: int = 5,
+                   timestamp_unit: str = "s") -> ConversionResult:
     """Converts UserBehavior.csv (a file, or a directory holding it) into `output_dir`.
 
     Streams the file line by line; memory grows with the number of distinct items
@@ -70,35 +74,10 @@ def convert_taobao(input_path, output_dir, config: DataConfig | None = None, *,
             f = check_line(line, 5, report, fr, _KEY_FIELDS)
             if f is None:
                 continue
-            user, item, cat, behavior, ts_text = f  # no trimming: the raw format has no spaces
-            bad = None
-            for name, value in (("user_id", user), ("item_id", item), ("category_id", cat)):
-                if not is_int_id(value):
-                    bad = ("bad_id", f"{name} {value!r} is not a numeric id")
-                    break
-            ts = parse_timestamp(ts_text)
-            if bad is None and behavior not in behaviors:
-                bad = ("unknown_behavior", f"behavior {behavior!r} not in {list(TAOBAO_BEHAVIORS)}")
-            if bad is None and ts is None:
-                bad = ("bad_timestamp", f"timestamp {ts_text!r} is not a non-negative integer")
-            if bad is not None:
-                report.bad(fr, line.number, bad[0], bad[1], line.text)
-                continue
-            if not WINDOW_START <= ts < WINDOW_END:
-                report.flag(fr, line.number, "out_of_window",
-                            f"{_china_time(ts)} outside 2017-11-25..2017-12-03 (China time); kept",
-                            line.text)
-            sink.add(user, item, behavior, ts, 0, line.number)
-            if item in conflicts:
-                conflicts[item][cat] += 1
-            else:
-                entry = item_cat.get(item)
-                if entry is None:
-                    item_cat[item] = [cat, 1]
-                elif entry[0] == cat:
-                    entry[1] += 1
-                else:
-                    conflicts[item] = collections.Counter({entry[0]: entry[1], cat: 1})
+            try:
+                _row(f, line, fr, report, sink, behaviors, item_cat, conflicts, timestamp_unit)
+            except Exception as e:  # one row never stops the conversion
+                report.bad(fr, line.number, "row_error", f"{type(e).__name__}: {e}", line.text)
         bar.close()
         n_behaviors = sink.finish(tmp / BEHAVIORS_FILE, report)
         for item, counts in conflicts.items():
@@ -118,3 +97,36 @@ def convert_taobao(input_path, output_dir, config: DataConfig | None = None, *,
         report.info.update({"behaviors": n_behaviors, "items": n_items,
                             "behavior_types": list(TAOBAO_BEHAVIORS)})
         return publish(tmp, output_dir, report)
+
+
+def _row(f, line, fr, report, sink, behaviors, item_cat, conflicts, unit) -> None:
+    """Validates one split line and adds it (or records why it is bad)."""
+    user, item, cat, behavior, ts_text = f  # no trimming: the raw format has no spaces
+    bad = None
+    for name, value in (("user_id", user), ("item_id", item), ("category_id", cat)):
+        if not is_int_id(value):
+            bad = ("bad_id", f"{name} {value!r} is not a numeric id")
+            break
+    if bad is None and behavior not in behaviors:
+        bad = ("unknown_behavior", f"behavior {behavior!r} not in {list(TAOBAO_BEHAVIORS)}")
+    ts = None
+    if bad is None:
+        ts, bad = check_timestamp(ts_text, unit)
+    if bad is not None:
+        report.bad(fr, line.number, bad[0], bad[1], line.text)
+        return
+    if not WINDOW_START <= ts < WINDOW_END:
+        report.flag(fr, line.number, "out_of_window",
+                    f"{_china_time(ts)} outside 2017-11-25..2017-12-03 (China time); kept",
+                    line.text)
+    sink.add(user, item, behavior, ts, 0, line.number)
+    if item in conflicts:
+        conflicts[item][cat] += 1
+    else:
+        entry = item_cat.get(item)
+        if entry is None:
+            item_cat[item] = [cat, 1]
+        elif entry[0] == cat:
+            entry[1] += 1
+        else:
+            conflicts[item] = collections.Counter({entry[0]: entry[1], cat: 1})

@@ -1,0 +1,180 @@
+"""Converters under faults: out-of-range values never escape a row, a failed or
+interrupted run never touches the previous good output, empty and compressed input."""
+import gzip
+import os
+import subprocess
+import sys
+import zipfile
+
+import pandas as pd
+import pytest
+
+from dmgin_tf.cli.main import main
+from dmgin_tf.config import DataConfig
+from dmgin_tf.data.converters import convert, convert_generic, convert_movielens, convert_taobao
+from dmgin_tf.data.converters.report import read_report
+from dmgin_tf.data.converters.taobao import WINDOW_START
+from dmgin_tf.errors import DataError
+from dmgin_tf.features import TIMESTAMP
+
+LOOSE = DataConfig(max_error_fraction=1.0)
+T0 = WINDOW_START + 3600
+GOOD = [f"1,10,100,pv,{T0}", f"1,11,100,buy,{T0 + 5}", f"2,10,100,pv,{T0 + 9}"]
+HUGE = [f"3,12,100,pv,{T0 * 1000}",     # milliseconds
+        "3,13,100,pv,1511575200000000",  # year 49871 in seconds
+        f"3,14,100,pv,{2 ** 63}",        # beyond int64
+        f"3,15,100,pv,{2 ** 64 + 7}"]
+
+
+def _write(path, lines):
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+def _bad(report, name):
+    return next(f for f in report["files"] if f["path"].endswith(name))["bad"]
+
+
+def test_taobao_huge_and_millisecond_timestamps_are_bad_rows(tmp_path):
+    _write(tmp_path / "UserBehavior.csv", GOOD + HUGE)
+    res = convert_taobao(tmp_path, tmp_path / "out", LOOSE)
+    assert len(pd.read_parquet(res.behaviors_path)) == len(GOOD)   # every good row kept
+    assert _bad(res.report, "UserBehavior.csv") == {"timestamp_out_of_range": 4}
+    details = [s["detail"] for s in res.report["samples"] if s["reason"] == "timestamp_out_of_range"]
+    assert "milliseconds" in details[0] and "--timestamp-unit ms" in details[0]
+    assert all("2100" in d for d in details[1:])
+
+
+def test_millisecond_timestamps_convert_with_the_unit_flag(tmp_path):
+    _write(tmp_path / "UserBehavior.csv", [f"1,10,100,pv,{T0 * 1000 + 999}"])
+    res = convert_taobao(tmp_path, tmp_path / "out", timestamp_unit="ms")
+    assert pd.read_parquet(res.behaviors_path)[TIMESTAMP].tolist() == [T0]
+    with pytest.raises(DataError, match="timestamp unit 'us'"):
+        convert("taobao", tmp_path, tmp_path / "o2", timestamp_unit="us")
+
+
+def _ml(d, ratings_ts):
+    d.mkdir()
+    _write(d / "movies.csv", ["movieId,title,genres", "1,Toy Story (1995),Animation"])
+    _write(d / "ratings.csv", ["userId,movieId,rating,timestamp"]
+           + [f"1,1,4.0,{ts}" for ts in ratings_ts])
+    return d
+
+
+def test_movielens_millisecond_and_int64_overflow(tmp_path):
+    src = _ml(tmp_path / "ml", [964982703, 964982703000 + 1, 2 ** 63])
+    res = convert_movielens(src, tmp_path / "out", LOOSE)
+    assert pd.read_parquet(res.behaviors_path)[TIMESTAMP].tolist() == [964982703]
+    assert _bad(res.report, "ratings.csv") == {"timestamp_out_of_range": 2}
+    # all milliseconds: refused as a whole, with the reason in the message
+    src = _ml(tmp_path / "ml2", [964982703000, 964982704000])
+    with pytest.raises(DataError, match="timestamp_out_of_range 2"):
+        convert_movielens(src, tmp_path / "out2")
+    res = convert_movielens(src, tmp_path / "out3", timestamp_unit="ms")
+    assert pd.read_parquet(res.behaviors_path)[TIMESTAMP].tolist() == [964982703, 964982704]
+
+
+def test_generic_int64_overflow_and_float_timestamps(tmp_path):
+    _write(tmp_path / "b.csv", ["user_id,item_id,behavior,timestamp", "u,i,click,100",
+                                f"u,j,click,{2 ** 63}", "u,k,click,1e300", "u,l,click,1700000000000"])
+    res = convert_generic(tmp_path / "b.csv", tmp_path / "out", LOOSE)
+    assert len(pd.read_parquet(res.behaviors_path)) == 1
+    assert _bad(res.report, "b.csv") == {"timestamp_out_of_range": 2, "bad_timestamp": 1}
+
+
+def _snapshot(d):
+    return {n: (d / n).read_bytes() for n in sorted(os.listdir(d))}
+
+
+def test_failed_run_leaves_previous_output_untouched_and_reports_beside_it(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    _write(src / "UserBehavior.csv", GOOD)
+    out = tmp_path / "out"
+    convert_taobao(src, out)
+    before = _snapshot(out)
+    _write(src / "UserBehavior.csv", GOOD[:1] + ["x,1,1,pv,1"] * 3)   # 75% bad
+    with pytest.raises(DataError) as info:
+        convert_taobao(src, out, DataConfig(max_error_fraction=0.1))
+    assert "out.failed" in str(info.value) and "previous conversion" in str(info.value)
+    assert _snapshot(out) == before                                 # byte for byte
+    assert _bad(read_report(tmp_path / "out.failed"), "UserBehavior.csv") == {"bad_id": 3}
+    assert not [n for n in os.listdir(tmp_path) if ".convert-" in n]  # no staging left
+    # the next good run replaces the output and clears the failure report
+    _write(src / "UserBehavior.csv", GOOD[:2])
+    res = convert_taobao(src, out)
+    assert len(pd.read_parquet(res.behaviors_path)) == 2
+    assert not (tmp_path / "out.failed").exists()
+
+
+def test_output_dir_with_other_files_keeps_them(tmp_path):
+    _write(tmp_path / "UserBehavior.csv", GOOD)           # input inside the output dir
+    res = convert_taobao(tmp_path / "UserBehavior.csv", tmp_path)
+    assert (tmp_path / "UserBehavior.csv").exists() and res.behaviors_path.exists()
+
+
+def test_sigterm_removes_staging_and_a_killed_runs_leftover_is_cleaned(tmp_path):
+    out = tmp_path / "out"
+    code = ("import os, signal, sys, time\n"
+            "from dmgin_tf.data.converters.common import staging\n"
+            "with staging(sys.argv[1]) as tmp:\n"
+            "    (tmp / 'behaviors.parquet').write_text('half')\n"
+            "    os.kill(os.getpid(), signal.SIGTERM)\n"
+            "    time.sleep(30)\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(out)], timeout=120)
+    assert proc.returncode == -15
+    assert not [n for n in os.listdir(tmp_path) if ".convert-" in n]
+    # SIGKILL leaves a staging dir behind: the next run into the same output removes it
+    dead = tmp_path / ".out.convert-999999-abc"
+    dead.mkdir()
+    _write(tmp_path / "UserBehavior.csv", GOOD)
+    convert_taobao(tmp_path / "UserBehavior.csv", out)
+    assert not dead.exists()
+
+
+def test_empty_input_is_an_error(tmp_path):
+    _write(tmp_path / "UserBehavior.csv", [])
+    with pytest.raises(DataError, match="no data rows"):
+        convert_taobao(tmp_path, tmp_path / "out")
+    src = _ml(tmp_path / "ml", [])
+    with pytest.raises(DataError, match="ratings.csv: no data rows"):
+        convert_movielens(src, tmp_path / "out2")
+    _write(tmp_path / "b.csv", ["user_id,item_id,behavior,timestamp"])
+    with pytest.raises(DataError, match="b.csv: no data rows"):
+        convert_generic(tmp_path / "b.csv", tmp_path / "out3")
+    assert not (tmp_path / "out").exists()
+
+
+def test_gzip_is_read_and_other_archives_refused_by_name(tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    with gzip.open(d / "UserBehavior.csv.gz", "wt") as f:
+        f.write("".join(line + "\n" for line in GOOD))
+    res = convert_taobao(d, tmp_path / "out")                # directory: finds the .gz
+    assert len(pd.read_parquet(res.behaviors_path)) == len(GOOD)
+    with zipfile.ZipFile(tmp_path / "UserBehavior.csv", "w") as z:
+        z.writestr("UserBehavior.csv", "\n".join(GOOD))
+    with pytest.raises(DataError, match="zip archive; unpack it first"):
+        convert_taobao(tmp_path / "UserBehavior.csv", tmp_path / "out2")
+    (tmp_path / "broken.csv").write_bytes(gzip.compress("\n".join(GOOD * 50).encode())[:60])
+    with pytest.raises(DataError, match="corrupt or truncated"):
+        convert_taobao(tmp_path / "broken.csv", tmp_path / "out3")
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    _write(tmp_path / "UserBehavior.csv", ["x,1,1,pv,1"])
+    assert main(["data", "convert", "--dataset", "taobao", "--input", str(tmp_path),
+                 "--output", str(tmp_path / "out"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "out.failed" in err, err
+    # a stats run converting on the fly does not point at its deleted temp report
+    assert main(["data", "stats", "--dataset", "taobao", "--input", str(tmp_path),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "dmgin-stats-" not in err and "--output" in err, err
+    # unwritable output (a path under a regular file)
+    _write(tmp_path / "UserBehavior.csv", GOOD)
+    assert main(["data", "convert", "--dataset", "taobao", "--input", str(tmp_path),
+                 "--output", str(tmp_path / "UserBehavior.csv" / "out"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err and "UserBehavior.csv" in err, err
