@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import typing
 from typing import Any, Mapping, Tuple
@@ -23,6 +24,9 @@ from typing import Any, Mapping, Tuple
 
 class ConfigError(ValueError):
     """A config file or override names an unknown field or carries a bad value."""
+
+
+MAX_HISTORY = 10_000_000  # behaviors per user: far above any lifelong log we know of
 
 
 def _check_type(section: str, field: dataclasses.Field, value: Any) -> Any:
@@ -46,16 +50,22 @@ def _check_type(section: str, field: dataclasses.Field, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, str)):
             raise ConfigError(f"{name}: expected an integer, got {value!r}")
         try:
-            return int(value)
+            number = int(value)
         except ValueError:
             raise ConfigError(f"{name}: expected an integer, got {value!r}") from None
+        if not -(2 ** 63) <= number < 2 ** 63:
+            raise ConfigError(f"{name}: {value!r} is outside the 64-bit integer range")
+        return number
     if tp is float:
         if isinstance(value, bool):
             raise ConfigError(f"{name}: expected a number, got {value!r}")
         try:
-            return float(value)
-        except (TypeError, ValueError):
+            number = float(value)
+        except (TypeError, ValueError, OverflowError):
             raise ConfigError(f"{name}: expected a number, got {value!r}") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{name}: must be a finite number, got {value!r}")
+        return number
     if tp is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise ConfigError(f"{name}: expected a string, got {value!r}")
@@ -135,9 +145,18 @@ class DataConfig(ConfigBase):
     def validate(self):
         self._require(self.dataset in ("taobao", "movielens", "generic"), "dataset",
                       "must be taobao, movielens or generic")
-        self._require(self.max_history >= 1, "max_history", "must be >= 1")
+        self._require(1 <= self.max_history <= MAX_HISTORY, "max_history",
+                      f"must be in [1, {MAX_HISTORY}]")
+        self._require(self.min_events_for_test >= 0, "min_events_for_test", "must be >= 0")
         self._require(0 < self.test_fraction < 1, "test_fraction", "must be in (0, 1)")
         self._require(0 <= self.val_fraction < 1, "val_fraction", "must be in [0, 1)")
+        self._require(self.test_fraction + self.val_fraction < 1, "val_fraction",
+                      f"test_fraction + val_fraction = {self.test_fraction + self.val_fraction:g} "
+                      f"must be < 1 (the shares of each user's events held out for test and "
+                      f"validation)")
+        self._require(self.negatives_per_positive <= 1000, "negatives_per_positive",
+                      "must be <= 1000")
+        self._require(self.seed >= 0, "seed", "must be >= 0")
         self._require(self.negatives_per_positive >= 0, "negatives_per_positive", "must be >= 0")
         self._require(0 <= self.max_error_fraction <= 1, "max_error_fraction", "must be in [0, 1]")
 
@@ -159,7 +178,8 @@ class GroupingConfig(ConfigBase):
     def validate(self):
         self._require(self.key in ("cluster", "item_id", "category", "random"), "key",
                       "must be cluster, item_id, category or random")
-        self._require(self.num_groups >= 1, "num_groups", "must be >= 1")
+        self._require(1 <= self.num_groups <= 10_000_000, "num_groups", "must be in [1, 10000000]")
+        self._require(self.seed >= 0, "seed", "must be >= 0")
         self._require(self.kmeans_iterations >= 1, "kmeans_iterations", "must be >= 1")
         self._require(self.kmeans_sample_size >= 1, "kmeans_sample_size", "must be >= 1")
         self._require(self.kmeans_init_trials >= 1, "kmeans_init_trials", "must be >= 1")
@@ -201,6 +221,14 @@ class ModelConfig(ConfigBase):
                   "num_heads", "recent_window", "num_behavior_types"):
             self._require(getattr(self, f) >= 1, f, "must be >= 1")
         self._require(self.num_time_buckets >= 2, "num_time_buckets", "must be >= 2")
+        self._require(self.history_length <= MAX_HISTORY, "history_length",
+                      f"must be <= {MAX_HISTORY}")
+        for f in ("item_vocab_size", "group_vocab_size"):
+            self._require(0 <= getattr(self, f) < 2 ** 31, f,
+                          "must be in [0, 2^31) (ids are int32; 0 = filled from the data)")
+        for f in ("max_groups", "max_per_group", "embedding_dim", "num_heads", "recent_window",
+                  "num_behavior_types", "num_time_buckets", "intra_layers", "inter_layers"):
+            self._require(getattr(self, f) <= 1_000_000, f, "must be <= 1000000")
         for f in ("intra_layers", "inter_layers"):
             self._require(getattr(self, f) >= 0, f, "must be >= 0")
         self._require(self.embedding_dim % self.num_heads == 0, "embedding_dim",
@@ -233,9 +261,11 @@ class TrainConfig(ConfigBase):
 
     def validate(self):
         self._require(self.backend in ("tensorflow", "jax"), "backend", "must be tensorflow or jax")
-        self._require(self.epochs >= 1, "epochs", "must be >= 1")
-        self._require(self.batch_size >= 1, "batch_size", "must be >= 1")
-        self._require(self.learning_rate > 0, "learning_rate", "must be > 0")
+        self._require(1 <= self.epochs <= 1_000_000, "epochs", "must be in [1, 1000000]")
+        self._require(1 <= self.batch_size <= 2 ** 24, "batch_size", "must be in [1, 16777216]")
+        self._require(0 < self.learning_rate <= 10, "learning_rate",
+                      "must be a finite number in (0, 10]")
+        self._require(self.seed >= 0, "seed", "must be >= 0")
         self._require(self.early_stopping_patience >= 0, "early_stopping_patience", "must be >= 0")
         self._require(self.distribute in ("auto", "off", "force"), "distribute",
                       "must be auto, off or force")
@@ -285,6 +315,7 @@ class PipelineConfig(ConfigBase):
     def validate(self):
         self._require(bool(self.name), "name", "must be non-empty")
         self._require(0 <= self.min_auc <= 1, "min_auc", "must be in [0, 1]")
+        self._require(0 <= self.max_auc_drop <= 1, "max_auc_drop", "must be in [0, 1]")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -304,6 +335,16 @@ class ServingConfig(ConfigBase):
                       "batch_buckets", "must be a non-empty list of positive sizes")
         self._require(len(self.candidate_buckets) > 0 and all(b >= 1 for b in self.candidate_buckets),
                       "candidate_buckets", "must be a non-empty list of positive sizes")
+        for f in ("batch_buckets", "candidate_buckets"):
+            self._require(list(getattr(self, f)) == sorted(set(getattr(self, f))), f,
+                          "must be strictly increasing")
+        self._require(1 <= self.max_candidates <= 1_000_000, "max_candidates",
+                      "must be in [1, 1000000]")
+        self._require(max(self.candidate_buckets) <= self.max_candidates, "candidate_buckets",
+                      f"the largest bucket must be <= max_candidates={self.max_candidates}")
+        self._require(max(self.batch_buckets) <= 1_000_000, "batch_buckets", "must be <= 1000000")
+        for f in ("port", "metrics_port"):
+            self._require(0 <= getattr(self, f) <= 65535, f, "must be a TCP port in [0, 65535]")
 
 
 SECTIONS = {c.SECTION: c for c in (DataConfig, GroupingConfig, ModelConfig, TrainConfig,
@@ -352,13 +393,61 @@ def load_config(path: str | os.PathLike | None = None,
     """Loads a YAML/JSON config file (or defaults when `path` is None) and applies overrides."""
     values: dict = {}
     if path:
-        text = open(path, encoding="utf-8").read()
-        if str(path).endswith(".json"):
-            values = json.loads(text)
-        else:
-            import yaml
-            values = yaml.safe_load(text) or {}
+        values = _read_config_file(path)
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: top level must be a mapping of sections")
     cfg = Config.from_dict(values)
     return cfg.apply_overrides(overrides or {})
+
+
+def _read_config_file(path) -> Any:
+    """Parses a YAML/JSON config file; every problem (missing, a directory, not UTF-8,
+    syntax, a key given twice) is a one-line ConfigError naming the file."""
+    if os.path.isdir(path):
+        raise ConfigError(f"{path}: is a directory, not a config file")
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read it: {e.strerror}") from None
+    if str(path).endswith(".json"):
+        def no_duplicates(pairs):
+            seen = {}
+            for k, v in pairs:
+                if k in seen:
+                    raise ConfigError(f"{path}: key {k!r} appears twice in one object")
+                seen[k] = v
+            return seen
+        try:
+            return json.loads(text, object_pairs_hook=no_duplicates)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: "
+                              f"{e.msg}") from None
+    import yaml
+
+    class _UniqueKeyLoader(yaml.SafeLoader):
+        pass
+
+    def construct_mapping(loader, node, deep=False):
+        keys = set()
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            if key in keys:
+                raise ConfigError(f"{path}: key {key!r} appears twice in one mapping "
+                                  f"(line {key_node.start_mark.line + 1})")
+            keys.add(key)
+        return loader.construct_mapping(node, deep=deep)
+
+    _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+                                     construct_mapping)
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
