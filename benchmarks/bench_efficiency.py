@@ -47,7 +47,6 @@ import datetime
 import json
 import math
 import os
-import platform
 import shlex
 import shutil
 import subprocess
@@ -59,6 +58,9 @@ from typing import Dict, List, Optional, Sequence
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _REPO_ROOT not in sys.path:   # run as a script from a plain checkout (GPU host)
     sys.path.insert(0, _REPO_ROOT)
+
+from dmgin_tf.docs_blocks import replace_block  # noqa: E402
+from dmgin_tf.provenance import library_versions, machine_info  # noqa: E402
 
 MODEL_NAMES = ("dmgin", "transformer", "din", "sim", "dgin")
 DEFAULT_LENGTHS = (100, 1000, 10000, 50000)
@@ -496,41 +498,9 @@ def _settings_json(s: Settings) -> dict:
     return d
 
 
-def machine_info() -> dict:
-    info = {"node": platform.node(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
-            "platform": platform.platform()}
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    info["cpu"] = line.split(":", 1)[1].strip()
-                    break
-        with open("/proc/meminfo", encoding="utf-8") as f:
-            info["mem_gb"] = round(int(f.readline().split()[1]) / 1024 ** 2, 1)
-        info["load_avg"] = [round(x, 1) for x in os.getloadavg()]
-    except OSError:
-        pass
-    return info
-
-
 def versions(backend: str) -> dict:
     """Library versions, read from package metadata (imports nothing heavy)."""
-    from importlib import metadata
-    out = {"python": platform.python_version(), "backend": backend}
-    for pkg in ("keras", "numpy", "tensorflow" if backend == "tensorflow" else "jax", "jaxlib"
-                if backend == "jax" else None):
-        if pkg is None:
-            continue
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = None
-    try:
-        from dmgin_tf import __version__
-        out["dmgin_tf"] = __version__
-    except ImportError:
-        pass
-    return out
+    return library_versions(backend)
 
 
 # ----------------------------------------------------------------------------- analysis
@@ -836,16 +806,7 @@ def render_section_body(results: dict, chart: Optional[str]) -> str:
 def update_docs(path: str, body: str) -> None:
     """Replaces our block (between the efficiency markers) in `path`, or appends an
     "Efficiency" section; everything else in the file is kept as is."""
-    block = f"{DOC_START}\n{SECTION_TITLE}\n\n{INTRO}\n\n{body}\n{DOC_END}"
-    text = open(path, encoding="utf-8").read() if os.path.exists(path) else "# Benchmarks\n"
-    if DOC_START in text and DOC_END in text:
-        before, rest = text.split(DOC_START, 1)
-        text = before + block + rest.split(DOC_END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text if text.endswith("\n") else text + "\n")
+    replace_block(path, f"{DOC_START}\n{SECTION_TITLE}\n\n{INTRO}\n\n{body}\n{DOC_END}")
 
 
 # ----------------------------------------------------------------------------- CLI

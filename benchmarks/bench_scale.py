@@ -28,6 +28,8 @@ import shutil
 import sys
 import time
 
+from dmgin_tf.docs_blocks import replace_block
+
 DOCS_DEFAULT = os.path.join("docs", "benchmarks.md")
 START, END = "<!-- scale:start -->", "<!-- scale:end -->"
 
@@ -259,14 +261,7 @@ def markdown(s: dict) -> str:
 
 def update_docs(path: str, block: str) -> None:
     """Replaces our marked block in `path` (appends it when absent); keeps everything else."""
-    text = open(path, encoding="utf-8").read() if os.path.exists(path) else "# Benchmarks\n"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + block + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
+    replace_block(path, block, START, END)
 
 
 def main(argv=None) -> int:

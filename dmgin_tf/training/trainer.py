@@ -29,9 +29,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import platform
 import random
-import sys
 import time
 from typing import Callable, Dict, List, Optional
 
@@ -46,10 +44,10 @@ from dmgin_tf.training.distribution import make_placement, precision_policy
 from dmgin_tf.training.inputs import Split, cast_for_backend, check_batch
 from dmgin_tf.training.plots import plot_history
 
+from dmgin_tf.training.parity import PARITY_FILE
 WEIGHTS_FILE = "model.weights.h5"
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
-PARITY_FILE = "parity_batch.npz"
 PARITY_EXAMPLES = 256
 # Training batches built ahead of the device, and the threads building them (numpy's
 # gathers release the GIL). A few batches suffice to hide densify behind a step.
@@ -151,20 +149,11 @@ def _loss_for(model):
 
 
 def _versions() -> dict:
-    out = {"python": platform.python_version(), "keras": keras.__version__,
-           "numpy": np.__version__, "machine": platform.machine(),
-           "node": platform.node(), "cpu_count": os.cpu_count()}
-    backend = keras.backend.backend()
-    mod = sys.modules.get(backend)
-    if mod is None:
-        mod = __import__(backend)
-    out[backend] = getattr(mod, "__version__", "?")
-    try:
-        import dmgin_tf
-        out["dmgin_tf"] = dmgin_tf.__version__
-    except Exception:  # noqa: BLE001 - versions are informational
-        pass
-    return out
+    """Library versions of this backend and the machine (`dmgin_tf.provenance`)."""
+    from dmgin_tf.provenance import library_versions, machine_info
+    m = machine_info()
+    return {**library_versions(keras.backend.backend()),
+            **{k: m[k] for k in ("machine", "node", "cpu_count")}}
 
 
 def train(cfg: Config, data: TrainingData, output_dir: str, *,
