@@ -46,9 +46,3 @@ def select_backend(name: str) -> str:
             f"KERAS_BACKEND={name} (or import nothing Keras-related before selecting the backend)")
     os.environ["KERAS_BACKEND"] = name
     return name
-
-
-def active_backend() -> str:
-    """The backend Keras uses (imports keras)."""
-    import keras
-    return keras.backend.backend()

@@ -33,9 +33,3 @@ def beam_config(exec_properties: Dict[str, Any], beam_pipeline_args: List[str]) 
     if raw:
         return BeamConfig.from_dict(json.loads(raw))
     return BeamConfig(extra_args=tuple(beam_pipeline_args or ()))
-
-
-def single_uri(artifacts) -> str:
-    if len(artifacts) != 1:
-        raise ValueError(f"expected one artifact, got {len(artifacts)}")
-    return artifacts[0].uri
