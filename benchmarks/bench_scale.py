@@ -107,13 +107,13 @@ def shuffle_only(data: str, beam_cfg, address, out: str) -> int:
     import apache_beam as beam
     from transform import beam_io
     from transform.beam_runner import beam_pipeline, dask_npartitions, default_workers
-    from transform.examples import _ReadWithRowFn, _work_with_offsets
+    from transform.examples import ReadRowRanges, row_range_work
     splits = (dask_npartitions(beam_cfg) if beam_cfg.runner == "dask"
               else max(2, 2 * (beam_cfg.direct_num_workers or default_workers())))
-    work = _work_with_offsets(os.path.join(data, "behaviors.parquet"), splits)
+    work = row_range_work(os.path.join(data, "behaviors.parquet"), splits)
     sink = beam_io.TFRecordSink(out)
     with beam_pipeline(beam_cfg, address) as p:
-        (p | "RowRanges" >> beam.Create(work) | "ReadBehaviors" >> beam.ParDo(_ReadWithRowFn())
+        (p | "RowRanges" >> beam.Create(work) | "ReadBehaviors" >> beam.ParDo(ReadRowRanges())
          | "PerUser" >> beam.GroupByKey()
          | "Count" >> beam.Map(lambda kv: f"{kv[0]}\t{len(kv[1])}".encode())
          | "Write" >> beam_io.WriteOutputs({"counts": sink}))

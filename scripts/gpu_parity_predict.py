@@ -24,7 +24,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     import jax
-    from dmgin_tf.training.callbacks import _prediction_vector
+    from dmgin_tf.training.callbacks import prediction_vector
     from dmgin_tf.training.inputs import cast_for_backend
     from dmgin_tf.training.parity import PARITY_FILE, reference_batch
     from dmgin_tf.training.trainer import load_trained_model
@@ -36,7 +36,7 @@ def main(argv=None) -> int:
         preds = {}
         for precision in (None, "float32"):
             with jax.default_matmul_precision(precision):
-                preds[precision or "default"] = _prediction_vector(model.predict_on_batch(x))
+                preds[precision or "default"] = prediction_vector(model.predict_on_batch(x))
         name = os.path.basename(os.path.normpath(run))
         print(f"{name} on {jax.devices()[0]}: stored vs default "
               f"{np.abs(preds['default'] - stored).max():.2e}, default vs float32 "

@@ -400,7 +400,9 @@ class WriteOutputs(beam.PTransform):
 # --------------------------------------------------------------------------- reading
 
 
-def _parquet_files(path: str) -> List[str]:
+def parquet_files(path: str) -> List[str]:
+    """The Parquet files of `path`: a directory written by our sinks (its manifest), a
+    directory of *.parquet, a file or a glob; DataError when there are none."""
     if os.path.isdir(path):
         if os.path.exists(os.path.join(path, SUCCESS_FILE)):
             return output_files(path)
@@ -421,7 +423,7 @@ def parquet_work_items(path: str, min_splits: int = 1) -> List[Tuple[str, int, i
     """
     import pyarrow.parquet as pq
     groups = []
-    for f in _parquet_files(path):
+    for f in parquet_files(path):
         meta = pq.ParquetFile(f).metadata
         groups += [(f, i, meta.row_group(i).num_rows) for i in range(meta.num_row_groups)]
     per_group = max(1, -(-max(1, min_splits) // max(1, len(groups))))
@@ -473,4 +475,4 @@ class ReadParquet(beam.PTransform):
 def parquet_table_rows(path: str) -> int:
     """Rows of a Parquet file / glob / directory, from metadata only."""
     import pyarrow.parquet as pq
-    return sum(pq.ParquetFile(f).metadata.num_rows for f in _parquet_files(path))
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in parquet_files(path))

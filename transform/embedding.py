@@ -261,7 +261,7 @@ def embed_catalog(items_path: str, encoder_dir: str, output_dir: str, beam_cfg=N
     from transform.beam_runner import beam_pipeline
 
     beam_cfg = beam_cfg or BeamConfig()
-    files = beam_io._parquet_files(items_path)
+    files = beam_io.parquet_files(items_path)
     schema_names = pq.ParquetFile(files[0]).schema_arrow.names
     if F.ITEM_ID not in schema_names:
         raise DataError(f"{files[0]}: items table lacks column {F.ITEM_ID!r}; has {schema_names}")

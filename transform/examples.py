@@ -299,7 +299,7 @@ class _UserRecordsFn(beam.DoFn):
                 yield FLAT_EVAL, to_tf_example(row)
 
 
-class _ReadWithRowFn(beam.DoFn):
+class ReadRowRanges(beam.DoFn):
     """Work item ``(file, row_group, start, stop, global_offset)`` -> keyed behaviors."""
 
     def process(self, work):
@@ -314,10 +314,10 @@ class _ReadWithRowFn(beam.DoFn):
             yield str(u), (int(ts), offset + j, str(i), str(b))
 
 
-def _work_with_offsets(path: str, splits: int) -> List[tuple]:
+def row_range_work(path: str, splits: int) -> List[tuple]:
     """Row-range work items plus each range's global row number (file order)."""
     import pyarrow.parquet as pq
-    files = beam_io._parquet_files(path)
+    files = beam_io.parquet_files(path)
     base, offsets = 0, {}
     for f in files:
         meta = pq.ParquetFile(f).metadata
@@ -355,7 +355,7 @@ def _prepare(data_dir: str, data_cfg: DataConfig, beam_cfg: BeamConfig, splits: 
     if not splits:
         splits = (dask_npartitions(beam_cfg) if beam_cfg.runner == "dask"
                   else max(2, 2 * (beam_cfg.direct_num_workers or default_workers())))
-    return spec, _work_with_offsets(beh_path, splits), item_ids, categories
+    return spec, row_range_work(beh_path, splits), item_ids, categories
 
 
 def _run(work, user_fn: beam.DoFn, sinks: Mapping[str, beam_io.TFRecordSink],
@@ -363,7 +363,7 @@ def _run(work, user_fn: beam.DoFn, sinks: Mapping[str, beam_io.TFRecordSink],
     """Read -> group per user -> `user_fn` -> one committed TFRecord output per sink name."""
     with beam_pipeline(beam_cfg, dask_address) as p:
         records = (p | "RowRanges" >> beam.Create(work)
-                   | "ReadBehaviors" >> beam.ParDo(_ReadWithRowFn())
+                   | "ReadBehaviors" >> beam.ParDo(ReadRowRanges())
                    | "PerUser" >> beam.GroupByKey()
                    | "BuildExamples" >> beam.ParDo(user_fn))
         by_split = {name: records | f"Keep[{name}]" >> beam.FlatMap(_keep_split, name)

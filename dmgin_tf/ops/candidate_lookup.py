@@ -23,8 +23,8 @@ from keras import ops
 
 from dmgin_tf.features import NUM_RESERVED_IDS
 from dmgin_tf.ops._backend import current_executor
-from dmgin_tf.ops.grouping import (_INT32_MAX, CandidateGroup, _one_hot_types, _prepare,
-                                   _static_length, _stats, _time_order, clamp_group)
+from dmgin_tf.ops.grouping import (INT32_MAX, CandidateGroup, clamp_group, one_hot_types,
+                                   prepare_history, stat_columns, static_length, time_order)
 from dmgin_tf.ops.kernels import cumsum_rows, lower_bound_rows, stable_argsort_rows, take_rows
 
 
@@ -58,9 +58,9 @@ def candidate_groups(hist_item, hist_group, hist_behavior, hist_time, request_ti
     if M < 1 or T < 1:
         raise ValueError(f"max_per_group={M}, num_behavior_types={T}: each must be >= 1")
     hist_item = ops.convert_to_tensor(hist_item)
-    L = _static_length(hist_item, "hist_item")
+    L = static_length(hist_item, "hist_item")
     ex = current_executor()
-    item, valid, group, behavior, time, request = _prepare(
+    item, valid, group, behavior, time, request = prepare_history(
         hist_item, hist_group, hist_behavior, hist_time, request_time, T, num_groups)
     cand = ops.cast(clamp_group(ops.convert_to_tensor(cand_group), num_groups), "int32")
     if len(cand.shape) != 2:
@@ -68,9 +68,9 @@ def candidate_groups(hist_item, hist_group, hist_behavior, hist_time, request_ti
     N = _num_candidates(cand)
 
     # (group, time, position) order, as group_behaviors: time order, then a stable key sort.
-    t_perm, (t_valid, t_group, t_beh) = _time_order(valid, (valid, group, behavior), time, ex)
+    t_perm, (t_valid, t_group, t_beh) = time_order(valid, (valid, group, behavior), time, ex)
     if num_groups is None:
-        num_bits, sentinel = None, _INT32_MAX
+        num_bits, sentinel = None, INT32_MAX
     else:
         num_bits = int(num_groups).bit_length()                     # 2**bits - 1 >= num_groups
         sentinel = (1 << num_bits) - 1
@@ -86,7 +86,7 @@ def candidate_groups(hist_item, hist_group, hist_behavior, hist_time, request_ti
     present = end > start
 
     # Counts per type: prefix sums over the sorted types, [B * T, L + 1] with a 0 column.
-    csum = cumsum_rows(ops.reshape(_one_hot_types(s_beh, T, "int32", axis=1), [-1, L]), ex)
+    csum = cumsum_rows(ops.reshape(one_hot_types(s_beh, T, "int32", axis=1), [-1, L]), ex)
     csum = ops.pad(csum, [[0, 0], [1, 0]])
     bounds = ops.repeat(ops.concatenate([start, end], axis=1), T, axis=0)    # [B * T, 2N]
     at = ops.reshape(take_rows(csum, bounds, ex), [-1, T, 2 * N])
@@ -113,8 +113,8 @@ def candidate_groups(hist_item, hist_group, hist_behavior, hist_time, request_ti
         items=kept(item), behaviors=kept(behavior), times=kept(time), mask=slot_ok,
         counts=ops.where(ops.expand_dims(present, -1), ops.cast(counts, "float32"), 0.0),
         first_time=first_time, last_time=last_time,
-        stats=_stats(n, first_time, last_time, ops.expand_dims(request, 1), row_total,
-                     present))
+        stats=stat_columns(n, first_time, last_time, ops.expand_dims(request, 1), row_total,
+                           present))
 
 
 def candidate_group_history(hist_item, hist_group, hist_behavior, hist_time, request_time,
@@ -158,13 +158,13 @@ def candidate_item_hits(hist_item, hist_behavior, hist_time, cand_item, *,
     if len(cand.shape) != 2:
         raise ValueError(f"cand_item must be [B, N], got shape {tuple(cand.shape)}")
     N = _num_candidates(cand)
-    _static_length(items, "hist_item")
+    static_length(items, "hist_item")
     # Sort the candidates (N ≪ L) and place every behavior among them: its slot is the
     # first sorted candidate equal to it, N when none is. Duplicated candidates read the
     # slot of their first copy.
     order = ops.cast(ops.argsort(cand, axis=1), "int32")
     sorted_cand = take_rows(cand, order, ex)
-    big = ops.full((ops.shape(cand)[0], 1), _INT32_MAX, "int32")
+    big = ops.full((ops.shape(cand)[0], 1), INT32_MAX, "int32")
     keys = ops.concatenate([sorted_cand, big], axis=1)                       # [B, N + 1]
     pos = lower_bound_rows(keys, items, ops.full(ops.shape(items), N, "int32"), ex)
     hit = (take_rows(keys, pos, ex) == items) & (items >= NUM_RESERVED_IDS)   # [B, L]
@@ -173,7 +173,7 @@ def candidate_item_hits(hist_item, hist_behavior, hist_time, cand_item, *,
     rows = ops.expand_dims(ops.arange(ops.shape(items)[0], dtype="int32"), 1)
     seg = ops.reshape(rows * (N + 1) + slot, [-1])
     num_seg = ops.shape(items)[0] * (N + 1)
-    types = ops.reshape(_one_hot_types(ops.cast(hist_behavior, "int32"), T, "float32"), [-1, T])
+    types = ops.reshape(one_hot_types(ops.cast(hist_behavior, "int32"), T, "float32"), [-1, T])
     counts = ops.reshape(ops.segment_sum(types, seg, num_segments=num_seg), [-1, N + 1, T])
     hits = ops.reshape(ops.segment_sum(ops.reshape(ops.cast(hit, "int32"), [-1]), seg,
                                        num_segments=num_seg), [-1, N + 1])

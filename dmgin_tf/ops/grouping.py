@@ -50,7 +50,7 @@ from dmgin_tf.ops.kernels import (chunk_rows, cumsum_rows, lower_bound_rows,
 
 OOV_GROUP_ID = OOV_ID          # out-of-range group ids are clamped to the unknown group
 SECONDS_PER_HOUR = 3600.0
-_INT32_MAX = 2**31 - 1
+INT32_MAX = 2**31 - 1   # group-id ceiling and sort sentinel (shared with candidate_lookup)
 
 #: Columns of `stats` (float32, all 0 for padded groups). Hours are (seconds / 3600).
 STAT_NAMES = (
@@ -115,7 +115,7 @@ def _oov_group(num_groups):
 
 def clamp_group(group, num_groups, xp=ops):
     """Group ids outside [0, num_groups) (or [0, 2**31-1) when None) → OOV_GROUP_ID."""
-    hi = _INT32_MAX if num_groups is None else num_groups
+    hi = INT32_MAX if num_groups is None else num_groups
     bad = xp.logical_or(group < 0, group >= hi)
     return xp.where(bad, _oov_group(num_groups), group)
 
@@ -165,8 +165,8 @@ def validate_history(hist_item, hist_group, hist_behavior, hist_time, request_ti
                        f"must be in [0, {num_groups})"))
     else:
         g = arrays["hist_group"]
-        checks.append(("hist_group", valid & ((g < 0) | (g >= _INT32_MAX)),
-                       f"must be in [0, {_INT32_MAX})"))
+        checks.append(("hist_group", valid & ((g < 0) | (g >= INT32_MAX)),
+                       f"must be in [0, {INT32_MAX})"))
     b = arrays["hist_behavior"]
     checks.append(("hist_behavior", valid & ((b < 0) | (b > num_behavior_types)),
                    f"must be in [0, {num_behavior_types}] (0 = padding)"))
@@ -186,7 +186,7 @@ def validate_history(hist_item, hist_group, hist_behavior, hist_time, request_ti
         if name == "request_time":
             bad = v < 0
         else:
-            hi = _INT32_MAX if num_groups is None else num_groups
+            hi = INT32_MAX if num_groups is None else num_groups
             bad = (v < 0) | (v >= hi)
             rule = f"must be in [0, {hi})"
         if bad.any():
@@ -196,7 +196,8 @@ def validate_history(hist_item, hist_group, hist_behavior, hist_time, request_ti
 
 # --- small building blocks ------------------------------------------------------------
 
-def _static_length(x, name):
+def static_length(x, name):
+    """L of x [..., L] as a Python int; a clear error when it is not static (XLA needs it)."""
     length = x.shape[-1]
     if length is None:
         raise ValueError(f"{name}: the history length L must be static (got shape "
@@ -208,7 +209,7 @@ def _log1p_hours(seconds):
     return ops.log1p(ops.maximum(ops.cast(seconds, "float32"), 0.0) / SECONDS_PER_HOUR)
 
 
-def _stats(n, first, last, request, row_total, present):
+def stat_columns(n, first, last, request, row_total, present):
     """n, row_total float32; first, last, request ints (broadcastable) → [..., NUM_STATS]."""
     span_h = ops.cast(last - first, "float32") / SECONDS_PER_HOUR
     cols = [
@@ -223,8 +224,8 @@ def _stats(n, first, last, request, row_total, present):
     return ops.where(ops.expand_dims(present, -1), stats, 0.0)
 
 
-def _prepare(hist_item, hist_group, hist_behavior, hist_time, request_time,
-             num_behavior_types, num_groups):
+def prepare_history(hist_item, hist_group, hist_behavior, hist_time, request_time,
+                    num_behavior_types, num_groups):
     """Casts, validity mask and the documented clamps."""
     item = ops.cast(hist_item, "int32")
     valid = item != PAD_ID
@@ -243,7 +244,7 @@ def _shift_left(x, fill):
     return ops.pad(x[:, 1:], [[0, 0], [0, 1]], constant_values=fill)
 
 
-def _time_order(valid, arrays, time, ex):
+def time_order(valid, arrays, time, ex):
     """Puts each row's valid entries in stable time order, padding last.
 
     Returns (perm [B, L] int32 = original index of each time-ordered slot, the
@@ -268,7 +269,7 @@ def _time_order(valid, arrays, time, ex):
     return out[0], tuple(out[1:])
 
 
-def _one_hot_types(behavior, num_types, dtype, axis=-1):
+def one_hot_types(behavior, num_types, dtype, axis=-1):
     """behavior [B, L] in 0..T → one-hot of types 1..T (0 → all zeros) on a new `axis`:
     [B, L, T] (axis=-1) or [B, T, L] (axis=1, row-scan friendly)."""
     types = ops.arange(1, num_types + 1, dtype="int32")
@@ -304,7 +305,7 @@ def group_behaviors(hist_item, hist_group, hist_behavior, hist_time, request_tim
         raise ValueError(f"max_groups={G}, max_per_group={M}, num_behavior_types={T}: "
                          "each must be >= 1")
     hist_item = ops.convert_to_tensor(hist_item)
-    L = _static_length(hist_item, "hist_item")
+    L = static_length(hist_item, "hist_item")
     ex = current_executor()
     rows = chunk_rows(L, ex)
     if rows is None:
@@ -327,12 +328,12 @@ def _group_rows(hist_item, hist_group, hist_behavior, hist_time, request_time, G
                 num_groups, ex) -> GroupedHistory:
     """`group_behaviors` on one block of rows (the whole batch, or one chunk)."""
     L = hist_item.shape[1]
-    item, valid, group, behavior, time, request = _prepare(
+    item, valid, group, behavior, time, request = prepare_history(
         hist_item, hist_group, hist_behavior, hist_time, request_time, T, num_groups)
 
     # 1. Time order (identity for contract inputs) and the dense time rank in it:
     #    equal times share a rank, so top_k ties fall back to position = group order.
-    t_perm, (t_valid, t_time, t_group, t_beh) = _time_order(
+    t_perm, (t_valid, t_time, t_group, t_beh) = time_order(
         valid, (valid, time, group, behavior), time, ex)
     prev_time = ops.pad(t_time[:, :-1], [[0, 0], [1, 0]], constant_values=-1)
     t_rank = cumsum_rows(ops.cast(ops.logical_and(t_time != prev_time, t_valid), "int32"),
@@ -340,7 +341,7 @@ def _group_rows(hist_item, hist_group, hist_behavior, hist_time, request_time, G
 
     # 2. Stable sort by group (padding → sentinel, last) → (group, time, position) order.
     if num_groups is None:
-        num_bits, sentinel = None, _INT32_MAX
+        num_bits, sentinel = None, INT32_MAX
     else:
         num_bits = int(num_groups).bit_length()                    # 2**bits - 1 >= num_groups
         sentinel = (1 << num_bits) - 1
@@ -349,7 +350,7 @@ def _group_rows(hist_item, hist_group, hist_behavior, hist_time, request_time, G
     s_valid = s_group != sentinel
     # rank and behavior share one gather (rank * (T + 1) + behavior < 2**31 for any
     # realistic L, T; checked below).
-    if (L + 1) * (T + 1) >= _INT32_MAX:
+    if (L + 1) * (T + 1) >= INT32_MAX:
         raise ValueError(f"history length L={L} times num_behavior_types+1={T + 1} "
                          "must stay below 2**31")
     s_rank_beh = take_rows(t_rank * (T + 1) + t_beh, g_perm, ex)
@@ -369,7 +370,7 @@ def _group_rows(hist_item, hist_group, hist_behavior, hist_time, request_time, G
 
     # 4. Counts per type over the whole run, from prefix sums of one-hot types, laid out
     #    [B * T, L] so each is a plain row scan (XLA handles a trailing T axis badly).
-    csum = cumsum_rows(ops.reshape(_one_hot_types(s_beh, T, "int32", axis=1), [-1, L]), ex)
+    csum = cumsum_rows(ops.reshape(one_hot_types(s_beh, T, "int32", axis=1), [-1, L]), ex)
     bounds = ops.repeat(ops.concatenate([ops.maximum(start - 1, 0), end], axis=1), T, axis=0)
     at = ops.reshape(take_rows(csum, bounds, ex), [-1, T, 2 * G])     # [B, T, 2G]
     before = ops.where(ops.expand_dims(start > 0, 1), at[:, :, :G], 0)
@@ -408,6 +409,6 @@ def _group_rows(hist_item, hist_group, hist_behavior, hist_time, request_time, G
         counts=ops.where(ops.expand_dims(present, -1), ops.cast(counts, "float32"), 0.0),
         first_time=first_time,
         last_time=last_time,
-        stats=_stats(n, first_time, last_time, ops.expand_dims(request, 1), row_total,
-                     present),
+        stats=stat_columns(n, first_time, last_time, ops.expand_dims(request, 1), row_total,
+                           present),
     )

@@ -116,7 +116,7 @@ class SplitSequence(keras.utils.PyDataset):
             self._pool = None
 
 
-def _prediction_vector(outputs) -> np.ndarray:
+def prediction_vector(outputs) -> np.ndarray:
     """Model outputs (tensor [B] / [B, 1] or dict with `ctr`) -> float64 [B]."""
     from dmgin_tf.features import PREDICTION
     if isinstance(outputs, dict):
@@ -139,7 +139,7 @@ def predict_split(model, split: Split, batch_size: int, backend: Optional[str] =
         if real < batch_size:
             idx = np.concatenate([idx, np.full(batch_size - real, idx[0])])
         inputs = cast_for_backend(split.batch(idx), backend)
-        out[start:start + real] = _prediction_vector(model.predict_on_batch(inputs))[:real]
+        out[start:start + real] = prediction_vector(model.predict_on_batch(inputs))[:real]
     return out
 
 

@@ -81,13 +81,13 @@ def check_run_parity(run_dir: str, model_fn: Optional[Callable] = None,
     """Rebuilds the run's model on this process's backend, loads `model.weights.h5`,
     predicts the run's parity batch and compares with the stored predictions."""
     import keras
-    from dmgin_tf.training.callbacks import _prediction_vector
+    from dmgin_tf.training.callbacks import prediction_vector
     from dmgin_tf.training.inputs import cast_for_backend
     from dmgin_tf.training.trainer import load_trained_model
     inputs, reference, ref_backend = reference_batch(run_dir)
     model, _ = load_trained_model(run_dir, model_fn)
     backend = keras.backend.backend()
-    preds = _prediction_vector(model.predict_on_batch(cast_for_backend(inputs, backend)))
+    preds = prediction_vector(model.predict_on_batch(cast_for_backend(inputs, backend)))
     return compare_predictions(reference, preds, ref_backend, backend, tolerance)
 
 

@@ -331,7 +331,7 @@ def _write_parity_batch(model, split: Split, path: str, backend: str,
     pad = max(n, int(pad_to or n))
     padded = {k: np.concatenate([v, np.repeat(v[:1], pad - n, axis=0)]) for k, v in inputs.items()}
     with _full_float32_matmuls(backend):
-        preds = cb._prediction_vector(model.predict_on_batch(padded))[:n]
+        preds = cb.prediction_vector(model.predict_on_batch(padded))[:n]
     np.savez(path, predictions=preds, backend=np.asarray(backend),
              **{f"input/{k}": v for k, v in inputs.items()})
 

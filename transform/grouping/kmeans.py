@@ -156,7 +156,7 @@ def initial_centroids(sample: np.ndarray, k: int, seed: int, trials: int) -> np.
 def embedding_dim(path: str) -> Tuple[int, int]:
     """(rows, D) of an embedding table; DataError naming the file on a bad layout."""
     import pyarrow.parquet as pq
-    files = beam_io._parquet_files(path)
+    files = beam_io.parquet_files(path)
     rows, dim = 0, None
     for f in files:
         pf = pq.ParquetFile(f)
