@@ -86,7 +86,7 @@ def _snapshot(d):
     return {n: (d / n).read_bytes() for n in sorted(os.listdir(d))}
 
 
-def test_failed_run_leaves_previous_output_untouched_and_reports_beside_it(tmp_path):
+def test_failed_run_leaves_previous_output_untouched_and_reports_beside_it(tmp_path, capsys):
     src = tmp_path / "in"
     src.mkdir()
     _write(src / "UserBehavior.csv", GOOD)
@@ -99,6 +99,9 @@ def test_failed_run_leaves_previous_output_untouched_and_reports_beside_it(tmp_p
     assert "out.failed" in str(info.value) and "previous conversion" in str(info.value)
     assert _snapshot(out) == before                                 # byte for byte
     assert _bad(read_report(tmp_path / "out.failed"), "UserBehavior.csv") == {"bad_id": 3}
+    # `dmgin data stats` on the old output says the last conversion failed
+    assert main(["data", "stats", str(out)]) == 0
+    assert "last conversion into" in capsys.readouterr().err
     assert not [n for n in os.listdir(tmp_path) if ".convert-" in n]  # no staging left
     # the next good run replaces the output and clears the failure report
     _write(src / "UserBehavior.csv", GOOD[:2])

@@ -17,6 +17,7 @@ from tensorflow_serving.apis import (get_model_status_pb2, model_service_pb2_grp
 
 from dmgin_tf.errors import DmginError
 from dmgin_tf.serving.batching import BatchOptions
+from dmgin_tf.serving import model_registry as mr
 from dmgin_tf.serving.model_registry import END, synthetic_warmup_requests
 from dmgin_tf.serving.protos import read_model_server_config
 from dmgin_tf.serving.server import DevServer
@@ -193,12 +194,32 @@ def _push_corrupt(base, version, good):
         f.write(data[: len(data) // 3])
 
 
-def test_hot_swap_under_load_slow_copy_corrupt_push_and_restart(tmp_path):
+def test_hot_swap_under_load_slow_copy_corrupt_push_and_restart(tmp_path, monkeypatch):
     base = str(tmp_path / STANDIN)
     staging = str(tmp_path / "staging")
     save_standin(base, 1)
-    for v in (2, 4, 5):
+    for v in (2, 3, 4, 5):
         save_standin(staging, v)
+    # Warmup that takes 1.2 s (an XLA compile): the old version must keep answering, and a
+    # version may only become available after its warmup finished.
+    warmed = {}
+    real_warmup = mr.Servable.warmup
+
+    def slow_warmup(self):
+        time.sleep(1.2)
+        warmed[self.version] = time.monotonic()
+        return real_warmup(self)
+
+    monkeypatch.setattr(mr.Servable, "warmup", slow_warmup)
+    flips = {}
+    real_set = mr.ModelRegistry._set_status
+
+    def record(self, name, version, state, code=0, msg=""):
+        if state == mr.AVAILABLE:
+            flips[version] = time.monotonic()
+        return real_set(self, name, version, state, code, msg)
+
+    monkeypatch.setattr(mr.ModelRegistry, "_set_status", record)
     cfg = _config(str(tmp_path / "m.config"), [(STANDIN, base)])
     server = DevServer(cfg, port=0, poll_interval_s=0.05, settle_s=0.3)
     port = server.start()
@@ -243,7 +264,7 @@ def test_hot_swap_under_load_slow_copy_corrupt_push_and_restart(tmp_path):
         copier.join()
         assert wait_for([2]) == [2]
         # 2. A corrupt push: skipped with its real cause, version 2 keeps serving.
-        _push_corrupt(base, 3, os.path.join(staging, "4"))
+        _push_corrupt(base, 3, os.path.join(staging, "3"))
         deadline = time.monotonic() + 10
         while 3 not in _status(model_stub, STANDIN) and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -252,7 +273,10 @@ def test_hot_swap_under_load_slow_copy_corrupt_push_and_restart(tmp_path):
         assert state == END and "saved_model.pb" in msg and "corrupt" in msg, msg
         assert "tags" not in msg
         assert server.registry.available_versions(STANDIN) == [2]
-        # 3. The next good version replaces it.
+        # 3. The corrupt version is fixed in place: its changed files are retried at once.
+        shutil.copy(os.path.join(staging, "3", "saved_model.pb"), os.path.join(base, "3"))
+        assert wait_for([3]) == [3]
+        # 4. The next good version replaces it.
         shutil.copytree(os.path.join(staging, "4"), os.path.join(base, "4"))
         assert wait_for([4]) == [4]
         time.sleep(0.3)
@@ -262,10 +286,11 @@ def test_hot_swap_under_load_slow_copy_corrupt_push_and_restart(tmp_path):
             t.join(20)
         server.stop(1)
     assert not failures, failures[:3]
-    assert seen == {1, 2, 4}
+    assert seen == {1, 2, 3, 4}
+    assert all(flips[v] >= warmed[v] for v in (2, 3, 4)), (flips, warmed)
     assert len(latencies) > 50 and max(latencies) < 1.0, max(latencies)
 
-    # 4. Restart with a corrupt newest version: the newest good one (4) serves at once.
+    # 5. Restart with a corrupt newest version: the newest good one (4) serves at once.
     _push_corrupt(base, 6, os.path.join(staging, "5"))
     server = DevServer(cfg, port=0, poll_interval_s=60, settle_s=0.1)
     port = server.start()
