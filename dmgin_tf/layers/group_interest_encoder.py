@@ -14,6 +14,7 @@ from dmgin_tf.layers.group_statistics import GroupStatistics
 from dmgin_tf.layers.inter_group_transformer import InterGroupTransformer
 from dmgin_tf.layers.intra_group_transformer import IntraGroupTransformer
 from dmgin_tf.layers.target_attention import TargetAttention
+from dmgin_tf.layers.variable_tree import attach_checkpoint_tree
 from dmgin_tf.ops import NUM_STATS, candidate_groups, group_behaviors
 
 GROUP_VECTORS = "group_vectors"
@@ -182,6 +183,10 @@ class GroupInterestEncoder(keras.layers.Layer):
         if self.candidate_attention is not None:
             self.candidate_attention.build((None, d), (None, m, d))
         self.built = True
+        if keras.backend.backend() == "tensorflow":
+            # tf.train.Checkpoint keys by structure, with a manifest checked on restore
+            # (Keras 3 alone skips the list-held blocks there; variable_tree.py).
+            attach_checkpoint_tree(self, self)
 
     # ----------------------------------------------------------------- user side
     def _group_key(self, inputs):

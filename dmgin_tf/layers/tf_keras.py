@@ -40,8 +40,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tf_keras  # noqa: E402
 
-
 from dmgin_tf.layers import group_interest_encoder as _gie
+from dmgin_tf.layers import variable_tree
 
 
 def tf_keras_is_keras2() -> bool:
@@ -78,6 +78,7 @@ def _dummy_from_shapes(shapes, dtypes):
     return np.zeros(dims, dtypes or "float32")
 
 
+@tf_keras.saving.register_keras_serializable(package="dmgin_tf")
 class KerasLayerAdapter(tf_keras.layers.Layer):
     """A tf.keras layer that runs a Keras 3 layer (or model) and owns its weights.
 
@@ -124,13 +125,20 @@ class KerasLayerAdapter(tf_keras.layers.Layer):
     def _track_inner_variables(self):
         # Keras 3 (TF backend) tracks layers held in Python lists for SavedModel but not
         # for tf.train.Checkpoint, so tf.keras `save_weights` would silently skip e.g.
-        # the Transformer blocks. Naming every variable here (by its unique Keras 3
-        # path) makes the checkpoint complete; a variable reached twice is saved once.
-        named = {}
-        for i, v in enumerate(self.inner.variables):
-            key = v.path.replace("/", ".")
-            named[key if key not in named else f"{key}.{i}"] = v.value
-        self._inner_variables = named
+        # the Transformer blocks. Every variable is tracked here under its *structural*
+        # path (attribute names, `variable_tree.structural_variables`), never under the
+        # generated layer names, which depend on what the process built before; the
+        # tree's manifest makes restoring a checkpoint of other variables raise.
+        variable_tree.attach_checkpoint_tree(self, self.inner, name="_inner_variables")
+
+    def _trackable_children(self, save_type="checkpoint", **kwargs):
+        # The variables are reached through `_inner_variables` only. The Keras 3 object
+        # itself stays out of the object graph: its own tracking differs between
+        # checkpoints and SavedModels (list-held blocks), and tf.keras' SavedModel
+        # loader would overwrite such attributes of the revived layer.
+        children = super()._trackable_children(save_type, **kwargs)
+        children.pop("inner", None)
+        return children
 
     # tf.keras asks its layers for weights through these properties.
     @property
@@ -154,6 +162,24 @@ class KerasLayerAdapter(tf_keras.layers.Layer):
 
     def call(self, inputs, training=None):
         return self.inner(inputs, training=training)
+
+    # tf.keras `.keras` files: the layer's own weights store, keyed by structural path
+    # (the Keras 3 layer is not a tf.keras trackable, so tf.keras would not visit it).
+    def save_own_variables(self, store):
+        for path, v in variable_tree.structural_variables(self.inner).items():
+            store[path.replace("/", ".")] = np.asarray(v.numpy())
+
+    def load_own_variables(self, store):
+        variables = {p.replace("/", "."): v for p, v in
+                     variable_tree.structural_variables(self.inner).items()}
+        saved = set(store.keys())
+        if saved != set(variables):
+            missing, extra = sorted(set(variables) - saved), sorted(saved - set(variables))
+            raise variable_tree.CheckpointMismatchError(
+                f"{self.name}: the saved weights do not match this layer's variables "
+                f"(missing: {missing[:5]}, unexpected: {extra[:5]})")
+        for key, v in variables.items():
+            v.assign(store[key])
 
     def save_keras3_weights(self, path):
         """Writes `inner`'s weights as a Keras 3 `.weights.h5` file."""
@@ -202,6 +228,7 @@ def load_keras3_weights(layer, path):
     _as_model(layer).load_weights(path)
 
 
+@tf_keras.saving.register_keras_serializable(package="dmgin_tf")
 class GroupInterestEncoder(KerasLayerAdapter):
     """tf.keras version of `dmgin_tf.layers.GroupInterestEncoder` (same math, same args).
 
