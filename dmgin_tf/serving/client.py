@@ -85,7 +85,8 @@ class Client:
             spec.signature_name = signature
 
     def _call(self, method, request, timeout_s: Optional[float]):
-        """Calls with an overall deadline; retries UNAVAILABLE with jittered backoff."""
+        """Calls with an overall deadline; retries UNAVAILABLE with jittered backoff (at
+        least the server's `grpc-retry-pushback-ms` hint when it sends one)."""
         deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
         delay = self.backoff_s
         for attempt in range(self.max_retries + 1):
@@ -95,7 +96,7 @@ class Client:
             except grpc.RpcError as e:
                 if e.code() not in RETRYABLE or attempt == self.max_retries:
                     raise
-                sleep = delay * random.uniform(0.5, 1.5)
+                sleep = max(delay * random.uniform(0.5, 1.5), _pushback_s(e))
                 if time.monotonic() + sleep >= deadline:
                     raise
                 time.sleep(sleep)
@@ -198,3 +199,14 @@ class Client:
                 raise TimeoutError(f"model {self.model_name!r} not AVAILABLE at {self.target} "
                                    f"after {timeout_s:.0f}s")
             time.sleep(0.1)
+
+
+def _pushback_s(error) -> float:
+    """The server's retry hint (gRPC's `grpc-retry-pushback-ms` trailer), in seconds."""
+    try:
+        for key, value in error.trailing_metadata() or ():
+            if key == "grpc-retry-pushback-ms":
+                return max(0.0, int(value) / 1000.0)
+    except (AttributeError, TypeError, ValueError):
+        pass
+    return 0.0

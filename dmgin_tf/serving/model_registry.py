@@ -430,9 +430,18 @@ class ModelRegistry:
         return now - seen[1] >= self.settle_s
 
     def _loadable(self, name: str, base_path: str, now: float) -> List[int]:
-        """Ready versions, minus failed ones whose retry is not due (files unchanged)."""
+        """Ready versions, minus failed ones whose retry is not due (files unchanged).
+        For a `latest {n}` policy only the newest n such versions (older ones are not
+        checked: a poll stays cheap with many versions on disk)."""
+        policy = self._configs[name].model_version_policy
+        which = policy.WhichOneof("policy_choice")
+        limit = None
+        if which in (None, "latest"):
+            limit = policy.latest.num_versions if which == "latest" and policy.latest.num_versions else 1
         out = []
-        for v in list_versions(base_path):
+        for v in sorted(list_versions(base_path), reverse=True):
+            if limit is not None and len(out) >= limit:
+                break
             path = os.path.join(base_path, str(v))
             if v in self._available[name]:
                 out.append(v)
@@ -444,7 +453,7 @@ class ModelRegistry:
                     and now < failure.retry_at:
                 continue
             out.append(v)
-        return out
+        return sorted(out)
 
     def refresh(self, initial: bool = False) -> None:
         """One scan: load aspired versions that are new (skipping ones that fail, so the

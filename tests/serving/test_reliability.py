@@ -16,6 +16,7 @@ from tensorflow_serving.apis import (get_model_status_pb2, model_service_pb2_grp
                                      prediction_service_pb2_grpc)
 
 from dmgin_tf.errors import DmginError
+from dmgin_tf.serving import Client
 from dmgin_tf.serving.batching import BatchOptions
 from dmgin_tf.serving import model_registry as mr
 from dmgin_tf.serving.model_registry import END, synthetic_warmup_requests
@@ -322,6 +323,10 @@ def test_concurrency_limit_answers_unavailable_with_retry_hint(tmp_path):
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "busy" in info.value.details() and "retry" in info.value.details()
         assert dict(info.value.trailing_metadata()).get("grpc-retry-pushback-ms") == "50"
+        # Client retries UNAVAILABLE (honouring the hint) until the slot is free again.
+        with Client(f"127.0.0.1:{port}", STANDIN, timeout_s=8, max_retries=10) as c:
+            out = c.predict({"x": x}, signature="predict_raw")
+        np.testing.assert_allclose(out["ctr"], reference(x, 1), rtol=1e-6)
         assert tf.make_ndarray(first.result().outputs["ctr"]).shape == (1,)
     finally:
         server.stop(1)
