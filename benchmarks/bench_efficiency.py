@@ -744,11 +744,12 @@ WHY = (
 
 
 GPU_HOWTO = (
-    "On a GPU host with JAX (docs/design.md: Environment; no TensorFlow there): `python3 "
-    "benchmarks/bench_efficiency.py --backend jax --docs ''` (add `--tokens-per-batch`, "
-    "`--memory-budget-gb` to fit the card), bring `runs/bench/efficiency/efficiency.json` "
-    "back and run `dmgin bench efficiency --render efficiency.json --note '...'` here to "
-    "rewrite this section and its PNG (the GPU host has no matplotlib).")
+    "On a GPU machine with JAX (`pip install -c constraints.txt -e .[jax]`, docs/gpu.md): "
+    "`python benchmarks/bench_efficiency.py --backend jax` (add `--tokens-per-batch`, "
+    "`--memory-budget-gb` to fit the card). Where the GPU machine lacks matplotlib (e.g. an "
+    "air-gapped host), run it with `--docs ''`, copy `runs/bench/efficiency/efficiency.json` "
+    "back and run `dmgin bench efficiency --render efficiency.json --note '...'` to rewrite "
+    "this section and its PNG.")
 
 
 def write_outputs(results: dict, out_dir: str, docs_path: Optional[str] = None,
