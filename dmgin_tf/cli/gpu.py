@@ -1,12 +1,13 @@
-"""`dmgin gpu`: train on a JAX-only GPU host (docs/gpu.md).
+"""`dmgin gpu`: an offline training bundle for air-gapped GPU hosts with JAX, and the
+JAX -> TensorFlow parity check of its runs (docs/gpu.md).
 
     dmgin gpu bundle --dataset taobao movielens --output runs/gpu_bundle
     dmgin gpu bundle --quality --dataset taobao movielens --data taobao=... movielens=... \
         --output runs/gpu_quality        # the quality table as a parallel job queue
     dmgin gpu bundle --quality --dataset movielens --data ... --group-table movielens=GROUPS \
         --variants "dmgin key=cluster" --output runs/gpu_cluster   # one row, merged later
-    # on the host:   OUT=/some/dir bash runs/gpu_bundle/run.sh
-    dmgin gpu parity --run OUT/taobao_dmgin     # here, TF backend: JAX weights -> TF model
+    # on the GPU host:   bash run.sh              (runs land in ./out, or $OUT when set)
+    dmgin gpu parity --run out/taobao_dmgin     # back on the TF machine: JAX weights -> TF model
 """
 from __future__ import annotations
 
