@@ -46,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
         serialized = [r.numpy() for r in tf.data.TFRecordDataset(args.examples)]
     except tf.errors.OpError as e:
         raise DmginError(f"--examples {args.examples}: cannot read TFRecords: {e.message}") from None
+    if not serialized:
+        raise DmginError(f"--examples {args.examples}: no records (empty file)")
     with Client(args.target, args.model, version=args.version, timeout_s=args.timeout) as client:
         try:
             ctr = client.predict_examples(serialized, batch_size=args.batch_size)

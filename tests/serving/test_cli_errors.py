@@ -62,3 +62,11 @@ def test_predict_batch_size_must_be_positive(tmp_path, capsys, value):
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert "--batch-size" in err and "Traceback" not in err, err
+
+
+def test_predict_with_no_examples_is_an_error(tmp_path, capsys):
+    examples = tmp_path / "e.tfrecord"
+    examples.write_bytes(b"")
+    assert main(["predict", "--examples", str(examples), "--target", "127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no records" in err, err

@@ -168,7 +168,9 @@ def _swap_in(tmp: pathlib.Path, out: pathlib.Path) -> None:
     staged = [n for n in os.listdir(tmp) if n in OUTPUT_FILES]
     foreign = [n for n in (os.listdir(out) if out.is_dir() else [])
                if n not in OUTPUT_FILES]
-    if foreign:  # the user keeps other files here: replace ours one by one, atomically each
+    if foreign or out.is_symlink():
+        # the user keeps other files here (or links the directory elsewhere): replace
+        # ours one by one, each atomically
         for name in staged:
             os.replace(tmp / name, out / name)
         return
