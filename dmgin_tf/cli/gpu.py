@@ -6,7 +6,7 @@ JAX -> TensorFlow parity check of its runs (docs/gpu.md).
         --output runs/gpu_quality        # the quality table as a parallel job queue
     dmgin gpu bundle --quality --dataset movielens --data ... --group-table movielens=GROUPS \
         --variants "dmgin key=cluster" --output runs/gpu_cluster   # one row, merged later
-    # on the GPU host:   bash run.sh              (runs land in ./out, or $OUT when set)
+    # on the GPU host:   bash run.sh              (runs land in ./out, or in OUT=DIR)
     dmgin gpu parity --run out/taobao_dmgin     # back on the TF machine: JAX weights -> TF model
 """
 from __future__ import annotations
