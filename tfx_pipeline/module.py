@@ -1,35 +1,31 @@
-"""TFX module file: `preprocessing_fn` (Transform) and `run_fn` (Trainer).
+"""TFX module: `preprocessing_fn` (Transform) and `run_fn` (Trainer), referenced by
+import path (`tfx_pipeline.module.preprocessing_fn` / `.run_fn`), so no user-code wheel
+is built per component.
 
-Transform (`preprocessing_fn`), raw examples of `ExampleBuilder` -> model inputs
-(`dmgin_tf.features.MODEL_INPUT_KEYS`, docs/internals.md id conventions):
+Inputs are the ExampleBuilder's user records (one `tf.train.SequenceExample` per user
+and split, `transform.examples`); histories are never materialised in an artifact.
 
-  cand_item  [B] int64     item vocabulary (tft.vocabulary over candidate + history ids
-                           of the analyzed split) -> id = rank + 2; unknown -> 1 (OOV)
-  cand_group [B] int64     item -> group lookup in the graph: `tft.vocabulary` over
-                           "item|group" strings, looked up with a TextFileInitializer
-                           (key = column 0, value = WHOLE_LINE) and the group parsed off
-                           the line; unknown item -> 1. At serving time only item ids are
-                           needed: the group comes from the vocabulary asset.
-  hist_item, hist_group, hist_behavior_id [B, L] int64; hist_time [B, L] int64 —
-                           newest L behaviors, oldest first, left-aligned, 0-padded
-                           (the layout of `dmgin_tf.data.batches.densify`)
-  request_time [B] int64   the example's timestamp
-  request_hour, request_weekday [B] int64  time features (UTC), for models that use them
-  label [B] float32;  user_id [B] string (GAUC)
+Transform (`preprocessing_fn`, analyze only: `materialize=False`) computes the two
+vocabularies the model ids come from, over every behavior's item and every candidate
+(negatives included) of the train split:
 
-Behavior strings map to `behavior_types[i] -> i + 1` (0 = padding/unknown), as
-`DatasetSpec.behavior_id` and the export's lookup tables do; the vocabulary comes from
-`custom_config` so ids never depend on the data of one span.
+  item_vocab        item ids by frequency; model id = line + 2, unknown -> 1 (OOV)
+  item_group_vocab  "item|group" lines; an item's group is parsed off its line, so at
+                    serving time only item ids are needed (unknown -> 1)
 
-Trainer (`run_fn`): loads the transformed splits, trains `dmgin_tf.models.build_model`
-with the shared loop (`dmgin_tf.training.trainer.train`: Adam, early stopping on val
-AUC, TensorBoard under the model run dir, placement from the devices present), warm
-starts from `fn_args.base_model` (the last blessed model, see `warm_start`), and saves a
-SavedModel whose `serving_default` takes serialized raw tf.Examples and runs the TFT
-graph (`tft_out.transform_features_layer()`) as its tensorize step before the model.
+Trainer (`run_fn`): reads the train / val records through tf.data into per-record
+sequences + positions (`tfx_pipeline.records.read_user_records`, ids from the
+vocabularies), trains `dmgin_tf.models.build_model` with the shared loop
+(`dmgin_tf.training.trainer.train`), whose batches cut each example's newest L behaviors
+strictly before it on the fly (`densify`, shuffled across users and examples every
+epoch), warm starts from `fn_args.base_model` (the last blessed model, see `warm_start`),
+and saves a SavedModel whose `serving_default` takes serialized flat tf.Examples
+(`item_id`, `timestamp`, `hist_item_id`, `hist_behavior`, `hist_timestamp`) and maps
+them with the same `Lookups` tables (`FlatTensorizer`).
 """
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
@@ -41,95 +37,53 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from dmgin_tf import features as F
+from transform import examples as X
 
 ITEM_VOCAB = "item_vocab"
 ITEM_GROUP_VOCAB = "item_group_vocab"
 WARM_START_DIR = "dmgin_warmstart"     # under <serving model>/assets.extra/
 _LOG = logging.getLogger(__name__)
-_UNKNOWN_GROUP_LINE = f"|{F.OOV_ID}"
 
 
 # ---------------------------------------------------------------------------- Transform
 
-def _flat(x):
-    """[B] / [B, 1] dense or sparse -> [B] dense."""
+def _values(x) -> tf.Tensor:
+    """All values of a dense / sparse / ragged feature as one 1-D tensor."""
+    if isinstance(x, tf.RaggedTensor):
+        return tf.reshape(x.flat_values, [-1])
     if isinstance(x, tf.SparseTensor):
-        x = tf.sparse.to_dense(x)
+        return x.values
     return tf.reshape(x, [-1])
 
 
-def _newest(x: tf.SparseTensor, length: int) -> tf.Tensor:
-    """VarLen [B, (n)] -> dense [B, length]: newest `length` values, left-aligned, 0-padded."""
-    rt = tf.RaggedTensor.from_sparse(x)
-    return rt[:, -length:].to_tensor(default_value=tf.cast(0, x.dtype), shape=[None, length])
-
-
-def _group_lookup(x, vocab_file):
-    """`tft.apply_vocabulary` lookup_fn: item id -> group id parsed off "item|group"."""
-    if isinstance(x, tf.SparseTensor):
-        g, size = _group_lookup(x.values, vocab_file)
-        return tf.SparseTensor(x.indices, g, x.dense_shape), size
-    # One key column + WHOLE_LINE: TFT's phase-0 placeholder vocabulary has one column.
-    init = tf.lookup.TextFileInitializer(
-        vocab_file, tf.string, 0, tf.string, tf.lookup.TextFileIndex.WHOLE_LINE, delimiter="|")
-    table = tf.lookup.StaticHashTable(init, default_value=_UNKNOWN_GROUP_LINE)
-    line = table.lookup(x)
-    ok = tf.strings.regex_full_match(line, r".*\|[0-9]+")
-    digits = tf.where(ok, tf.strings.regex_replace(line, r"^.*\|", ""), str(F.OOV_ID))
-    return tf.strings.to_number(digits, tf.int64), table.size()
-
-
-def _item_ids(x, vocab):
-    """Strings -> item ids (rank + 2; unknown -> OOV 1), dense or sparse."""
-    idx = tft.apply_vocabulary(x, vocab, default_value=-1)
-    if isinstance(idx, tf.SparseTensor):
-        return tf.SparseTensor(idx.indices, idx.values + F.NUM_RESERVED_IDS, idx.dense_shape)
-    return idx + F.NUM_RESERVED_IDS
-
-
-def _behavior_ids(x: tf.Tensor, behavior_types: List[str]) -> tf.Tensor:
-    """Behavior strings -> `i + 1` of behavior_types, 0 when unknown (pure ops, no table)."""
-    ids = tf.zeros_like(x, dtype=tf.int64)
-    for i, name in enumerate(behavior_types):
-        ids += tf.cast(tf.equal(x, name), tf.int64) * (i + 1)
-    return ids
+def _count_known(x, values: tf.Tensor, vocab) -> tf.Tensor:
+    """[B] number of a record's values found in `vocab` (keeps the analyzer in the graph)."""
+    ids = tft.apply_vocabulary(values, vocab, default_value=-1)
+    known = tf.cast(ids >= 0, tf.int64)
+    if isinstance(x, tf.RaggedTensor):
+        return tf.reduce_sum(x.with_flat_values(known), axis=list(range(1, x.shape.rank)))
+    return tf.reduce_sum(tf.reshape(known, [tf.shape(x)[0], -1]), axis=1)
 
 
 def preprocessing_fn(inputs: Dict[str, tf.Tensor], custom_config: Optional[dict] = None):
-    """Raw examples (transform.examples.feature_spec(with_groups=True)) -> model inputs.
+    """User records -> vocabularies (module docstring). Outputs per record: `user_id`,
+    `known_items` / `known_pairs` (behaviors + candidates found in each vocabulary).
 
-    custom_config: {"history_length": L, "behavior_types": [...]} (pipeline.py sets it).
+    custom_config: accepted for compatibility (the vocabularies need none).
     """
-    cfg = custom_config or {}
-    L = int(cfg.get("history_length", 64))
-    behavior_types = list(cfg.get("behavior_types", []))
-    cand = _flat(inputs[F.ITEM_ID])
-    hist = inputs[F.HIST_ITEM_ID]                         # SparseTensor [B, (n)] string
-    cand_group = tf.strings.as_string(_flat(inputs[F.GROUP_ID]))
-    hist_group = inputs[F.HIST_GROUP_ID]
-
-    item_vocab = tft.vocabulary(tf.concat([cand, hist.values], 0), vocab_filename=ITEM_VOCAB)
-    pairs = tf.concat([tf.strings.join([cand, cand_group], separator="|"),
-                       tf.strings.join([hist.values, tf.strings.as_string(hist_group.values)],
-                                       separator="|")], 0)
+    del custom_config
+    seq = lambda k: inputs[k]  # noqa: E731  (schema's tensor_representation_group)
+    items, cands = _values(seq(X.SEQ_ITEM)), _values(seq(X.POS_ITEM))
+    groups = tf.strings.as_string(_values(seq(X.SEQ_GROUP)))
+    cand_groups = tf.strings.as_string(_values(seq(X.POS_GROUP)))
+    item_vocab = tft.vocabulary(tf.concat([cands, items], 0), vocab_filename=ITEM_VOCAB)
+    pairs = tf.concat([tf.strings.join([cands, cand_groups], separator="|"),
+                       tf.strings.join([items, groups], separator="|")], 0)
     pair_vocab = tft.vocabulary(pairs, vocab_filename=ITEM_GROUP_VOCAB)
-
-    out = {}
-    out[F.CAND_ITEM] = _item_ids(cand, item_vocab)
-    out[F.CAND_GROUP] = tft.apply_vocabulary(cand, pair_vocab, lookup_fn=_group_lookup)
-    out[F.HIST_ITEM] = _newest(_item_ids(hist, item_vocab), L)
-    out[F.HIST_GROUP] = _newest(tft.apply_vocabulary(hist, pair_vocab, lookup_fn=_group_lookup), L)
-    beh = inputs[F.HIST_BEHAVIOR]
-    out[F.HIST_BEHAVIOR_ID] = _newest(
-        tf.SparseTensor(beh.indices, _behavior_ids(beh.values, behavior_types), beh.dense_shape), L)
-    out[F.HIST_TIME] = _newest(inputs[F.HIST_TIMESTAMP], L)
-    ts = _flat(inputs[F.TIMESTAMP])
-    out[F.REQUEST_TIME] = ts
-    out["request_hour"] = (ts // 3600) % 24
-    out["request_weekday"] = (ts // 86400 + 3) % 7  # 1970-01-01 was a Thursday (= 3, Mon = 0)
-    out[F.LABEL] = tf.cast(_flat(inputs[F.LABEL]), tf.float32)
-    out[F.USER_ID] = _flat(inputs[F.USER_ID])
-    return out
+    beh_pairs = tf.strings.join([items, groups], separator="|")
+    return {F.USER_ID: tf.reshape(inputs[F.USER_ID], [-1]),
+            "known_items": _count_known(seq(X.SEQ_ITEM), items, item_vocab),
+            "known_pairs": _count_known(seq(X.SEQ_ITEM), beh_pairs, pair_vocab)}
 
 
 # ---------------------------------------------------------------------------- Trainer
@@ -137,34 +91,15 @@ def preprocessing_fn(inputs: Dict[str, tf.Tensor], custom_config: Optional[dict]
 _INT32_KEYS = (F.HIST_ITEM, F.HIST_GROUP, F.HIST_BEHAVIOR_ID, F.CAND_ITEM, F.CAND_GROUP)
 
 
-def _to_model_inputs(batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-    """Transformed columns -> the model's dtypes (ids int32, times int64)."""
-    return {k: np.asarray(batch[k]).astype(np.int32 if k in _INT32_KEYS else np.int64)
-            for k in F.MODEL_INPUT_KEYS}
-
-
-def load_transformed(files: List[str], data_accessor, schema) -> Dict[str, np.ndarray]:
-    """All transformed examples of `files` as numpy columns (the tiny/medium-data path)."""
-    from tfx_bsl.public import tfxio
-    ds = data_accessor.tf_dataset_factory(
-        files, tfxio.TensorFlowDatasetOptions(batch_size=4096, num_epochs=1, shuffle=False),
-        schema)
-    cols: Dict[str, list] = {}
-    for batch in ds:
-        for k, v in batch.items():
-            if isinstance(v, tf.SparseTensor):
-                v = tf.sparse.to_dense(v)
-            cols.setdefault(k, []).append(v.numpy())
-    return {k: np.concatenate(v) for k, v in cols.items()}
-
-
-def _split(cols: Dict[str, np.ndarray]):
+def _empty_split():
     from dmgin_tf.training.inputs import ArraySplit
-    if not cols:
-        empty = {k: np.zeros((0,), np.int64) for k in F.MODEL_INPUT_KEYS}
-        return ArraySplit(empty, np.zeros(0, np.float32), np.zeros(0, object))
-    return ArraySplit(_to_model_inputs(cols), np.asarray(cols[F.LABEL]).reshape(-1),
-                      np.asarray(cols[F.USER_ID]).reshape(-1))
+    empty = {k: np.zeros((0,), np.int64) for k in F.MODEL_INPUT_KEYS}
+    return ArraySplit(empty, np.zeros(0, np.float32), np.zeros(0, object))
+
+
+def _files(patterns: List[str]) -> List[str]:
+    """TFX's split file patterns (``.../Split-train/*``) -> sorted file names."""
+    return sorted(f for p in patterns for f in glob.glob(p) if os.path.isfile(f))
 
 
 def _read_vocab(path: str) -> List[str]:
@@ -224,29 +159,41 @@ def warm_start(model, base_dir: str, item_vocab: List[str]) -> Dict[str, int]:
     return stats
 
 
-class TFTTensorizer(tf.Module):
-    """Serialized raw tf.Examples [B] -> model inputs, through the TFT graph."""
+class FlatTensorizer(tf.Module):
+    """Serialized flat tf.Examples [B] -> model inputs, with the training `Lookups`.
 
-    def __init__(self, tft_output):
-        super().__init__(name="tft_tensorizer")
-        self.tft_layer = tft_output.transform_features_layer()
-        spec = dict(tft_output.raw_feature_spec())
-        # Serving requests carry no label / user / group features: the graph only needs
-        # the item ids (groups come from the vocabulary asset).
-        for key in (F.LABEL, F.USER_ID, F.CATEGORY, F.GROUP_ID, F.HIST_GROUP_ID):
-            spec.pop(key, None)
-        self._spec = spec
+    Features read: item_id, timestamp [1]; hist_item_id, hist_behavior, hist_timestamp
+    (the history, oldest first); the newest `history_length` are kept, left-aligned,
+    0-padded — the layout `densify` gives the trainer.
+    """
+
+    def __init__(self, lookups, history_length: int):
+        super().__init__(name="flat_tensorizer")
+        self.lookups, self.history_length = lookups, int(history_length)
+        self._spec = {F.ITEM_ID: tf.io.FixedLenFeature([], tf.string),
+                      F.TIMESTAMP: tf.io.FixedLenFeature([], tf.int64),
+                      F.HIST_ITEM_ID: tf.io.RaggedFeature(tf.string),
+                      F.HIST_BEHAVIOR: tf.io.RaggedFeature(tf.string),
+                      F.HIST_TIMESTAMP: tf.io.RaggedFeature(tf.int64)}
 
     def __call__(self, serialized):
+        from tfx_pipeline.records import newest
+        lk, L = self.lookups, self.history_length
         raw = tf.io.parse_example(serialized, self._spec)
-        t = self.tft_layer(raw)
-        return {k: tf.cast(t[k], tf.int32 if k in _INT32_KEYS else tf.int64)
+        hist = raw[F.HIST_ITEM_ID]
+        out = {F.CAND_ITEM: lk.item_ids(raw[F.ITEM_ID]), F.CAND_GROUP: lk.group_ids(raw[F.ITEM_ID]),
+               F.HIST_ITEM: newest(hist.with_flat_values(lk.item_ids(hist.flat_values)), L),
+               F.HIST_GROUP: newest(hist.with_flat_values(lk.group_ids(hist.flat_values)), L),
+               F.HIST_BEHAVIOR_ID: newest(raw[F.HIST_BEHAVIOR].with_flat_values(
+                   lk.behavior_ids(raw[F.HIST_BEHAVIOR].flat_values)), L),
+               F.HIST_TIME: newest(raw[F.HIST_TIMESTAMP], L), F.REQUEST_TIME: raw[F.TIMESTAMP]}
+        return {k: tf.cast(out[k], tf.int32 if k in _INT32_KEYS else tf.int64)
                 for k in F.MODEL_INPUT_KEYS}
 
 
-def save_serving_model(model, tft_output, path: str, history_length: int, serving_cfg,
+def save_serving_model(model, lookups, path: str, history_length: int, serving_cfg,
                        jit_compile: bool, signatures: str = "all") -> None:
-    """SavedModel with the export's signatures; serving_default = TFT graph + model.
+    """SavedModel with the export's signatures; serving_default = `FlatTensorizer` + model.
 
     signatures: "all" (serving_default, predict_raw, rank, user_state, score — see
     dmgin_tf/export/signatures.py) or "default" (serving_default + predict_raw only:
@@ -259,7 +206,7 @@ def save_serving_model(model, tft_output, path: str, history_length: int, servin
             super().__init__(model, None, history_length, jit_compile,
                              batch_buckets=serving_cfg.batch_buckets,
                              candidate_buckets=serving_cfg.candidate_buckets)
-            self.tensorizer = TFTTensorizer(tft_output)
+            self.tensorizer = FlatTensorizer(lookups, history_length)
 
         def signatures(self):
             if signatures == "default":
@@ -291,26 +238,35 @@ def run_fn(fn_args) -> None:
     import keras  # noqa: F401  (Keras 3, TF backend)
     from dmgin_tf.config import Config
     from dmgin_tf.models import build_model
+    from dmgin_tf.training.data_source import ExampleSetSplit
     from dmgin_tf.training.trainer import TrainingData, train
+    from tfx_pipeline.records import Lookups, read_user_records
 
     custom = dict(fn_args.custom_config or {})
     behavior_types = list(custom.pop("behavior_types"))
     cfg = Config.from_dict(custom.get("config", {}))
     tft_out = tft.TFTransformOutput(fn_args.transform_output)
-    schema = tft_out.transformed_metadata.schema
-    train_cols = load_transformed(fn_args.train_files, fn_args.data_accessor, schema)
-    val_cols = load_transformed(fn_args.eval_files, fn_args.data_accessor, schema)
     item_vocab_file = tft_out.vocabulary_file_by_name(ITEM_VOCAB)
+    lookups = Lookups(item_vocab_file, tft_out.vocabulary_file_by_name(ITEM_GROUP_VOCAB),
+                      behavior_types)
+    # Records -> sequences + positions (O(behaviors)); histories are cut per batch.
+    L = cfg.model.history_length
+    train_es = read_user_records(_files(fn_args.train_files), lookups, "train",
+                                 cfg.data.max_history)
+    val_es = read_user_records(_files(fn_args.eval_files), lookups, "val", cfg.data.max_history)
     item_vocab = _read_vocab(item_vocab_file)
     overrides = {"item_vocab_size": len(item_vocab) + F.NUM_RESERVED_IDS,
                  "group_vocab_size": max(
                      _max_group_id(tft_out.vocabulary_file_by_name(ITEM_GROUP_VOCAB)) + 1,
                      int(custom.get("min_group_vocab_size", 0))),
                  "num_behavior_types": len(behavior_types)}
-    train_split, val_split = _split(train_cols), _split(val_cols)
-    data = TrainingData(train=train_split, val=val_split, test=_split({}),
+    train_split = ExampleSetSplit(train_es, "train", L)
+    val_split = ExampleSetSplit(val_es, "val", L)
+    data = TrainingData(train=train_split, val=val_split, test=_empty_split(),
                         model_overrides=overrides,
-                        info={"source": "tfx", "train_files": list(fn_args.train_files)})
+                        info={"source": "tfx", "train_files": list(fn_args.train_files),
+                              "train_records": train_es.num_users,
+                              "train_behaviors": int(len(train_es.beh_item))})
     warm = {}
     base = None
     if fn_args.base_model:
@@ -330,7 +286,7 @@ def run_fn(fn_args) -> None:
             "item_vocab_size": overrides["item_vocab_size"],
             "group_vocab_size": overrides["group_vocab_size"]}
     _LOG.info("run_fn: %s", info)
-    save_serving_model(result.model, tft_out, fn_args.serving_model_dir,
+    save_serving_model(result.model, lookups, fn_args.serving_model_dir,
                        result.config.model.history_length, result.config.serving,
                        jit_compile=bool(custom.get("export_jit_compile", True)),
                        signatures=custom.get("export_signatures", "all"))

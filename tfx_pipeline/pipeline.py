@@ -34,7 +34,10 @@ from tfx_pipeline.resolvers import PreviousSpanStrategy
 from tfx_pipeline.evaluation import eval_config as make_eval_config
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-MODULE_FILE = os.path.join(HERE, "module.py")
+# Transform and Trainer import these from the installed package (no module_file: TFX
+# would build and pip-install a user-code wheel for each of them on every run).
+PREPROCESSING_FN = "tfx_pipeline.module.preprocessing_fn"
+RUN_FN = "tfx_pipeline.module.run_fn"
 SCHEMA_DIR = os.path.join(HERE, "schema")
 METADATA_FILE = "metadata.sqlite"
 
@@ -94,9 +97,11 @@ def create_pipeline(cfg: Config, *, data_root: str, span: int, pipeline_root: st
       groups_resolver: which ItemGroups keep ids stable: "previous_span" (newest of an
         earlier span; a re-run of a span stays cacheable) or "latest" (TFX's
         LatestArtifactStrategy — the only kind the Kubeflow V2 compiler accepts).
-      import_examples: bring-your-own tf.Examples instead of the ExampleBuilder: a
-        directory with ``Split-train/``, ``Split-val/``, ``Split-eval/`` TFRecord files
-        (ImportExampleGen). They pass the same validation gate.
+      import_examples: bring-your-own user records instead of the ExampleBuilder: a
+        directory with ``Split-train/``, ``Split-val/``, ``Split-eval/`` TFRecord files of
+        `tf.train.SequenceExample`s (the ExampleBuilder's format) and ``Flat-eval/`` with
+        the eval split as flat tf.Examples for the Evaluator (two ImportExampleGens).
+        They pass the same validation gate.
     """
     model_name = model_name or cfg.serving.model_name
     data_root = _abs(data_root)
@@ -118,15 +123,24 @@ def create_pipeline(cfg: Config, *, data_root: str, span: int, pipeline_root: st
                           previous_groups=latest_groups.outputs["previous_groups"],
                           refit=refit_groups, beam_config_json=beam_json)
     if import_examples:
+        from tfx.proto import example_gen_pb2
         splits = [tfx.proto.Input.Split(name=n, pattern=f"Split-{n}/*")
                   for n in ("train", "val", "eval")]
         examples = tfx.components.ImportExampleGen(
-            input_base=_abs(import_examples),
-            input_config=tfx.proto.Input(splits=splits))
+            input_base=_abs(import_examples), input_config=tfx.proto.Input(splits=splits),
+            payload_format=example_gen_pb2.FORMAT_TF_SEQUENCE_EXAMPLE)
+        flat_eval = tfx.components.ImportExampleGen(
+            input_base=_abs(import_examples), input_config=tfx.proto.Input(
+                splits=[tfx.proto.Input.Split(name="eval", pattern="Flat-eval/*")])
+        ).with_id("ImportFlatEvalExamples")
+        eval_examples = flat_eval.outputs["examples"]
     else:
         examples = ExampleBuilder(data_root=data_root, span=span, data_config=cfg.data.to_dict(),
                                   item_groups=grouper.outputs["item_groups"],
+                                  history_window=min(cfg.data.max_history,
+                                                     cfg.model.history_length),
                                   label_noise=label_noise, beam_config_json=beam_json)
+        eval_examples = examples.outputs["eval_examples"]
     stats = tfx.components.StatisticsGen(examples=examples.outputs["examples"])
     schema = tfx.components.ImportSchemaGen(schema_file=os.path.join(SCHEMA_DIR, "schema.pbtxt"))
     validator = tfx.components.ExampleValidator(statistics=stats.outputs["statistics"],
@@ -135,11 +149,10 @@ def create_pipeline(cfg: Config, *, data_root: str, span: int, pipeline_root: st
 
     behavior_types = list(get_spec(cfg.data.dataset, cfg.data).behavior_types) \
         if cfg.data.dataset != "generic" else list(cfg.data.behavior_types)
+    # Analyze only: the vocabularies; the Trainer reads the user records itself.
     transform = tfx.components.Transform(
         examples=examples.outputs["examples"], schema=schema.outputs["schema"],
-        module_file=MODULE_FILE,
-        custom_config={"history_length": cfg.model.history_length,
-                       "behavior_types": behavior_types})
+        preprocessing_fn=PREPROCESSING_FN, materialize=False)
     transform.add_upstream_node(gate)   # no Transform (and nothing after it) on anomalies
 
     latest_blessed = tfx.dsl.Resolver(
@@ -148,7 +161,7 @@ def create_pipeline(cfg: Config, *, data_root: str, span: int, pipeline_root: st
         model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
     ).with_id("latest_blessed_model_resolver")
     trainer = tfx.components.Trainer(
-        module_file=MODULE_FILE, examples=transform.outputs["transformed_examples"],
+        run_fn=RUN_FN, examples=examples.outputs["examples"],
         transform_graph=transform.outputs["transform_graph"], schema=schema.outputs["schema"],
         base_model=latest_blessed.outputs["model"],
         train_args=tfx.proto.TrainArgs(splits=["train"]),
@@ -157,7 +170,7 @@ def create_pipeline(cfg: Config, *, data_root: str, span: int, pipeline_root: st
                        "export_jit_compile": export_jit_compile,
                        "export_signatures": export_signatures})
     evaluator = tfx.components.Evaluator(
-        examples=examples.outputs["examples"], model=trainer.outputs["model"],
+        examples=eval_examples, model=trainer.outputs["model"],
         baseline_model=latest_blessed.outputs["model"],
         example_splits=["eval"],
         eval_config=make_eval_config(cfg.pipeline.min_auc, cfg.pipeline.max_auc_drop))
@@ -167,7 +180,7 @@ def create_pipeline(cfg: Config, *, data_root: str, span: int, pipeline_root: st
             filesystem=tfx.proto.PushDestination.Filesystem(
                 base_directory=os.path.join(_abs(serving_base), model_name))))
 
-    front = [] if import_examples else [enc, latest_groups, grouper]
+    front = [flat_eval] if import_examples else [enc, latest_groups, grouper]
     components = front + [examples, stats, schema, validator, gate,
                   transform, latest_blessed, trainer, evaluator, pusher]
     metadata_path = metadata_path or os.path.join(pipeline_root, METADATA_FILE)

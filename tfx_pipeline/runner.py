@@ -84,11 +84,57 @@ def split_into_spans(converted: str, data_root: str, fractions: Sequence[float],
 
 # ---------------------------------------------------------------------------- progress
 
+def _tree_rss() -> int:
+    """Resident bytes of this process and all its descendants (Beam workers)."""
+    import psutil
+    me = psutil.Process()
+    total = me.memory_info().rss
+    for child in me.children(recursive=True):
+        try:
+            total += child.memory_info().rss
+        except psutil.Error:   # exited meanwhile
+            pass
+    return total
+
+
+def _reset_peak_rss() -> bool:
+    """Resets this process's VmHWM (Linux `clear_refs` 5); False where unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss() -> int:
+    """This process's VmHWM (peak resident bytes since start or the last reset); 0 if unknown."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def dir_bytes(path: str) -> int:
+    """Bytes of the files under `path` (a file: its size; missing: 0)."""
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+
+
 class _Progress:
-    """One progress line per component, from ML Metadata polled in a thread.
+    """One progress line per component, from ML Metadata polled in a thread, and each
+    component's wall time and peak memory.
 
     (LocalDagRunner's own "Component X is running" log lines vanish once a component
     lowers absl's verbosity, so the executions in MLMD are the reliable source.)
+    Peak RSS of a component = the larger of this process's high-water mark (reset when
+    the component starts; components run one at a time) and the RSS of the whole process
+    tree (multi-process Beam workers included) sampled every `interval` seconds.
     """
 
     def __init__(self, pipeline_root: str, pipeline_name: str, since_execution: int,
@@ -100,6 +146,9 @@ class _Progress:
         self.seen: Dict[int, str] = {}
         self.started: Dict[int, float] = {}
         self.cached: List[str] = []
+        self.nodes: Dict[int, str] = {}
+        self.seconds: Dict[int, float] = {}
+        self.peak: Dict[int, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -119,6 +168,19 @@ class _Progress:
             except Exception:  # noqa: BLE001 - the store may be busy; try again
                 pass
 
+    def _sample(self):
+        running = [e for e, st in self.seen.items() if st == "running"]
+        if running:
+            rss = max(_tree_rss(), _peak_rss())
+            for e in running:
+                self.peak[e] = max(self.peak.get(e, 0), rss)
+
+    def components(self) -> Dict[str, dict]:
+        """{component: {state, seconds, peak_rss_bytes}} of the executions seen."""
+        return {self.nodes[e]: {"state": self.seen[e], "seconds": round(self.seconds.get(e, 0.0), 1),
+                                "peak_rss_bytes": int(self.peak.get(e, 0))}
+                for e in sorted(self.seen)}
+
     def poll(self):
         from ml_metadata.proto import metadata_store_pb2 as pb
         path = os.path.join(self.root, "metadata.sqlite")
@@ -128,12 +190,17 @@ class _Progress:
         names = {pb.Execution.NEW: "running", pb.Execution.RUNNING: "running",
                  pb.Execution.COMPLETE: "done", pb.Execution.CACHED: "cached",
                  pb.Execution.FAILED: "FAILED", pb.Execution.CANCELED: "canceled"}
+        self._sample()
         for e in sorted(store.get_executions(), key=lambda e: e.id):
             if e.id <= self.since:
                 continue
             state = names.get(e.last_known_state, "running")
             if self.seen.get(e.id) == state:
                 continue
+            if state == "running":
+                _reset_peak_rss()
+            elif self.seen.get(e.id) == "running":
+                self._sample()
             node = next((c.name[len(self.prefix):] for c in store.get_contexts_by_execution(e.id)
                          if c.name.startswith(self.prefix)), str(e.id))
             now = time.time()
@@ -141,6 +208,8 @@ class _Progress:
             took = "" if state == "running" else f" ({now - self.started[e.id]:.0f}s)"
             if state == "cached":
                 self.cached.append(node)
+            self.nodes[e.id] = node
+            self.seconds[e.id] = now - self.started[e.id]
             self.seen[e.id] = state
             self.echo(f"[{now - self.t0:7.1f}s] {node}: {state}{took}")
 
@@ -157,6 +226,8 @@ class RunSummary:
     pushed_dir: the version directory pushed by this run (None if not pushed).
     metrics: overall-slice metrics of the newest evaluation (AUC, gauc, logloss, ...).
     cached: components whose outputs were reused.
+    components: {component: {state, seconds, peak_rss_bytes, artifact_bytes}} — wall
+      time, peak resident memory (process tree) and bytes of its output artifacts.
     """
     artifacts: Dict[str, str]
     blessed: Optional[bool]
@@ -166,6 +237,16 @@ class RunSummary:
     cached: List[str]
     seconds: float
     types: Dict[str, str] = dataclasses.field(default_factory=dict)
+    components: Dict[str, dict] = dataclasses.field(default_factory=dict)
+
+    def table(self) -> str:
+        """The per-component rows as a fixed-width text table."""
+        rows = [f"{'component':<32}{'state':>8}{'wall s':>9}{'peak RSS MB':>13}{'artifacts MB':>14}"]
+        for name, c in self.components.items():
+            rows.append(f"{name:<32}{c.get('state', ''):>8}{c.get('seconds', 0):>9.1f}"
+                        f"{c.get('peak_rss_bytes', 0) / 1e6:>13.0f}"
+                        f"{c.get('artifact_bytes', 0) / 1e6:>14.2f}")
+        return "\n".join(rows)
 
 
 def metadata_store(pipeline_root: str):
@@ -249,7 +330,11 @@ def run_pipeline(cfg: Config, *, data_root: str, span: int, pipeline_root: str,
         blessed=bool(_prop(blessing, "blessed")) if blessing is not None else None,
         pushed=pushed_flag, pushed_dir=pushed_dir or None, metrics=metrics,
         cached=sorted(progress.cached), seconds=seconds,
-        types={k: t for k, (t, _) in outputs.items()})
+        types={k: t for k, (t, _) in outputs.items()}, components=progress.components())
+    for key, art in new.items():
+        row = summary.components.setdefault(key.split(".")[0], {})
+        row["artifact_bytes"] = row.get("artifact_bytes", 0) + dir_bytes(art.uri)
+    echo(summary.table())
     echo(f"run finished in {seconds:.0f}s: blessed={summary.blessed} pushed={summary.pushed}"
          + (f" -> {summary.pushed_dir}" if summary.pushed_dir else "")
          + "".join(f"  {k}={metrics[k]:.4f}" for k in ("auc", "gauc", "logloss", "calibration")

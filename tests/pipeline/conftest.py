@@ -14,7 +14,7 @@ TINY = {
     "grouping": {"key": "category"},
     "model": {"history_length": 32, "max_groups": 8, "max_per_group": 4, "embedding_dim": 8,
               "num_heads": 2, "inter_layers": 1, "mlp_units": [16], "attention_units": [16]},
-    "train": {"epochs": 1, "batch_size": 128, "jit_compile": False,
+    "train": {"epochs": 3, "batch_size": 128, "jit_compile": False,
               "early_stopping_patience": 0},
     "beam": {"direct_num_workers": 1, "direct_running_mode": "in_memory"},
     # min_auc: a model trained on random labels scores ~0.5; the real slice gives ~0.7.

@@ -32,7 +32,8 @@ def test_end_to_end_span1(spans, roots):
     s = _run(spans, roots, 1)
     _STATE["span1"] = s
     # Every artifact the issue names is recorded in ML Metadata, with its type.
-    expected = {"ExampleBuilder.examples": "Examples", "StatisticsGen.statistics": "ExampleStatistics",
+    expected = {"ExampleBuilder.examples": "Examples", "ExampleBuilder.eval_examples": "Examples",
+                "StatisticsGen.statistics": "ExampleStatistics",
                 "ImportSchemaGen.schema": "Schema", "ExampleValidator.anomalies": "ExampleAnomalies",
                 "Transform.transform_graph": "TransformGraph", "Trainer.model": "Model",
                 "Trainer.model_run": "ModelRun", "Evaluator.evaluation": "ModelEvaluation",
@@ -43,9 +44,15 @@ def test_end_to_end_span1(spans, roots):
         assert s.types.get(key) == type_name, (key, s.types.get(key))
     assert s.blessed and s.pushed
     assert served_versions(roots["serving_base"]) == [int(os.path.basename(s.pushed_dir))]
-    # Splits of our ExampleGen and the span property.
+    # Splits of our ExampleGen: one SequenceExample per (user, split), O(behaviors).
     ex = s.artifacts["ExampleBuilder.examples"]
     assert sorted(os.listdir(ex)) == ["Split-eval", "Split-train", "Split-val"]
+    _check_user_records(ex)
+    # Memory and storage per component are in the summary.
+    for name in ("ExampleBuilder", "StatisticsGen", "Transform", "Trainer", "Evaluator"):
+        row = s.components[name]
+        assert row["peak_rss_bytes"] > 50e6 and row["seconds"] > 0, (name, row)
+    assert s.components["ExampleBuilder"]["artifact_bytes"] > 0
     # The Evaluator's metrics include GAUC; it agrees with a pandas/numpy reference on the
     # pushed model's predictions.
     for k in ("auc", "gauc", "logloss", "example_count", "calibration"):
@@ -54,12 +61,27 @@ def test_end_to_end_span1(spans, roots):
     _check_gauc_against_reference(s)
 
 
+def _check_user_records(uri):
+    import tensorflow as tf
+    from transform import examples as X
+    files = tf.io.gfile.glob(os.path.join(uri, "Split-train", "*"))
+    assert files and all(f.endswith(".tfrecord.gz") for f in files)
+    users = []
+    for rec in tf.data.TFRecordDataset(files, compression_type="GZIP").as_numpy_iterator():
+        user, lists = X.from_sequence_example(rec)
+        users.append(user)
+        assert lists[X.SEQ_TIME] == sorted(lists[X.SEQ_TIME])
+        assert len(lists[X.POS_ITEM]) == len(lists[X.POS_HIST_END]) > 0
+    assert len(users) == len(set(users))          # one record per user in a split
+
+
 def _check_gauc_against_reference(summary):
     import tensorflow as tf
     from dmgin_tf.evaluation import gauc
     loaded = tf.saved_model.load(summary.pushed_dir)
-    files = tf.io.gfile.glob(os.path.join(summary.artifacts["ExampleBuilder.examples"], "Split-eval", "*"))
-    records = list(tf.data.TFRecordDataset(files).as_numpy_iterator())
+    files = tf.io.gfile.glob(os.path.join(summary.artifacts["ExampleBuilder.eval_examples"],
+                                          "Split-eval", "*"))
+    records = list(tf.data.TFRecordDataset(files, compression_type="GZIP").as_numpy_iterator())
     ctr = loaded.signatures["serving_default"](examples=tf.constant(records))[F.PREDICTION].numpy()
     rows = [tf.train.Example.FromString(r).features.feature for r in records]
     labels = np.array([r[F.LABEL].int64_list.value[0] for r in rows])
@@ -100,40 +122,44 @@ def test_corrupted_labels_not_blessed(spans, roots):
     assert served_versions(roots["serving_base"]) == before
 
 
-def _example(user: str, item: str, label: int, ts: int, hist: list):
-    import tensorflow as tf
-    f = tf.train.Feature
-    b = lambda v: f(bytes_list=tf.train.BytesList(value=[x.encode() for x in v]))  # noqa: E731
-    i = lambda v: f(int64_list=tf.train.Int64List(value=v))  # noqa: E731
-    return tf.train.Example(features=tf.train.Features(feature={
-        F.USER_ID: b([user]), F.ITEM_ID: b([item]), F.CATEGORY: b(["c"]), F.LABEL: i([label]),
-        F.TIMESTAMP: i([ts]), F.GROUP_ID: i([2]), F.HIST_ITEM_ID: b(hist),
-        F.HIST_BEHAVIOR: b(["pv"] * len(hist)), F.HIST_TIMESTAMP: i(list(range(len(hist)))),
-        F.HIST_GROUP_ID: i([2] * len(hist))}))
+def _user_record(user: str, k: int) -> bytes:
+    """A well-formed user record with k behaviors and one labelled position."""
+    from transform import examples as X
+    items = [f"i{j}" for j in range(k)]
+    return X.to_sequence_example(user, {
+        X.SEQ_ITEM: items, X.SEQ_BEHAVIOR: ["pv"] * k, X.SEQ_TIME: list(range(k)),
+        X.SEQ_GROUP: [2] * k, X.POS_HIST_END: [k], X.POS_ITEM: [f"c{k}"], X.POS_GROUP: [2],
+        X.POS_LABEL: [k % 2], X.POS_TIME: [k + 10]})
 
 
 def test_anomalous_examples_stop_at_validation(spans, roots, tmp_path):
     import tensorflow as tf
     from tfx_pipeline.components.validation_gate import DataValidationError
-    # Imported examples with two defects: group_id dropped (missing feature) and
-    # timestamp written as bytes (wrong type); everything else follows the schema.
+    # Imported user records with two defects: pos_group_id dropped (missing feature list)
+    # and pos_timestamp written as bytes (wrong type); everything else follows the schema.
+    from transform import examples as X
     for split in ("train", "val", "eval"):
         os.makedirs(tmp_path / f"Split-{split}")
         with tf.io.TFRecordWriter(str(tmp_path / f"Split-{split}" / "data.tfrecord")) as w:
             for k in range(20):
-                ex = _example(f"u{k % 4}", f"i{k}", k % 2, 1000 + k, [f"i{j}" for j in range(k % 5)])
-                f = ex.features.feature
-                del f[F.GROUP_ID]
-                f[F.TIMESTAMP].ClearField("int64_list")
-                f[F.TIMESTAMP].bytes_list.value.append(str(1000 + k).encode())
-                w.write(ex.SerializeToString())
+                se = tf.train.SequenceExample.FromString(_user_record(f"u{k}", 1 + k % 5))
+                lists = se.feature_lists.feature_list
+                del lists[X.POS_GROUP]
+                for step in lists[X.POS_TIME].feature:
+                    v = step.int64_list.value[0]
+                    step.ClearField("int64_list")
+                    step.bytes_list.value.append(str(v).encode())
+                w.write(se.SerializeToString())
+    os.makedirs(tmp_path / "Flat-eval")
+    with tf.io.TFRecordWriter(str(tmp_path / "Flat-eval" / "data.tfrecord")) as w:
+        w.write(tf.train.Example().SerializeToString())
     before = served_versions(roots["serving_base"])
     graphs = os.path.join(roots["pipeline_root"], "Transform", "transform_graph")
     graphs_before = sorted(os.listdir(graphs)) if os.path.isdir(graphs) else []
     with pytest.raises(DataValidationError) as err:
         _run(spans, roots, 3, import_examples=str(tmp_path))
     msg = str(err.value)
-    assert F.GROUP_ID in msg and F.TIMESTAMP in msg, msg
+    assert X.POS_GROUP in msg and X.POS_TIME in msg, msg
     kept = [p for p in os.listdir(os.path.join(roots["pipeline_root"], "ValidationGate"))
             if p.startswith("anomalies-")]
     assert kept, "the anomalies report must survive the failed execution"

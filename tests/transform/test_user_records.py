@@ -167,3 +167,30 @@ def test_sequence_example_round_trip():
     # [records, (steps), (1 value)]
     assert s[X.POS_HIST_END].to_list() == [[[0], [1], [1]]]
     assert s[X.SEQ_ITEM].to_list() == [[[b"a"], ["é".encode()]]]
+
+
+def test_serving_tensorizer_equals_training_batches(spans, tmp_path):
+    """`serving_default`'s tensorizer on the flat eval view == the trainer's batches
+    expanded from the test records: one mapping for training and serving."""
+    import tensorflow as tf
+    from tfx_pipeline.module import FlatTensorizer
+    from tfx_pipeline.records import Lookups, read_user_records
+    data = spans[1]
+    cfg = DataConfig.from_dict({"dataset": "movielens", "max_history": 10, "seed": 3})
+    items = pd.read_parquet(os.path.join(data, "items.parquet"))
+    beh = pd.read_parquet(os.path.join(data, "behaviors.parquet"))
+    spec = get_spec("movielens", cfg, observed_behaviors=beh[F.BEHAVIOR].unique())
+    # Drop a few catalog items from the vocabulary: unknown items must map to OOV alike.
+    index = ItemIndex.build(items.iloc[: len(items) - 40], "category")
+    groups = dict(zip(index.item_ids, index.groups_of(np.arange(len(index.item_ids)) + 2)))
+    X.build_user_records(data, str(tmp_path / "rec"), cfg, DIRECT, item_groups=groups,
+                         window=L, splits=2)
+    lookups = Lookups(*_vocab_files(index, tmp_path), spec.behavior_types)
+    es = read_user_records(beam_io.output_files(str(tmp_path / "rec" / "test")), lookups,
+                           "test", cfg.max_history)
+    records = beam_io.read_tfrecords(str(tmp_path / "rec" / X.FLAT_EVAL))
+    served = {k: v.numpy() for k, v in FlatTensorizer(lookups, L)(tf.constant(records)).items()}
+    users = [X.from_tf_example(r)[F.USER_ID] for r in records]
+    served[F.LABEL] = np.array([X.from_tf_example(r)[F.LABEL] for r in records])
+    assert (served[F.HIST_ITEM] == F.OOV_ID).any() or (served[F.CAND_ITEM] == F.OOV_ID).any()
+    assert _rows(served, users) == _expand(es, "test")

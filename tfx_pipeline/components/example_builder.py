@@ -5,17 +5,23 @@ time* (last 20% of each user's labelled events = eval, the last 10% of the rest 
 users with < 5 events train only) and builds each example's history from everything
 the user did strictly before it, with seeded negatives. ExampleGen's `output_config`
 only hashes or buckets whole records into splits, and it cannot join a user's events
-into histories, so the examples come from the Beam builder of `transform.examples`
-(the single implementation of the protocol) and this component publishes its output
-as a standard `Examples` artifact that every downstream TFX component reads as usual.
+into histories, so the records come from the Beam builder of `transform.examples`
+(the single implementation of the protocol) and this component publishes them as
+standard `Examples` artifacts that the downstream TFX components read as usual.
 
-Output splits (`Split-<name>/*.tfrecord`, uncompressed tf.Examples):
-  train — protocol train;  val — protocol validation (early stopping);
-  eval  — protocol test (the Evaluator's split).
+Outputs (gzip TFRecords, ``Split-<name>/*.tfrecord.gz``):
+  examples       one `tf.train.SequenceExample` per (user, split) — context `user_id`,
+                 feature lists = the user's behaviors in time order and the split's
+                 labelled positions (`transform.examples`, `dmgin_tf.data.sequences`);
+                 payload format FORMAT_TF_SEQUENCE_EXAMPLE; splits train / val / eval
+                 (protocol train / validation / test). Storage O(behaviors).
+  eval_examples  the eval split as flat tf.Examples (`feature_spec(with_groups=True)`:
+                 candidate + newest `history_window` behaviors), split `eval` — TFMA
+                 scores one record per example through `serving_default`.
 Artifact properties: `span`, `split_names`; custom property `counts` (JSON).
 
-Features: those of `transform.examples.feature_spec(with_groups=True)` — string ids,
-history lists, plus the ItemGroups' `group_id` / `hist_group_id`.
+`history_window` = min(data.max_history, model.history_length): a val / eval record keeps
+only the behaviors its examples' histories can reach.
 
 `label_noise` (0 in production) replaces that fraction of labels with seeded coin flips:
 a fault-injection drill proving that a model trained on broken labels is not blessed.
@@ -25,7 +31,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 from typing import Any, Dict, List, Optional
 
 from tfx import types
@@ -50,81 +55,77 @@ class ExampleBuilderSpec(types.ComponentSpec):
         "span": ExecutionParameter(type=int),
         "data_config": ExecutionParameter(type=str),
         "label_noise": ExecutionParameter(type=float, optional=True),
+        "history_window": ExecutionParameter(type=int),
         "beam_config": ExecutionParameter(type=str, optional=True),
     }
     INPUTS = {"item_groups": ChannelParameter(type=ItemGroups)}
-    OUTPUTS = {"examples": ChannelParameter(type=standard_artifacts.Examples)}
-
-
-def _corrupt_labels(path: str, fraction: float, seed: int) -> int:
-    """Rewrites the TFRecord file at `path` with `fraction` of labels replaced by coin flips."""
-    import tensorflow as tf
-    rng = random.Random(seed)
-    records = list(tf.data.TFRecordDataset(path).as_numpy_iterator())
-    changed = 0
-    with tf.io.TFRecordWriter(path) as w:
-        for r in records:
-            ex = tf.train.Example.FromString(r)
-            if rng.random() < fraction:
-                ex.features.feature[F.LABEL].int64_list.value[:] = [rng.randint(0, 1)]
-                changed += 1
-            w.write(ex.SerializeToString())
-    return changed
+    OUTPUTS = {"examples": ChannelParameter(type=standard_artifacts.Examples),
+               "eval_examples": ChannelParameter(type=standard_artifacts.Examples)}
 
 
 class Executor(base_beam_executor.BaseBeamExecutor):
-    """Builds the span's examples with `transform.examples.build_examples`."""
+    """Builds the span's user records with `transform.examples.build_user_records`."""
 
     def Do(self, input_dict: Dict[str, List[types.Artifact]],
            output_dict: Dict[str, List[types.Artifact]],
            exec_properties: Dict[str, Any]) -> None:
+        import shutil
         import pandas as pd
+        from tfx.components.util import examples_utils
+        from tfx.proto import example_gen_pb2
         from transform import beam_io
-        from transform.examples import build_examples
+        from transform.examples import FLAT_EVAL, build_user_records
         span = int(exec_properties["span"])
         data_dir = require_span_dir(exec_properties["data_root"], span)
         data_cfg = DataConfig.from_dict(json.loads(exec_properties["data_config"]))
         groups_uri = artifact_utils.get_single_uri(input_dict["item_groups"])
         table = pd.read_parquet(os.path.join(groups_uri, GROUPS_FILE))
         item_groups = dict(zip(table[F.ITEM_ID].astype(str), table["group_id"].astype(int)))
-        out = output_dict["examples"][0]
+        out, flat = output_dict["examples"][0], output_dict["eval_examples"][0]
         staging = os.path.join(out.uri, ".staging")
-        counts = build_examples(data_dir, staging, data_cfg,
-                                beam_config(exec_properties, self._beam_pipeline_args),
-                                item_groups=item_groups)
         noise = float(exec_properties.get("label_noise") or 0.0)
-        for protocol_name, split in SPLITS.items():
-            dest = os.path.join(out.uri, f"Split-{split}")
+        counts = build_user_records(data_dir, staging, data_cfg,
+                                    beam_config(exec_properties, self._beam_pipeline_args),
+                                    item_groups=item_groups, label_noise=noise,
+                                    window=int(exec_properties["history_window"]))
+        moves = [(protocol_name, out.uri, split) for protocol_name, split in SPLITS.items()]
+        moves.append((FLAT_EVAL, flat.uri, "eval"))
+        for name, uri, split in moves:
+            dest = os.path.join(uri, f"Split-{split}")
             os.makedirs(dest, exist_ok=True)
             # Only the data shards move: the sink's _SUCCESS.json would be read as a record.
-            for shard in beam_io.output_files(os.path.join(staging, protocol_name)):
-                target = os.path.join(dest, os.path.basename(shard))
-                os.rename(shard, target)
-                if noise > 0:
-                    _corrupt_labels(target, noise, data_cfg.seed + span)
-        import shutil
+            for shard in beam_io.output_files(os.path.join(staging, name)):
+                os.rename(shard, os.path.join(dest, os.path.basename(shard)))
         shutil.rmtree(staging, ignore_errors=True)
-        renamed = {SPLITS[k]: int(v) for k, v in counts.items()}
+        renamed = {SPLITS[k]: int(counts[k]) for k in SPLITS}
         if not renamed.get("train"):
-            raise DataError(f"span {span}: no training examples built from {data_dir}")
+            raise DataError(f"span {span}: no training records built from {data_dir}")
         out.split_names = artifact_utils.encode_split_names(list(SPLITS.values()))
-        out.span = span
+        examples_utils.set_payload_format(out, example_gen_pb2.FORMAT_TF_SEQUENCE_EXAMPLE)
+        flat.split_names = artifact_utils.encode_split_names(["eval"])
+        examples_utils.set_payload_format(flat, example_gen_pb2.FORMAT_TF_EXAMPLE)
+        for art in (out, flat):
+            art.span = span
+            art.set_string_custom_property("label_noise", str(noise))
         out.set_string_custom_property("counts", json.dumps(renamed, sort_keys=True))
-        out.set_string_custom_property("label_noise", str(noise))
-        _LOG.info("ExampleBuilder: span %d examples %s (label_noise %s)", span, renamed, noise)
+        flat.set_string_custom_property("counts", json.dumps({"eval": int(counts[FLAT_EVAL])}))
+        _LOG.info("ExampleBuilder: span %d user records %s, flat eval examples %d "
+                  "(label_noise %s)", span, renamed, counts[FLAT_EVAL], noise)
 
 
 class ExampleBuilder(base_beam_component.BaseBeamComponent):
-    """TFX component: per-user time-split tf.Examples of one span (module docstring)."""
+    """TFX component: per-user time-split records of one span (module docstring)."""
 
     SPEC_CLASS = ExampleBuilderSpec
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)
 
     def __init__(self, data_root: str, span: int, data_config: dict,
-                 item_groups: types.BaseChannel, label_noise: float = 0.0,
-                 beam_config_json: str = ""):
+                 item_groups: types.BaseChannel, history_window: int,
+                 label_noise: float = 0.0, beam_config_json: str = ""):
         spec = ExampleBuilderSpec(
             data_root=data_root, span=int(span), data_config=json.dumps(data_config, sort_keys=True),
             label_noise=float(label_noise), beam_config=beam_config_json, item_groups=item_groups,
-            examples=types.Channel(type=standard_artifacts.Examples))
+            history_window=int(history_window),
+            examples=types.Channel(type=standard_artifacts.Examples),
+            eval_examples=types.Channel(type=standard_artifacts.Examples))
         super().__init__(spec=spec)
