@@ -47,3 +47,27 @@ def test_cli_has_a_verbose_flag():
     args = build_parser().parse_args(["--verbose", "data", "stats", "x"])
     assert args.verbose is True
     assert build_parser().parse_args(["data", "stats", "x"]).verbose is False
+
+
+_FILTERED = r"""
+import os, subprocess, sys
+from dmgin_tf.cli import log_filter
+assert log_filter.install()
+os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n")
+os.write(2, b"I0000 00:00:1796419567.268788   23698 service.cc:145] XLA service initialized\n")
+os.write(2, b"2026-12-04 21:23:31.017147: E external/local_xla/xla/cuda_fft.cc:479] Unable to register\n")
+os.write(2, b"kept: ours\n")
+subprocess.run([sys.executable, "-c", "import os; os.write(2, b'I0000 00:00:1.5 7 child.cc:1] noise\\nkept: child\\n')"])
+print("progress 50%", end="\r", file=sys.stderr, flush=True)
+raise ValueError("kept: the traceback")
+"""
+
+
+def test_log_filter_drops_cpp_log_lines_only():
+    p = subprocess.run([sys.executable, "-c", _FILTERED], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1
+    err = p.stderr
+    for kept in ("kept: ours", "kept: child", "progress 50%", "ValueError: kept: the traceback"):
+        assert kept in err, (kept, err)
+    for dropped in ("absl::InitializeLog", "XLA service", "cuda_fft", "noise"):
+        assert dropped not in err, (dropped, err)

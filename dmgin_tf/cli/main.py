@@ -50,6 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from dmgin_tf.cli.common import configure_process
     configure_process(verbose=args.verbose)
+    if argv is None and not args.verbose:
+        # Run as the `dmgin` program (not called from Python with an argv): also drop the
+        # XLA/Abseil C++ log lines that no environment variable silences.
+        from dmgin_tf.cli import log_filter
+        log_filter.install()
     from dmgin_tf.config import ConfigError
     from dmgin_tf.errors import DmginError
     debug = args.debug or os.environ.get("DMGIN_DEBUG", "") not in ("", "0")
