@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -51,8 +52,13 @@ def _tree(cwd, pythonpath=None) -> dict:
 def test_installed_wheel_has_every_command(tmp_path):
     wheels, target, elsewhere = tmp_path / "wheels", tmp_path / "site", tmp_path / "cwd"
     elsewhere.mkdir()
+    # Build from a copy: setuptools builds in the source tree and would leave build/ there.
+    src = tmp_path / "src"
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "runs", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache",
+        "tests", "docs", "benchmarks"))
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run(pip + ["wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(REPO)],
+    subprocess.run(pip + ["wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(src)],
                    check=True, capture_output=True, text=True, timeout=600, cwd=elsewhere)
     (wheel,) = wheels.glob("dmgin_tf-*.whl")
     subprocess.run(pip + ["install", "--no-deps", "--target", str(target), str(wheel)],
