@@ -46,35 +46,48 @@ _CHUNK = 1 << 20
 
 @dataclasses.dataclass(frozen=True)
 class Archive:
-    """One published archive: file name, size in bytes, SHA-256, top folder, layout."""
+    """One published archive `<name>.zip` (top folder `<name>/`): size, SHA-256, layout."""
     name: str
-    file: str
     size: int
     sha256: str
-    folder: str
     layout: str          # "csv" (ml-latest-small style), "100k" or "1m"
     description: str
 
+    @property
+    def file(self) -> str:
+        return self.name + ".zip"
 
-# Sizes and SHA-256 as recorded for these GroupLens URLs by TensorFlow Datasets
-# (tensorflow_datasets/url_checksums/movielens.txt).
-ARCHIVES = {a.name: a for a in [
-    Archive("ml-latest-small", "ml-latest-small.zip", 978_202,
-            "696d65a3dfceac7c45750ad32df2c259311949efec81f0f144fdfb91ebc9e436",
-            "ml-latest-small", "csv", "100k ratings + tags, 610 users, 9.7k movies (1 MB)"),
-    Archive("ml-100k", "ml-100k.zip", 4_924_029,
-            "50d2a982c66986937beb9ffb3aa76efe955bf3d5c6b761f4e3a7cd717c6a3229",
-            "ml-100k", "100k", "100k ratings, 943 users, 1.7k movies, 1998 (5 MB)"),
-    Archive("ml-1m", "ml-1m.zip", 5_917_549,
-            "a6898adb50b9ca05aa231689da44c217cb524e7ebd39d264c56e2832f2c54e20",
-            "ml-1m", "1m", "1M ratings, 6k users, 3.9k movies, 2003 (6 MB)"),
-    Archive("ml-20m", "ml-20m.zip", 198_702_078,
-            "96f243c338a8665f6bcc89c53edf6ee39162a846940de6b7c8c48aeada765ff3",
-            "ml-20m", "csv", "20M ratings + tags, 138k users (190 MB)"),
-    Archive("ml-25m", "ml-25m.zip", 261_978_986,
-            "8b21cfb7eb1706b4ec0aac894368d90acf26ebdfb6aced3ebd4ad5bd1eb9c6aa",
-            "ml-25m", "csv", "25M ratings + tags, 162k users (250 MB)"),
-]}
+    @property
+    def folder(self) -> str:
+        return self.name
+
+
+# name, size in bytes, SHA-256, layout, description. Sizes and SHA-256 as recorded for
+# these GroupLens URLs by TensorFlow Datasets (tensorflow_datasets/url_checksums/movielens.txt).
+_PUBLISHED = """
+ml-latest-small 978202 696d65a3dfceac7c45750ad32df2c259311949efec81f0f144fdfb91ebc9e436 csv
+  100k ratings + tags, 610 users, 9.7k movies (1 MB)
+ml-100k 4924029 50d2a982c66986937beb9ffb3aa76efe955bf3d5c6b761f4e3a7cd717c6a3229 100k
+  100k ratings, 943 users, 1.7k movies, 1998 (5 MB)
+ml-1m 5917549 a6898adb50b9ca05aa231689da44c217cb524e7ebd39d264c56e2832f2c54e20 1m
+  1M ratings, 6k users, 3.9k movies, 2003 (6 MB)
+ml-20m 198702078 96f243c338a8665f6bcc89c53edf6ee39162a846940de6b7c8c48aeada765ff3 csv
+  20M ratings + tags, 138k users (190 MB)
+ml-25m 261978986 8b21cfb7eb1706b4ec0aac894368d90acf26ebdfb6aced3ebd4ad5bd1eb9c6aa csv
+  25M ratings + tags, 162k users (250 MB)
+"""
+
+
+def _parse_published(text: str) -> dict:
+    lines = text.strip().splitlines()
+    out = {}
+    for head, desc in zip(lines[::2], lines[1::2]):
+        name, size, sha, layout = head.split()
+        out[name] = Archive(name, int(size), sha, layout, desc.strip())
+    return out
+
+
+ARCHIVES = _parse_published(_PUBLISHED)
 MANUAL = {"taobao": (
     f"Taobao UserBehavior must be downloaded by hand: its terms require you to accept them at "
     f"{TAOBAO_URL} (Alibaba Tianchi). Unpack UserBehavior.csv into a directory and pass it as "
