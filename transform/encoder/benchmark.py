@@ -82,7 +82,8 @@ def _minilm(results, timed, train, held, epochs, batch_size, seed):
 
 
 def main(argv=None):
-    import dmgin_tf  # noqa: F401  (environment defaults)
+    from dmgin_tf.cli.common import configure_process
+    configure_process()          # a program: tf.keras = Keras 2, quiet TensorFlow logs
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--items", required=True)
     p.add_argument("--output")
