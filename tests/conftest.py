@@ -9,13 +9,18 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import pytest  # noqa: E402
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-# The real public datasets beside the checkout (../shared/data); tests that need the
-# full files skip when it is absent, the embedded sample is always there.
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+# The real public datasets (docs/data.md: taobao-userbehavior/, movielens-latest-small/):
+# $DMGIN_DATA_DIR, else data/ in the checkout, else ../shared/data beside it. Tests that
+# need the full files skip when none exists; the embedded sample is always there.
+_DATA_CANDIDATES = [pathlib.Path(p) for p in [os.environ.get("DMGIN_DATA_DIR")] if p] + [
+    REPO_ROOT / "data", REPO_ROOT.parent / "shared" / "data"]
+SHARED_DATA = next((d for d in _DATA_CANDIDATES if (d / "taobao-userbehavior").is_dir()),
+                   _DATA_CANDIDATES[-1])
 
 
 @pytest.fixture(scope="session")
 def shared_data_dir():
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared datasets not found at {SHARED_DATA}")
+        pytest.skip(f"public datasets not found (set DMGIN_DATA_DIR; looked in "
+                    f"{', '.join(map(str, _DATA_CANDIDATES))})")
     return SHARED_DATA
