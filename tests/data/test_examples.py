@@ -1,4 +1,4 @@
-"""Per-user example building under the evaluation protocol (DESIGN §6)."""
+"""Per-user example building under the evaluation protocol (docs/design.md: Evaluation protocol)."""
 import numpy as np
 import pandas as pd
 import pytest

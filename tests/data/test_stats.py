@@ -58,7 +58,7 @@ def test_stats_match_pandas_on_full_data(dataset, subdir, shared_data_dir, tmp_p
     convert(dataset, src, tmp_path)
     stats = dataset_stats(tmp_path)
     assert_stats_match(stats, raw_reference(dataset, src))
-    if dataset == "taobao":  # the figures of ../shared/data/README.md
+    if dataset == "taobao":  # the 680-user file of docs/data.md
         assert (stats["users"], stats["items"], stats["interactions"]) == (680, 47282, 70951)
         assert stats["history_length"]["p50"] == 78 and stats["history_length"]["max"] == 539
 
