@@ -9,18 +9,19 @@ Stages, each run on every runner in ONE process so the numbers compare:
 - k-means (`transform.grouping.kmeans.fit_kmeans`, K=256, fixed iterations): item rows
   × (iterations + final assignment pass) / s. Embeddings: `--embeddings` or, when absent,
   deterministic synthetic 64-d vectors per catalog item (category direction + noise) —
-  throughput does not depend on what the vectors mean.
-
+  throughput does not depend on what the vectors mean;
 - pipeline (`--stages pipeline`): `dmgin pipeline run` end to end (fresh root, one
   process per run) at each `--scales` factor: per component wall time, peak RSS (process
   tree) and output artifact bytes, against the canonical behaviors' bytes. Factors > 1
   replicate the real users with new ids (`<user>~r<k>`, same items and times): a
   SYNTHETIC set for cost only, never for quality. Config: `--pipeline-config` (default the
   embedded sample's small model) with `data.dataset` = `--dataset`; the Trainer exports
-  `serving_default` + `predict_raw` only, without XLA. Markdown: one
-  `<!-- pipeline-scale:<dataset> -->` block per dataset at the end of docs/benchmarks.md.
+  `serving_default` + `predict_raw` only, without XLA. `--scales life`: 5 SYNTHETIC
+  lifelong users of 10⁴ behaviors each, chains of real users shifted in time
+  (`lifelong`). Markdown: one `<!-- pipeline-scale:<dataset> -->` block per dataset at
+  the end of docs/benchmarks.md.
 
-    dmgin bench scale --stages pipeline --data '' --dataset taobao --scales 1,10
+    dmgin bench scale --stages pipeline --data '' --dataset taobao --scales 1,10,life
 
 Runners: DirectRunner (multi_processing, one worker per core), Dask LocalCluster with 1
 and with 2 worker processes (cluster start-up excluded, reported separately). On a
@@ -58,7 +59,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stages", default="examples,shuffle,kmeans",
                    help="comma-separated subset of examples, shuffle, kmeans")
     p.add_argument("--scales", default="1,10",
-                   help="pipeline stage: replication factors (1 = the data as is)")
+                   help="pipeline stage: replication factors (1 = the data as is) and/or "
+                        "'life' (5 synthetic users of 10^4 events each, chained real users)")
     p.add_argument("--pipeline-config", default=os.path.join("tfx_pipeline", "sample_config.yaml"),
                    help="pipeline stage: config file (data.dataset is set from --dataset)")
     p.add_argument("--output", default=os.path.join("runs", "bench", "scale"))
@@ -152,6 +154,35 @@ def replicate(data: str, out: str, factor: int) -> str:
     return out
 
 
+def lifelong(data: str, out: str, events: int = 10_000, users: int = 5) -> str:
+    """SYNTHETIC lifelong users: each of `users` new users is a chain of real users'
+    sequences (cycling through the real users, copies renamed), shifted in time so they
+    follow one another — the same interests recurring over years — until it has
+    `events` behaviors. For cost only."""
+    import numpy as np
+    import pandas as pd
+    os.makedirs(out, exist_ok=True)
+    beh = pd.read_parquet(os.path.join(data, "behaviors.parquet"))
+    beh = beh.sort_values(["user_id", "timestamp"], kind="stable")
+    groups = [g for _, g in beh.groupby("user_id", sort=True)]
+    span = int(beh["timestamp"].max() - beh["timestamp"].min()) + 1
+    parts, k = [], 0
+    for u in range(users):
+        n, shift = 0, 0
+        while n < events:
+            g = groups[k % len(groups)]
+            k += 1
+            take = g.iloc[: events - n]
+            parts.append(take.assign(user_id=f"life{u}",
+                                     timestamp=take["timestamp"].to_numpy(np.int64) + shift))
+            n += len(take)
+            shift += span
+    pd.concat(parts, ignore_index=True).to_parquet(os.path.join(out, "behaviors.parquet"),
+                                                   index=False, row_group_size=65536)
+    shutil.copyfile(os.path.join(data, "items.parquet"), os.path.join(out, "items.parquet"))
+    return out
+
+
 _CHILD = """
 import json, sys
 from dmgin_tf.config import load_config
@@ -172,8 +203,12 @@ def pipeline_scale(args, data: str) -> dict:
     import subprocess
     from tfx_pipeline.runner import dir_bytes
     runs = []
-    for factor in [int(f) for f in args.scales.split(",")]:
-        src = replicate(data, os.path.join(args.output, f"x{factor}"), factor)
+    for factor in args.scales.split(","):
+        if factor == "life":
+            src = lifelong(data, os.path.join(args.output, "life"))
+        else:
+            factor = int(factor)
+            src = replicate(data, os.path.join(args.output, f"x{factor}"), factor)
         work = os.path.join(args.output, f"pipeline-x{factor}")
         shutil.rmtree(work, ignore_errors=True)
         out = os.path.join(work, "summary.json")
@@ -188,7 +223,7 @@ def pipeline_scale(args, data: str) -> dict:
         comps = res["components"]
         built = sum(comps.get(c, {}).get("artifact_bytes", 0) for c in ("ExampleBuilder", "Transform"))
         from transform.beam_io import parquet_table_rows
-        runs.append({"factor": factor, "synthetic": factor > 1,
+        runs.append({"factor": factor, "synthetic": factor != 1,
                      "behaviors": parquet_table_rows(os.path.join(src, "behaviors.parquet")),
                      "behavior_bytes": beh_bytes, "components": comps,
                      "examplebuilder_transform_bytes": built,
@@ -213,7 +248,8 @@ def pipeline_markdown(s: dict, command: str) -> str:
              "| scale | behaviors | behaviors.parquet MB | component | wall s | peak RSS MB | "
              "artifacts MB |", "|---|---|---|---|---|---|---|"]
     for r in s["runs"]:
-        label = f"{r['factor']}×" + (" (synthetic)" if r["synthetic"] else "")
+        label = ("10⁴ events/user" if r["factor"] == "life" else f"{r['factor']}×") \
+            + (" (synthetic)" if r["synthetic"] else "")
         for c in _PIPE_COMPONENTS:
             row = r["components"].get(c)
             if row is None:
