@@ -194,3 +194,19 @@ def test_serving_tensorizer_equals_training_batches(spans, tmp_path):
     served[F.LABEL] = np.array([X.from_tf_example(r)[F.LABEL] for r in records])
     assert (served[F.HIST_ITEM] == F.OOV_ID).any() or (served[F.CAND_ITEM] == F.OOV_ID).any()
     assert _rows(served, users) == _expand(es, "test")
+
+
+def test_user_records_on_dask_equal_direct(spans, tmp_path):
+    """The records builder on a 2-worker Dask cluster writes DirectRunner's records."""
+    from dmgin_tf.config import BeamConfig
+    from transform import beam_runner
+    dask = BeamConfig.from_dict({"runner": "dask", "dask_local_workers": 2, "dask_npartitions": 4})
+    cfg = DataConfig.from_dict({"dataset": "movielens", "max_history": 10, "seed": 3})
+    out = {}
+    with beam_runner.local_dask_cluster(2) as address:
+        for name, beam_cfg, addr in (("d", DIRECT, None), ("k", dask, address)):
+            counts = X.build_user_records(spans[1], str(tmp_path / name), cfg, beam_cfg,
+                                          item_groups={}, window=L, splits=3, dask_address=addr)
+            out[name] = (counts, {s: sorted(beam_io.read_tfrecords(str(tmp_path / name / s)))
+                                  for s in SPLIT_NAMES + (X.FLAT_EVAL,)})
+    assert out["d"] == out["k"] and out["d"][0]["train"] > 0
