@@ -193,8 +193,10 @@ prepare_span(cfg, a["data_root"], 1, a["data"])
 s = run_pipeline(cfg, data_root=a["data_root"], span=1, pipeline_root=a["root"],
                  serving_base=a["serving"], export_jit_compile=False, export_signatures="default",
                  echo=lambda m: print(m, flush=True))
+from tfx_pipeline.runner import dir_bytes
 json.dump({"components": s.components, "seconds": s.seconds, "blessed": s.blessed,
-           "metrics": s.metrics}, open(a["out"], "w"))
+           "metrics": s.metrics, "artifact_bytes": {k: dir_bytes(u) for k, u in s.artifacts.items()}},
+          open(a["out"], "w"))
 """
 
 
@@ -228,6 +230,8 @@ def pipeline_scale(args, data: str) -> dict:
                      "behavior_bytes": beh_bytes, "components": comps,
                      "examplebuilder_transform_bytes": built,
                      "ratio": round(built / beh_bytes, 2), "seconds": round(res["seconds"], 1),
+                     "records_bytes": res["artifact_bytes"].get("ExampleBuilder.examples", 0),
+                     "flat_eval_bytes": res["artifact_bytes"].get("ExampleBuilder.eval_examples", 0),
                      "blessed": res["blessed"], "auc": res["metrics"].get("auc")})
         print(json.dumps(runs[-1]), flush=True)
     return {"runs": runs, "dataset": args.dataset, "config": args.pipeline_config,
@@ -259,6 +263,12 @@ def pipeline_markdown(s: dict, command: str) -> str:
                          f"{row.get('artifact_bytes', 0) / 1e6:.2f} |")
         lines.append(f"| {label} | | | **ExampleBuilder + Transform / behaviors** | "
                      f"{r['seconds']:.0f} (run) | | **{r['ratio']}×** |")
+        if r.get("records_bytes"):
+            b = r["behavior_bytes"]
+            lines.append(f"| {label} | | | of which user records (training data) / behaviors | | | "
+                         f"{r['records_bytes'] / b:.2f}× |")
+            lines.append(f"| {label} | | | of which flat eval view (Evaluator) / behaviors | | | "
+                         f"{r['flat_eval_bytes'] / b:.2f}× |")
     lines.append(f"<!-- pipeline-scale:{s['dataset']}:end -->")
     return "\n".join(lines)
 
