@@ -2,7 +2,7 @@
 
 The op's math is pure `keras.ops` and gives bit-identical integer results on every
 path; only the *choice among equivalent algorithms* depends on the executor, because
-the fast primitive differs by up to 10x (measured on this 2-core CPU, B=64, L=10 000):
+the fast primitive differs by up to 10x (measured on a 2-core x86 CPU, B=64, L=10 000):
 
 | primitive                    | TF graph / eager | XLA (TF jit_compile, JAX) |
 |------------------------------|------------------|---------------------------|
