@@ -19,7 +19,7 @@ from dmgin_tf.data.batches import densify
 from dmgin_tf.data.datasets import get_spec
 from dmgin_tf.data.examples import SPLIT_NAMES, build_example_set
 from dmgin_tf.data.item_index import ItemIndex
-from tests.transform.test_beam_examples import DIRECT, make_slice
+from test_beam_examples import DIRECT, make_slice  # same directory (rootdir on sys.path)
 from transform import beam_io
 from transform import examples as X
 
