@@ -265,8 +265,10 @@ def pipeline_markdown(s: dict, command: str) -> str:
                      f"{r['seconds']:.0f} (run) | | **{r['ratio']}×** |")
         if r.get("records_bytes"):
             b = r["behavior_bytes"]
+            n = r["behaviors"]
             lines.append(f"| {label} | | | of which user records (training data) / behaviors | | | "
-                         f"{r['records_bytes'] / b:.2f}× |")
+                         f"{r['records_bytes'] / b:.2f}× ({r['records_bytes'] / n:.1f} vs "
+                         f"{b / n:.1f} B per behavior) |")
             lines.append(f"| {label} | | | of which flat eval view (Evaluator) / behaviors | | | "
                          f"{r['flat_eval_bytes'] / b:.2f}× |")
     lines.append(f"<!-- pipeline-scale:{s['dataset']}:end -->")
