@@ -12,6 +12,7 @@ from dmgin_tf.layers.dense import Dense
 from dmgin_tf.layers.feature_embedding import FeatureEmbedding, age_seconds
 from dmgin_tf.layers.group_statistics import GroupStatistics
 from dmgin_tf.layers.inter_group_transformer import InterGroupTransformer
+from dmgin_tf.layers.input_contract import check_structure, check_values, clamp_ids
 from dmgin_tf.layers.intra_group_transformer import IntraGroupTransformer
 from dmgin_tf.layers.target_attention import TargetAttention
 from dmgin_tf.layers.variable_tree import attach_checkpoint_tree
@@ -58,11 +59,18 @@ class GroupInterestEncoder(keras.layers.Layer):
         group_key: `"group"` (hist_group / cand_group) or `"item"` (DGIN: each item is
             its own group; the item table embeds groups).
         num_time_buckets: int, log2-minute recency buckets.
+        validate: bool. Structure (keys, dense int tensors, shapes) is always checked
+            when the layer is called, also symbolically; with `validate=True` (default)
+            concrete inputs (eager, numpy) are also checked for id ranges, padding,
+            seconds and no history after `request_time` (`input_contract.py`). Either
+            way `InputContractError` names the input and the rule; compiled calls map
+            out-of-vocabulary ids to OOV (1) instead (`input_contract.clamp_ids`).
 
     Call arguments:
         inputs: dict with `hist_item, hist_group, hist_behavior_id: [B, L] int`,
             `hist_time: [B, L] int` (Unix s), `request_time: [B] int`,
-            `cand_item, cand_group: [B] int` (keys in `dmgin_tf.features`).
+            `cand_item, cand_group: [B] int` (keys in `dmgin_tf.features`); `[B, 1]`
+            request times and candidates are read as `[B]`. Contract: docs/layers.md.
         training: bool.
 
     Returns:
@@ -91,7 +99,7 @@ class GroupInterestEncoder(keras.layers.Layer):
                  max_per_group=16, embedding_dim=16, num_heads=2, intra_layers=1,
                  inter_layers=2, inter_block="hstu", attention_units=(64, 32), dropout=0.0,
                  use_stats=True, use_intra=True, use_inter=True, use_candidate_group=True,
-                 group_key="group", num_time_buckets=32, **kwargs):
+                 group_key="group", num_time_buckets=32, validate=True, **kwargs):
         super().__init__(**kwargs)
         for name, value in (("max_groups", max_groups), ("max_per_group", max_per_group),
                             ("num_behavior_types", num_behavior_types),
@@ -116,6 +124,7 @@ class GroupInterestEncoder(keras.layers.Layer):
         self.use_candidate_group = bool(use_candidate_group)
         self.group_key = group_key
         self.num_time_buckets = int(num_time_buckets)
+        self.validate = bool(validate)
 
         d = self.embedding_dim
         self.embedding = FeatureEmbedding(
@@ -212,6 +221,7 @@ class GroupInterestEncoder(keras.layers.Layer):
         """
         if not self.built:
             self.build()
+        inputs = self._in_vocab(inputs)
         rt = inputs[REQUEST_TIME]
         num_groups = self._num_groups()
         gh = group_behaviors(inputs[HIST_ITEM], self._group_key(inputs),
@@ -266,6 +276,7 @@ class GroupInterestEncoder(keras.layers.Layer):
         """
         if not self.built:
             self.build()
+        inputs = self._in_vocab(inputs)
         cand_item = ops.cast(inputs[CAND_ITEM], "int32")
         cand_key = ops.cast(self._cand_key(inputs), "int32")
         if len(cand_item.shape) == 2:
@@ -302,6 +313,7 @@ class GroupInterestEncoder(keras.layers.Layer):
         """
         if not self.built:
             self.build()
+        inputs = self._in_vocab(inputs)
         return self._candidate_features(inputs, ops.cast(inputs[CAND_ITEM], "int32"),
                                         ops.cast(self._cand_key(inputs), "int32"), training)
 
@@ -319,6 +331,7 @@ class GroupInterestEncoder(keras.layers.Layer):
         """
         if not self.built:
             self.build()
+        inputs = self._in_vocab(inputs)
         cand_item = ops.cast(inputs[CAND_ITEM], "int32")
         cand_key = ops.cast(self._cand_key(inputs), "int32")
         return self._user_features(user_state, self._query(cand_item, cand_key), cand_key)
@@ -397,7 +410,23 @@ class GroupInterestEncoder(keras.layers.Layer):
                       c["match_features"]]
         return ops.concatenate(parts, axis=-1)
 
+    def __call__(self, inputs, *args, **kwargs):
+        # Checked before Keras' own __call__, so a broken input raises our error as is
+        # (not re-wrapped) and `[B, 1]` candidates are `[B]` before any shape logic.
+        inputs = check_structure(inputs)
+        if self.validate:
+            check_values(inputs, item_vocab_size=self.item_vocab_size,
+                         group_vocab_size=self.group_vocab_size,
+                         num_behavior_types=self.num_behavior_types)
+        return super().__call__(inputs, *args, **kwargs)
+
+    def _in_vocab(self, inputs):
+        """Out-of-vocabulary item/group ids → OOV, identically on every device."""
+        return clamp_ids(inputs, item_vocab_size=self.item_vocab_size,
+                         group_vocab_size=self.group_vocab_size)
+
     def call(self, inputs, training=None):
+        inputs = self._in_vocab(inputs)
         return self.score_candidates(self.encode_user(inputs, training=training), inputs,
                                      training=training)
 
@@ -415,7 +444,7 @@ class GroupInterestEncoder(keras.layers.Layer):
             attention_units=self.attention_units, dropout=self.dropout,
             use_stats=self.use_stats, use_intra=self.use_intra, use_inter=self.use_inter,
             use_candidate_group=self.use_candidate_group, group_key=self.group_key,
-            num_time_buckets=self.num_time_buckets)
+            num_time_buckets=self.num_time_buckets, validate=self.validate)
         return config
 
 

@@ -1,0 +1,204 @@
+"""The input contract of `GroupInterestEncoder`, checked where inputs enter the layer.
+
+| input | shape | dtype | values |
+|---|---|---|---|
+| `hist_item` | `[B, L]` | int | item ids in `[0, item_vocab_size)`; 0 = empty slot |
+| `hist_group` | `[B, L]` | int | group ids in `[0, group_vocab_size)`; 0 on empty slots |
+| `hist_behavior_id` | `[B, L]` | int | behavior types in `[0, T]` (1..T; 0 on empty slots) |
+| `hist_time` | `[B, L]` | int | Unix **seconds**, not after `request_time` |
+| `request_time` | `[B]` or `[B, 1]` | int | Unix seconds |
+| `cand_item` | `[B]`, `[B, 1]` or `[B, N]` | int | item ids in `[0, item_vocab_size)` |
+| `cand_group` | same as `cand_item` | int | group ids in `[0, group_vocab_size)` |
+
+Two levels (`GroupInterestEncoder(validate=True)`, the default):
+
+- *structure*, on every call, also symbolic ones (model build, tracing): every key
+  present, dense tensors (not sparse/ragged), integer dtypes, ranks, and equal static
+  sizes (`[B, L]` histories, one batch size); `[B, 1]` request times and candidates are
+  reshaped to `[B]` (one candidate per row, what `FixedLenFeature([1])` gives).
+- *values*, when the inputs are concrete (eager TF, numpy, JAX outside `jit`): id ranges
+  (which also catches -1 padding: the padding id is 0), seconds rather than
+  milliseconds, no history event after the request. Values in empty slots
+  (`hist_item == 0`) other than `hist_item` itself are ignored by the layer, not checked.
+
+Both raise `InputContractError` naming the input, the rule and the first bad value.
+Compiled calls (tf.function / XLA / JAX jit) cannot raise on values; there the layer maps
+out-of-range ids the same way on every device (`clamp_ids`): item and group ids outside
+the vocabulary → `OOV_ID` (1), behavior ids outside `[0, T]` → 0 (the grouping op's
+"unknown type": behaviors have no OOV bucket, 1..T are real types), negative times → 0.
+"""
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras import ops
+
+from dmgin_tf.features import (CAND_GROUP, CAND_ITEM, HIST_BEHAVIOR_ID, HIST_GROUP, HIST_ITEM,
+                               HIST_TIME, HISTORY_INPUT_KEYS, MODEL_INPUT_KEYS, OOV_ID, PAD_ID,
+                               REQUEST_TIME)
+
+#: Unix seconds accepted as a time: 1970 .. 2100-01-01 (the serving rule, same bounds).
+MAX_TIME_S = 4_102_444_800
+#: >= 1e11 "seconds" is the year 5138: almost surely milliseconds.
+MS_HINT_MIN = 100_000_000_000
+CANDIDATE_KEYS = (CAND_ITEM, CAND_GROUP)
+
+
+class InputContractError(ValueError):
+    """An input of `GroupInterestEncoder` breaks the contract (names input and rule)."""
+
+
+def _fail(name, rule, detail=""):
+    raise InputContractError(f"input {name!r}: {rule}{': ' + detail if detail else ''} "
+                             "(contract: docs/layers.md, 'Input contract')")
+
+
+def _is_concrete(x) -> bool:
+    """True for values we can read now (numpy, eager TF, JAX outside a trace)."""
+    if isinstance(x, (np.ndarray, np.generic, int)):
+        return True
+    if isinstance(x, keras.KerasTensor):
+        return False
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+        return tf.executing_eagerly() and hasattr(x, "numpy")
+    if backend == "jax":
+        import jax
+        return not isinstance(x, jax.core.Tracer)
+    return False
+
+
+def _dtype_name(x):
+    dtype = x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype
+    return str(getattr(dtype, "name", dtype))
+
+
+def check_structure(inputs, *, keys=MODEL_INPUT_KEYS) -> dict:
+    """Structure rules (any mode); returns the inputs with `[B, 1]` request times and
+    candidates as `[B]`. Raises `InputContractError`."""
+    if not isinstance(inputs, dict):
+        raise InputContractError(
+            f"GroupInterestEncoder takes a dict of inputs with keys {list(keys)}, got "
+            f"{type(inputs).__name__}")
+    missing = [k for k in keys if k not in inputs]
+    if missing:
+        raise InputContractError(f"missing input(s) {missing}; the encoder needs "
+                                 f"{list(keys)} (got {sorted(inputs)})")
+    out = dict(inputs)
+    for k in keys:
+        x = out[k]
+        kind = type(x).__name__
+        if kind in ("SparseTensor", "RaggedTensor") or "Sparse" in kind:
+            _fail(k, f"must be a dense tensor, got a {kind}",
+                  "pad each history to L keeping the newest L events "
+                  "(docs/layers.md, 'Building inputs from tf.Example')")
+        if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+            x = out[k] = np.asarray(x)
+        dtype = _dtype_name(x)
+        if "int" not in dtype:
+            _fail(k, f"must have an integer dtype, got {dtype}",
+                  "ids and Unix-second times are integers (cast floats with care)")
+    hist_shape = None
+    for k in HISTORY_INPUT_KEYS:
+        if k not in keys:
+            continue
+        shape = tuple(out[k].shape)
+        if len(shape) != 2:
+            _fail(k, f"must be [B, L], got shape {list(shape)}")
+        if hist_shape is None:
+            hist_shape = (HIST_ITEM if HIST_ITEM in keys else k, shape)
+        elif not _same(shape, hist_shape[1]):
+            _fail(k, f"shape {list(shape)} differs from {hist_shape[0]!r} "
+                     f"{list(hist_shape[1])}; every history input is [B, L] with one L")
+    batch = hist_shape[1][0] if hist_shape else None
+    if REQUEST_TIME in keys:
+        rt = out[REQUEST_TIME]
+        if len(rt.shape) == 2 and rt.shape[1] == 1:
+            rt = out[REQUEST_TIME] = ops.reshape(rt, (-1,))
+        if len(rt.shape) != 1:
+            _fail(REQUEST_TIME, f"must be [B] (or [B, 1]), got shape {list(rt.shape)}")
+        if not _same((rt.shape[0],), (batch,)):
+            _fail(REQUEST_TIME, f"batch {rt.shape[0]} differs from the history's {batch}")
+    cands = [k for k in CANDIDATE_KEYS if k in keys]
+    for k in cands:
+        c = out[k]
+        if len(c.shape) == 2 and c.shape[1] == 1:
+            c = out[k] = ops.reshape(c, (-1,))      # [B, 1]: one candidate per row
+        if len(c.shape) not in (1, 2):
+            _fail(k, f"must be [B] (one candidate per row, also [B, 1]) or [B, N] "
+                     f"(N candidates per row), got shape {list(c.shape)}")
+        if not _same((c.shape[0],), (batch,)):
+            _fail(k, f"batch {c.shape[0]} differs from the history's {batch}")
+    if len(cands) == 2 and not _same(tuple(out[CAND_ITEM].shape), tuple(out[CAND_GROUP].shape)):
+        _fail(CAND_GROUP, f"shape {list(out[CAND_GROUP].shape)} differs from "
+                          f"'cand_item' {list(out[CAND_ITEM].shape)}")
+    return out
+
+
+def _same(a, b):
+    """Static shapes agree where both are known."""
+    return len(a) == len(b) and all(x is None or y is None or int(x) == int(y)
+                                    for x, y in zip(a, b))
+
+
+def check_values(inputs, *, item_vocab_size, group_vocab_size, num_behavior_types,
+                 keys=MODEL_INPUT_KEYS) -> None:
+    """Value rules on concrete inputs (skipped, returning None, when any is symbolic)."""
+    if not all(_is_concrete(inputs[k]) for k in keys):
+        return
+    a = {k: np.asarray(ops.convert_to_numpy(inputs[k])) for k in keys}
+    ranges = {HIST_ITEM: (item_vocab_size, "item_vocab_size"),
+              CAND_ITEM: (item_vocab_size, "item_vocab_size"),
+              HIST_GROUP: (group_vocab_size, "group_vocab_size"),
+              CAND_GROUP: (group_vocab_size, "group_vocab_size"),
+              HIST_BEHAVIOR_ID: (num_behavior_types + 1, "num_behavior_types + 1")}
+    for k, (hi, what) in ranges.items():
+        if k not in a:
+            continue
+        bad = (a[k] < 0) | (a[k] >= hi)
+        if bad.any():
+            pos, value = _first(a[k], bad)
+            hint = (" — padding is 0, not -1" if value == -1 else
+                    f" — map unknown ids to {OOV_ID} (OOV)" if value >= hi else "")
+            _fail(k, f"id outside [0, {hi}) ({what}={hi})", f"{value} at {pos}{hint}")
+    for k in (HIST_TIME, REQUEST_TIME):
+        if k not in a:
+            continue
+        t = a[k] if k == REQUEST_TIME or HIST_ITEM not in a else \
+            np.where(a[HIST_ITEM] != PAD_ID, a[k], 0)
+        bad = (t < 0) | (t > MAX_TIME_S)
+        if bad.any():
+            pos, value = _first(t, bad)
+            hint = " — this looks like milliseconds; use Unix seconds" \
+                if value >= MS_HINT_MIN else ""
+            _fail(k, f"time outside [0, {MAX_TIME_S}] (Unix seconds, 1970..2100)",
+                  f"{value} at {pos}{hint}")
+    if HIST_ITEM in a:
+        pad = a[HIST_ITEM] == PAD_ID
+        if HIST_TIME in a and REQUEST_TIME in a:
+            late = ~pad & (a[HIST_TIME] > a[REQUEST_TIME].reshape(-1, 1))
+            if late.any():
+                pos, value = _first(a[HIST_TIME], late)
+                _fail(HIST_TIME, "history event after request_time",
+                      f"{value} at {pos} > request_time {a[REQUEST_TIME].reshape(-1)[pos[0]]}; "
+                      "the history holds only events before the request")
+
+
+def _first(values, bad):
+    pos = tuple(int(i) for i in np.argwhere(bad)[0])
+    return list(pos), values[pos].item()
+
+
+def clamp_ids(inputs, *, item_vocab_size, group_vocab_size):
+    """The compiled-path rule: item / group ids outside the vocabulary → `OOV_ID`
+    (padding 0 stays 0). Behavior ids and times are clamped by the grouping op itself
+    (behavior outside [0, T] → 0, negative time → 0). Same result on CPU, XLA and GPU."""
+    out = dict(inputs)
+    for keys, hi in (((HIST_ITEM, CAND_ITEM), item_vocab_size),
+                     ((HIST_GROUP, CAND_GROUP), group_vocab_size)):
+        for k in keys:
+            if k in out:
+                x = ops.convert_to_tensor(out[k])
+                out[k] = ops.where((x < 0) | (x >= hi), ops.cast(OOV_ID, x.dtype), x)
+    return out

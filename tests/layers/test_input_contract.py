@@ -1,0 +1,151 @@
+"""GroupInterestEncoder's input contract: every rule raises a named error in eager mode,
+[B, 1] candidates are one candidate per row, and out-of-vocabulary ids map to OOV the
+same way eagerly and under XLA."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from dmgin_tf import features as F
+from dmgin_tf.layers import GroupInterestEncoder
+from dmgin_tf.layers.input_contract import InputContractError
+
+from .synthetic import synthetic_inputs
+
+KW = dict(item_vocab_size=40, group_vocab_size=8, num_behavior_types=2, max_groups=3,
+          max_per_group=2, embedding_dim=8)
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    enc = GroupInterestEncoder(**KW)
+    enc.build()
+    return enc
+
+
+def _x():
+    # Realistic seconds (2023) so the time rules see real timestamps.
+    x = synthetic_inputs(batch=4, length=12, seed=1)
+    valid = x[F.HIST_ITEM] != 0
+    x[F.HIST_TIME] = np.where(valid, x[F.HIST_TIME] + 1_700_000_000, 0)
+    x[F.REQUEST_TIME] = x[F.REQUEST_TIME] + 1_700_000_000
+    return x
+
+
+def _set(x, key, row, col, value):
+    x[key] = x[key].copy()
+    x[key][row, col] = value
+    return x
+
+
+def _first_valid(x):
+    return 0, 0    # synthetic rows have at least one behavior at position 0
+
+
+def _broken(rule):
+    x = _x()
+    r, c = _first_valid(x)
+    if rule == "missing":
+        del x[F.HIST_TIME]
+    elif rule == "sparse":
+        x[F.HIST_ITEM] = tf.sparse.from_dense(x[F.HIST_ITEM])
+    elif rule == "float_ids":
+        x[F.CAND_ITEM] = x[F.CAND_ITEM].astype("float32")
+    elif rule == "history_lengths":
+        x[F.HIST_GROUP] = x[F.HIST_GROUP][:, :8]
+    elif rule == "batch":
+        x[F.REQUEST_TIME] = x[F.REQUEST_TIME][:3]
+    elif rule == "cand_rank":
+        x[F.CAND_ITEM] = x[F.CAND_ITEM].reshape(4, 1, 1)
+        x[F.CAND_GROUP] = x[F.CAND_GROUP].reshape(4, 1, 1)
+    elif rule == "item_above_vocab":
+        x = _set(x, F.HIST_ITEM, r, c, 40)
+    elif rule == "cand_item_above_vocab":
+        x[F.CAND_ITEM] = x[F.CAND_ITEM].copy()
+        x[F.CAND_ITEM][2] = 1000
+    elif rule == "group_above_vocab":
+        x = _set(x, F.HIST_GROUP, r, c, 8)
+    elif rule == "behavior_above_t":
+        x = _set(x, F.HIST_BEHAVIOR_ID, r, c, 3)
+    elif rule == "negative_id":
+        x[F.CAND_GROUP] = x[F.CAND_GROUP].copy()
+        x[F.CAND_GROUP][1] = -5
+    elif rule == "minus_one_padding":
+        x[F.HIST_ITEM] = np.where(x[F.HIST_ITEM] == 0, -1, x[F.HIST_ITEM])
+    elif rule == "milliseconds":
+        x[F.HIST_TIME] = x[F.HIST_TIME] * 1000
+        x[F.REQUEST_TIME] = x[F.REQUEST_TIME] * 1000
+    elif rule == "history_after_request":
+        x = _set(x, F.HIST_TIME, r, c, int(x[F.REQUEST_TIME][r]) + 60)
+    return x
+
+
+RULES = {  # rule → (input named, words of the rule)
+    "missing": ("hist_time", "missing input"),
+    "sparse": ("hist_item", "dense tensor"),
+    "float_ids": ("cand_item", "integer dtype"),
+    "history_lengths": ("hist_group", "differs from 'hist_item'"),
+    "batch": ("request_time", "batch 3 differs"),
+    "cand_rank": ("cand_item", r"\[B\] \(one candidate per row"),
+    "item_above_vocab": ("hist_item", r"outside \[0, 40\).*40 at \[0, 0\].*OOV"),
+    "cand_item_above_vocab": ("cand_item", r"outside \[0, 40\).*1000 at \[2\]"),
+    "group_above_vocab": ("hist_group", r"outside \[0, 8\)"),
+    "behavior_above_t": ("hist_behavior_id", r"outside \[0, 3\)"),
+    "negative_id": ("cand_group", r"-5 at \[1\]"),
+    "minus_one_padding": ("hist_item", "padding is 0, not -1"),
+    "milliseconds": ("hist_time", "looks like milliseconds"),
+    "history_after_request": ("hist_time", "after request_time"),
+}
+
+
+@pytest.mark.parametrize("rule", sorted(RULES))
+def test_every_rule_raises_a_named_error_in_eager_mode(encoder, rule):
+    name, words = RULES[rule]
+    with pytest.raises(InputContractError, match=f"'{name}'.*{words}|{words}.*'{name}'"):
+        encoder(_broken(rule))
+
+
+def test_the_valid_inputs_pass(encoder):
+    assert encoder(_x()).shape == (4, encoder.output_dim)
+
+
+def test_b1_candidates_are_one_candidate_per_row(encoder):
+    x = _x()
+    flat = np.asarray(encoder(x))
+    x1 = dict(x, **{k: x[k][:, None] for k in (F.CAND_ITEM, F.CAND_GROUP, F.REQUEST_TIME)})
+    np.testing.assert_array_equal(np.asarray(encoder(x1)), flat)
+
+
+def test_contract_is_checked_when_a_keras_model_is_built():
+    import keras
+    inputs = {k: keras.Input((12,) if k in F.HISTORY_INPUT_KEYS else (),
+                             dtype="float32" if k == F.HIST_ITEM else "int32", name=k)
+              for k in F.MODEL_INPUT_KEYS}
+    with pytest.raises(InputContractError, match="'hist_item'.*integer dtype"):
+        GroupInterestEncoder(**KW)(inputs)
+
+
+def test_out_of_vocabulary_ids_map_to_oov_the_same_eagerly_and_under_xla():
+    """validate=False (what a compiled path gets): ids outside the vocabulary read as
+    OOV (1) — the same numbers eagerly, in a graph and under XLA, and the same as
+    sending OOV directly."""
+    enc = GroupInterestEncoder(**KW, validate=False)
+    enc.build()
+    x = _x()
+    bad = dict(x)
+    bad[F.HIST_ITEM] = np.where(x[F.HIST_ITEM] == 5, 4000, x[F.HIST_ITEM]).astype("int32")
+    bad[F.HIST_GROUP] = np.where(x[F.HIST_GROUP] == 3, -7, x[F.HIST_GROUP]).astype("int32")
+    bad[F.CAND_ITEM] = np.array([2, 99, -1, 3], "int32")
+    bad[F.CAND_GROUP] = np.array([2, 3, 50, 4], "int32")
+    oov = dict(x)
+    oov[F.HIST_ITEM] = np.where(x[F.HIST_ITEM] == 5, 1, x[F.HIST_ITEM]).astype("int32")
+    oov[F.HIST_GROUP] = np.where(x[F.HIST_GROUP] == 3, 1, x[F.HIST_GROUP]).astype("int32")
+    oov[F.CAND_ITEM] = np.array([2, 1, 1, 3], "int32")
+    oov[F.CAND_GROUP] = np.array([2, 3, 1, 4], "int32")
+    assert (x[F.HIST_ITEM] == 5).any() and (x[F.HIST_GROUP] == 3).any()
+    expected = np.asarray(enc(oov))
+    eager = np.asarray(enc(bad))
+    graph = tf.function(lambda v: enc(v))(bad).numpy()
+    xla = tf.function(lambda v: enc(v), jit_compile=True)(bad).numpy()
+    np.testing.assert_array_equal(eager, expected)
+    np.testing.assert_allclose(graph, expected, atol=1e-5)
+    np.testing.assert_allclose(xla, expected, atol=1e-5)
