@@ -213,6 +213,11 @@ class ModelConfig(ConfigBase):
     use_candidate_group: bool = True
     attention_units: Tuple[int, ...] = (64, 32)  # target attention scoring MLP
     num_time_buckets: int = 32        # log2-minute recency buckets (embeddings, HSTU bias)
+    # Context statistics for the MLP head (every model): candidate item/group training
+    # statistics (out-of-fold for training examples) + user history aggregates.
+    use_context: bool = True
+    context_folds: int = 5            # K out-of-fold tables for training examples
+    context_prior: float = 20.0       # smoothing pseudo-examples of the positive rates
 
     def validate(self):
         self._require(self.model in ("dmgin", "dgin", "din", "sim", "bst", "transformer"),
@@ -240,6 +245,10 @@ class ModelConfig(ConfigBase):
         self._require(self.inter_block in ("hstu", "transformer"), "inter_block",
                       "must be hstu or transformer")
         self._require(0 <= self.dropout < 1, "dropout", "must be in [0, 1)")
+        self._require(self.context_folds >= 2, "context_folds",
+                      "must be >= 2 (out-of-fold statistics)")
+        self._require(self.context_prior > 0 and self.context_prior < float("inf"),
+                      "context_prior", "must be a finite number > 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,6 +267,13 @@ class TrainConfig(ConfigBase):
     distribute: str = "auto"          # auto: several GPUs/devices -> data parallel | off | force
     steps_per_epoch: int = 0          # 0 = whole train split per epoch (budgeted benchmarks cap it)
     eval_batch_size: int = 0          # 0 = batch_size
+    # Learning rate: "constant", or "warmup_cosine" (linear warm-up from 0 over
+    # lr_warmup_epochs, then cosine decay to lr_min_ratio * learning_rate at `epochs`).
+    lr_schedule: str = "constant"
+    lr_warmup_epochs: float = 0.5
+    lr_min_ratio: float = 0.05
+    weight_decay: float = 0.0         # decoupled (AdamW) when > 0
+    monitor: str = "val_auc"          # early stopping / best epoch: val_auc | val_gauc
 
     def validate(self):
         self._require(self.backend in ("tensorflow", "jax"), "backend", "must be tensorflow or jax")
@@ -271,6 +287,14 @@ class TrainConfig(ConfigBase):
                       "must be auto, off or force")
         self._require(self.steps_per_epoch >= 0, "steps_per_epoch", "must be >= 0")
         self._require(self.eval_batch_size >= 0, "eval_batch_size", "must be >= 0")
+        self._require(self.lr_schedule in ("constant", "warmup_cosine"), "lr_schedule",
+                      "must be constant or warmup_cosine")
+        self._require(0 <= self.lr_warmup_epochs < float("inf"), "lr_warmup_epochs",
+                      "must be a finite number >= 0")
+        self._require(0 <= self.lr_min_ratio <= 1, "lr_min_ratio", "must be in [0, 1]")
+        self._require(0 <= self.weight_decay < 1, "weight_decay", "must be in [0, 1)")
+        self._require(self.monitor in ("val_auc", "val_gauc"), "monitor",
+                      "must be val_auc or val_gauc")
 
 
 @dataclasses.dataclass(frozen=True)

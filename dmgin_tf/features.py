@@ -52,6 +52,11 @@ CAND_GROUP = "cand_group"
 MODEL_INPUT_KEYS = (HIST_ITEM, HIST_GROUP, HIST_BEHAVIOR_ID, HIST_TIME,
                     REQUEST_TIME, CAND_ITEM, CAND_GROUP)
 HISTORY_INPUT_KEYS = (HIST_ITEM, HIST_GROUP, HIST_BEHAVIOR_ID, HIST_TIME)
+# Optional training-only input: the out-of-fold index (1..K) of a training example, so
+# its context statistics exclude its own label (`dmgin_tf.data.context_stats`). Absent
+# at validation, test and serving time (= table 0, all training examples).
+CONTEXT_FOLD = "context_fold"
+OPTIONAL_INPUT_KEYS = (CONTEXT_FOLD,)
 
 # --- model outputs / serving -------------------------------------------------------------
 PREDICTION = "ctr"

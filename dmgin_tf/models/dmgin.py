@@ -74,6 +74,7 @@ class DMGIN(RankingModel):
         interest = self.encoder.score_candidates(user_state, inputs, training=training,
                                                  candidate_features=candidate_features,
                                                  user_features=user_features)
+        interest = self.head_features(interest, inputs)
         if len(interest.shape) == 2:
             return self.head(interest, training=training)
         # [U, N, F]: the head takes rows; ctr back as [U, N].

@@ -6,8 +6,9 @@ import numpy as np
 from keras import ops
 
 from dmgin_tf.config import ModelConfig
-from dmgin_tf.features import (CAND_GROUP, CAND_ITEM, HIST_BEHAVIOR_ID, HIST_GROUP, HIST_ITEM,
-                               HIST_TIME, MODEL_INPUT_KEYS, REQUEST_TIME)
+from dmgin_tf.features import (CAND_GROUP, CAND_ITEM, CONTEXT_FOLD, HIST_BEHAVIOR_ID, HIST_GROUP,
+                               HIST_ITEM, HIST_TIME, MODEL_INPUT_KEYS, REQUEST_TIME)
+from dmgin_tf.layers.context_statistics import ContextStatistics
 from dmgin_tf.layers.dense import Dense
 
 
@@ -91,6 +92,11 @@ class RankingModel(keras.Model):
     """Base of DMGIN and the baselines: inputs dict → `ctr` `[B]` float32 in (0, 1).
 
     Subclasses implement `interest(inputs, training) -> [B, F]`; the head is shared.
+    With `model_cfg.use_context` (every model, so comparisons stay fair) the head also
+    reads `ContextStatistics`: the candidate item's and group's training statistics and
+    the user's history aggregates (`context_features`). Training examples may carry the
+    optional input `context_fold` `[B]` (their out-of-fold index); without it the
+    statistics of all training examples are used (validation, test, serving).
     `get_config()` is `{"model_cfg": ModelConfig.to_dict()}`, so `from_config` rebuilds
     the same architecture.
     """
@@ -98,17 +104,53 @@ class RankingModel(keras.Model):
     def __init__(self, model_cfg, **kwargs):
         super().__init__(**kwargs)
         self.model_cfg = as_model_config(model_cfg)
-        self.head = MLPHead(self.model_cfg.mlp_units, self.model_cfg.dropout, name="head")
+        c = self.model_cfg
+        self.context = None
+        if c.use_context:
+            self.context = ContextStatistics(c.item_vocab_size, c.group_vocab_size,
+                                             c.num_behavior_types, c.context_folds,
+                                             name="context_statistics")
+        self.head = MLPHead(c.mlp_units, c.dropout, name="head")
 
     def interest(self, inputs, training=None):
         raise NotImplementedError
+
+    def context_features(self, inputs, like):
+        """Context features shaped like the interest `like` (`[B, F]`, `[U, N, F]` or, for
+        one user, `[N, F]`): float `[..., context.output_dim]`, or None without context."""
+        if self.context is None:
+            return None
+        cand = self.context.candidate_features(inputs[CAND_ITEM], inputs[CAND_GROUP],
+                                               inputs.get(CONTEXT_FOLD), inputs[HIST_GROUP],
+                                               inputs[HIST_BEHAVIOR_ID], inputs[HIST_ITEM])
+        user = self.context.user_features(inputs[HIST_ITEM], inputs[HIST_BEHAVIOR_ID],
+                                          inputs[HIST_TIME], inputs[REQUEST_TIME])
+        if len(like.shape) == 3:                       # [U, N]: repeat the user per candidate
+            user = ops.broadcast_to(user[:, None, :], ops.shape(cand)[:2] + (user.shape[-1],))
+        elif user.shape[0] == 1 and cand.shape[0] != 1:  # one user x [N] candidates
+            user = ops.broadcast_to(user, (ops.shape(cand)[0], user.shape[-1]))
+        return ops.concatenate([cand, ops.cast(user, cand.dtype)], axis=-1)
+
+    def head_features(self, interest, inputs):
+        """What the MLP head reads: the interest, plus the context features if enabled."""
+        context = self.context_features(inputs, interest)
+        if context is None:
+            return interest
+        return ops.concatenate([interest, ops.cast(context, interest.dtype)], axis=-1)
+
+    def set_context_tables(self, item, group) -> None:
+        """Fills the context statistics tables (`dmgin_tf.data.context_stats`); no-op
+        when the model has no context features."""
+        if self.context is not None:
+            self.context.set_tables(item, group)
 
     def call(self, inputs, training=None):
         missing = [k for k in MODEL_INPUT_KEYS if k not in inputs]
         if missing:
             raise KeyError(f"{type(self).__name__}: missing model input(s) {missing}; "
                            f"expected keys {list(MODEL_INPUT_KEYS)}")
-        return self.head(self.interest(inputs, training=training), training=training)
+        interest = self.interest(inputs, training=training)
+        return self.head(self.head_features(interest, inputs), training=training)
 
     def get_config(self):
         return {"model_cfg": self.model_cfg.to_dict(), "name": self.name}

@@ -47,13 +47,20 @@ class ExampleSetSplit:
         self.labels = example_set.ex_label[self.indices].astype(np.float32)
         self.user_ids = example_set.ex_user[self.indices]
 
+    folds = None   # out-of-fold index per example, set by the trainer (training split)
+
     def __len__(self) -> int:
         return len(self.indices)
 
     def batch(self, indices) -> Dict[str, np.ndarray]:
         from dmgin_tf.data.batches import densify
+        from dmgin_tf.training.inputs import with_folds
         dense = densify(self.example_set, self.indices[np.asarray(indices)], self.history_length)
-        return {k: dense[k] for k in MODEL_INPUT_KEYS}
+        return with_folds({k: dense[k] for k in MODEL_INPUT_KEYS}, self.folds, indices)
+
+    def candidate_ids(self):
+        es = self.example_set
+        return es.ex_cand_item[self.indices], es.ex_cand_group[self.indices]
 
 
 def regroup(example_set, item_index):

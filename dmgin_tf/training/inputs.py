@@ -17,9 +17,9 @@ from typing import Dict, Mapping, Optional, Protocol, Sequence
 import numpy as np
 
 from dmgin_tf.errors import DataError
-from dmgin_tf.features import (CAND_GROUP, CAND_ITEM, HIST_BEHAVIOR_ID, HIST_GROUP,
-                               HIST_ITEM, HIST_TIME, MODEL_INPUT_KEYS, NUM_RESERVED_IDS,
-                               REQUEST_TIME)
+from dmgin_tf.features import (CAND_GROUP, CAND_ITEM, CONTEXT_FOLD, HIST_BEHAVIOR_ID,
+                               HIST_GROUP, HIST_ITEM, HIST_TIME, MODEL_INPUT_KEYS,
+                               NUM_RESERVED_IDS, OPTIONAL_INPUT_KEYS, REQUEST_TIME)
 
 
 class Split(Protocol):
@@ -36,7 +36,20 @@ class Split(Protocol):
 
     def batch(self, indices: np.ndarray) -> Dict[str, np.ndarray]:
         """Dense model inputs for the examples at `indices` (`[b]` int): each key of
-        `features.MODEL_INPUT_KEYS`; history keys `[b, L]`, the others `[b]`."""
+        `features.MODEL_INPUT_KEYS`; history keys `[b, L]`, the others `[b]`. A training
+        split whose `folds` are set also gives `context_fold` `[b]`."""
+
+    def candidate_ids(self) -> "tuple[np.ndarray, np.ndarray]":
+        """(cand_item `[N]`, cand_group `[N]`) of every example: what the context
+        statistics tables count (`dmgin_tf.data.context_stats`)."""
+
+
+def with_folds(batch: Dict[str, np.ndarray], folds: Optional[np.ndarray],
+               indices: np.ndarray) -> Dict[str, np.ndarray]:
+    """`batch` plus `context_fold` `[b]` when the split has out-of-fold indices."""
+    if folds is not None:
+        batch[CONTEXT_FOLD] = np.asarray(folds)[np.asarray(indices)]
+    return batch
 
 
 @dataclasses.dataclass
@@ -51,6 +64,7 @@ class ArraySplit:
     inputs: Mapping[str, np.ndarray]
     labels: np.ndarray
     user_ids: np.ndarray
+    folds: Optional[np.ndarray] = None   # out-of-fold index per example (training split)
 
     def __post_init__(self):
         self.labels = np.asarray(self.labels, dtype=np.float32).reshape(-1)
@@ -66,7 +80,12 @@ class ArraySplit:
         return len(self.labels)
 
     def batch(self, indices: np.ndarray) -> Dict[str, np.ndarray]:
-        return {key: np.asarray(value)[indices] for key, value in self.inputs.items()}
+        return with_folds({key: np.asarray(value)[indices] for key, value in self.inputs.items()},
+                          self.folds, indices)
+
+    def candidate_ids(self):
+        return (np.asarray(self.inputs[CAND_ITEM]).reshape(-1),
+                np.asarray(self.inputs[CAND_GROUP]).reshape(-1))
 
     def subset(self, indices: np.ndarray) -> "ArraySplit":
         """The examples at `indices` as a new split."""
@@ -123,10 +142,19 @@ def check_batch(batch: Mapping[str, np.ndarray], model_cfg, *, where: str = "bat
     missing = [k for k in MODEL_INPUT_KEYS if k not in batch]
     if missing:
         raise DataError(f"{where}: missing model input(s) {missing}; got keys {sorted(batch)}")
-    extra = sorted(set(batch) - set(MODEL_INPUT_KEYS))
+    extra = sorted(set(batch) - set(MODEL_INPUT_KEYS) - set(OPTIONAL_INPUT_KEYS))
     if extra:
         raise DataError(f"{where}: unexpected input key(s) {extra}; model inputs are "
-                        f"{list(MODEL_INPUT_KEYS)}")
+                        f"{list(MODEL_INPUT_KEYS)} (+ optional {list(OPTIONAL_INPUT_KEYS)})")
+    if CONTEXT_FOLD in batch:
+        folds = np.asarray(batch[CONTEXT_FOLD])
+        k = int(getattr(model_cfg, "context_folds", 0) or 0)
+        if folds.ndim != 1 or folds.dtype.kind not in ("i", "u") or (
+                folds.size and (folds.min() < 0 or folds.max() > k)):
+            raise DataError(f"{where}: input {CONTEXT_FOLD!r} must be integers in [0, "
+                            f"model.context_folds = {k}] of shape [B], got dtype {folds.dtype}, "
+                            f"shape {list(folds.shape)}"
+                            + (f", range [{folds.min()}, {folds.max()}]" if folds.size else ""))
     spec = input_spec(model_cfg)
     batch_size = None
     for key in MODEL_INPUT_KEYS:

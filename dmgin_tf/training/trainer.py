@@ -6,10 +6,12 @@
     from dmgin_tf.training.trainer import train
     result = train(cfg, load_training_data(cfg), "runs/dmgin")
 
-The loop (identical on both backends): Adam (lr `train.learning_rate`), binary
-cross-entropy on the `ctr` output, fixed batch size (`train.batch_size`), exact
-validation AUC/GAUC/logloss after every epoch, early stopping on validation AUC with the
-best weights restored, checkpoints, per-epoch logs (TensorBoard on the TF backend;
+The loop (identical on both backends): Adam or AdamW (lr `train.learning_rate`, constant
+or warm-up + cosine decay), binary cross-entropy on the `ctr` output, fixed batch size
+(`train.batch_size`), exact validation AUC/GAUC/logloss after every epoch, early stopping
+on `train.monitor` (validation AUC or GAUC) with the best weights restored; with
+`model.use_context`, the context statistics tables are computed from the training split
+first (out-of-fold for the training examples, `fill_context_statistics`); checkpoints, per-epoch logs (TensorBoard on the TF backend;
 history.json/csv always), a training-curve PNG, then AUC/GAUC/logloss of the best model
 on val and test.
 
@@ -42,9 +44,9 @@ from dmgin_tf.features import PREDICTION
 from dmgin_tf.training import callbacks as cb
 from dmgin_tf.training.distribution import make_placement, precision_policy
 from dmgin_tf.training.inputs import Split, cast_for_backend, check_batch
+from dmgin_tf.training.parity import PARITY_FILE
 from dmgin_tf.training.plots import plot_history
 
-from dmgin_tf.training.parity import PARITY_FILE
 WEIGHTS_FILE = "model.weights.h5"
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
@@ -158,7 +160,7 @@ def _versions() -> dict:
 
 def train(cfg: Config, data: TrainingData, output_dir: str, *,
           model_fn: Optional[Callable] = None, verbose: int = 1) -> TrainResult:
-    """Trains, selects the best epoch by validation AUC, evaluates, writes `output_dir`.
+    """Trains, selects the best epoch by `train.monitor`, evaluates, writes `output_dir`.
 
     Args:
       cfg: full config; `train.backend` must equal the active Keras backend.
@@ -203,7 +205,9 @@ def train(cfg: Config, data: TrainingData, output_dir: str, *,
             model = model_fn(cfg.model)
             check_batch(data.train.batch(first), cfg.model, where="train batch 0",
                         model_input_shapes=_model_input_shapes(model))
-            model.compile(optimizer=keras.optimizers.Adam(learning_rate=tc.learning_rate),
+            context = fill_context_statistics(model, cfg.model, data.train)
+            steps_per_epoch = _steps_per_epoch(len(data.train), tc)
+            model.compile(optimizer=make_optimizer(tc, steps_per_epoch),
                           loss=_loss_for(model), jit_compile=tc.jit_compile)
             history, callbacks_used = _fit(model, cfg, data, output_dir, ckpt_dir, placement,
                                            verbose)
@@ -239,6 +243,14 @@ def train(cfg: Config, data: TrainingData, output_dir: str, *,
         "jit_compile": tc.jit_compile,
         "epochs_run": len(history),
         "best_epoch": (stopper.best_epoch + 1) if stopper is not None else len(history),
+        "max_epochs": tc.epochs,
+        # True when the best epoch is the last one allowed: the model may still improve.
+        "stopped_by_epoch_cap": bool(((stopper.best_epoch + 1) if stopper is not None
+                                      else len(history)) >= tc.epochs),
+        "learning_rate": {"initial": tc.learning_rate, "schedule": tc.lr_schedule,
+                          "warmup_epochs": tc.lr_warmup_epochs,
+                          "min_ratio": tc.lr_min_ratio, "weight_decay": tc.weight_decay},
+        "context_statistics": context,
         "monitor": stopper.monitor if stopper is not None else None,
         "val": results.get("val"),
         "test": results.get("test"),
@@ -264,6 +276,58 @@ def train(cfg: Config, data: TrainingData, output_dir: str, *,
                       f"logloss {m['logloss']:.4f}  (n={m.get('num_examples', '?')})", flush=True)
         print(f"wrote {output_dir}", flush=True)
     return TrainResult(model, cfg, metrics, history, output_dir)
+
+
+def _steps_per_epoch(num_train: int, tc) -> int:
+    """Optimizer steps per epoch (what the learning-rate schedule counts)."""
+    full = max(1, -(-num_train // tc.batch_size))
+    return min(tc.steps_per_epoch, full) if tc.steps_per_epoch else full
+
+
+def make_optimizer(tc, steps_per_epoch: int):
+    """Adam (AdamW when `train.weight_decay` > 0) with the configured learning rate.
+
+    `warmup_cosine`: linear warm-up from 0 to `learning_rate` over `lr_warmup_epochs`,
+    then cosine decay to `lr_min_ratio * learning_rate` at `epochs` (the epoch cap, so
+    early stopping usually ends training while the rate is still high enough to move).
+    """
+    lr = tc.learning_rate
+    if tc.lr_schedule == "warmup_cosine":
+        warmup = int(round(tc.lr_warmup_epochs * steps_per_epoch))
+        total = max(warmup + 1, tc.epochs * steps_per_epoch)
+        lr = keras.optimizers.schedules.CosineDecay(
+            0.0, decay_steps=total - warmup, alpha=tc.lr_min_ratio,
+            warmup_target=tc.learning_rate, warmup_steps=warmup)
+    if tc.weight_decay > 0:
+        return keras.optimizers.AdamW(learning_rate=lr, weight_decay=tc.weight_decay)
+    return keras.optimizers.Adam(learning_rate=lr)
+
+
+def fill_context_statistics(model, model_cfg, train_split) -> Optional[dict]:
+    """Computes the context statistics tables from the training split and loads them
+    into the model (`RankingModel.set_context_tables`); gives the split its out-of-fold
+    indices, so each training example reads statistics without its own label.
+
+    Returns a summary for metrics.json, or None when the model has no context features.
+    """
+    if not getattr(model_cfg, "use_context", False) or not hasattr(model, "set_context_tables"):
+        return None
+    from dmgin_tf.data.context_stats import assign_folds, context_tables
+    if not hasattr(train_split, "candidate_ids"):
+        raise DmginError(f"model.use_context=true needs a training split that can list its "
+                         f"candidate ids ({type(train_split).__name__} cannot); set "
+                         f"model.use_context=false")
+    item, group = train_split.candidate_ids()
+    folds = assign_folds(len(train_split), model_cfg.context_folds, seed=0)
+    train_split.folds = folds
+    tables = context_tables(item, group, train_split.labels, folds,
+                            model_cfg.item_vocab_size, model_cfg.group_vocab_size,
+                            model_cfg.context_folds, model_cfg.context_prior)
+    model.set_context_tables(tables["item"], tables["group"])
+    return {"train_examples": int(len(train_split)), "folds": int(model_cfg.context_folds),
+            "prior": float(model_cfg.context_prior),
+            "items_seen": int(tables["item"][0, :, 3].sum()),
+            "groups_seen": int(tables["group"][0, :, 3].sum())}
 
 
 def _fmt(value) -> str:
@@ -292,7 +356,7 @@ def _fit(model, cfg: Config, data: TrainingData, output_dir: str, ckpt_dir: str,
     if len(data.val):
         validator = cb.ValidationMetrics(data.val, eval_bs, verbose=1 if verbose else 0)
         callbacks.append(validator)
-        monitor, mode = "val_auc", "max"
+        monitor, mode = tc.monitor, "max"
     else:
         # Without a validation split (tiny data) the best epoch is the lowest train loss.
         monitor, mode = "loss", "min"

@@ -180,6 +180,12 @@ def test_real_dmgin_model_exports_and_matches(tmp_path):
                       history_length=L, max_groups=3, max_per_group=3, embedding_dim=8,
                       mlp_units=(8,), inter_layers=1, dropout=0.0)
     model = build_model(cfg)
+    # Context statistics tables travel with the SavedModel: non-zero tables must give the
+    # same outputs there as in Keras (zeros would hide a table left behind).
+    rng = np.random.default_rng(3)
+    k = cfg.context_folds + 1
+    model.set_context_tables(rng.random((k, 42, 4)).astype("float32"),
+                             rng.random((k, 7, 4)).astype("float32"))
     inputs = tiny_inputs(3, seed=7)
     index = tiny_item_index()
     paths = export_model(model, str(tmp_path), "dmgin", history_length=L, item_index=index,

@@ -121,3 +121,24 @@ def test_cli_train_on_embedded_sample(tmp_path, monkeypatch):
     assert metrics["data"]["dataset"] == "movielens" and metrics["data"]["grouping_key"] == "category"
     assert metrics["test"]["num_examples"] > 1000
     assert (out / "item_index.parquet").exists() and (out / "data" / "canonical").is_dir()
+
+
+def test_schedule_monitor_and_epoch_cap_flag(tmp_path):
+    """Warm-up + cosine decay and early stopping on validation GAUC; a run whose best
+    epoch is the last one allowed says so (it may still improve)."""
+    import keras
+    from dmgin_tf.training.trainer import make_optimizer, train
+    data = tiny_data(n_train=256)
+    cfg = tiny_config(epochs=2, lr_schedule="warmup_cosine", lr_warmup_epochs=1.0,
+                      monitor="val_gauc", early_stopping_patience=5)
+    result = train(cfg, data, str(tmp_path / "run"), model_fn=tiny_model_fn, verbose=0)
+    m = result.metrics
+    assert m["max_epochs"] == 2 and m["learning_rate"]["schedule"] == "warmup_cosine"
+    assert m["monitor"] == "val_gauc"
+    assert m["stopped_by_epoch_cap"] == (m["best_epoch"] == 2)
+    opt = make_optimizer(cfg.train, steps_per_epoch=8)
+    schedule = opt.learning_rate if callable(opt.learning_rate) else opt._learning_rate
+    rates = [float(keras.ops.convert_to_numpy(schedule(s))) for s in (0, 4, 8, 16)]
+    assert rates[0] == 0.0 and rates[1] == pytest.approx(cfg.train.learning_rate / 2)
+    assert rates[2] == pytest.approx(cfg.train.learning_rate)
+    assert rates[3] == pytest.approx(cfg.train.learning_rate * cfg.train.lr_min_ratio)
