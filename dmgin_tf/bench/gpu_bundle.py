@@ -137,6 +137,8 @@ class QualitySpec:
     budget: object                    # quality.Budget
     default_key: str = "category"
     config_overrides: tuple = ()      # ((dotted key, value), ...) for every run
+    hparams: Optional[dict] = None    # tuned: {dataset: {model: {dotted key: value}}}
+    skip_runs: tuple = ()             # ((dataset, row, seed), ...) measured elsewhere
 
     @property
     def overrides(self) -> dict:
@@ -265,7 +267,8 @@ def build_bundle(cfg: Config, datasets: Sequence[str], output: str, *,
         row_names = {d: [v.name for v in rows] for d, rows in rows_by_dataset.items()}
         plan = quality_jobs.plan_dict(datasets, quality.variants, quality.seeds, quality.budget,
                                       quality.default_key, quality.overrides,
-                                      dataset_rows=row_names)
+                                      dataset_rows=row_names, hparams=quality.hparams,
+                                      skip_runs=quality.skip_runs)
         with open(os.path.join(output, quality_jobs.PLAN_FILE), "w", encoding="utf-8") as f:
             json.dump(plan, f, indent=1)
         manifest["quality"] = {"runs": len(quality_jobs.plan_jobs(datasets, quality.variants,

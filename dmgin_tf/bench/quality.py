@@ -48,18 +48,28 @@ BAR_TO_BEAT = {
 
 @dataclasses.dataclass(frozen=True)
 class Budget:
-    """Training budget shared by every row (see module docstring)."""
+    """Training budget shared by every row (see module docstring).
+
+    `epochs` is a cap, not a target: rows stop early on `monitor` with `patience`, and a
+    run whose best epoch is the cap is flagged in the table (it may still improve).
+    """
     epochs: int = 1
     steps_per_epoch: int = 40
     batch_size: int = 256
     history_length: int = 100
     early_stopping_patience: int = 1
     eval_batch_size: int = 2048       # inference only: big batches, fewer calls
+    lr_schedule: str = "constant"
+    lr_warmup_epochs: float = 0.5
+    monitor: str = "val_auc"
 
     def overrides(self) -> dict:
         return {"train.epochs": self.epochs, "train.steps_per_epoch": self.steps_per_epoch,
                 "train.batch_size": self.batch_size, "train.eval_batch_size": self.eval_batch_size,
                 "train.early_stopping_patience": self.early_stopping_patience,
+                "train.lr_schedule": self.lr_schedule,
+                "train.lr_warmup_epochs": self.lr_warmup_epochs,
+                "train.monitor": self.monitor,
                 "model.history_length": self.history_length}
 
 
@@ -70,6 +80,12 @@ QUICK_BUDGET = Budget(epochs=1, steps_per_epoch=2, batch_size=128, history_lengt
 # shared compilation cache pays them once per row (docs/gpu.md has the estimate).
 GPU_BUDGET = Budget(epochs=1, steps_per_epoch=0, batch_size=1024, history_length=256,
                     early_stopping_patience=1, eval_batch_size=2048)
+# Trained to convergence: the epoch cap far above any row's best epoch, patience 2,
+# warm-up + cosine decay, best epoch by validation GAUC (the table's headline metric).
+CONVERGENCE_BUDGET = Budget(epochs=40, steps_per_epoch=0, batch_size=1024, history_length=256,
+                            early_stopping_patience=2, eval_batch_size=1024,
+                            lr_schedule="warmup_cosine", lr_warmup_epochs=0.5,
+                            monitor="val_gauc")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +98,8 @@ class Variant:
       model_overrides: ModelConfig fields changed for this row (ablation switches).
       grouping_key: item_id | category | random | table; None = the dataset's default key.
       num_groups: K for random grouping.
-      kind: "model", "ablation", "k-sweep" or "baseline" (for the chart's colors).
+      kind: "model", "ablation", "k-sweep", "trial" (a tuning trial) or "baseline".
+      train_overrides: TrainConfig fields changed for this row (tuning trials).
     """
     name: str
     model: str
@@ -90,6 +107,15 @@ class Variant:
     grouping_key: Optional[str] = None
     num_groups: int = 0
     kind: str = "model"
+    train_overrides: tuple = ()
+
+    def overrides(self, hparams: Optional[dict] = None) -> dict:
+        """Config overrides of this row: the row's model's tuned hyperparameters
+        (`hparams`: {model name: {dotted key: value}}), then the row's own switches."""
+        out = dict((hparams or {}).get(self.model) or {})
+        out.update({f"model.{k}": v for k, v in self.model_overrides})
+        out.update({f"train.{k}": v for k, v in self.train_overrides})
+        return out
 
 
 def default_variants(models: Sequence[str] = MODEL_NAMES, ablations: bool = True,
@@ -102,6 +128,7 @@ def default_variants(models: Sequence[str] = MODEL_NAMES, ablations: bool = True
             Variant("dmgin -stats", "dmgin", (("use_stats", False),), kind="ablation"),
             Variant("dmgin -intra", "dmgin", (("use_intra", False),), kind="ablation"),
             Variant("dmgin -inter", "dmgin", (("use_inter", False),), kind="ablation"),
+            Variant("dmgin -context", "dmgin", (("use_context", False),), kind="ablation"),
             Variant("dmgin key=item_id", "dmgin", (), "item_id", kind="ablation"),
             Variant("dmgin key=category", "dmgin", (), "category", kind="ablation"),
         ]
@@ -166,7 +193,7 @@ def run_quality(cfg: Config, data_path: Optional[str], out_dir: str, *, seeds: S
                 variants: Optional[Sequence[Variant]] = None, budget: Budget = Budget(),
                 group_table: Optional[str] = None, work_dir: Optional[str] = None,
                 model_fn: Optional[Callable] = None, progress: bool = False,
-                log: Callable = print) -> dict:
+                hparams: Optional[dict] = None, log: Callable = print) -> dict:
     """Trains and evaluates every variant for every seed; returns the results dict.
 
     Args:
@@ -178,6 +205,8 @@ def run_quality(cfg: Config, data_path: Optional[str], out_dir: str, *, seeds: S
       budget: the shared training budget.
       group_table: item -> group table for the `cluster` key.
       model_fn: `ModelConfig -> keras.Model` (default `dmgin_tf.models.build_model`).
+      hparams: tuned hyperparameters per model, {model: {dotted key: value}}
+        (`dmgin_tf.bench.tuning`); every row of that model (ablations too) uses them.
     """
     import pandas as pd
     from dmgin_tf.data.examples import ExampleSet
@@ -216,7 +245,7 @@ def run_quality(cfg: Config, data_path: Optional[str], out_dir: str, *, seeds: S
         grouped = sets.get(variant.grouping_key, variant.num_groups)
         for seed in seeds:
             overrides = {"model.model": variant.model, "train.seed": seed}
-            overrides.update({f"model.{k}": v for k, v in variant.model_overrides})
+            overrides.update(variant.overrides(hparams))
             # Vocabulary sizes come from each regrouped example set.
             overrides.update({"model.item_vocab_size": 0, "model.group_vocab_size": 0})
             run_cfg = cfg.apply_overrides(overrides)
@@ -228,7 +257,11 @@ def run_quality(cfg: Config, data_path: Optional[str], out_dir: str, *, seeds: S
             runs.append({"variant": variant.name, "seed": seed, "test": result.metrics["test"],
                          "val": result.metrics["val"], "best_epoch": result.metrics["best_epoch"],
                          "epochs_run": result.metrics["epochs_run"],
+                         "max_epochs": result.metrics["max_epochs"],
+                         "stopped_by_epoch_cap": result.metrics["stopped_by_epoch_cap"],
                          "train_examples_per_second": result.metrics["train_examples_per_second"],
+                         "config": {"model": result.config.model.to_dict(),
+                                    "train": result.config.train.to_dict()},
                          "seconds": time.perf_counter() - t})
             m = result.metrics["test"]
             done = sum(1 for r in runs if r["seed"] is not None)
@@ -264,7 +297,12 @@ def summarize(dataset: str, runs: List[dict], variants: Sequence[Variant], seeds
         for metric in ("auc", "gauc", "logloss"):
             row[metric] = _summary([r["test"].get(metric) for r in mine])
         row["val_auc"] = _summary([(r.get("val") or {}).get("auc") for r in mine])
+        row["val_gauc"] = _summary([(r.get("val") or {}).get("gauc") for r in mine])
         row["seconds"] = float(sum(r.get("seconds") or 0.0 for r in mine))
+        # Convergence: the best epoch of each run, and runs whose best epoch was the cap.
+        ordered = sorted(mine, key=lambda r: (r.get("seed") is None, r.get("seed") or 0))
+        row["best_epochs"] = [r.get("best_epoch") for r in ordered if r.get("best_epoch")]
+        row["capped_runs"] = sum(1 for r in mine if r.get("stopped_by_epoch_cap"))
         rows.append(row)
     return {
         "dataset": dataset, "data": data, "seeds": list(seeds),
@@ -440,8 +478,9 @@ def _cell(summary: dict, digits: int = 3) -> str:
 
 def markdown_table(results: dict) -> str:
     """The results as a markdown block: table, bar to beat, budget, command, environment."""
-    lines = ["| row | grouping | test AUC | test GAUC | test logloss | val AUC | s (all seeds) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| row | grouping | test AUC | test GAUC | test logloss | val GAUC | best epoch "
+             "(per seed) | s (all seeds) |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in results["rows"]:
         # "table" is ItemIndex's name for the cluster key's item -> group table.
         key = {"table": "cluster"}.get(r["grouping_key"], r["grouping_key"]) or "—"
@@ -449,8 +488,12 @@ def markdown_table(results: dict) -> str:
             key += f" (K={r['num_groups']})"
         name = r["variant"] + (f" (partial: {r['runs']}/{len(results['seeds'])} seeds)"
                                 if r.get("partial") else "")
+        epochs = ", ".join(str(e) for e in r.get("best_epochs") or []) or "—"
+        if r.get("capped_runs"):
+            epochs += f" — **{r['capped_runs']} run(s) stopped by the epoch cap**"
         lines.append(f"| {name} | {key} | {_cell(r['auc'])} | {_cell(r['gauc'])} | "
-                     f"{_cell(r['logloss'])} | {_cell(r['val_auc'])} | {r['seconds']:.0f} |")
+                     f"{_cell(r['logloss'])} | {_cell(r.get('val_gauc') or r['val_auc'])} | "
+                     f"{epochs} | {r['seconds']:.0f} |")
     bar = results.get("bar_to_beat") or {}
     if bar:
         lines += ["", "Bar to beat (docs/design.md: Evaluation protocol, outside implementations, same protocol, "
@@ -459,13 +502,18 @@ def markdown_table(results: dict) -> str:
         lines += [f"| {name} | {a:.3f} | {g:.3f} |" for name, (a, g) in bar.items()]
     b = results["budget"]
     env = results["environment"]
+    schedule = ("warm-up + cosine decay" if b.get("lr_schedule") == "warmup_cosine"
+                else "constant learning rate")
     lines += ["",
-              f"Budget per row and seed: {b['epochs']} epoch(s) × "
+              f"Budget per row and seed: at most {b['epochs']} epoch(s) × "
               + (f"at most {b['steps_per_epoch']} steps" if b['steps_per_epoch'] else
                  "the full train split")
               + f" × batch {b['batch_size']}, history length L = {b['history_length']}, "
-              f"Adam lr 1e-3, early stopping on val AUC (patience {b['early_stopping_patience']}); "
-              f"seeds {results['seeds']}; backend {results['backend']}. Popularity is "
+              f"Adam, {schedule}, early stopping on {b.get('monitor', 'val_auc')} (patience "
+              f"{b['early_stopping_patience']}, best epoch restored); hyperparameters "
+              + ("tuned per model on validation (`hparams` in the JSON)"
+                 if results.get("hparams") else "the defaults")
+              + f"; seeds {results['seeds']}; backend {results['backend']}. Popularity is "
               f"deterministic (one run; its logloss uses count/(count+1), uncalibrated).",
               f"Data: {results['data']}; default grouping key {results['default_grouping_key']}; "
               f"examples per split {_counts(results.get('counts'))}.",

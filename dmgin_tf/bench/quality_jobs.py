@@ -150,8 +150,12 @@ def load_plan(bundle: str) -> dict:
     with open(os.path.join(bundle, PLAN_FILE), encoding="utf-8") as f:
         plan = json.load(f)
     plan["variants"] = [Variant(**{**v, "model_overrides": tuple(tuple(p) for p in
-                                                                 v["model_overrides"])})
+                                                                 v["model_overrides"]),
+                                   "train_overrides": tuple(tuple(p) for p in
+                                                            v.get("train_overrides", ()))})
                         for v in plan["variants"]]
+    plan.setdefault("hparams", {})          # {dataset: {model: {dotted key: value}}}
+    plan.setdefault("skip_runs", [])        # [[dataset, row, seed]]: measured elsewhere
     plan["budget"] = Budget(**plan["budget"])
     plan.setdefault("dataset_rows", None)   # bundles before per-dataset rows: all rows
     return plan
@@ -159,16 +163,22 @@ def load_plan(bundle: str) -> dict:
 
 def plan_dict(datasets, variants, seeds, budget, default_key: str,
               config_overrides: Optional[dict] = None,
-              dataset_rows: Optional[Dict[str, Sequence[str]]] = None) -> dict:
+              dataset_rows: Optional[Dict[str, Sequence[str]]] = None,
+              hparams: Optional[dict] = None, skip_runs: Sequence = ()) -> dict:
     """What `load_plan` reads back (written by the bundle builder).
 
-    `dataset_rows`: per dataset, the names of the rows it runs (None: every row)."""
+    `dataset_rows`: per dataset, the names of the rows it runs (None: every row).
+    `hparams`: tuned hyperparameters, {dataset: {model: {dotted key: value}}}.
+    `skip_runs`: (dataset, row, seed) runs not to train (already measured: the seed-0
+    run of a tuned row is its selected tuning trial)."""
     return {"datasets": list(datasets), "seeds": [int(s) for s in seeds],
             "variants": [dataclasses.asdict(v) for v in variants],
             "budget": dataclasses.asdict(budget), "default_grouping_key": default_key,
             "config_overrides": dict(config_overrides or {}),
             "dataset_rows": ({d: list(r) for d, r in dataset_rows.items()}
-                             if dataset_rows is not None else None)}
+                             if dataset_rows is not None else None),
+            "hparams": dict(hparams or {}),
+            "skip_runs": [list(x) for x in skip_runs]}
 
 
 # ---------------------------------------------------------------------------- worker
@@ -212,7 +222,7 @@ class _Worker:
         overrides.update(budget.overrides())
         overrides.update({"model.model": variant.model, "train.seed": job.seed,
                           "model.item_vocab_size": 0, "model.group_vocab_size": 0})
-        overrides.update({f"model.{k}": v for k, v in variant.model_overrides})
+        overrides.update(variant.overrides(self.plan["hparams"].get(job.dataset)))
         cfg = load_config(os.path.join(self.bundle, f"config_{job.dataset}.json"), overrides)
         data = training_data_from_example_set(es, budget.history_length,
                                               info={"variant": variant.name})
@@ -228,7 +238,11 @@ class _Worker:
                   "train_examples_per_second": result.metrics["train_examples_per_second"],
                   "train_seconds": result.metrics["train_seconds"],
                   "seconds": time.perf_counter() - t,
-                  "placement": result.metrics["placement"]}
+                  "placement": result.metrics["placement"],
+                  "max_epochs": result.metrics["max_epochs"],
+                  "stopped_by_epoch_cap": result.metrics["stopped_by_epoch_cap"],
+                  "config": {"model": result.config.model.to_dict(),
+                             "train": result.config.train.to_dict()}}
         if variant.name == KEEP_MODEL and job.seed == min(self.plan["seeds"]):
             keep = os.path.join(self.out, "keep", f"{job.dataset}_{KEEP_MODEL}")
             os.makedirs(keep, exist_ok=True)
@@ -480,7 +494,8 @@ def merge_dataset(bundle: str, out: str, dataset: str, plan: dict, *,
                         default_key=plan["default_grouping_key"], data=source, backend="jax",
                         counts=es.metadata.get("counts"), seconds=seconds)
     results["command"] = command
-    planned = {(j.variant, j.seed) for j in plan_jobs([dataset], variants, plan["seeds"])}
+    skip = {(v, sd) for d, v, sd in plan.get("skip_runs") or [] if d == dataset}
+    planned = {(j.variant, j.seed) for j in plan_jobs([dataset], variants, plan["seeds"])} - skip
     done = {(r["variant"], r["seed"]) for r in runs if r["seed"] is not None}
     results["missing_runs"] = sorted([list(p) for p in planned - done])
     return results
@@ -522,13 +537,16 @@ def run_main(args) -> int:
         with open(os.path.join(eff, PLAN_FILE), "w", encoding="utf-8") as f:
             json.dump(plan_dict(plan["datasets"], plan["variants"], plan["seeds"],
                                 plan["budget"], plan["default_grouping_key"],
-                                plan["config_overrides"], plan["dataset_rows"]), f, indent=1)
+                                plan["config_overrides"], plan["dataset_rows"],
+                                plan.get("hparams"), plan.get("skip_runs") or ()), f, indent=1)
         bundle = eff
     idle = [ds for ds in datasets if not dataset_variants(plan, ds)]
     if idle:   # e.g. --variants "dmgin key=cluster" and a dataset bundled without a table
         print(f"[quality] no row of {idle} selected: skipped", flush=True)
         datasets = [ds for ds in datasets if ds not in idle]
-    jobs = plan_jobs(datasets, plan["variants"], plan["seeds"], plan["dataset_rows"])
+    skip = {tuple(x) for x in plan.get("skip_runs") or []}
+    jobs = [j for j in plan_jobs(datasets, plan["variants"], plan["seeds"], plan["dataset_rows"])
+            if (j.dataset, j.variant, j.seed) not in skip]
     layout = worker_layout(args.processes, cpus=args.cpus)
     print(f"[quality] {len(jobs)} runs ({', '.join(datasets)}; {len(plan['seeds'])} seeds; "
           f"budget {plan['budget']}) on {layout.describe()}; start budget {args.budget_s:.0f}s, "

@@ -174,8 +174,37 @@ def _reconstruct(args: argparse.Namespace) -> str:
     return " ".join(parts)
 
 
+def _add_tune_select(sub) -> None:
+    p = sub.add_parser(
+        "tune-select", help="pick each model's best tuning trial on validation -> hparams JSON",
+        description="Reads the results of a tuning run (`dmgin gpu bundle --quality --tune N`, "
+                    "quality_<dataset>.json) and writes hparams_<dataset>.json: per model the "
+                    "trial with the best validation GAUC (test metrics are never read).")
+    p.add_argument("results", nargs="+", metavar="RESULTS_JSON")
+    p.add_argument("--metric", default="gauc", choices=["gauc", "auc"],
+                   help="validation metric to select on (default gauc)")
+    p.add_argument("--output", metavar="DIR", default=os.path.join("benchmarks", "results"))
+    p.set_defaults(func=run_tune_select)
+
+
+def run_tune_select(args: argparse.Namespace) -> int:
+    import json
+    from dmgin_tf.bench import tuning
+    for path in args.results:
+        with open(path, encoding="utf-8") as f:
+            results = json.load(f)
+        best = tuning.select_best(results, args.metric)
+        out = tuning.write_hparams(results["dataset"], best, args.output,
+                                   source=results.get("command") or path)
+        for model, rec in sorted(best.items()):
+            print(f"{results['dataset']} {model}: {rec['trial']} (val {args.metric} "
+                  f"{rec['val']:.4f} of {len(rec['trials'])} trials)")
+        print(f"wrote {out}")
+    return 0
+
+
 # (name, function adding the subparser); other benchmarks append theirs here.
-SUBCOMMANDS = [("quality", _add_quality)]
+SUBCOMMANDS = [("quality", _add_quality), ("tune-select", _add_tune_select)]
 
 
 def _add_scale(sub) -> None:

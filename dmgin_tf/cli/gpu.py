@@ -52,6 +52,13 @@ def register(subparsers) -> None:
                    help="--quality: K of the random-grouping sweep (default 16 256 2048)")
     b.add_argument("--variants", nargs="+", metavar="ROW",
                    help="--quality: only these rows (exact names, e.g. \"dmgin key=cluster\")")
+    b.add_argument("--tune", type=int, metavar="TRIALS",
+                   help="--quality: instead of the table, TRIALS tuning trials per model (the "
+                        "defaults + KerasTuner random search, seed 0 only); pick the best per "
+                        "model on validation with `dmgin bench tune-select`")
+    b.add_argument("--hparams", nargs="+", metavar="[NAME=]FILE",
+                   help="--quality: tuned hyperparameters per dataset (hparams_<dataset>.json "
+                        "of `dmgin bench tune-select`), used by every row of each model")
     b.add_argument("--mixed-precision", action="store_true",
                    help="--quality: bfloat16 (default float32, so the TF export parity holds "
                         "within 1e-5)")
@@ -99,7 +106,7 @@ def quality_spec(args: argparse.Namespace):
     import dataclasses
     from dmgin_tf.bench import quality
     from dmgin_tf.bench.gpu_bundle import QualitySpec
-    budget = quality.GPU_BUDGET
+    budget = quality.CONVERGENCE_BUDGET
     changes = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size),
                                  ("history_length", args.history_length),
                                  ("steps_per_epoch", args.steps_per_epoch)) if v is not None}
@@ -109,12 +116,30 @@ def quality_spec(args: argparse.Namespace):
     variants = quality.default_variants(args.model if args.model != ["dmgin"] else
                                         quality.MODEL_NAMES, group_table=bool(tables),
                                         k_values=args.k_values or (16, 256, 2048))
+    seeds = tuple(range(args.seeds))
+    if args.tune:
+        from dmgin_tf.bench.tuning import trial_variants
+        models = args.model if args.model != ["dmgin"] else quality.MODEL_NAMES
+        variants, seeds = trial_variants(models, args.tune), (0,)
     if args.variants:
         variants = quality.select_variants(variants, args.variants, flag="--variants")
+    hparams, skip = None, []
+    if args.hparams:
+        import json
+        from dmgin_tf.bench.tuning import load_hparams
+        paths = per_dataset_paths(args.dataset, args.hparams, "--hparams")
+        hparams = {name: load_hparams(path) for name, path in paths.items()}
+        # A tuned row's seed 0 is its selected trial's run: not trained again.
+        for name, path in paths.items():
+            with open(path, encoding="utf-8") as f:
+                selected = json.load(f)["selection"]
+            skip += [(name, v.name, 0) for v in variants
+                     if v.kind == "model" and v.model in selected and 0 in seeds]
     overrides = (("train.mixed_precision", bool(args.mixed_precision)),)
     # Every other row keeps grouping by category, also for a dataset with a cluster table:
     # its table stays comparable with the published one, the cluster row is the ablation.
-    return QualitySpec(tuple(variants), tuple(range(args.seeds)), budget, "category", overrides)
+    return QualitySpec(tuple(variants), seeds, budget, "category", overrides, hparams,
+                       tuple(skip))
 
 
 def _bundle_command() -> str:
