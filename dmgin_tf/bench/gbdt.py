@@ -25,7 +25,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-GRID = {"max_depth": (4, 6, 8), "shrinkage": (0.05, 0.1)}
+GRID = {"max_depth": (4, 6), "shrinkage": (0.05, 0.1)}
 NUM_TREES = 500           # upper bound; early stopping on validation picks the number
 
 

@@ -136,8 +136,15 @@ def default_variants(models: Sequence[str] = MODEL_NAMES, ablations: bool = True
             rows.append(Variant("dmgin key=cluster", "dmgin", (), "table", kind="ablation"))
         rows += [Variant(f"dmgin key=random K={k}", "dmgin", (), "random", k, kind="k-sweep")
                  for k in k_values]
+    rows.append(Variant("gbdt", "gbdt", kind="baseline"))
     rows.append(Variant("item popularity", "popularity", kind="baseline"))
     return rows
+
+
+# Rows the Keras training loop does not train: computed directly (popularity) or by the
+# `gbdt` row's own trainer (TensorFlow Decision Forests: TF backend only, not on the
+# JAX-only GPU queue — run it with `dmgin bench quality --variants gbdt` and merge).
+UNTRAINED_MODELS = ("popularity", "gbdt")
 
 
 def select_variants(variants: Sequence[Variant], names: Sequence[str],
@@ -234,8 +241,24 @@ def run_quality(cfg: Config, data_path: Optional[str], out_dir: str, *, seeds: S
     variants = list(variants or default_variants(group_table=group_table))
 
     runs = []
-    total_runs = sum(len(seeds) for v in variants if v.model != "popularity")
+    gbdt_info = None
+    total_runs = sum(len(seeds) for v in variants if v.model not in UNTRAINED_MODELS)
     for variant in variants:
+        if variant.model == "gbdt":
+            from dmgin_tf.bench.gbdt import run_gbdt
+            from dmgin_tf.training.trainer import resolve_config
+            grouped = sets.get(variant.grouping_key, variant.num_groups)
+            data = training_data_from_example_set(grouped, budget.history_length,
+                                                  info={"variant": variant.name})
+            gcfg = resolve_config(cfg.apply_overrides(
+                {"model.item_vocab_size": 0, "model.group_vocab_size": 0}), data)
+            out = run_gbdt(data, gcfg.model, seeds, log=log)
+            for r in out["runs"]:
+                runs.append({"variant": variant.name, "seed": r["seed"], "test": r["test"],
+                             "val": r["val"], "seconds": r["seconds"], "params": r["params"],
+                             "num_trees": r["num_trees"]})
+            gbdt_info = {k: out[k] for k in ("params", "tuning", "features", "importance")}
+            continue
         if variant.model == "popularity":
             m = evaluate_popularity(es, "test")
             runs.append({"variant": variant.name, "seed": None, "test": m, "val": None,
@@ -273,6 +296,10 @@ def run_quality(cfg: Config, data_path: Optional[str], out_dir: str, *, seeds: S
                         data=data_path or "embedded sample", backend=cfg.train.backend,
                         counts=es.metadata.get("counts"))
     results["seconds"] = time.perf_counter() - t0
+    if hparams:
+        results["hparams"] = hparams
+    if gbdt_info:
+        results["gbdt"] = gbdt_info
     return results
 
 

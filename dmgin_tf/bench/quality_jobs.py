@@ -70,7 +70,8 @@ def plan_jobs(datasets: Sequence[str], variants, seeds: Sequence[int],
     (a dataset not listed runs every row), e.g. the cluster row only where a group
     table was bundled.
     """
-    trained = [v for v in variants if v.model != "popularity"]
+    from dmgin_tf.bench.quality import UNTRAINED_MODELS
+    trained = [v for v in variants if v.model not in UNTRAINED_MODELS]
     jobs = []
     for seed in seeds:
         for v in trained:
@@ -95,7 +96,7 @@ def groupings_needed(variants, default_key: str) -> List[tuple]:
     """(key, K) of every grouping the rows use, the default key included."""
     out = []
     for v in variants:
-        if v.model == "popularity":
+        if v.model in ("popularity", "gbdt"):
             continue
         pair = (v.grouping_key or default_key, int(v.num_groups or 0))
         if pair not in out:

@@ -241,3 +241,28 @@ def add_tuning_runs(results: dict, tuning_results: dict, selection: dict) -> dic
     done = {(r["variant"], r["seed"]) for r in runs if r.get("seed") is not None}
     out["missing_runs"] = sorted([list(p) for p in planned - done])
     return out
+
+
+def trials_markdown(results: dict, best: dict) -> str:
+    """Every trial of a tuning run: model, hyperparameters, best epoch, validation and test
+    GAUC/AUC; the selected trial (by validation only) in bold. Failed trials are listed."""
+    lines = ["| model | trial | hyperparameters | best epoch | val GAUC | val AUC | test GAUC | "
+             "test AUC |", "|---|---|---|---|---|---|---|---|"]
+    runs = {r["variant"]: r for r in results.get("runs", [])}
+    for row in results.get("rows", []):
+        name = row["variant"]
+        if " trial " not in name:
+            continue
+        model = name.split(" trial ")[0]
+        run = runs.get(name)
+        chosen = best.get(model, {}).get("trial") == name
+        label = f"**{name.split(' trial ')[1]} (selected)**" if chosen else name.split(" trial ")[1]
+        if run is None or not run.get("test"):
+            lines.append(f"| {model} | {label} | — | — | failed | | | |")
+            continue
+        over = _run_overrides(run.get("config") or {}, model)
+        hp = ", ".join(f"{k.split('.', 1)[1]}={v}" for k, v in over.items())
+        lines.append(f"| {model} | {label} | {hp} | {run.get('best_epoch')}/{run.get('epochs_run')} "
+                     f"| {run['val']['gauc']:.4f} | {run['val']['auc']:.4f} | "
+                     f"{run['test']['gauc']:.4f} | {run['test']['auc']:.4f} |")
+    return "\n".join(lines)

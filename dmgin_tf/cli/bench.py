@@ -50,6 +50,15 @@ def _add_quality(sub) -> None:
     p.add_argument("--batch-size", type=int, help="batch size (default 256)")
     p.add_argument("--history-length", type=int, help="L (default 100)")
     p.add_argument("--backend", choices=["tensorflow", "jax"], help="Keras backend (default tensorflow)")
+    p.add_argument("--variants", nargs="+", metavar="ROW",
+                   help="only these rows (exact names, e.g. gbdt \"dmgin -context\")")
+    p.add_argument("--budget", choices=["cpu", "convergence"], default="cpu",
+                   help="cpu: short budget for this CPU (default); convergence: the published "
+                        "table's (epoch cap 40, patience 2, warm-up + cosine, val GAUC, "
+                        "L = 256, batch 1024) — use it for rows merged into that table")
+    p.add_argument("--hparams", metavar="FILE",
+                   help="tuned hyperparameters (hparams_<dataset>.json of `dmgin bench "
+                        "tune-select`) for every row of each model")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 1 seed, dmgin + one ablation + popularity, a few tiny steps")
     p.add_argument("--output", metavar="DIR", default=os.path.join("runs", "bench", "quality"),
@@ -121,15 +130,15 @@ def run_quality(args: argparse.Namespace) -> int:
     select_backend(cfg.train.backend)               # before any Keras import
     from dmgin_tf.bench import quality
 
-    base = quality.QUICK_BUDGET if args.quick else quality.Budget()
-    budget = quality.Budget(
-        epochs=args.epochs or base.epochs,
+    import dataclasses
+    base = quality.QUICK_BUDGET if args.quick else (
+        quality.CONVERGENCE_BUDGET if args.budget == "convergence" else quality.Budget())
+    budget = dataclasses.replace(
+        base, epochs=args.epochs or base.epochs,
         # 0 is meaningful: every batch of the train split (no per-epoch cap).
         steps_per_epoch=base.steps_per_epoch if args.steps_per_epoch is None else args.steps_per_epoch,
         batch_size=args.batch_size or base.batch_size,
-        history_length=args.history_length or base.history_length,
-        early_stopping_patience=base.early_stopping_patience,
-        eval_batch_size=base.eval_batch_size)
+        history_length=args.history_length or base.history_length)
     if args.quick:
         models = args.models or ["dmgin"]
         variants = [quality.Variant(m, m) for m in models]
@@ -143,8 +152,12 @@ def run_quality(args: argparse.Namespace) -> int:
             args.models or quality.MODEL_NAMES, ablations=not args.no_ablations,
             group_table=args.group_table, k_values=args.k_values or (16, 256, 2048))
         seeds = list(range(args.seeds))
+    if args.variants:
+        variants = quality.select_variants(variants, args.variants, flag="--variants")
+    from dmgin_tf.bench.tuning import load_hparams
     results = quality.run_quality(cfg, args.data, args.output, seeds=seeds, variants=variants,
-                                  budget=budget, group_table=args.group_table)
+                                  budget=budget, group_table=args.group_table,
+                                  hparams=load_hparams(args.hparams))
     results["command"] = "dmgin bench quality " + _reconstruct(args)
     paths = quality.write_outputs(results, args.output, args.docs or None)
     print(quality.markdown_table(results))
@@ -171,6 +184,12 @@ def _reconstruct(args: argparse.Namespace) -> str:
         parts.append("--no-ablations")
     if args.quick:
         parts.append("--quick")
+    if args.budget != "cpu":
+        parts.append(f"--budget {args.budget}")
+    if args.hparams:
+        parts.append(f"--hparams {shlex.quote(args.hparams)}")
+    if args.variants:
+        parts.append("--variants " + " ".join(shlex.quote(v) for v in args.variants))
     return " ".join(parts)
 
 
@@ -196,10 +215,13 @@ def run_tune_select(args: argparse.Namespace) -> int:
         best = tuning.select_best(results, args.metric)
         out = tuning.write_hparams(results["dataset"], best, args.output,
                                    source=results.get("command") or path)
+        table = os.path.join(args.output, f"tuning_{results['dataset']}.md")
+        with open(table, "w", encoding="utf-8") as f:
+            f.write(tuning.trials_markdown(results, best) + "\n")
         for model, rec in sorted(best.items()):
             print(f"{results['dataset']} {model}: {rec['trial']} (val {args.metric} "
                   f"{rec['val']:.4f} of {len(rec['trials'])} trials)")
-        print(f"wrote {out}")
+        print(f"wrote {out}, {table}")
     return 0
 
 

@@ -116,6 +116,8 @@ def quality_spec(args: argparse.Namespace):
     variants = quality.default_variants(args.model if args.model != ["dmgin"] else
                                         quality.MODEL_NAMES, group_table=bool(tables),
                                         k_values=args.k_values or (16, 256, 2048))
+    # The gbdt row needs TensorFlow (Decision Forests): run it where TF is, then merge.
+    variants = [v for v in variants if v.model != "gbdt"]
     seeds = tuple(range(args.seeds))
     if args.tune:
         from dmgin_tf.bench.tuning import trial_variants
