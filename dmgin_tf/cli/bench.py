@@ -30,6 +30,10 @@ def _add_quality(sub) -> None:
                         "nothing. Several files of one dataset are merged in order: the first "
                         "keeps its metadata, later ones add (or replace) rows; budgets and "
                         "seeds must match")
+    p.add_argument("--tuning", metavar="DIR",
+                   help="with --render: DIR holds the tuning run (quality_<dataset>.json) and "
+                        "hparams_<dataset>.json; each tuned row's seed 0 is its selected "
+                        "trial's run (the table run skipped it)")
     p.add_argument("--compare", metavar="RESULTS_JSON", nargs="+",
                    help="pairs FIRST SECOND [FIRST SECOND ...] of results of one row trained "
                         "twice under the same protocol (e.g. JAX on a GPU vs TF on this CPU): "
@@ -69,7 +73,7 @@ def _add_quality(sub) -> None:
     p.set_defaults(func=run_quality)
 
 
-def render_quality(paths, out_dir: str, docs) -> int:
+def render_quality(paths, out_dir: str, docs, tuning_dir=None) -> int:
     """Writes table, chart, JSON and docs block per dataset (no training, no Keras).
 
     Files of the same dataset are merged in the order given (`quality.merge_results`):
@@ -90,7 +94,16 @@ def render_quality(paths, out_dir: str, docs) -> int:
             print(f"merged rows {[r['variant'] for r in results['rows']]} of {path} into {first}")
         else:
             by_dataset[name] = (path, results)
-    for _, results in by_dataset.values():
+    for name, (_, results) in by_dataset.items():
+        tuned = os.path.join(tuning_dir or "", f"quality_{name}.json")
+        hp = os.path.join(tuning_dir or "", f"hparams_{name}.json")
+        if tuning_dir and os.path.exists(tuned) and os.path.exists(hp):
+            from dmgin_tf.bench.tuning import add_tuning_runs
+            with open(tuned, encoding="utf-8") as f1, open(hp, encoding="utf-8") as f2:
+                payload = json.load(f2)
+                results = add_tuning_runs(results, json.load(f1), payload["selection"])
+                results["hparams"] = payload["hparams"]
+            print(f"{name}: seed 0 of {results['seed0_from_tuning']['rows']} from {tuned}")
         written = quality.write_outputs(results, out_dir, docs or None)
         print(quality.markdown_table(results))
         print("wrote " + ", ".join(written.values()))
@@ -121,7 +134,7 @@ def run_quality(args: argparse.Namespace) -> int:
     if args.compare:
         return compare_quality(args.compare, args.compare_names, args.output)
     if args.render:
-        return render_quality(args.render, args.output, args.docs)
+        return render_quality(args.render, args.output, args.docs, args.tuning)
     if not args.dataset:
         from dmgin_tf.errors import DmginError
         raise DmginError("bench quality: --dataset is required (or --render RESULTS_JSON)")

@@ -118,3 +118,25 @@ def test_gbdt_smoke_run(sample_data, monkeypatch):
         assert 0.0 <= r["test"]["auc"] <= 1.0 and np.isfinite(r["test"]["logloss"])
     assert len(out["features"]) == len(gbdt.feature_names(cfg.model))
     assert out["params"] == {"max_depth": 3, "shrinkage": 0.1}
+
+
+def test_table_takes_seed0_of_tuned_rows_from_their_selected_trial():
+    from dmgin_tf.bench import quality
+    m = {"auc": 0.7, "gauc": 0.6, "logloss": 0.5}
+    runs = [{"variant": "din", "seed": s, "test": m, "val": m, "seconds": 1.0} for s in (1, 2)]
+    runs += [{"variant": "dmgin -context", "seed": s, "test": m, "val": m, "seconds": 1.0}
+             for s in (0, 1, 2)]
+    variants = [quality.Variant("din", "din"),
+                quality.Variant("dmgin -context", "dmgin", (("use_context", False),),
+                                kind="ablation")]
+    table = quality.summarize("taobao", runs, variants, [0, 1, 2], quality.CONVERGENCE_BUDGET,
+                              default_key="category", data="d", backend="jax")
+    assert table["rows"][0]["partial"]
+    trial = {"variant": "din trial 1", "seed": 0, "val": m, "seconds": 2.0,
+             "test": {"auc": 0.9, "gauc": 0.9, "logloss": 0.1}}
+    out = tuning.add_tuning_runs(table, {"runs": [trial]}, {"din": {"trial": "din trial 1"}})
+    row = out["rows"][0]
+    assert not row["partial"] and row["runs"] == 3
+    assert row["gauc"]["mean"] == pytest.approx((0.9 + 0.6 + 0.6) / 3)
+    assert out["rows"][1]["runs"] == 3 and out["missing_runs"] == []
+    assert out["seed0_from_tuning"]["rows"] == ["din"]
