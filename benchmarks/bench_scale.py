@@ -63,6 +63,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "'life' (5 synthetic users of 10^4 events each, chained real users)")
     p.add_argument("--pipeline-config", default=os.path.join("tfx_pipeline", "sample_config.yaml"),
                    help="pipeline stage: config file (data.dataset is set from --dataset)")
+    p.add_argument("--pipeline-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="pipeline stage: config override, e.g. beam.runner=dask "
+                        "(the table is labelled with them)")
     p.add_argument("--output", default=os.path.join("runs", "bench", "scale"))
     p.add_argument("--docs", default=DOCS_DEFAULT, help="page to update ('' = don't)")
 
@@ -215,7 +218,8 @@ def pipeline_scale(args, data: str) -> dict:
         shutil.rmtree(work, ignore_errors=True)
         out = os.path.join(work, "summary.json")
         spec = {"config": args.pipeline_config, "data": src, "out": out,
-                "overrides": {"data.dataset": args.dataset, "pipeline.min_auc": 0.0},
+                "overrides": {"data.dataset": args.dataset, "pipeline.min_auc": 0.0,
+                              **dict(kv.split("=", 1) for kv in args.pipeline_set)},
                 "data_root": os.path.join(work, "data"), "root": os.path.join(work, "root"),
                 "serving": os.path.join(work, "serving")}
         subprocess.run([sys.executable, "-c", _CHILD, json.dumps(spec)], check=True)
@@ -234,7 +238,8 @@ def pipeline_scale(args, data: str) -> dict:
                      "flat_eval_bytes": res["artifact_bytes"].get("ExampleBuilder.eval_examples", 0),
                      "blessed": res["blessed"], "auc": res["metrics"].get("auc")})
         print(json.dumps(runs[-1]), flush=True)
-    return {"runs": runs, "dataset": args.dataset, "config": args.pipeline_config,
+    label = args.dataset + "".join(f", {kv}" for kv in args.pipeline_set)
+    return {"runs": runs, "dataset": args.dataset, "label": label, "config": args.pipeline_config,
             "host": f"{platform.node()} ({os.cpu_count()} cores)"}
 
 
@@ -243,7 +248,9 @@ _PIPE_COMPONENTS = ("ItemGrouper", "ExampleBuilder", "StatisticsGen", "Transform
 
 
 def pipeline_markdown(s: dict, command: str) -> str:
-    lines = [f"<!-- pipeline-scale:{s['dataset']}:start -->", f"### {s['dataset']}", "",
+    label = s.get("label", s["dataset"])
+    key = label.replace(", ", ",").replace(" ", "")
+    lines = [f"<!-- pipeline-scale:{key}:start -->", f"### {label}", "",
              f"`{command}`", "",
              f"Config `{s['config']}` (data.dataset={s['dataset']}); host {s['host']}. "
              "Factors > 1 are SYNTHETIC (real users replicated with new ids) and measure cost "
@@ -271,7 +278,7 @@ def pipeline_markdown(s: dict, command: str) -> str:
                          f"{b / n:.1f} B per behavior) |")
             lines.append(f"| {label} | | | of which flat eval view (Evaluator) / behaviors | | | "
                          f"{r['flat_eval_bytes'] / b:.2f}× |")
-    lines.append(f"<!-- pipeline-scale:{s['dataset']}:end -->")
+    lines.append(f"<!-- pipeline-scale:{key}:end -->")
     return "\n".join(lines)
 
 

@@ -67,23 +67,23 @@ def _count_known(x, values: tf.Tensor, vocab) -> tf.Tensor:
 
 def preprocessing_fn(inputs: Dict[str, tf.Tensor], custom_config: Optional[dict] = None):
     """User records -> vocabularies (module docstring). Outputs per record: `user_id`,
-    `known_items` / `known_pairs` (behaviors + candidates found in each vocabulary).
+    `known_items` / `known_pairs` (its behaviors found in each vocabulary).
 
     custom_config: accepted for compatibility (the vocabularies need none).
     """
     del custom_config
-    seq = lambda k: inputs[k]  # noqa: E731  (schema's tensor_representation_group)
-    items, cands = _values(seq(X.SEQ_ITEM)), _values(seq(X.POS_ITEM))
-    groups = tf.strings.as_string(_values(seq(X.SEQ_GROUP)))
-    cand_groups = tf.strings.as_string(_values(seq(X.POS_GROUP)))
+    # Keys of the schema's tensor_representation_group; feature lists are ragged.
+    beh, cand = inputs[X.SEQ_ITEM], inputs[X.POS_ITEM]
+    items, cands = _values(beh), _values(cand)
+    groups = tf.strings.as_string(_values(inputs[X.SEQ_GROUP]))
+    cand_groups = tf.strings.as_string(_values(inputs[X.POS_GROUP]))
     item_vocab = tft.vocabulary(tf.concat([cands, items], 0), vocab_filename=ITEM_VOCAB)
-    pairs = tf.concat([tf.strings.join([cands, cand_groups], separator="|"),
-                       tf.strings.join([items, groups], separator="|")], 0)
-    pair_vocab = tft.vocabulary(pairs, vocab_filename=ITEM_GROUP_VOCAB)
     beh_pairs = tf.strings.join([items, groups], separator="|")
+    pairs = tf.concat([tf.strings.join([cands, cand_groups], separator="|"), beh_pairs], 0)
+    pair_vocab = tft.vocabulary(pairs, vocab_filename=ITEM_GROUP_VOCAB)
     return {F.USER_ID: tf.reshape(inputs[F.USER_ID], [-1]),
-            "known_items": _count_known(seq(X.SEQ_ITEM), items, item_vocab),
-            "known_pairs": _count_known(seq(X.SEQ_ITEM), beh_pairs, pair_vocab)}
+            "known_items": _count_known(beh, items, item_vocab),
+            "known_pairs": _count_known(beh, beh_pairs, pair_vocab)}
 
 
 # ---------------------------------------------------------------------------- Trainer
