@@ -1,11 +1,19 @@
-"""Beam example builder: canonical behaviors → per-user labelled tf.Examples by split.
+"""Beam example builder: canonical behaviors → per-user labelled records by split.
 
 The protocol (split by time, strictly-before history, seeded negatives) lives in ONE
 place, `dmgin_tf.data.examples.build_user_examples`; this module only distributes it:
 
     behaviors.parquet ─ReadParquet(row ranges, global row number)─► (user, (ts, row, item, behavior))
-      ─GroupByKey(user)─► sort by (timestamp, row) ─build_user_examples─► tf.Example per example
+      ─GroupByKey(user)─► sort by (timestamp, row) ─build_user_examples─► records
       ─Filter by split─► WriteOutputs(train/ val/ test/ TFRecord, count-checked, atomic)
+
+Two record formats:
+- `build_user_records` (the TFX pipeline): one `tf.train.SequenceExample` per user and
+  split — the behaviors the split's examples can read plus its labelled positions
+  (`to_sequence_example`, `dmgin_tf.data.sequences`): O(behaviors) — and the test split
+  as flat tf.Examples with the newest `window` behaviors for TFMA (`test_flat/`);
+- `build_examples` (reference, bring-your-own): one flat tf.Example per example with its
+  history copied in (features below): O(examples × history).
 
 The row number reproduces the converter's file order as the timestamp tie-break, so the
 Beam builder and the in-process numpy builder (`build_example_set`) produce the same
