@@ -36,15 +36,16 @@ def select_last(keep, k):
 class _SequenceBaseline(RankingModel):
     """Shared pieces: the embeddings, the candidate query, target attention."""
 
-    def __init__(self, model_cfg, **kwargs):
+    def __init__(self, model_cfg=None, **kwargs):
         super().__init__(model_cfg, **kwargs)
         c = self.model_cfg
         self.embedding = FeatureEmbedding(c.item_vocab_size, c.group_vocab_size,
                                           c.num_behavior_types + 1, c.embedding_dim,
                                           num_time_buckets=c.num_time_buckets,
-                                          name="embedding")
-        self.query_proj = Dense(c.embedding_dim, name="candidate_query")
-        self.target_attention = TargetAttention(c.attention_units, name="target_attention")
+                                          dtype=self.dtype_policy, name="embedding")
+        self.query_proj = Dense(c.embedding_dim, dtype=self.dtype_policy, name="candidate_query")
+        self.target_attention = TargetAttention(c.attention_units, dtype=self.dtype_policy,
+                                                name="target_attention")
 
     def query(self, inputs):
         return self.query_proj(ops.concatenate(
@@ -71,6 +72,8 @@ class DIN(_SequenceBaseline):
     """DIN (Zhou et al. 2018): target attention over the `recent_window` newest
     behaviors; features = [attended history, candidate query]."""
 
+    MODEL_NAME = "din"
+
     def interest(self, inputs, training=None):
         keep = ops.cast(inputs[HIST_ITEM], "int32") != PAD_ID
         tokens, mask = self.gathered_tokens(inputs, keep, self.model_cfg.recent_window)
@@ -82,6 +85,8 @@ class DIN(_SequenceBaseline):
 class SIMHard(_SequenceBaseline):
     """SIM with hard search (Pi et al. 2020): the newest `recent_window` behaviors in
     the candidate's group (category/cluster), then target attention."""
+
+    MODEL_NAME = "sim"
 
     def interest(self, inputs, training=None):
         keep = ((ops.cast(inputs[HIST_ITEM], "int32") != PAD_ID)
@@ -98,12 +103,16 @@ class BST(_SequenceBaseline):
     behaviors] with position embeddings; features = [candidate output, mean of the
     behavior outputs, candidate query]."""
 
-    def __init__(self, model_cfg, **kwargs):
+    MODEL_NAME = "bst"
+
+    def __init__(self, model_cfg=None, **kwargs):
         super().__init__(model_cfg, **kwargs)
         c = self.model_cfg
-        self.blocks = [TransformerBlock(c.num_heads, dropout=c.dropout, name=f"block_{i}")
+        self.blocks = [TransformerBlock(c.num_heads, dropout=c.dropout, dtype=self.dtype_policy,
+                                        name=f"block_{i}")
                        for i in range(max(1, c.inter_layers))]
         self.position = keras.layers.Embedding(c.recent_window + 1, c.embedding_dim,
+                                               dtype=self.dtype_policy,
                                                name="position_embedding")
 
     def interest(self, inputs, training=None):
@@ -123,10 +132,13 @@ class FullTransformer(_SequenceBaseline):
     """Reference: self-attention over the whole history (O(L²) on purpose — the cost
     DMGIN avoids), then target attention."""
 
-    def __init__(self, model_cfg, **kwargs):
+    MODEL_NAME = "transformer"
+
+    def __init__(self, model_cfg=None, **kwargs):
         super().__init__(model_cfg, **kwargs)
         c = self.model_cfg
-        self.blocks = [TransformerBlock(c.num_heads, dropout=c.dropout, name=f"block_{i}")
+        self.blocks = [TransformerBlock(c.num_heads, dropout=c.dropout, dtype=self.dtype_policy,
+                                        name=f"block_{i}")
                        for i in range(max(1, c.inter_layers))]
 
     def interest(self, inputs, training=None):

@@ -8,7 +8,8 @@ from dmgin_tf.layers.group_interest_encoder import GroupInterestEncoder
 from dmgin_tf.models.ranking_model import RankingModel
 
 
-def encoder_from_config(model_cfg, *, group_key="group", use_inter=None, name="encoder"):
+def encoder_from_config(model_cfg, *, group_key="group", use_inter=None, name="encoder",
+                        dtype=None):
     """A `GroupInterestEncoder` from a `ModelConfig` (ablation switches included)."""
     c = model_cfg
     return GroupInterestEncoder(
@@ -20,7 +21,7 @@ def encoder_from_config(model_cfg, *, group_key="group", use_inter=None, name="e
         use_stats=c.use_stats, use_intra=c.use_intra,
         use_inter=c.use_inter if use_inter is None else use_inter,
         use_candidate_group=c.use_candidate_group, group_key=group_key,
-        num_time_buckets=c.num_time_buckets, name=name)
+        num_time_buckets=c.num_time_buckets, dtype=dtype, name=name)
 
 
 @keras.saving.register_keras_serializable(package="dmgin_tf")
@@ -44,15 +45,18 @@ class DMGIN(RankingModel):
       `score(..., user_features=...)`, so only the MLP head waits for both sides.
 
     Args:
-        model_cfg: `ModelConfig` or its dict.
+        model_cfg: `ModelConfig` or its dict; or its fields as keywords
+            (`DMGIN(item_vocab_size=..., group_vocab_size=..., embedding_dim=32)`).
     """
 
     GROUP_KEY = "group"
+    MODEL_NAME = "dmgin"
 
-    def __init__(self, model_cfg, **kwargs):
+    def __init__(self, model_cfg=None, **kwargs):
         super().__init__(model_cfg, **kwargs)
         self.encoder = encoder_from_config(self.model_cfg, group_key=self.GROUP_KEY,
-                                           use_inter=self._use_inter())
+                                           use_inter=self._use_inter(),
+                                           dtype=self.dtype_policy)
 
     def _use_inter(self):
         return None
@@ -88,6 +92,7 @@ class DGIN(DMGIN):
     inter-group level; candidate-group attention over the candidate item's behaviors."""
 
     GROUP_KEY = "item"
+    MODEL_NAME = "dgin"
 
     def _use_inter(self):
         return False

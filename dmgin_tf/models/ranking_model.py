@@ -1,6 +1,8 @@
 """What every ranking model shares: inputs, the MLP head, config round trip."""
 from __future__ import annotations
 
+import dataclasses
+
 import keras
 import numpy as np
 from keras import ops
@@ -56,11 +58,12 @@ class MLPHead(keras.layers.Layer):
         super().__init__(**kwargs)
         self.units = tuple(int(u) for u in units)
         self.dropout = float(dropout)
-        self.hidden = [Dense(u, activation="relu", name=f"hidden_{i}")
+        policy = self.dtype_policy
+        self.hidden = [Dense(u, activation="relu", dtype=policy, name=f"hidden_{i}")
                        for i, u in enumerate(self.units)]
-        self.drop = keras.layers.Dropout(self.dropout)
-        self.logit = Dense(1, name="logit")
-        self.norm = keras.layers.BatchNormalization(name="input_norm")
+        self.drop = keras.layers.Dropout(self.dropout, dtype=policy)
+        self.logit = Dense(1, dtype=policy, name="logit")
+        self.norm = keras.layers.BatchNormalization(dtype=policy, name="input_norm")
 
     def build(self, input_shape):
         width = input_shape[-1]
@@ -97,11 +100,26 @@ class RankingModel(keras.Model):
     the user's history aggregates (`context_features`). Training examples may carry the
     optional input `context_fold` `[B]` (their out-of-fold index); without it the
     statistics of all training examples are used (validation, test, serving).
-    `get_config()` is `{"model_cfg": ModelConfig.to_dict()}`, so `from_config` rebuilds
-    the same architecture.
+
+    Construct from a `ModelConfig` (or its dict) or from its fields as keywords, as
+    Keras layers are: `DIN(item_vocab_size=10_000, group_vocab_size=500,
+    embedding_dim=32)`; Keras' own keywords (`name`, `dtype`, `trainable`) pass through,
+    and the model's dtype policy reaches every sublayer. `get_config()` is Keras' base
+    config plus every `ModelConfig` field, so `from_config(get_config())` rebuilds the
+    same architecture.
     """
 
-    def __init__(self, model_cfg, **kwargs):
+    MODEL_NAME = ""      # ModelConfig.model of this class (set by each subclass)
+
+    def __init__(self, model_cfg=None, **kwargs):
+        fields = {f.name for f in dataclasses.fields(ModelConfig)}
+        overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in fields}
+        if model_cfg is None:
+            if self.MODEL_NAME:
+                overrides.setdefault("model", self.MODEL_NAME)
+            model_cfg = ModelConfig.from_dict(overrides)
+        elif overrides:
+            model_cfg = as_model_config(model_cfg).replace(**overrides)
         super().__init__(**kwargs)
         self.model_cfg = as_model_config(model_cfg)
         c = self.model_cfg
@@ -109,8 +127,9 @@ class RankingModel(keras.Model):
         if c.use_context:
             self.context = ContextStatistics(c.item_vocab_size, c.group_vocab_size,
                                              c.num_behavior_types, c.context_folds,
+                                             dtype=self.dtype_policy,
                                              name="context_statistics")
-        self.head = MLPHead(c.mlp_units, c.dropout, name="head")
+        self.head = MLPHead(c.mlp_units, c.dropout, dtype=self.dtype_policy, name="head")
 
     def interest(self, inputs, training=None):
         raise NotImplementedError
@@ -153,8 +172,12 @@ class RankingModel(keras.Model):
         return self.head(self.head_features(interest, inputs), training=training)
 
     def get_config(self):
-        return {"model_cfg": self.model_cfg.to_dict(), "name": self.name}
+        config = super().get_config()
+        config.update(self.model_cfg.to_dict())
+        return config
 
     @classmethod
     def from_config(cls, config):
-        return cls(**config)
+        config = dict(config)
+        # Configs written before the fields were flattened keep them under "model_cfg".
+        return cls(config.pop("model_cfg", None), **config)

@@ -51,25 +51,6 @@ def test_folds_are_balanced_seeded_and_label_free():
         id_table(np.array([V]), np.array([1.0]), np.array([1]), V, 5)
 
 
-def test_permuting_test_labels_changes_no_test_feature():
-    """Validation/test features come from the training split only (table 0)."""
-    from dmgin_tf.training.inputs import ArraySplit
-    from tests.training.tiny import tiny_arrays
-    train = ArraySplit(*tiny_arrays(200, 0))
-    test_inputs, test_labels, test_users = tiny_arrays(80, 1)
-    folds = assign_folds(len(train), 5)
-    ci, cg = train.candidate_ids()
-
-    def test_features(labels_of_test):
-        # The tables never take test labels as an argument; the features are lookups.
-        tables = context_tables(ci, cg, train.labels, folds, 42, 7, 5)
-        return tables["item"][0, test_inputs["cand_item"]], labels_of_test
-
-    a, _ = test_features(test_labels)
-    b, _ = test_features(np.random.default_rng(0).permutation(test_labels))
-    np.testing.assert_array_equal(a, b)
-
-
 def _model_inputs(rng, b=3, length=10, items=30, groups=6):
     return {"hist_item": rng.integers(2, items, (b, length)).astype("int32"),
             "hist_group": rng.integers(2, groups, (b, length)).astype("int32"),
