@@ -134,21 +134,33 @@ class RankingModel(keras.Model):
     def interest(self, inputs, training=None):
         raise NotImplementedError
 
+    def build(self, input_shape=None):
+        """Creates every weight by running the model once on empty histories of the
+        config's shapes (`input_shape` is implied by the config). Keras calls this when a
+        `.keras` file is loaded, before the weights are read."""
+        self.call(dummy_inputs(self.model_cfg, batch_size=1))
+        self.built = True
+
     def context_features(self, inputs, like):
         """Context features shaped like the interest `like` (`[B, F]`, `[U, N, F]` or, for
         one user, `[N, F]`): float `[..., context.output_dim]`, or None without context."""
         if self.context is None:
             return None
-        cand = self.context.candidate_features(inputs[CAND_ITEM], inputs[CAND_GROUP],
-                                               inputs.get(CONTEXT_FOLD), inputs[HIST_GROUP],
+        cand_item, cand_group = inputs[CAND_ITEM], inputs[CAND_GROUP]
+        fold = inputs.get(CONTEXT_FOLD)
+        # One user's history [1, L] with [N] candidates: score them as [1, N].
+        one_user = (len(cand_item.shape) == 1 and inputs[HIST_ITEM].shape[0] == 1
+                    and cand_item.shape[0] != 1)
+        if one_user:
+            cand_item, cand_group = cand_item[None], cand_group[None]
+        cand = self.context.candidate_features(cand_item, cand_group, fold, inputs[HIST_GROUP],
                                                inputs[HIST_BEHAVIOR_ID], inputs[HIST_ITEM])
         user = self.context.user_features(inputs[HIST_ITEM], inputs[HIST_BEHAVIOR_ID],
                                           inputs[HIST_TIME], inputs[REQUEST_TIME])
-        if len(like.shape) == 3:                       # [U, N]: repeat the user per candidate
+        if len(cand.shape) == 3:                       # [U, N]: repeat the user per candidate
             user = ops.broadcast_to(user[:, None, :], ops.shape(cand)[:2] + (user.shape[-1],))
-        elif user.shape[0] == 1 and cand.shape[0] != 1:  # one user x [N] candidates
-            user = ops.broadcast_to(user, (ops.shape(cand)[0], user.shape[-1]))
-        return ops.concatenate([cand, ops.cast(user, cand.dtype)], axis=-1)
+        out = ops.concatenate([cand, ops.cast(user, cand.dtype)], axis=-1)
+        return out[0] if one_user else out
 
     def head_features(self, interest, inputs):
         """What the MLP head reads: the interest, plus the context features if enabled."""
