@@ -214,3 +214,41 @@ def test_keras3_file_needs_the_layers_imported(tmp_path):
                           timeout=600, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
     assert "NEEDS IMPORT True" in proc.stdout and "LOADED 1" in proc.stdout, \
         proc.stdout + proc.stderr[-3000:]
+
+
+def test_tfrs_ranking_model_saves_and_loads_with_the_real_layer(tmp_path):
+    """The adapter inside a tfrs.Model + tfrs.tasks.Ranking: SavedModel → load_model
+    gives the real layer and the same predictions; save_weights → load_weights exact."""
+    import tensorflow_recommenders as tfrs
+
+    class Ranker(tfrs.Model):
+        def __init__(self):
+            super().__init__()
+            self.encoder = GroupInterestEncoder(**KW)
+            self.head = tf_keras.layers.Dense(1, activation="sigmoid")
+            self.task = tfrs.tasks.Ranking(loss=tf_keras.losses.BinaryCrossentropy())
+
+        def call(self, features):
+            return self.head(self.encoder({k: features[k] for k in F.MODEL_INPUT_KEYS}))
+
+        def compute_loss(self, features, training=False):
+            return self.task(labels=features[F.LABEL], predictions=self(features)[:, 0])
+
+    x = _x()
+    x[F.LABEL] = np.arange(len(x[F.CAND_ITEM])) % 2 == 0
+    x[F.LABEL] = x[F.LABEL].astype("float32")
+    model = Ranker()
+    model.compile(optimizer="adam")
+    model.fit(tf.data.Dataset.from_tensor_slices(x).batch(3), epochs=1, verbose=0)
+    expected = model.predict(x, verbose=0)
+    model.save(str(tmp_path / "sm"))
+    loaded = tf_keras.models.load_model(str(tmp_path / "sm"))
+    encoders = [layer for layer in loaded.layers if isinstance(layer, GroupInterestEncoder)]
+    assert len(encoders) == 1 and encoders[0].output_dim == Keras3Encoder(**KW).output_dim
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, atol=1e-6)
+
+    model.save_weights(str(tmp_path / "ckpt"))
+    other = Ranker()
+    other(x)
+    other.load_weights(str(tmp_path / "ckpt")).assert_existing_objects_matched()
+    np.testing.assert_array_equal(other.predict(x, verbose=0), expected)
