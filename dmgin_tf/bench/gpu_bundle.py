@@ -11,7 +11,7 @@ no Keras and no package index. The bundle carries:
   config_<name>.json  the training config of each dataset (backend jax, mixed precision,
                  jit_compile) — the same protocol and hyperparameters as CPU training
   run.sh         installs the wheels next to the host's JAX and runs `dmgin train` per
-                 dataset; writes runs into ./out (or the directory in the OUT variable)
+                 dataset; writes runs into ./out (or the directory in the RUN_OUT variable)
   MANIFEST.json  sizes, versions, the command
 
 Host-side install uses `pip install --target` with `--no-deps`; numpy / ml_dtypes wheels are
@@ -92,10 +92,10 @@ RUN_SH = r"""#!/usr/bin/env bash
 # Usage: bash run.sh [extra `dmgin train` flags, e.g. --set train.epochs=1]
 set -euo pipefail
 HERE="$(cd "$(dirname "${{BASH_SOURCE[0]}}")" && pwd)"
-OUT="${{OUT:-$HERE/out}}"
+RUN_OUT="${{RUN_OUT:-$HERE/out}}"
 PY="${{PYTHON:-python3}}"
 SITE="${{DMGIN_SITE:-/tmp/dmgin_site}}"
-mkdir -p "$OUT" "$SITE"
+mkdir -p "$RUN_OUT" "$SITE"
 "$PY" -c "import jax; print('jax', jax.__version__, jax.devices())"
 # Wheels next to the host's JAX: --target + --no-deps, skipping what JAX already provides.
 WHEELS=$(ls "$HERE"/wheels/*.whl 2>/dev/null | grep -v -E '/({host_provided})-[0-9]' || true)
@@ -107,25 +107,25 @@ export KERAS_BACKEND=jax TF_CPP_MIN_LOG_LEVEL=2
 "$PY" -c "import keras; print('keras', keras.__version__, keras.backend.backend())"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || true
 {commands}
-echo "runs written to $OUT"
+echo "runs written to $RUN_OUT"
 """
 
 TRAIN_CMD = ('"$PY" -m dmgin_tf.cli.main train --backend jax --dataset {dataset} '
              '--data "$HERE/data/{dataset}" --model {model} --config "$HERE/config_{dataset}.json" '
-             '--output "$OUT/{dataset}_{model}" "$@" 2>&1 | tee "$OUT/{dataset}_{model}.log"')
+             '--output "$RUN_OUT/{dataset}_{model}" "$@" 2>&1 | tee "$RUN_OUT/{dataset}_{model}.log"')
 
 
 QUALITY_CMD = r"""# The quality table: job queue over (dataset, row, seed), P workers sharing the GPU(s).
 # Extra arguments go to `quality_jobs run` (--budget-s, --hard-limit-s, --epochs, --quick, ...).
-mkdir -p "$OUT/quality"
-"$PY" -m dmgin_tf.bench.quality_jobs run --bundle "$HERE" --out "$OUT/quality" "$@" \
-  2>&1 | tee "$OUT/quality/driver.log" || true
+mkdir -p "$RUN_OUT/quality"
+"$PY" -m dmgin_tf.bench.quality_jobs run --bundle "$HERE" --out "$RUN_OUT/quality" "$@" \
+  2>&1 | tee "$RUN_OUT/quality/driver.log" || true
 # Two archives to copy back: the results in one tar, the parity runs in another.
-(cd "$OUT/quality" && tar czf "$OUT/quality_results.tar.gz" quality_*.json quality_*.jsonl \
+(cd "$RUN_OUT/quality" && tar czf "$RUN_OUT/quality_results.tar.gz" quality_*.json quality_*.jsonl \
   driver.log logs 2>/dev/null || true)
-(cd "$OUT/quality" && [ -d keep ] && tar czf "$OUT/quality_parity_runs.tar.gz" keep || true)
-rm -rf "$OUT/quality/jax_cache" "$OUT/quality/runs" "$OUT/quality/bundle_view"
-ls -la "$OUT"
+(cd "$RUN_OUT/quality" && [ -d keep ] && tar czf "$RUN_OUT/quality_parity_runs.tar.gz" keep || true)
+rm -rf "$RUN_OUT/quality/jax_cache" "$RUN_OUT/quality/runs" "$RUN_OUT/quality/bundle_view"
+ls -la "$RUN_OUT"
 """
 
 

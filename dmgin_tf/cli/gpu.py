@@ -6,7 +6,7 @@ JAX -> TensorFlow parity check of its runs (docs/gpu.md).
         --output runs/gpu_quality        # the quality table as a parallel job queue
     dmgin gpu bundle --quality --dataset movielens --data ... --group-table movielens=GROUPS \
         --variants "dmgin key=cluster" --output runs/gpu_cluster   # one row, merged later
-    # on the GPU host:   bash run.sh              (runs land in ./out, or in OUT=DIR)
+    # on the GPU host:   bash run.sh              (runs land in ./out, or in RUN_OUT=DIR)
     dmgin gpu parity --run out/taobao_dmgin     # back on the TF machine: JAX weights -> TF model
 """
 from __future__ import annotations
@@ -177,7 +177,7 @@ def run_bundle(args: argparse.Namespace) -> int:
         rows = ", ".join(f"{d}: {len(r)} rows" for d, r in q["rows_by_dataset"].items())
         print(f"quality: {q['runs']} runs ({rows}; {len(q['seeds'])} seeds), "
               f"budget {q['budget']}")
-    print(f"run on the GPU host:  OUT=<dir> bash {os.path.join(args.output, 'run.sh')}")
+    print(f"run on the GPU host:  RUN_OUT=<dir> bash {os.path.join(args.output, 'run.sh')}")
     return 0
 
 
