@@ -232,20 +232,19 @@ def save_serving_model(model, lookups, path: str, history_length: int, serving_c
     tf.saved_model.save(module, path, signatures=module.signatures())
 
 
-def run_fn(fn_args) -> None:
-    """TFX Trainer entry point (custom_config: the pipeline's config sections + extras)."""
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    import keras  # noqa: F401  (Keras 3, TF backend)
+def _training_data(fn_args):
+    """What the Trainer and the Tuner share: (config, custom config, vocabulary lookups,
+    item vocabulary, `TrainingData` over the user records, train split)."""
     from dmgin_tf.config import Config
-    from dmgin_tf.models import build_model
     from dmgin_tf.training.data_source import ExampleSetSplit
-    from dmgin_tf.training.trainer import TrainingData, train
+    from dmgin_tf.training.trainer import TrainingData
     from tfx_pipeline.records import Lookups, read_user_records
 
     custom = dict(fn_args.custom_config or {})
     behavior_types = list(custom.pop("behavior_types"))
     cfg = Config.from_dict(custom.get("config", {}))
-    tft_out = tft.TFTransformOutput(fn_args.transform_output)
+    # The Trainer's FnArgs fill both names; the Tuner's only transform_graph_path.
+    tft_out = tft.TFTransformOutput(fn_args.transform_graph_path or fn_args.transform_output)
     item_vocab_file = tft_out.vocabulary_file_by_name(ITEM_VOCAB)
     lookups = Lookups(item_vocab_file, tft_out.vocabulary_file_by_name(ITEM_GROUP_VOCAB),
                       behavior_types)
@@ -267,6 +266,61 @@ def run_fn(fn_args) -> None:
                         info={"source": "tfx", "train_files": list(fn_args.train_files),
                               "train_records": train_es.num_users,
                               "train_behaviors": int(len(train_es.beh_item))})
+    return cfg, custom, lookups, item_vocab_file, item_vocab, data, train_split
+
+
+def tuner_fn(fn_args):
+    """TFX `Tuner` entry point (`dmgin pipeline run --tune N`): KerasTuner random search
+    over the model's declared search space (`dmgin_tf.training.search_space`), each trial
+    a full training run on the user records, scored by validation GAUC. The Trainer takes
+    the best trial's hyperparameters (`fn_args.hyperparameters` in `run_fn`)."""
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    import keras_tuner as kt
+    from tfx.components.tuner.component import TunerFnResult
+    from dmgin_tf.training.search_space import search_space, to_overrides
+    from dmgin_tf.training.trainer import train
+
+    cfg, custom, _, _, _, data, _ = _training_data(fn_args)
+    hp = kt.HyperParameters()
+    search_space(cfg.model.model, hp)
+
+    class DmginTuner(kt.Tuner):
+        def run_trial(self, trial, *args, **kwargs):
+            trial_cfg = cfg.apply_overrides(to_overrides(trial.hyperparameters.values))
+            out = os.path.join(fn_args.working_dir, "trials", trial.trial_id)
+            result = train(trial_cfg, data, out, verbose=0)
+            val = result.metrics["val"] or {}
+            score = val.get("gauc")
+            if score is None or not np.isfinite(score):    # tiny data: no GAUC users
+                score = val.get("auc", 0.5)
+            _LOG.info("tuner trial %s: %s -> val gauc %s", trial.trial_id,
+                      trial.hyperparameters.values, score)
+            return {"val_gauc": float(score)}
+
+    oracle = kt.oracles.RandomSearchOracle(
+        objective=kt.Objective("val_gauc", "max"), max_trials=int(custom.get("tune_trials", 3)),
+        hyperparameters=hp, allow_new_entries=False, tune_new_entries=False, seed=1)
+    tuner = DmginTuner(oracle=oracle, directory=fn_args.working_dir, project_name="dmgin",
+                       overwrite=True)
+    return TunerFnResult(tuner=tuner, fit_kwargs={})
+
+
+def run_fn(fn_args) -> None:
+    """TFX Trainer entry point (custom_config: the pipeline's config sections + extras;
+    `fn_args.hyperparameters`: the Tuner's best trial, when the pipeline tunes)."""
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    import keras  # noqa: F401  (Keras 3, TF backend)
+    from dmgin_tf.models import build_model
+    from dmgin_tf.training.search_space import overrides_from_hyperparameters
+    from dmgin_tf.training.trainer import train
+
+    cfg, custom, lookups, item_vocab_file, item_vocab, data, train_split = \
+        _training_data(fn_args)
+    tuned = overrides_from_hyperparameters(getattr(fn_args, "hyperparameters", None))
+    if tuned:
+        cfg = cfg.apply_overrides(tuned)
+        _LOG.info("run_fn: tuned hyperparameters %s", tuned)
+    overrides = data.model_overrides
     warm = {}
     base = None
     if fn_args.base_model:
@@ -284,7 +338,7 @@ def run_fn(fn_args) -> None:
     result = train(cfg, data, run_dir, model_fn=model_fn, verbose=1)
     info = {"warm_start_from": base, "warm_start": warm, "val": result.metrics.get("val"),
             "item_vocab_size": overrides["item_vocab_size"],
-            "group_vocab_size": overrides["group_vocab_size"]}
+            "group_vocab_size": overrides["group_vocab_size"], "tuned": tuned}
     _LOG.info("run_fn: %s", info)
     save_serving_model(result.model, lookups, fn_args.serving_model_dir,
                        result.config.model.history_length, result.config.serving,

@@ -38,6 +38,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # would build and pip-install a user-code wheel for each of them on every run).
 PREPROCESSING_FN = "tfx_pipeline.module.preprocessing_fn"
 RUN_FN = "tfx_pipeline.module.run_fn"
+TUNER_FN = "tfx_pipeline.module.tuner_fn"
 SCHEMA_DIR = os.path.join(HERE, "schema")
 METADATA_FILE = "metadata.sqlite"
 
@@ -77,7 +78,8 @@ def create_pipeline(cfg: Config, *, data_root: str, span: int, pipeline_root: st
                     metadata_path: Optional[str] = None,
                     import_examples: Optional[str] = None,
                     export_signatures: str = "all",
-                    groups_resolver: str = "previous_span") -> tfx.dsl.Pipeline:
+                    groups_resolver: str = "previous_span",
+                    tune_trials: int = 0) -> tfx.dsl.Pipeline:
     """Builds the pipeline for one span.
 
     Args:
@@ -102,6 +104,9 @@ def create_pipeline(cfg: Config, *, data_root: str, span: int, pipeline_root: st
         `tf.train.SequenceExample`s (the ExampleBuilder's format) and ``Flat-eval/`` with
         the eval split as flat tf.Examples for the Evaluator (two ImportExampleGens).
         They pass the same validation gate.
+      tune_trials: > 0 adds TFX's standard `Tuner` component (`tuner_fn` of the module:
+        KerasTuner random search over the model's search space, that many trials, best by
+        validation GAUC) and the Trainer trains with its best hyperparameters.
     """
     model_name = model_name or cfg.serving.model_name
     data_root = _abs(data_root)
@@ -160,15 +165,26 @@ def create_pipeline(cfg: Config, *, data_root: str, span: int, pipeline_root: st
         model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
         model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
     ).with_id("latest_blessed_model_resolver")
+    custom_config = {"config": cfg.to_dict(), "behavior_types": behavior_types,
+                     "export_jit_compile": export_jit_compile,
+                     "export_signatures": export_signatures}
+    tuner = None
+    if tune_trials > 0:
+        tuner = tfx.components.Tuner(
+            tuner_fn=TUNER_FN, examples=examples.outputs["examples"],
+            transform_graph=transform.outputs["transform_graph"],
+            schema=schema.outputs["schema"],
+            train_args=tfx.proto.TrainArgs(splits=["train"]),
+            eval_args=tfx.proto.EvalArgs(splits=["val"]),
+            custom_config=dict(custom_config, tune_trials=int(tune_trials)))
     trainer = tfx.components.Trainer(
         run_fn=RUN_FN, examples=examples.outputs["examples"],
         transform_graph=transform.outputs["transform_graph"], schema=schema.outputs["schema"],
         base_model=latest_blessed.outputs["model"],
+        hyperparameters=tuner.outputs["best_hyperparameters"] if tuner else None,
         train_args=tfx.proto.TrainArgs(splits=["train"]),
         eval_args=tfx.proto.EvalArgs(splits=["val"]),
-        custom_config={"config": cfg.to_dict(), "behavior_types": behavior_types,
-                       "export_jit_compile": export_jit_compile,
-                       "export_signatures": export_signatures})
+        custom_config=custom_config)
     evaluator = tfx.components.Evaluator(
         examples=eval_examples, model=trainer.outputs["model"],
         baseline_model=latest_blessed.outputs["model"],
@@ -181,8 +197,8 @@ def create_pipeline(cfg: Config, *, data_root: str, span: int, pipeline_root: st
                 base_directory=os.path.join(_abs(serving_base), model_name))))
 
     front = [flat_eval] if import_examples else [enc, latest_groups, grouper]
-    components = front + [examples, stats, schema, validator, gate,
-                  transform, latest_blessed, trainer, evaluator, pusher]
+    components = front + [examples, stats, schema, validator, gate, transform, latest_blessed] \
+        + ([tuner] if tuner else []) + [trainer, evaluator, pusher]
     metadata_path = metadata_path or os.path.join(pipeline_root, METADATA_FILE)
     return tfx.dsl.Pipeline(
         pipeline_name=cfg.pipeline.name, pipeline_root=_abs(pipeline_root),

@@ -32,6 +32,10 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="keep the previous centroids, only assign new items")
     p.add_argument("--no-cache", action="store_true", help="re-run every component")
     p.add_argument("--no-xla", action="store_true", help="export without jit_compile")
+    p.add_argument("--tune", type=int, default=0, metavar="TRIALS",
+                   help="add TFX's Tuner component: KerasTuner random search over the model's "
+                        "search space, TRIALS full training runs, best by validation GAUC; "
+                        "the Trainer uses its best hyperparameters (default 0: no tuning)")
     add_config_args(p)
     add_beam_args(p)
 
@@ -76,6 +80,11 @@ def _setup(args):
     kwargs = dict(model_name=args.model_name, encoder=args.encoder,
                   refit_groups=not args.no_refit_groups, enable_cache=not args.no_cache,
                   export_jit_compile=not args.no_xla)
+    if getattr(args, "tune", 0):
+        if args.tune < 0:
+            from dmgin_tf.errors import DmginError
+            raise DmginError(f"--tune {args.tune}: the number of trials must be >= 0")
+        kwargs["tune_trials"] = args.tune
     return cfg, root, data_root, serving, kwargs
 
 

@@ -166,3 +166,21 @@ def test_anomalous_examples_stop_at_validation(spans, roots, tmp_path):
     assert served_versions(roots["serving_base"]) == before          # nothing pushed
     now = sorted(os.listdir(graphs)) if os.path.isdir(graphs) else []
     assert now == graphs_before                                       # Transform never ran
+
+
+def test_tune_runs_the_tfx_tuner_and_the_trainer_uses_its_best(spans, tmp_path):
+    """`--tune N`: TFX's standard Tuner component (KerasTuner over the model's search
+    space) runs N trials; the Trainer trains with the best trial's hyperparameters."""
+    from tfx_pipeline.runner import run_pipeline
+    roots = {"pipeline_root": str(tmp_path / "pipeline"), "serving_base": str(tmp_path / "srv")}
+    s = run_pipeline(tiny_config(), data_root=spans, span=1, export_jit_compile=False,
+                     export_signatures="default", tune_trials=2, **roots)
+    best_dir = s.artifacts["Tuner.best_hyperparameters"]
+    best = json.load(open(os.path.join(best_dir, "best_hyperparameters.txt")))
+    values = best["values"]
+    assert {"learning_rate", "embedding_dim", "inter_layers"} <= set(values)
+    model_dir = os.path.join(s.artifacts["Trainer.model"], "Format-Serving")
+    info = json.load(open(os.path.join(model_dir, "assets.extra", "dmgin_train.json")))
+    assert info["tuned"]["train.learning_rate"] == values["learning_rate"]
+    assert info["tuned"]["model.embedding_dim"] == values["embedding_dim"]
+    assert s.pushed_dir or s.blessed is not None
