@@ -53,10 +53,12 @@ class CandidateGroupAttention(keras.layers.Layer):
 
     def build(self, query_shape, tokens_shape, token_mask_shape=None):
         self.blocks = [TransformerBlock(self.num_heads, dropout=self.dropout,
-                                        name=f"block_{i}") for i in range(self.num_layers)]
+                                        name=f"block_{i}",
+                                        dtype=self.dtype_policy) for i in range(self.num_layers)]
         for b in self.blocks:
             b.build(tuple(tokens_shape))
-        self.attention = TargetAttention(self.attention_units, name="target_attention")
+        self.attention = TargetAttention(self.attention_units, name="target_attention",
+                                         dtype=self.dtype_policy)
         self.attention.build(query_shape, tokens_shape)
         self.built = True
 

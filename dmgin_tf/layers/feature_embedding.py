@@ -105,18 +105,18 @@ class FeatureEmbedding(keras.layers.Layer):
         init = keras.initializers.RandomNormal(stddev=0.05)
         self.item_table = keras.layers.Embedding(
             self.item_vocab_size, self.embedding_dim, embeddings_initializer=init,
-            embeddings_regularizer=reg, name="item_embedding")
+            embeddings_regularizer=reg, name="item_embedding", dtype=self.dtype_policy)
         self.group_table = None
         if group_key == "group":
             self.group_table = keras.layers.Embedding(
                 self.group_vocab_size, self.embedding_dim, embeddings_initializer=init,
-                embeddings_regularizer=reg, name="group_embedding")
+                embeddings_regularizer=reg, name="group_embedding", dtype=self.dtype_policy)
         self.behavior_table = keras.layers.Embedding(
             self.num_behavior_ids, self.embedding_dim, embeddings_initializer=init,
-            name="behavior_embedding")
+            name="behavior_embedding", dtype=self.dtype_policy)
         self.time_table = keras.layers.Embedding(
             self.num_time_buckets, self.embedding_dim, embeddings_initializer=init,
-            name="recency_embedding")
+            name="recency_embedding", dtype=self.dtype_policy)
 
     def build(self, input_shape=None):
         self.item_table.build((None,))

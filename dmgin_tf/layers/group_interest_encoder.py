@@ -129,33 +129,36 @@ class GroupInterestEncoder(keras.layers.Layer):
         d = self.embedding_dim
         self.embedding = FeatureEmbedding(
             self.item_vocab_size, self.group_vocab_size, self.num_behavior_types + 1, d,
-            num_time_buckets=self.num_time_buckets, group_key=group_key, name="embedding")
+            num_time_buckets=self.num_time_buckets, group_key=group_key, name="embedding",
+            dtype=self.dtype_policy)
         self.statistics = None
         if self.use_stats or self.use_candidate_group:
-            self.statistics = GroupStatistics(d, name="group_statistics")
+            self.statistics = GroupStatistics(d, name="group_statistics", dtype=self.dtype_policy)
         self.intra = None
         self.fuse = None
         if self.use_intra:
             self.intra = IntraGroupTransformer(self.num_heads, self.intra_layers,
                                                output_dim=d, dropout=self.dropout,
-                                               name="intra_group_transformer")
+                                               name="intra_group_transformer",
+                                               dtype=self.dtype_policy)
         else:
-            self.fuse = Dense(d, activation="gelu", name="group_fuse")
+            self.fuse = Dense(d, activation="gelu", name="group_fuse", dtype=self.dtype_policy)
         self.inter = None
         if self.use_inter:
             self.inter = InterGroupTransformer(self.num_heads, self.inter_layers,
                                                block=inter_block,
                                                num_time_buckets=self.num_time_buckets,
                                                dropout=self.dropout,
-                                               name="inter_group_transformer")
-        self.query_proj = Dense(d, name="candidate_query")
+                                               name="inter_group_transformer",
+                                               dtype=self.dtype_policy)
+        self.query_proj = Dense(d, name="candidate_query", dtype=self.dtype_policy)
         self.target_attention = TargetAttention(self.attention_units,
-                                                name="target_attention")
+                                                name="target_attention", dtype=self.dtype_policy)
         self.candidate_attention = None
         if self.use_candidate_group:
             self.candidate_attention = CandidateGroupAttention(
                 self.num_heads, num_layers=1, attention_units=self.attention_units,
-                dropout=self.dropout, name="candidate_group_attention")
+                dropout=self.dropout, name="candidate_group_attention", dtype=self.dtype_policy)
 
     # ----------------------------------------------------------------- shapes / build
     @property
@@ -282,6 +285,11 @@ class GroupInterestEncoder(keras.layers.Layer):
         if len(cand_item.shape) == 2:
             return self._score_lists(user_state, inputs, cand_item, cand_key, training,
                                      candidate_features, user_features)
+        if candidate_features is not None or user_features is not None:
+            raise ValueError(
+                "GroupInterestEncoder.score_candidates: candidate_features / user_features "
+                f"are computed for [U, N] candidates, got cand_item of shape "
+                f"{tuple(cand_item.shape)}; pass the candidates as [U, N] (e.g. [U, 1])")
         state_batch = user_state[GROUP_MASK].shape[0]
         if state_batch == 1 and cand_item.shape[0] != 1:
             out = self._score_lists(user_state, inputs, cand_item[None], cand_key[None],
@@ -431,7 +439,12 @@ class GroupInterestEncoder(keras.layers.Layer):
                                      training=training)
 
     def compute_output_shape(self, input_shape):
-        return (input_shape[CAND_ITEM][0], self.output_dim)
+        """`[B]` (or `[B, 1]`, one candidate per row) candidates → `(B, output_dim)`;
+        `[U, N]` candidates → `(U, N, output_dim)`."""
+        cand = tuple(input_shape[CAND_ITEM])
+        if len(cand) == 2 and cand[1] != 1:
+            return (cand[0], cand[1], self.output_dim)
+        return (cand[0], self.output_dim)
 
     def get_config(self):
         config = super().get_config()

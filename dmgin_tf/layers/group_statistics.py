@@ -47,8 +47,8 @@ class GroupStatistics(keras.layers.Layer):
     def build(self, counts_shape, stats_shape=None, group_mask_shape=None):
         width = counts_shape[-1] + (stats_shape[-1] if stats_shape is not None else 0)
         self.hidden = Dense(self.units, activation=self.activation,
-                            name="hidden")
-        self.proj = Dense(self.units, name="projection")
+                            name="hidden", dtype=self.dtype_policy)
+        self.proj = Dense(self.units, name="projection", dtype=self.dtype_policy)
         self.hidden.build((None, width))
         self.proj.build((None, self.units))
         self.built = True

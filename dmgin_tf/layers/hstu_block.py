@@ -71,12 +71,13 @@ class HSTUBlock(keras.layers.Layer):
         self._dim = int(dim)
         self._head_dim = self._dim // self.num_heads
         self.norm_in = keras.layers.LayerNormalization(epsilon=self.layer_norm_epsilon,
-                                                       name="input_norm")
+                                                       name="input_norm", dtype=self.dtype_policy)
         self.norm_attn = keras.layers.LayerNormalization(epsilon=self.layer_norm_epsilon,
-                                                         name="attention_norm")
-        self.uvqk = Dense(4 * self._dim, activation="silu", name="uvqk")
-        self.out = Dense(self._dim, name="output")
-        self.drop = keras.layers.Dropout(self.dropout)
+                                                         name="attention_norm",
+                                                         dtype=self.dtype_policy)
+        self.uvqk = Dense(4 * self._dim, activation="silu", name="uvqk", dtype=self.dtype_policy)
+        self.out = Dense(self._dim, name="output", dtype=self.dtype_policy)
+        self.drop = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
         flat = (None, x_shape[-2], self._dim)
         self.norm_in.build(flat)
         self.norm_attn.build(flat)

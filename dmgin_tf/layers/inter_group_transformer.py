@@ -67,11 +67,13 @@ class InterGroupTransformer(keras.layers.Layer):
         if self.block == "hstu":
             self.blocks = [HSTUBlock(self.num_heads, max_relative_position=num_groups,
                                      num_time_buckets=self.num_time_buckets,
-                                     dropout=self.dropout, name=f"hstu_{i}")
+                                     dropout=self.dropout, name=f"hstu_{i}",
+                                     dtype=self.dtype_policy)
                            for i in range(self.num_layers)]
         else:
             self.blocks = [TransformerBlock(self.num_heads, self.ffn_multiplier,
-                                            self.dropout, name=f"transformer_{i}")
+                                            self.dropout, name=f"transformer_{i}",
+                                            dtype=self.dtype_policy)
                            for i in range(self.num_layers)]
             if self.num_layers:
                 self.position_embedding = self.add_weight(
@@ -79,7 +81,8 @@ class InterGroupTransformer(keras.layers.Layer):
                     initializer=keras.initializers.RandomNormal(stddev=0.02))
                 self.time_embedding = keras.layers.Embedding(
                     self.num_time_buckets, dim, name="recency_embedding",
-                    embeddings_initializer=keras.initializers.RandomNormal(stddev=0.02))
+                    embeddings_initializer=keras.initializers.RandomNormal(stddev=0.02),
+                    dtype=self.dtype_policy)
                 self.time_embedding.build((None,))
         for b in self.blocks:
             b.build(tuple(group_vectors_shape))

@@ -73,14 +73,15 @@ class IntraGroupTransformer(keras.layers.Layer):
               group_mask_shape=None):
         dim = tokens_shape[-1]
         self.blocks = [TransformerBlock(self.num_heads, self.ffn_multiplier, self.dropout,
-                                        name=f"block_{i}") for i in range(self.num_layers)]
+                                        name=f"block_{i}",
+                                        dtype=self.dtype_policy) for i in range(self.num_layers)]
         for block in self.blocks:
             block.build(tuple(tokens_shape))
         out_dim = self.output_dim or dim
         width = dim + (group_context_shape[-1] if group_context_shape is not None else 0)
         self.fuse = None
         if group_context_shape is not None or out_dim != dim:
-            self.fuse = Dense(out_dim, activation="gelu", name="fuse")
+            self.fuse = Dense(out_dim, activation="gelu", name="fuse", dtype=self.dtype_policy)
             self.fuse.build((None, width))
         self.built = True
 

@@ -58,16 +58,17 @@ class TargetAttention(keras.layers.Layer):
         dim = keys_shape[-1]
         self.query_proj = None
         if query_shape[-1] != dim:
-            self.query_proj = Dense(dim, name="query_projection")
+            self.query_proj = Dense(dim, name="query_projection", dtype=self.dtype_policy)
             self.query_proj.build((None, query_shape[-1]))
         self.mlp = []
         width = 4 * dim
         for i, u in enumerate(self.hidden_units):
-            layer = Dense(u, activation=self.activation, name=f"hidden_{i}")
+            layer = Dense(u, activation=self.activation, name=f"hidden_{i}",
+                          dtype=self.dtype_policy)
             layer.build((None, width))
             self.mlp.append(layer)
             width = u
-        self.score = Dense(1, name="score")
+        self.score = Dense(1, name="score", dtype=self.dtype_policy)
         self.score.build((None, width))
         self.built = True
 

@@ -80,15 +80,15 @@ class TransformerBlock(keras.layers.Layer):
         self._dim = int(dim)
         self._head_dim = self._dim // self.num_heads
         self.norm1 = keras.layers.LayerNormalization(epsilon=self.layer_norm_epsilon,
-                                                     name="attention_norm")
+                                                     name="attention_norm", dtype=self.dtype_policy)
         self.norm2 = keras.layers.LayerNormalization(epsilon=self.layer_norm_epsilon,
-                                                     name="ffn_norm")
-        self.qkv = Dense(3 * self._dim, name="qkv")
-        self.out = Dense(self._dim, name="attention_output")
+                                                     name="ffn_norm", dtype=self.dtype_policy)
+        self.qkv = Dense(3 * self._dim, name="qkv", dtype=self.dtype_policy)
+        self.out = Dense(self._dim, name="attention_output", dtype=self.dtype_policy)
         self.ffn1 = Dense(self.ffn_multiplier * self._dim, activation="gelu",
-                          name="ffn_hidden")
-        self.ffn2 = Dense(self._dim, name="ffn_output")
-        self.drop = keras.layers.Dropout(self.dropout)
+                          name="ffn_hidden", dtype=self.dtype_policy)
+        self.ffn2 = Dense(self._dim, name="ffn_output", dtype=self.dtype_policy)
+        self.drop = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
         flat = (None, x_shape[-2], self._dim)
         for layer in (self.norm1, self.norm2, self.qkv):
             layer.build(flat)

@@ -38,13 +38,16 @@ def test_model_cfg_and_keywords_combine_and_old_configs_load():
 
 
 @pytest.mark.parametrize("name", ["dmgin", "din"])
-def test_dtype_policy_reaches_the_model_sublayers(name):
+def test_dtype_policy_reaches_every_sublayer(name):
     model = MODELS[name](**SMALL, dtype="mixed_bfloat16")
     model(dummy_inputs(model.model_cfg, batch_size=2))
     direct = [model.head, model.context] + model.head.hidden + [model.head.logit]
     direct.append(model.encoder if name == "dmgin" else model.embedding)
     policies = {layer.name: layer.dtype_policy.name for layer in direct}
     assert set(policies.values()) == {"mixed_bfloat16"}, policies
+    every = {f"{type(layer).__name__}:{layer.name}": layer.dtype_policy.name
+             for layer in model._flatten_layers() if layer is not model}
+    assert set(every.values()) == {"mixed_bfloat16"}, every
     assert np.asarray(model(dummy_inputs(model.model_cfg, batch_size=2))).dtype == np.float32
 
 
