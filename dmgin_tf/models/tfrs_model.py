@@ -5,7 +5,7 @@ The ranker is the Keras 3 model from `build_model` run through
 move in one format, the Keras 3 model's `.weights.h5`:
 
     keras3_model.save_weights("m.weights.h5")          # trained on TF or JAX backend
-    tfrs_model = DMGIN(model_cfg)
+    tfrs_model = TFRSRankingModel(model_cfg)
     tfrs_model.load_keras3_weights("m.weights.h5")     # and back: save_keras3_weights
 
 Needs KERAS_BACKEND=tensorflow and TF_USE_LEGACY_KERAS=1 (set by the `dmgin` CLI and by
@@ -21,7 +21,7 @@ from dmgin_tf.layers.tf_keras import KerasLayerAdapter
 from dmgin_tf.models import as_model_config, build_model
 
 
-class DMGIN(tfrs.Model):
+class TFRSRankingModel(tfrs.Model):
     """TFRS ranking model around any `build_model` model (DMGIN by default).
 
     Args:
@@ -43,7 +43,7 @@ class DMGIN(tfrs.Model):
     Example:
 
     ```python
-    model = DMGIN(ModelConfig(item_vocab_size=100, group_vocab_size=20))
+    model = TFRSRankingModel(ModelConfig(item_vocab_size=100, group_vocab_size=20))
     model.compile(optimizer=tf_keras.optimizers.Adam(1e-3))
     model.fit(tf.data.Dataset.from_tensor_slices(features).batch(256), epochs=1)
     ```

@@ -6,7 +6,7 @@ import tf_keras
 
 from dmgin_tf import features as F
 from dmgin_tf.config import ModelConfig
-from dmgin_tf.models.tfrs_model import DMGIN
+from dmgin_tf.models.tfrs_model import TFRSRankingModel
 
 from .synthetic import synthetic_inputs
 
@@ -26,7 +26,7 @@ def _synthetic_task(n=64):
 
 def test_tfrs_dmgin_trains_and_weights_round_trip(tmp_path):
     x = _synthetic_task()
-    model = DMGIN(CFG)
+    model = TFRSRankingModel(CFG)
     # Eager steps: a handful of tiny steps is cheaper than tracing the train function.
     model.compile(optimizer=tf_keras.optimizers.Adam(3e-2), run_eagerly=True)
     before = [v.numpy().copy() for v in model.trainable_variables]
@@ -39,12 +39,12 @@ def test_tfrs_dmgin_trains_and_weights_round_trip(tmp_path):
     pred = model(x).numpy()
 
     model.save_weights(str(tmp_path / "ckpt"))    # tf.keras checkpoint
-    restored = DMGIN(CFG)
+    restored = TFRSRankingModel(CFG)
     restored.load_weights(str(tmp_path / "ckpt")).expect_partial()
     np.testing.assert_allclose(restored(x).numpy(), pred, atol=1e-6)
 
     model.save_keras3_weights(str(tmp_path / "m.weights.h5"))   # the one shared format
-    from_h5 = DMGIN(CFG)
+    from_h5 = TFRSRankingModel(CFG)
     from_h5.load_keras3_weights(str(tmp_path / "m.weights.h5"))
     np.testing.assert_allclose(from_h5(x).numpy(), pred, atol=1e-6)
     np.testing.assert_allclose(np.asarray(from_h5.keras3_model(x)), pred, atol=1e-6)
