@@ -243,37 +243,16 @@ SUBCOMMANDS = [("quality", _add_quality), ("tune-select", _add_tune_select)]
 
 
 def _add_scale(sub) -> None:
-    # benchmarks/bench_scale.py owns the arguments and the run (Beam stages on Dask).
-    import importlib.util
-    path = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "bench_scale.py")
-    if not os.path.exists(path):
-        return  # installed without the benchmarks/ folder
-    spec = importlib.util.spec_from_file_location("bench_scale", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.add_subparser(sub)
-
-
-SUBCOMMANDS.append(("scale", _add_scale))
+    from dmgin_tf.bench import scale          # owns its arguments (Beam stages, pipeline)
+    scale.add_subparser(sub)
 
 
 def _add_efficiency(sub) -> None:
-    # benchmarks/bench_efficiency.py owns the arguments and the run (cost vs history L).
-    import importlib.util
-    path = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "bench_efficiency.py")
-    if not os.path.exists(path):
-        return  # installed without the benchmarks/ folder
-    import sys
-    module = sys.modules.get("bench_efficiency")
-    if module is None:
-        spec = importlib.util.spec_from_file_location("bench_efficiency", path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["bench_efficiency"] = module   # its dataclasses look themselves up here
-        spec.loader.exec_module(module)
-    module.add_subparser(sub)
+    from dmgin_tf.bench import efficiency     # owns its arguments (cost vs history L)
+    efficiency.add_subparser(sub)
 
 
-SUBCOMMANDS.append(("efficiency", _add_efficiency))
+SUBCOMMANDS += [("scale", _add_scale), ("efficiency", _add_efficiency)]
 
 
 def register(subparsers) -> None:

@@ -1,10 +1,7 @@
 """benchmarks/bench_efficiency.py: the analysis against exact references, the guards, the
 docs block, and the entry point on tiny sizes (not timed)."""
-import importlib.util
 import json
 import math
-import pathlib
-import sys
 
 import numpy as np
 import pytest
@@ -12,18 +9,10 @@ import pytest
 from dmgin_tf.features import (CAND_GROUP, CAND_ITEM, HIST_BEHAVIOR_ID, HIST_GROUP, HIST_ITEM,
                                HIST_TIME, MODEL_INPUT_KEYS, REQUEST_TIME)
 
-PATH = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "bench_efficiency.py"
-
-
 @pytest.fixture(scope="module")
 def be():
-    if "bench_efficiency" in sys.modules:       # loaded by the CLI already
-        return sys.modules["bench_efficiency"]
-    spec = importlib.util.spec_from_file_location("bench_efficiency", PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_efficiency"] = module     # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    return module
+    from dmgin_tf.bench import efficiency
+    return efficiency
 
 
 def test_synthetic_batch_is_a_valid_repetitive_history(be):

@@ -29,7 +29,7 @@ def test_bench_grouping_tiny(tmp_path):
 
 @pytest.mark.slow
 def test_bench_scale_tiny_on_the_sample(tmp_path):
-    import bench_scale
+    from dmgin_tf.bench import scale as bench_scale
     out = tmp_path / "scale"
     assert bench_scale.main(["--data", str(SAMPLE_ROOT / "taobao"), "--runners", "direct",
                              "--stages", "examples,shuffle,kmeans", "--iterations", "1",

@@ -7,14 +7,11 @@ import pytest
 
 from dmgin_tf import features as F
 
-BENCH_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "benchmarks")
-
 
 @pytest.fixture()
 def bench_scale(monkeypatch):
-    monkeypatch.syspath_prepend(BENCH_DIR)
-    import bench_scale
-    return bench_scale
+    from dmgin_tf.bench import scale
+    return scale
 
 
 @pytest.fixture()
