@@ -37,7 +37,8 @@ EXTRA_REQUIREMENTS = ("pandas==2.2.3",)
 # Provided by the host's JAX install; installing ours could shadow a newer ABI.
 HOST_PROVIDED = ("numpy", "ml_dtypes", "jax", "jaxlib", "scipy", "opt_einsum")
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux2014_x86_64")
-CARRY_LIMIT_BYTES = 64 * 1024 * 1024
+# Bundles are copied to the GPU machine; a size worth a warning (override: --max-mb).
+SIZE_WARNING_BYTES = 64 * 1024 * 1024
 
 
 def download_command(dest: str, requirements: Sequence[str]) -> List[str]:
@@ -175,7 +176,8 @@ def build_bundle(cfg: Config, datasets: Sequence[str], output: str, *,
                  wheels: bool = True, group_tables: Optional[Dict[str, str]] = None,
                  work_dir: Optional[str] = None,
                  progress: bool = False, log=print, downloader=download_wheels,
-                 quality: Optional["QualitySpec"] = None, command: Optional[str] = None) -> dict:
+                 quality: Optional["QualitySpec"] = None, command: Optional[str] = None,
+                 size_limit_bytes: int = SIZE_WARNING_BYTES) -> dict:
     """Builds the bundle directory; returns the manifest (also written as MANIFEST.json).
 
     Args:
@@ -289,10 +291,11 @@ def build_bundle(cfg: Config, datasets: Sequence[str], output: str, *,
     if os.path.exists(work_dir):
         shutil.rmtree(work_dir)   # conversion caches: not needed on the host
     manifest["total_bytes"] = _size(output)
-    manifest["within_carry_limit"] = manifest["total_bytes"] <= CARRY_LIMIT_BYTES
+    manifest["within_size_limit"] = manifest["total_bytes"] <= size_limit_bytes
     with open(os.path.join(output, "MANIFEST.json"), "w", encoding="utf-8") as f:
         json.dump(manifest, f, indent=1, sort_keys=True)
-    if not manifest["within_carry_limit"]:
-        log(f"warning: bundle is {manifest['total_bytes'] / 2**20:.1f} MiB, over the device "
-            f"tool's 64 MiB carry limit")
+    if not manifest["within_size_limit"]:
+        log(f"warning: bundle is {manifest['total_bytes'] / 2**20:.1f} MiB, over "
+            f"{size_limit_bytes / 2**20:.0f} MiB (--max-mb): check that your copy to the GPU "
+            f"machine allows it")
     return manifest

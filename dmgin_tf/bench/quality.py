@@ -23,7 +23,6 @@ import dataclasses
 import datetime
 import json
 import os
-import platform
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -482,16 +481,14 @@ def _slug(name: str) -> str:
 
 
 def _environment() -> dict:
-    env = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "python": platform.python_version()}
-    for mod in ("keras", "tensorflow", "jax", "numpy"):
-        import sys
-        if mod in sys.modules:
-            env[mod] = getattr(sys.modules[mod], "__version__", "?")
-    try:
-        import dmgin_tf
-        env["dmgin_tf"] = dmgin_tf.__version__
-    except Exception:  # noqa: BLE001
-        pass
+    """Machine and library versions of this run (`dmgin_tf.provenance`), flat for the table."""
+    import sys
+    from dmgin_tf.provenance import library_versions, machine_info
+    info = machine_info()
+    backend = next((b for b in ("tensorflow", "jax") if b in sys.modules), None)
+    env = {"machine": f"{info['machine']}, {info['cpu_count']} cores"}
+    env.update({k: v for k, v in library_versions(backend).items()
+                if v is not None and k != "backend"})
     return env
 
 
@@ -626,31 +623,27 @@ SECTION_TITLE = "## Quality"
 def update_benchmarks_doc(path: str, dataset: str, table: str, chart: Optional[str] = None) -> None:
     """Replaces (or appends) the dataset's block of the "Quality" section in `path`.
 
-    Only the text between `<!-- quality:<dataset>:start -->` and `...:end -->` is ours;
-    everything else in the file (other benchmarks' sections) is kept as is.
+    Only the text between `<!-- quality:<dataset>:start -->` and `...:end -->` is ours
+    (`dmgin_tf.docs_blocks.replace_block`); a page without the block gets it at the end
+    of its Quality section (the section is created when missing).
     """
+    from dmgin_tf.docs_blocks import replace_block
     start, end = f"<!-- quality:{dataset}:start -->", f"<!-- quality:{dataset}:end -->"
     block = [start, f"### {dataset}", "", table]
     if chart:
         block += ["", f"![quality on {dataset}]({chart})"]
     block.append(end)
-    block_text = "\n".join(block)
-    text = open(path, encoding="utf-8").read() if os.path.exists(path) else "# Benchmarks\n"
-    if start in text and end in text:
-        before, rest = text.split(start, 1)
-        after = rest.split(end, 1)[1]
-        text = before + block_text + after
-    else:
+
+    def append(text: str, block_text: str) -> str:
         if SECTION_TITLE not in text:
             text = text.rstrip("\n") + "\n\n" + SECTION_TITLE + "\n\n" + QUALITY_INTRO + "\n"
         head, tail = text.split(SECTION_TITLE, 1)
-        # Append at the end of the Quality section (before the next "## " heading).
+        # At the end of the Quality section (before the next "## " heading).
         nxt = tail.find("\n## ")
         section, rest = (tail, "") if nxt < 0 else (tail[:nxt], tail[nxt:])
-        text = head + SECTION_TITLE + section.rstrip("\n") + "\n\n" + block_text + "\n" + rest
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text if text.endswith("\n") else text + "\n")
+        return head + SECTION_TITLE + section.rstrip("\n") + "\n\n" + block_text + "\n" + rest
+
+    replace_block(path, "\n".join(block), start, end, append=append)
 
 
 QUALITY_INTRO = (

@@ -551,7 +551,7 @@ def run_main(args) -> int:
     layout = worker_layout(args.processes, cpus=args.cpus)
     print(f"[quality] {len(jobs)} runs ({', '.join(datasets)}; {len(plan['seeds'])} seeds; "
           f"budget {plan['budget']}) on {layout.describe()}; start budget {args.budget_s:.0f}s, "
-          f"hard limit {args.hard_limit_s:.0f}s", flush=True)
+          f"hard limit {args.hard_limit_s:.0f}s".replace("infs", "none"), flush=True)
     sinks = {ds: open(os.path.join(out, f"quality_{ds}.jsonl"), "a", encoding="utf-8")
              for ds in datasets}
 
@@ -605,10 +605,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     r.add_argument("--bundle", required=True)
     r.add_argument("--out", required=True)
     r.add_argument("--datasets", nargs="+")
-    r.add_argument("--budget-s", type=float, default=420.0,
-                   help="no job starts after this many seconds (default 420)")
-    r.add_argument("--hard-limit-s", type=float, default=530.0,
-                   help="running jobs are killed at this many seconds (default 530)")
+    r.add_argument("--budget-s", type=float, default=float("inf"),
+                   help="no job starts after this many seconds (default: no limit; set it "
+                        "when the GPU machine is held for a fixed time)")
+    r.add_argument("--hard-limit-s", type=float, default=float("inf"),
+                   help="running jobs are killed at this many seconds (default: no limit)")
     r.add_argument("--processes", type=int, default=0, help="workers (0 = from GPUs and cores)")
     r.add_argument("--cpus", type=int, help="cores to plan for (default os.cpu_count())")
     r.add_argument("--cache", help="JAX compilation cache dir (default OUT/jax_cache)")

@@ -59,6 +59,8 @@ def register(subparsers) -> None:
     b.add_argument("--hparams", nargs="+", metavar="[NAME=]FILE",
                    help="--quality: tuned hyperparameters per dataset (hparams_<dataset>.json "
                         "of `dmgin bench tune-select`), used by every row of each model")
+    b.add_argument("--max-mb", type=float, default=64.0,
+                   help="warn when the bundle is larger than this (default 64 MiB)")
     b.add_argument("--mixed-precision", action="store_true",
                    help="--quality: bfloat16 (default float32, so the TF export parity holds "
                         "within 1e-5)")
@@ -168,7 +170,8 @@ def run_bundle(args: argparse.Namespace) -> int:
                             group_tables=per_dataset_paths(args.dataset, args.group_table,
                                                            "--group-table"),
                             quality=quality_spec(args) if args.quality else None,
-                            command=_bundle_command())
+                            command=_bundle_command(),
+                            size_limit_bytes=int(args.max_mb * 2**20))
     mib = manifest["total_bytes"] / 2**20
     print(f"bundle {args.output}: {mib:.1f} MiB ({len(manifest['wheels'])} wheels, "
           f"{manifest['wheel_bytes'] / 2**20:.1f} MiB)")

@@ -37,7 +37,7 @@ def test_bundle_dry_run(tmp_path):
     run_sh = open(os.path.join(out, "run.sh")).read()
     assert "train --backend jax --dataset taobao" in run_sh and "KERAS_BACKEND=jax" in run_sh
     assert subprocess.run(["bash", "-n", os.path.join(out, "run.sh")]).returncode == 0
-    assert manifest["within_carry_limit"] and manifest["total_bytes"] < 16 * 2**20
+    assert manifest["within_size_limit"] and manifest["total_bytes"] < 16 * 2**20
     assert json.load(open(os.path.join(out, "MANIFEST.json")))["datasets"]["taobao"]["bytes"] > 0
 
 

@@ -9,6 +9,7 @@ import pytest
 from dmgin_tf.features import (CAND_GROUP, CAND_ITEM, HIST_BEHAVIOR_ID, HIST_GROUP, HIST_ITEM,
                                HIST_TIME, MODEL_INPUT_KEYS, REQUEST_TIME)
 
+
 @pytest.fixture(scope="module")
 def be():
     from dmgin_tf.bench import efficiency
