@@ -54,7 +54,9 @@ def _pipeline(args) -> str:
                         "--pipeline-root", root, "--serving-dir", serving])
     if rc:
         raise DmginError(f"pipeline run failed (exit {rc}); see the log above")
-    pattern = os.path.join(root, "ExampleBuilder", "examples", "*", "Split-eval")
+    # The Evaluator's view of the eval split: flat tf.Examples, what serving_default takes
+    # (the `examples` output holds per-user SequenceExamples for training).
+    pattern = os.path.join(root, "ExampleBuilder", "eval_examples", "*", "Split-eval")
     splits = sorted(glob.glob(pattern), key=os.path.getmtime)
     if not splits:
         raise DmginError(f"no eval examples under {pattern}")
@@ -84,7 +86,9 @@ def _serve_and_predict(args, eval_dir: str) -> None:
         with Client(f"127.0.0.1:{port}", name, timeout_s=60.0) as client:
             version = client.wait_until_available(timeout_s=120.0)
             files = sorted(glob.glob(os.path.join(eval_dir, "*.tfrecord*")))
-            records = [r.numpy() for r in tf.data.TFRecordDataset(files).take(args.requests)]
+            gzip = "GZIP" if files and files[0].endswith(".gz") else ""
+            records = [r.numpy() for r in
+                       tf.data.TFRecordDataset(files, compression_type=gzip).take(args.requests)]
             labels = [tf.train.Example.FromString(r).features.feature[F.LABEL].int64_list.value[0]
                       for r in records]
             timings = []
