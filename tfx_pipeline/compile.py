@@ -66,10 +66,10 @@ def compile_pipeline(cfg: Config, target: str, output: str, *, data_root: str, s
         raise DmginError(f"compile: --target {target!r}; expected one of {list(TARGETS)}")
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     if target == "airflow":
-        from tfx_pipeline.pipeline import _abs
+        from tfx_pipeline.pipeline import abs_path
         text = _AIRFLOW_DAG.format(config=pprint.pformat(cfg.to_dict(), width=100),
-                                   data_root=_abs(data_root), pipeline_root=_abs(pipeline_root),
-                                   serving_base=_abs(serving_base),
+                                   data_root=abs_path(data_root), pipeline_root=abs_path(pipeline_root),
+                                   serving_base=abs_path(serving_base),
                                    kwargs=pprint.pformat(kwargs))
         compile(text, output, "exec")  # syntax check
         with open(output, "w", encoding="utf-8") as f:

@@ -43,7 +43,7 @@ SCHEMA_DIR = os.path.join(HERE, "schema")
 METADATA_FILE = "metadata.sqlite"
 
 
-def _abs(path: str) -> str:
+def abs_path(path: str) -> str:
     """Absolute local path; URLs (gs://, s3://, hdfs://) unchanged."""
     return path if "://" in path else os.path.abspath(path)
 
@@ -109,7 +109,7 @@ def create_pipeline(cfg: Config, *, data_root: str, span: int, pipeline_root: st
         validation GAUC) and the Trainer trains with its best hyperparameters.
     """
     model_name = model_name or cfg.serving.model_name
-    data_root = _abs(data_root)
+    data_root = abs_path(data_root)
     beam_json = json.dumps(cfg.beam.to_dict(), sort_keys=True)
     mode = encoder_mode(cfg, encoder)
 
@@ -132,10 +132,10 @@ def create_pipeline(cfg: Config, *, data_root: str, span: int, pipeline_root: st
         splits = [tfx.proto.Input.Split(name=n, pattern=f"Split-{n}/*")
                   for n in ("train", "val", "eval")]
         examples = tfx.components.ImportExampleGen(
-            input_base=_abs(import_examples), input_config=tfx.proto.Input(splits=splits),
+            input_base=abs_path(import_examples), input_config=tfx.proto.Input(splits=splits),
             payload_format=example_gen_pb2.FORMAT_TF_SEQUENCE_EXAMPLE)
         flat_eval = tfx.components.ImportExampleGen(
-            input_base=_abs(import_examples), input_config=tfx.proto.Input(
+            input_base=abs_path(import_examples), input_config=tfx.proto.Input(
                 splits=[tfx.proto.Input.Split(name="eval", pattern="Flat-eval/*")])
         ).with_id("ImportFlatEvalExamples")
         eval_examples = flat_eval.outputs["examples"]
@@ -194,15 +194,15 @@ def create_pipeline(cfg: Config, *, data_root: str, span: int, pipeline_root: st
         model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(
-                base_directory=os.path.join(_abs(serving_base), model_name))))
+                base_directory=os.path.join(abs_path(serving_base), model_name))))
 
     front = [flat_eval] if import_examples else [enc, latest_groups, grouper]
     components = front + [examples, stats, schema, validator, gate, transform, latest_blessed] \
         + ([tuner] if tuner else []) + [trainer, evaluator, pusher]
     metadata_path = metadata_path or os.path.join(pipeline_root, METADATA_FILE)
     return tfx.dsl.Pipeline(
-        pipeline_name=cfg.pipeline.name, pipeline_root=_abs(pipeline_root),
+        pipeline_name=cfg.pipeline.name, pipeline_root=abs_path(pipeline_root),
         components=components, enable_cache=enable_cache,
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
-            _abs(metadata_path)),
+            abs_path(metadata_path)),
         beam_pipeline_args=tfx_beam_args(cfg.beam))

@@ -273,7 +273,7 @@ def run_quality(cfg: Config, data_path: Optional[str], out_dir: str, *, seeds: S
             run_cfg = cfg.apply_overrides(overrides)
             data = training_data_from_example_set(
                 grouped, budget.history_length, info={"variant": variant.name})
-            run_dir = os.path.join(out_dir, "runs", _slug(variant.name), f"seed{seed}")
+            run_dir = os.path.join(out_dir, "runs", slug(variant.name), f"seed{seed}")
             t = time.perf_counter()
             result = train(run_cfg, data, run_dir, model_fn=model_fn, verbose=0)
             runs.append({"variant": variant.name, "seed": seed, "test": result.metrics["test"],
@@ -476,7 +476,8 @@ def plot_comparisons(cmps: Sequence[dict], path: str) -> Optional[str]:
     return path
 
 
-def _slug(name: str) -> str:
+def slug(name: str) -> str:
+    """A row name as a directory name ("dmgin -stats" -> "dmgin__stats")."""
     return "".join(c if c.isalnum() else "_" for c in name).strip("_")
 
 

@@ -227,8 +227,8 @@ class _Worker:
         cfg = load_config(os.path.join(self.bundle, f"config_{job.dataset}.json"), overrides)
         data = training_data_from_example_set(es, budget.history_length,
                                               info={"variant": variant.name})
-        from dmgin_tf.bench.quality import _slug
-        run_dir = os.path.join(self.out, "runs", job.dataset, _slug(variant.name),
+        from dmgin_tf.bench.quality import slug
+        run_dir = os.path.join(self.out, "runs", job.dataset, slug(variant.name),
                                f"seed{job.seed}")
         t = time.perf_counter()
         result = train(cfg, data, run_dir, verbose=0)
