@@ -164,14 +164,14 @@ def from_tf_example(record: bytes) -> dict:
 _CATALOG_CACHE: Dict[str, Tuple[Optional[ItemUniverse], Dict[str, str]]] = {}
 
 
-class _UserExamplesFn(beam.DoFn):
-    """``(user_id, [(ts, row, item, behavior)])`` -> ``(split, serialized tf.Example)``."""
+class _UserFn(beam.DoFn):
+    """What both user DoFns share: the catalog (once per worker process) and one user's
+    rows -> time-ordered arrays + `UserExamples` (the protocol's labelled events)."""
 
     def __init__(self, spec: DatasetSpec, cfg: DataConfig, item_ids: Sequence[str],
-                 categories: Mapping[str, str], item_groups: Optional[Mapping[str, int]] = None):
+                 categories: Mapping[str, str]):
         self._spec, self._cfg = spec, cfg
         self._item_ids, self._categories = list(item_ids), dict(categories)
-        self._groups = dict(item_groups) if item_groups is not None else None
         self._token = uuid.uuid4().hex
 
     def setup(self):
@@ -180,7 +180,8 @@ class _UserExamplesFn(beam.DoFn):
             _CATALOG_CACHE[self._token] = (universe, self._categories)
         self._universe, self._cats = _CATALOG_CACHE[self._token]
 
-    def process(self, element):
+    def _user(self, element):
+        """``(user_id, rows)`` -> (user_id, items, behaviors, timestamps, UserExamples)."""
         user_id, rows = element
         rows = sorted(rows)  # (timestamp, file row): the protocol's order
         ts = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
@@ -188,6 +189,19 @@ class _UserExamplesFn(beam.DoFn):
         behaviors = np.array([r[3] for r in rows], dtype=object)
         ue = build_user_examples(user_id, items, behaviors, ts, self._spec,
                                  item_universe=self._universe, seed=self._cfg.seed, cfg=self._cfg)
+        return user_id, items, behaviors, ts, ue
+
+
+class _UserExamplesFn(_UserFn):
+    """``(user_id, [(ts, row, item, behavior)])`` -> ``(split, serialized tf.Example)``."""
+
+    def __init__(self, spec: DatasetSpec, cfg: DataConfig, item_ids: Sequence[str],
+                 categories: Mapping[str, str], item_groups: Optional[Mapping[str, int]] = None):
+        super().__init__(spec, cfg, item_ids, categories)
+        self._groups = dict(item_groups) if item_groups is not None else None
+
+    def process(self, element):
+        user_id, items, behaviors, ts, ue = self._user(element)
         for split, row in example_rows(user_id, items, behaviors, ts, ue, self._cats,
                                        self._cfg.max_history):
             if self._groups is not None:  # unknown item -> group OOV_ID
@@ -266,32 +280,19 @@ def flip_labels(label: np.ndarray, fraction: float, user_id: str, seed: int) -> 
     return np.where(hit, rng.integers(0, 2, len(label)), label).astype(label.dtype)
 
 
-class _UserRecordsFn(beam.DoFn):
+class _UserRecordsFn(_UserFn):
     """``(user_id, [(ts, row, item, behavior)])`` -> ``(split, serialized user record)``,
     plus ``(FLAT_EVAL, tf.Example)`` per test example (history cut at `window`)."""
 
     def __init__(self, spec: DatasetSpec, cfg: DataConfig, item_ids: Sequence[str],
                  categories: Mapping[str, str], item_groups: Mapping[str, int], window: int,
                  label_noise: float = 0.0):
-        self._spec, self._cfg, self._window = spec, cfg, int(window)
-        self._item_ids, self._categories = list(item_ids), dict(categories)
+        super().__init__(spec, cfg, item_ids, categories)
+        self._window = int(window)
         self._groups, self._noise = dict(item_groups), float(label_noise)
-        self._token = uuid.uuid4().hex
-
-    def setup(self):
-        if self._token not in _CATALOG_CACHE:
-            universe = ItemUniverse(self._item_ids) if self._spec.sample_negatives else None
-            _CATALOG_CACHE[self._token] = (universe, self._categories)
-        self._universe, self._cats = _CATALOG_CACHE[self._token]
 
     def process(self, element):
-        user_id, rows = element
-        rows = sorted(rows)  # (timestamp, file row): the protocol's order
-        ts = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        items = np.array([r[2] for r in rows], dtype=object)
-        behaviors = np.array([r[3] for r in rows], dtype=object)
-        ue = build_user_examples(user_id, items, behaviors, ts, self._spec,
-                                 item_universe=self._universe, seed=self._cfg.seed, cfg=self._cfg)
+        user_id, items, behaviors, ts, ue = self._user(element)
         if self._noise > 0:
             ue.label = flip_labels(ue.label, self._noise, user_id, self._cfg.seed)
         group = lambda v: int(self._groups.get(str(v), F.OOV_ID))  # noqa: E731
