@@ -123,17 +123,14 @@ def run_gbdt(data, model_cfg, seeds: Sequence[int], log=print) -> Dict[str, obje
     """
     from dmgin_tf import evaluation
     from dmgin_tf.layers.context_statistics import ContextStatistics
-    from dmgin_tf.training.trainer import fill_context_statistics
+    from dmgin_tf.training.trainer import context_tables_for
 
     t0 = time.perf_counter()
     context = ContextStatistics(model_cfg.item_vocab_size, model_cfg.group_vocab_size,
                                 model_cfg.num_behavior_types, model_cfg.context_folds)
 
-    class _Holder:               # fill_context_statistics loads tables into "a model"
-        def set_context_tables(self, item, group):
-            context.set_tables(item, group)
-
-    fill_context_statistics(_Holder(), model_cfg.replace(use_context=True), data.train)
+    tables = context_tables_for(data.train, model_cfg)
+    context.set_tables(tables["item"], tables["group"])
     names = feature_names(model_cfg)
     frames = {}
     for name, split in (("train", data.train), ("val", data.val), ("test", data.test)):

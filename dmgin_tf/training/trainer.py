@@ -303,15 +303,10 @@ def make_optimizer(tc, steps_per_epoch: int):
     return keras.optimizers.Adam(learning_rate=lr)
 
 
-def fill_context_statistics(model, model_cfg, train_split) -> Optional[dict]:
-    """Computes the context statistics tables from the training split and loads them
-    into the model (`RankingModel.set_context_tables`); gives the split its out-of-fold
-    indices, so each training example reads statistics without its own label.
-
-    Returns a summary for metrics.json, or None when the model has no context features.
-    """
-    if not getattr(model_cfg, "use_context", False) or not hasattr(model, "set_context_tables"):
-        return None
+def context_tables_for(train_split, model_cfg) -> dict:
+    """The context statistics tables of a training split (`context_stats.context_tables`);
+    gives the split its out-of-fold indices, so each training example reads statistics
+    without its own label."""
     from dmgin_tf.data.context_stats import assign_folds, context_tables
     if not hasattr(train_split, "candidate_ids"):
         raise DmginError(f"model.use_context=true needs a training split that can list its "
@@ -320,9 +315,20 @@ def fill_context_statistics(model, model_cfg, train_split) -> Optional[dict]:
     item, group = train_split.candidate_ids()
     folds = assign_folds(len(train_split), model_cfg.context_folds, seed=0)
     train_split.folds = folds
-    tables = context_tables(item, group, train_split.labels, folds,
-                            model_cfg.item_vocab_size, model_cfg.group_vocab_size,
-                            model_cfg.context_folds, model_cfg.context_prior)
+    return context_tables(item, group, train_split.labels, folds,
+                          model_cfg.item_vocab_size, model_cfg.group_vocab_size,
+                          model_cfg.context_folds, model_cfg.context_prior)
+
+
+def fill_context_statistics(model, model_cfg, train_split) -> Optional[dict]:
+    """Loads `context_tables_for(train_split)` into the model
+    (`RankingModel.set_context_tables`).
+
+    Returns a summary for metrics.json, or None when the model has no context features.
+    """
+    if not getattr(model_cfg, "use_context", False) or not hasattr(model, "set_context_tables"):
+        return None
+    tables = context_tables_for(train_split, model_cfg)
     model.set_context_tables(tables["item"], tables["group"])
     return {"train_examples": int(len(train_split)), "folds": int(model_cfg.context_folds),
             "prior": float(model_cfg.context_prior),

@@ -73,7 +73,7 @@ def test_gbdt_features_are_leak_free(sample_data):
     from dmgin_tf.bench.gbdt import example_features
     from dmgin_tf.layers.context_statistics import ContextStatistics
     from dmgin_tf.training.data_source import training_data_from_example_set
-    from dmgin_tf.training.trainer import fill_context_statistics
+    from dmgin_tf.training.trainer import context_tables_for
     cfg, data = sample_data
     m = cfg.model
 
@@ -81,12 +81,8 @@ def test_gbdt_features_are_leak_free(sample_data):
         d = training_data_from_example_set(example_set, m.history_length)
         ctx = ContextStatistics(m.item_vocab_size, m.group_vocab_size, m.num_behavior_types,
                                 m.context_folds)
-
-        class Holder:
-            def set_context_tables(self, item, group):
-                ctx.set_tables(item, group)
-
-        fill_context_statistics(Holder(), m, d.train)
+        tables = context_tables_for(d.train, m)
+        ctx.set_tables(tables["item"], tables["group"])
         return example_features(getattr(d, split_name), m, ctx)
 
     es = data.train.example_set
