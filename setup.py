@@ -50,7 +50,7 @@ setup(
     include_package_data=True,
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        "test": ["pytest", "jax[cpu]==0.4.30", "jaxlib==0.4.30"],
+        "test": ["pytest", "jax[cpu]==0.4.30", "jaxlib==0.4.30", "redis==5.2.1"],
         # GPU training (`dmgin train --backend jax`, docs/gpu.md): JAX with pip-installed
         # CUDA 12 libraries, at the JAX version the test suite runs Keras 3 with.
         "jax": ["jax[cuda12]==0.4.30", "jaxlib==0.4.30"],
@@ -60,6 +60,9 @@ setup(
         # The quality table's `gbdt` row (dmgin_tf/bench/gbdt.py): TF Decision Forests,
         # the release built against our TensorFlow 2.16.2 (1.10+ needs TF 2.17).
         "bench": ["tensorflow-decision-forests==1.9.2"],
+        # The user-state cache of `Client.rank_user` (docs/serving.md): the Redis client;
+        # the server is Debian's `redis-server`.
+        "cache": ["redis==5.2.1"],
     },
     entry_points={"console_scripts": ["dmgin=dmgin_tf.cli.main:main"]},
 )
