@@ -164,7 +164,11 @@ class RankingModel(keras.Model):
 
     def head_features(self, interest, inputs):
         """What the MLP head reads: the interest, plus the context features if enabled."""
-        context = self.context_features(inputs, interest)
+        return self.join_head_features(interest, self.context_features(inputs, interest))
+
+    def join_head_features(self, interest, context):
+        """The head's input from the interest `[..., F]` and the context features (same
+        leading shape, or None); also used by scoring from a cached user state."""
         if context is None:
             return interest
         return ops.concatenate([interest, ops.cast(context, interest.dtype)], axis=-1)
