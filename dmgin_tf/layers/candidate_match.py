@@ -45,7 +45,14 @@ def candidate_item_match(hist_item, hist_behavior, hist_time, request_time, cand
         cand = ops.expand_dims(cand, 1)
     counts, seen, last_time = candidate_item_hits(hist_item, hist_behavior, hist_time, cand,
                                                   num_behavior_types=num_behavior_types)
-    last_age = age_seconds(last_time, request_time)                            # [B, N]
-    out = ops.concatenate([ops.log1p(counts), ops.cast(seen, "float32")[..., None],
-                           recency_feature(last_age, seen)[..., None]], axis=-1)
+    out = item_match_features(counts, seen, last_time, request_time)
     return out[:, 0] if one else out
+
+
+def item_match_features(counts, seen, last_time, request_time):
+    """The matching features from a candidate's hits: counts float `[B, N, T]`, seen bool
+    `[B, N]`, last_time int `[B, N]`, request_time `[B]` → float32 `[B, N, T + 2]`
+    (also what a cached user state's item table gives, `GroupInterestEncoder.score_cached`)."""
+    last_age = age_seconds(last_time, request_time)                            # [B, N]
+    return ops.concatenate([ops.log1p(counts), ops.cast(seen, "float32")[..., None],
+                            recency_feature(last_age, seen)[..., None]], axis=-1)

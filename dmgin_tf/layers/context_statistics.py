@@ -7,6 +7,18 @@ from keras import ops
 from dmgin_tf.data.context_stats import FOLD_TRAIN_ALL, NUM_ID_FEATURES
 from dmgin_tf.layers.candidate_match import recency_feature
 from dmgin_tf.layers.feature_embedding import age_seconds
+from dmgin_tf.ops import group_behaviors
+from dmgin_tf.ops.grouping import static_length
+
+
+# The context part of a cached user state (`ContextStatistics.user_state`).
+CONTEXT_GROUP_IDS = "context_group_ids"
+CONTEXT_GROUP_COUNTS = "context_group_counts"
+USER_TYPE_COUNTS = "user_type_counts"
+USER_LAST_TIME = "user_last_time"
+USER_SEEN = "user_seen"
+CONTEXT_STATE_KEYS = (CONTEXT_GROUP_IDS, CONTEXT_GROUP_COUNTS, USER_TYPE_COUNTS,
+                      USER_LAST_TIME, USER_SEEN)
 
 
 @keras.saving.register_keras_serializable(package="dmgin_tf")
@@ -151,22 +163,82 @@ class ContextStatistics(keras.layers.Layer):
         same = ops.cast((ops.cast(hist_group, "int32")[:, None, :] == cand[:, :, None])
                         & known[:, :, None], "float32")                          # [B, N, L]
         counts = ops.einsum("bnl,blt->bnt", same, types)                         # [B, N, T]
-        user = ops.sum(types, axis=1)                                            # [B, T]
+        out = self._affinity_from_counts(counts, ops.sum(types, axis=1))
+        return out[:, 0] if one else out
+
+    def _affinity_from_counts(self, counts, user):
+        """Affinity features from the per-type counts in the candidate's group
+        `[B, N, T]` and the user's per-type totals `[B, T]` → `[B, N, 2T]`."""
         user_share = user / ops.maximum(ops.sum(user, axis=-1, keepdims=True), 1.0)
         total = ops.sum(counts, axis=-1, keepdims=True)
         share = (counts + self.AFFINITY_PRIOR * user_share[:, None, :]) / (
             total + self.AFFINITY_PRIOR)
-        out = ops.concatenate([ops.log1p(counts), share], axis=-1)
-        return out[:, 0] if one else out
+        return ops.concatenate([ops.log1p(counts), share], axis=-1)
 
     def user_features(self, hist_item, hist_behavior, hist_time, request_time):
         """History aggregates `[B, L]` → float `[B, user_dim]`."""
         valid = ops.cast(hist_item, "int32") != 0
         counts = ops.sum(self._type_counts(hist_item, hist_behavior), axis=1)
-        total = ops.sum(counts, axis=-1, keepdims=True)
-        share = counts / ops.maximum(total, 1.0)
         seen = ops.any(valid, axis=1)
         last = ops.max(ops.where(valid, hist_time, ops.zeros_like(hist_time)), axis=1)
+        return self._user_from_aggregates(counts, seen, last, request_time)
+
+    # ---- cached user state: the history's part of these features, precomputed ----------
+    def user_state(self, hist_item, hist_group, hist_behavior, hist_time, request_time,
+                   max_groups=128):
+        """What `candidate_features`' affinity and `user_features` read of the history,
+        for a cached user state.
+
+        Args:
+            hist_*: `[B, L]`; request_time `[B]`. max_groups: K, the user's most recently
+                active groups kept (capped at L); a candidate group in the history but
+                not among them reads zero affinity counts.
+
+        Returns:
+            dict: `context_group_ids` int32 `[B, K]` (0 = empty slot),
+            `context_group_counts` float32 `[B, K, T]`, `user_type_counts` float32
+            `[B, T]`, `user_last_time` `[B]` (hist_time's dtype), `user_seen` bool `[B]`.
+        """
+        k = min(int(max_groups), static_length(ops.convert_to_tensor(hist_item), "hist_item"))
+        grouped = group_behaviors(hist_item, hist_group, hist_behavior, hist_time,
+                                  request_time, max_groups=k, max_per_group=1,
+                                  num_behavior_types=self.num_behavior_types,
+                                  num_groups=self.group_vocab_size)
+        valid = ops.cast(hist_item, "int32") != 0
+        return {
+            CONTEXT_GROUP_IDS: ops.where(ops.cast(grouped.group_mask, "bool"),
+                                         ops.cast(grouped.group_ids, "int32"), 0),
+            CONTEXT_GROUP_COUNTS: ops.cast(grouped.counts, "float32"),
+            USER_TYPE_COUNTS: ops.sum(self._type_counts(hist_item, hist_behavior), axis=1),
+            USER_LAST_TIME: ops.max(ops.where(valid, hist_time, ops.zeros_like(hist_time)),
+                                    axis=1),
+            USER_SEEN: ops.any(valid, axis=1)}
+
+    def cached_features(self, state, cand_item, cand_group, request_time):
+        """`candidate_features` + `user_features` of `[B, N]` candidates from `user_state`'s
+        dict (no history) → float `[B, N, output_dim]`."""
+        if not self.built:
+            self.build()
+        item = self._lookup(self.item_table, cand_item, self.item_vocab_size, None)
+        group = self._lookup(self.group_table, cand_group, self.group_vocab_size, None)
+        cand = ops.cast(cand_group, "int32")
+        ids = ops.cast(state[CONTEXT_GROUP_IDS], "int32")
+        hit = ops.cast((ids[:, None, :] == cand[:, :, None]) & (cand >= 2)[:, :, None],
+                       "float32")                                                # [B, N, K]
+        counts = ops.einsum("bnk,bkt->bnt", hit, state[CONTEXT_GROUP_COUNTS])
+        user_counts = ops.cast(state[USER_TYPE_COUNTS], "float32")
+        cand_part = ops.cast(ops.concatenate(
+            [item, group, self._affinity_from_counts(counts, user_counts)], axis=-1),
+            self.compute_dtype)
+        user = self._user_from_aggregates(user_counts, ops.cast(state[USER_SEEN], "bool"),
+                                          state[USER_LAST_TIME], request_time)
+        user = ops.broadcast_to(user[:, None, :], ops.shape(cand_part)[:2] + (user.shape[-1],))
+        return ops.concatenate([cand_part, ops.cast(user, cand_part.dtype)], axis=-1)
+
+    def _user_from_aggregates(self, counts, seen, last, request_time):
+        """Per-type counts `[B, T]`, seen `[B]`, last behavior time `[B]` → `[B, user_dim]`."""
+        total = ops.sum(counts, axis=-1, keepdims=True)
+        share = counts / ops.maximum(total, 1.0)
         recency = recency_feature(age_seconds(last, request_time), seen)
         out = ops.concatenate([ops.log1p(counts), share, ops.log1p(total),
                                recency[:, None]], axis=-1)

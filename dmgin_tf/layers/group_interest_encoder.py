@@ -7,7 +7,7 @@ from keras import ops
 from dmgin_tf.features import (CAND_GROUP, CAND_ITEM, HIST_BEHAVIOR_ID, HIST_GROUP, HIST_ITEM,
                                HIST_TIME, NUM_RESERVED_IDS, REQUEST_TIME)
 from dmgin_tf.layers.candidate_group_attention import CandidateGroupAttention
-from dmgin_tf.layers.candidate_match import candidate_item_match
+from dmgin_tf.layers.candidate_match import candidate_item_match, item_match_features
 from dmgin_tf.layers.dense import Dense
 from dmgin_tf.layers.feature_embedding import FeatureEmbedding, age_seconds
 from dmgin_tf.layers.group_statistics import GroupStatistics
@@ -16,12 +16,31 @@ from dmgin_tf.layers.input_contract import check_structure, check_values, clamp_
 from dmgin_tf.layers.intra_group_transformer import IntraGroupTransformer
 from dmgin_tf.layers.target_attention import TargetAttention
 from dmgin_tf.layers.variable_tree import attach_checkpoint_tree
-from dmgin_tf.ops import NUM_STATS, candidate_groups, group_behaviors
+from dmgin_tf.ops import NUM_STATS, CandidateGroup, candidate_groups, group_behaviors
+from dmgin_tf.ops.grouping import stat_columns, static_length
 
 GROUP_VECTORS = "group_vectors"
 GROUP_MASK = "group_mask"
 GROUP_IDS = "group_ids"
 USER_STATE_KEYS = (GROUP_VECTORS, GROUP_MASK, GROUP_IDS)
+# The candidate-side lookup tables of a cached user state (`lookup_state`): K groups,
+# I items, M behaviors per group, T behavior types.
+LOOKUP_GROUP_IDS = "lookup_group_ids"              # int32 [U, K], 0 = empty slot
+LOOKUP_GROUP_SIZE = "lookup_group_size"            # int32 [U, K], behaviors in the group
+LOOKUP_GROUP_COUNTS = "lookup_group_counts"        # float32 [U, K, T]
+LOOKUP_GROUP_FIRST_TIME = "lookup_group_first_time"  # time [U, K]
+LOOKUP_GROUP_LAST_TIME = "lookup_group_last_time"    # time [U, K]
+LOOKUP_ITEMS = "lookup_items"                      # int32 [U, K, M], last M, oldest first
+LOOKUP_BEHAVIORS = "lookup_behaviors"              # int32 [U, K, M]
+LOOKUP_TIMES = "lookup_times"                      # time [U, K, M]
+ITEM_IDS = "item_ids"                              # int32 [U, I], 0 = empty slot
+ITEM_COUNTS = "item_counts"                        # float32 [U, I, T]
+ITEM_LAST_TIME = "item_last_time"                  # time [U, I]
+HISTORY_SIZE = "history_size"                      # int32 [U], non-padding behaviors
+LOOKUP_STATE_KEYS = (LOOKUP_GROUP_IDS, LOOKUP_GROUP_SIZE, LOOKUP_GROUP_COUNTS,
+                     LOOKUP_GROUP_FIRST_TIME, LOOKUP_GROUP_LAST_TIME, LOOKUP_ITEMS,
+                     LOOKUP_BEHAVIORS, LOOKUP_TIMES, ITEM_IDS, ITEM_COUNTS, ITEM_LAST_TIME,
+                     HISTORY_SIZE)
 
 
 @keras.saving.register_keras_serializable(package="dmgin_tf")
@@ -368,7 +387,6 @@ class GroupInterestEncoder(keras.layers.Layer):
         features = {"query": query}
         if not self.use_candidate_group:
             return features
-        n = cand_item.shape[1] if cand_item.shape[1] is not None else ops.shape(cand_item)[1]
         rt = ops.reshape(inputs[REQUEST_TIME], (-1,))
         cg = candidate_groups(inputs[HIST_ITEM], self._group_key(inputs),
                               inputs[HIST_BEHAVIOR_ID], inputs[HIST_TIME], rt, cand_key,
@@ -378,6 +396,15 @@ class GroupInterestEncoder(keras.layers.Layer):
         item_match = candidate_item_match(inputs[HIST_ITEM], inputs[HIST_BEHAVIOR_ID],
                                           inputs[HIST_TIME], rt, cand_item,
                                           self.num_behavior_types)          # [U, N, T + 2]
+        features.update(self._own_group_features(query, cand_key, rt, cg, item_match,
+                                                 training))
+        return features
+
+    def _own_group_features(self, query, cand_key, rt, cg, item_match, training):
+        """The candidate's own group (`cg`, a `CandidateGroup` with a candidate axis
+        `[U, N, ...]`, from the raw history or a cached state) and its item matches
+        `[U, N, T + 2]` → `group_attention`, `group_stats`, `match_features`."""
+        n = cand_key.shape[1] if cand_key.shape[1] is not None else ops.shape(cand_key)[1]
         # Reserved candidate ids (padding/OOV) match nothing: "unknown" is not a group.
         known = cand_key >= NUM_RESERVED_IDS                                 # [U, N]
         m = self.max_per_group
@@ -393,11 +420,119 @@ class GroupInterestEncoder(keras.layers.Layer):
                                              cg_mask, training=training)
         raw = ops.concatenate([GroupStatistics.features(counts, stats),
                                ops.cast(item_match, "float32")], axis=-1)
-        features.update(
+        return dict(
             group_attention=ops.reshape(attention, (-1, n, attention.shape[-1])),
             group_stats=self.statistics(counts, stats, group_mask=known),
             match_features=ops.cast(raw, query.dtype))
-        return features
+
+    # ----------------------------------------------------------------- cached state
+    def lookup_state(self, inputs, max_lookup_groups=128, max_lookup_items=512):
+        """The candidate-side lookup tables of a cached user state (no model weights).
+
+        What `candidate_features` reads from the raw history, precomputed for the
+        user's K most recently active groups (keyed like the model's groups: group ids,
+        or item ids for DGIN) and I most recently touched items, so that
+        `score_cached` needs no history. A candidate whose group (item) is among them
+        scores exactly as from the history; one whose group is in the history but not
+        among the K (I) most recent is scored as if absent (an old, unseen-looking
+        group).
+
+        Args:
+            inputs: history keys `[U, L]`, `request_time [U]`.
+            max_lookup_groups: K (capped at L). max_lookup_items: I (capped at L).
+
+        Returns:
+            dict keyed by `LOOKUP_STATE_KEYS` (shapes beside their names above).
+        """
+        if not self.built:
+            self.build()
+        inputs = self._in_vocab(inputs)
+        length = static_length(inputs[HIST_ITEM], HIST_ITEM)
+        k, i = min(int(max_lookup_groups), length), min(int(max_lookup_items), length)
+        if k < 1 or i < 1:
+            raise ValueError(f"GroupInterestEncoder.lookup_state: max_lookup_groups="
+                             f"{max_lookup_groups!r}, max_lookup_items={max_lookup_items!r} "
+                             "must be >= 1")
+        rt = ops.reshape(inputs[REQUEST_TIME], (-1,))
+        t = self.num_behavior_types
+        groups = group_behaviors(inputs[HIST_ITEM], self._group_key(inputs),
+                                 inputs[HIST_BEHAVIOR_ID], inputs[HIST_TIME], rt,
+                                 max_groups=k, max_per_group=self.max_per_group,
+                                 num_behavior_types=t, num_groups=self._num_groups())
+        items = group_behaviors(inputs[HIST_ITEM], inputs[HIST_ITEM], inputs[HIST_BEHAVIOR_ID],
+                                inputs[HIST_TIME], rt, max_groups=i, max_per_group=1,
+                                num_behavior_types=t, num_groups=self.item_vocab_size)
+        mask = ops.cast(groups.group_mask, "bool")
+        # The op reports a group's size as log1p(count); an integer < 2^24 comes back exactly.
+        size = ops.cast(ops.round(ops.expm1(groups.stats[..., 0])), "int32")
+        return {
+            LOOKUP_GROUP_IDS: ops.where(mask, ops.cast(groups.group_ids, "int32"), 0),
+            LOOKUP_GROUP_SIZE: ops.where(mask, size, 0),
+            LOOKUP_GROUP_COUNTS: ops.cast(groups.counts, "float32"),
+            LOOKUP_GROUP_FIRST_TIME: groups.first_time,
+            LOOKUP_GROUP_LAST_TIME: groups.last_time,
+            LOOKUP_ITEMS: ops.cast(groups.group_items, "int32"),
+            LOOKUP_BEHAVIORS: ops.cast(groups.group_behaviors, "int32"),
+            LOOKUP_TIMES: groups.group_times,
+            ITEM_IDS: ops.where(ops.cast(items.group_mask, "bool"),
+                                ops.cast(items.group_ids, "int32"), 0),
+            ITEM_COUNTS: ops.cast(items.counts, "float32"),
+            ITEM_LAST_TIME: items.last_time,
+            HISTORY_SIZE: ops.sum(ops.cast(ops.cast(inputs[HIST_ITEM], "int32") != 0, "int32"),
+                                  axis=1),
+        }
+
+    def score_cached(self, user_state, inputs, training=None):
+        """Interest vectors of `[U, N]` candidates from a cached user state alone.
+
+        Args:
+            user_state: `encode_user`'s dict plus `lookup_state`'s, batch U.
+            inputs: `cand_item, cand_group` `[U, N]`; `request_time [U]` (the time the
+                recency features are measured at; the group vectors stay those of the
+                state's own time).
+            training: bool.
+
+        Returns:
+            float `[U, N, output_dim]`, equal to `score_candidates` on the history the
+            state was computed from (same request time) when every candidate's group and
+            item is in the state's lookup tables or absent from the history.
+        """
+        if not self.built:
+            self.build()
+        inputs = self._in_vocab(inputs)
+        cand_item = ops.cast(inputs[CAND_ITEM], "int32")
+        cand_key = ops.cast(self._cand_key(inputs), "int32")
+        if len(cand_item.shape) != 2:
+            raise ValueError(f"GroupInterestEncoder.score_cached: cand_item must be [U, N], "
+                             f"got shape {tuple(cand_item.shape)}")
+        query = self._query(cand_item, cand_key)
+        features = {"query": query}
+        if self.use_candidate_group:
+            rt = ops.reshape(inputs[REQUEST_TIME], (-1,))
+            cg = self._cached_candidate_groups(user_state, cand_key, rt)
+            seen, counts, last = _table_lookup(
+                user_state[ITEM_IDS], cand_item,
+                (user_state[ITEM_COUNTS], user_state[ITEM_LAST_TIME]))
+            item_match = item_match_features(counts, seen, last, rt)
+            features.update(self._own_group_features(query, cand_key, rt, cg, item_match,
+                                                     training))
+        return self._score_lists(user_state, inputs, cand_item, cand_key, training,
+                                 candidate_features=features)
+
+    def _cached_candidate_groups(self, state, cand_key, rt):
+        """`candidate_groups` read from the state's lookup tables: `CandidateGroup` with a
+        candidate axis `[U, N, ...]`."""
+        present, items, behaviors, times, counts, first, last, size = _table_lookup(
+            state[LOOKUP_GROUP_IDS], cand_key,
+            (state[LOOKUP_ITEMS], state[LOOKUP_BEHAVIORS], state[LOOKUP_TIMES],
+             state[LOOKUP_GROUP_COUNTS], state[LOOKUP_GROUP_FIRST_TIME],
+             state[LOOKUP_GROUP_LAST_TIME], state[LOOKUP_GROUP_SIZE]))
+        rt = ops.cast(ops.reshape(rt, (-1, 1)), times.dtype)
+        row_total = ops.cast(ops.reshape(state[HISTORY_SIZE], (-1, 1)), "float32")
+        return CandidateGroup(
+            items=items, behaviors=behaviors, times=times, mask=items != 0, counts=counts,
+            first_time=first, last_time=last,
+            stats=stat_columns(ops.cast(size, "float32"), first, last, rt, row_total, present))
 
     def _score_lists(self, user_state, inputs, cand_item, cand_key, training,
                      candidate_features=None, user_features=None):
@@ -459,6 +594,26 @@ class GroupInterestEncoder(keras.layers.Layer):
             use_candidate_group=self.use_candidate_group, group_key=self.group_key,
             num_time_buckets=self.num_time_buckets, validate=self.validate)
         return config
+
+
+def _table_lookup(table_ids, keys, columns):
+    """Rows of a per-user table by id: table_ids int32 `[U, K]` (0 = empty slot), keys
+    int32 `[U, N]`, columns `[U, K, ...]` each → (found bool `[U, N]`, then each column
+    `[U, N, ...]`, zeros where not found). Reserved keys (padding, OOV) find nothing."""
+    hit = (table_ids[:, None, :] == keys[:, :, None]) & (keys >= NUM_RESERVED_IDS)[:, :, None]
+    found = ops.any(hit, axis=-1)                                           # [U, N]
+    slot = ops.cast(ops.argmax(ops.cast(hit, "int32"), axis=-1), "int32")  # [U, N]
+    k = table_ids.shape[1]
+    rows = ops.arange(ops.shape(table_ids)[0], dtype="int32")[:, None] * k + slot
+    out = [found]
+    for col in columns:
+        tail = tuple(col.shape[2:])
+        got = ops.take(ops.reshape(col, (-1,) + tail), rows, axis=0)         # [U, N, ...]
+        where = found
+        for _ in tail:
+            where = ops.expand_dims(where, -1)
+        out.append(ops.where(where, got, ops.zeros((), got.dtype)))
+    return tuple(out)
 
 
 def _repeat_per_candidate(x, n):

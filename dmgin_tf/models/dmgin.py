@@ -4,7 +4,12 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from dmgin_tf.features import (CAND_GROUP, CAND_ITEM, HIST_BEHAVIOR_ID, HIST_GROUP,
+                               HIST_ITEM, HIST_TIME, REQUEST_TIME)
 from dmgin_tf.layers.group_interest_encoder import GroupInterestEncoder
+from dmgin_tf.models.cached_state import (DEFAULT_LOOKUP_GROUPS, DEFAULT_LOOKUP_ITEMS,
+                                          STATE_TIME, STATE_VERSION, check_state,
+                                          model_fingerprint)
 from dmgin_tf.models.ranking_model import RankingModel
 
 
@@ -43,6 +48,10 @@ class DMGIN(RankingModel):
       that reads the user state (target attention over the groups); serving computes it
       in the same compiled function as `encode_user` and passes it to
       `score(..., user_features=...)`, so only the MLP head waits for both sides.
+    - `user_state(inputs)` → the complete cacheable state (group vectors + lookup
+      tables + context aggregates + version, `dmgin_tf.models.cached_state`) and
+      `score_cached(state, {cand_item, cand_group [U, N], request_time})` → ctr
+      `[U, N]` with no history: the two-stage serving of docs/serving.md.
 
     Args:
         model_cfg: `ModelConfig` or its dict; or its fields as keywords
@@ -72,6 +81,67 @@ class DMGIN(RankingModel):
 
     def user_features(self, user_state, inputs):
         return self.encoder.user_features(user_state, inputs)
+
+    # ---- serving from a cached user state (dmgin_tf.models.cached_state) -------------
+    def state_version(self) -> int:
+        """This model's id in its user states (`cached_state.model_fingerprint`)."""
+        return model_fingerprint(self)
+
+    def user_state(self, inputs, max_lookup_groups=DEFAULT_LOOKUP_GROUPS,
+                   max_lookup_items=DEFAULT_LOOKUP_ITEMS, state_version=None, training=None):
+        """The complete, cacheable user state: everything `score_cached` needs.
+
+        Args:
+            inputs: history keys `[U, L]`, `request_time [U]` (candidates ignored).
+            max_lookup_groups, max_lookup_items: K and I of the lookup tables.
+            state_version: int stored in the state; default `self.state_version()`
+                (serving passes the exported model's, computed once).
+
+        Returns:
+            dict keyed by `cached_state.state_keys(use_context)`; shapes in
+            `dmgin_tf.models.cached_state`.
+        """
+        rt = ops.reshape(inputs[REQUEST_TIME], (-1,))
+        state = dict(self.encoder.encode_user(inputs, training=training))
+        state.update(self.encoder.lookup_state(inputs, max_lookup_groups, max_lookup_items))
+        if self.context is not None:
+            state.update(self.context.user_state(
+                inputs[HIST_ITEM], inputs[HIST_GROUP], inputs[HIST_BEHAVIOR_ID],
+                inputs[HIST_TIME], rt, max_groups=max_lookup_groups))
+        version = self.state_version() if state_version is None else state_version
+        state[STATE_TIME] = rt
+        state[STATE_VERSION] = ops.broadcast_to(ops.cast(version, "int32"), ops.shape(rt))
+        return state
+
+    def score_cached(self, user_state, inputs, training=None, state_version=None):
+        """CTR of `[U, N]` candidates from a cached user state alone (no history).
+
+        Args:
+            user_state: `user_state`'s dict, batch U.
+            inputs: `cand_item, cand_group` `[U, N]`; optional `request_time [U]` (the
+                time recency is measured at; default: the state's `state_time`).
+            state_version: the version the state must carry; default this model's.
+                A state of another version raises `StaleUserStateError` (eager calls;
+                compiled serving checks it in the signature).
+
+        Returns:
+            ctr float32 `[U, N]`, equal to `score`/`rank` on the history the state came
+            from at the same request time, for candidates whose group and item are in
+            the state's lookup tables or absent from the history.
+        """
+        check_state(user_state, self.context is not None,
+                    self.state_version() if state_version is None else state_version)
+        rt = inputs.get(REQUEST_TIME)
+        rt = user_state[STATE_TIME] if rt is None else ops.reshape(rt, (-1,))
+        inputs = dict(inputs, **{REQUEST_TIME: rt})
+        interest = self.encoder.score_cached(user_state, inputs, training=training)
+        context = None
+        if self.context is not None:
+            context = self.context.cached_features(user_state, inputs[CAND_ITEM],
+                                                   inputs[CAND_GROUP], rt)
+        features = self.join_head_features(interest, context)             # [U, N, F]
+        ctr = self.head(ops.reshape(features, (-1, features.shape[-1])), training=training)
+        return ops.reshape(ctr, ops.shape(features)[:2])
 
     def score(self, user_state, inputs, training=None, candidate_features=None,
               user_features=None):
