@@ -33,8 +33,9 @@ from dmgin_tf import features as F
 from dmgin_tf.config import ServingConfig
 from dmgin_tf.errors import DmginError
 from dmgin_tf.export.example_parsing import LookupTables, examples_from_dense
-from dmgin_tf.export.signatures import ServingModule
+from dmgin_tf.export.signatures import USER_STATE_KEYS, ServingModule
 from dmgin_tf.export.warmup import build_warmup_logs, write_warmup_file
+from dmgin_tf.models.cached_state import DEFAULT_LOOKUP_GROUPS, DEFAULT_LOOKUP_ITEMS
 
 NOXLA_SUFFIX = "_noxla"
 EXPORT_INFO_FILE = "dmgin_export.json"   # in assets.extra/, next to the warmup file
@@ -74,7 +75,9 @@ def export_model(model, base_path: str, name: str, *, history_length: int,
                  warmup_inputs: Optional[Mapping[str, np.ndarray]] = None,
                  serving_cfg: ServingConfig = ServingConfig(),
                  variants: Sequence[str] = ("xla", "noxla"),
-                 model_config: Optional[dict] = None) -> Dict[str, str]:
+                 model_config: Optional[dict] = None,
+                 state_groups: int = DEFAULT_LOOKUP_GROUPS,
+                 state_items: int = DEFAULT_LOOKUP_ITEMS) -> Dict[str, str]:
     """Exports `model` as TF Serving SavedModels; returns {variant: version dir}.
 
     Args:
@@ -90,6 +93,8 @@ def export_model(model, base_path: str, name: str, *, history_length: int,
       serving_cfg: batch and candidate buckets.
       variants: subset of ("xla", "noxla").
       model_config: stored in assets.extra/dmgin_export.json for the record.
+      state_groups, state_items: K and I of the cached user state's lookup tables
+        (DMGIN/DGIN `user_state`; capped at `history_length`).
     """
     unknown = sorted(set(variants) - {"xla", "noxla"})
     if unknown or not variants:
@@ -108,7 +113,8 @@ def export_model(model, base_path: str, name: str, *, history_length: int,
     for variant in variants:
         module = ServingModule(model, tables, history_length, jit_compile=variant == "xla",
                                batch_buckets=serving_cfg.batch_buckets,
-                               candidate_buckets=serving_cfg.candidate_buckets)
+                               candidate_buckets=serving_cfg.candidate_buckets,
+                               state_groups=state_groups, state_items=state_items)
         sigs = module.signatures()
         logs = (build_warmup_logs(name, sigs, warmup_inputs, examples,
                                   serving_cfg.batch_buckets, serving_cfg.candidate_buckets)
@@ -124,6 +130,8 @@ def export_model(model, base_path: str, name: str, *, history_length: int,
                 if tables is not None else [],
                 "behavior_types": list(behavior_types or []),
                 "model_config": model_config or {}}
+        if module.has_cached:
+            info.update(user_state_info(sigs["user_state"], module.state_version))
         model_dir = os.path.join(base_path, name + ("" if variant == "xla" else NOXLA_SUFFIX))
         final = os.path.join(model_dir, str(version))
         _save_atomically(module, final, logs, info)
@@ -181,6 +189,19 @@ def export_from_run_dir(run_dir: str, base_path: str, name: str, *,
     return paths
 
 
+def user_state_info(user_state_fn, state_version: int) -> dict:
+    """The cached user state's layout for dmgin_export.json: version, per-key shape
+    and dtype (per user), and its size in bytes per user."""
+    keys = {}
+    size = 0
+    for k, spec in sorted(user_state_fn.structured_outputs.items()):
+        dims = spec.shape.as_list()[1:]
+        keys[k] = {"shape": dims, "dtype": spec.dtype.name}
+        size += int(np.prod(dims, dtype=np.int64)) * spec.dtype.size
+    return {"state_version": int(state_version), "user_state_keys": keys,
+            "user_state_bytes": size}
+
+
 def read_export_info(version_dir: str) -> dict:
     with open(os.path.join(version_dir, "assets.extra", EXPORT_INFO_FILE)) as f:
         return json.load(f)
@@ -201,7 +222,7 @@ def verify_export(version_dir: str, model, inputs: Mapping[str, np.ndarray],
         out = loaded.signatures["serving_default"](examples=tf.constant(list(examples)))
         diffs["serving_default"] = float(np.abs(out[F.PREDICTION].numpy() - ref).max())
     # rank/score: each row as one user with its own candidate.
-    worst_rank = worst_score = 0.0
+    worst_rank = worst_score = worst_cached = 0.0
     for r in range(len(ref)):
         one = {k: tf.constant(np.asarray(inputs[k])[r:r + 1]) for k in F.MODEL_INPUT_KEYS}
         one[F.CAND_ITEM] = tf.reshape(one[F.CAND_ITEM], [1, 1])
@@ -211,11 +232,19 @@ def verify_export(version_dir: str, model, inputs: Mapping[str, np.ndarray],
         if "score" in loaded.signatures:
             hist = {k: one[k] for k in F.HISTORY_INPUT_KEYS + (F.REQUEST_TIME,)}
             state = loaded.signatures["user_state"](**hist)
-            got = loaded.signatures["score"](**one, **state)[F.PREDICTION].numpy()
-            worst_score = max(worst_score, float(abs(got.reshape(-1)[0] - ref[r])))
+            got = loaded.signatures["score"](**one, **{k: state[k] for k in USER_STATE_KEYS})
+            worst_score = max(worst_score, float(abs(got[F.PREDICTION].numpy().reshape(-1)[0]
+                                                     - ref[r])))
+            if "score_cached" in loaded.signatures:
+                got = loaded.signatures["score_cached"](
+                    **state, **{k: one[k] for k in (F.REQUEST_TIME, F.CAND_ITEM, F.CAND_GROUP)})
+                worst_cached = max(worst_cached, float(abs(
+                    got[F.PREDICTION].numpy().reshape(-1)[0] - ref[r])))
     diffs["rank"] = worst_rank
     if "score" in loaded.signatures:
         diffs["score"] = worst_score
+    if "score_cached" in loaded.signatures:
+        diffs["score_cached"] = worst_cached
     bad = {k: v for k, v in diffs.items() if not v <= atol}
     if bad:
         raise DmginError(f"export {version_dir}: signatures differ from the Keras model by "

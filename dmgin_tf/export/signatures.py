@@ -8,7 +8,14 @@ Signatures (names are what clients pass as `signature_name`):
 | `predict_raw` | `hist_item, hist_group, hist_behavior_id: int32 [B, L]`, `hist_time: int64 [B, L]`, `request_time: int64 [B]`, `cand_item, cand_group: int32 [B]` | `ctr [B]` |
 | `rank` | history keys `[U, L]`, `request_time [U]`, `cand_item, cand_group: int32 [U, N]` | `ctr [U, N]` |
 | `user_state` | history keys `[B, L]`, `request_time [B]` | `group_vectors f32 [B, G, D]`, `group_mask bool [B, G]`, `group_ids int32 [B, G]` |
-| `score` | `user_state`'s outputs `[U, …]` + history keys `[U, L]`, `request_time [U]`, `cand_item, cand_group [U, N]` | `ctr [U, N]` |
+| `score` | `group_vectors`, `group_mask`, `group_ids` of `user_state` `[U, …]` + history keys `[U, L]`, `request_time [U]`, `cand_item, cand_group [U, N]` | `ctr [U, N]` |
+| `score_cached` | every `user_state` output `[U, …]` + `request_time [U]`, `cand_item, cand_group [U, N]` — no history | `ctr [U, N]` |
+
+For models with `score_cached` (DMGIN, DGIN) `user_state` returns the complete cacheable
+state (`dmgin_tf.models.cached_state`: the group vectors plus lookup tables of K groups and
+I items, context aggregates, `state_time`, `state_version`); `score_cached` scores from
+it alone and refuses (INVALID_ARGUMENT) a state whose `state_version` is not this
+export's model fingerprint.
 
 `rank`/`score` take U users (a client sends one: U = 1) with N candidates each. Every
 input's leading dimension is the user: TF Serving's batching concatenates requests
@@ -37,7 +44,10 @@ from dmgin_tf import features as F
 from dmgin_tf.export.example_parsing import LookupTables, parse_serving_examples
 
 USER_STATE_KEYS = ("group_vectors", "group_mask", "group_ids")  # GroupInterestEncoder's
-SIGNATURES = ("serving_default", "predict_raw", "rank", "user_state", "score")
+SIGNATURES = ("serving_default", "predict_raw", "rank", "user_state", "score", "score_cached")
+STATE_VERSION = "state_version"   # dmgin_tf.models.cached_state.STATE_VERSION
+STALE_STATE_MESSAGE = ("user state from another model version: its state_version differs "
+                       "from this model's; recompute it with the user_state signature")
 EXAMPLES = "examples"
 
 
@@ -86,7 +96,8 @@ class ServingModule(tf.Module):
 
     def __init__(self, model, tables: Optional[LookupTables], history_length: int,
                  jit_compile: bool, batch_buckets: Sequence[int] = (1, 8, 32, 128),
-                 candidate_buckets: Sequence[int] = (16, 64, 128, 512)):
+                 candidate_buckets: Sequence[int] = (16, 64, 128, 512),
+                 state_groups: int = 128, state_items: int = 512):
         super().__init__(name="dmgin_serving")
         # The SavedModel tracks only the variables (as keras.export.ExportArchive does),
         # the lookup tables and the signatures. The Keras model and the core
@@ -105,6 +116,10 @@ class ServingModule(tf.Module):
         # `rank` compiles them as two clusters TensorFlow runs side by side.
         self.has_parts = (self.has_user_split and hasattr(model, "candidate_features")
                           and hasattr(model, "user_features"))
+        # The complete user state + `score_cached` (K groups, I items in its lookup tables).
+        self.has_cached = self.has_user_split and hasattr(model, "score_cached")
+        self.state_groups, self.state_items = int(state_groups), int(state_items)
+        self.state_version = model.state_version() if self.has_cached else None
         # autograph off: the model math is keras.ops (control flow via ops.cond /
         # while_loop, as on JAX), and converting every layer's source cost ~20 s per export.
         core = lambda fn: tf.function(fn, jit_compile=self.jit_compile or None,  # noqa: E731
@@ -115,6 +130,7 @@ class ServingModule(tf.Module):
         self._untracked.score = core(self._score)
         self._untracked.candidate_features = core(self._candidate_features)
         self._untracked.user_side = core(self._user_side)
+        self._untracked.score_cached = core(self._score_cached)
 
     @property
     def model(self):
@@ -125,8 +141,18 @@ class ServingModule(tf.Module):
         return tf.reshape(self.model(inputs, training=False), [-1])
 
     def _user_state(self, history):
+        if self.has_cached:
+            return self.model.user_state(history, self.state_groups, self.state_items,
+                                         state_version=self.state_version, training=False)
         state = self.model.encode_user(history, training=False)
         return {k: state[k] for k in USER_STATE_KEYS}
+
+    def _score_cached(self, state, request_time, cand_item, cand_group):
+        """state: [U, ...]; cand_*: [U, N] → ctr [U, N], no history."""
+        return self.model.score_cached(
+            state, {F.CAND_ITEM: cand_item, F.CAND_GROUP: cand_group,
+                    F.REQUEST_TIME: request_time},
+            training=False, state_version=self.state_version)
 
     def _candidate_features(self, history, cand_item, cand_group):
         """What scoring needs of the candidates without the user state
@@ -240,7 +266,8 @@ class ServingModule(tf.Module):
             sigs["user_state"] = user_state.get_concrete_function()
 
             probe = self._untracked.user_state.get_concrete_function(hist_b).structured_outputs
-            state_b = {k: tf.TensorSpec(probe[k].shape, probe[k].dtype, k) for k in USER_STATE_KEYS}
+            full_b = {k: tf.TensorSpec(v.shape, v.dtype, k) for k, v in probe.items()}
+            state_b = {k: full_b[k] for k in USER_STATE_KEYS}
 
             @tf.function(autograph=False, input_signature=[dict(state_b, **hist_b, **cand_un)])
             def score(inputs):
@@ -251,4 +278,24 @@ class ServingModule(tf.Module):
                 state = {k: tensors[k] for k in USER_STATE_KEYS}
                 return {F.PREDICTION: self._split_score(state, history, ci, cg)[:u, :n]}
             sigs["score"] = score.get_concrete_function()
+
+        if self.has_cached:
+            rt_b = {F.REQUEST_TIME: hist_b[F.REQUEST_TIME]}
+
+            @tf.function(autograph=False, input_signature=[dict(full_b, **rt_b, **cand_un)])
+            def score_cached(inputs):
+                version = inputs[STATE_VERSION]
+                stale = tf.boolean_mask(version, tf.not_equal(version, self.state_version))
+                check = tf.debugging.Assert(
+                    tf.size(stale) == 0,
+                    [STALE_STATE_MESSAGE, "(state_version", stale[:1], "this model",
+                     tf.constant(self.state_version, tf.int32), ")"])
+                with tf.control_dependencies([check]):
+                    tensors = {k: tf.identity(inputs[k]) for k in list(full_b) + list(rt_b)}
+                tensors, ci, cg, u, n = self._pad_users(tensors, inputs[F.CAND_ITEM],
+                                                        inputs[F.CAND_GROUP])
+                state = {k: tensors[k] for k in full_b}
+                ctr = self._untracked.score_cached(state, tensors[F.REQUEST_TIME], ci, cg)
+                return {F.PREDICTION: ctr[:u, :n]}
+            sigs["score_cached"] = score_cached.get_concrete_function()
         return sigs

@@ -2,7 +2,7 @@
 at load time, so every XLA shape is compiled before the first real request.
 
 One record per (signature, bucket): `serving_default`/`predict_raw`/`user_state` at
-every batch bucket, `rank`/`score` at every candidate bucket — the padded shapes are
+every batch bucket, `rank`/`score`/`score_cached` at every candidate bucket — the padded shapes are
 exactly these, so nothing compiles at serving time. Records are built from real
 examples (rows are reused cyclically to fill a bucket). TF Serving reads at most 1000.
 """
@@ -71,6 +71,10 @@ def build_warmup_logs(model_name: str, signatures: Mapping[str, object],
             state = signatures["user_state"](**{k: tf.constant(v) for k, v in user.items()})
             logs.append(_log(model_name, "score", dict(user, **cands, **{
                 k: state[k].numpy() for k in USER_STATE_KEYS})))
+            if "score_cached" in signatures:
+                logs.append(_log(model_name, "score_cached", dict(
+                    cands, **{F.REQUEST_TIME: user[F.REQUEST_TIME]},
+                    **{k: v.numpy() for k, v in state.items()})))
     if len(logs) > MAX_RECORDS:
         raise ValueError(f"{len(logs)} warmup records; TF Serving reads at most {MAX_RECORDS}")
     return logs

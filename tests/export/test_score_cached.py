@@ -1,0 +1,86 @@
+"""`user_state` + `score_cached` through the SavedModel (XLA and non-XLA): equal to
+`rank` on real Taobao histories, no history input, stale states refused."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from dmgin_tf import features as F
+from dmgin_tf.config import ServingConfig
+
+L = 48
+SERVING = ServingConfig(batch_buckets=(1, 4), candidate_buckets=(8, 16), max_candidates=64)
+HISTORY = F.HISTORY_INPUT_KEYS + (F.REQUEST_TIME,)
+
+
+@pytest.fixture(scope="module")
+def dmgin_export(tmp_path_factory):
+    from dmgin_tf.config import ModelConfig
+    from dmgin_tf.export.saved_model import export_model
+    from dmgin_tf.models import build_model
+    from serving.real_histories import taobao_examples
+    x, items, groups = taobao_examples(5, L)
+    model = build_model(ModelConfig(item_vocab_size=items, group_vocab_size=groups,
+                                    history_length=L, max_groups=8, max_per_group=4,
+                                    embedding_dim=8, mlp_units=(16,), attention_units=(8,),
+                                    inter_layers=1, dropout=0.0))
+    model(x)
+    rng = np.random.default_rng(0)
+    k = model.model_cfg.context_folds + 1
+    model.set_context_tables(rng.normal(size=(k, items, 4)).astype("float32"),
+                             rng.normal(size=(k, groups, 4)).astype("float32"))
+    base = str(tmp_path_factory.mktemp("cached"))
+    paths = export_model(model, base, "dmgin", history_length=L, serving_cfg=SERVING,
+                         warmup_inputs=x, state_groups=L, state_items=L)
+    return paths, model, x
+
+
+@pytest.mark.parametrize("variant", ["xla", "noxla"])
+def test_score_cached_signature_equals_rank(dmgin_export, variant):
+    from serving.real_histories import candidate_lists
+    paths, model, x = dmgin_export
+    sigs = tf.saved_model.load(paths[variant]).signatures
+    assert {"user_state", "score_cached", "rank", "score"} <= set(sigs)
+    spec = sigs["score_cached"].structured_input_signature[1]
+    assert not set(F.HISTORY_INPUT_KEYS) & set(spec)          # no history input
+    ci, cg = candidate_lists(x, 11)                             # 11 → padded to 16
+    hist = {k: tf.constant(x[k]) for k in HISTORY}
+    rank = sigs["rank"](**hist, cand_item=tf.constant(ci), cand_group=tf.constant(cg))
+    state = sigs["user_state"](**hist)
+    assert state["state_version"].numpy().tolist() == [model.state_version()] * len(ci)
+    got = sigs["score_cached"](**state, request_time=hist[F.REQUEST_TIME],
+                               cand_item=tf.constant(ci), cand_group=tf.constant(cg))
+    assert got["ctr"].shape == (len(ci), 11)
+    assert float(np.std(rank["ctr"].numpy())) > 1e-3
+    np.testing.assert_allclose(got["ctr"].numpy(), rank["ctr"].numpy(), atol=1e-5)
+    # One user at a time, as a client sends it (batch bucket 1).
+    one = sigs["score_cached"](**{k: v[:1] for k, v in state.items()},
+                               request_time=hist[F.REQUEST_TIME][:1],
+                               cand_item=tf.constant(ci[:1]), cand_group=tf.constant(cg[:1]))
+    np.testing.assert_allclose(one["ctr"].numpy(), rank["ctr"].numpy()[:1], atol=1e-5)
+
+
+def test_stale_state_refused_with_a_clear_error(dmgin_export):
+    paths, _, x = dmgin_export
+    sigs = tf.saved_model.load(paths["noxla"]).signatures
+    state = dict(sigs["user_state"](**{k: tf.constant(x[k][:1]) for k in HISTORY}))
+    state["state_version"] = state["state_version"] + 1
+    with pytest.raises(tf.errors.InvalidArgumentError, match="another model version"):
+        sigs["score_cached"](**state, request_time=tf.constant(x[F.REQUEST_TIME][:1]),
+                             cand_item=tf.constant([[2, 3]], tf.int32),
+                             cand_group=tf.constant([[2, 3]], tf.int32))
+
+
+def test_export_info_describes_the_state(dmgin_export):
+    from dmgin_tf.export.saved_model import read_export_info
+    from dmgin_tf.export.warmup import read_warmup_file
+    paths, model, _ = dmgin_export
+    info = read_export_info(paths["xla"])
+    assert info["state_version"] == model.state_version()
+    keys = info["user_state_keys"]
+    assert keys["lookup_items"] == {"shape": [L, 4], "dtype": "int32"}
+    assert keys["group_vectors"] == {"shape": [8, 8], "dtype": "float32"}
+    expected = sum(int(np.prod(v["shape"])) * tf.as_dtype(v["dtype"]).size
+                   for v in keys.values())
+    assert info["user_state_bytes"] == expected > 0
+    sigs = {p.predict_log.request.model_spec.signature_name for p in read_warmup_file(paths["xla"])}
+    assert "score_cached" in sigs
