@@ -218,6 +218,11 @@ class ModelConfig(ConfigBase):
     use_context: bool = True
     context_folds: int = 5            # K out-of-fold tables for training examples
     context_prior: float = 20.0       # smoothing pseudo-examples of the positive rates
+    # The head's dense statistics (context features, raw matching counts): piecewise-
+    # linear encoded over numeric_bins training quantiles, numeric_units wide per
+    # column; numeric_bins = 0 batch-normalises them with the learned vectors instead.
+    numeric_bins: int = 16
+    numeric_units: int = 8
 
     def validate(self):
         self._require(self.model in ("dmgin", "dgin", "din", "sim", "bst", "transformer"),
@@ -245,6 +250,9 @@ class ModelConfig(ConfigBase):
         self._require(self.inter_block in ("hstu", "transformer"), "inter_block",
                       "must be hstu or transformer")
         self._require(0 <= self.dropout < 1, "dropout", "must be in [0, 1)")
+        self._require(0 <= self.numeric_bins <= 1024, "numeric_bins",
+                      "must be in [0, 1024] (0 = no piecewise-linear encoding)")
+        self._require(1 <= self.numeric_units <= 1024, "numeric_units", "must be in [1, 1024]")
         self._require(self.context_folds >= 2, "context_folds",
                       "must be >= 2 (out-of-fold statistics)")
         self._require(self.context_prior > 0 and self.context_prior < float("inf"),

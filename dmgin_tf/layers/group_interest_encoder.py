@@ -43,6 +43,14 @@ LOOKUP_STATE_KEYS = (LOOKUP_GROUP_IDS, LOOKUP_GROUP_SIZE, LOOKUP_GROUP_COUNTS,
                      HISTORY_SIZE)
 
 
+def match_feature_dim(num_behavior_types: int) -> int:
+    """Width of the encoder's raw matching features for T behavior types: the candidate
+    group's `log1p(counts)` per type + its statistics, the candidate item's
+    `log1p(counts)` per type + seen + recency."""
+    t = int(num_behavior_types)
+    return (t + NUM_STATS) + (t + 2)
+
+
 @keras.saving.register_keras_serializable(package="dmgin_tf")
 class GroupInterestEncoder(keras.layers.Layer):
     """DMGIN's interest encoder, the one layer to drop into a ranking model.
@@ -182,10 +190,9 @@ class GroupInterestEncoder(keras.layers.Layer):
     # ----------------------------------------------------------------- shapes / build
     @property
     def match_feature_dim(self):
-        """Width of the raw matching features: group `log1p(counts)` + stats, item
-        `log1p(counts)` + seen + recency."""
-        t = self.num_behavior_types
-        return (t + NUM_STATS) + (t + 2)
+        """Width of the raw matching features (`match_feature_dim`), the last columns of
+        the output with `use_candidate_group`."""
+        return match_feature_dim(self.num_behavior_types)
 
     @property
     def output_dim(self):

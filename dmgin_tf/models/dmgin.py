@@ -6,7 +6,7 @@ from keras import ops
 
 from dmgin_tf.features import (CAND_GROUP, CAND_ITEM, HIST_BEHAVIOR_ID, HIST_GROUP,
                                HIST_ITEM, HIST_TIME, REQUEST_TIME)
-from dmgin_tf.layers.group_interest_encoder import GroupInterestEncoder
+from dmgin_tf.layers.group_interest_encoder import GroupInterestEncoder, match_feature_dim
 from dmgin_tf.models.cached_state import (DEFAULT_LOOKUP_GROUPS, DEFAULT_LOOKUP_ITEMS,
                                           STATE_TIME, STATE_VERSION, check_state,
                                           model_fingerprint)
@@ -69,6 +69,11 @@ class DMGIN(RankingModel):
 
     def _use_inter(self):
         return None
+
+    def dense_interest_dim(self) -> int:
+        # The encoder's raw matching counts/statistics close its output vector.
+        c = self.model_cfg
+        return match_feature_dim(c.num_behavior_types) if c.use_candidate_group else 0
 
     def interest(self, inputs, training=None):
         return self.encoder(inputs, training=training)

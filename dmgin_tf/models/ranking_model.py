@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional
 
 import keras
 import numpy as np
@@ -12,6 +13,7 @@ from dmgin_tf.features import (CAND_GROUP, CAND_ITEM, CONTEXT_FOLD, HIST_BEHAVIO
                                HIST_ITEM, HIST_TIME, MODEL_INPUT_KEYS, REQUEST_TIME)
 from dmgin_tf.layers.context_statistics import ContextStatistics
 from dmgin_tf.layers.dense import Dense
+from dmgin_tf.layers.numeric_encoding import PiecewiseLinearEncoding, quantile_edges
 
 
 def time_dtype():
@@ -50,25 +52,57 @@ def as_model_config(model_cfg) -> ModelConfig:
 class MLPHead(keras.layers.Layer):
     """Features `[B, F]` → CTR `[B]`: Dense(relu) + dropout stack, Dense(1), sigmoid.
 
+    The last `numeric_dim` columns of the input are dense statistics (context
+    statistics, raw matching counts); with `numeric_bins > 0` they are
+    piecewise-linear encoded (`PiecewiseLinearEncoding`, quantile edges fitted on
+    training rows by `fit_numeric_edges`) instead of batch-normalised with the
+    learned vectors in front of them.
+
     Args:
         units: tuple of ints, hidden sizes. dropout: float.
+        numeric_dim: int, trailing dense columns of the input (0 = none).
+        numeric_bins: int, quantile bins per dense column (0 = batch-normalise them
+            with the rest). numeric_units: int, encoded width per dense column.
     """
 
-    def __init__(self, units=(128, 64), dropout=0.0, **kwargs):
+    def __init__(self, units=(128, 64), dropout=0.0, numeric_dim=0, numeric_bins=0,
+                 numeric_units=8, **kwargs):
         super().__init__(**kwargs)
         self.units = tuple(int(u) for u in units)
         self.dropout = float(dropout)
+        self.numeric_dim = int(numeric_dim)
+        self.numeric_bins = int(numeric_bins)
+        self.numeric_units = int(numeric_units)
         policy = self.dtype_policy
         self.hidden = [Dense(u, activation="relu", dtype=policy, name=f"hidden_{i}")
                        for i, u in enumerate(self.units)]
         self.drop = keras.layers.Dropout(self.dropout, dtype=policy)
         self.logit = Dense(1, dtype=policy, name="logit")
         self.norm = keras.layers.BatchNormalization(dtype=policy, name="input_norm")
+        self.numeric = None
+        if self.numeric_dim > 0 and self.numeric_bins > 0:
+            self.numeric = PiecewiseLinearEncoding(self.numeric_bins, self.numeric_units,
+                                                   dtype=policy, name="numeric_encoding")
+
+    def _split(self, features):
+        """`[..., F]` → (learned `[..., F - numeric_dim]`, dense `[..., numeric_dim]`)."""
+        cut = features.shape[-1] - self.numeric_dim
+        return features[..., :cut], features[..., cut:]
 
     def build(self, input_shape):
         width = input_shape[-1]
-        # Matching features (log counts) and learned vectors have different scales.
-        self.norm.build((None, width))
+        if self.numeric is not None:
+            learned = width - self.numeric_dim
+            if learned < 0:
+                raise ValueError(f"MLPHead: input width {width} is smaller than "
+                                 f"numeric_dim={self.numeric_dim}")
+            self.numeric.build((None, self.numeric_dim))
+            # Learned vectors keep the batch norm (their scale drifts while training).
+            self.norm.build((None, learned))
+            width = learned + self.numeric_dim * self.numeric_units
+        else:
+            # Matching features (log counts) and learned vectors have different scales.
+            self.norm.build((None, width))
         for layer in self.hidden:
             layer.build((None, width))
             width = layer.units
@@ -76,18 +110,36 @@ class MLPHead(keras.layers.Layer):
         self.built = True
 
     def call(self, features, training=None):
-        h = self.norm(features, training=training)
+        if self.numeric is not None:
+            learned, dense = self._split(features)
+            h = ops.concatenate([self.norm(learned, training=training),
+                                 ops.cast(self.numeric(dense), learned.dtype)], axis=-1)
+        else:
+            h = self.norm(features, training=training)
         for layer in self.hidden:
             h = self.drop(layer(h), training=training)
         logit = ops.squeeze(self.logit(h), axis=-1)
         return ops.cast(ops.sigmoid(ops.cast(logit, "float32")), "float32")
+
+    def set_numeric_edges(self, dense_rows) -> Optional[np.ndarray]:
+        """Fits the encoding's quantile edges on training rows of the head input
+        (`[N, F]`, its last `numeric_dim` columns are used); returns the edges, or None
+        when the head has no numeric encoding."""
+        if self.numeric is None:
+            return None
+        dense_rows = np.asarray(dense_rows)
+        edges = quantile_edges(dense_rows[:, dense_rows.shape[1] - self.numeric_dim:],
+                               self.numeric_bins)
+        self.numeric.set_edges(edges)
+        return edges
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0],)
 
     def get_config(self):
         config = super().get_config()
-        config.update(units=self.units, dropout=self.dropout)
+        config.update(units=self.units, dropout=self.dropout, numeric_dim=self.numeric_dim,
+                      numeric_bins=self.numeric_bins, numeric_units=self.numeric_units)
         return config
 
 
@@ -129,10 +181,25 @@ class RankingModel(keras.Model):
                                              c.num_behavior_types, c.context_folds,
                                              dtype=self.dtype_policy,
                                              name="context_statistics")
-        self.head = MLPHead(c.mlp_units, c.dropout, dtype=self.dtype_policy, name="head")
+        numeric_dim = self.dense_interest_dim() + (
+            self.context.output_dim if self.context is not None else 0)
+        self.head = MLPHead(c.mlp_units, c.dropout, numeric_dim=numeric_dim,
+                            numeric_bins=c.numeric_bins, numeric_units=c.numeric_units,
+                            dtype=self.dtype_policy, name="head")
 
     def interest(self, inputs, training=None):
         raise NotImplementedError
+
+    def dense_interest_dim(self) -> int:
+        """How many trailing columns of `interest` are raw statistics rather than learned
+        vectors (the head encodes them with the context features); from the config only,
+        as the head is built before the subclass's layers."""
+        return 0
+
+    def head_inputs(self, inputs):
+        """The MLP head's input `[B, F]` in inference mode (what `fit_numeric_edges`
+        fits the quantile edges on)."""
+        return self.head_features(self.interest(inputs, training=False), inputs)
 
     def build(self, input_shape=None):
         """Creates every weight by running the model once on empty histories of the

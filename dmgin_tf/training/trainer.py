@@ -206,6 +206,7 @@ def train(cfg: Config, data: TrainingData, output_dir: str, *,
             check_batch(data.train.batch(first), cfg.model, where="train batch 0",
                         model_input_shapes=_model_input_shapes(model))
             context = fill_context_statistics(model, cfg.model, data.train)
+            numeric = fit_numeric_edges(model, data.train, seed=tc.seed)
             steps_per_epoch = _steps_per_epoch(len(data.train), tc)
             model.compile(optimizer=make_optimizer(tc, steps_per_epoch),
                           loss=_loss_for(model), jit_compile=tc.jit_compile)
@@ -251,6 +252,7 @@ def train(cfg: Config, data: TrainingData, output_dir: str, *,
                           "warmup_epochs": tc.lr_warmup_epochs,
                           "min_ratio": tc.lr_min_ratio, "weight_decay": tc.weight_decay},
         "context_statistics": context,
+        "numeric_encoding": numeric,
         "monitor": stopper.monitor if stopper is not None else None,
         "val": results.get("val"),
         "test": results.get("test"),
@@ -334,6 +336,36 @@ def fill_context_statistics(model, model_cfg, train_split) -> Optional[dict]:
             "prior": float(model_cfg.context_prior),
             "items_seen": int(tables["item"][0, :, 3].sum()),
             "groups_seen": int(tables["group"][0, :, 3].sum())}
+
+
+NUMERIC_FIT_EXAMPLES = 16384     # training rows the head's quantile edges are fitted on
+
+
+def fit_numeric_edges(model, train_split, max_examples: int = NUMERIC_FIT_EXAMPLES,
+                      batch_size: int = 1024, seed: int = 0) -> Optional[dict]:
+    """Fits the MLP head's piecewise-linear encoding (`MLPHead.set_numeric_edges`) on
+    the head inputs of up to `max_examples` random training examples — with their
+    out-of-fold context statistics, as training sees them — after the context tables
+    are loaded. Returns a summary for metrics.json, or None when the model's head has
+    no numeric encoding (`model.numeric_bins = 0`, or nothing dense to encode)."""
+    head = getattr(model, "head", None)
+    if getattr(head, "numeric", None) is None or not hasattr(model, "head_inputs"):
+        return None
+    n = len(train_split)
+    if n == 0:
+        raise DmginError("fit_numeric_edges: the training split is empty; the head's "
+                         "quantile edges need training examples")
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(n, size=min(n, int(max_examples)), replace=False))
+    rows = []
+    for start in range(0, len(idx), batch_size):
+        batch = cast_for_backend(train_split.batch(idx[start:start + batch_size]),
+                                 keras.backend.backend())
+        rows.append(np.asarray(keras.ops.convert_to_numpy(model.head_inputs(batch)),
+                               dtype=np.float32))
+    edges = head.set_numeric_edges(np.concatenate(rows))
+    return {"rows": int(len(idx)), "columns": int(edges.shape[0]),
+            "bins": int(edges.shape[1] - 1)}
 
 
 def _fmt(value) -> str:
