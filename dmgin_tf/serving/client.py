@@ -5,6 +5,8 @@ Works against the official `tensorflow/serving` image and `dmgin serve` alike.
     with Client("localhost:8500", "dmgin") as c:
         ctr = c.predict({"examples": serialized})["ctr"]           # serving_default
         ctr = c.rank(history, cand_item, cand_group)                # one user, N candidates
+        state = c.user_state(history)                               # cache it per user ...
+        ctr = c.score_cached(state, cand_item, cand_group)          # ... score without history
 
 Retries: UNAVAILABLE (server starting, batch queue full, connection reset) is retried
 with exponential backoff and jitter inside the call's overall deadline; every other
@@ -62,6 +64,7 @@ class Client:
             ("grpc.max_send_message_length", max_message_bytes)])
         self._predict = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
         self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
+        self.last_version: Optional[int] = None   # model version of the last Predict answer
 
     # ---- plumbing -----------------------------------------------------------------------
     def close(self) -> None:
@@ -117,6 +120,8 @@ class Client:
             req.inputs[k].CopyFrom(tensor_protos.from_ndarray(np.asarray(v) if not isinstance(v, list) else v))
         req.output_filter.extend(output_filter)
         resp = self._call(self._predict.Predict, req, timeout_s)
+        # The version that answered (a hot swap shows here first; `CachedRanker` uses it).
+        self.last_version = resp.model_spec.version.value
         return {k: tensor_protos.to_ndarray(v) for k, v in resp.outputs.items()}
 
     def predict_examples(self, serialized: Sequence[bytes], *, batch_size: int = 128,
@@ -142,11 +147,36 @@ class Client:
         padded with id 0 to a bucket size (fixed shapes for XLA) and the padding's
         scores are dropped.
         """
-        base = {k: np.asarray(history[k], np.int64 if k in (F.HIST_TIME, F.REQUEST_TIME) else np.int32)
-                for k in F.HISTORY_INPUT_KEYS + (F.REQUEST_TIME,)}
-        for k in F.HISTORY_INPUT_KEYS:
-            base[k] = base[k].reshape(1, -1)
-        base[F.REQUEST_TIME] = base[F.REQUEST_TIME].reshape(1)
+        return self._score_lists(history_request(history), cand_item, cand_group, signature,
+                                 timeout_s)
+
+    def user_state(self, history: Mapping[str, np.ndarray], *,
+                   timeout_s: Optional[float] = None) -> Dict[str, np.ndarray]:
+        """One user's complete state (`user_state` signature) → arrays by name without
+        the user dimension: what a `UserStateStore` keeps. `history` as in `rank`."""
+        out = self.predict(history_request(history), signature="user_state",
+                           timeout_s=timeout_s)
+        return {k: v[0] for k, v in out.items()}
+
+    def score_cached(self, state: Mapping[str, np.ndarray], cand_item: np.ndarray,
+                     cand_group: np.ndarray, request_time: Optional[int] = None, *,
+                     timeout_s: Optional[float] = None) -> np.ndarray:
+        """Scores N candidates for one user from the user's cached state (`score_cached`
+        signature; no history is sent) → ctr [N].
+
+        Args:
+          state: `user_state`'s arrays without the user dimension.
+          request_time: Unix seconds recency is measured at (default: the state's own
+            `state_time`).
+        Chunked and padded like `rank`.
+        """
+        base = {k: np.asarray(v)[None] for k, v in state.items()}
+        rt = state["state_time"] if request_time is None else request_time
+        base[F.REQUEST_TIME] = np.asarray(rt, np.int64).reshape(1)
+        return self._score_lists(base, cand_item, cand_group, "score_cached", timeout_s)
+
+    def _score_lists(self, base, cand_item, cand_group, signature, timeout_s):
+        """One user's candidate list in padded chunks of `base` + `cand_* [1, n]` → [N]."""
         cand_item = np.asarray(cand_item, np.int32).reshape(-1)
         cand_group = np.asarray(cand_group, np.int32).reshape(-1)
         if cand_item.shape != cand_group.shape:
@@ -199,6 +229,17 @@ class Client:
                 raise TimeoutError(f"model {self.model_name!r} not AVAILABLE at {self.target} "
                                    f"after {timeout_s:.0f}s")
             time.sleep(0.1)
+
+
+def history_request(history: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """One user's history keys ([L] or [1, L]) and request_time (scalar or [1]) as the
+    `[1, L]` / `[1]` arrays of a request, in the signatures' dtypes."""
+    base = {k: np.asarray(history[k], np.int64 if k in (F.HIST_TIME, F.REQUEST_TIME) else np.int32)
+            for k in F.HISTORY_INPUT_KEYS + (F.REQUEST_TIME,)}
+    for k in F.HISTORY_INPUT_KEYS:
+        base[k] = base[k].reshape(1, -1)
+    base[F.REQUEST_TIME] = base[F.REQUEST_TIME].reshape(1)
+    return base
 
 
 def _pushback_s(error) -> float:

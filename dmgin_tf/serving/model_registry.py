@@ -273,6 +273,8 @@ def synthetic_warmup_requests(servable: "Servable", only_beyond_buckets: bool = 
             arrays = {k: _spec_array(s, batch, cands) for k, s in runner.inputs.items()}
             if any(a is None for a in arrays.values()):
                 continue
+            if validation.STATE_VERSION in arrays and c.state_version is not None:
+                arrays[validation.STATE_VERSION][:] = c.state_version  # else refused
             out.append((name, arrays))
     return out
 

@@ -19,6 +19,8 @@ allowed:
   are Unix seconds in `[0, MAX_TIME_S]`; a value that only makes sense as milliseconds
   is named as such;
 - float inputs are finite (no NaN/inf);
+- `score_cached`: `state_version` is the version's own (`state_version` of the export
+  info) — a user state from another model version is refused, never scored;
 - `serving_default`: in every tf.Example the three history lists (`hist_item_id`,
   `hist_behavior`, `hist_timestamp`) have the same length; float features are finite.
 
@@ -48,6 +50,7 @@ MS_HINT_MIN = 100_000_000_000   # >= 1e11 "seconds" is year 5138: almost surely 
 TIME_INPUTS = (F.HIST_TIME, F.REQUEST_TIME)
 CANDIDATE_INPUTS = (F.CAND_ITEM, F.CAND_GROUP)
 EXAMPLES = "examples"
+STATE_VERSION = "state_version"   # score_cached: must be the version's own (export info)
 EXAMPLE_HISTORY = (F.HIST_ITEM_ID, F.HIST_BEHAVIOR, F.HIST_TIMESTAMP)
 EXAMPLE_TIMES = (F.TIMESTAMP, F.HIST_TIMESTAMP)
 
@@ -72,6 +75,8 @@ class Contract:
     max_candidates: Optional[int] = None
     batch_buckets: Tuple[int, ...] = ()
     candidate_buckets: Tuple[int, ...] = ()
+    model: str = ""
+    state_version: Optional[int] = None
 
     @classmethod
     def from_version_dir(cls, path: str, max_candidates: Optional[int] = None) -> "Contract":
@@ -92,7 +97,8 @@ class Contract:
                    num_behavior_types=int(mc.get("num_behavior_types") or 0),
                    max_candidates=None if cap is None else int(cap),
                    batch_buckets=tuple(int(b) for b in info.get("batch_buckets") or ()),
-                   candidate_buckets=buckets)
+                   candidate_buckets=buckets, model=str(mc.get("model") or ""),
+                   state_version=info.get("state_version"))
 
     def id_ranges(self) -> dict:
         """input name → (lo, hi inclusive, what) for the ids whose vocabulary is known."""
@@ -103,6 +109,9 @@ class Contract:
         if self.group_vocab_size > 0:
             for k in (F.HIST_GROUP, F.CAND_GROUP, "group_ids"):
                 r[k] = (0, self.group_vocab_size - 1, f"group_vocab_size={self.group_vocab_size}")
+        if self.model == "dgin" and self.item_vocab_size > 0:  # DGIN's groups are its items
+            r["group_ids"] = (0, self.item_vocab_size - 1,
+                              f"item_vocab_size={self.item_vocab_size} (DGIN groups are items)")
         if self.num_behavior_types > 0:
             r[F.HIST_BEHAVIOR_ID] = (0, self.num_behavior_types,
                                      f"num_behavior_types={self.num_behavior_types}")
@@ -170,6 +179,15 @@ def check_request(signature: str, inputs: Mapping[str, np.ndarray], contract: Co
             raise _invalid(f"input {k!r}: {shape[1]} candidates per user, more than "
                            f"max_candidates={contract.max_candidates}; split the list "
                            f"(Client.rank does)")
+    if STATE_VERSION in inputs and contract.state_version is not None:
+        v = np.asarray(inputs[STATE_VERSION])
+        bad = v != contract.state_version
+        if bad.any():
+            pos, value = _where(v, bad)
+            raise _invalid(f"input {STATE_VERSION!r}: user state from another model version "
+                           f"(state_version {value} at {pos}; this version's is "
+                           f"{contract.state_version}); recompute it with the user_state "
+                           f"signature")
     ranges = contract.id_ranges()
     for k, v in inputs.items():
         v = np.asarray(v)

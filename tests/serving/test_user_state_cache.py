@@ -1,0 +1,232 @@
+"""The user-state cache: stores (in-process LRU, real Redis), `CachedRanker.rank_user`
+(cache → score_cached, fallback to rank), hot-swap invalidation, Redis stopped mid-run."""
+import os
+import time
+
+import numpy as np
+import portpicker
+import pytest
+
+from dmgin_tf import features as F
+from dmgin_tf.serving.user_state_store import (InMemoryStateStore, RedisServer,
+                                               RedisStateStore, StoreUnavailable,
+                                               decode_state, encode_state,
+                                               redis_server_binary)
+
+L = 32
+NAME = "dmgin"
+needs_redis = pytest.mark.skipif(redis_server_binary() is None,
+                                 reason="redis-server is not installed (Debian/Ubuntu: "
+                                        "apt-get install redis-server)")
+
+
+def _export(base, version, seed):
+    from dmgin_tf.config import ModelConfig, ServingConfig
+    from dmgin_tf.export.saved_model import export_model
+    from dmgin_tf.models import build_model
+    from serving.real_histories import taobao_examples
+    x, items, groups = taobao_examples(6, L)
+    model = build_model(ModelConfig(item_vocab_size=items, group_vocab_size=groups,
+                                    history_length=L, max_groups=6, max_per_group=4,
+                                    embedding_dim=8, mlp_units=(16,), attention_units=(8,),
+                                    inter_layers=1, dropout=0.0))
+    model(x)
+    rng = np.random.default_rng(seed)
+    # Distinct weights per version (moving variances stay positive).
+    model.set_weights([w + rng.normal(scale=0.1, size=w.shape).astype(w.dtype)
+                       for w in model.get_weights()])
+    export_model(model, base, NAME, history_length=L, version=version, variants=("noxla",),
+                 serving_cfg=ServingConfig(batch_buckets=(1,), candidate_buckets=(16,),
+                                           max_candidates=64),
+                 warmup_inputs=x, state_groups=L, state_items=L)
+    return x
+
+
+def _serve(tmp_path):
+    from dmgin_tf.serving.protos import read_model_server_config
+    from dmgin_tf.serving.server import DevServer
+    from serving.standin import write_models_config
+    cfg = read_model_server_config(write_models_config(
+        str(tmp_path / "models.config"), NAME, str(tmp_path / (NAME + "_noxla"))))
+    server = DevServer(cfg, port=portpicker.pick_unused_port(), poll_interval_s=0.3,
+                       settle_s=0.2)
+    return server, server.start()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    from dmgin_tf.serving import Client
+    from dmgin_tf.serving.cached_ranking import InMemoryHistories
+    from serving.real_histories import candidate_lists
+    tmp = tmp_path_factory.mktemp("cache")
+    x = _export(str(tmp), 1, seed=1)
+    server, port = _serve(tmp)
+    histories = InMemoryHistories(L)
+    for u in range(len(x[F.CAND_ITEM])):
+        histories.append(f"user{u}", {k: x[k][u] for k in F.HISTORY_INPUT_KEYS})
+    ci, cg = candidate_lists(x, 20)
+    client = Client(f"127.0.0.1:{port}", NAME, timeout_s=30)
+    client.wait_until_available(60)
+    yield client, histories, x, ci, cg, tmp, server
+    client.close()
+    server.stop(1)
+
+
+def _ranker(served, store):
+    from dmgin_tf.serving.cached_ranking import CachedRanker
+    client, histories, *_ = served
+    return CachedRanker(client, store, histories)
+
+
+def _rank(served, u, rt=None):
+    client, histories, x, ci, cg, *_ = served
+    h = dict(histories.get(f"user{u}"))
+    if rt is not None:
+        h[F.REQUEST_TIME] = np.int64(rt)
+    return client.rank(h, ci[u], cg[u])
+
+
+def test_encoding_round_trip_and_lru():
+    state = {"a": np.arange(6, dtype=np.int64).reshape(2, 3), "m": np.array([True, False]),
+             "v": np.ones((2, 2), np.float32).T, "s": np.bool_(True), "t": np.int64(7)}
+    back = decode_state(encode_state(state))
+    assert set(back) == set(state)
+    for k in state:
+        assert back[k].dtype == np.asarray(state[k]).dtype
+        assert back[k].shape == np.shape(state[k]) and np.array_equal(back[k], state[k])
+    with pytest.raises(ValueError, match="bad magic"):
+        decode_state(b"garbage")
+    with pytest.raises(ValueError, match="truncated"):
+        decode_state(encode_state(state)[:-3])
+    lru = InMemoryStateStore(max_entries=2)
+    lru.put("u1", 1, state)
+    lru.put("u2", 1, state)
+    lru.get("u1", 1)                       # u1 used last → u2 is evicted first
+    lru.put("u3", 2, state)
+    assert lru.get("u2", 1) is None and lru.get("u1", 1) is not None
+    assert lru.get("u1", 2) is None        # keyed by version too
+    assert lru.invalidate_version(1) == 1 and lru.get("u1", 1) is None and len(lru) == 1
+
+
+@needs_redis
+def test_redis_store_against_a_real_redis_server():
+    state = {"v": np.arange(4, dtype=np.float32)}
+    with RedisServer() as server:
+        store = RedisStateStore(server.url, prefix="t")
+        assert store.get("u1", 1) is None
+        store.put("u1", 1, state)
+        store.put("u2", 1, state)
+        store.put("u1", 2, state)
+        assert np.array_equal(store.get("u1", 1)["v"], state["v"])
+        assert store.ping_ms() < 1000
+        assert store.invalidate_version(1) == 2
+        assert store.get("u1", 1) is None and store.get("u1", 2) is not None
+        store.delete("u1", 2)
+        assert store.get("u1", 2) is None
+    t0 = time.perf_counter()
+    with pytest.raises(StoreUnavailable, match="Redis at"):
+        store.get("u1", 1)                 # server gone: a fast, named error
+    with pytest.raises(StoreUnavailable, match="skipped after a recent failure"):
+        store.get("u1", 1)                 # cooldown: not even tried
+    assert time.perf_counter() - t0 < 2
+
+
+def test_rank_user_hits_equal_rank_and_bad_states_fall_back(served):
+    client, histories, x, ci, cg, *_ = served
+    store = InMemoryStateStore()
+    ranker = _ranker(served, store)
+    for u in range(3):
+        first = ranker.rank_user(f"user{u}", ci[u], cg[u])      # miss → rank, state written
+        second = ranker.rank_user(f"user{u}", ci[u], cg[u])     # hit → score_cached
+        ref = _rank(served, u)
+        np.testing.assert_allclose(first, ref, atol=1e-5)
+        np.testing.assert_allclose(second, ref, atol=1e-5)
+        assert np.std(ref) > 1e-4
+    c = ranker.counters
+    assert (c["misses"], c["hits"], c["fallbacks"], c["writes"]) == (3, 3, 3, 3)
+    version = ranker.version
+    # A state of the wrong shape (another export's K) is caught before the server.
+    state = store.get("user0", version)
+    store.put("user0", version, dict(state, lookup_items=state["lookup_items"][:5]))
+    np.testing.assert_allclose(ranker.rank_user("user0", ci[0], cg[0]), _rank(served, 0),
+                               atol=1e-5)
+    assert c["bad_states"] == 1
+    # A state of another model version: the server refuses it, rank answers.
+    state = store.get("user1", version)
+    store.put("user1", version, dict(state, state_version=np.int32(state["state_version"] + 1)))
+    np.testing.assert_allclose(ranker.rank_user("user1", ci[1], cg[1]), _rank(served, 1),
+                               atol=1e-5)
+    assert c["stale"] == 1 and c["fallbacks"] == 5
+    assert ranker.rank_user("user1", ci[1], cg[1]) is not None and c["hits"] == 4  # rewritten
+
+
+def test_update_user_recomputes_the_state(served):
+    client, histories, x, ci, cg, *_ = served
+    store = InMemoryStateStore()
+    ranker = _ranker(served, store)
+    before = ranker.rank_user("user2", ci[2], cg[2])
+    last = int(histories.get("user2")[F.REQUEST_TIME])
+    new = {F.HIST_ITEM: ci[2][:3], F.HIST_GROUP: cg[2][:3],
+           F.HIST_BEHAVIOR_ID: np.array([4, 4, 4], np.int32),
+           F.HIST_TIME: np.array([last + 10, last + 20, last + 30], np.int64)}
+    rt = last + 40
+    assert ranker.update_user("user2", new, request_time=rt)
+    hits = ranker.counters["hits"]
+    after = ranker.rank_user("user2", ci[2], cg[2], request_time=rt)
+    assert ranker.counters["hits"] == hits + 1            # from the rewritten state
+    np.testing.assert_allclose(after, _rank(served, 2, rt), atol=1e-5)
+    assert np.abs(after - before).max() > 1e-4            # the new behaviors count
+
+
+@needs_redis
+def test_redis_stopped_mid_run_falls_back_without_failed_requests(served):
+    client, histories, x, ci, cg, *_ = served
+    server = RedisServer().start()
+    try:
+        ranker = _ranker(served, RedisStateStore(server.url, cooldown_s=0.2))
+        refs = [_rank(served, u) for u in range(4)]
+        for u in range(4):
+            ranker.rank_user(f"user{u}", ci[u], cg[u])
+        assert ranker.counters["writes"] == 4
+        got = [ranker.rank_user(f"user{u}", ci[u], cg[u]) for u in range(4)]
+        assert ranker.counters["hits"] == 4
+        server.stop()                                        # Redis goes away mid-run
+        for _ in range(2):
+            for u in range(4):
+                got.append(ranker.rank_user(f"user{u}", ci[u], cg[u]))
+                time.sleep(0.05)
+    finally:
+        server.close()
+    c = ranker.counters
+    assert c["requests"] == 16 and c["cache_errors"] == 8 and c["fallbacks"] == 12
+    assert c["write_errors"] == 8            # states cannot be written either, no raise
+    for i, ctr in enumerate(got):
+        np.testing.assert_allclose(ctr, refs[i % 4], atol=1e-5)
+
+
+def test_hot_swap_invalidates_old_states(served):
+    """Version 2 replaces 1: a state of version 1 is refused (stale), rank answers, the
+    version-1 states are dropped and the next request hits a version-2 state."""
+    client, histories, x, ci, cg, tmp, server = served
+    store = InMemoryStateStore()
+    ranker = _ranker(served, store)
+    for u in range(3):
+        ranker.rank_user(f"user{u}", ci[u], cg[u])
+    assert ranker.version == 1 and len(store) == 3
+    _export(str(tmp), 2, seed=2)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if [v for v, s, _ in client.status() if s == "AVAILABLE"] == [2]:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail(f"version 2 not served: {client.status()}")
+    got = ranker.rank_user("user0", ci[0], cg[0])            # v1 state → stale → rank (v2)
+    c = ranker.counters
+    assert c["stale"] == 1 and c["invalidations"] == 1 and c["invalidated_states"] >= 2
+    assert ranker.version == 2
+    np.testing.assert_allclose(got, _rank(served, 0), atol=1e-5)
+    assert store.get("user1", 1) is None and store.get("user0", 2) is not None
+    again = ranker.rank_user("user0", ci[0], cg[0])
+    assert c["hits"] == 1
+    np.testing.assert_allclose(again, _rank(served, 0), atol=1e-5)
