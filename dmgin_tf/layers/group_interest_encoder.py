@@ -489,7 +489,8 @@ class GroupInterestEncoder(keras.layers.Layer):
                                   axis=1),
         }
 
-    def score_cached(self, user_state, inputs, training=None):
+    def score_cached(self, user_state, inputs, training=None, candidate_features=None,
+                     user_features=None):
         """Interest vectors of `[U, N]` candidates from a cached user state alone.
 
         Args:
@@ -498,12 +499,27 @@ class GroupInterestEncoder(keras.layers.Layer):
                 recency features are measured at; the group vectors stay those of the
                 state's own time).
             training: bool.
+            candidate_features: optional `cached_candidate_features(user_state, inputs)`
+                computed beforehand; user_features: optional `user_features(user_state,
+                inputs)` (serving computes the two side by side, as in `rank`).
 
         Returns:
             float `[U, N, output_dim]`, equal to `score_candidates` on the history the
             state was computed from (same request time) when every candidate's group and
             item is in the state's lookup tables or absent from the history.
         """
+        if candidate_features is None:
+            candidate_features = self.cached_candidate_features(user_state, inputs, training)
+        inputs = self._in_vocab(inputs)
+        cand_item = ops.cast(inputs[CAND_ITEM], "int32")
+        cand_key = ops.cast(self._cand_key(inputs), "int32")
+        return self._score_lists(user_state, inputs, cand_item, cand_key, training,
+                                 candidate_features=candidate_features,
+                                 user_features=user_features)
+
+    def cached_candidate_features(self, user_state, inputs, training=None):
+        """`candidate_features` of `[U, N]` candidates read from a cached user state's
+        lookup tables instead of the history (same dict, same shapes)."""
         if not self.built:
             self.build()
         inputs = self._in_vocab(inputs)
@@ -523,8 +539,7 @@ class GroupInterestEncoder(keras.layers.Layer):
             item_match = item_match_features(counts, seen, last, rt)
             features.update(self._own_group_features(query, cand_key, rt, cg, item_match,
                                                      training))
-        return self._score_lists(user_state, inputs, cand_item, cand_key, training,
-                                 candidate_features=features)
+        return features
 
     def _cached_candidate_groups(self, state, cand_key, rt):
         """`candidate_groups` read from the state's lookup tables: `CandidateGroup` with a

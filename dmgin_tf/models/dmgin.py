@@ -118,7 +118,21 @@ class DMGIN(RankingModel):
         state[STATE_VERSION] = ops.broadcast_to(ops.cast(version, "int32"), ops.shape(rt))
         return state
 
-    def score_cached(self, user_state, inputs, training=None, state_version=None):
+    def cached_candidate_features(self, user_state, inputs, training=None):
+        """The candidate side of `score_cached` (no user vectors needed): serving runs it
+        beside `user_features` and passes both to `score_cached`."""
+        return self.encoder.cached_candidate_features(user_state, self._cached_inputs(
+            user_state, inputs), training=training)
+
+    @staticmethod
+    def _cached_inputs(user_state, inputs):
+        """inputs with `request_time` `[U]` (the state's own when not given)."""
+        rt = inputs.get(REQUEST_TIME)
+        rt = user_state[STATE_TIME] if rt is None else ops.reshape(rt, (-1,))
+        return dict(inputs, **{REQUEST_TIME: rt})
+
+    def score_cached(self, user_state, inputs, training=None, state_version=None,
+                     candidate_features=None, user_features=None):
         """CTR of `[U, N]` candidates from a cached user state alone (no history).
 
         Args:
@@ -133,13 +147,16 @@ class DMGIN(RankingModel):
             ctr float32 `[U, N]`, equal to `score`/`rank` on the history the state came
             from at the same request time, for candidates whose group and item are in
             the state's lookup tables or absent from the history.
+            candidate_features, user_features: optional precomputed parts
+            (`cached_candidate_features`, `user_features`), as `score` takes them.
         """
         check_state(user_state, self.context is not None,
                     self.state_version() if state_version is None else state_version)
-        rt = inputs.get(REQUEST_TIME)
-        rt = user_state[STATE_TIME] if rt is None else ops.reshape(rt, (-1,))
-        inputs = dict(inputs, **{REQUEST_TIME: rt})
-        interest = self.encoder.score_cached(user_state, inputs, training=training)
+        inputs = self._cached_inputs(user_state, inputs)
+        rt = inputs[REQUEST_TIME]
+        interest = self.encoder.score_cached(user_state, inputs, training=training,
+                                             candidate_features=candidate_features,
+                                             user_features=user_features)
         context = None
         if self.context is not None:
             context = self.context.cached_features(user_state, inputs[CAND_ITEM],
