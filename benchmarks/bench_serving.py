@@ -13,6 +13,16 @@ requests:
         --append docs/benchmarks.md
 
 Prints a Markdown table; `--append` adds it with the command to docs/benchmarks.md.
+
+3. With `--cached-lengths 1000,10000,100000`: instead of 1-2, `score_cached` (the request
+   carries the user's cached state, no history) vs `rank` (the request carries the
+   history) for each L, XLA variant, one user x C candidates, plus the user-state
+   cache's own round trip: a Redis GET of one state on a private `redis-server`
+   (measured separately), and `CachedRanker.rank_user` (GET + score_cached) end to end.
+   `--docs docs/benchmarks.md` writes the table into its marked block there.
+
+    python benchmarks/bench_serving.py --cached-lengths 1000,10000,100000 --candidates 100 \\
+        --requests 200 --docs docs/benchmarks.md
 """
 from __future__ import annotations
 
@@ -115,7 +125,14 @@ def main(argv=None):
     ap.add_argument("--variants", default="xla,noxla", help="export variants to measure")
     ap.add_argument("--skip-raw", action="store_true", help="only the rank measurement")
     ap.add_argument("--append", metavar="MD", help="append the results to this Markdown file")
+    ap.add_argument("--cached-lengths", default="",
+                    help="comma-separated L: measure score_cached vs rank (section 3) instead")
+    ap.add_argument("--docs", metavar="MD", help="with --cached-lengths: write the block here")
+    ap.add_argument("--state-groups", type=int, default=128, help="K of the user state")
+    ap.add_argument("--state-items", type=int, default=512, help="I of the user state")
     args = ap.parse_args(argv)
+    if args.cached_lengths:
+        return cached_benchmark(args, argv)
 
     import keras  # noqa: F401
     import portpicker
@@ -279,6 +296,181 @@ def main(argv=None):
                     f"Command: `{cmd}`  \nMachine: {platform.machine()}, {os.cpu_count()} cores "
                     f"(shared), TF CPU, {time.strftime('%Y-%m-%d')}. Model: DMGIN, G=64, M=16, D=16, "
                     f"2 HSTU layers, random weights; full-length synthetic histories.\n\n{table}\n")
+    return 0
+
+
+def request_bytes(model_name, signature, inputs) -> int:
+    """Serialized size of the PredictRequest `Client` sends for `inputs`."""
+    from tensorflow_serving.apis import predict_pb2
+    from dmgin_tf.serving import tensor_protos
+    req = predict_pb2.PredictRequest()
+    req.model_spec.name = model_name
+    req.model_spec.signature_name = signature
+    for k, v in inputs.items():
+        req.inputs[k].CopyFrom(tensor_protos.from_ndarray(np.asarray(v)))
+    return req.ByteSize()
+
+
+CACHED_BLOCK = ("<!-- serving-cached:start -->", "<!-- serving-cached:end -->")
+
+
+def cached_benchmark(args, argv):
+    """Section 3 of the module doc: score_cached vs rank vs L, and the cache round trip."""
+    import json
+    import portpicker
+    from dmgin_tf import features as F
+    from dmgin_tf.config import ModelConfig, ServingConfig
+    from dmgin_tf.docs_blocks import replace_block
+    from dmgin_tf.export.saved_model import export_model, read_export_info
+    from dmgin_tf.models import build_model
+    from dmgin_tf.serving import Client
+    from dmgin_tf.serving.cached_ranking import CachedRanker
+    from dmgin_tf.serving.client import history_request
+    from dmgin_tf.serving.user_state_store import RedisServer, RedisStateStore
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    num_items, num_groups, C = 100_000, 1002, args.candidates
+    lengths = [int(v) for v in args.cached_lengths.split(",") if v]
+    cand_buckets = (128,) if C <= 128 else (C,)
+    tmp = tempfile.mkdtemp(prefix="bench_cached_")
+    load_before = os.getloadavg()
+    rows, notes, accuracy = [], {}, {}
+    cands = np.random.default_rng(2).integers(2, num_items, size=C).astype(np.int32)
+    groups = (cands % (num_groups - 2) + 2).astype(np.int32)
+    redis = RedisServer().start()
+    try:
+        for L in lengths:
+            name = f"c{L}"
+            cfg = ModelConfig(item_vocab_size=num_items, group_vocab_size=num_groups,
+                              history_length=L, max_groups=64, max_per_group=16,
+                              embedding_dim=16, inter_layers=2, dropout=0.0)
+            t0 = time.perf_counter()
+            paths = export_model(build_model(cfg), tmp, name, history_length=L,
+                                 variants=("xla",), state_groups=args.state_groups,
+                                 state_items=args.state_items,
+                                 serving_cfg=ServingConfig(batch_buckets=(1,),
+                                                           candidate_buckets=cand_buckets))
+            info = read_export_info(paths["xla"])
+            print(f"exported L={L} in {time.perf_counter() - t0:.0f}s; state "
+                  f"{info['user_state_bytes']:,} B/user", flush=True)
+            mcfg = model_server_config_pb2.ModelServerConfig()
+            mc = mcfg.model_config_list.config.add(name=name, base_path=os.path.join(tmp, name),
+                                                    model_platform="tensorflow")
+            mc.model_version_policy.latest.num_versions = 1
+            config = os.path.join(tmp, f"{name}.models.config")
+            with open(config, "w", encoding="utf-8") as f:
+                f.write(text_format.MessageToString(mcfg))
+            port = portpicker.pick_unused_port()
+            log = open(os.path.join(tmp, f"{name}.server.log"), "w")
+            server = subprocess.Popen(
+                [sys.executable, "-m", "dmgin_tf.cli.main", "serve", "--model-config-file",
+                 config, "--port", str(port), "--file-system-poll-wait-seconds", "3600",
+                 "--no-warmup"], stdout=log, stderr=subprocess.STDOUT)
+            try:
+                with Client(f"127.0.0.1:{port}", name, candidate_buckets=cand_buckets,
+                            timeout_s=60) as c:
+                    t0 = time.perf_counter()
+                    while True:
+                        if server.poll() is not None:
+                            raise RuntimeError(f"dmgin serve exited; log: {log.name}")
+                        try:
+                            version = c.wait_until_available(timeout_s=5)
+                            break
+                        except Exception:  # noqa: BLE001 — not up yet
+                            if time.perf_counter() - t0 > SERVER_START_TIMEOUT_S:
+                                raise
+                    user = synthetic_inputs(1, L, num_items, num_groups, seed=1)
+                    history = {k: user[k][0] for k in F.HISTORY_INPUT_KEYS}
+                    history[F.REQUEST_TIME] = user[F.REQUEST_TIME][0]
+                    # First calls compile each XLA cluster for these shapes: no deadline.
+                    c.rank(history, cands, groups, timeout_s=WARMUP_DEADLINE_S)
+                    state = c.user_state(history, timeout_s=WARMUP_DEADLINE_S)
+                    c.score_cached(state, cands, groups, timeout_s=WARMUP_DEADLINE_S)
+                    calls = {
+                        "rank": lambda: c.rank(history, cands, groups),  # noqa: E731
+                        "score_cached": lambda: c.score_cached(state, cands, groups),  # noqa: E731
+                    }
+                    chunk = {F.CAND_ITEM: np.pad(cands, (0, cand_buckets[0] - C))[None],
+                             F.CAND_GROUP: np.pad(groups, (0, cand_buckets[0] - C))[None]}
+                    sizes = {
+                        "rank": request_bytes(name, "rank", dict(history_request(history), **chunk)),
+                        "score_cached": request_bytes(name, "score_cached", dict(
+                            {k: np.asarray(v)[None] for k, v in state.items()},
+                            **{F.REQUEST_TIME: np.asarray([history[F.REQUEST_TIME]])}, **chunk)),
+                    }
+                    # How far the cached state's caps (K groups, I items) move the scores
+                    # from rank's on these histories (every candidate in the state: 0).
+                    gap = np.abs(calls["score_cached"]() - calls["rank"]())
+                    accuracy[L] = (float(gap.max()), float(np.mean(gap <= 1e-5)))
+                    for sig in ("rank", "score_cached"):
+                        for _ in range(3):
+                            calls[sig]()
+                        lat, wall, errors = run_load(calls[sig], args.requests, 1)
+                        p50, p99 = percentiles(lat)
+                        rows.append((L, sig, p50, p99, sizes[sig], len(errors)))
+                        print(rows[-1], flush=True)
+                    # The cache: one state per user in Redis, GET measured alone, then the
+                    # whole cached path (GET + decode + checks + score_cached).
+                    store = RedisStateStore(redis.url, prefix=f"bench:{name}", timeout_s=1.0)
+
+                    class _One:
+                        def get(self, user_id):
+                            return dict(history)
+
+                    ranker = CachedRanker(c, store, _One())
+                    store.put("u1", version, state)
+                    ranker.rank_user("u1", cands, groups)
+                    lat, _, errors = run_load(lambda: store.get("u1", version), args.requests, 1)
+                    p50, p99 = percentiles(lat)
+                    from dmgin_tf.serving.user_state_store import encode_state
+                    rows.append((L, "Redis GET of the state (alone)", p50, p99,
+                                 len(encode_state(state)), len(errors)))
+                    lat, _, errors = run_load(lambda: ranker.rank_user("u1", cands, groups),
+                                              args.requests, 1)
+                    p50, p99 = percentiles(lat)
+                    rows.append((L, "rank_user: Redis GET + score_cached", p50, p99,
+                                 sizes["score_cached"], len(errors)))
+                    print(rows[-2], rows[-1], dict(ranker.counters), flush=True)
+                    notes[L] = info["user_state_bytes"]
+            finally:
+                stop(server)
+    finally:
+        redis.close()
+    load_after = os.getloadavg()
+    lines = ["| L | request | p50 ms | p99 ms | bytes sent per request | errors |",
+             "|---|---|---|---|---|---|"]
+    for L, what, p50, p99, size, err in rows:
+        lines.append(f"| {L:,} | {what} | {p50:.1f} | {p99:.1f} | {size:,} | {err} |")
+    table = "\n".join(lines)
+    print(table)
+    cmd = "python benchmarks/bench_serving.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    block = (f"{CACHED_BLOCK[0]}\n### Serving from a cached user state: `score_cached` vs `rank`\n\n"
+             f"Command: `{cmd}`  \nDate: {time.strftime('%Y-%m-%d %H:%M')}; machine: "
+             f"{platform.machine()}, {os.cpu_count()} cores (shared); load average before / after: "
+             f"{load_before[0]:.1f} / {load_after[0]:.1f}. Model: DMGIN, G=64, M=16, D=16, 2 HSTU "
+             f"layers, random weights, XLA variant, full-length synthetic histories; one user x "
+             f"{C} candidates (padded to {cand_buckets[0]}), {args.requests} timed requests each "
+             f"from one client over gRPC to `dmgin serve` in its own process. State: K = "
+             f"{args.state_groups} groups, I = {args.state_items} items (capped at L; "
+             f"{', '.join(f'{v:,} B/user at L={k:,}' for k, v in notes.items())}). "
+             f"Redis: a private `redis-server` on loopback; 'bytes' of the GET row = the "
+             f"stored value.\n\n{table}\n\nScores of `score_cached` vs `rank` for the same "
+             f"request (max abs difference; share of candidates within 1e-5): "
+             + "; ".join(f"L={k:,}: {a[0]:.3g}, {a[1]:.0%}" for k, a in accuracy.items())
+             + f". Candidates here are uniform over {num_groups - 2:,} groups, so most fall in "
+             f"a group the user touched but not among the K most recent (scored as if absent; "
+             f"docs/serving.md, \"Accuracy of the caps\").\n{CACHED_BLOCK[1]}")
+    if args.docs:
+        def before_efficiency(text, blk):
+            marker = "<!-- efficiency:start -->"
+            if marker in text:
+                head, tail = text.split(marker, 1)
+                return head.rstrip("\n") + "\n\n" + blk + "\n\n" + marker + tail
+            return text.rstrip("\n") + "\n\n" + blk + "\n"
+        replace_block(args.docs, block, append=before_efficiency)
+    with open(os.path.join(tmp, "cached.json"), "w") as f:
+        json.dump(rows, f)
     return 0
 
 
