@@ -223,6 +223,10 @@ class ModelConfig(ConfigBase):
     # column; numeric_bins = 0 batch-normalises them with the learned vectors instead.
     numeric_bins: int = 16
     numeric_units: int = 8
+    # Frozen per-item content vectors (the multimodal encoder's catalog embedding)
+    # added to every item embedding through a learned projection; 0 = ids only. The
+    # trainer loads them from `TrainingData.item_content` (width must match).
+    item_content_dim: int = 0
 
     def validate(self):
         self._require(self.model in ("dmgin", "dgin", "din", "sim", "bst", "transformer"),
@@ -253,6 +257,8 @@ class ModelConfig(ConfigBase):
         self._require(0 <= self.numeric_bins <= 1024, "numeric_bins",
                       "must be in [0, 1024] (0 = no piecewise-linear encoding)")
         self._require(1 <= self.numeric_units <= 1024, "numeric_units", "must be in [1, 1024]")
+        self._require(0 <= self.item_content_dim <= 65536, "item_content_dim",
+                      "must be in [0, 65536] (0 = no item content vectors)")
         self._require(self.context_folds >= 2, "context_folds",
                       "must be >= 2 (out-of-fold statistics)")
         self._require(self.context_prior > 0 and self.context_prior < float("inf"),

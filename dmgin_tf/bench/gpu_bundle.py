@@ -152,29 +152,41 @@ def _write_quality_groupings(quality: "QualitySpec", variants, cfg: Config,
     """groupings.npz for every row's grouping key / K, from the dataset's items table."""
     import pandas as pd
     from dmgin_tf.bench import quality_jobs
-    candidates = [os.path.join(work_dir, "canonical", "items.parquet")]
-    if data_path:
-        candidates.insert(0, os.path.join(data_path, "items.parquet"))
-    items_path = next((c for c in candidates if os.path.exists(c)), None)
+    items_path = _items_path(data_path, work_dir)
     if items_path is None:
         raise DmginError(f"gpu bundle --quality: no items table for {cfg.data.dataset} (looked "
-                         f"in {candidates}); pass converted or raw data, not an example set")
+                         f"beside {data_path or 'the embedded sample'} and in {work_dir}); "
+                         "pass converted or raw data, not an example set")
     pairs = quality_jobs.groupings_needed(variants, quality.default_key)
     quality_jobs.write_groupings(pd.read_parquet(items_path), dest, pairs,
                                  seed=cfg.grouping.seed, group_table=group_table)
 
 
-def quality_rows(variants: Sequence, dataset: str, group_tables: Dict[str, str]) -> list:
+def quality_rows(variants: Sequence, dataset: str, group_tables: Dict[str, str],
+                 item_embeddings: Optional[Dict[str, str]] = None) -> list:
     """The rows one dataset runs: all of `variants`, except that a row grouping by the
     item -> group table (`grouping_key == "table"`, the `dmgin key=cluster` row) needs
-    that dataset's table: without one, the row is left out for this dataset only."""
-    return [v for v in variants if v.grouping_key != "table" or dataset in group_tables]
+    that dataset's table, and a row with the catalog embedding (`item_content`, the
+    `dmgin +item embedding` row) that dataset's embedding: without one, the row is left
+    out for this dataset only."""
+    item_embeddings = item_embeddings or {}
+    return [v for v in variants if (v.grouping_key != "table" or dataset in group_tables)
+            and (not getattr(v, "item_content", False) or dataset in item_embeddings)]
+
+
+def _items_path(data_path: Optional[str], work_dir: str) -> Optional[str]:
+    """The dataset's canonical items.parquet: beside converted data, or the one the
+    example builder converted into `work_dir`."""
+    candidates = [os.path.join(work_dir, "canonical", "items.parquet")]
+    if data_path:
+        candidates.insert(0, os.path.join(data_path, "items.parquet"))
+    return next((c for c in candidates if os.path.exists(c)), None)
 
 
 def build_bundle(cfg: Config, datasets: Sequence[str], output: str, *,
                  data_paths: Optional[Dict[str, str]] = None, models: Sequence[str] = ("dmgin",),
                  wheels: bool = True, group_tables: Optional[Dict[str, str]] = None,
-                 work_dir: Optional[str] = None,
+                 item_embeddings: Optional[Dict[str, str]] = None, work_dir: Optional[str] = None,
                  progress: bool = False, log=print, downloader=download_wheels,
                  quality: Optional["QualitySpec"] = None, command: Optional[str] = None,
                  size_limit_bytes: int = SIZE_WARNING_BYTES) -> dict:
@@ -192,6 +204,9 @@ def build_bundle(cfg: Config, datasets: Sequence[str], output: str, *,
         item_id, group_id; `dmgin grouping fit --key cluster` writes item_groups/). Plain
         bundles build that dataset's examples with it (grouping.key=cluster); quality
         bundles give that dataset the `dmgin key=cluster` row (see `quality_rows`).
+      item_embeddings: per dataset, the catalog embedding (`dmgin encoder embed` output):
+        written as data/<name>/item_content.npy by model item id; with --quality it
+        gives that dataset the `dmgin +item embedding` row.
       downloader: `download_wheels`-like callable (dest) -> names; injectable for tests.
       quality: when given, a quality-table bundle: per dataset the grouping tables of every
         row (groupings.npz), quality_plan.json, and a run.sh that runs the job queue of
@@ -209,9 +224,15 @@ def build_bundle(cfg: Config, datasets: Sequence[str], output: str, *,
     if stray:
         raise DmginError(f"gpu bundle: group table(s) for {stray}, which are not bundled "
                          f"(datasets {list(datasets)})")
-    for name, path in group_tables.items():
-        if not os.path.exists(path):
-            raise DmginError(f"gpu bundle --group-table {name}={path}: no such file or directory")
+    item_embeddings = dict(item_embeddings or {})
+    stray = sorted(set(item_embeddings) - set(datasets))
+    if stray:
+        raise DmginError(f"gpu bundle: item embeddings for {stray}, which are not bundled "
+                         f"(datasets {list(datasets)})")
+    for flag, paths in (("--group-table", group_tables), ("--item-embeddings", item_embeddings)):
+        for name, path in paths.items():
+            if not os.path.exists(path):
+                raise DmginError(f"gpu bundle {flag} {name}={path}: no such file or directory")
     os.makedirs(output, exist_ok=True)
     data_paths = data_paths or {}
     rows_by_dataset: Dict[str, list] = {}
@@ -235,19 +256,31 @@ def build_bundle(cfg: Config, datasets: Sequence[str], output: str, *,
                 shutil.copyfile(os.path.join(example_dir, f), os.path.join(dest, f))
         if quality is not None:
             ds_cfg = ds_cfg.apply_overrides(quality.overrides)
-            rows_by_dataset[name] = quality_rows(quality.variants, name, group_tables)
+            rows_by_dataset[name] = quality_rows(quality.variants, name, group_tables,
+                                                 item_embeddings)
             if not [v for v in rows_by_dataset[name] if v.model != "popularity"]:
                 raise DmginError(f"gpu bundle --quality: no trained row left for {name} (rows "
                                  f"{[v.name for v in quality.variants]}; a key=cluster row "
                                  f"needs --group-table {name}=PATH)")
             _write_quality_groupings(quality, rows_by_dataset[name], ds_cfg, data_paths.get(name),
                                      os.path.join(work_dir, name), dest, group_tables.get(name))
+        if name in item_embeddings:
+            import numpy as np
+            from dmgin_tf.data.item_content import ITEM_CONTENT_FILE, load_item_content
+            items_path = _items_path(data_paths.get(name), os.path.join(work_dir, name))
+            if items_path is None:
+                raise DmginError(f"gpu bundle --item-embeddings {name}=...: no items table "
+                                 f"for {name}; pass converted or raw data")
+            np.save(os.path.join(dest, ITEM_CONTENT_FILE),
+                    load_item_content(items_path, item_embeddings[name]))
         with open(os.path.join(output, f"config_{name}.json"), "w", encoding="utf-8") as f:
             json.dump(ds_cfg.to_dict(), f, indent=1, sort_keys=True)
         manifest["datasets"][name] = {"bytes": _size(dest), "source": data_paths.get(name) or
                                       "embedded sample"}
         if name in group_tables:
             manifest["datasets"][name]["group_table"] = group_tables[name]
+        if name in item_embeddings:
+            manifest["datasets"][name]["item_embeddings"] = item_embeddings[name]
     manifest["src_bytes"] = _copy_sources(os.path.join(output, "src"))
     wheel_dir = os.path.join(output, "wheels")
     if wheels:

@@ -29,6 +29,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from dmgin_tf.config import Config
+from dmgin_tf.errors import DmginError
 
 MODEL_NAMES = ("dmgin", "dgin", "din", "sim", "bst", "transformer")
 
@@ -99,6 +100,9 @@ class Variant:
       num_groups: K for random grouping.
       kind: "model", "ablation", "k-sweep", "trial" (a tuning trial) or "baseline".
       train_overrides: TrainConfig fields changed for this row (tuning trials).
+      item_content: the row adds the frozen catalog embedding to every item embedding
+        (`model.item_content_dim`, set from the dataset's item content table); it runs
+        only on datasets that have one.
     """
     name: str
     model: str
@@ -107,6 +111,7 @@ class Variant:
     num_groups: int = 0
     kind: str = "model"
     train_overrides: tuple = ()
+    item_content: bool = False
 
     def overrides(self, hparams: Optional[dict] = None) -> dict:
         """Config overrides of this row: the row's model's tuned hyperparameters
@@ -119,8 +124,10 @@ class Variant:
 
 def default_variants(models: Sequence[str] = MODEL_NAMES, ablations: bool = True,
                      group_table: Optional[str] = None,
-                     k_values: Sequence[int] = (16, 256, 2048)) -> List[Variant]:
-    """The rows: models, DMGIN ablations, random-K sweep, popularity."""
+                     k_values: Sequence[int] = (16, 256, 2048),
+                     item_embeddings: Optional[str] = None) -> List[Variant]:
+    """The rows: models, DMGIN ablations, random-K sweep, popularity. `group_table` adds
+    the `dmgin key=cluster` row, `item_embeddings` the `dmgin +item embedding` row."""
     rows = [Variant(m, m) for m in models]
     if ablations:
         rows += [
@@ -133,11 +140,29 @@ def default_variants(models: Sequence[str] = MODEL_NAMES, ablations: bool = True
         ]
         if group_table:
             rows.append(Variant("dmgin key=cluster", "dmgin", (), "table", kind="ablation"))
+        if item_embeddings:
+            rows.append(Variant(ITEM_CONTENT_ROW, "dmgin", kind="ablation", item_content=True))
         rows += [Variant(f"dmgin key=random K={k}", "dmgin", (), "random", k, kind="k-sweep")
                  for k in k_values]
     rows.append(Variant("gbdt", "gbdt", kind="baseline"))
     rows.append(Variant("item popularity", "popularity", kind="baseline"))
     return rows
+
+
+ITEM_CONTENT_ROW = "dmgin +item embedding"
+
+
+def with_item_content(variant: Variant, overrides: dict, data, table) -> dict:
+    """For an `item_content` row: loads `table` (`[item_vocab_size, C]`) into `data`
+    and returns `overrides` with `model.item_content_dim = C`; other rows unchanged."""
+    if not variant.item_content:
+        return overrides
+    if table is None:
+        from dmgin_tf.errors import DmginError
+        raise DmginError(f"row {variant.name!r} needs the catalog embedding of the dataset "
+                         "(--item-embeddings)")
+    data.item_content = table
+    return dict(overrides, **{"model.item_content_dim": int(table.shape[1])})
 
 
 # Rows the Keras training loop does not train: computed directly (popularity) or by the
@@ -199,7 +224,8 @@ def run_quality(cfg: Config, data_path: Optional[str], out_dir: str, *, seeds: S
                 variants: Optional[Sequence[Variant]] = None, budget: Budget = Budget(),
                 group_table: Optional[str] = None, work_dir: Optional[str] = None,
                 model_fn: Optional[Callable] = None, progress: bool = False,
-                hparams: Optional[dict] = None, log: Callable = print) -> dict:
+                hparams: Optional[dict] = None, item_embeddings: Optional[str] = None,
+                log: Callable = print) -> dict:
     """Trains and evaluates every variant for every seed; returns the results dict.
 
     Args:
@@ -213,6 +239,8 @@ def run_quality(cfg: Config, data_path: Optional[str], out_dir: str, *, seeds: S
       model_fn: `ModelConfig -> keras.Model` (default `dmgin_tf.models.build_model`).
       hparams: tuned hyperparameters per model, {model: {dotted key: value}}
         (`dmgin_tf.bench.tuning`); every row of that model (ablations too) uses them.
+      item_embeddings: the catalog embedding (`dmgin encoder embed` output) for the
+        `dmgin +item embedding` row.
     """
     import pandas as pd
     from dmgin_tf.data.examples import ExampleSet
@@ -237,7 +265,14 @@ def run_quality(cfg: Config, data_path: Optional[str], out_dir: str, *, seeds: S
     default_key = effective_grouping_key(cfg, group_table)
     default_key = "table" if default_key == "cluster" else default_key
     sets = _GroupedSets(es, items, default_key, group_table, cfg.grouping.seed)
-    variants = list(variants or default_variants(group_table=group_table))
+    variants = list(variants or default_variants(group_table=group_table,
+                                                 item_embeddings=item_embeddings))
+    content = None
+    if any(v.item_content for v in variants):
+        from dmgin_tf.data.item_content import load_item_content
+        if not item_embeddings:
+            raise DmginError("the `dmgin +item embedding` row needs --item-embeddings")
+        content = load_item_content(items_path, item_embeddings)
 
     runs = []
     gbdt_info = None
@@ -273,6 +308,7 @@ def run_quality(cfg: Config, data_path: Optional[str], out_dir: str, *, seeds: S
             run_cfg = cfg.apply_overrides(overrides)
             data = training_data_from_example_set(
                 grouped, budget.history_length, info={"variant": variant.name})
+            run_cfg = run_cfg.apply_overrides(with_item_content(variant, {}, data, content))
             run_dir = os.path.join(out_dir, "runs", slug(variant.name), f"seed{seed}")
             t = time.perf_counter()
             result = train(run_cfg, data, run_dir, model_fn=model_fn, verbose=0)

@@ -211,6 +211,12 @@ class _Worker:
                 base, TableIndex(table, meta["grouping_key"], meta["group_vocab_size"]))
         return self._sets[(dataset, key, k)]
 
+    def item_content(self, dataset: str):
+        """The dataset's `item_content.npy` (`[item_vocab_size, C]`), or None."""
+        from dmgin_tf.data.item_content import ITEM_CONTENT_FILE
+        path = os.path.join(self.bundle, "data", dataset, ITEM_CONTENT_FILE)
+        return np.load(path) if os.path.exists(path) else None
+
     def run(self, job: Job) -> dict:
         from dmgin_tf.config import load_config
         from dmgin_tf.training.data_source import training_data_from_example_set
@@ -227,6 +233,10 @@ class _Worker:
         cfg = load_config(os.path.join(self.bundle, f"config_{job.dataset}.json"), overrides)
         data = training_data_from_example_set(es, budget.history_length,
                                               info={"variant": variant.name})
+        if variant.item_content:
+            from dmgin_tf.bench.quality import with_item_content
+            cfg = cfg.apply_overrides(with_item_content(variant, {}, data,
+                                                        self.item_content(job.dataset)))
         from dmgin_tf.bench.quality import slug
         run_dir = os.path.join(self.out, "runs", job.dataset, slug(variant.name),
                                f"seed{job.seed}")

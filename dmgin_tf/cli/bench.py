@@ -49,6 +49,9 @@ def _add_quality(sub) -> None:
     p.add_argument("--k-values", type=int, nargs="+", metavar="K",
                    help="K of the random-grouping sweep (default 16 256 2048)")
     p.add_argument("--group-table", metavar="FILE", help="item -> group table: adds key=cluster")
+    p.add_argument("--item-embeddings", metavar="DIR",
+                   help="catalog embedding (`dmgin encoder embed` output): adds the "
+                        "`dmgin +item embedding` row")
     p.add_argument("--epochs", type=int, help="epochs per row (default 1)")
     p.add_argument("--steps-per-epoch", type=int, help="batches per epoch at most (default 40; 0 = the whole train split)")
     p.add_argument("--batch-size", type=int, help="batch size (default 256)")
@@ -163,13 +166,15 @@ def run_quality(args: argparse.Namespace) -> int:
     else:
         variants = quality.default_variants(
             args.models or quality.MODEL_NAMES, ablations=not args.no_ablations,
-            group_table=args.group_table, k_values=args.k_values or (16, 256, 2048))
+            group_table=args.group_table, k_values=args.k_values or (16, 256, 2048),
+            item_embeddings=args.item_embeddings)
         seeds = list(range(args.seeds))
     if args.variants:
         variants = quality.select_variants(variants, args.variants, flag="--variants")
     from dmgin_tf.bench.tuning import load_hparams
     results = quality.run_quality(cfg, args.data, args.output, seeds=seeds, variants=variants,
                                   budget=budget, group_table=args.group_table,
+                                  item_embeddings=args.item_embeddings,
                                   hparams=load_hparams(args.hparams))
     results["command"] = "dmgin bench quality " + _reconstruct(args)
     paths = quality.write_outputs(results, args.output, args.docs or None)
@@ -184,7 +189,8 @@ def _reconstruct(args: argparse.Namespace) -> str:
     for flag, value in (("--data", args.data), ("--epochs", args.epochs),
                         ("--steps-per-epoch", args.steps_per_epoch),
                         ("--batch-size", args.batch_size), ("--history-length", args.history_length),
-                        ("--backend", args.backend), ("--group-table", args.group_table)):
+                        ("--backend", args.backend), ("--group-table", args.group_table),
+                        ("--item-embeddings", args.item_embeddings)):
         if value is not None:
             parts.append(f"{flag} {shlex.quote(str(value))}")
     if args.seeds != 3:

@@ -39,6 +39,9 @@ def register(subparsers) -> None:
                         "output, item_groups/): the grouping of grouping.key=cluster, and with "
                         "--quality the `dmgin key=cluster` row of that dataset; a bare PATH "
                         "only when one dataset is bundled")
+    b.add_argument("--item-embeddings", nargs="+", metavar="[NAME=]PATH",
+                   help="catalog embedding per dataset (`dmgin encoder embed` output): with "
+                        "--quality the `dmgin +item embedding` row of that dataset")
     b.add_argument("--epochs", type=int, help="train.epochs in the bundled configs")
     b.add_argument("--history-length", type=int, help="model.history_length in the bundled configs")
     b.add_argument("--batch-size", type=int, help="train.batch_size in the bundled configs")
@@ -115,9 +118,11 @@ def quality_spec(args: argparse.Namespace):
     budget = dataclasses.replace(budget, **changes)
     tables = per_dataset_paths(args.dataset, args.group_table, "--group-table")
     # The cluster row is listed once here; the bundle gives it only to datasets with a table.
+    embeddings = per_dataset_paths(args.dataset, args.item_embeddings, "--item-embeddings")
     variants = quality.default_variants(args.model if args.model != ["dmgin"] else
                                         quality.MODEL_NAMES, group_table=bool(tables),
-                                        k_values=args.k_values or (16, 256, 2048))
+                                        k_values=args.k_values or (16, 256, 2048),
+                                        item_embeddings=bool(embeddings))
     # The gbdt row needs TensorFlow (Decision Forests): run it where TF is, then merge.
     variants = [v for v in variants if v.model != "gbdt"]
     seeds = tuple(range(args.seeds))
@@ -169,6 +174,8 @@ def run_bundle(args: argparse.Namespace) -> int:
                             wheels=not args.no_wheels,
                             group_tables=per_dataset_paths(args.dataset, args.group_table,
                                                            "--group-table"),
+                            item_embeddings=per_dataset_paths(args.dataset, args.item_embeddings,
+                                                              "--item-embeddings"),
                             quality=quality_spec(args) if args.quality else None,
                             command=_bundle_command(),
                             size_limit_bytes=int(args.max_mb * 2**20))

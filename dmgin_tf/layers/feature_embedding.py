@@ -4,7 +4,10 @@ from __future__ import annotations
 import math
 
 import keras
+import numpy as np
 from keras import ops
+
+from dmgin_tf.layers.dense import Dense
 
 # Recency buckets are log2-spaced in minutes: bucket b covers ages in
 # [60 * (2**(b-1) - 1), 60 * (2**b - 1)) seconds, so 32 buckets reach far beyond 2038.
@@ -60,6 +63,10 @@ class FeatureEmbedding(keras.layers.Layer):
         num_time_buckets: int, log2-minute recency buckets (see `log_time_bucket`).
         group_key: `"group"` (own group table) or `"item"` (DGIN: group id = item id).
         embeddings_regularizer: optional L2 factor on the id tables (float, 0 = none).
+        item_content_dim: int, C > 0 adds a frozen per-item content vector (the
+            multimodal encoder's catalog embedding, `set_item_content`) through a
+            learned projection to every item embedding — what an item with few or no
+            interactions is known by; 0 = ids only.
 
     Call methods (there is no single `call`; `call` is `item`):
         item(ids [...]) -> [..., D]; group(ids [...]) -> [..., D];
@@ -80,7 +87,7 @@ class FeatureEmbedding(keras.layers.Layer):
 
     def __init__(self, item_vocab_size, group_vocab_size, num_behavior_ids, embedding_dim,
                  num_time_buckets=32, group_key="group", embeddings_regularizer=0.0,
-                 **kwargs):
+                 item_content_dim=0, **kwargs):
         super().__init__(**kwargs)
         if group_key not in ("group", "item"):
             raise ValueError(f"group_key={group_key!r}: must be 'group' or 'item'")
@@ -100,6 +107,9 @@ class FeatureEmbedding(keras.layers.Layer):
         self.num_time_buckets = int(num_time_buckets)
         self.group_key = group_key
         self.embeddings_regularizer = float(embeddings_regularizer)
+        self.item_content_dim = int(item_content_dim)
+        if self.item_content_dim < 0:
+            raise ValueError(f"item_content_dim={item_content_dim!r}: must be >= 0")
         reg = (keras.regularizers.L2(self.embeddings_regularizer)
                if self.embeddings_regularizer else None)
         init = keras.initializers.RandomNormal(stddev=0.05)
@@ -117,6 +127,11 @@ class FeatureEmbedding(keras.layers.Layer):
         self.time_table = keras.layers.Embedding(
             self.num_time_buckets, self.embedding_dim, embeddings_initializer=init,
             name="recency_embedding", dtype=self.dtype_policy)
+        self.content_projection = None
+        if self.item_content_dim:
+            self.content_projection = Dense(self.embedding_dim, use_bias=False,
+                                            name="item_content_projection",
+                                            dtype=self.dtype_policy)
 
     def build(self, input_shape=None):
         self.item_table.build((None,))
@@ -124,14 +139,47 @@ class FeatureEmbedding(keras.layers.Layer):
             self.group_table.build((None,))
         self.behavior_table.build((None,))
         self.time_table.build((None,))
+        if self.content_projection is not None:
+            # Data, not a weight to learn: loaded by `set_item_content`, saved with the
+            # weights (and the SavedModel), zeros until then.
+            self.item_content = self.add_weight(
+                name="item_content", shape=(self.item_vocab_size, self.item_content_dim),
+                initializer="zeros", trainable=False, dtype="float32", autocast=False)
+            self.content_projection.build((None, self.item_content_dim))
         self.built = True
+
+    def set_item_content(self, table) -> None:
+        """Loads the frozen item content vectors: float `[item_vocab_size,
+        item_content_dim]`, row = model item id (rows 0/1 and items without a vector: 0)."""
+        if self.content_projection is None:
+            raise ValueError("FeatureEmbedding.set_item_content: the layer was built with "
+                             "item_content_dim=0")
+        if not self.built:
+            self.build()
+        shape = tuple(np.shape(table))
+        expected = (self.item_vocab_size, self.item_content_dim)
+        if shape != expected:
+            raise ValueError(f"FeatureEmbedding.set_item_content: table of shape {shape}, "
+                             f"expected {expected} (item_vocab_size, item_content_dim)")
+        table = np.asarray(table, dtype=np.float32)
+        if not np.all(np.isfinite(table)):
+            raise ValueError("FeatureEmbedding.set_item_content: the table has non-finite "
+                             "values")
+        self.item_content.assign(table)
 
     def call(self, ids):
         return self.item(ids)
 
     def item(self, ids):
-        """Item embeddings: int ids [...] -> [..., D]."""
-        return self.item_table(ops.cast(ids, "int32"))
+        """Item embeddings: int ids [...] -> [..., D] (+ projected content vectors)."""
+        ids = ops.cast(ids, "int32")
+        out = self.item_table(ids)
+        if self.content_projection is not None:
+            if not self.built:        # reached through this method, not __call__
+                self.build()
+            content = ops.take(self.item_content, ids, axis=0)
+            out = out + self.content_projection(ops.cast(content, out.dtype))
+        return out
 
     def group(self, ids):
         """Group embeddings: int ids [...] -> [..., D] (item table when group_key='item')."""
@@ -168,5 +216,6 @@ class FeatureEmbedding(keras.layers.Layer):
                       embedding_dim=self.embedding_dim,
                       num_time_buckets=self.num_time_buckets,
                       group_key=self.group_key,
-                      embeddings_regularizer=self.embeddings_regularizer)
+                      embeddings_regularizer=self.embeddings_regularizer,
+                      item_content_dim=self.item_content_dim)
         return config

@@ -86,6 +86,10 @@ class GroupInterestEncoder(keras.layers.Layer):
         group_key: `"group"` (hist_group / cand_group) or `"item"` (DGIN: each item is
             its own group; the item table embeds groups).
         num_time_buckets: int, log2-minute recency buckets.
+        item_content_dim: int, width of frozen item content vectors (the multimodal
+            encoder's catalog embedding) added to every item embedding through a learned
+            projection (`FeatureEmbedding`; load them with
+            `encoder.embedding.set_item_content`); 0 = ids only.
         validate: bool. Structure (keys, dense int tensors, shapes) is always checked
             when the layer is called, also symbolically; with `validate=True` (default)
             concrete inputs (eager, numpy) are also checked for id ranges, padding,
@@ -126,7 +130,8 @@ class GroupInterestEncoder(keras.layers.Layer):
                  max_per_group=16, embedding_dim=16, num_heads=2, intra_layers=1,
                  inter_layers=2, inter_block="hstu", attention_units=(64, 32), dropout=0.0,
                  use_stats=True, use_intra=True, use_inter=True, use_candidate_group=True,
-                 group_key="group", num_time_buckets=32, validate=True, **kwargs):
+                 group_key="group", num_time_buckets=32, validate=True, item_content_dim=0,
+                 **kwargs):
         super().__init__(**kwargs)
         for name, value in (("max_groups", max_groups), ("max_per_group", max_per_group),
                             ("num_behavior_types", num_behavior_types),
@@ -152,12 +157,13 @@ class GroupInterestEncoder(keras.layers.Layer):
         self.group_key = group_key
         self.num_time_buckets = int(num_time_buckets)
         self.validate = bool(validate)
+        self.item_content_dim = int(item_content_dim)
 
         d = self.embedding_dim
         self.embedding = FeatureEmbedding(
             self.item_vocab_size, self.group_vocab_size, self.num_behavior_types + 1, d,
             num_time_buckets=self.num_time_buckets, group_key=group_key, name="embedding",
-            dtype=self.dtype_policy)
+            item_content_dim=self.item_content_dim, dtype=self.dtype_policy)
         self.statistics = None
         if self.use_stats or self.use_candidate_group:
             self.statistics = GroupStatistics(d, name="group_statistics", dtype=self.dtype_policy)
@@ -614,7 +620,8 @@ class GroupInterestEncoder(keras.layers.Layer):
             attention_units=self.attention_units, dropout=self.dropout,
             use_stats=self.use_stats, use_intra=self.use_intra, use_inter=self.use_inter,
             use_candidate_group=self.use_candidate_group, group_key=self.group_key,
-            num_time_buckets=self.num_time_buckets, validate=self.validate)
+            num_time_buckets=self.num_time_buckets, validate=self.validate,
+            item_content_dim=self.item_content_dim)
         return config
 
 

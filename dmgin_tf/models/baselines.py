@@ -42,6 +42,7 @@ class _SequenceBaseline(RankingModel):
         self.embedding = FeatureEmbedding(c.item_vocab_size, c.group_vocab_size,
                                           c.num_behavior_types + 1, c.embedding_dim,
                                           num_time_buckets=c.num_time_buckets,
+                                          item_content_dim=c.item_content_dim,
                                           dtype=self.dtype_policy, name="embedding")
         self.query_proj = Dense(c.embedding_dim, dtype=self.dtype_policy, name="candidate_query")
         self.target_attention = TargetAttention(c.attention_units, dtype=self.dtype_policy,

@@ -240,6 +240,19 @@ class RankingModel(keras.Model):
             return interest
         return ops.concatenate([interest, ops.cast(context, interest.dtype)], axis=-1)
 
+    def item_embedding_layer(self):
+        """The `FeatureEmbedding` that embeds this model's items."""
+        encoder = getattr(self, "encoder", None)
+        return encoder.embedding if encoder is not None else self.embedding
+
+    def set_item_content(self, table) -> None:
+        """Loads the frozen item content vectors `[item_vocab_size, item_content_dim]`
+        (`dmgin_tf.data.item_content.item_content_table`)."""
+        if not self.model_cfg.item_content_dim:
+            raise ValueError(f"{type(self).__name__}.set_item_content: "
+                             "model.item_content_dim is 0 (no content vectors)")
+        self.item_embedding_layer().set_item_content(table)
+
     def set_context_tables(self, item, group) -> None:
         """Fills the context statistics tables (`dmgin_tf.data.context_stats`); no-op
         when the model has no context features."""

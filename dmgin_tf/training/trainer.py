@@ -68,6 +68,9 @@ class TrainingData:
       info: facts about the data for metrics.json (dataset, path, counts, grouping key).
       save_artifacts: optional callable(output_dir) writing data artifacts the model
         needs at serving time (the item index); returns the written paths.
+      item_content: optional float `[item_vocab_size, C]` frozen item content vectors
+        (`dmgin_tf.data.item_content`), loaded into models with
+        `model.item_content_dim = C`.
     """
     train: Split
     val: Split
@@ -75,6 +78,7 @@ class TrainingData:
     model_overrides: Dict[str, int] = dataclasses.field(default_factory=dict)
     info: Dict[str, object] = dataclasses.field(default_factory=dict)
     save_artifacts: Optional[Callable[[str], List[str]]] = None
+    item_content: Optional[np.ndarray] = None
 
 
 @dataclasses.dataclass
@@ -206,6 +210,7 @@ def train(cfg: Config, data: TrainingData, output_dir: str, *,
             check_batch(data.train.batch(first), cfg.model, where="train batch 0",
                         model_input_shapes=_model_input_shapes(model))
             context = fill_context_statistics(model, cfg.model, data.train)
+            load_item_content(model, cfg.model, data)
             numeric = fit_numeric_edges(model, data.train, seed=tc.seed)
             steps_per_epoch = _steps_per_epoch(len(data.train), tc)
             model.compile(optimizer=make_optimizer(tc, steps_per_epoch),
@@ -336,6 +341,24 @@ def fill_context_statistics(model, model_cfg, train_split) -> Optional[dict]:
             "prior": float(model_cfg.context_prior),
             "items_seen": int(tables["item"][0, :, 3].sum()),
             "groups_seen": int(tables["group"][0, :, 3].sum())}
+
+
+def load_item_content(model, model_cfg, data: TrainingData) -> None:
+    """Loads `data.item_content` into a model with `model.item_content_dim > 0`; such a
+    model without a table (or with one of another width) is a configuration error."""
+    dim = int(getattr(model_cfg, "item_content_dim", 0) or 0)
+    if not dim:
+        return
+    table = data.item_content
+    if table is None:
+        raise DmginError(f"model.item_content_dim={dim} needs item content vectors (the "
+                         "catalog embedding: `dmgin encoder embed`), and the training data "
+                         "has none; pass them or set model.item_content_dim=0")
+    if table.shape != (model_cfg.item_vocab_size, dim):
+        raise DmginError(f"item content vectors of shape {tuple(table.shape)} do not fit "
+                         f"model.item_vocab_size={model_cfg.item_vocab_size}, "
+                         f"model.item_content_dim={dim}")
+    model.set_item_content(table)
 
 
 NUMERIC_FIT_EXAMPLES = 16384     # training rows the head's quantile edges are fitted on

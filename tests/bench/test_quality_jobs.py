@@ -297,3 +297,40 @@ def test_render_merges_a_second_results_file_of_the_same_dataset(tmp_path, capsy
                  "--docs", ""]) == 2
     err = capsys.readouterr().err
     assert "budget differs" in err and str(b) in err and a.read_text() == before
+
+
+def test_item_embedding_row_gets_the_catalog_embedding_by_model_item_id(tmp_path):
+    """The `dmgin +item embedding` row: the bundle writes the dataset's catalog
+    embedding as item_content.npy, lined up with the model's item ids, and only that
+    dataset runs the row; a worker trains it with the vectors loaded. (The vectors are
+    synthetic here: this checks plumbing, not quality.)"""
+    import pandas as pd
+    from dmgin_tf.config import Config
+    from dmgin_tf.bench.gpu_bundle import QualitySpec, build_bundle
+    from dmgin_tf.data.item_index import ItemIndex
+    from transform.embedding import write_embeddings
+    movies = pd.read_csv(os.path.join(os.path.dirname(quality.__file__), "..", "sample_data",
+                                      "movielens", "movies.csv"))
+    ids = movies["movieId"].astype(str).tolist()[::-1]           # any order
+    vectors = np.stack([np.full(4, int(i), np.float32) for i in ids])
+    emb = write_embeddings(str(tmp_path / "emb"), ids, vectors)
+    row = quality.Variant(quality.ITEM_CONTENT_ROW, "dmgin", kind="ablation", item_content=True)
+    assert row in quality.default_variants(item_embeddings="x")
+    assert row not in quality.default_variants()
+    spec = QualitySpec((VARIANTS[0], row), (0,), quality.QUICK_BUDGET, "category",
+                       (("train.mixed_precision", False), ("train.backend", "tensorflow")))
+    out = str(tmp_path / "bundle")
+    manifest = build_bundle(Config(), ["taobao", "movielens"], out, wheels=False, quality=spec,
+                            item_embeddings={"movielens": emb}, log=lambda *a: None)
+    assert manifest["quality"]["rows_by_dataset"] == {
+        "taobao": ["dmgin"], "movielens": ["dmgin", quality.ITEM_CONTENT_ROW]}
+    content = np.load(os.path.join(out, "data", "movielens", "item_content.npy"))
+    index = ItemIndex.load(os.path.join(out, "data", "movielens", "item_index.parquet"))
+    assert content.shape == (index.item_vocab_size, 4)
+    np.testing.assert_array_equal(content[:2], 0.0)
+    model_ids = index.lookup(np.array(ids))
+    np.testing.assert_array_equal(content[model_ids, 0], np.array(ids, dtype=np.float32))
+    assert not os.path.exists(os.path.join(out, "data", "taobao", "item_content.npy"))
+    worker = quality_jobs._Worker(out, str(tmp_path / "res"))
+    record = worker.run(Job("movielens", quality.ITEM_CONTENT_ROW, 0))
+    assert "error" not in record and record["config"]["model"]["item_content_dim"] == 4

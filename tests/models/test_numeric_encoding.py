@@ -40,6 +40,17 @@ def test_encoding_is_piecewise_linear_between_the_edges():
         layer.set_edges(np.array([[1.0, 0.0, 2.0, 3.0]] * 2, np.float32))
 
 
+def _model_inputs(rng, b, length, items=40, groups=8):
+    """Random histories of `b` users (every slot filled, one minute apart)."""
+    return {"hist_item": rng.integers(2, items, (b, length)).astype("int32"),
+            "hist_group": rng.integers(2, groups, (b, length)).astype("int32"),
+            "hist_behavior_id": rng.integers(1, 4, (b, length)).astype("int32"),
+            "hist_time": np.tile(np.arange(length) * 60, (b, 1)).astype("int64"),
+            "request_time": np.full(b, length * 60, "int64"),
+            "cand_item": rng.integers(2, items, b).astype("int32"),
+            "cand_group": rng.integers(2, groups, b).astype("int32")}
+
+
 def _cfg(name, **kw):
     return ModelConfig(model=name, item_vocab_size=40, group_vocab_size=8, history_length=12,
                        embedding_dim=8, num_heads=2, max_groups=4, max_per_group=4,
@@ -63,12 +74,11 @@ def test_head_encodes_exactly_the_dense_columns(name):
 def test_fitted_edges_are_the_training_quantiles_and_travel_with_the_weights(tmp_path):
     from dmgin_tf.models import build_model
     from dmgin_tf.training.trainer import fill_context_statistics, fit_numeric_edges
-    from tests.models.test_context_statistics import _model_inputs
     cfg = _cfg("dmgin", numeric_bins=4)
     rng = np.random.default_rng(3)
 
     class Split:                                   # a training split of 64 examples
-        inputs = _model_inputs(rng, b=64, length=12, items=40, groups=8)
+        inputs = _model_inputs(rng, b=64, length=12)
         labels = rng.integers(0, 2, 64).astype("float32")
         folds = None
 
@@ -105,3 +115,32 @@ def test_fitted_edges_are_the_training_quantiles_and_travel_with_the_weights(tmp
     np.testing.assert_allclose(np.asarray(fresh.head.numeric.edges),
                                np.asarray(model.head.numeric.edges))
     np.testing.assert_allclose(np.asarray(fresh(x)), before, rtol=1e-5, atol=1e-6)
+
+
+def test_item_content_vectors_reach_every_model_and_are_checked():
+    from dmgin_tf.data.item_content import item_content_table
+    from dmgin_tf.errors import DataError
+    from dmgin_tf.models import build_model
+    from dmgin_tf.models.ranking_model import dummy_inputs
+    vectors = np.arange(12, dtype=np.float32).reshape(4, 3)
+    table = item_content_table(["a", "b", "c"], ["c", "a", "x", "b"], vectors)
+    np.testing.assert_array_equal(table, [[0, 0, 0], [0, 0, 0], [3, 4, 5], [9, 10, 11],
+                                          [0, 1, 2]])
+    with pytest.raises(DataError, match="appear more than once"):
+        item_content_table(["a"], ["a", "a"], vectors[:2])
+    with pytest.raises(DataError, match="only 0 of 2 catalog items"):
+        item_content_table(["p", "q"], ["a", "b"], vectors[:2])
+    rng = np.random.default_rng(0)
+    content = rng.normal(size=(40, 5)).astype("float32")
+    for name in ("dmgin", "dgin", "din", "sim", "bst"):
+        model = build_model(_cfg(name, item_content_dim=5))
+        x = dummy_inputs(model.model_cfg, batch_size=4)
+        x["cand_item"][:] = [2, 3, 4, 5]
+        before = np.asarray(model(x))
+        model.set_item_content(content)
+        # The candidate's content now reaches the score (the projection starts random).
+        assert not np.allclose(np.asarray(model(x)), before), name
+        with pytest.raises(ValueError, match=r"expected \(40, 5\)"):
+            model.set_item_content(content[:, :4])
+    with pytest.raises(ValueError, match="item_content_dim is 0"):
+        build_model(_cfg("din")).set_item_content(content)
