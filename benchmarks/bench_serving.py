@@ -448,7 +448,10 @@ def cached_benchmark(args, argv):
     block = (f"{CACHED_BLOCK[0]}\n### Serving from a cached user state: `score_cached` vs `rank`\n\n"
              f"Command: `{cmd}`  \nDate: {time.strftime('%Y-%m-%d %H:%M')}; machine: "
              f"{platform.machine()}, {os.cpu_count()} cores (shared); load average before / after: "
-             f"{load_before[0]:.1f} / {load_after[0]:.1f}. Model: DMGIN, G=64, M=16, D=16, 2 HSTU "
+             f"{load_before[0]:.1f} / {load_after[0]:.1f}"
+             + (" — other work shared the cores during the run, so these latencies include "
+                "that contention" if max(load_before[0], load_after[0]) >= 1.0 else "")
+             + f". Model: DMGIN, G=64, M=16, D=16, 2 HSTU "
              f"layers, random weights, XLA variant, full-length synthetic histories; one user x "
              f"{C} candidates (padded to {cand_buckets[0]}), {args.requests} timed requests each "
              f"from one client over gRPC to `dmgin serve` in its own process. State: K = "
