@@ -244,8 +244,54 @@ def run_tune_select(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_diagnose(sub) -> None:
+    p = sub.add_parser(
+        "diagnose", help="per-user GAUC of two or more runs: which users and items each "
+                         "ranks worse",
+        description="Reads test_predictions.npz of runs on the same test examples (every "
+                    "`dmgin train` run writes it) and breaks test GAUC down by user activity "
+                    "and candidate exposure, and compares the runs user by user.")
+    p.add_argument("--runs", nargs="+", required=True, metavar="NAME=RUN_DIR",
+                   help="runs to compare (the first is the user-by-user baseline unless "
+                        "--baseline)")
+    p.add_argument("--data", metavar="PATH",
+                   help="the data the runs were trained on (for the training split's users "
+                        "and items); default: the embedded sample")
+    p.add_argument("--baseline", metavar="NAME", help="run the others are compared with")
+    p.add_argument("--work-dir", default=os.path.join("runs", "diagnose", "data"),
+                   help="where the example set is built if needed")
+    p.add_argument("--output", required=True, metavar="DIR",
+                   help="diagnosis.json / .md / .png go here")
+    p.set_defaults(func=run_diagnose)
+
+
+def run_diagnose(args: argparse.Namespace) -> int:
+    from dmgin_tf.bench import diagnose
+    from dmgin_tf.errors import DmginError
+    runs = {}
+    for item in args.runs:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise DmginError(f"--runs {item!r}: expected NAME=RUN_DIR")
+        if name in runs:
+            raise DmginError(f"--runs: run name {name!r} given twice")
+        runs[name] = path
+    preds = {name: diagnose.load_predictions(path) for name, path in runs.items()}
+    users, items = diagnose.train_split_ids(list(runs.values()), args.data, args.work_dir)
+    result = diagnose.diagnose(preds, users, items, baseline=args.baseline)
+    result["runs_dirs"] = runs
+    result["command"] = "dmgin bench diagnose " + " ".join(shlex.quote(a) for a in [
+        "--runs", *args.runs] + (["--data", args.data] if args.data else []) +
+        (["--baseline", args.baseline] if args.baseline else []) + ["--output", args.output])
+    paths = diagnose.write_outputs(result, args.output)
+    print(diagnose.markdown(result))
+    print("wrote " + ", ".join(paths))
+    return 0
+
+
 # (name, function adding the subparser); other benchmarks append theirs here.
-SUBCOMMANDS = [("quality", _add_quality), ("tune-select", _add_tune_select)]
+SUBCOMMANDS = [("quality", _add_quality), ("tune-select", _add_tune_select),
+               ("diagnose", _add_diagnose)]
 
 
 def _add_scale(sub) -> None:

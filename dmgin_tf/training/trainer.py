@@ -40,7 +40,7 @@ import numpy as np
 
 from dmgin_tf.config import Config
 from dmgin_tf.errors import DmginError
-from dmgin_tf.features import PREDICTION
+from dmgin_tf.features import CAND_ITEM, PREDICTION
 from dmgin_tf.training import callbacks as cb
 from dmgin_tf.training.distribution import make_placement, precision_policy
 from dmgin_tf.training.inputs import Split, cast_for_backend, check_batch
@@ -228,6 +228,9 @@ def train(cfg: Config, data: TrainingData, output_dir: str, *,
                 if len(split) and name not in results:
                     scores = cb.predict_split(model, split, eval_bs, backend)
                     results[name] = cb.split_metrics(split.labels, scores, split.user_ids)
+                    if name == "test":
+                        write_predictions(os.path.join(output_dir, PREDICTIONS_FILE), split,
+                                          scores)
             _write_parity_batch(model, data.test if len(data.test) else data.train,
                                 os.path.join(output_dir, PARITY_FILE), backend, pad_to=eval_bs)
     finally:
@@ -283,6 +286,24 @@ def train(cfg: Config, data: TrainingData, output_dir: str, *,
                       f"logloss {m['logloss']:.4f}  (n={m.get('num_examples', '?')})", flush=True)
         print(f"wrote {output_dir}", flush=True)
     return TrainResult(model, cfg, metrics, history, output_dir)
+
+
+PREDICTIONS_FILE = "test_predictions.npz"
+
+
+def write_predictions(path: str, split, scores: np.ndarray) -> None:
+    """The test split's predictions, for analysis beside metrics.json
+    (`dmgin bench diagnose`): `score` float32, `label` int8, `user` (the split's user
+    ids) and `cand_item` int32, all `[N]` in split order."""
+    if hasattr(split, "candidate_ids"):
+        cand = np.asarray(split.candidate_ids()[0])
+    else:
+        cand = np.concatenate([np.asarray(split.batch(idx)[CAND_ITEM]).reshape(-1) for idx in
+                               np.array_split(np.arange(len(split)),
+                                              max(1, len(split) // 8192))])
+    np.savez_compressed(path, score=np.asarray(scores, np.float32),
+                        label=np.asarray(split.labels).astype(np.int8),
+                        user=np.asarray(split.user_ids), cand_item=cand.astype(np.int32))
 
 
 def _steps_per_epoch(num_train: int, tc) -> int:

@@ -38,6 +38,12 @@ def test_one_epoch_writes_everything_and_metrics_match_predictions(tmp_path):
     for key in ("auc", "gauc", "logloss"):
         assert metrics["test"][key] == pytest.approx(want[key], abs=1e-6)
     assert result.metrics["val"]["num_examples"] == 64
+    # The test predictions beside the metrics (dmgin bench diagnose reads them).
+    saved = np.load(os.path.join(out, "test_predictions.npz"))
+    np.testing.assert_allclose(saved["score"], scores, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(saved["label"], data.test.labels)
+    np.testing.assert_array_equal(saved["user"], data.test.user_ids)
+    np.testing.assert_array_equal(saved["cand_item"], data.test.candidate_ids()[0])
 
 
 def test_early_stopping_restores_best_epoch(tmp_path):
