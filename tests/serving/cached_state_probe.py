@@ -48,8 +48,9 @@ def compare(model_name, length=48, users=4, candidates=12):
 
 
 def main():
+    import keras
     out = {name: compare(name) for name in ("dmgin", "dgin")}
-    print(json.dumps(out))
+    print(json.dumps({"backend": keras.backend.backend(), "models": out}))
     return 0
 
 

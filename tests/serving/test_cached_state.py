@@ -54,5 +54,6 @@ def test_score_cached_equals_rank_on_real_histories_jax():
                           cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
-    for name, (diff, refused, spread) in report.items():
+    assert report["backend"] == "jax"
+    for name, (diff, refused, spread) in report["models"].items():
         assert spread > 1e-3 and diff < 1e-5 and refused, (name, diff, refused, spread)
