@@ -14,7 +14,7 @@ from dmgin_tf.layers.group_statistics import GroupStatistics
 from dmgin_tf.layers.inter_group_transformer import InterGroupTransformer
 from dmgin_tf.layers.input_contract import check_structure, check_values, clamp_ids
 from dmgin_tf.layers.intra_group_transformer import IntraGroupTransformer
-from dmgin_tf.layers.target_attention import TargetAttention
+from dmgin_tf.layers.target_attention import TargetAttention, select_last
 from dmgin_tf.layers.variable_tree import attach_checkpoint_tree
 from dmgin_tf.ops import NUM_STATS, CandidateGroup, candidate_groups, group_behaviors
 from dmgin_tf.ops.grouping import stat_columns, static_length
@@ -23,6 +23,10 @@ GROUP_VECTORS = "group_vectors"
 GROUP_MASK = "group_mask"
 GROUP_IDS = "group_ids"
 USER_STATE_KEYS = (GROUP_VECTORS, GROUP_MASK, GROUP_IDS)
+# With recent_window > 0 the state also holds the newest W behaviors as tokens.
+RECENT_TOKENS = "recent_tokens"                    # float [U, W, D]
+RECENT_MASK = "recent_mask"                        # bool [U, W]
+RECENT_STATE_KEYS = (RECENT_TOKENS, RECENT_MASK)
 # The candidate-side lookup tables of a cached user state (`lookup_state`): K groups,
 # I items, M behaviors per group, T behavior types.
 LOOKUP_GROUP_IDS = "lookup_group_ids"              # int32 [U, K], 0 = empty slot
@@ -86,6 +90,9 @@ class GroupInterestEncoder(keras.layers.Layer):
         group_key: `"group"` (hist_group / cand_group) or `"item"` (DGIN: each item is
             its own group; the item table embeds groups).
         num_time_buckets: int, log2-minute recency buckets.
+        recent_window: int, W > 0 adds target attention over the newest W behaviors,
+            one token each (the short-term sequence; kept in the user state as
+            `recent_tokens` / `recent_mask`); 0 = groups only.
         item_content_dim: int, width of frozen item content vectors (the multimodal
             encoder's catalog embedding) added to every item embedding through a learned
             projection (`FeatureEmbedding`; load them with
@@ -131,7 +138,7 @@ class GroupInterestEncoder(keras.layers.Layer):
                  inter_layers=2, inter_block="hstu", attention_units=(64, 32), dropout=0.0,
                  use_stats=True, use_intra=True, use_inter=True, use_candidate_group=True,
                  group_key="group", num_time_buckets=32, validate=True, item_content_dim=0,
-                 **kwargs):
+                 recent_window=0, **kwargs):
         super().__init__(**kwargs)
         for name, value in (("max_groups", max_groups), ("max_per_group", max_per_group),
                             ("num_behavior_types", num_behavior_types),
@@ -158,6 +165,9 @@ class GroupInterestEncoder(keras.layers.Layer):
         self.num_time_buckets = int(num_time_buckets)
         self.validate = bool(validate)
         self.item_content_dim = int(item_content_dim)
+        self.recent_window = int(recent_window)
+        if self.recent_window < 0:
+            raise ValueError(f"recent_window={recent_window!r}: must be >= 0 (0 = off)")
 
         d = self.embedding_dim
         self.embedding = FeatureEmbedding(
@@ -187,6 +197,11 @@ class GroupInterestEncoder(keras.layers.Layer):
         self.query_proj = Dense(d, name="candidate_query", dtype=self.dtype_policy)
         self.target_attention = TargetAttention(self.attention_units,
                                                 name="target_attention", dtype=self.dtype_policy)
+        self.recent_attention = None
+        if self.recent_window:
+            self.recent_attention = TargetAttention(self.attention_units,
+                                                    name="recent_attention",
+                                                    dtype=self.dtype_policy)
         self.candidate_attention = None
         if self.use_candidate_group:
             self.candidate_attention = CandidateGroupAttention(
@@ -205,6 +220,8 @@ class GroupInterestEncoder(keras.layers.Layer):
         """Width of the interest vector returned by `call` / `score_candidates`."""
         d = self.embedding_dim
         width = 2 * d                              # target attention + candidate query
+        if self.recent_window:
+            width += d                             # attention over the newest behaviors
         if self.use_candidate_group:
             width += 3 * d + self.match_feature_dim  # cand-group attn, stats emb, matched
         return width
@@ -224,6 +241,8 @@ class GroupInterestEncoder(keras.layers.Layer):
             self.inter.build((None, g, d), (None, g), (None, g))
         self.query_proj.build((None, 2 * d))
         self.target_attention.build((None, d), (None, g, d))
+        if self.recent_attention is not None:
+            self.recent_attention.build((None, d), (None, self.recent_window, d))
         if self.candidate_attention is not None:
             self.candidate_attention.build((None, d), (None, m, d))
         self.built = True
@@ -279,8 +298,24 @@ class GroupInterestEncoder(keras.layers.Layer):
         if self.inter is not None:
             vectors = self.inter(vectors, mask, age_seconds(gh.last_time, rt),
                                  training=training)
-        return {GROUP_VECTORS: vectors, GROUP_MASK: mask,
-                GROUP_IDS: ops.cast(gh.group_ids, "int32")}
+        state = {GROUP_VECTORS: vectors, GROUP_MASK: mask,
+                 GROUP_IDS: ops.cast(gh.group_ids, "int32")}
+        if self.recent_window:
+            state.update(self._recent_tokens(inputs, rt))
+        return state
+
+    def _recent_tokens(self, inputs, rt):
+        """The newest `recent_window` behaviors (fewer when L is shorter) as tokens:
+        `{recent_tokens: [B, W, D], recent_mask: [B, W]}` — the short-term sequence,
+        one token per behavior, that grouping folds into group vectors."""
+        keep = ops.cast(inputs[HIST_ITEM], "int32") != 0
+        w = min(self.recent_window, static_length(inputs[HIST_ITEM], HIST_ITEM))
+        idx, mask = select_last(keep, w)
+        take = lambda key: ops.take_along_axis(inputs[key], idx, axis=1)  # noqa: E731
+        tokens = self.embedding.tokens(take(HIST_ITEM), take(HIST_BEHAVIOR_ID),
+                                       take(HIST_TIME), rt)
+        return {RECENT_TOKENS: tokens * ops.cast(mask, tokens.dtype)[..., None],
+                RECENT_MASK: mask}
 
     # ----------------------------------------------------------------- candidate side
     def score_candidates(self, user_state, inputs, training=None, candidate_features=None,
@@ -386,6 +421,9 @@ class GroupInterestEncoder(keras.layers.Layer):
         vectors = user_state[GROUP_VECTORS]                                  # [U, G, D]
         mask = ops.cast(user_state[GROUP_MASK], "bool")
         features = {"target_attention": self.target_attention(query, vectors, mask)}
+        if self.recent_attention is not None:
+            features["recent_attention"] = self.recent_attention(
+                query, user_state[RECENT_TOKENS], ops.cast(user_state[RECENT_MASK], "bool"))
         if self.use_candidate_group:
             ids = ops.cast(user_state[GROUP_IDS], "int32")
             known = cand_key >= NUM_RESERVED_IDS
@@ -576,6 +614,8 @@ class GroupInterestEncoder(keras.layers.Layer):
         if u is None:
             u = self._user_features(user_state, c["query"], cand_key)
         parts = [u["target_attention"], c["query"]]
+        if self.recent_attention is not None:
+            parts.append(u["recent_attention"])
         if self.use_candidate_group:
             parts += [c["group_attention"], c["group_stats"], u["group_match"],
                       c["match_features"]]
@@ -621,7 +661,7 @@ class GroupInterestEncoder(keras.layers.Layer):
             use_stats=self.use_stats, use_intra=self.use_intra, use_inter=self.use_inter,
             use_candidate_group=self.use_candidate_group, group_key=self.group_key,
             num_time_buckets=self.num_time_buckets, validate=self.validate,
-            item_content_dim=self.item_content_dim)
+            item_content_dim=self.item_content_dim, recent_window=self.recent_window)
         return config
 
 

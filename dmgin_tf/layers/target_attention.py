@@ -8,6 +8,24 @@ from dmgin_tf.layers.dense import Dense, matmul_rows
 from dmgin_tf.layers.transformer_block import masked_softmax
 
 
+def select_last(keep, k):
+    """Indices of the last `k` True positions of each row, most recent first.
+
+    Args:
+        keep: bool `[B, L]` (history is oldest-first; padding may sit anywhere).
+        k: int, `k <= L`.
+
+    Returns:
+        (idx int32 `[B, k]`, mask bool `[B, k]`); rows with fewer than k True positions
+        are padded with mask False (their idx points at valid memory, values unused).
+    """
+    length = keep.shape[-1]
+    pos = ops.arange(length, dtype="int32")[None, :]
+    score = ops.where(keep, pos, -1)
+    values, idx = ops.top_k(score, k)            # O(L log k); positions are unique
+    return ops.cast(idx, "int32"), values >= 0
+
+
 @keras.saving.register_keras_serializable(package="dmgin_tf")
 class TargetAttention(keras.layers.Layer):
     """The candidate attends over keys (evolved groups or behaviors).

@@ -10,27 +10,9 @@ from dmgin_tf.features import (CAND_GROUP, CAND_ITEM, HIST_BEHAVIOR_ID, HIST_GRO
 from dmgin_tf.layers.dense import Dense
 from dmgin_tf.layers.feature_embedding import FeatureEmbedding
 from dmgin_tf.layers.intra_group_transformer import masked_mean
-from dmgin_tf.layers.target_attention import TargetAttention
+from dmgin_tf.layers.target_attention import TargetAttention, select_last
 from dmgin_tf.layers.transformer_block import TransformerBlock
 from dmgin_tf.models.ranking_model import RankingModel
-
-
-def select_last(keep, k):
-    """Indices of the last `k` True positions of each row, most recent first.
-
-    Args:
-        keep: bool `[B, L]` (history is oldest-first; padding may sit anywhere).
-        k: int, `k <= L`.
-
-    Returns:
-        (idx int32 `[B, k]`, mask bool `[B, k]`); rows with fewer than k True positions
-        are padded with mask False (their idx points at valid memory, values unused).
-    """
-    length = keep.shape[-1]
-    pos = ops.arange(length, dtype="int32")[None, :]
-    score = ops.where(keep, pos, -1)
-    values, idx = ops.top_k(score, k)            # O(L log k); positions are unique
-    return ops.cast(idx, "int32"), values >= 0
 
 
 class _SequenceBaseline(RankingModel):
