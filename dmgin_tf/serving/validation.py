@@ -15,6 +15,7 @@ allowed:
   `[0, group_vocab_size)`, behavior ids (`hist_behavior_id`) in
   `[0, num_behavior_types]`. Out-of-vocabulary ids are refused, never clamped or mapped
   to the OOV bucket (0 is padding, 1 the OOV id a client may send on purpose);
+- the same id and time rules for a user state's ids and times (`score_cached`);
 - times (`hist_time`, `request_time`, and the tf.Example `timestamp`/`hist_timestamp`)
   are Unix seconds in `[0, MAX_TIME_S]`; a value that only makes sense as milliseconds
   is named as such;
@@ -47,7 +48,13 @@ EXPORT_INFO = os.path.join("assets.extra", "dmgin_export.json")
 # (~1.7e12) are far above it, second timestamps of any real log far below.
 MAX_TIME_S = 4_102_444_800
 MS_HINT_MIN = 100_000_000_000   # >= 1e11 "seconds" is year 5138: almost surely milliseconds
-TIME_INPUTS = (F.HIST_TIME, F.REQUEST_TIME)
+# The user state's inputs of `score_cached` (dmgin_tf.models.cached_state) that hold
+# ids or times get the same rules as the history's.
+STATE_ITEM_INPUTS = ("lookup_items", "item_ids")
+STATE_GROUP_INPUTS = ("group_ids", "lookup_group_ids", "context_group_ids")
+STATE_TIME_INPUTS = ("lookup_times", "lookup_group_first_time", "lookup_group_last_time",
+                     "item_last_time", "user_last_time", "state_time")
+TIME_INPUTS = (F.HIST_TIME, F.REQUEST_TIME) + STATE_TIME_INPUTS
 CANDIDATE_INPUTS = (F.CAND_ITEM, F.CAND_GROUP)
 EXAMPLES = "examples"
 STATE_VERSION = "state_version"   # score_cached: must be the version's own (export info)
@@ -104,17 +111,19 @@ class Contract:
         """input name → (lo, hi inclusive, what) for the ids whose vocabulary is known."""
         r = {}
         if self.item_vocab_size > 0:
-            for k in (F.HIST_ITEM, F.CAND_ITEM):
+            for k in (F.HIST_ITEM, F.CAND_ITEM) + STATE_ITEM_INPUTS:
                 r[k] = (0, self.item_vocab_size - 1, f"item_vocab_size={self.item_vocab_size}")
         if self.group_vocab_size > 0:
-            for k in (F.HIST_GROUP, F.CAND_GROUP, "group_ids"):
+            for k in (F.HIST_GROUP, F.CAND_GROUP) + STATE_GROUP_INPUTS:
                 r[k] = (0, self.group_vocab_size - 1, f"group_vocab_size={self.group_vocab_size}")
         if self.model == "dgin" and self.item_vocab_size > 0:  # DGIN's groups are its items
-            r["group_ids"] = (0, self.item_vocab_size - 1,
-                              f"item_vocab_size={self.item_vocab_size} (DGIN groups are items)")
+            for k in ("group_ids", "lookup_group_ids"):
+                r[k] = (0, self.item_vocab_size - 1,
+                        f"item_vocab_size={self.item_vocab_size} (DGIN groups are items)")
         if self.num_behavior_types > 0:
-            r[F.HIST_BEHAVIOR_ID] = (0, self.num_behavior_types,
-                                     f"num_behavior_types={self.num_behavior_types}")
+            for k in (F.HIST_BEHAVIOR_ID, "lookup_behaviors"):
+                r[k] = (0, self.num_behavior_types,
+                        f"num_behavior_types={self.num_behavior_types}")
         return r
 
     def warm_candidate_sizes(self) -> Tuple[int, ...]:

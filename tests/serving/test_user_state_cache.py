@@ -38,7 +38,8 @@ def _export(base, version, seed):
     export_model(model, base, NAME, history_length=L, version=version, variants=("noxla",),
                  serving_cfg=ServingConfig(batch_buckets=(1,), candidate_buckets=(16,),
                                            max_candidates=64),
-                 warmup_inputs=x, state_groups=L, state_items=L)
+                 warmup_inputs=x, state_groups=L, state_items=L,
+                 model_config=model.model_cfg.to_dict())   # the request checks' vocabularies
     return x
 
 
@@ -230,3 +231,21 @@ def test_hot_swap_invalidates_old_states(served):
     again = ranker.rank_user("user0", ci[0], cg[0])
     assert c["hits"] == 1
     np.testing.assert_allclose(again, _rank(served, 0), atol=1e-5)
+
+
+def test_state_with_bad_ids_is_refused_by_name_and_rank_answers(served):
+    import grpc
+    client, histories, x, ci, cg, *_ = served
+    store = InMemoryStateStore()
+    ranker = _ranker(served, store)
+    ranker.rank_user("user3", ci[3], cg[3])                  # writes a good state
+    state = store.get("user3", ranker.version)
+    bad = dict(state, lookup_items=np.full_like(state["lookup_items"], 10 ** 7))
+    with pytest.raises(grpc.RpcError) as info:
+        client.score_cached(bad, ci[3], cg[3])
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "lookup_items" in info.value.details() and "item_vocab_size" in info.value.details()
+    store.put("user3", ranker.version, bad)
+    np.testing.assert_allclose(ranker.rank_user("user3", ci[3], cg[3]), _rank(served, 3),
+                               atol=1e-5)
+    assert ranker.counters["score_cached_errors"] == 1
