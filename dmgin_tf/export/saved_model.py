@@ -143,14 +143,16 @@ def export_from_run_dir(run_dir: str, base_path: str, name: str, *,
                         version: Optional[int] = None,
                         variants: Sequence[str] = ("xla", "noxla"),
                         serving_cfg: Optional[ServingConfig] = None,
-                        verify: bool = True) -> Dict[str, str]:
+                        verify: bool = True, state_groups: int = DEFAULT_LOOKUP_GROUPS,
+                        state_items: int = DEFAULT_LOOKUP_ITEMS) -> Dict[str, str]:
     """Exports a `dmgin train` output directory (what `dmgin export` and the TFX
     Trainer's run_fn call).
 
     Reads `config.json` + `model.weights.h5` (any backend), `item_index.parquet` for
     the tf.Example signature, and `parity_batch.npz` (real held-out examples) for the
     warmup records; with `verify`, every exported signature is compared with the Keras
-    model on 4 of those examples (tolerance 1e-5) before returning.
+    model on 4 of those examples (tolerance 1e-5) before returning. `state_groups`,
+    `state_items`: K and I of the cached user state (`export_model`).
     """
     # Export needs the TensorFlow backend of Keras 3 (the SavedModel is TF).
     import keras
@@ -179,7 +181,8 @@ def export_from_run_dir(run_dir: str, base_path: str, name: str, *,
     paths = export_model(model, base_path, name, history_length=cfg.model.history_length,
                          version=version, item_index=item_index, behavior_types=behavior_types,
                          warmup_inputs=warmup, serving_cfg=serving_cfg or cfg.serving,
-                         variants=variants, model_config=cfg.model.to_dict())
+                         variants=variants, model_config=cfg.model.to_dict(),
+                         state_groups=state_groups, state_items=state_items)
     if verify and warmup is not None:
         rows = {k: v[:4] for k, v in warmup.items()}
         examples = (examples_from_dense(rows, item_index.item_ids, behavior_types)
