@@ -161,7 +161,12 @@ class CachedRanker:
     # ---- the two paths ------------------------------------------------------------------
     def rank_user(self, user_id, cand_item, cand_group,
                   request_time: Optional[int] = None) -> np.ndarray:
-        """ctr [N] for one user's N candidates (cached state when possible)."""
+        """ctr [N] for one user's N candidates (cached state when possible).
+
+        `request_time` (Unix seconds) is when recency is measured; default: the state's
+        `state_time` on a hit, the history's `request_time` on a fallback — pass the
+        request's own time in production so both paths agree. Raises KeyError only when
+        the user has neither a usable state nor a history."""
         self._count("requests")
         version = self.version
         state, cause = None, "misses"
