@@ -33,7 +33,7 @@ from dmgin_tf import features as F
 from dmgin_tf.config import ServingConfig
 from dmgin_tf.errors import DmginError
 from dmgin_tf.export.example_parsing import LookupTables, examples_from_dense
-from dmgin_tf.export.signatures import USER_STATE_KEYS, ServingModule
+from dmgin_tf.export.signatures import ServingModule, score_state_keys
 from dmgin_tf.export.warmup import build_warmup_logs, write_warmup_file
 from dmgin_tf.models.cached_state import DEFAULT_LOOKUP_GROUPS, DEFAULT_LOOKUP_ITEMS
 
@@ -235,7 +235,8 @@ def verify_export(version_dir: str, model, inputs: Mapping[str, np.ndarray],
         if "score" in loaded.signatures:
             hist = {k: one[k] for k in F.HISTORY_INPUT_KEYS + (F.REQUEST_TIME,)}
             state = loaded.signatures["user_state"](**hist)
-            got = loaded.signatures["score"](**one, **{k: state[k] for k in USER_STATE_KEYS})
+            got = loaded.signatures["score"](**one, **{k: state[k]
+                                                        for k in score_state_keys(state)})
             worst_score = max(worst_score, float(abs(got[F.PREDICTION].numpy().reshape(-1)[0]
                                                      - ref[r])))
             if "score_cached" in loaded.signatures:

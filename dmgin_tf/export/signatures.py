@@ -8,7 +8,7 @@ Signatures (names are what clients pass as `signature_name`):
 | `predict_raw` | `hist_item, hist_group, hist_behavior_id: int32 [B, L]`, `hist_time: int64 [B, L]`, `request_time: int64 [B]`, `cand_item, cand_group: int32 [B]` | `ctr [B]` |
 | `rank` | history keys `[U, L]`, `request_time [U]`, `cand_item, cand_group: int32 [U, N]` | `ctr [U, N]` |
 | `user_state` | history keys `[B, L]`, `request_time [B]` | `group_vectors f32 [B, G, D]`, `group_mask bool [B, G]`, `group_ids int32 [B, G]` |
-| `score` | `group_vectors`, `group_mask`, `group_ids` of `user_state` `[U, …]` + history keys `[U, L]`, `request_time [U]`, `cand_item, cand_group [U, N]` | `ctr [U, N]` |
+| `score` | `group_vectors`, `group_mask`, `group_ids` (and `recent_tokens`, `recent_mask` when the model has them) of `user_state` `[U, …]` + history keys `[U, L]`, `request_time [U]`, `cand_item, cand_group [U, N]` | `ctr [U, N]` |
 | `score_cached` | every `user_state` output `[U, …]` + `request_time [U]`, `cand_item, cand_group [U, N]` — no history | `ctr [U, N]` |
 
 For models with `score_cached` (DMGIN, DGIN) `user_state` returns the complete cacheable
@@ -42,8 +42,20 @@ import tensorflow as tf
 
 from dmgin_tf import features as F
 from dmgin_tf.export.example_parsing import LookupTables, parse_serving_examples
+from dmgin_tf.layers.context_statistics import CONTEXT_STATE_KEYS
+from dmgin_tf.layers.group_interest_encoder import LOOKUP_STATE_KEYS
+from dmgin_tf.models.cached_state import STATE_TIME
+from dmgin_tf.models.cached_state import STATE_VERSION as STATE_VERSION_KEY
 
 USER_STATE_KEYS = ("group_vectors", "group_mask", "group_ids")  # GroupInterestEncoder's
+# What only `score_cached` reads of a complete user state; `score` takes the rest
+# (`encode_user`'s outputs: the group vectors, and recent tokens when the model has them).
+CACHED_ONLY_KEYS = LOOKUP_STATE_KEYS + CONTEXT_STATE_KEYS + (STATE_TIME, STATE_VERSION_KEY)
+
+
+def score_state_keys(state_keys):
+    """The keys of a user state the `score` signature takes, in order."""
+    return tuple(k for k in state_keys if k not in CACHED_ONLY_KEYS)
 SIGNATURES = ("serving_default", "predict_raw", "rank", "user_state", "score", "score_cached")
 STATE_VERSION = "state_version"   # dmgin_tf.models.cached_state.STATE_VERSION
 STALE_STATE_MESSAGE = ("user state from another model version: its state_version differs "
@@ -144,8 +156,7 @@ class ServingModule(tf.Module):
         if self.has_cached:
             return self.model.user_state(history, self.state_groups, self.state_items,
                                          state_version=self.state_version, training=False)
-        state = self.model.encode_user(history, training=False)
-        return {k: state[k] for k in USER_STATE_KEYS}
+        return dict(self.model.encode_user(history, training=False))
 
     def _score_cached(self, state, request_time, cand_item, cand_group):
         """state: [U, ...]; cand_*: [U, N] → ctr [U, N], no history."""
@@ -267,15 +278,15 @@ class ServingModule(tf.Module):
 
             probe = self._untracked.user_state.get_concrete_function(hist_b).structured_outputs
             full_b = {k: tf.TensorSpec(v.shape, v.dtype, k) for k, v in probe.items()}
-            state_b = {k: full_b[k] for k in USER_STATE_KEYS}
+            state_b = {k: full_b[k] for k in score_state_keys(full_b)}
 
             @tf.function(autograph=False, input_signature=[dict(state_b, **hist_b, **cand_un)])
             def score(inputs):
-                tensors = {k: inputs[k] for k in list(hist_b) + list(USER_STATE_KEYS)}
+                tensors = {k: inputs[k] for k in list(hist_b) + list(state_b)}
                 tensors, ci, cg, u, n = self._pad_users(tensors, inputs[F.CAND_ITEM],
                                                         inputs[F.CAND_GROUP])
                 history = {k: tensors[k] for k in hist_b}
-                state = {k: tensors[k] for k in USER_STATE_KEYS}
+                state = {k: tensors[k] for k in state_b}
                 return {F.PREDICTION: self._split_score(state, history, ci, cg)[:u, :n]}
             sigs["score"] = score.get_concrete_function()
 

@@ -16,7 +16,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
 from dmgin_tf import features as F
-from dmgin_tf.export.signatures import EXAMPLES, USER_STATE_KEYS
+from dmgin_tf.export.signatures import EXAMPLES, score_state_keys
 
 WARMUP_DIR = "assets.extra"
 WARMUP_FILE = "tf_serving_warmup_requests"
@@ -70,7 +70,7 @@ def build_warmup_logs(model_name: str, signatures: Mapping[str, object],
         if "score" in signatures:
             state = signatures["user_state"](**{k: tf.constant(v) for k, v in user.items()})
             logs.append(_log(model_name, "score", dict(user, **cands, **{
-                k: state[k].numpy() for k in USER_STATE_KEYS})))
+                k: state[k].numpy() for k in score_state_keys(state)})))
             if "score_cached" in signatures:
                 logs.append(_log(model_name, "score_cached", dict(
                     cands, **{F.REQUEST_TIME: user[F.REQUEST_TIME]},

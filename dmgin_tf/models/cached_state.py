@@ -11,6 +11,7 @@ I = `max_lookup_items` (both capped at the history length L):
 | `group_vectors` | float32 | `[U, G, D]` | the evolved group vectors (inter-group output) |
 | `group_mask` | bool | `[U, G]` | which of the G groups exist |
 | `group_ids` | int32 | `[U, G]` | their ids |
+| `recent_tokens`, `recent_mask` | float32, bool | `[U, W, D]`, `[U, W]` | (with `use_recent`) the newest W behaviors as tokens |
 | `lookup_group_ids` | int32 | `[U, K]` | the K most recently active groups (items for DGIN), 0 = empty |
 | `lookup_group_size` | int32 | `[U, K]` | behaviors of each over the whole history |
 | `lookup_group_counts` | float32 | `[U, K, T]` | ... per behavior type |

@@ -84,3 +84,32 @@ def test_export_info_describes_the_state(dmgin_export):
     assert info["user_state_bytes"] == expected > 0
     sigs = {p.predict_log.request.model_spec.signature_name for p in read_warmup_file(paths["xla"])}
     assert "score_cached" in sigs
+
+
+def test_recent_tokens_travel_in_the_state(tmp_path):
+    """With `use_recent` the state also holds the newest behaviors as tokens: `score`
+    takes them, and `score_cached` still equals `rank`."""
+    from dmgin_tf.config import ModelConfig
+    from dmgin_tf.export.saved_model import export_model, verify_export
+    from dmgin_tf.models import build_model
+    from serving.real_histories import candidate_lists, taobao_examples
+    x, items, groups = taobao_examples(3, L)
+    model = build_model(ModelConfig(item_vocab_size=items, group_vocab_size=groups,
+                                    history_length=L, max_groups=8, max_per_group=4,
+                                    embedding_dim=8, mlp_units=(16,), attention_units=(8,),
+                                    inter_layers=1, dropout=0.0, use_recent=True,
+                                    recent_window=6))
+    model(x)
+    paths = export_model(model, str(tmp_path), "recent", history_length=L,
+                         serving_cfg=SERVING, variants=("noxla",), state_groups=L,
+                         state_items=L)
+    diffs = verify_export(paths["noxla"], model, x)
+    assert diffs["score_cached"] < 1e-5 and diffs["score"] < 1e-5
+    sigs = tf.saved_model.load(paths["noxla"]).signatures
+    assert "recent_tokens" in sigs["score"].structured_input_signature[1]
+    ci, cg = candidate_lists(x, 9)
+    hist = {k: tf.constant(x[k]) for k in HISTORY}
+    rank = sigs["rank"](**hist, cand_item=tf.constant(ci), cand_group=tf.constant(cg))
+    got = sigs["score_cached"](**sigs["user_state"](**hist), request_time=hist[F.REQUEST_TIME],
+                               cand_item=tf.constant(ci), cand_group=tf.constant(cg))
+    np.testing.assert_allclose(got["ctr"].numpy(), rank["ctr"].numpy(), atol=1e-5)
