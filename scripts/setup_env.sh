@@ -30,6 +30,8 @@ if ! command -v redis-server >/dev/null 2>&1 && command -v apt-get >/dev/null 2>
       || { $SUDO apt-get update -q >/dev/null 2>&1 \
            && $SUDO apt-get install -y -q redis-server >/dev/null 2>&1; }; } \
       || echo "setup_env: could not install redis-server; the Redis cache tests will skip" >&2
+  else
+    echo "setup_env: redis-server missing (apt-get needs root); the Redis cache tests will skip" >&2
   fi
 fi
 stamp="$VENV/.dmgin-stamp"
