@@ -120,8 +120,9 @@ class DMGIN(RankingModel):
         return state
 
     def cached_candidate_features(self, user_state, inputs, training=None):
-        """The candidate side of `score_cached` (no user vectors needed): serving runs it
-        beside `user_features` and passes both to `score_cached`."""
+        """The candidate side of `score_cached` (state lookups, own-group attention; no
+        group vectors needed); `score_cached(..., candidate_features=)` takes it
+        precomputed, as `score` takes `candidate_features`."""
         return self.encoder.cached_candidate_features(user_state, self._cached_inputs(
             user_state, inputs), training=training)
 
@@ -143,13 +144,13 @@ class DMGIN(RankingModel):
             state_version: the version the state must carry; default this model's.
                 A state of another version raises `StaleUserStateError` (eager calls;
                 compiled serving checks it in the signature).
+            candidate_features, user_features: optional precomputed parts
+                (`cached_candidate_features`, `user_features`), as `score` takes them.
 
         Returns:
             ctr float32 `[U, N]`, equal to `score`/`rank` on the history the state came
             from at the same request time, for candidates whose group and item are in
             the state's lookup tables or absent from the history.
-            candidate_features, user_features: optional precomputed parts
-            (`cached_candidate_features`, `user_features`), as `score` takes them.
         """
         check_state(user_state, self.context is not None,
                     self.state_version() if state_version is None else state_version)
