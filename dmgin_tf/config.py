@@ -228,6 +228,9 @@ class ModelConfig(ConfigBase):
     # added to every item embedding through a learned projection; 0 = ids only. The
     # trainer loads them from `TrainingData.item_content` (width must match).
     item_content_dim: int = 0
+    # Items in fewer training examples (as candidates) share the unknown-item embedding
+    # row: a once-seen id can only memorise its one label. 0 = every id its own row.
+    item_min_count: int = 0
 
     def validate(self):
         self._require(self.model in ("dmgin", "dgin", "din", "sim", "bst", "transformer"),
@@ -258,6 +261,7 @@ class ModelConfig(ConfigBase):
         self._require(0 <= self.numeric_bins <= 1024, "numeric_bins",
                       "must be in [0, 1024] (0 = no piecewise-linear encoding)")
         self._require(1 <= self.numeric_units <= 1024, "numeric_units", "must be in [1, 1024]")
+        self._require(self.item_min_count >= 0, "item_min_count", "must be >= 0 (0 = off)")
         self._require(0 <= self.item_content_dim <= 65536, "item_content_dim",
                       "must be in [0, 65536] (0 = no item content vectors)")
         self._require(self.context_folds >= 2, "context_folds",

@@ -7,6 +7,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from dmgin_tf.features import NUM_RESERVED_IDS, OOV_ID
 from dmgin_tf.layers.dense import Dense
 
 # Recency buckets are log2-spaced in minutes: bucket b covers ages in
@@ -67,6 +68,11 @@ class FeatureEmbedding(keras.layers.Layer):
             multimodal encoder's catalog embedding, `set_item_content`) through a
             learned projection to every item embedding — what an item with few or no
             interactions is known by; 0 = ids only.
+        item_min_count: int, k > 0 gives the item table a row map (`set_item_rows`,
+            filled by the trainer) so that items seen in fewer than k training examples
+            share the unknown-item row: an id seen once can only memorise that one
+            example's label (the statistics and the group still describe it); 0 = every
+            id its own row.
 
     Call methods (there is no single `call`; `call` is `item`):
         item(ids [...]) -> [..., D]; group(ids [...]) -> [..., D];
@@ -87,7 +93,7 @@ class FeatureEmbedding(keras.layers.Layer):
 
     def __init__(self, item_vocab_size, group_vocab_size, num_behavior_ids, embedding_dim,
                  num_time_buckets=32, group_key="group", embeddings_regularizer=0.0,
-                 item_content_dim=0, **kwargs):
+                 item_content_dim=0, item_min_count=0, **kwargs):
         super().__init__(**kwargs)
         if group_key not in ("group", "item"):
             raise ValueError(f"group_key={group_key!r}: must be 'group' or 'item'")
@@ -110,6 +116,9 @@ class FeatureEmbedding(keras.layers.Layer):
         self.item_content_dim = int(item_content_dim)
         if self.item_content_dim < 0:
             raise ValueError(f"item_content_dim={item_content_dim!r}: must be >= 0")
+        self.item_min_count = int(item_min_count)
+        if self.item_min_count < 0:
+            raise ValueError(f"item_min_count={item_min_count!r}: must be >= 0")
         reg = (keras.regularizers.L2(self.embeddings_regularizer)
                if self.embeddings_regularizer else None)
         init = keras.initializers.RandomNormal(stddev=0.05)
@@ -139,6 +148,12 @@ class FeatureEmbedding(keras.layers.Layer):
             self.group_table.build((None,))
         self.behavior_table.build((None,))
         self.time_table.build((None,))
+        if self.item_min_count:
+            # Model item id -> row of the item table; identity until `set_item_rows`.
+            self.item_rows = self.add_weight(
+                name="item_rows", shape=(self.item_vocab_size,), trainable=False,
+                dtype="int32", initializer=keras.initializers.Constant(
+                    np.arange(self.item_vocab_size, dtype=np.int32)))
         if self.content_projection is not None:
             # Data, not a weight to learn: loaded by `set_item_content`, saved with the
             # weights (and the SavedModel), zeros until then.
@@ -147,6 +162,24 @@ class FeatureEmbedding(keras.layers.Layer):
                 initializer="zeros", trainable=False, dtype="float32", autocast=False)
             self.content_projection.build((None, self.item_content_dim))
         self.built = True
+
+    def set_item_rows(self, counts) -> int:
+        """Maps items seen in fewer than `item_min_count` training examples to the
+        unknown-item row. `counts`: int `[item_vocab_size]` training examples per item.
+        Returns how many items keep their own row."""
+        if not self.item_min_count:
+            raise ValueError("FeatureEmbedding.set_item_rows: the layer was built with "
+                             "item_min_count=0")
+        if not self.built:
+            self.build()
+        counts = np.asarray(counts)
+        if counts.shape != (self.item_vocab_size,):
+            raise ValueError(f"FeatureEmbedding.set_item_rows: counts of shape {counts.shape}, "
+                             f"expected ({self.item_vocab_size},)")
+        ids = np.arange(self.item_vocab_size, dtype=np.int32)
+        keep = (counts >= self.item_min_count) | (ids < NUM_RESERVED_IDS)
+        self.item_rows.assign(np.where(keep, ids, OOV_ID).astype(np.int32))
+        return int(keep[NUM_RESERVED_IDS:].sum())
 
     def set_item_content(self, table) -> None:
         """Loads the frozen item content vectors: float `[item_vocab_size,
@@ -173,10 +206,11 @@ class FeatureEmbedding(keras.layers.Layer):
     def item(self, ids):
         """Item embeddings: int ids [...] -> [..., D] (+ projected content vectors)."""
         ids = ops.cast(ids, "int32")
-        out = self.item_table(ids)
+        if (self.item_min_count or self.content_projection is not None) and not self.built:
+            self.build()              # reached through this method, not __call__
+        rows = ops.take(self.item_rows, ids, axis=0) if self.item_min_count else ids
+        out = self.item_table(rows)
         if self.content_projection is not None:
-            if not self.built:        # reached through this method, not __call__
-                self.build()
             content = ops.take(self.item_content, ids, axis=0)
             out = out + self.content_projection(ops.cast(content, out.dtype))
         return out
@@ -217,5 +251,6 @@ class FeatureEmbedding(keras.layers.Layer):
                       num_time_buckets=self.num_time_buckets,
                       group_key=self.group_key,
                       embeddings_regularizer=self.embeddings_regularizer,
-                      item_content_dim=self.item_content_dim)
+                      item_content_dim=self.item_content_dim,
+                      item_min_count=self.item_min_count)
         return config

@@ -90,6 +90,8 @@ class GroupInterestEncoder(keras.layers.Layer):
         group_key: `"group"` (hist_group / cand_group) or `"item"` (DGIN: each item is
             its own group; the item table embeds groups).
         num_time_buckets: int, log2-minute recency buckets.
+        item_min_count: int, items seen in fewer training examples share the unknown
+            item's embedding row (`FeatureEmbedding`); 0 = off.
         recent_window: int, W > 0 adds target attention over the newest W behaviors,
             one token each (the short-term sequence; kept in the user state as
             `recent_tokens` / `recent_mask`); 0 = groups only.
@@ -138,7 +140,7 @@ class GroupInterestEncoder(keras.layers.Layer):
                  inter_layers=2, inter_block="hstu", attention_units=(64, 32), dropout=0.0,
                  use_stats=True, use_intra=True, use_inter=True, use_candidate_group=True,
                  group_key="group", num_time_buckets=32, validate=True, item_content_dim=0,
-                 recent_window=0, **kwargs):
+                 recent_window=0, item_min_count=0, **kwargs):
         super().__init__(**kwargs)
         for name, value in (("max_groups", max_groups), ("max_per_group", max_per_group),
                             ("num_behavior_types", num_behavior_types),
@@ -166,6 +168,7 @@ class GroupInterestEncoder(keras.layers.Layer):
         self.validate = bool(validate)
         self.item_content_dim = int(item_content_dim)
         self.recent_window = int(recent_window)
+        self.item_min_count = int(item_min_count)
         if self.recent_window < 0:
             raise ValueError(f"recent_window={recent_window!r}: must be >= 0 (0 = off)")
 
@@ -173,7 +176,8 @@ class GroupInterestEncoder(keras.layers.Layer):
         self.embedding = FeatureEmbedding(
             self.item_vocab_size, self.group_vocab_size, self.num_behavior_types + 1, d,
             num_time_buckets=self.num_time_buckets, group_key=group_key, name="embedding",
-            item_content_dim=self.item_content_dim, dtype=self.dtype_policy)
+            item_content_dim=self.item_content_dim, item_min_count=self.item_min_count,
+            dtype=self.dtype_policy)
         self.statistics = None
         if self.use_stats or self.use_candidate_group:
             self.statistics = GroupStatistics(d, name="group_statistics", dtype=self.dtype_policy)
@@ -661,7 +665,8 @@ class GroupInterestEncoder(keras.layers.Layer):
             use_stats=self.use_stats, use_intra=self.use_intra, use_inter=self.use_inter,
             use_candidate_group=self.use_candidate_group, group_key=self.group_key,
             num_time_buckets=self.num_time_buckets, validate=self.validate,
-            item_content_dim=self.item_content_dim, recent_window=self.recent_window)
+            item_content_dim=self.item_content_dim, recent_window=self.recent_window,
+            item_min_count=self.item_min_count)
         return config
 
 

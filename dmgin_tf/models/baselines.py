@@ -25,6 +25,7 @@ class _SequenceBaseline(RankingModel):
                                           c.num_behavior_types + 1, c.embedding_dim,
                                           num_time_buckets=c.num_time_buckets,
                                           item_content_dim=c.item_content_dim,
+                                          item_min_count=c.item_min_count,
                                           dtype=self.dtype_policy, name="embedding")
         self.query_proj = Dense(c.embedding_dim, dtype=self.dtype_policy, name="candidate_query")
         self.target_attention = TargetAttention(c.attention_units, dtype=self.dtype_policy,

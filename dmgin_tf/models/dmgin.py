@@ -27,7 +27,8 @@ def encoder_from_config(model_cfg, *, group_key="group", use_inter=None, name="e
         use_inter=c.use_inter if use_inter is None else use_inter,
         use_candidate_group=c.use_candidate_group, group_key=group_key,
         num_time_buckets=c.num_time_buckets, item_content_dim=c.item_content_dim,
-        recent_window=c.recent_window if c.use_recent else 0, dtype=dtype, name=name)
+        recent_window=c.recent_window if c.use_recent else 0,
+        item_min_count=c.item_min_count, dtype=dtype, name=name)
 
 
 @keras.saving.register_keras_serializable(package="dmgin_tf")

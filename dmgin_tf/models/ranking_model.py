@@ -245,6 +245,12 @@ class RankingModel(keras.Model):
         encoder = getattr(self, "encoder", None)
         return encoder.embedding if encoder is not None else self.embedding
 
+    def set_item_rows(self, counts) -> int:
+        """Items with fewer than `model.item_min_count` training examples (`counts`
+        `[item_vocab_size]`) share the unknown-item embedding row; returns how many
+        items keep their own."""
+        return self.item_embedding_layer().set_item_rows(counts)
+
     def set_item_content(self, table) -> None:
         """Loads the frozen item content vectors `[item_vocab_size, item_content_dim]`
         (`dmgin_tf.data.item_content.item_content_table`)."""

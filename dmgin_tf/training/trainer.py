@@ -211,6 +211,7 @@ def train(cfg: Config, data: TrainingData, output_dir: str, *,
                         model_input_shapes=_model_input_shapes(model))
             context = fill_context_statistics(model, cfg.model, data.train)
             load_item_content(model, cfg.model, data)
+            item_rows = fit_item_rows(model, cfg.model, data.train)
             numeric = fit_numeric_edges(model, data.train, seed=tc.seed)
             steps_per_epoch = _steps_per_epoch(len(data.train), tc)
             model.compile(optimizer=make_optimizer(tc, steps_per_epoch),
@@ -261,6 +262,7 @@ def train(cfg: Config, data: TrainingData, output_dir: str, *,
                           "min_ratio": tc.lr_min_ratio, "weight_decay": tc.weight_decay},
         "context_statistics": context,
         "numeric_encoding": numeric,
+        "item_rows": item_rows,
         "monitor": stopper.monitor if stopper is not None else None,
         "val": results.get("val"),
         "test": results.get("test"),
@@ -362,6 +364,25 @@ def fill_context_statistics(model, model_cfg, train_split) -> Optional[dict]:
             "prior": float(model_cfg.context_prior),
             "items_seen": int(tables["item"][0, :, 3].sum()),
             "groups_seen": int(tables["group"][0, :, 3].sum())}
+
+
+def fit_item_rows(model, model_cfg, train_split) -> Optional[dict]:
+    """With `model.item_min_count` = k > 0: items that are the candidate of fewer than k
+    training examples share the unknown-item embedding row (`RankingModel.set_item_rows`).
+    Returns a summary for metrics.json, or None when off."""
+    k = int(getattr(model_cfg, "item_min_count", 0) or 0)
+    if not k:
+        return None
+    if not hasattr(train_split, "candidate_ids"):
+        raise DmginError(f"model.item_min_count={k} needs a training split that can list its "
+                         f"candidate ids ({type(train_split).__name__} cannot); set "
+                         "model.item_min_count=0")
+    items = np.asarray(train_split.candidate_ids()[0], dtype=np.int64)
+    counts = np.bincount(items[(items >= 0) & (items < model_cfg.item_vocab_size)],
+                         minlength=model_cfg.item_vocab_size)
+    kept = model.set_item_rows(counts)
+    return {"min_count": k, "items_with_own_row": kept,
+            "items_seen": int((counts[2:] > 0).sum())}
 
 
 def load_item_content(model, model_cfg, data: TrainingData) -> None:

@@ -144,3 +144,33 @@ def test_item_content_vectors_reach_every_model_and_are_checked():
             model.set_item_content(content[:, :4])
     with pytest.raises(ValueError, match="item_content_dim is 0"):
         build_model(_cfg("din")).set_item_content(content)
+
+
+def test_rare_items_share_the_unknown_row_and_the_map_is_saved(tmp_path):
+    from dmgin_tf.models import build_model
+    from dmgin_tf.models.ranking_model import dummy_inputs
+    from dmgin_tf.training.trainer import fit_item_rows
+    cfg = _cfg("din", item_min_count=3)
+    model = build_model(cfg)
+    x = dummy_inputs(cfg, batch_size=3)
+    model(x)
+    emb = model.item_embedding_layer()
+    before = np.asarray(emb.item(np.array([5, 6, 1])))
+
+    class Split:
+        def candidate_ids(self):          # item 5: 3 training examples, item 6: 1
+            return np.array([5, 5, 5, 6, 7, 7]), np.zeros(6, np.int64)
+
+    summary = fit_item_rows(model, model.model_cfg, Split())
+    assert summary == {"min_count": 3, "items_with_own_row": 1, "items_seen": 3}
+    after = np.asarray(emb.item(np.array([5, 6, 1])))
+    np.testing.assert_allclose(after[0], before[0])       # frequent: its own row
+    np.testing.assert_allclose(after[1], before[2])       # rare: the unknown row
+    path = str(tmp_path / "w.weights.h5")
+    model.save_weights(path)
+    fresh = build_model(cfg)
+    fresh(x)
+    fresh.load_weights(path)
+    np.testing.assert_array_equal(np.asarray(fresh.item_embedding_layer().item_rows),
+                                  np.asarray(emb.item_rows))
+    assert fit_item_rows(build_model(_cfg("din")), _cfg("din"), Split()) is None
