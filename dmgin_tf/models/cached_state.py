@@ -38,7 +38,8 @@ import json
 import numpy as np
 
 from dmgin_tf.layers.context_statistics import CONTEXT_STATE_KEYS
-from dmgin_tf.layers.group_interest_encoder import LOOKUP_STATE_KEYS, USER_STATE_KEYS
+from dmgin_tf.layers.group_interest_encoder import (LOOKUP_STATE_KEYS, RECENT_STATE_KEYS,
+                                                    USER_STATE_KEYS)
 
 STATE_TIME = "state_time"
 STATE_VERSION = "state_version"
@@ -50,9 +51,9 @@ class StaleUserStateError(ValueError):
     """A user state computed by another model version (or of another layout)."""
 
 
-def state_keys(use_context: bool):
+def state_keys(use_context: bool, use_recent: bool = False):
     """The keys of a complete user state, in a fixed order."""
-    keys = USER_STATE_KEYS + LOOKUP_STATE_KEYS
+    keys = USER_STATE_KEYS + (RECENT_STATE_KEYS if use_recent else ()) + LOOKUP_STATE_KEYS
     if use_context:
         keys += CONTEXT_STATE_KEYS
     return keys + (STATE_TIME, STATE_VERSION)
@@ -69,15 +70,17 @@ def model_fingerprint(model) -> int:
     return int.from_bytes(h.digest()[:4], "little") & 0x7FFFFFFF
 
 
-def check_state(state, use_context: bool, expected_version=None) -> None:
+def check_state(state, use_context: bool, expected_version=None,
+                use_recent: bool = False) -> None:
     """Raises `StaleUserStateError` naming what is wrong: missing keys, users of
     different counts, or (when the version is concrete and `expected_version` given)
     a state from another model version."""
-    missing = [k for k in state_keys(use_context) if k not in state]
+    keys = state_keys(use_context, use_recent)
+    missing = [k for k in keys if k not in state]
     if missing:
         raise StaleUserStateError(f"user state: missing key(s) {missing}; compute it with "
                                   f"the model's user_state (signature `user_state`)")
-    sizes = {k: state[k].shape[0] for k in state_keys(use_context)}
+    sizes = {k: state[k].shape[0] for k in keys}
     known = {n for n in sizes.values() if n is not None}
     if len(known) > 1:
         raise StaleUserStateError(f"user state: keys have different user counts {sizes}")

@@ -105,7 +105,7 @@ class DMGIN(RankingModel):
                 (serving passes the exported model's, computed once).
 
         Returns:
-            dict keyed by `cached_state.state_keys(use_context)`; shapes in
+            dict keyed by `cached_state.state_keys(use_context, use_recent)`; shapes in
             `dmgin_tf.models.cached_state`.
         """
         rt = ops.reshape(inputs[REQUEST_TIME], (-1,))
@@ -154,7 +154,8 @@ class DMGIN(RankingModel):
             the state's lookup tables or absent from the history.
         """
         check_state(user_state, self.context is not None,
-                    self.state_version() if state_version is None else state_version)
+                    self.state_version() if state_version is None else state_version,
+                    use_recent=self.encoder.recent_window > 0)
         inputs = self._cached_inputs(user_state, inputs)
         rt = inputs[REQUEST_TIME]
         interest = self.encoder.score_cached(user_state, inputs, training=training,

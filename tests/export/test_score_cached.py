@@ -113,3 +113,10 @@ def test_recent_tokens_travel_in_the_state(tmp_path):
     got = sigs["score_cached"](**sigs["user_state"](**hist), request_time=hist[F.REQUEST_TIME],
                                cand_item=tf.constant(ci), cand_group=tf.constant(cg))
     np.testing.assert_allclose(got["ctr"].numpy(), rank["ctr"].numpy(), atol=1e-5)
+    # The Keras function names the missing recent tokens (not a bare KeyError).
+    from dmgin_tf.models.cached_state import StaleUserStateError
+    state = dict(model.user_state(x))
+    state.pop("recent_tokens")
+    with pytest.raises(StaleUserStateError, match="recent_tokens"):
+        model.score_cached(state, {F.CAND_ITEM: ci, F.CAND_GROUP: cg,
+                                   F.REQUEST_TIME: x[F.REQUEST_TIME]})
