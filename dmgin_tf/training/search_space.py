@@ -17,7 +17,8 @@ from typing import Dict, List
 FIELDS = {"learning_rate": "train.learning_rate", "weight_decay": "train.weight_decay",
           "embedding_dim": "model.embedding_dim", "mlp_units": "model.mlp_units",
           "dropout": "model.dropout", "inter_layers": "model.inter_layers",
-          "intra_layers": "model.intra_layers", "attention_units": "model.attention_units"}
+          "intra_layers": "model.intra_layers", "attention_units": "model.attention_units",
+          "item_min_count": "model.item_min_count", "use_recent": "model.use_recent"}
 # Comma-joined lists as choices (KerasTuner choices are scalars).
 MLP_CHOICES = ("128,64", "256,128", "512,256,64")
 ATTENTION_CHOICES = ("64,32", "128,64")
@@ -27,9 +28,11 @@ def search_space(model: str, hp) -> None:
     """Declares `model`'s search space on a `keras_tuner.HyperParameters`.
 
     Shared by every model: learning rate, weight decay, embedding size, MLP sizes,
-    dropout, target-attention sizes. Blocks: DMGIN inter-group (HSTU) layers and
-    intra-group layers, DGIN intra-group layers, BST / full Transformer layers. DIN and
-    SIM have no stacked blocks. Defaults are the untuned configuration (trial 0).
+    dropout, target-attention sizes, and the minimum training examples for an item to
+    keep its own embedding row. Blocks: DMGIN inter-group (HSTU) layers and intra-group
+    layers (0 = mean pooling), DGIN intra-group layers, BST / full Transformer layers.
+    DIN and SIM have no stacked blocks. DMGIN and DGIN may add attention over the newest
+    behaviors (`use_recent`). Defaults are the untuned configuration (trial 0).
     """
     hp.Choice("learning_rate", [1e-3, 3e-4, 3e-3], default=1e-3)
     hp.Choice("weight_decay", [0.0, 1e-2, 5e-2], default=0.0)
@@ -37,11 +40,14 @@ def search_space(model: str, hp) -> None:
     hp.Choice("mlp_units", list(MLP_CHOICES), default="128,64")
     hp.Choice("dropout", [0.1, 0.0, 0.2], default=0.1)
     hp.Choice("attention_units", list(ATTENTION_CHOICES), default="64,32")
+    hp.Choice("item_min_count", [0, 2, 5], default=0)
     if model == "dmgin":
         hp.Choice("inter_layers", [2, 1, 3], default=2)
-        hp.Choice("intra_layers", [1, 2], default=1)
+        hp.Choice("intra_layers", [1, 2, 0], default=1)
+        hp.Boolean("use_recent", default=False)
     elif model == "dgin":
-        hp.Choice("intra_layers", [1, 2], default=1)
+        hp.Choice("intra_layers", [1, 2, 0], default=1)
+        hp.Boolean("use_recent", default=False)
     elif model in ("bst", "transformer"):
         hp.Choice("inter_layers", [2, 1, 3], default=2)
 

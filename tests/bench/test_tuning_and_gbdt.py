@@ -26,10 +26,12 @@ def test_trials_start_with_the_defaults_and_are_distinct():
     trials = tuning.sample_trials("dmgin", 5, seed=0)
     assert trials[0] == {"learning_rate": 1e-3, "weight_decay": 0.0, "embedding_dim": 16,
                          "mlp_units": "128,64", "dropout": 0.1, "attention_units": "64,32",
-                         "inter_layers": 2, "intra_layers": 1}
+                         "inter_layers": 2, "intra_layers": 1, "item_min_count": 0,
+                         "use_recent": False}
     assert len(trials) == 5 and all(trials.count(t) == 1 for t in trials)
     assert trials == tuning.sample_trials("dmgin", 5, seed=0)       # seeded
     assert "inter_layers" not in tuning.sample_trials("din", 2)[1]  # DIN has no blocks
+    assert "use_recent" not in tuning.sample_trials("din", 2)[1]
     over = tuning.to_overrides(trials[1])
     assert over["model.mlp_units"] == [int(u) for u in trials[1]["mlp_units"].split(",")]
     rows = tuning.trial_variants(["dmgin", "din"], 3)
