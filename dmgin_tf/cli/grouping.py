@@ -65,6 +65,8 @@ def _fit(args: argparse.Namespace) -> int:
         emb = args.embeddings or g.external_embeddings
         if not emb:
             raise DataError("grouping key 'cluster' needs --embeddings (or grouping.external_embeddings)")
+        from transform.embedding import embeddings_table_path
+        emb = embeddings_table_path(emb)      # `dmgin encoder embed --output` dir works too
         previous = kmeans.load_centroids(args.previous) if args.previous else None
         res = kmeans.fit_kmeans(emb, g, cfg.beam, args.output, previous_centroids=previous)
         index = ItemIndex.build(items, "table", num_groups=len(res.centroids),
@@ -90,7 +92,9 @@ def _fit(args: argparse.Namespace) -> int:
 def _assign(args: argparse.Namespace) -> int:
     from transform.grouping import kmeans
     cfg = config_from_args(args, beam_overrides(args))
-    n = kmeans.assign_new_items(args.embeddings, kmeans.load_centroids(args.grouping),
+    from transform.embedding import embeddings_table_path
+    n = kmeans.assign_new_items(embeddings_table_path(args.embeddings),
+                                kmeans.load_centroids(args.grouping),
                                 args.output, cfg.beam)
     print(f"assigned {n} items to existing groups -> {args.output}")
     return 0

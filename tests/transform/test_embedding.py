@@ -128,3 +128,10 @@ def test_cli_import_writes_the_table(tmp_path, capsys):
     assert main(["encoder", "import", "--embeddings", str(tmp_path / "bad.parquet"),
                  "--output", str(tmp_path / "o2")]) == 2
     assert "item 'b'" in capsys.readouterr().err
+    # The import's output dir (not only its embeddings/ table) feeds `grouping fit`.
+    import pandas as pd
+    pd.DataFrame({"item_id": ids, "category": ["c1", "c2"]}).to_parquet(tmp_path / "items.parquet")
+    assert main(["grouping", "fit", "--items", str(tmp_path / "items.parquet"),
+                 "--embeddings", str(tmp_path / "out"), "--key", "cluster",
+                 "--num-groups", "2", "--output", str(tmp_path / "groups")]) == 0
+    assert "group vocabulary 4" in capsys.readouterr().out
