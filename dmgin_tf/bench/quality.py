@@ -268,10 +268,11 @@ def run_quality(cfg: Config, data_path: Optional[str], out_dir: str, *, seeds: S
     variants = list(variants or default_variants(group_table=group_table,
                                                  item_embeddings=item_embeddings))
     content = None
-    if any(v.item_content for v in variants):
+    if any(v.item_content for v in variants) and not item_embeddings:
+        raise DmginError("the `dmgin +item embedding` row needs --item-embeddings")
+    if item_embeddings:
+        # Rows that set model.item_content_dim themselves (--set, --hparams) read it too.
         from dmgin_tf.data.item_content import load_item_content
-        if not item_embeddings:
-            raise DmginError("the `dmgin +item embedding` row needs --item-embeddings")
         content = load_item_content(items_path, item_embeddings)
 
     runs = []
@@ -309,6 +310,8 @@ def run_quality(cfg: Config, data_path: Optional[str], out_dir: str, *, seeds: S
             data = training_data_from_example_set(
                 grouped, budget.history_length, info={"variant": variant.name})
             run_cfg = run_cfg.apply_overrides(with_item_content(variant, {}, data, content))
+            if content is not None and run_cfg.model.item_content_dim and not variant.item_content:
+                data.item_content = content
             run_dir = os.path.join(out_dir, "runs", slug(variant.name), f"seed{seed}")
             t = time.perf_counter()
             result = train(run_cfg, data, run_dir, model_fn=model_fn, verbose=0)
