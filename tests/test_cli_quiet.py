@@ -71,3 +71,10 @@ def test_log_filter_drops_cpp_log_lines_only():
         assert kept in err, (kept, err)
     for dropped in ("absl::InitializeLog", "XLA service", "cuda_fft", "noise"):
         assert dropped not in err, (dropped, err)
+
+
+def test_paths_are_shown_relative_to_the_working_directory(tmp_path, monkeypatch):
+    from dmgin_tf.display import display_path
+    monkeypatch.chdir(tmp_path)
+    assert display_path(str(tmp_path / "runs" / "demo")) == os.path.join("runs", "demo")
+    assert display_path("/elsewhere/x") == "/elsewhere/x"

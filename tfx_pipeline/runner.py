@@ -20,6 +20,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from dmgin_tf import features as F
 from dmgin_tf.config import Config
+from dmgin_tf.display import display_path
 from dmgin_tf.errors import DataError, DmginError
 from tfx_pipeline.components.common import span_dir
 
@@ -336,7 +337,7 @@ def run_pipeline(cfg: Config, *, data_root: str, span: int, pipeline_root: str,
         row["artifact_bytes"] = row.get("artifact_bytes", 0) + dir_bytes(art.uri)
     echo(summary.table())
     echo(f"run finished in {seconds:.0f}s: blessed={summary.blessed} pushed={summary.pushed}"
-         + (f" -> {summary.pushed_dir}" if summary.pushed_dir else "")
+         + (f" -> {display_path(summary.pushed_dir)}" if summary.pushed_dir else "")
          + "".join(f"  {k}={metrics[k]:.4f}" for k in ("auc", "gauc", "logloss", "calibration")
                    if k in metrics))
     return summary

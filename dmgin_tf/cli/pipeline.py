@@ -11,6 +11,7 @@ import os
 import sys
 
 from dmgin_tf.cli.common import add_beam_args, add_config_args, beam_overrides, config_from_args
+from dmgin_tf.display import display_path
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -68,7 +69,7 @@ def _setup(args):
         # The embedded sample: a small model that finishes in minutes (docs/pipeline.md).
         import tfx_pipeline
         args.config = os.path.join(os.path.dirname(tfx_pipeline.__file__), SAMPLE_CONFIG)
-        print(f"embedded sample: using {args.config}", flush=True)
+        print(f"embedded sample: using {display_path(args.config)}", flush=True)
     cfg = config_from_args(args, {"data.dataset": args.dataset, **beam_overrides(args)})
     if cfg.grouping.key == "cluster" and cfg.data.dataset == "taobao":
         from dmgin_tf.errors import DmginError
@@ -95,7 +96,7 @@ def _run(args) -> int:
     summary = run_pipeline(cfg, data_root=data_root, span=args.span, pipeline_root=root,
                            serving_base=serving, echo=lambda m: print(m, flush=True), **kwargs)
     if summary.pushed_dir:
-        print(f"pushed: {summary.pushed_dir}")
+        print(f"pushed: {display_path(summary.pushed_dir)}")
     elif summary.blessed is False:
         print("not blessed: the served model is unchanged", file=sys.stderr)
     return 0

@@ -286,7 +286,8 @@ def train(cfg: Config, data: TrainingData, output_dir: str, *,
             if m:
                 print(f"{name}: auc {m['auc']:.4f}  gauc {_fmt(m.get('gauc'))}  "
                       f"logloss {m['logloss']:.4f}  (n={m.get('num_examples', '?')})", flush=True)
-        print(f"wrote {output_dir}", flush=True)
+        from dmgin_tf.display import display_path
+        print(f"wrote {display_path(output_dir)}", flush=True)
     return TrainResult(model, cfg, metrics, history, output_dir)
 
 
