@@ -450,7 +450,7 @@ def cached_benchmark(args, argv):
              f"{platform.machine()}, {os.cpu_count()} cores (shared); load average before / after: "
              f"{load_before[0]:.1f} / {load_after[0]:.1f}"
              + (" — other work shared the cores during the run, so these latencies include "
-                "that contention" if max(load_before[0], load_after[0]) >= 1.0 else "")
+                "that contention" if load_before[0] >= 1.0 else "")   # after: our own load
              + f". Model: DMGIN, G=64, M=16, D=16, 2 HSTU "
              f"layers, random weights, XLA variant, full-length synthetic histories; one user x "
              f"{C} candidates (padded to {cand_buckets[0]}), {args.requests} timed requests each "
