@@ -21,6 +21,8 @@ key.
 """
 from __future__ import annotations
 
+import abc
+
 import collections
 import json
 import os
@@ -80,22 +82,25 @@ def decode_state(blob: bytes) -> Dict[str, np.ndarray]:
     return out
 
 
-class UserStateStore:
+class UserStateStore(abc.ABC):
     """Interface: per-(user, model version) states. Every method may raise
     `StoreUnavailable`."""
 
+    @abc.abstractmethod
     def get(self, user_id: str, version: int) -> Optional[Dict[str, np.ndarray]]:
-        raise NotImplementedError
+        """The stored state, or None."""
 
+    @abc.abstractmethod
     def put(self, user_id: str, version: int, state: Mapping[str, np.ndarray]) -> None:
-        raise NotImplementedError
+        """Stores (replaces) a state."""
 
+    @abc.abstractmethod
     def delete(self, user_id: str, version: int) -> None:
-        raise NotImplementedError
+        """Drops one state (no error when absent)."""
 
+    @abc.abstractmethod
     def invalidate_version(self, version: int) -> int:
         """Drops every state of a model version (after a hot swap); returns how many."""
-        raise NotImplementedError
 
 
 class InMemoryStateStore(UserStateStore):
