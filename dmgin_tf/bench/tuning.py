@@ -3,7 +3,7 @@
 Every model gets a declared search space (`search_space`) over the same kinds of knobs —
 learning rate, embedding and hidden sizes, dropout, weight decay (decoupled L2) and its
 number of blocks where it has blocks — and the *same number of trials*. Trial 0 is the
-untuned default configuration; the other trials are drawn by KerasTuner's
+search's starting point (`search_space` defaults); the other trials are drawn by KerasTuner's
 `RandomSearchOracle` (seeded, so the same trials come out every time). Each trial is a
 row of the quality table (`Variant`, kind "trial") trained once with seed 0 under the
 shared convergence budget; the best trial per model is chosen on **validation** GAUC

@@ -24,10 +24,10 @@ def sample_data(tmp_path_factory):
 
 def test_trials_start_with_the_defaults_and_are_distinct():
     trials = tuning.sample_trials("dmgin", 5, seed=0)
-    assert trials[0] == {"learning_rate": 1e-3, "weight_decay": 0.0, "embedding_dim": 16,
+    assert trials[0] == {"learning_rate": 3e-4, "weight_decay": 0.0, "embedding_dim": 16,
                          "mlp_units": "128,64", "dropout": 0.1, "attention_units": "64,32",
-                         "inter_layers": 2, "intra_layers": 1, "item_min_count": 0,
-                         "use_recent": False}
+                         "inter_layers": 2, "intra_layers": 1, "item_min_count": 5,
+                         "use_recent": True}
     assert len(trials) == 5 and all(trials.count(t) == 1 for t in trials)
     assert trials == tuning.sample_trials("dmgin", 5, seed=0)       # seeded
     assert "inter_layers" not in tuning.sample_trials("din", 2)[1]  # DIN has no blocks
