@@ -384,13 +384,16 @@ MERGE_MUST_MATCH = ("budget", "seeds", "default_grouping_key")
 
 def merge_results(base: dict, extra: dict, *, base_name: str = "first",
                   extra_name: str = "second") -> dict:
-    """`base` with the rows (and their runs) of `extra`, a second run on the same dataset.
+    """`base` plus the runs of `extra`, a second run on the same dataset.
 
-    Typical use: the published table plus a row run later (the `dmgin key=cluster` row
-    of a one-row GPU bundle). `base` keeps its metadata (data, counts, environment,
-    command, date); a row of `extra` whose name `base` already has replaces it, a new
-    row goes after `base`'s last row of the same kind (else before the baselines).
-    `merged` records what came from where; `seconds` adds up.
+    Typical uses: the published table plus a row run later (the `dmgin key=cluster` row
+    of a one-row GPU bundle), or the seeds a time-limited queue did not reach, trained by
+    a second queue. Runs merge per (row, seed): a run of `extra` replaces `base`'s run of
+    the same row and seed, other seeds of the row are kept, and every touched row is
+    re-summarized from its runs (a row `extra` lists without runs changes nothing). A new
+    row goes after `base`'s last row of the same kind (else before the baselines). `base`
+    keeps its metadata (data, counts, environment, command, date); `merged` records which
+    rows got runs from where; `seconds` adds up (merging the same file twice counts once).
 
     Raises DmginError when the datasets differ or a field of `MERGE_MUST_MATCH` differs
     (rows trained under another budget or seeds are not comparable), naming both values.
@@ -404,32 +407,41 @@ def merge_results(base: dict, extra: dict, *, base_name: str = "first",
             raise DmginError(f"merge {extra_name} into {base_name} ({base['dataset']}): {field} "
                              f"differs: {extra.get(field)!r} vs {base.get(field)!r}; rows are "
                              f"only comparable under the same {field}")
-    out = dict(base)
+    extra_runs = [r for r in extra.get("runs", []) if r.get("test")]
+    new_names = [r["variant"] for r in extra["rows"]
+                 if any(x["variant"] == r["variant"] for x in extra_runs)]
     rows = [dict(r) for r in base["rows"]]
-    new_names = [r["variant"] for r in extra["rows"]]
     for row in extra["rows"]:
-        names = [r["variant"] for r in rows]
-        if row["variant"] in names:
-            rows[names.index(row["variant"])] = dict(row)
+        if row["variant"] not in new_names or row["variant"] in [r["variant"] for r in rows]:
             continue
         same_kind = [i for i, r in enumerate(rows) if r["kind"] == row["kind"]]
         baselines = [i for i, r in enumerate(rows) if r["kind"] == "baseline"]
         at = same_kind[-1] + 1 if same_kind else (baselines[0] if baselines else len(rows))
         rows.insert(at, dict(row))
-    out["rows"] = rows
-    out["runs"] = [r for r in base.get("runs", []) if r["variant"] not in new_names] + \
-        [r for r in extra.get("runs", []) if r["variant"] in new_names]
-    missing = [m for m in base.get("missing_runs") or [] if m[0] not in new_names]
-    out["missing_runs"] = sorted(missing + list(extra.get("missing_runs") or []))
-    # An earlier merge whose rows this one replaces (re-rendering with the same file)
-    # drops out, with its seconds.
+    replaced = {(r["variant"], r.get("seed")) for r in extra_runs}
+    runs = [r for r in base.get("runs", [])
+            if (r["variant"], r.get("seed")) not in replaced] + extra_runs
+    variants = [Variant(r["variant"], r["model"], grouping_key=r.get("grouping_key"),
+                        num_groups=r.get("num_groups") or 0, kind=r["kind"]) for r in rows]
+    summary = summarize(base["dataset"], runs, variants, base["seeds"],
+                        Budget(**base["budget"]), default_key=base["default_grouping_key"],
+                        data=base.get("data"), backend=base.get("backend"))
+    out = dict(base)
+    out["rows"] = [fresh if r["variant"] in new_names else r
+                   for r, fresh in zip(rows, summary["rows"])]
+    out["runs"] = runs
+    done = {(r["variant"], r.get("seed")) for r in runs if r.get("test")}
+    missing = [m for m in list(base.get("missing_runs") or []) + list(extra.get("missing_runs") or [])
+               if (m[0], m[1] if len(m) > 1 else None) not in done]
+    out["missing_runs"] = sorted({tuple(m) for m in missing})
+    out["missing_runs"] = [list(m) for m in out["missing_runs"]]
+    # The same file merged again (re-rendering) replaces its earlier record and seconds.
     earlier, seconds = [], float(base.get("seconds") or 0.0)
     for m in base.get("merged") or []:
-        kept = [r for r in m["rows"] if r not in new_names]
-        if kept:
-            earlier.append(dict(m, rows=kept))
-        else:
+        if (m.get("command"), m.get("date")) == (extra.get("command"), extra.get("date")):
             seconds -= float(m.get("seconds") or 0.0)
+        else:
+            earlier.append(m)
     out["seconds"] = seconds + float(extra.get("seconds") or 0.0)
     out["merged"] = earlier + [{
         "rows": new_names, "from": extra_name, "command": extra.get("command"),

@@ -299,6 +299,29 @@ def test_render_merges_a_second_results_file_of_the_same_dataset(tmp_path, capsy
     assert "budget differs" in err and str(b) in err and a.read_text() == before
 
 
+def test_merge_combines_the_seeds_of_one_row_from_two_queues():
+    """A time-limited queue trained seeds 0-1, a second one seed 2: one 3-seed row."""
+    first = _results(VARIANTS[:2], seeds=(0, 1, 2), command="queue 1")
+    first["runs"] = [r for r in first["runs"] if r["seed"] != 2]
+    first = quality.summarize("movielens", first["runs"], VARIANTS[:2], [0, 1, 2],
+                              quality.Budget(epochs=4), default_key="category", data="ml",
+                              backend="jax", seconds=100.0)
+    assert first["rows"][0]["partial"] and first["rows"][0]["runs"] == 2
+    second = _results(VARIANTS[:2], auc=0.9, command="queue 2")
+    second["runs"] = [r for r in second["runs"] if r["seed"] == 2 and r["variant"] == "dmgin"]
+    second["command"], second["date"] = "queue 2", "later"
+    merged = quality.merge_results(first, second)
+    dmgin, stats = merged["rows"]
+    assert dmgin["runs"] == 3 and not dmgin["partial"]
+    assert dmgin["auc"]["mean"] == pytest.approx((0.70 + 0.71 + 0.92) / 3)
+    # A row the second queue listed but never ran keeps the first queue's runs.
+    assert stats["runs"] == 2 and stats["partial"] and merged["merged"][0]["rows"] == ["dmgin"]
+    # Merging the same file again changes nothing.
+    again = quality.merge_results(merged, second)
+    assert again["rows"] == merged["rows"] and len(again["runs"]) == len(merged["runs"])
+    assert again["seconds"] == merged["seconds"] and len(again["merged"]) == 1
+
+
 def test_item_embedding_row_gets_the_catalog_embedding_by_model_item_id(tmp_path):
     """The `dmgin +item embedding` row: the bundle writes the dataset's catalog
     embedding as item_content.npy, lined up with the model's item ids, and only that
