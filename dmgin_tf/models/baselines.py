@@ -31,6 +31,13 @@ class _SequenceBaseline(RankingModel):
         self.target_attention = TargetAttention(c.attention_units, dtype=self.dtype_policy,
                                                 name="target_attention")
 
+    def transformer_blocks(self):
+        """`inter_layers` (at least one) self-attention blocks, BST's and the full
+        Transformer's, named block_0, block_1, ... (their checkpoint keys)."""
+        c = self.model_cfg
+        return [TransformerBlock(c.num_heads, dropout=c.dropout, dtype=self.dtype_policy,
+                                 name=f"block_{i}") for i in range(max(1, c.inter_layers))]
+
     def query(self, inputs):
         return self.query_proj(ops.concatenate(
             [self.embedding.item(inputs[CAND_ITEM]), self.embedding.group(inputs[CAND_GROUP])],
@@ -92,9 +99,7 @@ class BST(_SequenceBaseline):
     def __init__(self, model_cfg=None, **kwargs):
         super().__init__(model_cfg, **kwargs)
         c = self.model_cfg
-        self.blocks = [TransformerBlock(c.num_heads, dropout=c.dropout, dtype=self.dtype_policy,
-                                        name=f"block_{i}")
-                       for i in range(max(1, c.inter_layers))]
+        self.blocks = self.transformer_blocks()
         self.position = keras.layers.Embedding(c.recent_window + 1, c.embedding_dim,
                                                dtype=self.dtype_policy,
                                                name="position_embedding")
@@ -120,10 +125,7 @@ class FullTransformer(_SequenceBaseline):
 
     def __init__(self, model_cfg=None, **kwargs):
         super().__init__(model_cfg, **kwargs)
-        c = self.model_cfg
-        self.blocks = [TransformerBlock(c.num_heads, dropout=c.dropout, dtype=self.dtype_policy,
-                                        name=f"block_{i}")
-                       for i in range(max(1, c.inter_layers))]
+        self.blocks = self.transformer_blocks()
 
     def interest(self, inputs, training=None):
         tokens, mask = self.all_tokens(inputs)

@@ -25,3 +25,15 @@ def synthetic_inputs(batch=4, length=12, item_vocab=40, group_vocab=8, num_types
             F.CAND_ITEM: rng.integers(2, item_vocab, batch).astype("int32"),
             F.CAND_GROUP: rng.integers(2, group_vocab, batch).astype("int32")}
 
+
+
+def full_inputs(rng, batch, length, item_vocab=40, group_vocab=8):
+    """Model inputs whose histories fill every slot, one minute apart, drawn from `rng`
+    (a `np.random.Generator` the caller keeps using)."""
+    return {F.HIST_ITEM: rng.integers(2, item_vocab, (batch, length)).astype("int32"),
+            F.HIST_GROUP: rng.integers(2, group_vocab, (batch, length)).astype("int32"),
+            F.HIST_BEHAVIOR_ID: rng.integers(1, 4, (batch, length)).astype("int32"),
+            F.HIST_TIME: np.tile(np.arange(length) * 60, (batch, 1)).astype("int64"),
+            F.REQUEST_TIME: np.full(batch, length * 60, "int64"),
+            F.CAND_ITEM: rng.integers(2, item_vocab, batch).astype("int32"),
+            F.CAND_GROUP: rng.integers(2, group_vocab, batch).astype("int32")}

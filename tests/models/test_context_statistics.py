@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from dmgin_tf.data.context_stats import assign_folds, context_tables, id_table
+from tests.layers.synthetic import full_inputs
 
 V = 12
 
@@ -51,16 +52,6 @@ def test_folds_are_balanced_seeded_and_label_free():
         id_table(np.array([V]), np.array([1.0]), np.array([1]), V, 5)
 
 
-def _model_inputs(rng, b=3, length=10, items=30, groups=6):
-    return {"hist_item": rng.integers(2, items, (b, length)).astype("int32"),
-            "hist_group": rng.integers(2, groups, (b, length)).astype("int32"),
-            "hist_behavior_id": rng.integers(1, 4, (b, length)).astype("int32"),
-            "hist_time": np.tile(np.arange(length) * 60, (b, 1)).astype("int64"),
-            "request_time": np.full(b, length * 60, "int64"),
-            "cand_item": rng.integers(2, items, b).astype("int32"),
-            "cand_group": rng.integers(2, groups, b).astype("int32")}
-
-
 def test_layer_reads_the_fold_table_and_the_oov_row():
     from dmgin_tf.layers.context_statistics import ContextStatistics
     layer = ContextStatistics(item_vocab_size=5, group_vocab_size=4, num_behavior_types=2,
@@ -107,7 +98,7 @@ def test_model_context_features_same_in_call_and_score(name):
     ids, labels, folds = rng.integers(2, 30, 200), rng.integers(0, 2, 200), assign_folds(200, 5)
     t = context_tables(ids, rng.integers(2, 6, 200), labels, folds, 30, 6, 5)
     model.set_context_tables(t["item"], t["group"])
-    inputs = _model_inputs(rng)
+    inputs = full_inputs(rng, 3, 10, 30, 6)
     ctr = np.asarray(model(inputs))
     # A training fold reads other statistics than evaluation (table 0).
     ctr_fold = np.asarray(model(dict(inputs, context_fold=np.array([1, 2, 3], "int32"))))

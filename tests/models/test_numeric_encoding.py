@@ -4,6 +4,7 @@ import pytest
 
 from dmgin_tf.config import ModelConfig
 from dmgin_tf.layers.numeric_encoding import PiecewiseLinearEncoding, quantile_edges
+from tests.layers.synthetic import full_inputs
 
 
 def test_quantile_edges_per_feature_and_bad_input():
@@ -40,17 +41,6 @@ def test_encoding_is_piecewise_linear_between_the_edges():
         layer.set_edges(np.array([[1.0, 0.0, 2.0, 3.0]] * 2, np.float32))
 
 
-def _model_inputs(rng, b, length, items=40, groups=8):
-    """Random histories of `b` users (every slot filled, one minute apart)."""
-    return {"hist_item": rng.integers(2, items, (b, length)).astype("int32"),
-            "hist_group": rng.integers(2, groups, (b, length)).astype("int32"),
-            "hist_behavior_id": rng.integers(1, 4, (b, length)).astype("int32"),
-            "hist_time": np.tile(np.arange(length) * 60, (b, 1)).astype("int64"),
-            "request_time": np.full(b, length * 60, "int64"),
-            "cand_item": rng.integers(2, items, b).astype("int32"),
-            "cand_group": rng.integers(2, groups, b).astype("int32")}
-
-
 def _cfg(name, **kw):
     return ModelConfig(model=name, item_vocab_size=40, group_vocab_size=8, history_length=12,
                        embedding_dim=8, num_heads=2, max_groups=4, max_per_group=4,
@@ -78,7 +68,7 @@ def test_fitted_edges_are_the_training_quantiles_and_travel_with_the_weights(tmp
     rng = np.random.default_rng(3)
 
     class Split:                                   # a training split of 64 examples
-        inputs = _model_inputs(rng, b=64, length=12)
+        inputs = full_inputs(rng, 64, 12)
         labels = rng.integers(0, 2, 64).astype("float32")
         folds = None
 
