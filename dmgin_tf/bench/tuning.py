@@ -176,7 +176,9 @@ def add_tuning_runs(results: dict, tuning_results: dict, selection: dict) -> dic
 
 def trials_markdown(results: dict, best: dict) -> str:
     """Every trial of a tuning run: model, hyperparameters, best epoch, validation and test
-    GAUC/AUC; the selected trial (by validation only) in bold. Failed trials are listed."""
+    GAUC/AUC; the selected trial (by validation only) in bold. A trial without a result is
+    listed with its error, or as not run (the queue's time budget ended first); only
+    trial indices every model finished are compared (`select_best`)."""
     lines = ["| model | trial | hyperparameters | best epoch | val GAUC | val AUC | test GAUC | "
              "test AUC |", "|---|---|---|---|---|---|---|---|"]
     runs = {r["variant"]: r for r in results.get("runs", [])}
@@ -189,7 +191,9 @@ def trials_markdown(results: dict, best: dict) -> str:
         chosen = best.get(model, {}).get("trial") == name
         label = f"**{name.split(' trial ')[1]} (selected)**" if chosen else name.split(" trial ")[1]
         if run is None or not run.get("test"):
-            lines.append(f"| {model} | {label} | — | — | failed | | | |")
+            why = f"failed: {run['error']}" if run and run.get("error") else \
+                "not run (queue time budget)"
+            lines.append(f"| {model} | {label} | — | — | {why} | | | |")
             continue
         over = _run_overrides(run.get("config") or {}, model)
         hp = ", ".join(f"{k.split('.', 1)[1]}={v}" for k, v in over.items())

@@ -51,6 +51,12 @@ def test_selection_reads_validation_only_and_compares_common_trials():
     assert best["dmgin"]["trial"] == "dmgin trial 1"
     assert best["din"]["trial"] == "din trial 0"
     assert [t for t, _ in best["dmgin"]["trials"]] == ["dmgin trial 1", "dmgin trial 0"]
+    # The trials table says why a trial has no result.
+    results["rows"] = [{"variant": n} for n in ("din trial 2", "din trial 3")]
+    results["runs"].append({"variant": "din trial 3", "seed": 0, "error": "OOM"})
+    table = tuning.trials_markdown(results, best)
+    assert "| din | 2 | — | — | not run (queue time budget) |" in table
+    assert "| din | 3 | — | — | failed: OOM |" in table
 
 
 def test_tuner_smoke_run_trains_trials_and_writes_hparams(sample_data, tmp_path):
