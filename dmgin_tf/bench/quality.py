@@ -552,6 +552,57 @@ def _cell(summary: dict, digits: int = 3) -> str:
     return f"{summary['mean']:.{digits}f}"
 
 
+GOAL_SIGMAS = 2.0   # DMGIN must lead every row by more than this many pooled seed stds
+
+
+def margins(results: dict, row: str = "dmgin", metric: str = "gauc",
+            bar_model: str = "LightGBM on past-only history features") -> List[dict]:
+    """`row`'s lead over every other trained row and the bar's `bar_model` on test `metric`.
+
+    Each entry: other, diff (row mean - other mean), pooled (sqrt of the mean of the two
+    seed variances; the bar has no seeds, so `row`'s own std), sigmas (diff / pooled,
+    inf when pooled is 0 and diff > 0) and met (sigmas > GOAL_SIGMAS). Ablations of
+    `row` itself and the popularity row are not rivals and are left out.
+    """
+    rows = {r["variant"]: r for r in results["rows"]}
+    mine = rows.get(row)
+    if mine is None or mine[metric].get("mean") is None:
+        return []
+    out = []
+
+    def entry(name, mean, std):
+        pooled = float(np.sqrt((mine[metric]["std"] ** 2 + std ** 2) / 2)) if std is not None \
+            else float(mine[metric]["std"])
+        diff = mine[metric]["mean"] - mean
+        sigmas = diff / pooled if pooled > 0 else (float("inf") if diff > 0 else float("-inf"))
+        out.append({"other": name, "diff": diff, "pooled": pooled, "sigmas": sigmas,
+                    "met": bool(sigmas > GOAL_SIGMAS)})
+
+    for name, r in rows.items():
+        if name == row or r["kind"] not in ("model", "baseline") or r["model"] == "popularity":
+            continue
+        if r[metric].get("mean") is not None:
+            entry(name, r[metric]["mean"], r[metric]["std"] or 0.0)
+    bar = (results.get("bar_to_beat") or {}).get(bar_model)
+    if bar is not None:
+        entry(f"bar: {bar_model}", bar[1] if metric == "gauc" else bar[0], None)
+    return out
+
+
+def margins_line(results: dict, row: str = "dmgin", metric: str = "gauc") -> str:
+    """One markdown line: `row`'s lead per rival in pooled seed stds, and the goal's verdict."""
+    ms = margins(results, row, metric)
+    if not ms:
+        return ""
+    parts = ", ".join(f"{m['other']} {m['diff']:+.4f} ({m['sigmas']:+.1f}σ)"
+                      for m in sorted(ms, key=lambda m: m["sigmas"]))
+    missed = [m["other"] for m in ms if not m["met"]]
+    verdict = ("**met**" if not missed else f"**not met** (against {', '.join(missed)})")
+    return (f"{row} test {metric.upper()} minus each row (σ = pooled seed standard deviation): "
+            f"{parts}. Goal, more than {GOAL_SIGMAS:.0f}σ above every row and the bar's LightGBM: "
+            f"{verdict}.")
+
+
 def markdown_table(results: dict) -> str:
     """The results as a markdown block: table, bar to beat, budget, command, environment."""
     lines = ["| row | grouping | test AUC | test GAUC | test logloss | val GAUC | best epoch "
@@ -570,6 +621,9 @@ def markdown_table(results: dict) -> str:
         lines.append(f"| {name} | {key} | {_cell(r['auc'])} | {_cell(r['gauc'])} | "
                      f"{_cell(r['logloss'])} | {_cell(r.get('val_gauc') or r['val_auc'])} | "
                      f"{epochs} | {r['seconds']:.0f} |")
+    goal = margins_line(results)
+    if goal:
+        lines += ["", goal]
     bar = results.get("bar_to_beat") or {}
     if bar:
         lines += ["", "Bar to beat (docs/design.md: Evaluation protocol, outside implementations, same protocol, "

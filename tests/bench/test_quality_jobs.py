@@ -322,6 +322,36 @@ def test_merge_combines_the_seeds_of_one_row_from_two_queues():
     assert again["seconds"] == merged["seconds"] and len(again["merged"]) == 1
 
 
+def test_margins_state_dmgin_lead_in_pooled_seed_stds_and_the_verdict():
+    rows = [quality.Variant("dmgin", "dmgin"), quality.Variant("din", "din"),
+            quality.Variant("dmgin -stats", "dmgin", (("use_stats", False),), kind="ablation"),
+            quality.Variant("gbdt", "gbdt", kind="baseline"),
+            quality.Variant("item popularity", "popularity", kind="baseline")]
+    gauc = {"dmgin": [0.70, 0.71, 0.72], "din": [0.60, 0.62, 0.64], "gbdt": [0.69, 0.69, 0.69],
+            "dmgin -stats": [0.9, 0.9, 0.9], "item popularity": [0.99]}
+    runs = [{"variant": n, "seed": (s if n != "item popularity" else None),
+             "test": {"auc": g, "gauc": g, "logloss": 0.5}, "val": {"auc": g}}
+            for n, gs in gauc.items() for s, g in enumerate(gs)]
+    res = quality.summarize("movielens", runs, rows, [0, 1, 2], quality.Budget(epochs=4),
+                            default_key="category", data="ml", backend="jax")
+    ms = {m["other"]: m for m in quality.margins(res)}
+    # Ablations of DMGIN and popularity are not rivals; the bar's LightGBM is.
+    assert set(ms) == {"din", "gbdt", "bar: LightGBM on past-only history features"}
+    assert ms["din"]["diff"] == pytest.approx(0.09)
+    assert ms["din"]["pooled"] == pytest.approx(np.sqrt((0.01 ** 2 + 0.02 ** 2) / 2))
+    assert ms["gbdt"]["sigmas"] == pytest.approx(0.02 / np.sqrt(0.01 ** 2 / 2)) and ms["gbdt"]["met"]
+    bar = ms["bar: LightGBM on past-only history features"]
+    assert bar["diff"] == pytest.approx(0.71 - 0.670) and bar["pooled"] == pytest.approx(0.01)
+    line = quality.margins_line(res)
+    assert "Goal" in line and "**met**" in line
+    runs = [dict(r, test=dict(r["test"], gauc=0.705)) if r["variant"] == "gbdt" else r
+            for r in runs]
+    res = quality.summarize("movielens", runs, rows, [0, 1, 2], quality.Budget(epochs=4),
+                            default_key="category", data="ml", backend="jax")
+    assert "**not met** (against gbdt)" in quality.margins_line(res)
+    assert "**not met** (against gbdt)" in quality.markdown_table(dict(res, command="c"))
+
+
 def test_item_embedding_row_gets_the_catalog_embedding_by_model_item_id(tmp_path):
     """The `dmgin +item embedding` row: the bundle writes the dataset's catalog
     embedding as item_content.npy, lined up with the model's item ids, and only that
