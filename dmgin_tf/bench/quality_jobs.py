@@ -9,8 +9,9 @@ everything this module needs into the bundle; `run.sh` then calls
 The driver (numpy only, never imports Keras/JAX) plans the jobs seed-major (seed 0 of every
 row of both datasets first, then seed 1, ...: a run cut short still has every row), starts
 P workers (`... quality_jobs worker`), each with its own `CUDA_VISIBLE_DEVICES` and a
-share of GPU memory, all sharing one JAX persistent compilation cache (seed 1 and 2 of a
-row reuse seed 0's compiled step). Every finished run is appended to
+share of GPU memory, all sharing one JAX persistent compilation cache on GPU hosts (seed
+1 and 2 of a row reuse seed 0's compiled step; CPU workers compile afresh, see
+`compilation_cache_dir`). Every finished run is appended to
 `OUT/quality_<dataset>.jsonl` at once (a killed run loses nothing); after `budget_s` no
 job starts, after `hard_limit_s` running workers are killed; then each dataset's runs are
 merged into `OUT/quality_<dataset>.json` in `quality.run_quality`'s schema (rows with
@@ -512,6 +513,18 @@ def merge_dataset(bundle: str, out: str, dataset: str, plan: dict, *,
     return results
 
 
+def compilation_cache_dir(requested: Optional[str], out: str,
+                          layout: WorkerLayout) -> Optional[str]:
+    """The workers' persistent JAX compilation cache: `requested`, else OUT/jax_cache on
+    GPU workers, and none on CPU workers. On the CPU backend a step loaded back from the
+    cache gave NaN scores from the first epoch for the second seed of a row (measured on
+    MovieLens with jax 0.4.30's XLA:CPU; the same two runs in one process without the cache
+    trained normally), so CPU workers compile each run afresh."""
+    if requested:
+        return requested
+    return os.path.join(out, "jax_cache") if layout.gpus else None
+
+
 def run_main(args) -> int:
     """The host-side entry: plan, run the queue, merge; writes into args.out."""
     plan = load_plan(args.bundle)
@@ -572,7 +585,7 @@ def run_main(args) -> int:
         os.fsync(f.fileno())
 
     t0 = time.monotonic()
-    cache = args.cache or os.path.join(out, "jax_cache")
+    cache = compilation_cache_dir(args.cache, out, layout)
     counts = run_queue(jobs, layout, bundle, out, budget_s=args.budget_s,
                        hard_limit_s=args.hard_limit_s, on_result=on_result, cache_dir=cache,
                        log=lambda m: print(m, flush=True))
@@ -622,7 +635,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="running jobs are killed at this many seconds (default: no limit)")
     r.add_argument("--processes", type=int, default=0, help="workers (0 = from GPUs and cores)")
     r.add_argument("--cpus", type=int, help="cores to plan for (default os.cpu_count())")
-    r.add_argument("--cache", help="JAX compilation cache dir (default OUT/jax_cache)")
+    r.add_argument("--cache", help="JAX compilation cache dir (default OUT/jax_cache on GPU "
+                                    "workers; none on CPU workers)")
     r.add_argument("--epochs", type=int)
     r.add_argument("--steps-per-epoch", type=int)
     r.add_argument("--batch-size", type=int)

@@ -72,6 +72,15 @@ def _fake_python(tmp_path):
     return str(exe)
 
 
+def test_compilation_cache_only_on_gpu_workers(tmp_path):
+    from dmgin_tf.bench.quality_jobs import compilation_cache_dir
+    gpu = worker_layout(processes=2, gpus=1, cpus=8)
+    cpu = worker_layout(processes=2, gpus=0, cpus=8)
+    assert compilation_cache_dir(None, str(tmp_path), gpu) == str(tmp_path / "jax_cache")
+    assert compilation_cache_dir(None, str(tmp_path), cpu) is None
+    assert compilation_cache_dir("/c", str(tmp_path), cpu) == "/c"      # asked for: used
+
+
 def test_queue_runs_every_job_once_and_reports_failures(tmp_path):
     jobs = plan_jobs(["taobao", "movielens"], VARIANTS, [0, 1])
     got = []
