@@ -152,17 +152,25 @@ def default_variants(models: Sequence[str] = MODEL_NAMES, ablations: bool = True
 ITEM_CONTENT_ROW = "dmgin +item embedding"
 
 
-def with_item_content(variant: Variant, overrides: dict, data, table) -> dict:
-    """For an `item_content` row: loads `table` (`[item_vocab_size, C]`) into `data`
-    and returns `overrides` with `model.item_content_dim = C`; other rows unchanged."""
-    if not variant.item_content:
+def with_item_content(variant: Variant, overrides: dict, data, table,
+                      configured_dim: int = 0) -> dict:
+    """Feeds the catalog embedding `table` (`[item_vocab_size, C]`) to the rows that read it:
+    the `item_content` row (returns `overrides` with `model.item_content_dim = C`) and any
+    row whose config already sets `model.item_content_dim` (`configured_dim`, from `--set`
+    or tuned hyperparameters; must equal C). Other rows: `overrides` unchanged."""
+    if not variant.item_content and not configured_dim:
         return overrides
+    from dmgin_tf.errors import DmginError
     if table is None:
-        from dmgin_tf.errors import DmginError
         raise DmginError(f"row {variant.name!r} needs the catalog embedding of the dataset "
                          "(--item-embeddings)")
+    if configured_dim and not variant.item_content and int(table.shape[1]) != configured_dim:
+        raise DmginError(f"row {variant.name!r}: model.item_content_dim={configured_dim} but "
+                         f"the catalog embedding has {table.shape[1]} columns")
     data.item_content = table
-    return dict(overrides, **{"model.item_content_dim": int(table.shape[1])})
+    if variant.item_content:
+        return dict(overrides, **{"model.item_content_dim": int(table.shape[1])})
+    return overrides
 
 
 # Rows the Keras training loop does not train: computed directly (popularity) or by the
@@ -309,9 +317,8 @@ def run_quality(cfg: Config, data_path: Optional[str], out_dir: str, *, seeds: S
             run_cfg = cfg.apply_overrides(overrides)
             data = training_data_from_example_set(
                 grouped, budget.history_length, info={"variant": variant.name})
-            run_cfg = run_cfg.apply_overrides(with_item_content(variant, {}, data, content))
-            if content is not None and run_cfg.model.item_content_dim and not variant.item_content:
-                data.item_content = content
+            run_cfg = run_cfg.apply_overrides(with_item_content(
+                variant, {}, data, content, run_cfg.model.item_content_dim))
             run_dir = os.path.join(out_dir, "runs", slug(variant.name), f"seed{seed}")
             t = time.perf_counter()
             result = train(run_cfg, data, run_dir, model_fn=model_fn, verbose=0)

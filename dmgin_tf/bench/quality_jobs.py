@@ -234,10 +234,10 @@ class _Worker:
         cfg = load_config(os.path.join(self.bundle, f"config_{job.dataset}.json"), overrides)
         data = training_data_from_example_set(es, budget.history_length,
                                               info={"variant": variant.name})
-        if variant.item_content:
+        if variant.item_content or cfg.model.item_content_dim:
             from dmgin_tf.bench.quality import with_item_content
-            cfg = cfg.apply_overrides(with_item_content(variant, {}, data,
-                                                        self.item_content(job.dataset)))
+            cfg = cfg.apply_overrides(with_item_content(
+                variant, {}, data, self.item_content(job.dataset), cfg.model.item_content_dim))
         from dmgin_tf.bench.quality import slug
         run_dir = os.path.join(self.out, "runs", job.dataset, slug(variant.name),
                                f"seed{job.seed}")

@@ -361,6 +361,28 @@ def test_margins_state_dmgin_lead_in_pooled_seed_stds_and_the_verdict():
     assert "**not met** (against gbdt)" in quality.markdown_table(dict(res, command="c"))
 
 
+def test_catalog_embedding_reaches_every_row_that_reads_it():
+    from dmgin_tf.errors import DmginError
+
+    class Data:
+        item_content = None
+    table = np.zeros((5, 4), np.float32)
+    row, plain = quality.Variant(quality.ITEM_CONTENT_ROW, "dmgin", item_content=True), \
+        quality.Variant("din", "din")
+    d = Data()
+    assert quality.with_item_content(row, {}, d, table) == {"model.item_content_dim": 4}
+    assert d.item_content is table
+    d = Data()        # a row whose config sets the dimension (--set / tuned): fed, no override
+    assert quality.with_item_content(plain, {"a": 1}, d, table, 4) == {"a": 1}
+    assert d.item_content is table
+    d = Data()        # a row that does not read it: untouched
+    assert quality.with_item_content(plain, {}, d, table) == {} and d.item_content is None
+    with pytest.raises(DmginError, match="item_content_dim=8 but the catalog embedding has 4"):
+        quality.with_item_content(plain, {}, Data(), table, 8)
+    with pytest.raises(DmginError, match="--item-embeddings"):
+        quality.with_item_content(plain, {}, Data(), None, 4)
+
+
 def test_item_embedding_row_gets_the_catalog_embedding_by_model_item_id(tmp_path):
     """The `dmgin +item embedding` row: the bundle writes the dataset's catalog
     embedding as item_content.npy, lined up with the model's item ids, and only that
