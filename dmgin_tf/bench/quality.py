@@ -440,8 +440,7 @@ def merge_results(base: dict, extra: dict, *, base_name: str = "first",
     done = {(r["variant"], r.get("seed")) for r in runs if r.get("test")}
     missing = [m for m in list(base.get("missing_runs") or []) + list(extra.get("missing_runs") or [])
                if (m[0], m[1] if len(m) > 1 else None) not in done]
-    out["missing_runs"] = sorted({tuple(m) for m in missing})
-    out["missing_runs"] = [list(m) for m in out["missing_runs"]]
+    out["missing_runs"] = [list(m) for m in sorted({tuple(m) for m in missing})]
     # The same file merged again (re-rendering) replaces its earlier record and seconds.
     earlier, seconds = [], float(base.get("seconds") or 0.0)
     for m in base.get("merged") or []:
