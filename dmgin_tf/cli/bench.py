@@ -76,12 +76,9 @@ def _add_quality(sub) -> None:
     p.set_defaults(func=run_quality)
 
 
-def render_quality(paths, out_dir: str, docs, tuning_dir=None) -> int:
-    """Writes table, chart, JSON and docs block per dataset (no training, no Keras).
-
-    Files of the same dataset are merged in the order given (`quality.merge_results`):
-    `--render benchmarks/results/quality_movielens.json new/quality_movielens.json
-    --output benchmarks/results` adds the new file's rows to the published table.
+def merged_by_dataset(paths) -> dict:
+    """Results files → {dataset: results}, files of one dataset merged in the order given
+    (`quality.merge_results`: per row and seed, a later file's run replaces an earlier one).
     """
     import json
     from dmgin_tf.bench import quality
@@ -97,7 +94,19 @@ def render_quality(paths, out_dir: str, docs, tuning_dir=None) -> int:
             print(f"merged rows {[r['variant'] for r in results['rows']]} of {path} into {first}")
         else:
             by_dataset[name] = (path, results)
-    for name, (_, results) in by_dataset.items():
+    return {name: results for name, (_, results) in by_dataset.items()}
+
+
+def render_quality(paths, out_dir: str, docs, tuning_dir=None) -> int:
+    """Writes table, chart, JSON and docs block per dataset (no training, no Keras).
+
+    Files of the same dataset are merged in the order given (`quality.merge_results`):
+    `--render benchmarks/results/quality_movielens.json new/quality_movielens.json
+    --output benchmarks/results` adds the new file's rows to the published table.
+    """
+    import json
+    from dmgin_tf.bench import quality
+    for name, results in merged_by_dataset(paths).items():
         tuned = os.path.join(tuning_dir or "", f"quality_{name}.json")
         hp = os.path.join(tuning_dir or "", f"hparams_{name}.json")
         if tuning_dir and os.path.exists(tuned) and os.path.exists(hp):
@@ -217,7 +226,9 @@ def _add_tune_select(sub) -> None:
         "tune-select", help="pick each model's best tuning trial on validation -> hparams JSON",
         description="Reads the results of a tuning run (`dmgin gpu bundle --quality --tune N`, "
                     "quality_<dataset>.json) and writes hparams_<dataset>.json: per model the "
-                    "trial with the best validation GAUC (test metrics are never read).")
+                    "trial with the best validation GAUC (test metrics are never read). "
+                    "Several files of one dataset (e.g. trials a time-limited queue did not "
+                    "reach, run later) are merged in the order given.")
     p.add_argument("results", nargs="+", metavar="RESULTS_JSON")
     p.add_argument("--metric", default="gauc", choices=["gauc", "auc"],
                    help="validation metric to select on (default gauc)")
@@ -226,14 +237,11 @@ def _add_tune_select(sub) -> None:
 
 
 def run_tune_select(args: argparse.Namespace) -> int:
-    import json
     from dmgin_tf.bench import tuning
-    for path in args.results:
-        with open(path, encoding="utf-8") as f:
-            results = json.load(f)
+    for results in merged_by_dataset(args.results).values():
         best = tuning.select_best(results, args.metric)
         out = tuning.write_hparams(results["dataset"], best, args.output,
-                                   source=results.get("command") or path)
+                                   source=results.get("command") or ", ".join(args.results))
         table = os.path.join(args.output, f"tuning_{results['dataset']}.md")
         with open(table, "w", encoding="utf-8") as f:
             f.write(tuning.trials_markdown(results, best) + "\n")

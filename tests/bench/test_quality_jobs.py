@@ -308,6 +308,34 @@ def test_render_merges_a_second_results_file_of_the_same_dataset(tmp_path, capsy
     assert "budget differs" in err and str(b) in err and a.read_text() == before
 
 
+def test_tune_select_merges_trials_run_by_a_later_queue(tmp_path, capsys):
+    """The first queue ran DIN's trials 0-1 and DMGIN's trial 0 only; a later queue ran
+    DMGIN's trial 1: selection then compares both trials of both models."""
+    from dmgin_tf.bench import tuning
+    from dmgin_tf.cli.main import main
+    rows = [quality.Variant(tuning.trial_name(m, i), m, kind="trial")
+            for i in range(2) for m in ("dmgin", "din")]
+    first = _results(rows, seeds=(0,), command="queue 1")
+    first["runs"] = [r for r in first["runs"] if r["variant"] != "dmgin trial 1"]
+    second = _results(rows[2:3], seeds=(0,), command="queue 2")
+    config = {"model": {"embedding_dim": 16}, "train": {"learning_rate": 1e-3}}
+    for r, val in zip(first["runs"] + second["runs"], (0.60, 0.65, 0.66, 0.70)):
+        r.update(val={"gauc": val, "auc": val}, config=config)
+    a, b = tmp_path / "a" / "quality_movielens.json", tmp_path / "b" / "quality_movielens.json"
+    for path, res in ((a, first), (b, second)):
+        path.parent.mkdir()
+        path.write_text(json.dumps(res))
+    assert main(["bench", "tune-select", str(a), "--output", str(tmp_path / "one")]) == 0
+    one = json.loads((tmp_path / "one" / "hparams_movielens.json").read_text())
+    assert one["selection"]["dmgin"]["trial"] == "dmgin trial 0"    # trial 1 not compared
+    assert one["selection"]["din"]["trial"] == "din trial 0"
+    assert main(["bench", "tune-select", str(a), str(b), "--output", str(tmp_path / "two")]) == 0
+    two = json.loads((tmp_path / "two" / "hparams_movielens.json").read_text())
+    assert two["selection"]["dmgin"]["trial"] == "dmgin trial 1"
+    assert two["selection"]["din"]["trial"] == "din trial 1"
+    assert "merged rows ['dmgin trial 1']" in capsys.readouterr().out
+
+
 def test_merge_combines_the_seeds_of_one_row_from_two_queues():
     """A time-limited queue trained seeds 0-1, a second one seed 2: one 3-seed row."""
     first = _results(VARIANTS[:2], seeds=(0, 1, 2), command="queue 1")
