@@ -295,8 +295,10 @@ class GroupInterestEncoder(keras.layers.Layer):
         if self.intra is not None:
             tokens = self.embedding.tokens(gh.group_items, gh.group_behaviors,
                                            gh.group_times, rt)
+            # The groups hold at most L real behaviors: the blocks run packed below G * M.
             vectors = self.intra(tokens, gh.group_item_mask, group_context=context,
-                                 group_mask=mask, training=training)
+                                 group_mask=mask, training=training,
+                                 max_tokens=static_length(inputs[HIST_ITEM], HIST_ITEM))
         else:
             vectors = self.fuse(context) * ops.cast(mask, context.dtype)[..., None]
         if self.inter is not None:

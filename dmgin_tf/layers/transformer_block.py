@@ -29,6 +29,64 @@ def masked_softmax(scores, mask):
     return weights * ops.cast(mask, "float32")
 
 
+class Packing:
+    """Index maps between a padded layout `[B, N * S]` (N sequences of S slots per row)
+    and a packed one `[B, P]` holding each row's real slots first, in slot order.
+
+    Built from the padded layout's mask with `Packing.from_mask(mask, capacity)`; P =
+    capacity must be at least the number of real slots of every row (a slot beyond it
+    would be dropped: callers pass a bound that holds by construction, e.g. the history
+    length L for groups filled from L behaviors).
+
+    Attributes:
+        seq: S. slots: N * S.
+        pack_idx: int32 `[B, P]`, the slot of the p-th real token (0 past the row's end).
+        valid: bool `[B, P]`, p < the row's number of real slots.
+        unpack_idx: int32 `[B, N * S]`, the packed position of each real slot (0 else).
+        slot_mask: bool `[B, N * S]`, the padded layout's mask.
+    """
+
+    def __init__(self, seq, slots, pack_idx, valid, unpack_idx, slot_mask):
+        self.seq, self.slots = int(seq), int(slots)
+        self.pack_idx, self.valid = pack_idx, valid
+        self.unpack_idx, self.slot_mask = unpack_idx, slot_mask
+
+    @classmethod
+    def from_mask(cls, mask, capacity):
+        """mask: bool `[B, N, S]` (static N, S); capacity: int P."""
+        seq, slots = mask.shape[-1], mask.shape[-2] * mask.shape[-1]
+        flat = ops.reshape(ops.cast(mask, "bool"), (-1, slots))
+        # Real slots scored by how early they come (exact in float32 below 2^24): top_k
+        # lists them first, in slot order; any padding slot fills a row's tail.
+        order = ops.cast(slots - ops.arange(slots, dtype="int32"), "float32")
+        _, pack_idx = ops.top_k(ops.where(flat, order[None, :], 0.0), int(capacity))
+        pack_idx = ops.cast(pack_idx, "int32")
+        valid = ops.take_along_axis(flat, pack_idx, axis=1)
+        position = ops.cumsum(ops.cast(flat, "int32"), axis=1) - 1
+        slot_mask = flat & (position < int(capacity))
+        unpack_idx = ops.where(slot_mask, position, 0)
+        return cls(seq, slots, pack_idx, valid, unpack_idx, slot_mask)
+
+    def pack(self, x):
+        """`[B, N * S, C]` → `[B, P, C]` (zero where not `valid`)."""
+        return self._gather(x, self.pack_idx, self.valid)
+
+    def unpack(self, x):
+        """`[B, P, C]` → `[B, N * S, C]` (zero at padding slots)."""
+        return self._gather(x, self.unpack_idx, self.slot_mask)
+
+    @staticmethod
+    def _gather(x, index, keep):
+        """Rows `index` `[B, K]` of each row of x `[B, R, C]`, zeroed where not `keep`.
+        One flat `take` (its gradient is a sparse row update), not `take_along_axis`,
+        which builds a full index grid per channel on the TensorFlow backend."""
+        rows, width = x.shape[1], x.shape[-1]
+        flat = index + ops.arange(ops.shape(index)[0], dtype="int32")[:, None] * rows
+        out = ops.take(ops.reshape(x, (-1, width)), ops.reshape(flat, (-1,)), axis=0)
+        out = ops.reshape(out, ops.shape(index) + (width,))
+        return out * ops.cast(keep, out.dtype)[..., None]
+
+
 @keras.saving.register_keras_serializable(package="dmgin_tf")
 class TransformerBlock(keras.layers.Layer):
     """Pre-LN Transformer encoder block with key padding mask and optional score bias.
@@ -106,10 +164,39 @@ class TransformerBlock(keras.layers.Layer):
         if mask is None:
             mask = ops.ones(ops.shape(x)[:2], "bool")
         mask = ops.reshape(ops.cast(mask, "bool"), (-1, seq))
-        maskf = ops.cast(mask, x.dtype)[..., None]
+        attended = self._attend(self.qkv(self.norm1(x)), mask, attention_bias, training)
+        y = self._residuals(x, attended, training) * ops.cast(mask, x.dtype)[..., None]
+        return ops.reshape(y, tuple(lead) + (seq, self._dim))
 
-        h = self.norm1(x)
-        q, k, v = ops.split(self.qkv(h), 3, axis=-1)
+    def call_packed(self, x, valid, packing, training=None):
+        """The same block over sequences stored packed: only real tokens, no padding.
+
+        Every per-token step (layer norms, projections, feed-forward) runs on the packed
+        tokens; only the attention scores use the padded layout, so the cost of the
+        per-token steps follows the number of real tokens, not the padded `N * S`
+        (`IntraGroupTransformer`: a history of L behaviors fills at most L of the
+        G * M group slots). Equal to `call` on the padded layout.
+
+        Args:
+            x: float `[B, P, D]`, the real tokens of each row packed first.
+            valid: bool `[B, P]`, False for the unused tail of a row.
+            packing: `Packing` (the padded layout `[B, N * S]` and the two index maps).
+            training: bool.
+
+        Returns:
+            float `[B, P, D]`, zero where `valid` is False.
+        """
+        slots = packing.unpack(self.qkv(self.norm1(x)))               # [B, N * S, 3D]
+        seq = packing.seq
+        attended = self._attend(ops.reshape(slots, (-1, seq, 3 * self._dim)),
+                                ops.reshape(packing.slot_mask, (-1, seq)), None, training)
+        attended = packing.pack(ops.reshape(attended, (-1, packing.slots, self._dim)))
+        return self._residuals(x, attended, training) * ops.cast(valid, x.dtype)[..., None]
+
+    def _attend(self, qkv, mask, attention_bias, training):
+        """Masked multi-head attention: qkv `[N, S, 3D]`, mask bool `[N, S]` → `[N, S, D]`."""
+        seq = qkv.shape[-2]
+        q, k, v = ops.split(qkv, 3, axis=-1)
         split = lambda t: ops.reshape(t, (-1, seq, self.num_heads, self._head_dim))  # noqa: E731
         q, k, v = split(q), split(k), split(v)
         scores = ops.einsum("nqhd,nkhd->nhqk", q, k) / math.sqrt(self._head_dim)
@@ -117,13 +204,14 @@ class TransformerBlock(keras.layers.Layer):
             scores = ops.cast(scores, "float32") + ops.cast(
                 ops.reshape(attention_bias, (-1, self.num_heads, seq, seq)), "float32")
         weights = masked_softmax(scores, mask[:, None, None, :])
-        weights = self.drop(ops.cast(weights, x.dtype), training=training)
+        weights = self.drop(ops.cast(weights, qkv.dtype), training=training)
         attended = ops.einsum("nhqk,nkhd->nqhd", weights, v)
-        attended = ops.reshape(attended, (-1, seq, self._dim))
+        return ops.reshape(attended, (-1, seq, self._dim))
+
+    def _residuals(self, x, attended, training):
+        """`y = x + out(attended); y + FFN(LN(y))` (per token)."""
         y = x + self.drop(self.out(attended), training=training)
-        y = y + self.drop(self.ffn2(self.ffn1(self.norm2(y))), training=training)
-        y = y * maskf
-        return ops.reshape(y, tuple(lead) + (seq, self._dim))
+        return y + self.drop(self.ffn2(self.ffn1(self.norm2(y))), training=training)
 
     def compute_output_shape(self, x_shape):
         return x_shape

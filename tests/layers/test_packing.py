@@ -1,0 +1,70 @@
+"""Packed intra-group blocks: the Transformer over real tokens only equals the padded one."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from dmgin_tf.layers.intra_group_transformer import IntraGroupTransformer
+from dmgin_tf.layers.transformer_block import Packing
+
+
+def _groups(seed=0, b=4, g=6, m=5, d=8, fill=0.3):
+    rng = np.random.default_rng(seed)
+    tokens = rng.normal(size=(b, g, m, d)).astype("float32")
+    mask = rng.random((b, g, m)) < fill
+    mask[0] = False                                   # an empty history
+    mask[1, :, :] = True                              # a full one
+    context = rng.normal(size=(b, g, 3)).astype("float32")
+    return tokens, mask, context
+
+
+def test_packing_keeps_real_slots_in_order_and_round_trips():
+    tokens, mask, _ = _groups()
+    b, g, m, d = tokens.shape
+    capacity = int(mask.reshape(b, -1).sum(1).max())
+    packing = Packing.from_mask(mask, capacity)
+    flat_mask = mask.reshape(b, -1)
+    for row in range(b):
+        real = np.flatnonzero(flat_mask[row])
+        valid = np.asarray(packing.valid[row])
+        assert valid.sum() == len(real) and valid[:len(real)].all()
+        np.testing.assert_array_equal(np.asarray(packing.pack_idx[row])[:len(real)], real)
+    flat = tokens.reshape(b, g * m, d)
+    packed = np.asarray(packing.pack(flat))
+    assert packed.shape == (b, capacity, d)
+    back = np.asarray(packing.unpack(packed))
+    np.testing.assert_array_equal(back, flat * flat_mask[..., None])
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_packed_blocks_equal_padded_blocks_with_gradients(jit):
+    tokens, mask, context = _groups(seed=1)
+    b, g, m, _ = tokens.shape
+    # Row 1 is full (g * m real tokens): the bound must cover it, so test a bound below
+    # g * m on the other rows by dropping the full row.
+    tokens, mask, context = tokens[[0, 2, 3]], mask[[0, 2, 3]], context[[0, 2, 3]]
+    bound = int(mask.reshape(len(mask), -1).sum(1).max())
+    assert bound < g * m
+    layer = IntraGroupTransformer(num_heads=2, num_layers=2, output_dim=8)
+    layer(tokens, mask, group_context=context)                   # build
+
+    def run(max_tokens):
+        def step(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                out = layer(x, mask, group_context=context, max_tokens=max_tokens)
+                loss = tf.reduce_sum(out * tf.cos(out))
+            return out, tape.gradient(loss, [x] + layer.trainable_variables)
+        fn = tf.function(step, jit_compile=True) if jit else step
+        return fn(tf.constant(tokens))
+
+    padded, padded_grads = run(None)
+    packed, packed_grads = run(bound)
+    np.testing.assert_allclose(np.asarray(packed), np.asarray(padded), atol=1e-5)
+    assert len(packed_grads) == len(padded_grads) > 10
+    for a, p in zip(packed_grads, padded_grads):
+        np.testing.assert_allclose(np.asarray(tf.convert_to_tensor(a)),
+                                   np.asarray(tf.convert_to_tensor(p)), atol=1e-5)
+    # A bound at or above G * M takes the padded path (nothing to save).
+    np.testing.assert_allclose(np.asarray(layer(tokens, mask, group_context=context,
+                                                max_tokens=g * m)), np.asarray(padded),
+                               atol=1e-6)
