@@ -135,6 +135,10 @@ def default_variants(models: Sequence[str] = MODEL_NAMES, ablations: bool = True
             Variant("dmgin -intra", "dmgin", (("use_intra", False),), kind="ablation"),
             Variant("dmgin -inter", "dmgin", (("use_inter", False),), kind="ablation"),
             Variant("dmgin -context", "dmgin", (("use_context", False),), kind="ablation"),
+            # The candidate's own group read from the raw history: its attention,
+            # statistics and matching counts (DGIN's candidate-group path).
+            Variant("dmgin -own group", "dmgin", (("use_candidate_group", False),),
+                    kind="ablation"),
             Variant("dmgin key=item_id", "dmgin", (), "item_id", kind="ablation"),
             Variant("dmgin key=category", "dmgin", (), "category", kind="ablation"),
         ]
