@@ -53,8 +53,11 @@ class Packing:
 
     @classmethod
     def from_mask(cls, mask, capacity):
-        """mask: bool `[B, N, S]` (static N, S); capacity: int P."""
+        """mask: bool `[B, N, S]` (static N, S); capacity: int P, 1 <= P <= N * S."""
         seq, slots = mask.shape[-1], mask.shape[-2] * mask.shape[-1]
+        if not 1 <= int(capacity) <= slots:
+            raise ValueError(f"Packing: capacity={capacity!r} must be in [1, {slots}] "
+                             f"(the padded layout's N * S slots)")
         flat = ops.reshape(ops.cast(mask, "bool"), (-1, slots))
         # Real slots scored by how early they come (exact in float32 below 2^24): top_k
         # lists them first, in slot order; any padding slot fills a row's tail.

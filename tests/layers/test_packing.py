@@ -33,6 +33,8 @@ def test_packing_keeps_real_slots_in_order_and_round_trips():
     assert packed.shape == (b, capacity, d)
     back = np.asarray(packing.unpack(packed))
     np.testing.assert_array_equal(back, flat * flat_mask[..., None])
+    with pytest.raises(ValueError, match="capacity=0 must be in"):
+        Packing.from_mask(mask, 0)
 
 
 @pytest.mark.parametrize("jit", [False, True])
