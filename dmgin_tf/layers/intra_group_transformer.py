@@ -99,7 +99,7 @@ class IntraGroupTransformer(keras.layers.Layer):
             packing = Packing.from_mask(token_mask, int(max_tokens))
             xp = packing.pack(ops.reshape(x, (-1, g * m, d)))
             for block in self.blocks:
-                xp = block.call_packed(xp, packing.valid, packing, training=training)
+                xp = block.call_packed(xp, packing, training=training)
             x = ops.reshape(packing.unpack(xp), ops.shape(x))
         else:
             for block in self.blocks:

@@ -171,7 +171,7 @@ class TransformerBlock(keras.layers.Layer):
         y = self._residuals(x, attended, training) * ops.cast(mask, x.dtype)[..., None]
         return ops.reshape(y, tuple(lead) + (seq, self._dim))
 
-    def call_packed(self, x, valid, packing, training=None):
+    def call_packed(self, x, packing, training=None):
         """The same block over sequences stored packed: only real tokens, no padding.
 
         Every per-token step (layer norms, projections, feed-forward) runs on the packed
@@ -182,19 +182,20 @@ class TransformerBlock(keras.layers.Layer):
 
         Args:
             x: float `[B, P, D]`, the real tokens of each row packed first.
-            valid: bool `[B, P]`, False for the unused tail of a row.
-            packing: `Packing` (the padded layout `[B, N * S]` and the two index maps).
+            packing: `Packing` (the padded layout `[B, N * S]`, the two index maps and
+                `valid`, False for the unused tail of a row).
             training: bool.
 
         Returns:
-            float `[B, P, D]`, zero where `valid` is False.
+            float `[B, P, D]`, zero where `packing.valid` is False.
         """
         slots = packing.unpack(self.qkv(self.norm1(x)))               # [B, N * S, 3D]
         seq = packing.seq
         attended = self._attend(ops.reshape(slots, (-1, seq, 3 * self._dim)),
                                 ops.reshape(packing.slot_mask, (-1, seq)), None, training)
         attended = packing.pack(ops.reshape(attended, (-1, packing.slots, self._dim)))
-        return self._residuals(x, attended, training) * ops.cast(valid, x.dtype)[..., None]
+        keep = ops.cast(packing.valid, x.dtype)[..., None]
+        return self._residuals(x, attended, training) * keep
 
     def _attend(self, qkv, mask, attention_bias, training):
         """Masked multi-head attention: qkv `[N, S, 3D]`, mask bool `[N, S]` → `[N, S, D]`."""
