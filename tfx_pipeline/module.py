@@ -192,14 +192,24 @@ class FlatTensorizer(tf.Module):
 
 
 def save_serving_model(model, lookups, path: str, history_length: int, serving_cfg,
-                       jit_compile: bool, signatures: str = "all") -> None:
-    """SavedModel with the export's signatures; serving_default = `FlatTensorizer` + model.
+                       jit_compile: bool, signatures: str = "all", warmup_inputs=None,
+                       item_vocab=None, model_config=None) -> None:
+    """SavedModel with the export's signatures; `serving_default` = `FlatTensorizer` +
+    model, `tensorize` = `FlatTensorizer` alone (string ids → the other signatures' ids).
 
-    signatures: "all" (serving_default, predict_raw, rank, user_state, score — see
-    dmgin_tf/export/signatures.py) or "default" (serving_default + predict_raw only:
+    signatures: "all" (serving_default, tensorize, predict_raw, rank, user_state, score,
+    score_cached — see dmgin_tf/export/signatures.py) or "default" (serving_default,
+    tensorize + predict_raw only:
     each signature traces the whole model, which costs minutes on a loaded CPU; tests).
+    warmup_inputs: real held-out model inputs (the run's parity batch) for the warmup
+    records, so TF Serving compiles every bucket at load, not on the first requests;
+    with `item_vocab` (the Transform's item vocabulary) `serving_default` is warmed with
+    them as tf.Examples too. `assets.extra/dmgin_export.json` carries the buckets and
+    `model_config`: the request contract `dmgin serve` checks.
     """
-    from dmgin_tf.export.signatures import EXAMPLES, ServingModule
+    from dmgin_tf.export.example_parsing import examples_from_dense
+    from dmgin_tf.export.saved_model import save_version
+    from dmgin_tf.export.signatures import ServingModule
 
     class _Module(ServingModule):
         def __init__(self):
@@ -207,6 +217,9 @@ def save_serving_model(model, lookups, path: str, history_length: int, serving_c
                              batch_buckets=serving_cfg.batch_buckets,
                              candidate_buckets=serving_cfg.candidate_buckets)
             self.tensorizer = FlatTensorizer(lookups, history_length)
+
+        def tensorize(self, examples):
+            return self.tensorizer(examples)
 
         def signatures(self):
             if signatures == "default":
@@ -222,14 +235,16 @@ def save_serving_model(model, lookups, path: str, history_length: int, serving_c
             else:
                 sigs = super().signatures()
 
-            @tf.function(input_signature=[tf.TensorSpec([None], tf.string, EXAMPLES)])
-            def serving_default(examples):
-                return self._padded_ctr(self.tensorizer(examples))
-            sigs["serving_default"] = serving_default.get_concrete_function()
+            sigs.update(self.example_signatures())     # serving_default, tensorize
             return sigs
 
     module = _Module()
-    tf.saved_model.save(module, path, signatures=module.signatures())
+    examples = None
+    if warmup_inputs is not None and item_vocab is not None:
+        examples = examples_from_dense(warmup_inputs, item_vocab, lookups.behavior_types)
+    save_version(module, path, name="dmgin", version=None, serving_cfg=serving_cfg,
+                 warmup_inputs=warmup_inputs, examples=examples,
+                 behavior_types=lookups.behavior_types, model_config=model_config)
 
 
 def _training_data(fn_args):
@@ -340,10 +355,13 @@ def run_fn(fn_args) -> None:
             "item_vocab_size": overrides["item_vocab_size"],
             "group_vocab_size": overrides["group_vocab_size"], "tuned": tuned}
     _LOG.info("run_fn: %s", info)
+    from dmgin_tf.export.saved_model import read_parity_inputs
     save_serving_model(result.model, lookups, fn_args.serving_model_dir,
                        result.config.model.history_length, result.config.serving,
                        jit_compile=bool(custom.get("export_jit_compile", True)),
-                       signatures=custom.get("export_signatures", "all"))
+                       signatures=custom.get("export_signatures", "all"),
+                       warmup_inputs=read_parity_inputs(run_dir), item_vocab=item_vocab,
+                       model_config=result.config.model.to_dict())
     # What the next run warm-starts from travels with the model (and is pushed with it).
     extra = os.path.join(fn_args.serving_model_dir, "assets.extra", WARM_START_DIR)
     os.makedirs(extra, exist_ok=True)

@@ -1,6 +1,6 @@
 """`dmgin demo`: the README's main command, end to end on the embedded real sample.
 
-    dmgin demo [--workdir runs/demo] [--dataset taobao] [--requests 8]
+    dmgin demo [--workdir runs/demo] [--dataset taobao] [--requests 8] [--redis]
 
 1. runs the TFX pipeline (ExampleBuilder → validation → Transform → Trainer → Evaluator
    → Pusher) on the embedded sample (`dmgin pipeline run`),
@@ -8,7 +8,12 @@
    model through a models.config like `serving_configs/models.config`,
 3. sends real held-out tf.Examples through the official `PredictionService` stub
    (`dmgin_tf.serving.Client`) and prints CTR next to the label,
-4. stops the server.
+4. ranks those examples' candidate items for one held-out user twice through the
+   cached user state (`CachedRanker.rank_user`): the first call misses, ranks with the
+   history (`rank`) and writes the user's state; the second scores from the state alone
+   (`score_cached`). The store is in-process, or with `--redis` a private
+   `redis-server` started (and stopped) by the demo,
+5. stops the server.
 
 Nothing here that a user could not do with the separate commands; it only chains them.
 """
@@ -40,6 +45,9 @@ def register(subparsers) -> None:
                    help="embedded sample to run on (Taobao; MovieLens needs the text encoder "
                         "and a bigger budget: see docs/pipeline.md)")
     p.add_argument("--requests", type=int, default=8, help="held-out examples to score over gRPC")
+    p.add_argument("--redis", action="store_true",
+                   help="keep the cached user states in a private redis-server (started and "
+                        "stopped by the demo; needs `redis-server` on PATH) instead of in-process")
     p.set_defaults(func=run)
 
 
@@ -48,7 +56,7 @@ def _pipeline(args) -> str:
     from dmgin_tf.cli import main as cli_main
     root = os.path.join(args.workdir, "pipeline")
     serving = os.path.join(args.workdir, "serving")
-    print(f"[1/3] TFX pipeline on the embedded {args.dataset} sample -> {root}", flush=True)
+    print(f"[1/4] TFX pipeline on the embedded {args.dataset} sample -> {root}", flush=True)
     # No --data: `pipeline run` takes the embedded sample and its small-model config.
     rc = cli_main.main(["pipeline", "run", "--dataset", args.dataset,
                         "--pipeline-root", root, "--serving-dir", serving])
@@ -79,7 +87,7 @@ def _serve_and_predict(args, eval_dir: str) -> None:
     config_path = os.path.join(args.workdir, "models.config")
     with open(config_path, "w", encoding="utf-8") as f:
         f.write(MODELS_CONFIG.format(name=name, base=base))
-    print(f"[2/3] dev gRPC server (TF Serving stand-in) on {config_path}", flush=True)
+    print(f"[2/4] dev gRPC server (TF Serving stand-in) on {config_path}", flush=True)
     server = DevServer(read_model_server_config(config_path), port=0)
     port = server.start()
     try:
@@ -96,13 +104,60 @@ def _serve_and_predict(args, eval_dir: str) -> None:
                 t0 = time.perf_counter()
                 ctr = client.predict_examples(records, batch_size=len(records))
                 timings.append((time.perf_counter() - t0) * 1000)
-            print(f"[3/3] gRPC Predict (model {name}, version {version}, serving_default): "
+            print(f"[3/4] gRPC Predict (model {name}, version {version}, serving_default): "
                   f"{len(records)} held-out examples; first call {timings[0]:.1f} ms, "
                   f"second {timings[1]:.1f} ms", flush=True)
             for i, (p, y) in enumerate(zip(np.asarray(ctr).reshape(-1), labels)):
                 print(f"    example {i}: ctr={p:.4f} label={y}")
+            _cached_ranking(args, client, records)
     finally:
         server.stop()
+
+
+def _cached_ranking(args, client, records) -> None:
+    """Step 4: one held-out user's ranking through the cached user state."""
+    import numpy as np
+    import tensorflow as tf
+
+    from dmgin_tf import features as F
+    from dmgin_tf.serving.cached_ranking import CachedRanker
+    from dmgin_tf.serving.user_state_store import (InMemoryStateStore, RedisServer,
+                                                   RedisStateStore)
+
+    ids = client.tensorize(records)          # string ids -> the model's ids (its vocabularies)
+    user = tf.train.Example.FromString(records[0]).features.feature[F.USER_ID] \
+        .bytes_list.value[0].decode("utf-8")
+    history = {k: ids[k][0] for k in F.HISTORY_INPUT_KEYS + (F.REQUEST_TIME,)}
+    cand_item, cand_group = ids[F.CAND_ITEM], ids[F.CAND_GROUP]
+    request_time = int(history[F.REQUEST_TIME])
+    redis = RedisServer().start() if args.redis else None
+    try:
+        store = RedisStateStore(redis.url) if redis else InMemoryStateStore()
+        where = f"Redis at {redis.url}" if redis else "in-process store"
+        print(f"[4/4] cached user state ({where}): user {user}, {len(cand_item)} candidates",
+              flush=True)
+        ranker = CachedRanker(client, store, {user: history})
+        reference = client.rank(history, cand_item, cand_group)
+        timings, scores, outcome = [], [], []
+        for _ in range(2):              # a miss (rank + state written), then a hit
+            hits = ranker.counters["hits"]
+            t0 = time.perf_counter()
+            scores.append(ranker.rank_user(user, cand_item, cand_group, request_time))
+            timings.append((time.perf_counter() - t0) * 1000)
+            outcome.append("hit -> score_cached, no history sent" if ranker.counters["hits"] > hits
+                           else "miss -> rank with the history, state written")
+        for i in range(2):
+            print(f"    call {i + 1}: {outcome[i]} ({timings[i]:.1f} ms)")
+        c = ranker.counters
+        print(f"    max |score_cached - rank| = "
+              f"{float(np.max(np.abs(scores[1] - reference))):.2e}; counters: "
+              + ", ".join(f"{k} {c[k]}" for k in ("requests", "hits", "misses", "writes")))
+        if not c["hits"]:
+            raise DmginError("the second rank_user call did not read the cached state; "
+                             f"counters: {dict(c)}")
+    finally:
+        if redis is not None:
+            redis.close()
 
 
 def run(args: argparse.Namespace) -> int:

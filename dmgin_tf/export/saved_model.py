@@ -50,7 +50,7 @@ def next_version(model_base: str) -> int:
     return max(versions, default=0) + 1
 
 
-def _save_atomically(module: ServingModule, final_dir: str, logs, info: dict) -> None:
+def _save_atomically(module: ServingModule, final_dir: str, logs, info: dict, sigs) -> None:
     parent = os.path.dirname(final_dir)
     os.makedirs(parent, exist_ok=True)
     if os.path.exists(final_dir):
@@ -58,7 +58,7 @@ def _save_atomically(module: ServingModule, final_dir: str, logs, info: dict) ->
     tmp = os.path.join(parent, f".tmp-{os.path.basename(final_dir)}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        tf.saved_model.save(module, tmp, signatures=module.signatures())
+        tf.saved_model.save(module, tmp, signatures=sigs)
         if logs:
             write_warmup_file(tmp, logs)
         os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
@@ -115,28 +115,61 @@ def export_model(model, base_path: str, name: str, *, history_length: int,
                                batch_buckets=serving_cfg.batch_buckets,
                                candidate_buckets=serving_cfg.candidate_buckets,
                                state_groups=state_groups, state_items=state_items)
-        sigs = module.signatures()
-        logs = (build_warmup_logs(name, sigs, warmup_inputs, examples,
-                                  serving_cfg.batch_buckets, serving_cfg.candidate_buckets)
-                if warmup_inputs is not None else [])
-        info = {"model_name": name, "variant": variant, "version": version,
-                "jit_compile": variant == "xla", "history_length": int(history_length),
-                "batch_buckets": list(serving_cfg.batch_buckets),
-                "candidate_buckets": list(serving_cfg.candidate_buckets),
-                "max_candidates": int(serving_cfg.max_candidates),
-                "signatures": sorted(sigs), "warmup_records": len(logs),
-                "serving_example_features": sorted([F.ITEM_ID, F.TIMESTAMP, F.HIST_ITEM_ID,
-                                                    F.HIST_BEHAVIOR, F.HIST_TIMESTAMP])
-                if tables is not None else [],
-                "behavior_types": list(behavior_types or []),
-                "model_config": model_config or {}}
-        if module.has_cached:
-            info.update(user_state_info(sigs["user_state"], module.state_version))
         model_dir = os.path.join(base_path, name + ("" if variant == "xla" else NOXLA_SUFFIX))
         final = os.path.join(model_dir, str(version))
-        _save_atomically(module, final, logs, info)
+        save_version(module, final, name=name, version=version, serving_cfg=serving_cfg,
+                     warmup_inputs=warmup_inputs, examples=examples,
+                     behavior_types=behavior_types, model_config=model_config)
         paths[variant] = final
     return paths
+
+
+def save_version(module: ServingModule, final_dir: str, *, name: str, version: Optional[int],
+                 serving_cfg: ServingConfig,
+                 warmup_inputs: Optional[Mapping[str, np.ndarray]] = None,
+                 examples: Optional[Sequence[bytes]] = None,
+                 behavior_types: Optional[Sequence[str]] = None,
+                 model_config: Optional[dict] = None) -> None:
+    """Writes one servable version of `module` to `final_dir` (atomically): the
+    SavedModel, its warmup records (from `warmup_inputs`, real dense examples, and their
+    serialized form `examples` for the tf.Example signatures) and
+    `assets.extra/dmgin_export.json` (buckets, signatures, model config: the request
+    contract `dmgin serve` enforces). `dmgin export` and the TFX Trainer both save
+    through here, so a pushed pipeline model is warmed and checked like an exported one.
+    """
+    sigs = module.signatures()
+    logs = (build_warmup_logs(name, sigs, warmup_inputs, examples,
+                              serving_cfg.batch_buckets, serving_cfg.candidate_buckets)
+            if warmup_inputs is not None else [])
+    info = {"model_name": name, "variant": "xla" if module.jit_compile else "noxla",
+            "version": None if version is None else int(version),  # None: the pusher's
+            "jit_compile": module.jit_compile,
+            "history_length": module.history_length,
+            "batch_buckets": list(serving_cfg.batch_buckets),
+            "candidate_buckets": list(serving_cfg.candidate_buckets),
+            "max_candidates": int(serving_cfg.max_candidates),
+            "signatures": sorted(sigs), "warmup_records": len(logs),
+            "serving_example_features": sorted([F.ITEM_ID, F.TIMESTAMP, F.HIST_ITEM_ID,
+                                                F.HIST_BEHAVIOR, F.HIST_TIMESTAMP])
+            if "tensorize" in sigs else [],
+            "behavior_types": list(behavior_types or []),
+            "model_config": model_config or {}}
+    if module.has_cached and "user_state" in sigs:
+        info.update(user_state_info(sigs["user_state"], module.state_version))
+    _save_atomically(module, final_dir, logs, info, sigs)
+
+
+def read_parity_inputs(run_dir: str) -> Optional[Dict[str, np.ndarray]]:
+    """The real held-out model inputs a training run saved (`parity_batch.npz`), with
+    the serving dtypes; None when the run has none."""
+    from dmgin_tf.training.trainer import PARITY_FILE
+    parity = os.path.join(run_dir, PARITY_FILE)
+    if not os.path.exists(parity):
+        return None
+    with np.load(parity, allow_pickle=False) as z:
+        inputs = {k: z[f"input/{k}"] for k in F.MODEL_INPUT_KEYS}
+    return {k: v.astype(np.int64 if k in (F.HIST_TIME, F.REQUEST_TIME) else np.int32)
+            for k, v in inputs.items()}
 
 
 def export_from_run_dir(run_dir: str, base_path: str, name: str, *,
@@ -145,8 +178,7 @@ def export_from_run_dir(run_dir: str, base_path: str, name: str, *,
                         serving_cfg: Optional[ServingConfig] = None,
                         verify: bool = True, state_groups: int = DEFAULT_LOOKUP_GROUPS,
                         state_items: int = DEFAULT_LOOKUP_ITEMS) -> Dict[str, str]:
-    """Exports a `dmgin train` output directory (what `dmgin export` and the TFX
-    Trainer's run_fn call).
+    """Exports a `dmgin train` output directory (what `dmgin export` calls).
 
     Reads `config.json` + `model.weights.h5` (any backend), `item_index.parquet` for
     the tf.Example signature, and `parity_batch.npz` (real held-out examples) for the
@@ -161,7 +193,7 @@ def export_from_run_dir(run_dir: str, base_path: str, name: str, *,
                          f"{keras.backend.backend()!r}")
     from dmgin_tf.data.datasets import get_spec
     from dmgin_tf.data.item_index import FILE_NAME as ITEM_INDEX_FILE, ItemIndex
-    from dmgin_tf.training.trainer import PARITY_FILE, load_trained_model
+    from dmgin_tf.training.trainer import load_trained_model
 
     if not os.path.isdir(run_dir):
         raise DmginError(f"export: model dir {run_dir} does not exist")
@@ -169,15 +201,7 @@ def export_from_run_dir(run_dir: str, base_path: str, name: str, *,
     index_path = os.path.join(run_dir, ITEM_INDEX_FILE)
     item_index = ItemIndex.load(index_path) if os.path.exists(index_path) else None
     behavior_types = get_spec(cfg.data.dataset, cfg.data).behavior_types
-    warmup = None
-    parity = os.path.join(run_dir, PARITY_FILE)
-    if os.path.exists(parity):
-        with np.load(parity, allow_pickle=False) as z:
-            warmup = {k: z[f"input/{k}"] for k in F.MODEL_INPUT_KEYS}
-        for k in (F.HIST_TIME, F.REQUEST_TIME):
-            warmup[k] = warmup[k].astype(np.int64)
-        for k in set(F.MODEL_INPUT_KEYS) - {F.HIST_TIME, F.REQUEST_TIME}:
-            warmup[k] = warmup[k].astype(np.int32)
+    warmup = read_parity_inputs(run_dir)
     paths = export_model(model, base_path, name, history_length=cfg.model.history_length,
                          version=version, item_index=item_index, behavior_types=behavior_types,
                          warmup_inputs=warmup, serving_cfg=serving_cfg or cfg.serving,

@@ -10,6 +10,11 @@ Signatures (names are what clients pass as `signature_name`):
 | `user_state` | history keys `[B, L]`, `request_time [B]` | `group_vectors f32 [B, G, D]`, `group_mask bool [B, G]`, `group_ids int32 [B, G]` |
 | `score` | `group_vectors`, `group_mask`, `group_ids` (and `recent_tokens`, `recent_mask` when the model has them) of `user_state` `[U, …]` + history keys `[U, L]`, `request_time [U]`, `cand_item, cand_group [U, N]` | `ctr [U, N]` |
 | `score_cached` | every `user_state` output `[U, …]` + `request_time [U]`, `cand_item, cand_group [U, N]` — no history | `ctr [U, N]` |
+| `tensorize` | `examples: string [B]` as `serving_default` | the `predict_raw` inputs of those examples (ids, newest L behaviors) |
+
+`tensorize` is how a client holding string ids (a feature store's tf.Examples) gets the
+id inputs of the other signatures with the model's own vocabularies: e.g. a user's
+history for `user_state` (the cached user state) and candidate ids for `score_cached`.
 
 For models with `score_cached` (DMGIN, DGIN) `user_state` returns the complete cacheable
 state (`dmgin_tf.models.cached_state`: the group vectors plus lookup tables of K groups and
@@ -56,7 +61,8 @@ CACHED_ONLY_KEYS = LOOKUP_STATE_KEYS + CONTEXT_STATE_KEYS + (STATE_TIME, STATE_V
 def score_state_keys(state_keys):
     """The keys of a user state the `score` signature takes, in order."""
     return tuple(k for k in state_keys if k not in CACHED_ONLY_KEYS)
-SIGNATURES = ("serving_default", "predict_raw", "rank", "user_state", "score", "score_cached")
+SIGNATURES = ("serving_default", "predict_raw", "rank", "user_state", "score", "score_cached",
+              "tensorize")
 STATE_VERSION = "state_version"   # dmgin_tf.models.cached_state.STATE_VERSION
 STALE_STATE_MESSAGE = ("user state from another model version: its state_version differs "
                        "from this model's; recompute it with the user_state signature")
@@ -232,6 +238,25 @@ class ServingModule(tf.Module):
             pad_c(cand_group), u, n
 
     # ---- signatures ---------------------------------------------------------------------------
+    def tensorize(self, examples: tf.Tensor) -> Dict[str, tf.Tensor]:
+        """Serialized serving tf.Examples `[B]` → the `predict_raw` inputs (ids)."""
+        return parse_serving_examples(examples, self.tables, self.history_length)
+
+    def example_signatures(self) -> Dict[str, tf.types.experimental.ConcreteFunction]:
+        """`serving_default` (tf.Examples → ctr) and `tensorize` (tf.Examples → the
+        id inputs the other signatures take), both through `self.tensorize`."""
+        spec = [tf.TensorSpec([None], tf.string, EXAMPLES)]
+
+        @tf.function(autograph=False, input_signature=spec)
+        def serving_default(examples):
+            return self._padded_ctr(self.tensorize(examples))
+
+        @tf.function(autograph=False, input_signature=spec)
+        def tensorize(examples):
+            return dict(self.tensorize(examples))
+        return {"serving_default": serving_default.get_concrete_function(),
+                "tensorize": tensorize.get_concrete_function()}
+
     def signatures(self) -> Dict[str, tf.types.experimental.ConcreteFunction]:
         """Concrete functions for `tf.saved_model.save(..., signatures=...)`."""
         L = self.history_length
@@ -248,11 +273,7 @@ class ServingModule(tf.Module):
         sigs["predict_raw"] = predict_raw.get_concrete_function()
 
         if self.tables is not None:
-            @tf.function(autograph=False,
-                         input_signature=[tf.TensorSpec([None], tf.string, EXAMPLES)])
-            def serving_default(examples):
-                return self._padded_ctr(parse_serving_examples(examples, self.tables, L))
-            sigs["serving_default"] = serving_default.get_concrete_function()
+            sigs.update(self.example_signatures())
         else:  # no vocabularies: the raw signature is the default one
             sigs["serving_default"] = sigs["predict_raw"]
 

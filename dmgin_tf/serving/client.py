@@ -134,6 +134,15 @@ class Client:
                                     timeout_s=timeout_s)[F.PREDICTION])
         return np.concatenate(out) if out else np.zeros([0], np.float32)
 
+    def tensorize(self, serialized: Sequence[bytes], *,
+                  timeout_s: Optional[float] = None) -> Dict[str, np.ndarray]:
+        """`tensorize` on serialized tf.Examples (as `serving_default` takes them) → the
+        model's id inputs per example, mapped with the served version's vocabularies:
+        history keys `[B, L]`, `request_time [B]`, `cand_item`, `cand_group` `[B]` —
+        what `rank`, `user_state` and `score_cached` take (one row = one user)."""
+        chunk = np.array(list(serialized), dtype=object)
+        return self.predict({"examples": chunk}, signature="tensorize", timeout_s=timeout_s)
+
     def rank(self, history: Mapping[str, np.ndarray], cand_item: np.ndarray,
              cand_group: np.ndarray, *, signature: str = "rank",
              timeout_s: Optional[float] = None) -> np.ndarray:

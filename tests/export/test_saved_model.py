@@ -27,7 +27,8 @@ def test_layout_and_saved_model_cli(standin_export):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "inputs['hist_item']" in out.stdout and "outputs['ctr']" in out.stdout, out.stdout
     loaded = tf.saved_model.load(paths["xla"])
-    assert set(loaded.signatures) == {"serving_default", "predict_raw", "rank", "user_state", "score"}
+    assert set(loaded.signatures) == {"serving_default", "tensorize", "predict_raw", "rank",
+                                      "user_state", "score"}
     info = read_export_info(paths["xla"])
     assert info["jit_compile"] and not read_export_info(paths["noxla"])["jit_compile"]
 
@@ -144,6 +145,12 @@ def test_examples_truncate_to_newest_history_and_map_oov(standin_export):
              F.REQUEST_TIME: np.array([5000], np.int64),
              F.CAND_ITEM: index.lookup(["item7"]), F.CAND_GROUP: index.lookup_groups(["item7"])}
     np.testing.assert_allclose(got, np.asarray(model(dense)), atol=1e-5)
+    # `tensorize` gives a client exactly those id inputs (for rank / user_state).
+    _, paths, *_ = standin_export
+    ids = tf.saved_model.load(paths["noxla"]).signatures["tensorize"](examples=tf.constant([ex]))
+    assert set(ids) == set(dense)
+    for k, v in dense.items():
+        np.testing.assert_array_equal(ids[k].numpy(), v, err_msg=k)
 
 
 @pytest.mark.parametrize("bad,words", [

@@ -89,6 +89,18 @@ def _check_gauc_against_reference(summary):
     assert len(ctr) == len(labels) == summary.metrics["example_count"]
     ref = gauc(labels, ctr, users)
     assert abs(ref - summary.metrics["gauc"]) < 1e-4, (ref, summary.metrics["gauc"])
+    # `tensorize` maps the same examples to the id inputs the raw signatures take.
+    ids = loaded.signatures["tensorize"](examples=tf.constant(records))
+    raw = loaded.signatures["predict_raw"](**ids)[F.PREDICTION].numpy()
+    np.testing.assert_allclose(raw, ctr, atol=1e-6)
+    # The pushed version is warmed at load and carries the request contract, as an
+    # exported one does (dmgin_tf.export.saved_model.save_version).
+    from dmgin_tf.export.saved_model import read_export_info
+    info = read_export_info(summary.pushed_dir)
+    assert info["warmup_records"] > 0 and info["model_config"]["item_vocab_size"] > 2, info
+    assert "tensorize" in info["signatures"] and info["serving_example_features"]
+    assert os.path.getsize(os.path.join(summary.pushed_dir, "assets.extra",
+                                        "tf_serving_warmup_requests")) > 0
 
 
 def test_retrain_new_span_warm_starts_and_pushes(spans, roots):
