@@ -211,6 +211,7 @@ class ModelConfig(ConfigBase):
     use_intra: bool = True
     use_inter: bool = True
     use_candidate_group: bool = True
+    group_shares: bool = False        # DMGIN/DGIN: + the candidate group's behavior-type shares (length-invariant)
     use_recent: bool = False          # DMGIN/DGIN: + target attention over the newest recent_window behaviors
     attention_units: Tuple[int, ...] = (64, 32)  # target attention scoring MLP
     num_time_buckets: int = 32        # log2-minute recency buckets (embeddings, HSTU bias)

@@ -139,6 +139,9 @@ def default_variants(models: Sequence[str] = MODEL_NAMES, ablations: bool = True
             # statistics and matching counts (DGIN's candidate-group path).
             Variant("dmgin -own group", "dmgin", (("use_candidate_group", False),),
                     kind="ablation"),
+            # + the candidate group's behavior-type shares (history-length invariant).
+            Variant("dmgin +group shares", "dmgin", (("group_shares", True),),
+                    kind="ablation"),
             Variant("dmgin key=item_id", "dmgin", (), "item_id", kind="ablation"),
             Variant("dmgin key=category", "dmgin", (), "category", kind="ablation"),
         ]

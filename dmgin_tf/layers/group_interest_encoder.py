@@ -47,12 +47,21 @@ LOOKUP_STATE_KEYS = (LOOKUP_GROUP_IDS, LOOKUP_GROUP_SIZE, LOOKUP_GROUP_COUNTS,
                      HISTORY_SIZE)
 
 
-def match_feature_dim(num_behavior_types: int) -> int:
+def match_feature_dim(num_behavior_types: int, group_shares: bool = False) -> int:
     """Width of the encoder's raw matching features for T behavior types: the candidate
     group's `log1p(counts)` per type + its statistics, the candidate item's
-    `log1p(counts)` per type + seen + recency."""
+    `log1p(counts)` per type + seen + recency; with `group_shares` also the candidate
+    group's share of each type (`group_type_shares`)."""
     t = int(num_behavior_types)
-    return (t + NUM_STATS) + (t + 2)
+    return (t + NUM_STATS) + (t + 2) + (t if group_shares else 0)
+
+
+def group_type_shares(counts):
+    """Each behavior type's share of a group's behaviors: counts float `[..., T]` →
+    `[..., T]` summing to 1 (zeros for an empty group). Unlike the counts it does not
+    grow with the history's length (a user's taste for the group, not their activity)."""
+    counts = ops.maximum(ops.cast(counts, "float32"), 0.0)
+    return counts / ops.maximum(ops.sum(counts, axis=-1, keepdims=True), 1.0)
 
 
 @keras.saving.register_keras_serializable(package="dmgin_tf")
@@ -99,6 +108,9 @@ class GroupInterestEncoder(keras.layers.Layer):
             encoder's catalog embedding) added to every item embedding through a learned
             projection (`FeatureEmbedding`; load them with
             `encoder.embedding.set_item_content`); 0 = ids only.
+        group_shares: bool, with `use_candidate_group` also give the head the
+            candidate group's share of each behavior type (`group_type_shares`), which
+            unlike its counts does not grow with the user's history length.
         validate: bool. Structure (keys, dense int tensors, shapes) is always checked
             when the layer is called, also symbolically; with `validate=True` (default)
             concrete inputs (eager, numpy) are also checked for id ranges, padding,
@@ -140,7 +152,7 @@ class GroupInterestEncoder(keras.layers.Layer):
                  inter_layers=2, inter_block="hstu", attention_units=(64, 32), dropout=0.0,
                  use_stats=True, use_intra=True, use_inter=True, use_candidate_group=True,
                  group_key="group", num_time_buckets=32, validate=True, item_content_dim=0,
-                 recent_window=0, item_min_count=0, **kwargs):
+                 recent_window=0, item_min_count=0, group_shares=False, **kwargs):
         super().__init__(**kwargs)
         for name, value in (("max_groups", max_groups), ("max_per_group", max_per_group),
                             ("num_behavior_types", num_behavior_types),
@@ -163,6 +175,7 @@ class GroupInterestEncoder(keras.layers.Layer):
         self.use_intra = bool(use_intra)
         self.use_inter = bool(use_inter)
         self.use_candidate_group = bool(use_candidate_group)
+        self.group_shares = bool(group_shares)
         self.group_key = group_key
         self.num_time_buckets = int(num_time_buckets)
         self.validate = bool(validate)
@@ -217,7 +230,7 @@ class GroupInterestEncoder(keras.layers.Layer):
     def match_feature_dim(self):
         """Width of the raw matching features (`match_feature_dim`), the last columns of
         the output with `use_candidate_group`."""
-        return match_feature_dim(self.num_behavior_types)
+        return match_feature_dim(self.num_behavior_types, self.group_shares)
 
     @property
     def output_dim(self):
@@ -475,8 +488,10 @@ class GroupInterestEncoder(keras.layers.Layer):
                                        flat(cg.times, m), _repeat_per_candidate(rt, n))
         attention = self.candidate_attention(flat(query, query.shape[-1]), tokens,
                                              cg_mask, training=training)
-        raw = ops.concatenate([GroupStatistics.features(counts, stats),
-                               ops.cast(item_match, "float32")], axis=-1)
+        raw = [GroupStatistics.features(counts, stats), ops.cast(item_match, "float32")]
+        if self.group_shares:
+            raw.append(group_type_shares(counts))
+        raw = ops.concatenate(raw, axis=-1)
         return dict(
             group_attention=ops.reshape(attention, (-1, n, attention.shape[-1])),
             group_stats=self.statistics(counts, stats, group_mask=known),
@@ -668,7 +683,7 @@ class GroupInterestEncoder(keras.layers.Layer):
             use_candidate_group=self.use_candidate_group, group_key=self.group_key,
             num_time_buckets=self.num_time_buckets, validate=self.validate,
             item_content_dim=self.item_content_dim, recent_window=self.recent_window,
-            item_min_count=self.item_min_count)
+            item_min_count=self.item_min_count, group_shares=self.group_shares)
         return config
 
 

@@ -28,7 +28,8 @@ def encoder_from_config(model_cfg, *, group_key="group", use_inter=None, name="e
         use_candidate_group=c.use_candidate_group, group_key=group_key,
         num_time_buckets=c.num_time_buckets, item_content_dim=c.item_content_dim,
         recent_window=c.recent_window if c.use_recent else 0,
-        item_min_count=c.item_min_count, dtype=dtype, name=name)
+        item_min_count=c.item_min_count, group_shares=c.group_shares, dtype=dtype,
+        name=name)
 
 
 @keras.saving.register_keras_serializable(package="dmgin_tf")
@@ -75,7 +76,8 @@ class DMGIN(RankingModel):
     def dense_interest_dim(self) -> int:
         # The encoder's raw matching counts/statistics close its output vector.
         c = self.model_cfg
-        return match_feature_dim(c.num_behavior_types) if c.use_candidate_group else 0
+        return (match_feature_dim(c.num_behavior_types, c.group_shares)
+                if c.use_candidate_group else 0)
 
     def interest(self, inputs, training=None):
         return self.encoder(inputs, training=training)

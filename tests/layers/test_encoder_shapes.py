@@ -49,3 +49,22 @@ def test_precomputed_features_with_1d_candidates_are_refused():
     feats = enc.candidate_features(lists)
     with pytest.raises(ValueError, match=r"\[U, N\]"):
         enc.score_candidates(state, x, candidate_features=feats)
+
+
+def test_group_shares_are_length_invariant_and_widen_the_matching_features():
+    from dmgin_tf.layers.group_interest_encoder import group_type_shares
+    counts = np.array([[3.0, 1.0], [0.0, 0.0]], "float32")
+    shares = np.asarray(group_type_shares(counts))
+    np.testing.assert_allclose(shares, [[0.75, 0.25], [0.0, 0.0]])
+    np.testing.assert_allclose(np.asarray(group_type_shares(counts * 7)), shares)
+    x = _inputs()
+    plain, with_shares = _encoder(), GroupInterestEncoder(
+        item_vocab_size=30, group_vocab_size=6, num_behavior_types=2, max_groups=3,
+        max_per_group=2, embedding_dim=8, group_shares=True)
+    assert with_shares.match_feature_dim == plain.match_feature_dim + 2
+    out = np.asarray(with_shares(x))
+    assert out.shape == (2, with_shares.output_dim) == (2, plain.output_dim + 2)
+    # The last T columns are the candidate group's type shares: they sum to 1 (or 0).
+    np.testing.assert_allclose(out[:, -2:].sum(-1) * (out[:, -2:].sum(-1) > 0),
+                               (out[:, -2:].sum(-1) > 0).astype("float32"), atol=1e-6)
+    assert GroupInterestEncoder.from_config(with_shares.get_config()).group_shares

@@ -12,7 +12,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/
 
 
-def compare(model_name, length=48, users=4, candidates=12):
+def compare(model_name, length=48, users=4, candidates=12, **overrides):
     import keras
     from dmgin_tf import features as F
     from dmgin_tf.config import ModelConfig
@@ -23,7 +23,7 @@ def compare(model_name, length=48, users=4, candidates=12):
     x, items, groups = taobao_examples(users, length)
     cfg = ModelConfig(model=model_name, item_vocab_size=items, group_vocab_size=groups,
                       history_length=length, max_groups=8, max_per_group=4, embedding_dim=8,
-                      mlp_units=(16,), attention_units=(8,), dropout=0.0)
+                      mlp_units=(16,), attention_units=(8,), dropout=0.0, **overrides)
     model = build_model(cfg)
     if keras.backend.backend() != "tensorflow":  # JAX: times are int32 (x64 off)
         x = {k: v.astype(np.int32) for k, v in x.items()}

@@ -15,9 +15,10 @@ from serving.cached_state_probe import compare
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-@pytest.mark.parametrize("name", ["dmgin", "dgin"])
-def test_score_cached_equals_rank_on_real_histories_tensorflow(name):
-    diff, refused, spread = compare(name)
+@pytest.mark.parametrize("name,overrides", [("dmgin", {}), ("dgin", {}),
+                                            ("dmgin", {"group_shares": True})])
+def test_score_cached_equals_rank_on_real_histories_tensorflow(name, overrides):
+    diff, refused, spread = compare(name, **overrides)
     assert spread > 1e-3          # the scores differ between candidates: a real comparison
     assert diff < 1e-5
     assert refused                # a state of another model version is refused
