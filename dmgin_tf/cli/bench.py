@@ -218,6 +218,10 @@ def _reconstruct(args: argparse.Namespace) -> str:
         parts.append(f"--hparams {shlex.quote(args.hparams)}")
     if args.variants:
         parts.append("--variants " + " ".join(shlex.quote(v) for v in args.variants))
+    if getattr(args, "config", None):
+        parts.append(f"--config {shlex.quote(args.config)}")
+    for override in getattr(args, "overrides", None) or ():   # --set: part of the result
+        parts.append(f"--set {shlex.quote(override)}")
     return " ".join(parts)
 
 

@@ -54,3 +54,15 @@ def test_compare_cli_writes_json_and_chart(tmp_path, capsys):
     assert (tmp_path / "out" / "backend_comparison.png").stat().st_size > 0
     with pytest.raises(DmginError, match="pairs"):
         compare_quality([str(a)], ("gpu", "cpu"), str(tmp_path / "out"))
+
+
+def test_recorded_command_keeps_config_overrides():
+    """A results file's command must reproduce it: `--set` overrides change the model."""
+    from dmgin_tf.cli.bench import _reconstruct
+    from dmgin_tf.cli.main import build_parser
+    args = build_parser().parse_args([
+        "bench", "quality", "--dataset", "movielens", "--variants", "dmgin +item embedding",
+        "--set", "model.group_shares=true", "--set", "train.epochs=2"])
+    cmd = _reconstruct(args)
+    assert "--set model.group_shares=true --set train.epochs=2" in cmd, cmd
+    assert "--variants 'dmgin +item embedding'" in cmd, cmd
