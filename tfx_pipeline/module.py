@@ -242,8 +242,8 @@ def save_serving_model(model, lookups, path: str, history_length: int, serving_c
     examples = None
     if warmup_inputs is not None and item_vocab is not None:
         examples = examples_from_dense(warmup_inputs, item_vocab, lookups.behavior_types)
-    save_version(module, path, name="dmgin", version=None, serving_cfg=serving_cfg,
-                 warmup_inputs=warmup_inputs, examples=examples,
+    save_version(module, path, name=serving_cfg.model_name, version=None,
+                 serving_cfg=serving_cfg, warmup_inputs=warmup_inputs, examples=examples,
                  behavior_types=lookups.behavior_types, model_config=model_config)
 
 
