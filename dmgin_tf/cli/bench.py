@@ -218,9 +218,9 @@ def _reconstruct(args: argparse.Namespace) -> str:
         parts.append(f"--hparams {shlex.quote(args.hparams)}")
     if args.variants:
         parts.append("--variants " + " ".join(shlex.quote(v) for v in args.variants))
-    if getattr(args, "config", None):
+    if args.config:
         parts.append(f"--config {shlex.quote(args.config)}")
-    for override in getattr(args, "overrides", None) or ():   # --set: part of the result
+    for override in args.overrides:          # --set changes the model: part of the result
         parts.append(f"--set {shlex.quote(override)}")
     return " ".join(parts)
 
