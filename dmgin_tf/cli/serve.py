@@ -39,6 +39,11 @@ def register(subparsers) -> None:
                    help="a new version directory must be complete and unchanged this long (default 1)")
     p.add_argument("--ssl-cert", metavar="PEM", help="TLS certificate chain (with --ssl-key)")
     p.add_argument("--ssl-key", metavar="PEM", help="TLS private key (with --ssl-cert)")
+    # TF Serving's --tensorflow_intra_op_parallelism / --tensorflow_inter_op_parallelism.
+    p.add_argument("--tensorflow-intra-op-parallelism", type=int, default=0, metavar="N",
+                   help="threads one op may use (default 0: TensorFlow's choice, the cores)")
+    p.add_argument("--tensorflow-inter-op-parallelism", type=int, default=0, metavar="N",
+                   help="ops run in parallel (default 0: TensorFlow's choice)")
     p.add_argument("--no-warmup", dest="warmup", action="store_false",
                    help="do not replay assets.extra warmup records at load")
     p.set_defaults(func=run)
@@ -56,6 +61,9 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, flag)
         if value is not None and not 0 <= value <= 65535:
             raise DmginError(f"--{flag.replace('_', '-')} {value}: must be in [0, 65535]")
+    for flag in ("tensorflow_intra_op_parallelism", "tensorflow_inter_op_parallelism"):
+        if getattr(args, flag) < 0:
+            raise DmginError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be >= 0")
     for flag in ("max_message_bytes", "max_concurrent_rpcs", "max_batch_size", "max_candidates"):
         value = getattr(args, flag)
         if value is not None and value < 1:
@@ -72,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
     if args.monitoring_config_file:
         mon = read_monitoring_config(args.monitoring_config_file)
         path = mon.prometheus_config.path or DEFAULT_PATH
+    threads = set_tensorflow_threads(args.tensorflow_intra_op_parallelism,
+                                     args.tensorflow_inter_op_parallelism)
     server = DevServer(read_model_server_config(args.model_config_file), port=args.port,
                        host=args.host, batching=batching, max_batch_size=args.max_batch_size,
                        max_message_bytes=args.max_message_bytes,
@@ -83,7 +93,9 @@ def run(args: argparse.Namespace) -> int:
     port = server.start()
     print(f"dmgin serve: gRPC{' (TLS)' if args.ssl_cert else ''} on {args.host}:{port}"
           + (f", metrics on http://{args.host}:{server.metrics_http.port}{path}"
-             if server.metrics_http else ""), flush=True)
+             if server.metrics_http else "")
+          + f"; TensorFlow threads: intra-op {threads[0] or 'default'}, "
+            f"inter-op {threads[1] or 'default'}", flush=True)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -91,3 +103,21 @@ def run(args: argparse.Namespace) -> int:
     print("dmgin serve: shutting down (finishing in-flight requests)", flush=True)
     server.stop(grace_s=10)
     return 0
+
+
+def set_tensorflow_threads(intra: int, inter: int):
+    """Sets TensorFlow's thread pools before any model loads (0 = TensorFlow's choice)
+    → the (intra, inter) now in effect.
+
+    Where the server shares few cores with other processes (its clients, a cache), one
+    intra-op thread avoids the pools' threads contending for them: on a 2-core host
+    with the client beside it, `score_cached` ran faster with `--tensorflow-intra-op-
+    parallelism 1` (docs/benchmarks.md, cached serving).
+    """
+    import tensorflow as tf
+    if intra:
+        tf.config.threading.set_intra_op_parallelism_threads(intra)
+    if inter:
+        tf.config.threading.set_inter_op_parallelism_threads(inter)
+    return (tf.config.threading.get_intra_op_parallelism_threads(),
+            tf.config.threading.get_inter_op_parallelism_threads())

@@ -69,6 +69,14 @@ class SignatureRunner:
         # can be concatenated along axis 0 and the outputs split back.
         self.batchable = all(s.shape.rank is not None and s.shape.rank >= 1
                              for s in list(self.inputs.values()) + list(self.outputs.values()))
+        # The structured call binds keyword arguments and walks nests on every request
+        # (~0.5 ms of a 2-3 ms `score_cached` on 2 cores). The inputs are checked before
+        # `run` (names, dtypes, shapes), so requests take the flat path: the tensors in
+        # the function's own parameter order. Falls back to the structured call where
+        # the loaded function does not expose that order (other TensorFlow versions).
+        params = list(getattr(getattr(fn, "function_type", None), "parameters", None) or ())
+        self._flat_order = (params if sorted(params) == sorted(self.inputs)
+                            and callable(getattr(fn, "_call_flat", None)) else None)
 
     def check_dtypes(self, dtypes: Mapping[str, tf.DType]) -> None:
         """Checks input names and dtypes (from the request's TensorProtos)."""
@@ -104,8 +112,13 @@ class SignatureRunner:
     def run(self, inputs: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
         """Runs the signature; TensorFlow errors become ServingErrors."""
         try:
-            out = self._fn(**{k: tf.convert_to_tensor(v, dtype=self.inputs[k].dtype)
-                              for k, v in inputs.items()})
+            if self._flat_order is not None:
+                out = self._fn._call_flat(  # noqa: SLF001 — see __init__
+                    [tf.convert_to_tensor(inputs[k], dtype=self.inputs[k].dtype)
+                     for k in self._flat_order], self._fn.captured_inputs)
+            else:
+                out = self._fn(**{k: tf.convert_to_tensor(v, dtype=self.inputs[k].dtype)
+                                  for k, v in inputs.items()})
         except tf.errors.InvalidArgumentError as e:
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                                f"signature {self.name!r}: {_first_line(e.message)}") from None

@@ -44,6 +44,7 @@ def test_serve_with_a_missing_base_path(tmp_path, capsys):
     (["--port", "-1"], ["--port -1", "[0, 65535]"]),
     (["--max-candidates", "-5"], ["--max-candidates -5", ">= 1"]),
     (["--ssl-cert", "c.pem"], ["--ssl-cert", "--ssl-key"]),
+    (["--tensorflow-intra-op-parallelism", "-2"], ["--tensorflow-intra-op-parallelism -2", ">= 0"]),
 ])
 def test_serve_flag_errors(tmp_path, capsys, args, words):
     base = str(tmp_path / "m")

@@ -242,3 +242,49 @@ def test_version_hot_swap_under_load_drops_nothing(tmp_path):
     assert seen == {1, 2} and counts[0] > 20
     states = dict((v, s.state) for v, s in server.registry.status(NAME))
     assert states == {1: 50, 2: 30}  # END, AVAILABLE
+
+
+def test_signature_runner_flat_call_equals_structured_call(tmp_path):
+    """Requests run through the function's flat parameter order (the fast path); it must
+    give what the keyword call gives, with the inputs in any dict order."""
+    from serving.standin import ids_inputs, save_ids_standin
+    from dmgin_tf.serving.model_registry import SignatureRunner
+    loaded = tf.saved_model.load(save_ids_standin(str(tmp_path), 1))
+    fn = loaded.signatures["rank"]
+    runner = SignatureRunner("rank", fn)
+    assert runner._flat_order is not None  # the pinned TensorFlow exposes the order
+    inputs = dict(reversed(list(ids_inputs(users=2, cands=4).items())))
+    fast = runner.run(inputs)
+    slow = {k: v.numpy() for k, v in fn(**{k: tf.constant(v) for k, v in inputs.items()}).items()}
+    assert sorted(fast) == sorted(slow)
+    for k in slow:
+        np.testing.assert_array_equal(fast[k], slow[k])
+    runner._flat_order = None  # the fallback path
+    for k, v in runner.run(inputs).items():
+        np.testing.assert_array_equal(v, slow[k])
+
+
+def test_serve_sets_tensorflow_thread_pools(tmp_path):
+    """`dmgin serve --tensorflow-intra/inter-op-parallelism` (TF Serving's flags) set the
+    pools before the model loads, say so on the start line, and the server serves."""
+    import subprocess
+    import sys
+    from dmgin_tf.serving import Client
+    base = str(tmp_path / "m")
+    save_standin(base, 1)
+    cfg = write_models_config(str(tmp_path / "models.config"), "m", base)
+    port = portpicker.pick_unused_port()
+    proc = subprocess.Popen([sys.executable, "-m", "dmgin_tf.cli.main", "serve",
+                             "--model-config-file", cfg, "--port", str(port),
+                             "--tensorflow-intra-op-parallelism", "1",
+                             "--tensorflow-inter-op-parallelism", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert "TensorFlow threads: intra-op 1, inter-op 2" in line, line
+        x = np.array([[1.0, 2.0, 3.0]], np.float32)
+        with Client(f"127.0.0.1:{port}", "m", signature="predict_raw", timeout_s=30) as c:
+            np.testing.assert_allclose(c.predict({"x": x})["ctr"], reference(x, 1), rtol=1e-6)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
