@@ -39,11 +39,15 @@ class SplitSequence(keras.utils.PyDataset):
       shuffle: reshuffle the order at each epoch with `seed + epoch`.
       backend: the Keras backend (decides the time dtype, see `inputs.cast_for_backend`).
       prefetch: batches built ahead of the one asked for, in `threads` background threads
-        (0 = build on demand). Keras asks for batch i, then i+1, ...; while the device
-        runs step i the threads densify i+1..i+prefetch (`np.take` releases the GIL), so
-        host batch building overlaps device compute instead of adding to it. Order and
-        content are exactly those of the on-demand path (batches are keyed by
-        (epoch, index); a reshuffle drops the stale ones).
+        (0 = build on demand). Asked for batch i right after i-1, it has the threads
+        densify i+1..i+prefetch while the device runs step i (`np.take` releases the
+        GIL), so host batch building overlaps device compute instead of adding to it. An
+        out-of-order request is built on demand and reads nothing ahead, and batches
+        behind the one asked for are dropped: at most `prefetch` batches wait, whatever
+        the access order. `model.fit` must get `shuffle=False` (this sequence shuffles
+        itself, seeded; Keras would reorder the requests). Order and content are exactly
+        those of the on-demand path (batches are keyed by (epoch, index); a reshuffle
+        drops the stale ones).
       threads: worker threads for `prefetch`.
     Yields: `({key: [B, L] or [B]}, labels [B] float32)`.
     """
@@ -86,11 +90,17 @@ class SplitSequence(keras.utils.PyDataset):
         with self._lock:
             epoch, batches = self._epoch, self._batches
             future = self._pending.pop((epoch, index), None)
+            sequential = future is not None or index == 0
+            # Batches behind this one will not be asked for in order: drop them.
+            for key in [k for k in self._pending if k[0] == epoch and k[1] < index]:
+                self._pending.pop(key).cancel()
             if future is None:
                 future = self._pool.submit(self._build, batches, index)
-            for ahead in range(index + 1, min(index + 1 + self.prefetch, len(batches))):
-                if (epoch, ahead) not in self._pending:
-                    self._pending[(epoch, ahead)] = self._pool.submit(self._build, batches, ahead)
+            if sequential:
+                for ahead in range(index + 1, min(index + 1 + self.prefetch, len(batches))):
+                    if (epoch, ahead) not in self._pending:
+                        self._pending[(epoch, ahead)] = self._pool.submit(self._build, batches,
+                                                                          ahead)
         return future.result()
 
     def on_epoch_end(self):

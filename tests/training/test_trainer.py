@@ -148,3 +148,43 @@ def test_schedule_monitor_and_epoch_cap_flag(tmp_path):
     assert rates[0] == 0.0 and rates[1] == pytest.approx(cfg.train.learning_rate / 2)
     assert rates[2] == pytest.approx(cfg.train.learning_rate)
     assert rates[3] == pytest.approx(cfg.train.learning_rate * cfg.train.lr_min_ratio)
+
+
+def test_fit_asks_for_training_batches_in_order_and_reads_ahead_boundedly(tmp_path, monkeypatch):
+    """The sequence shuffles itself (seeded); Keras must not reorder its batches, or the
+    read-ahead misses and built batches pile up (memory growing with the epoch)."""
+    from dmgin_tf.training import callbacks as cb
+    from dmgin_tf.training.trainer import train
+    asked, waiting = [], []
+    real = cb.SplitSequence.__getitem__
+
+    def spy(self, index):
+        out = real(self, index)
+        if self.shuffle:            # the training sequence
+            asked.append(index)
+            waiting.append(len(self._pending))
+        return out
+
+    monkeypatch.setattr(cb.SplitSequence, "__getitem__", spy)
+    cfg = tiny_config(epochs=2, batch_size=16, early_stopping_patience=5)
+    train(cfg, tiny_data(), str(tmp_path / "run"), model_fn=tiny_model_fn, verbose=0)
+    per_epoch = 256 // 16
+    # Keras reads a few batches first to infer the input signature; then two epochs in order.
+    assert asked[-2 * per_epoch:] == list(range(per_epoch)) * 2
+    assert max(waiting) <= 4
+
+
+def test_read_ahead_stays_bounded_under_random_access():
+    from dmgin_tf.training.callbacks import SplitSequence
+    from dmgin_tf.training.inputs import ArraySplit
+    n = 512
+    split = ArraySplit({"x": np.arange(n)}, np.zeros(n), np.arange(n))
+    split.batch = lambda idx: {"x": np.arange(n)[idx]}
+    plain = SplitSequence(split, 8, seed=1, backend="jax")
+    seq = SplitSequence(split, 8, seed=1, backend="jax", prefetch=4, threads=2)
+    try:
+        for i in np.random.default_rng(0).permutation(len(seq)):
+            np.testing.assert_array_equal(seq[int(i)][0]["x"], plain[int(i)][0]["x"])
+            assert len(seq._pending) <= 4
+    finally:
+        seq.close()
