@@ -200,12 +200,20 @@ class _Progress:
                 continue
             if state == "running":
                 _reset_peak_rss()
-            elif self.seen.get(e.id) == "running":
+            elif self.seen.get(e.id) in (None, "running") and state in ("done", "FAILED"):
+                # Sampled as it ends too: a component shorter than the poll interval is
+                # never seen running (its figure then also covers the one before it,
+                # since the high-water mark was last reset when that one started).
+                self.peak[e.id] = max(self.peak.get(e.id, 0), _tree_rss(), _peak_rss())
                 self._sample()
             node = next((c.name[len(self.prefix):] for c in store.get_contexts_by_execution(e.id)
                          if c.name.startswith(self.prefix)), str(e.id))
             now = time.time()
-            self.started.setdefault(e.id, now)
+            # The store's own timestamps (ms): right also for a component that started
+            # and finished between two polls.
+            self.started.setdefault(e.id, (e.create_time_since_epoch / 1000.0) or now)
+            if state != "running" and e.last_update_time_since_epoch:
+                now = max(e.last_update_time_since_epoch / 1000.0, self.started[e.id])
             took = "" if state == "running" else f" ({now - self.started[e.id]:.0f}s)"
             if state == "cached":
                 self.cached.append(node)
