@@ -93,7 +93,7 @@ def test_metadata_and_status(served):
 
 
 @pytest.mark.parametrize("case", [
-    "missing_input", "extra_input", "wrong_dtype", "wrong_shape", "malformed_example",
+    "missing_input", "extra_input", "wrong_dtype", "wrong_shape", "wrong_rank", "malformed_example",
     "example_missing_feature", "example_wrong_type", "unknown_signature",
     "unknown_model", "unknown_version", "unknown_label", "oversized_batch",
     "oversized_message", "malformed_tensor", "bad_output_filter"])
@@ -109,6 +109,8 @@ def test_bad_input_gets_status_and_server_keeps_serving(served, case):
         req, words = _request(x=ok.astype(np.int64)), ["'x'", "int64", "float32"]
     elif case == "wrong_shape":
         req, words = _request(x=np.zeros((2, 4), np.float32)), ["'x'", "[2, 4]", "[?, 3]"]
+    elif case == "wrong_rank":
+        req, words = _request(x=np.zeros((3,), np.float32)), ["'x'", "[3]", "[?, 3]"]
     elif case == "malformed_example":
         req, words = _request("serving_default", examples=np.array([b"\xff\x00garbage"], object)), \
             ["serving_default", "parse"]
