@@ -481,7 +481,7 @@ def _fit(model, cfg: Config, data: TrainingData, output_dir: str, ckpt_dir: str,
                                                      write_graph=False, profile_batch=0))
     try:
         # shuffle=False: `seq` shuffles itself, seeded, per epoch. Keras' own shuffle of a
-        # PyDataset asks for the batches in a random order (unseeded), which defeated the
+        # PyDataset asks for the batches in a random order, which defeated the
         # read-ahead: a step built up to 4 batches and memory grew with the epoch.
         model.fit(seq, epochs=tc.epochs, steps_per_epoch=steps, callbacks=callbacks,
                   shuffle=False, verbose=2 if verbose >= 2 else 0)
