@@ -70,6 +70,14 @@ def batching_text(opts) -> str:
     return "\n".join(lines) + "\n"
 
 
+def serve_command(config: str, port: int, intra_op: int) -> list:
+    """`dmgin serve` as its own process: no version polling during the run, no warmup
+    records (the benchmark warms up with its own request shapes)."""
+    return [sys.executable, "-m", "dmgin_tf.cli.main", "serve", "--model-config-file", config,
+            "--port", str(port), "--file-system-poll-wait-seconds", "3600", "--no-warmup",
+            "--tensorflow-intra-op-parallelism", str(intra_op)]
+
+
 def stop(server) -> None:
     """Graceful stop (SIGTERM), then kill if it hangs."""
     server.terminate()
@@ -177,9 +185,7 @@ def main(argv=None):
         config = os.path.join(tmp, f"{name}.models.config")
         with open(config, "w", encoding="utf-8") as f:
             f.write(text_format.MessageToString(mcfg))
-        cmd = [sys.executable, "-m", "dmgin_tf.cli.main", "serve", "--model-config-file", config,
-               "--port", str(port), "--file-system-poll-wait-seconds", "3600", "--no-warmup",
-               "--tensorflow-intra-op-parallelism", str(args.server_intra_op)]
+        cmd = serve_command(config, port, args.server_intra_op)
         if batching is not None:
             path = os.path.join(tmp, f"{name}.batching.txt")
             with open(path, "w", encoding="utf-8") as f:
@@ -367,9 +373,7 @@ def cached_benchmark(args, argv):
             port = portpicker.pick_unused_port()
             log = open(os.path.join(tmp, f"{name}.server.log"), "w")
             server = subprocess.Popen(
-                [sys.executable, "-m", "dmgin_tf.cli.main", "serve", "--model-config-file",
-                 config, "--port", str(port), "--file-system-poll-wait-seconds", "3600",
-                 "--no-warmup", "--tensorflow-intra-op-parallelism", str(args.server_intra_op)],
+                serve_command(config, port, args.server_intra_op),
                 stdout=log, stderr=subprocess.STDOUT)
             try:
                 with Client(f"127.0.0.1:{port}", name, candidate_buckets=cand_buckets,
