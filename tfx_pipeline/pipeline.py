@@ -39,6 +39,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 PREPROCESSING_FN = "tfx_pipeline.module.preprocessing_fn"
 RUN_FN = "tfx_pipeline.module.run_fn"
 TUNER_FN = "tfx_pipeline.module.tuner_fn"
+EVAL_MODULE = "tfx_pipeline.eval_records"   # the Evaluator's UDFs (custom_extractors)
 SCHEMA_DIR = os.path.join(HERE, "schema")
 METADATA_FILE = "metadata.sqlite"
 
@@ -101,8 +102,7 @@ def create_pipeline(cfg: Config, *, data_root: str, span: int, pipeline_root: st
         LatestArtifactStrategy — the only kind the Kubeflow V2 compiler accepts).
       import_examples: bring-your-own user records instead of the ExampleBuilder: a
         directory with ``Split-train/``, ``Split-val/``, ``Split-eval/`` TFRecord files of
-        `tf.train.SequenceExample`s (the ExampleBuilder's format) and ``Flat-eval/`` with
-        the eval split as flat tf.Examples for the Evaluator (two ImportExampleGens).
+        `tf.train.SequenceExample`s (the ExampleBuilder's format; an ImportExampleGen).
         They pass the same validation gate.
       tune_trials: > 0 adds TFX's standard `Tuner` component (`tuner_fn` of the module:
         KerasTuner random search over the model's search space, that many trials, best by
@@ -134,18 +134,12 @@ def create_pipeline(cfg: Config, *, data_root: str, span: int, pipeline_root: st
         examples = tfx.components.ImportExampleGen(
             input_base=abs_path(import_examples), input_config=tfx.proto.Input(splits=splits),
             payload_format=example_gen_pb2.FORMAT_TF_SEQUENCE_EXAMPLE)
-        flat_eval = tfx.components.ImportExampleGen(
-            input_base=abs_path(import_examples), input_config=tfx.proto.Input(
-                splits=[tfx.proto.Input.Split(name="eval", pattern="Flat-eval/*")])
-        ).with_id("ImportFlatEvalExamples")
-        eval_examples = flat_eval.outputs["examples"]
     else:
         examples = ExampleBuilder(data_root=data_root, span=span, data_config=cfg.data.to_dict(),
                                   item_groups=grouper.outputs["item_groups"],
                                   history_window=min(cfg.data.max_history,
                                                      cfg.model.history_length),
                                   label_noise=label_noise, beam_config_json=beam_json)
-        eval_examples = examples.outputs["eval_examples"]
     stats = tfx.components.StatisticsGen(examples=examples.outputs["examples"])
     schema = tfx.components.ImportSchemaGen(schema_file=os.path.join(SCHEMA_DIR, "schema.pbtxt"))
     validator = tfx.components.ExampleValidator(statistics=stats.outputs["statistics"],
@@ -185,10 +179,12 @@ def create_pipeline(cfg: Config, *, data_root: str, span: int, pipeline_root: st
         train_args=tfx.proto.TrainArgs(splits=["train"]),
         eval_args=tfx.proto.EvalArgs(splits=["val"]),
         custom_config=custom_config)
+    # TFMA reads the eval user records; our extractor expands them into flat tf.Examples
+    # for `serving_default` (tfx_pipeline/eval_records.py). TFXIO needs the records' schema.
     evaluator = tfx.components.Evaluator(
-        examples=eval_examples, model=trainer.outputs["model"],
-        baseline_model=latest_blessed.outputs["model"],
-        example_splits=["eval"],
+        examples=examples.outputs["examples"], model=trainer.outputs["model"],
+        baseline_model=latest_blessed.outputs["model"], schema=schema.outputs["schema"],
+        example_splits=["eval"], module_path=EVAL_MODULE,
         eval_config=make_eval_config(cfg.pipeline.min_auc, cfg.pipeline.max_auc_drop))
     pusher = tfx.components.Pusher(
         model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
@@ -196,7 +192,7 @@ def create_pipeline(cfg: Config, *, data_root: str, span: int, pipeline_root: st
             filesystem=tfx.proto.PushDestination.Filesystem(
                 base_directory=os.path.join(abs_path(serving_base), model_name))))
 
-    front = [flat_eval] if import_examples else [enc, latest_groups, grouper]
+    front = [] if import_examples else [enc, latest_groups, grouper]
     components = front + [examples, stats, schema, validator, gate, transform, latest_blessed] \
         + ([tuner] if tuner else []) + [trainer, evaluator, pusher]
     metadata_path = metadata_path or os.path.join(pipeline_root, METADATA_FILE)

@@ -10,8 +10,8 @@ place, `dmgin_tf.data.examples.build_user_examples`; this module only distribute
 Two record formats:
 - `build_user_records` (the TFX pipeline): one `tf.train.SequenceExample` per user and
   split — the behaviors the split's examples can read plus its labelled positions
-  (`to_sequence_example`, `dmgin_tf.data.sequences`): O(behaviors) — and the test split
-  as flat tf.Examples with the newest `window` behaviors for TFMA (`test_flat/`);
+  (`to_sequence_example`, `dmgin_tf.data.sequences`): O(behaviors); the Evaluator expands
+  the test records into flat tf.Examples itself (`tfx_pipeline.eval_records`);
 - `build_examples` (reference, bring-your-own): one flat tf.Example per example with its
   history copied in (features below): O(examples × history).
 
@@ -135,11 +135,12 @@ def to_tf_example(row: dict) -> bytes:
 
     parts = [
         feature(F.USER_ID, "bytes", [row[F.USER_ID]]), feature(F.ITEM_ID, "bytes", [row[F.ITEM_ID]]),
-        feature(F.CATEGORY, "bytes", [row[F.CATEGORY]]), feature(F.LABEL, "int", [row[F.LABEL]]),
-        feature(F.TIMESTAMP, "int", [row[F.TIMESTAMP]]),
+        feature(F.LABEL, "int", [row[F.LABEL]]), feature(F.TIMESTAMP, "int", [row[F.TIMESTAMP]]),
         feature(F.HIST_ITEM_ID, "bytes", row[F.HIST_ITEM_ID]),
         feature(F.HIST_BEHAVIOR, "bytes", row[F.HIST_BEHAVIOR]),
         feature(F.HIST_TIMESTAMP, "int", row[F.HIST_TIMESTAMP])]
+    if F.CATEGORY in row:  # examples built from behaviors (user records carry no category)
+        parts.append(feature(F.CATEGORY, "bytes", [row[F.CATEGORY]]))
     if F.GROUP_ID in row:  # built with item_groups (TFX pipeline)
         parts += [feature(F.GROUP_ID, "int", [row[F.GROUP_ID]]),
                   feature(F.HIST_GROUP_ID, "int", row[F.HIST_GROUP_ID])]
@@ -153,10 +154,15 @@ def from_tf_example(record: bytes) -> dict:
     f = example_pb2.Example.FromString(record).features.feature
     s = lambda k: [v.decode("utf-8") for v in f[k].bytes_list.value]  # noqa: E731
     n = lambda k: list(f[k].int64_list.value)  # noqa: E731
-    return {F.USER_ID: s(F.USER_ID)[0], F.ITEM_ID: s(F.ITEM_ID)[0], F.CATEGORY: s(F.CATEGORY)[0],
-            F.LABEL: n(F.LABEL)[0], F.TIMESTAMP: n(F.TIMESTAMP)[0],
-            F.HIST_ITEM_ID: s(F.HIST_ITEM_ID), F.HIST_BEHAVIOR: s(F.HIST_BEHAVIOR),
-            F.HIST_TIMESTAMP: n(F.HIST_TIMESTAMP)}
+    row = {F.USER_ID: s(F.USER_ID)[0], F.ITEM_ID: s(F.ITEM_ID)[0],
+           F.LABEL: n(F.LABEL)[0], F.TIMESTAMP: n(F.TIMESTAMP)[0],
+           F.HIST_ITEM_ID: s(F.HIST_ITEM_ID), F.HIST_BEHAVIOR: s(F.HIST_BEHAVIOR),
+           F.HIST_TIMESTAMP: n(F.HIST_TIMESTAMP)}
+    if F.CATEGORY in f:
+        row[F.CATEGORY] = s(F.CATEGORY)[0]
+    if F.GROUP_ID in f:
+        row[F.GROUP_ID], row[F.HIST_GROUP_ID] = n(F.GROUP_ID)[0], n(F.HIST_GROUP_ID)
+    return row
 
 
 # Per-process cache: under DaskRunner DoFn.setup runs per partition, so the catalog
@@ -219,7 +225,6 @@ POS_HIST_END = "pos_hist_end"   # history = the record's behaviors [0, pos_hist_
 POS_ITEM, POS_GROUP, POS_LABEL, POS_TIME = "pos_item_id", "pos_group_id", "pos_label", "pos_timestamp"
 SEQUENCE_BYTES = (SEQ_ITEM, SEQ_BEHAVIOR, POS_ITEM)
 SEQUENCE_INTS = (SEQ_TIME, SEQ_GROUP, POS_HIST_END, POS_GROUP, POS_LABEL, POS_TIME)
-FLAT_EVAL = "test_flat"         # output dir of the eval split as flat tf.Examples (Evaluator)
 
 
 def to_sequence_example(user_id: str, lists: Mapping[str, Sequence]) -> bytes:
@@ -281,8 +286,7 @@ def flip_labels(label: np.ndarray, fraction: float, user_id: str, seed: int) -> 
 
 
 class _UserRecordsFn(_UserFn):
-    """``(user_id, [(ts, row, item, behavior)])`` -> ``(split, serialized user record)``,
-    plus ``(FLAT_EVAL, tf.Example)`` per test example (history cut at `window`)."""
+    """``(user_id, [(ts, row, item, behavior)])`` -> ``(split, serialized user record)``."""
 
     def __init__(self, spec: DatasetSpec, cfg: DataConfig, item_ids: Sequence[str],
                  categories: Mapping[str, str], item_groups: Mapping[str, int], window: int,
@@ -300,12 +304,6 @@ class _UserRecordsFn(_UserFn):
         cand_groups = np.array([group(v) for v in ue.cand_item], dtype=np.int64)
         yield from user_records(user_id, items, behaviors, ts, groups, ue, self._window,
                                 cand_groups)
-        for split, row in example_rows(user_id, items, behaviors, ts, ue, self._cats,
-                                       min(self._window, self._cfg.max_history)):
-            if split == "test":
-                row[F.GROUP_ID] = group(row[F.ITEM_ID])
-                row[F.HIST_GROUP_ID] = [group(v) for v in row[F.HIST_ITEM_ID]]
-                yield FLAT_EVAL, to_tf_example(row)
 
 
 class ReadRowRanges(beam.DoFn):
@@ -412,11 +410,9 @@ def build_user_records(data_dir: str, output_dir: str, data_cfg: DataConfig,
                        splits: int = 0, compression: str = "gzip") -> Dict[str, int]:
     """Builds one `tf.train.SequenceExample` per (user, split) with Beam.
 
-    Writes ``<output_dir>/{train,val,test}/`` (user records, `dmgin_tf.data.sequences`)
-    and ``<output_dir>/test_flat/`` (the test examples as flat tf.Examples with their
-    newest `min(window, max_history)` behaviors, for TFMA, which scores one record per
-    example). Storage: O(behaviors) for the records, O(test examples × window) for the
-    flat view.
+    Writes ``<output_dir>/{train,val,test}/`` (user records, `dmgin_tf.data.sequences`).
+    Storage: O(behaviors) — nothing per example; the Evaluator expands the test records
+    itself (`tfx_pipeline.eval_records`).
 
     Args:
       item_groups: item id -> group id (ItemGrouper); unknown items -> OOV_ID.
@@ -430,7 +426,7 @@ def build_user_records(data_dir: str, output_dir: str, data_cfg: DataConfig,
     """
     spec, work, item_ids, categories = _prepare(data_dir, data_cfg, beam_cfg, splits)
     sinks = {name: beam_io.TFRecordSink(os.path.join(output_dir, name), compression)
-             for name in SPLIT_NAMES + (FLAT_EVAL,)}
+             for name in SPLIT_NAMES}
     fn = _UserRecordsFn(spec, data_cfg, item_ids, categories, item_groups, window, label_noise)
     return _run(work, fn, sinks, beam_cfg, dask_address)
 

@@ -235,7 +235,7 @@ def pipeline_scale(args, data: str) -> dict:
                      "examplebuilder_transform_bytes": built,
                      "ratio": round(built / beh_bytes, 2), "seconds": round(res["seconds"], 1),
                      "records_bytes": res["artifact_bytes"].get("ExampleBuilder.examples", 0),
-                     "flat_eval_bytes": res["artifact_bytes"].get("ExampleBuilder.eval_examples", 0),
+                     "transform_bytes": comps.get("Transform", {}).get("artifact_bytes", 0),
                      "blessed": res["blessed"], "auc": res["metrics"].get("auc")})
         print(json.dumps(runs[-1]), flush=True)
     label = args.dataset + "".join(f", {kv}" for kv in args.pipeline_set)
@@ -276,8 +276,8 @@ def pipeline_markdown(s: dict, command: str) -> str:
             lines.append(f"| {label} | | | of which user records (training data) / behaviors | | | "
                          f"{r['records_bytes'] / b:.2f}× ({r['records_bytes'] / n:.1f} vs "
                          f"{b / n:.1f} B per behavior) |")
-            lines.append(f"| {label} | | | of which flat eval view (Evaluator) / behaviors | | | "
-                         f"{r['flat_eval_bytes'] / b:.2f}× |")
+            lines.append(f"| {label} | | | of which Transform (vocabularies, graph, analyzer "
+                         f"cache) / behaviors | | | {r.get('transform_bytes', 0) / b:.2f}× |")
     lines.append(f"<!-- pipeline-scale:{key}:end -->")
     return "\n".join(lines)
 

@@ -62,9 +62,9 @@ def _pipeline(args) -> str:
                         "--pipeline-root", root, "--serving-dir", serving])
     if rc:
         raise DmginError(f"pipeline run failed (exit {rc}); see the log above")
-    # The Evaluator's view of the eval split: flat tf.Examples, what serving_default takes
-    # (the `examples` output holds per-user SequenceExamples for training).
-    pattern = os.path.join(root, "ExampleBuilder", "eval_examples", "*", "Split-eval")
+    # The eval split's user records (one SequenceExample per user); requests are their
+    # labelled positions as flat tf.Examples, what serving_default takes.
+    pattern = os.path.join(root, "ExampleBuilder", "examples", "*", "Split-eval")
     splits = sorted(glob.glob(pattern), key=os.path.getmtime)
     if not splits:
         raise DmginError(f"no eval examples under {pattern}")
@@ -79,6 +79,7 @@ def _serve_and_predict(args, eval_dir: str) -> None:
     from dmgin_tf.serving.client import Client
     from dmgin_tf.serving.protos import read_model_server_config
     from dmgin_tf.serving.server import DevServer
+    from tfx_pipeline.eval_records import expand_records, history_window
 
     name = "dmgin"
     base = os.path.abspath(os.path.join(args.workdir, "serving", name))
@@ -95,8 +96,12 @@ def _serve_and_predict(args, eval_dir: str) -> None:
             version = client.wait_until_available(timeout_s=120.0)
             files = sorted(glob.glob(os.path.join(eval_dir, "*.tfrecord*")))
             gzip = "GZIP" if files and files[0].endswith(".gz") else ""
-            records = [r.numpy() for r in
-                       tf.data.TFRecordDataset(files, compression_type=gzip).take(args.requests)]
+            # Requests as the Evaluator scores them: each record's positions, histories cut
+            # at the served model's window.
+            window = history_window(os.path.join(base, str(version)))
+            records = expand_records(
+                (r.numpy() for r in tf.data.TFRecordDataset(files, compression_type=gzip)),
+                window, limit=args.requests)
             labels = [tf.train.Example.FromString(r).features.feature[F.LABEL].int64_list.value[0]
                       for r in records]
             timings = []

@@ -55,11 +55,14 @@ def _expand(es, split):
     return _rows(densify(es, idx, L), es.user_ids[es.ex_user[idx]])
 
 
-def _flat_rows(path, index, spec, window):
-    """Old builder's flat examples, mapped to ids and cut to the newest `window`."""
+def _flat_rows(source, index, spec, window):
+    """Flat examples (a split directory of the old builder, or serialized records), mapped
+    to ids and cut to the newest `window`."""
     out = []
     beh = {b: i + 1 for i, b in enumerate(spec.behavior_types)}
-    for r in X.read_examples(path):
+    rows = X.read_examples(source) if isinstance(source, str) else \
+        [X.from_tf_example(r) for r in source]
+    for r in rows:
         h = slice(-window, None)
         items = index.lookup(np.asarray(r[F.HIST_ITEM_ID][h], dtype=object))
         cand = int(index.lookup(np.asarray([r[F.ITEM_ID]], dtype=object))[0])
@@ -129,10 +132,14 @@ def test_records_expand_to_the_per_example_builders(spans, tmp_path, span):
     same_second = [(u, t) for u, t in zip(es.ex_user, es.ex_request_time)
                    if (es.beh_time[es.user_offsets[u]:es.user_offsets[u + 1]] == t).any()]
     assert same_second, "slice has no behavior sharing its example's second"
-    # The flat eval view is the test split's flat examples, histories cut at the window.
-    flat_eval = _flat_rows(str(tmp_path / "rec" / X.FLAT_EVAL), index, spec, window)
-    assert flat_eval == _flat_rows(str(tmp_path / "flat" / "test"), index, spec, window)
-    assert tf.io.gfile.exists(str(tmp_path / "rec" / X.FLAT_EVAL))
+    # The Evaluator's expansion of the test records (tfx_pipeline.eval_records) is the old
+    # builder's test examples, histories cut at the window (max_history 10 < L = 16 here).
+    from tfx_pipeline.eval_records import expand_records
+    expanded = expand_records(beam_io.read_tfrecords(str(tmp_path / "rec" / "test")), window)
+    assert max(len(X.from_tf_example(r)[F.HIST_ITEM_ID]) for r in expanded) == window
+    assert _flat_rows(expanded, index, spec, window) == \
+        _flat_rows(str(tmp_path / "flat" / "test"), index, spec, window)
+    assert sorted(os.listdir(tmp_path / "rec")) == sorted(SPLIT_NAMES)   # nothing per example
 
 
 def test_storage_is_linear_in_behaviors(spans, tmp_path):
@@ -170,8 +177,8 @@ def test_sequence_example_round_trip():
 
 
 def test_serving_tensorizer_equals_training_batches(spans, tmp_path):
-    """`serving_default`'s tensorizer on the flat eval view == the trainer's batches
-    expanded from the test records: one mapping for training and serving."""
+    """`serving_default`'s tensorizer on the Evaluator's expansion of the test records ==
+    the trainer's batches from the same records: one mapping for training and serving."""
     import tensorflow as tf
     from tfx_pipeline.module import FlatTensorizer
     from tfx_pipeline.records import Lookups, read_user_records
@@ -188,7 +195,9 @@ def test_serving_tensorizer_equals_training_batches(spans, tmp_path):
     lookups = Lookups(*_vocab_files(index, tmp_path), spec.behavior_types)
     es = read_user_records(beam_io.output_files(str(tmp_path / "rec" / "test")), lookups,
                            "test", cfg.max_history)
-    records = beam_io.read_tfrecords(str(tmp_path / "rec" / X.FLAT_EVAL))
+    from tfx_pipeline.eval_records import expand_records
+    records = expand_records(beam_io.read_tfrecords(str(tmp_path / "rec" / "test")),
+                             min(L, cfg.max_history))
     served = {k: v.numpy() for k, v in FlatTensorizer(lookups, L)(tf.constant(records)).items()}
     users = [X.from_tf_example(r)[F.USER_ID] for r in records]
     served[F.LABEL] = np.array([X.from_tf_example(r)[F.LABEL] for r in records])
@@ -208,5 +217,34 @@ def test_user_records_on_dask_equal_direct(spans, tmp_path):
             counts = X.build_user_records(spans[1], str(tmp_path / name), cfg, beam_cfg,
                                           item_groups={}, window=L, splits=3, dask_address=addr)
             out[name] = (counts, {s: sorted(beam_io.read_tfrecords(str(tmp_path / name / s)))
-                                  for s in SPLIT_NAMES + (X.FLAT_EVAL,)})
+                                  for s in SPLIT_NAMES})
     assert out["d"] == out["k"] and out["d"][0]["train"] > 0
+
+
+def test_expand_record_cuts_each_position_at_the_window(tmp_path):
+    """The Evaluator's expansion: newest `window` behaviors strictly before each position,
+    every position (negatives included) in record order; bad records and models named."""
+    from dmgin_tf.errors import DataError
+    from tfx_pipeline.eval_records import expand_record, history_window
+    lists = {X.SEQ_ITEM: ["a", "b", "c"], X.SEQ_BEHAVIOR: ["pv", "cart", "pv"],
+             X.SEQ_TIME: [5, 6, 7], X.SEQ_GROUP: [2, 3, 2], X.POS_HIST_END: [0, 2, 3, 3],
+             X.POS_ITEM: ["a", "c", "d", "e"], X.POS_GROUP: [2, 2, 1, 1],
+             X.POS_LABEL: [1, 1, 1, 0], X.POS_TIME: [5, 7, 9, 9]}
+    rows = [X.from_tf_example(r) for r in expand_record(X.to_sequence_example("u1", lists), 2)]
+    assert [r[F.HIST_ITEM_ID] for r in rows] == [[], ["a", "b"], ["b", "c"], ["b", "c"]]
+    assert [r[F.HIST_GROUP_ID] for r in rows] == [[], [2, 3], [3, 2], [3, 2]]
+    assert [(r[F.ITEM_ID], r[F.GROUP_ID], r[F.LABEL], r[F.TIMESTAMP]) for r in rows] == \
+        [("a", 2, 1, 5), ("c", 2, 1, 7), ("d", 1, 1, 9), ("e", 1, 0, 9)]
+    assert rows[1][F.HIST_BEHAVIOR] == ["pv", "cart"] and rows[1][F.HIST_TIMESTAMP] == [5, 6]
+    assert {r[F.USER_ID] for r in rows} == {"u1"} and F.CATEGORY not in rows[0]
+    bad = dict(lists, **{X.POS_HIST_END: [0, 2, 3, 4]})
+    with pytest.raises(DataError, match=r"pos_hist_end\[3\] = 4 .* 3 behaviors"):
+        expand_record(X.to_sequence_example("u1", bad), 2)
+    with pytest.raises(ValueError, match="window"):
+        expand_record(X.to_sequence_example("u1", lists), 0)
+    with pytest.raises(DataError, match="max_history"):
+        history_window(str(tmp_path))
+    cfg = tmp_path / "assets.extra" / "dmgin_warmstart"
+    cfg.mkdir(parents=True)
+    (cfg / "config.json").write_text('{"data": {"max_history": 200}, "model": {"history_length": 64}}')
+    assert history_window(str(tmp_path)) == 64

@@ -15,9 +15,8 @@ Outputs (gzip TFRecords, ``Split-<name>/*.tfrecord.gz``):
                  labelled positions (`transform.examples`, `dmgin_tf.data.sequences`);
                  payload format FORMAT_TF_SEQUENCE_EXAMPLE; splits train / val / eval
                  (protocol train / validation / test). Storage O(behaviors).
-  eval_examples  the eval split as flat tf.Examples (`feature_spec(with_groups=True)`:
-                 candidate + newest `history_window` behaviors), split `eval` — TFMA
-                 scores one record per example through `serving_default`.
+The Evaluator reads the `eval` split of these records and expands them into flat
+tf.Examples inside TFMA (`tfx_pipeline.eval_records`): no per-example copy is stored.
 Artifact properties: `span`, `split_names`; custom property `counts` (JSON).
 
 `history_window` = min(data.max_history, model.history_length): a val / eval record keeps
@@ -59,8 +58,7 @@ class ExampleBuilderSpec(types.ComponentSpec):
         "beam_config": ExecutionParameter(type=str, optional=True),
     }
     INPUTS = {"item_groups": ChannelParameter(type=ItemGroups)}
-    OUTPUTS = {"examples": ChannelParameter(type=standard_artifacts.Examples),
-               "eval_examples": ChannelParameter(type=standard_artifacts.Examples)}
+    OUTPUTS = {"examples": ChannelParameter(type=standard_artifacts.Examples)}
 
 
 class Executor(base_beam_executor.BaseBeamExecutor):
@@ -74,24 +72,22 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         from tfx.components.util import examples_utils
         from tfx.proto import example_gen_pb2
         from transform import beam_io
-        from transform.examples import FLAT_EVAL, build_user_records
+        from transform.examples import build_user_records
         span = int(exec_properties["span"])
         data_dir = require_span_dir(exec_properties["data_root"], span)
         data_cfg = DataConfig.from_dict(json.loads(exec_properties["data_config"]))
         groups_uri = artifact_utils.get_single_uri(input_dict["item_groups"])
         table = pd.read_parquet(os.path.join(groups_uri, GROUPS_FILE))
         item_groups = dict(zip(table[F.ITEM_ID].astype(str), table["group_id"].astype(int)))
-        out, flat = output_dict["examples"][0], output_dict["eval_examples"][0]
+        out = output_dict["examples"][0]
         staging = os.path.join(out.uri, ".staging")
         noise = float(exec_properties.get("label_noise") or 0.0)
         counts = build_user_records(data_dir, staging, data_cfg,
                                     beam_config(exec_properties, self._beam_pipeline_args),
                                     item_groups=item_groups, label_noise=noise,
                                     window=int(exec_properties["history_window"]))
-        moves = [(protocol_name, out.uri, split) for protocol_name, split in SPLITS.items()]
-        moves.append((FLAT_EVAL, flat.uri, "eval"))
-        for name, uri, split in moves:
-            dest = os.path.join(uri, f"Split-{split}")
+        for name, split in SPLITS.items():
+            dest = os.path.join(out.uri, f"Split-{split}")
             os.makedirs(dest, exist_ok=True)
             # Only the data shards move: the sink's _SUCCESS.json would be read as a record.
             for shard in beam_io.output_files(os.path.join(staging, name)):
@@ -102,15 +98,11 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             raise DataError(f"span {span}: no training records built from {data_dir}")
         out.split_names = artifact_utils.encode_split_names(list(SPLITS.values()))
         examples_utils.set_payload_format(out, example_gen_pb2.FORMAT_TF_SEQUENCE_EXAMPLE)
-        flat.split_names = artifact_utils.encode_split_names(["eval"])
-        examples_utils.set_payload_format(flat, example_gen_pb2.FORMAT_TF_EXAMPLE)
-        for art in (out, flat):
-            art.span = span
-            art.set_string_custom_property("label_noise", str(noise))
+        out.span = span
+        out.set_string_custom_property("label_noise", str(noise))
         out.set_string_custom_property("counts", json.dumps(renamed, sort_keys=True))
-        flat.set_string_custom_property("counts", json.dumps({"eval": int(counts[FLAT_EVAL])}))
-        _LOG.info("ExampleBuilder: span %d user records %s, flat eval examples %d "
-                  "(label_noise %s)", span, renamed, counts[FLAT_EVAL], noise)
+        _LOG.info("ExampleBuilder: span %d user records %s (label_noise %s)", span, renamed,
+                  noise)
 
 
 class ExampleBuilder(base_beam_component.BaseBeamComponent):
@@ -126,6 +118,5 @@ class ExampleBuilder(base_beam_component.BaseBeamComponent):
             data_root=data_root, span=int(span), data_config=json.dumps(data_config, sort_keys=True),
             label_noise=float(label_noise), beam_config=beam_config_json, item_groups=item_groups,
             history_window=int(history_window),
-            examples=types.Channel(type=standard_artifacts.Examples),
-            eval_examples=types.Channel(type=standard_artifacts.Examples))
+            examples=types.Channel(type=standard_artifacts.Examples))
         super().__init__(spec=spec)
