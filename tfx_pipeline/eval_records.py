@@ -34,7 +34,6 @@ from dmgin_tf import features as F
 from dmgin_tf.errors import DataError
 from transform import examples as X
 
-MODULE_PATH = __name__
 EXTRACTOR_STAGE = "ExpandUserRecords"
 DEFAULT_BATCH_SIZE = 1024
 # Training config the Trainer ships with the model (tfx_pipeline.module.run_fn).
@@ -150,4 +149,4 @@ def expand_records(records: Iterable[bytes], window: int, limit: Optional[int] =
 
 
 __all__ = ["custom_extractors", "expand_record", "expand_records", "history_window",
-           "expand_user_records_extractor", "MODULE_PATH"]
+           "expand_user_records_extractor"]
