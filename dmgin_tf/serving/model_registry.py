@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import gc
 import logging
 import os
 import threading
@@ -154,25 +153,6 @@ def _first_line(msg: str) -> str:
                                        or ln.startswith("Detected at node")
                                        or ln.startswith("File \""))]
     return (body[-1] if body else (lines[-1] if lines else msg))[:2000]
-
-
-def refreeze_heap() -> float:
-    """Takes the loaded models out of the cyclic garbage collector's full passes; seconds spent.
-
-    A loaded DMGIN SavedModel leaves ~6·10⁵ long-lived Python objects (functions, graph
-    wrappers, trackables). Every full (generation 2) collection walks all of them — ~0.3 s
-    with the GIL held on a 2-core machine, a stall for every request in flight at a random
-    moment. `gc.freeze()` moves what is alive now into the permanent generation, which
-    collections skip. Called after each load and unload: `unfreeze` + `collect` first, so
-    an unloaded version's reference cycles are freed (frozen objects are never collected)
-    and garbage from loading is not frozen. The one full pass per load / unload is paid on
-    the loader thread, when the version changes, instead of at random during traffic.
-    """
-    t0 = time.perf_counter()
-    gc.unfreeze()
-    gc.collect()
-    gc.freeze()
-    return time.perf_counter() - t0
 
 
 class Servable:
@@ -448,7 +428,6 @@ class ModelRegistry:
         self._stop.set()
         if self._thread:
             self._thread.join(timeout=10)
-        gc.unfreeze()   # the process lives on (tests, embedding apps): collect normally again
 
     def _poll(self) -> None:
         while not self._stop.wait(self.poll_interval_s):
@@ -551,8 +530,7 @@ class ModelRegistry:
         with self._lock:
             self._available[name][version] = servable
         self._set_status(name, version, AVAILABLE)
-        log.info("model %s version %d available (heap frozen for the cyclic GC in %.2f s)",
-                 name, version, refreeze_heap())
+        log.info("model %s version %d available", name, version)
         return True
 
     def _unload(self, name: str, version: int) -> None:
@@ -564,10 +542,8 @@ class ModelRegistry:
             log.warning("model %s version %d unloaded with requests still in flight", name, version)
         for closer in servable.extras.values():
             getattr(closer, "close", lambda: None)()
-        closer = servable = None   # no local may keep the version alive through the refreeze
         self._set_status(name, version, END)
-        log.info("model %s version %d unloaded (heap refrozen in %.2f s)", name, version,
-                 refreeze_heap())
+        log.info("model %s version %d unloaded", name, version)
 
     # ---- lookups -------------------------------------------------------------------------
     @property

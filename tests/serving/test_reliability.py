@@ -420,36 +420,3 @@ def test_tls_with_a_self_signed_certificate(tmp_path):
         server.stop(1)
     with pytest.raises(DmginError, match="both"):
         DevServer(cfg, port=0, ssl_cert=cert)
-
-
-def test_loads_freeze_the_heap_and_an_unloaded_version_is_still_freed(tmp_path):
-    """After a load, the loaded objects are out of the cyclic GC's full passes (a full
-    collection walks every one of them); a version unloaded later is still freed, because
-    the heap is unfrozen and collected before it is frozen again."""
-    import gc
-    import weakref
-    base = str(tmp_path / STANDIN)
-    save_standin(base, 1)
-    cfg = _config(str(tmp_path / "m.config"), [(STANDIN, base)])
-    reg = mr.ModelRegistry(cfg, warmup=False, settle_s=0, unload_grace_s=1)
-    try:
-        gc.unfreeze()
-        reg.refresh(initial=True)
-        assert reg.available_versions(STANDIN) == [1]
-        frozen = gc.get_freeze_count()
-        assert frozen > 1000, frozen
-        class _Cycle:      # state a version may hold in a reference cycle
-            pass
-        with reg.acquire(STANDIN) as servable:
-            cycle = _Cycle()
-            cycle.self, servable.extras["probe"] = cycle, cycle
-            module, probe = weakref.ref(servable._module), weakref.ref(cycle)
-        del servable, cycle
-        save_standin(base, 2)
-        reg.refresh()
-        assert reg.available_versions(STANDIN) == [2]
-        assert module() is None and probe() is None        # version 1 is gone
-        assert gc.get_freeze_count() > 1000
-    finally:
-        reg.stop()
-    assert gc.get_freeze_count() == 0
