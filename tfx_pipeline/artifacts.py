@@ -35,5 +35,8 @@ class ItemGroups(Artifact):
 
 
 GROUPS_FILE = "item_groups.parquet"
+# What a trained model carries for the next run (training config, weights, item vocabulary),
+# under <serving model>/assets.extra/ (tfx_pipeline.module.run_fn).
+WARM_START_DIR = "dmgin_warmstart"
 CENTROIDS_FILE = "centroids.npy"
 GROUPING_INFO_FILE = "grouping.json"

@@ -32,12 +32,21 @@ import apache_beam as beam
 
 from dmgin_tf import features as F
 from dmgin_tf.errors import DataError
+from tfx_pipeline.artifacts import WARM_START_DIR
 from transform import examples as X
 
 EXTRACTOR_STAGE = "ExpandUserRecords"
 DEFAULT_BATCH_SIZE = 1024
-# Training config the Trainer ships with the model (tfx_pipeline.module.run_fn).
-_CONFIG = os.path.join("assets.extra", "dmgin_warmstart", "config.json")
+# Training config the Trainer ships with the model (tfx_pipeline.module.run_fn; the file is
+# dmgin_tf.training.trainer.CONFIG_FILE, not imported here: that module loads Keras).
+_CONFIG = os.path.join("assets.extra", WARM_START_DIR, "config.json")
+
+
+def model_window(cfg) -> int:
+    """Behaviors a model reads per example: min(data.max_history, model.history_length)
+    of a `Config` — what a split's record keeps before its first example and where the
+    Evaluator cuts histories."""
+    return int(min(cfg.data.max_history, cfg.model.history_length))
 
 
 def expand_record(record: bytes, window: int) -> List[bytes]:
@@ -68,11 +77,14 @@ def expand_record(record: bytes, window: int) -> List[bytes]:
 def history_window(model_path: str) -> int:
     """min(data.max_history, model.history_length) of the model's training config
     (``<SavedModel>/assets.extra/dmgin_warmstart/config.json``)."""
+    from dmgin_tf.config import Config
     path = os.path.join(model_path, _CONFIG)
     try:
         with open(path, encoding="utf-8") as f:
-            cfg = json.load(f)
-        return int(min(int(cfg["data"]["max_history"]), int(cfg["model"]["history_length"])))
+            values = json.load(f)
+        if not {"data", "model"} <= set(values):
+            raise KeyError("data / model sections")
+        return model_window(Config.from_dict(values))
     except (OSError, KeyError, TypeError, ValueError) as e:
         raise DataError(f"{path}: no training config with data.max_history and "
                         f"model.history_length to cut evaluation histories ({e})") from e
@@ -149,4 +161,4 @@ def expand_records(records: Iterable[bytes], window: int, limit: Optional[int] =
 
 
 __all__ = ["custom_extractors", "expand_record", "expand_records", "history_window",
-           "expand_user_records_extractor"]
+           "expand_user_records_extractor", "model_window"]

@@ -37,11 +37,11 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from dmgin_tf import features as F
+from tfx_pipeline.artifacts import WARM_START_DIR
 from transform import examples as X
 
 ITEM_VOCAB = "item_vocab"
 ITEM_GROUP_VOCAB = "item_group_vocab"
-WARM_START_DIR = "dmgin_warmstart"     # under <serving model>/assets.extra/
 _LOG = logging.getLogger(__name__)
 
 

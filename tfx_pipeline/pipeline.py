@@ -31,6 +31,7 @@ from dmgin_tf.data.datasets import get_spec
 from tfx_pipeline.artifacts import ItemGroups
 from tfx_pipeline.components import ExampleBuilder, ItemGrouper, MultimodalEncoder, ValidationGate
 from tfx_pipeline.resolvers import PreviousSpanStrategy
+from tfx_pipeline.eval_records import model_window
 from tfx_pipeline.evaluation import eval_config as make_eval_config
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -137,8 +138,7 @@ def create_pipeline(cfg: Config, *, data_root: str, span: int, pipeline_root: st
     else:
         examples = ExampleBuilder(data_root=data_root, span=span, data_config=cfg.data.to_dict(),
                                   item_groups=grouper.outputs["item_groups"],
-                                  history_window=min(cfg.data.max_history,
-                                                     cfg.model.history_length),
+                                  history_window=model_window(cfg),
                                   label_noise=label_noise, beam_config_json=beam_json)
     stats = tfx.components.StatisticsGen(examples=examples.outputs["examples"])
     schema = tfx.components.ImportSchemaGen(schema_file=os.path.join(SCHEMA_DIR, "schema.pbtxt"))
