@@ -46,6 +46,42 @@ def age_seconds(times, request_time):
     return ops.cast(rt - times, "float32")
 
 
+_DENSE_GRADIENT_GATHER = []
+
+
+def lookup_rows(table, ids):
+    """`table[ids]`: rows of a trainable table, with a dense gradient on TensorFlow.
+
+    TensorFlow differentiates a gather into `IndexedSlices` (one row per looked-up id,
+    duplicates kept) and Keras' optimizers then turn them dense themselves — Keras 3's
+    Adam once for each of its moment updates, tf.keras' Adam after a `tf.unique` — so a
+    table read B x L times per step paid that scatter two or three times. Here the
+    gradient is one `unsorted_segment_sum` into the table's shape: the same values, summed
+    once (on JAX and under XLA gradients are dense already; the op is `ops.take` there).
+
+    Args:
+        table: variable or tensor `[V, ...]`.
+        ids: int tensor `[...]`, values in `[0, V)` (callers clamp out-of-vocabulary ids).
+
+    Returns:
+        `[..., ...]` rows of `table`, in the table's dtype.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return ops.take(table, ids, axis=0)
+    import tensorflow as tf
+    if not _DENSE_GRADIENT_GATHER:
+        @tf.custom_gradient
+        def gather(params, indices):
+            def grad(dy):
+                flat = tf.reshape(indices, [-1])
+                rows = tf.reshape(tf.convert_to_tensor(dy),
+                                  tf.concat([[-1], tf.shape(params)[1:]], 0))
+                return tf.math.unsorted_segment_sum(rows, flat, tf.shape(params)[0]), None
+            return tf.gather(params, indices), grad
+        _DENSE_GRADIENT_GATHER.append(gather)
+    return _DENSE_GRADIENT_GATHER[0](tf.convert_to_tensor(table), tf.cast(ids, "int32"))
+
+
 @keras.saving.register_keras_serializable(package="dmgin_tf")
 class FeatureEmbedding(keras.layers.Layer):
     """Item, group, behavior-type and recency embeddings shared by all models.
@@ -209,25 +245,34 @@ class FeatureEmbedding(keras.layers.Layer):
         if (self.item_min_count or self.content_projection is not None) and not self.built:
             self.build()              # reached through this method, not __call__
         rows = ops.take(self.item_rows, ids, axis=0) if self.item_min_count else ids
-        out = self.item_table(rows)
+        out = self._lookup(self.item_table, rows)
         if self.content_projection is not None:
             content = ops.take(self.item_content, ids, axis=0)
             out = out + self.content_projection(ops.cast(content, out.dtype))
         return out
 
+    def _lookup(self, table, ids):
+        """`table` (a built `keras.layers.Embedding`) at int ids `[...]` → `[..., D]` in
+        the compute dtype: what `Embedding.__call__` returns, read through `lookup_rows`.
+        The table's regularizer is a loss of its variable, so it applies unchanged."""
+        if not table.built:
+            table.build((None,))
+        return ops.cast(lookup_rows(table.embeddings, ops.cast(ids, "int32")),
+                        table.compute_dtype)
+
     def group(self, ids):
         """Group embeddings: int ids [...] -> [..., D] (item table when group_key='item')."""
         if self.group_table is None:
             return self.item(ids)
-        return self.group_table(ops.cast(ids, "int32"))
+        return self._lookup(self.group_table, ids)
 
     def behavior(self, ids):
         """Behavior-type embeddings: int ids [...] -> [..., D]."""
-        return self.behavior_table(ops.cast(ids, "int32"))
+        return self._lookup(self.behavior_table, ids)
 
     def recency(self, ages):
         """Recency embeddings of float ages in seconds [...] -> [..., D]."""
-        return self.time_table(log_time_bucket(ages, self.num_time_buckets))
+        return self._lookup(self.time_table, log_time_bucket(ages, self.num_time_buckets))
 
     def tokens(self, items, behaviors, times, request_time):
         """Behavior tokens: item + behavior type + recency bucket.

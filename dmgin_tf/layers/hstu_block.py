@@ -7,7 +7,7 @@ import keras
 from keras import ops
 
 from dmgin_tf.layers.dense import Dense
-from dmgin_tf.layers.feature_embedding import log_time_bucket
+from dmgin_tf.layers.feature_embedding import log_time_bucket, lookup_rows
 
 
 @keras.saving.register_keras_serializable(package="dmgin_tf")
@@ -113,13 +113,13 @@ class HSTUBlock(keras.layers.Layer):
         pos = ops.arange(seq, dtype="int32")
         rel = ops.clip(pos[:, None] - pos[None, :], -self.max_relative_position,
                        self.max_relative_position) + self.max_relative_position
-        pos_bias = ops.take(self.position_bias, rel, axis=0)           # [S, S, H]
+        pos_bias = lookup_rows(self.position_bias, rel)           # [S, S, H]
         scores = scores + ops.cast(ops.transpose(pos_bias, (2, 0, 1))[None], "float32")
         if ages is not None:
             ages = ops.cast(ages, "float32")
             gap = ops.abs(ages[:, :, None] - ages[:, None, :])
-            tb = ops.take(self.time_bias, log_time_bucket(gap, self.num_time_buckets),
-                          axis=0)                                       # [B, S, S, H]
+            tb = lookup_rows(self.time_bias,
+                             log_time_bucket(gap, self.num_time_buckets))  # [B, S, S, H]
             scores = scores + ops.cast(ops.transpose(tb, (0, 3, 1, 2)), "float32")
 
         pair = maskf[:, None, :, None] * maskf[:, None, None, :]        # [B, 1, S, S]
