@@ -148,10 +148,15 @@ def create_pipeline(cfg: Config, *, data_root: str, span: int, pipeline_root: st
 
     behavior_types = list(get_spec(cfg.data.dataset, cfg.data).behavior_types) \
         if cfg.data.dataset != "generic" else list(cfg.data.behavior_types)
-    # Analyze only: the vocabularies; the Trainer reads the user records itself.
+    # Analyze only: the vocabularies; the Trainer reads the user records itself. No
+    # statistics (StatisticsGen's of the same records are the pre-transform ones, and
+    # nothing is materialised to describe after) and no analyzer cache (nothing feeds it
+    # back: every run analyzes its span afresh) — both were write-only artifacts, the
+    # cache O(items).
     transform = tfx.components.Transform(
         examples=examples.outputs["examples"], schema=schema.outputs["schema"],
-        preprocessing_fn=PREPROCESSING_FN, materialize=False)
+        preprocessing_fn=PREPROCESSING_FN, materialize=False, disable_statistics=True,
+        disable_analyzer_cache=True)
     transform.add_upstream_node(gate)   # no Transform (and nothing after it) on anomalies
 
     latest_blessed = tfx.dsl.Resolver(

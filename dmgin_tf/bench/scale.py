@@ -276,8 +276,8 @@ def pipeline_markdown(s: dict, command: str) -> str:
             lines.append(f"| {label} | | | of which user records (training data) / behaviors | | | "
                          f"{r['records_bytes'] / b:.2f}× ({r['records_bytes'] / n:.1f} vs "
                          f"{b / n:.1f} B per behavior) |")
-            lines.append(f"| {label} | | | of which Transform (vocabularies, graph, analyzer "
-                         f"cache) / behaviors | | | {r.get('transform_bytes', 0) / b:.2f}× |")
+            lines.append(f"| {label} | | | of which Transform (vocabularies, graph) / "
+                         f"behaviors | | | {r.get('transform_bytes', 0) / b:.2f}× |")
     lines.append(f"<!-- pipeline-scale:{key}:end -->")
     return "\n".join(lines)
 

@@ -108,3 +108,17 @@ def test_pipeline_compiles_to_ir_with_all_components(tmp_path):
     airflow = compile_pipeline(Config(), "airflow", str(tmp_path / "dag.py"),
                                data_root="d", span=1, pipeline_root="r", serving_base="s")
     assert "AirflowDagRunner" in open(airflow).read()
+
+
+def test_transform_writes_only_what_the_pipeline_reads(tmp_path):
+    """Analyze-only Transform: no statistics (StatisticsGen's cover the same records) and
+    no analyzer cache (nothing feeds it back) — write-only artifacts cost bytes per item."""
+    from dmgin_tf.config import Config
+    from tfx_pipeline.pipeline import create_pipeline
+    p = create_pipeline(Config.from_dict({"grouping": {"key": "category"}}),
+                        data_root=str(tmp_path / "d"), span=1,
+                        pipeline_root=str(tmp_path / "r"), serving_base=str(tmp_path / "s"))
+    transform = [c for c in p.components if c.id == "Transform"][0]
+    # No transformed_examples, pre/post_transform_* statistics or updated_analyzer_cache.
+    assert sorted(transform.outputs) == ["transform_graph"], sorted(transform.outputs)
+
