@@ -46,6 +46,7 @@ def age_seconds(times, request_time):
     return ops.cast(rt - times, "float32")
 
 
+# Built on first use: TensorFlow is imported only on its own backend (JAX hosts lack it).
 _DENSE_GRADIENT_GATHER = []
 
 
@@ -57,14 +58,15 @@ def lookup_rows(table, ids):
     Adam once for each of its moment updates, tf.keras' Adam after a `tf.unique` — so a
     table read B x L times per step paid that scatter two or three times. Here the
     gradient is one `unsorted_segment_sum` into the table's shape: the same values, summed
-    once (on JAX and under XLA gradients are dense already; the op is `ops.take` there).
+    once, in graph mode and under XLA alike (JAX differentiates a gather densely already;
+    the op is `ops.take` there).
 
     Args:
         table: variable or tensor `[V, ...]`.
         ids: int tensor `[...]`, values in `[0, V)` (callers clamp out-of-vocabulary ids).
 
     Returns:
-        `[..., ...]` rows of `table`, in the table's dtype.
+        `ids.shape + table.shape[1:]`, the rows of `table` in its dtype.
     """
     if keras.backend.backend() != "tensorflow":
         return ops.take(table, ids, axis=0)
