@@ -58,7 +58,10 @@ def _save_atomically(module: ServingModule, final_dir: str, logs, info: dict, si
     tmp = os.path.join(parent, f".tmp-{os.path.basename(final_dir)}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        tf.saved_model.save(module, tmp, signatures=sigs)
+        # Serving never differentiates: the custom gradients of the table lookups
+        # (`lookup_rows`) stay out of the SavedModel (smaller graph, faster load).
+        tf.saved_model.save(module, tmp, signatures=sigs, options=tf.saved_model.SaveOptions(
+            experimental_custom_gradients=False))
         if logs:
             write_warmup_file(tmp, logs)
         os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
