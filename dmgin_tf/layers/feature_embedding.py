@@ -1,6 +1,7 @@
 """Shared id and time embeddings for DMGIN and every baseline (one place, docs/design.md: Model and tensor contracts)."""
 from __future__ import annotations
 
+import functools
 import math
 
 import keras
@@ -46,8 +47,24 @@ def age_seconds(times, request_time):
     return ops.cast(rt - times, "float32")
 
 
-# Built on first use: TensorFlow is imported only on its own backend (JAX hosts lack it).
-_DENSE_GRADIENT_GATHER = []
+@functools.lru_cache(maxsize=None)
+def _dense_gradient_gather():
+    """`tf.gather` whose gradient is one dense `unsorted_segment_sum` (built on first use:
+    TensorFlow is imported only on its own backend; JAX hosts lack it)."""
+    import tensorflow as tf
+
+    @tf.custom_gradient
+    def gather(params, indices):
+        def grad(dy):
+            rows = tf.reshape(tf.convert_to_tensor(dy),
+                              tf.concat([[-1], tf.shape(params)[1:]], 0))
+            return tf.math.unsorted_segment_sum(rows, tf.reshape(indices, [-1]),
+                                                tf.shape(params)[0]), None
+        return tf.gather(params, indices), grad
+
+    # The table's value as a tensor (a variable read, honouring Keras' state and
+    # autocast scopes): a variable read inside `gather` would need a `variables` gradient.
+    return lambda table, ids: gather(tf.convert_to_tensor(table), ids)
 
 
 def lookup_rows(table, ids):
@@ -68,20 +85,10 @@ def lookup_rows(table, ids):
     Returns:
         `ids.shape + table.shape[1:]`, the rows of `table` in its dtype.
     """
+    ids = ops.cast(ids, "int32")
     if keras.backend.backend() != "tensorflow":
         return ops.take(table, ids, axis=0)
-    import tensorflow as tf
-    if not _DENSE_GRADIENT_GATHER:
-        @tf.custom_gradient
-        def gather(params, indices):
-            def grad(dy):
-                flat = tf.reshape(indices, [-1])
-                rows = tf.reshape(tf.convert_to_tensor(dy),
-                                  tf.concat([[-1], tf.shape(params)[1:]], 0))
-                return tf.math.unsorted_segment_sum(rows, flat, tf.shape(params)[0]), None
-            return tf.gather(params, indices), grad
-        _DENSE_GRADIENT_GATHER.append(gather)
-    return _DENSE_GRADIENT_GATHER[0](tf.convert_to_tensor(table), tf.cast(ids, "int32"))
+    return _dense_gradient_gather()(table, ids)
 
 
 @keras.saving.register_keras_serializable(package="dmgin_tf")
@@ -259,8 +266,7 @@ class FeatureEmbedding(keras.layers.Layer):
         The table's regularizer is a loss of its variable, so it applies unchanged."""
         if not table.built:
             table.build((None,))
-        return ops.cast(lookup_rows(table.embeddings, ops.cast(ids, "int32")),
-                        table.compute_dtype)
+        return ops.cast(lookup_rows(table.embeddings, ids), table.compute_dtype)
 
     def group(self, ids):
         """Group embeddings: int ids [...] -> [..., D] (item table when group_key='item')."""
