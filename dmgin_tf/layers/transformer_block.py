@@ -174,11 +174,15 @@ class TransformerBlock(keras.layers.Layer):
     def call_packed(self, x, packing, training=None):
         """The same block over sequences stored packed: only real tokens, no padding.
 
-        Every per-token step (layer norms, projections, feed-forward) runs on the packed
-        tokens; only the attention scores use the padded layout, so the cost of the
-        per-token steps follows the number of real tokens, not the padded `N * S`
-        (`IntraGroupTransformer`: a history of L behaviors fills at most L of the
-        G * M group slots). Equal to `call` on the padded layout.
+        Every step runs on the packed tokens, attention included: a sequence's tokens
+        are contiguous in the packed order and at most S long, so each token's
+        sequence-mates lie within S - 1 positions of it. The packed row is cut into
+        chunks of S tokens and each chunk's queries score the keys of the chunk and its
+        two neighbours (3S keys), masked to the token's own sequence
+        (`_attend_packed`). So the cost follows the number of real tokens P, not the
+        padded `N * S` (`IntraGroupTransformer`: a history of L behaviors fills at most
+        L of the G * M group slots), and nothing is scattered to the padded layout.
+        Equal to `call` on the padded layout.
 
         Args:
             x: float `[B, P, D]`, the real tokens of each row packed first.
@@ -189,13 +193,52 @@ class TransformerBlock(keras.layers.Layer):
         Returns:
             float `[B, P, D]`, zero where `packing.valid` is False.
         """
-        slots = packing.unpack(self.qkv(self.norm1(x)))               # [B, N * S, 3D]
-        seq = packing.seq
-        attended = self._attend(ops.reshape(slots, (-1, seq, 3 * self._dim)),
-                                ops.reshape(packing.slot_mask, (-1, seq)), None, training)
-        attended = packing.pack(ops.reshape(attended, (-1, packing.slots, self._dim)))
+        attended = self._attend_packed(self.qkv(self.norm1(x)), packing, training)
         keep = ops.cast(packing.valid, x.dtype)[..., None]
         return self._residuals(x, attended, training) * keep
+
+    def _attend_packed(self, qkv, packing, training):
+        """Attention within each packed sequence: qkv `[B, P, 3D]` → `[B, P, D]`.
+
+        Chunks of C = S tokens; chunk c's queries see chunks c - 1, c, c + 1 (window
+        3C), which hold every token of their sequence (a sequence spans at most S
+        consecutive packed positions). Scores `[B * P / C, C, 3C]` per head: 3S per
+        token, against N * S * S / P in the padded layout (e.g. 48 vs 64 at N = 64,
+        S = 16, P = 256), and no scatter of q, k, v to the `[B, N * S]` slots.
+        """
+        rows, chunk = qkv.shape[1], packing.seq
+        chunks = -(-rows // chunk)
+        width = chunks * chunk
+        # Sequence index of each packed token; -1 = not a token (tail or padding).
+        seg = ops.where(packing.valid, ops.floor_divide(packing.pack_idx, chunk), -1)
+        if width != rows:
+            qkv = ops.pad(qkv, ((0, 0), (0, width - rows), (0, 0)))
+            seg = ops.pad(seg, ((0, 0), (0, width - rows)), constant_values=-1)
+        # [B * C#, C, D] per projection; heads are sliced off the last axis one by one
+        # (3-D batched matmuls, no transposes of the head axis).
+        q, k, v = (ops.reshape(t, (-1, chunk, self._dim)) for t in ops.split(qkv, 3, axis=-1))
+        seg = ops.reshape(seg, (-1, chunks, chunk))
+        # Keys and values of chunks c - 1, c, c + 1 side by side. `roll` (its gradient is
+        # a roll, where slicing's would build a zero tensor per slice) wraps the first
+        # and last chunk around; the window's sequence ids mask those keys.
+        window = lambda t: ops.reshape(ops.concatenate(                    # noqa: E731
+            [ops.roll(t, 1, axis=1), t, ops.roll(t, -1, axis=1)], axis=2), (-1, 3 * chunk, self._dim))
+        edge = ops.full_like(seg[:, :1], -1)
+        segw = ops.concatenate([ops.concatenate([edge, seg[:, :-1]], axis=1), seg,
+                                ops.concatenate([seg[:, 1:], edge], axis=1)], axis=2)
+        mask = (seg[:, :, :, None] == segw[:, :, None, :]) & (segw >= 0)[:, :, None, :]
+        mask = ops.reshape(mask, (-1, chunk, 3 * chunk))               # [B * C#, C, 3C]
+        chunked = lambda t: ops.reshape(t, (-1, chunks, chunk, self._dim))  # noqa: E731
+        kw, vw = window(chunked(k)), window(chunked(v))                # [B * C#, 3C, D]
+        heads = []
+        scale = 1.0 / math.sqrt(self._head_dim)
+        for qh, kh, vh in zip(*(ops.split(t, self.num_heads, axis=-1) for t in (q, kw, vw))):
+            weights = masked_softmax(ops.einsum("nqd,nkd->nqk", qh, kh) * scale, mask)
+            weights = self.drop(ops.cast(weights, qkv.dtype), training=training)
+            heads.append(ops.einsum("nqk,nkd->nqd", weights, vh))      # [B * C#, C, hd]
+        attended = ops.concatenate(heads, axis=-1) if len(heads) > 1 else heads[0]
+        attended = ops.reshape(attended, (-1, width, self._dim))
+        return attended if width == rows else attended[:, :rows]
 
     def _attend(self, qkv, mask, attention_bias, training):
         """Masked multi-head attention: qkv `[N, S, 3D]`, mask bool `[N, S]` → `[N, S, D]`."""

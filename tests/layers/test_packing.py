@@ -70,3 +70,39 @@ def test_packed_blocks_equal_padded_blocks_with_gradients(jit):
     np.testing.assert_allclose(np.asarray(layer(tokens, mask, group_context=context,
                                                 max_tokens=g * m)), np.asarray(padded),
                                atol=1e-6)
+
+
+@pytest.mark.parametrize("g,m,fill,seed", [
+    (1, 4, 1.0, 0),     # one sequence, one chunk: the wrapped neighbour chunks are itself
+    (2, 4, 0.9, 1),     # two chunks: chunk 0's previous and next are both chunk 1
+    (5, 3, 0.6, 2),     # P not a multiple of S (padded tail), sequences across chunk edges
+    (8, 6, 0.5, 3),
+])
+def test_block_attention_on_packed_tokens_equals_padded_layout(g, m, fill, seed):
+    """`call_packed` (chunked window attention on the packed tokens) gives the padded
+    `call`'s output and input gradient token for token, whatever the chunk boundaries."""
+    from dmgin_tf.layers.transformer_block import TransformerBlock
+    rng = np.random.default_rng(seed)
+    b, d = 3, 8
+    x = rng.normal(size=(b, g, m, d)).astype("float32")
+    mask = rng.random((b, g, m)) < fill
+    mask[0, 0, 0] = True
+    if g == 2:
+        # Row 0: sequence 1 starts in chunk 0 and ends in chunk 1 (the wrapped-around
+        # neighbour of chunk 0 on both sides), so a key seen twice would be counted twice.
+        mask[0] = [[True] * (m - 1) + [False], [True] * m]
+    block = TransformerBlock(num_heads=2)
+    block.build((None, m, d))
+    capacity = int(mask.reshape(b, -1).sum(1).max())
+    packing = Packing.from_mask(mask, capacity)
+    xt = tf.constant(x)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(xt)
+        padded = tf.reshape(block(xt, padding_mask=mask), (b, g * m, d))
+        packed = block.call_packed(packing.pack(tf.reshape(xt, (b, g * m, d))), packing)
+        w = tf.constant(rng.normal(size=(b, g * m, d)).astype("float32"))
+        loss_padded = tf.reduce_sum(padded * w)
+        loss_packed = tf.reduce_sum(packing.unpack(packed) * w)
+    np.testing.assert_allclose(np.asarray(packing.unpack(packed)), np.asarray(padded), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(tape.gradient(loss_packed, xt)),
+                               np.asarray(tape.gradient(loss_padded, xt)), atol=1e-5)
