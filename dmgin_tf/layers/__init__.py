@@ -12,5 +12,5 @@ from dmgin_tf.layers.hstu_block import HSTUBlock
 from dmgin_tf.layers.inter_group_transformer import InterGroupTransformer
 from dmgin_tf.layers.intra_group_transformer import IntraGroupTransformer, masked_mean
 from dmgin_tf.layers.target_attention import TargetAttention
-from dmgin_tf.layers.transformer_block import TransformerBlock, masked_softmax
+from dmgin_tf.layers.transformer_block import Packing, TransformerBlock, masked_softmax
 from dmgin_tf.layers.group_interest_encoder import GroupInterestEncoder, USER_STATE_KEYS

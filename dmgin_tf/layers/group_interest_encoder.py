@@ -15,6 +15,7 @@ from dmgin_tf.layers.inter_group_transformer import InterGroupTransformer
 from dmgin_tf.layers.input_contract import check_structure, check_values, clamp_ids
 from dmgin_tf.layers.intra_group_transformer import IntraGroupTransformer
 from dmgin_tf.layers.target_attention import TargetAttention, select_last
+from dmgin_tf.layers.transformer_block import Packing
 from dmgin_tf.layers.variable_tree import attach_checkpoint_tree
 from dmgin_tf.ops import NUM_STATS, CandidateGroup, candidate_groups, group_behaviors
 from dmgin_tf.ops.grouping import stat_columns, static_length
@@ -305,13 +306,21 @@ class GroupInterestEncoder(keras.layers.Layer):
         if self.use_stats:
             parts.append(self.statistics(gh.counts, gh.stats, group_mask=mask))
         context = ops.concatenate(parts, axis=-1)
-        if self.intra is not None:
+        length = static_length(inputs[HIST_ITEM], HIST_ITEM)
+        if self.intra is not None and self.intra.blocks and length < self.max_groups * self.max_per_group:
+            # The groups hold at most L real behaviors: pack their ids, embed L tokens
+            # per row instead of G * M, and run the blocks on them.
+            packing = Packing.from_mask(gh.group_item_mask, length)
+            tokens = self.embedding.tokens(packing.pack_values(gh.group_items),
+                                           packing.pack_values(gh.group_behaviors),
+                                           packing.pack_values(gh.group_times), rt)
+            vectors = self.intra.call_packed(tokens, packing, group_context=context,
+                                             group_mask=mask, training=training)
+        elif self.intra is not None:
             tokens = self.embedding.tokens(gh.group_items, gh.group_behaviors,
                                            gh.group_times, rt)
-            # The groups hold at most L real behaviors: the blocks run packed below G * M.
             vectors = self.intra(tokens, gh.group_item_mask, group_context=context,
-                                 group_mask=mask, training=training,
-                                 max_tokens=static_length(inputs[HIST_ITEM], HIST_ITEM))
+                                 group_mask=mask, training=training, max_tokens=length)
         else:
             vectors = self.fuse(context) * ops.cast(mask, context.dtype)[..., None]
         if self.inter is not None:

@@ -94,23 +94,41 @@ class IntraGroupTransformer(keras.layers.Layer):
         token_mask = ops.cast(token_mask, "bool")
         x = tokens * ops.cast(token_mask, tokens.dtype)[..., None]
         g, m, d = x.shape[-3], x.shape[-2], x.shape[-1]
+        if group_mask is None:
+            group_mask = ops.any(token_mask, axis=-1)
         if self.blocks and max_tokens is not None and int(max_tokens) < g * m:
             # At most max_tokens of the G * M slots are real: run the blocks packed.
             packing = Packing.from_mask(token_mask, int(max_tokens))
-            xp = packing.pack(ops.reshape(x, (-1, g * m, d)))
-            for block in self.blocks:
-                xp = block.call_packed(xp, packing, training=training)
-            x = ops.reshape(packing.unpack(xp), ops.shape(x))
-        else:
-            for block in self.blocks:
-                x = block(x, padding_mask=token_mask, training=training)
-        pooled = masked_mean(x, token_mask, axis=-2)                      # [B, G, D]
+            return self.call_packed(packing.pack(ops.reshape(x, (-1, g * m, d))), packing,
+                                    group_context, group_mask, training=training)
+        for block in self.blocks:
+            x = block(x, padding_mask=token_mask, training=training)
+        return self._pool(masked_mean(x, token_mask, axis=-2), group_context, group_mask)
+
+    def call_packed(self, tokens, packing, group_context=None, group_mask=None, training=None):
+        """The layer on tokens already packed: `[B, P, D]` (each row's real tokens
+        first, in slot order; `Packing.from_mask` of the `[B, G, M]` token mask) →
+        `[B, G, output_dim]`, equal to `call` on the padded layout. Callers that hold
+        ids can pack them first (`Packing.pack_values`) and embed P tokens per row
+        instead of G * M.
+
+        `group_mask` defaults to the groups with at least one token.
+        """
+        x = tokens * ops.cast(packing.valid, tokens.dtype)[..., None]
+        for block in self.blocks:
+            x = block.call_packed(x, packing, training=training)
+        if group_mask is None:
+            group_mask = ops.any(ops.reshape(packing.slot_mask, (-1, packing.slots // packing.seq,
+                                                                 packing.seq)), axis=-1)
+        return self._pool(packing.sequence_mean(x), group_context, group_mask)
+
+    def _pool(self, pooled, group_context, group_mask):
+        """Pooled tokens `[B, G, D]` (+ context) → `[B, G, output_dim]`, zero where
+        `group_mask` is False."""
         if group_context is not None:
             pooled = ops.concatenate([pooled, ops.cast(group_context, pooled.dtype)], -1)
         if self.fuse is not None:
             pooled = self.fuse(pooled)
-        if group_mask is None:
-            group_mask = ops.any(token_mask, axis=-1)
         return pooled * ops.cast(group_mask, pooled.dtype)[..., None]
 
     def compute_output_shape(self, tokens_shape, *args, **kwargs):

@@ -44,12 +44,15 @@ class Packing:
         valid: bool `[B, P]`, p < the row's number of real slots.
         unpack_idx: int32 `[B, N * S]`, the packed position of each real slot (0 else).
         slot_mask: bool `[B, N * S]`, the padded layout's mask.
+        sequence_ids: int32 `[B, P]`, the sequence (0..N-1) of each packed token, -1
+            where not `valid`.
     """
 
     def __init__(self, seq, slots, pack_idx, valid, unpack_idx, slot_mask):
         self.seq, self.slots = int(seq), int(slots)
         self.pack_idx, self.valid = pack_idx, valid
         self.unpack_idx, self.slot_mask = unpack_idx, slot_mask
+        self.sequence_ids = ops.where(valid, ops.floor_divide(pack_idx, self.seq), -1)
 
     @classmethod
     def from_mask(cls, mask, capacity):
@@ -74,9 +77,27 @@ class Packing:
         """`[B, N * S, C]` → `[B, P, C]` (zero where not `valid`)."""
         return self._gather(x, self.pack_idx, self.valid)
 
+    def pack_values(self, x):
+        """Per-slot values `[B, N, S]` (any dtype; e.g. ids) → `[B, P]` (0 where not
+        `valid`): pack ids before an embedding lookup to look up P, not N * S, rows."""
+        return self._gather(ops.reshape(x, (-1, self.slots, 1)), self.pack_idx, self.valid)[..., 0]
+
     def unpack(self, x):
         """`[B, P, C]` → `[B, N * S, C]` (zero at padding slots)."""
         return self._gather(x, self.unpack_idx, self.slot_mask)
+
+    def sequence_mean(self, x):
+        """Mean of each sequence's packed tokens: `[B, P, C]` → `[B, N, C]` (zeros for a
+        sequence without tokens) — one segment sum, no unpacking to the N * S slots."""
+        batch, num, width = ops.shape(x)[0], self.slots // self.seq, x.shape[-1]
+        row = ops.arange(batch, dtype="int32")[:, None] * num
+        # A token that is not valid adds zeros (to its row's first sequence).
+        seg = ops.reshape(ops.where(self.valid, self.sequence_ids, 0) + row, (-1,))
+        ones = ops.cast(self.valid, x.dtype)[..., None]
+        total = ops.segment_sum(ops.reshape(ops.concatenate([x * ones, ones], -1), (-1, width + 1)),
+                                seg, num_segments=batch * num)
+        total = ops.reshape(total, (-1, num, width + 1))
+        return total[..., :width] / ops.maximum(total[..., width:], 1.0)
 
     @staticmethod
     def _gather(x, index, keep):
@@ -209,8 +230,7 @@ class TransformerBlock(keras.layers.Layer):
         rows, chunk = qkv.shape[1], packing.seq
         chunks = -(-rows // chunk)
         width = chunks * chunk
-        # Sequence index of each packed token; -1 = not a token (tail or padding).
-        seg = ops.where(packing.valid, ops.floor_divide(packing.pack_idx, chunk), -1)
+        seg = packing.sequence_ids                                        # -1: no token
         if width != rows:
             qkv = ops.pad(qkv, ((0, 0), (0, width - rows), (0, 0)))
             seg = ops.pad(seg, ((0, 0), (0, width - rows)), constant_values=-1)
