@@ -307,9 +307,9 @@ class GroupInterestEncoder(keras.layers.Layer):
             parts.append(self.statistics(gh.counts, gh.stats, group_mask=mask))
         context = ops.concatenate(parts, axis=-1)
         length = static_length(inputs[HIST_ITEM], HIST_ITEM)
-        if self.intra is not None and self.intra.blocks and length < self.max_groups * self.max_per_group:
+        if self.intra is not None and length < self.max_groups * self.max_per_group:
             # The groups hold at most L real behaviors: pack their ids, embed L tokens
-            # per row instead of G * M, and run the blocks on them.
+            # per row instead of G * M, and run the blocks (if any) and the pooling on them.
             packing = Packing.from_mask(gh.group_item_mask, length)
             tokens = self.embedding.tokens(packing.pack_values(gh.group_items),
                                            packing.pack_values(gh.group_behaviors),

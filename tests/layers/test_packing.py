@@ -108,7 +108,8 @@ def test_block_attention_on_packed_tokens_equals_padded_layout(g, m, fill, seed)
                                np.asarray(tape.gradient(loss_padded, xt)), atol=1e-5)
 
 
-def test_encoder_packed_ids_path_equals_padded_tokens():
+@pytest.mark.parametrize("intra_layers", [0, 2])
+def test_encoder_packed_ids_path_equals_padded_tokens(intra_layers):
     """Below G * M the encoder packs the group ids and embeds only the real tokens;
     the same histories padded to L = G * M take the padded token layout. Same outputs
     and weight gradients."""
@@ -116,7 +117,8 @@ def test_encoder_packed_ids_path_equals_padded_tokens():
     from dmgin_tf.layers import GroupInterestEncoder
     from .synthetic import synthetic_inputs
     enc = GroupInterestEncoder(item_vocab_size=40, group_vocab_size=8, num_behavior_types=2,
-                               max_groups=4, max_per_group=3, embedding_dim=8, intra_layers=2)
+                               max_groups=4, max_per_group=3, embedding_dim=8,
+                               intra_layers=intra_layers)
     short = synthetic_inputs(batch=5, length=8, empty_rows=(2,), seed=3)
     padded = {k: (np.pad(v, ((0, 0), (0, 4))) if k in F.HISTORY_INPUT_KEYS else v)
               for k, v in short.items()}
