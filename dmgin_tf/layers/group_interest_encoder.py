@@ -316,11 +316,11 @@ class GroupInterestEncoder(keras.layers.Layer):
                                            packing.pack_values(gh.group_times), rt)
             vectors = self.intra.call_packed(tokens, packing, group_context=context,
                                              group_mask=mask, training=training)
-        elif self.intra is not None:
+        elif self.intra is not None:   # L >= G * M: every slot may be real, no packing
             tokens = self.embedding.tokens(gh.group_items, gh.group_behaviors,
                                            gh.group_times, rt)
             vectors = self.intra(tokens, gh.group_item_mask, group_context=context,
-                                 group_mask=mask, training=training, max_tokens=length)
+                                 group_mask=mask, training=training)
         else:
             vectors = self.fuse(context) * ops.cast(mask, context.dtype)[..., None]
         if self.inter is not None:
