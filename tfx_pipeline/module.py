@@ -5,13 +5,14 @@ is built per component.
 Inputs are the ExampleBuilder's user records (one `tf.train.SequenceExample` per user
 and split, `transform.examples`); histories are never materialised in an artifact.
 
-Transform (`preprocessing_fn`, analyze only: `materialize=False`) computes the two
-vocabularies the model ids come from, over every behavior's item and every candidate
+Transform (`preprocessing_fn`, analyze only: `materialize=False`) computes the one
+vocabulary the model ids come from, over every behavior's item and every candidate
 (negatives included) of the train split:
 
-  item_vocab        item ids by frequency; model id = line + 2, unknown -> 1 (OOV)
-  item_group_vocab  "item|group" lines; an item's group is parsed off its line, so at
-                    serving time only item ids are needed (unknown -> 1)
+  item_group_vocab  "item|group" lines, most frequent item first (an item has one
+                    group); model item id = line + 2, unknown -> 1 (OOV); the group is
+                    parsed off the item's line, so at serving time only item ids are
+                    needed (unknown -> 1)
 
 Trainer (`run_fn`): reads the train / val records through tf.data into per-record
 sequences + positions (`tfx_pipeline.records.read_user_records`, ids from the
@@ -40,7 +41,7 @@ from dmgin_tf import features as F
 from tfx_pipeline.artifacts import WARM_START_DIR
 from transform import examples as X
 
-ITEM_VOCAB = "item_vocab"
+ITEM_VOCAB = "item_vocab"    # warm-start copy of the item order (one id per line)
 ITEM_GROUP_VOCAB = "item_group_vocab"
 _LOG = logging.getLogger(__name__)
 
@@ -66,10 +67,10 @@ def _count_known(x, values: tf.Tensor, vocab) -> tf.Tensor:
 
 
 def preprocessing_fn(inputs: Dict[str, tf.Tensor], custom_config: Optional[dict] = None):
-    """User records -> vocabularies (module docstring). Outputs per record: `user_id`,
-    `known_items` / `known_pairs` (its behaviors found in each vocabulary).
+    """User records -> the item vocabulary (module docstring). Outputs per record:
+    `user_id`, `known_pairs` (its behaviors found in the vocabulary).
 
-    custom_config: accepted for compatibility (the vocabularies need none).
+    custom_config: accepted for compatibility (the vocabulary needs none).
     """
     del custom_config
     # Keys of the schema's tensor_representation_group; feature lists are ragged.
@@ -77,12 +78,13 @@ def preprocessing_fn(inputs: Dict[str, tf.Tensor], custom_config: Optional[dict]
     items, cands = _values(beh), _values(cand)
     groups = tf.strings.as_string(_values(inputs[X.SEQ_GROUP]))
     cand_groups = tf.strings.as_string(_values(inputs[X.POS_GROUP]))
-    item_vocab = tft.vocabulary(tf.concat([cands, items], 0), vocab_filename=ITEM_VOCAB)
+    # One "item|group" vocabulary: an item's frequency is its pair's (one group per
+    # item), so this is the item vocabulary with the group on each line; a second,
+    # items-only file would repeat every item id in the artifact and the SavedModel.
     beh_pairs = tf.strings.join([items, groups], separator="|")
     pairs = tf.concat([tf.strings.join([cands, cand_groups], separator="|"), beh_pairs], 0)
     pair_vocab = tft.vocabulary(pairs, vocab_filename=ITEM_GROUP_VOCAB)
     return {F.USER_ID: tf.reshape(inputs[F.USER_ID], [-1]),
-            "known_items": _count_known(beh, items, item_vocab),
             "known_pairs": _count_known(beh, beh_pairs, pair_vocab)}
 
 
@@ -105,6 +107,11 @@ def _files(patterns: List[str]) -> List[str]:
 def _read_vocab(path: str) -> List[str]:
     with open(path, "rb") as f:
         return [line.rstrip(b"\n").decode("utf-8", "replace") for line in f]
+
+
+def read_item_vocab(pair_vocab_file: str) -> List[str]:
+    """Item ids of `item_group_vocab` in line order (model item id = index + 2)."""
+    return [line.rsplit("|", 1)[0] for line in _read_vocab(pair_vocab_file)]
 
 
 def _max_group_id(pair_vocab_file: str) -> int:
@@ -249,7 +256,8 @@ def save_serving_model(model, lookups, path: str, history_length: int, serving_c
 
 def _training_data(fn_args):
     """What the Trainer and the Tuner share: (config, custom config, vocabulary lookups,
-    item vocabulary, `TrainingData` over the user records, train split)."""
+    item vocabulary (ids in line order), `TrainingData` over the user records, train
+    split)."""
     from dmgin_tf.config import Config
     from dmgin_tf.training.data_source import ExampleSetSplit
     from dmgin_tf.training.trainer import TrainingData
@@ -260,18 +268,16 @@ def _training_data(fn_args):
     cfg = Config.from_dict(custom.get("config", {}))
     # The Trainer's FnArgs fill both names; the Tuner's only transform_graph_path.
     tft_out = tft.TFTransformOutput(fn_args.transform_graph_path or fn_args.transform_output)
-    item_vocab_file = tft_out.vocabulary_file_by_name(ITEM_VOCAB)
-    lookups = Lookups(item_vocab_file, tft_out.vocabulary_file_by_name(ITEM_GROUP_VOCAB),
-                      behavior_types)
+    pair_vocab_file = tft_out.vocabulary_file_by_name(ITEM_GROUP_VOCAB)
+    lookups = Lookups(pair_vocab_file, behavior_types)
     # Records -> sequences + positions (O(behaviors)); histories are cut per batch.
     L = cfg.model.history_length
     train_es = read_user_records(_files(fn_args.train_files), lookups, "train",
                                  cfg.data.max_history)
     val_es = read_user_records(_files(fn_args.eval_files), lookups, "val", cfg.data.max_history)
-    item_vocab = _read_vocab(item_vocab_file)
+    item_vocab = read_item_vocab(pair_vocab_file)
     overrides = {"item_vocab_size": len(item_vocab) + F.NUM_RESERVED_IDS,
-                 "group_vocab_size": max(
-                     _max_group_id(tft_out.vocabulary_file_by_name(ITEM_GROUP_VOCAB)) + 1,
+                 "group_vocab_size": max(_max_group_id(pair_vocab_file) + 1,
                      int(custom.get("min_group_vocab_size", 0))),
                  "num_behavior_types": len(behavior_types)}
     train_split = ExampleSetSplit(train_es, "train", L)
@@ -281,7 +287,7 @@ def _training_data(fn_args):
                         info={"source": "tfx", "train_files": list(fn_args.train_files),
                               "train_records": train_es.num_users,
                               "train_behaviors": int(len(train_es.beh_item))})
-    return cfg, custom, lookups, item_vocab_file, item_vocab, data, train_split
+    return cfg, custom, lookups, item_vocab, data, train_split
 
 
 def tuner_fn(fn_args):
@@ -295,7 +301,7 @@ def tuner_fn(fn_args):
     from dmgin_tf.training.search_space import search_space, to_overrides
     from dmgin_tf.training.trainer import train
 
-    cfg, custom, _, _, _, data, _ = _training_data(fn_args)
+    cfg, custom, _, _, data, _ = _training_data(fn_args)
     hp = kt.HyperParameters()
     search_space(cfg.model.model, hp)
 
@@ -329,8 +335,7 @@ def run_fn(fn_args) -> None:
     from dmgin_tf.training.search_space import overrides_from_hyperparameters
     from dmgin_tf.training.trainer import train
 
-    cfg, custom, lookups, item_vocab_file, item_vocab, data, train_split = \
-        _training_data(fn_args)
+    cfg, custom, lookups, item_vocab, data, train_split = _training_data(fn_args)
     tuned = overrides_from_hyperparameters(getattr(fn_args, "hyperparameters", None))
     if tuned:
         cfg = cfg.apply_overrides(tuned)
@@ -368,7 +373,8 @@ def run_fn(fn_args) -> None:
     from dmgin_tf.training.trainer import CONFIG_FILE, WEIGHTS_FILE
     for name in (CONFIG_FILE, WEIGHTS_FILE):
         shutil.copy(os.path.join(run_dir, name), os.path.join(extra, name))
-    shutil.copy(item_vocab_file, os.path.join(extra, ITEM_VOCAB))
+    with open(os.path.join(extra, ITEM_VOCAB), "w", encoding="utf-8") as f:
+        f.write("".join(v + "\n" for v in item_vocab))     # warm_start's item order
     with open(os.path.join(fn_args.serving_model_dir, "assets.extra", "dmgin_train.json"), "w",
               encoding="utf-8") as f:
         json.dump(info, f, indent=1, default=str)

@@ -1,11 +1,11 @@
 """User records (SequenceExamples of the ExampleBuilder) -> training data, and the id
 lookups shared by training and serving.
 
-`Lookups` maps strings to model ids with the Transform's vocabulary files (TF tables):
+`Lookups` maps strings to model ids with the Transform's vocabulary file
+`item_group_vocab` (one `"item|group"` line per item, most frequent first; TF tables):
 
-  item   id = line number in `item_vocab` + 2 (NUM_RESERVED_IDS); unknown -> 1 (OOV)
-  group  parsed off the "item|group" line of `item_group_vocab` keyed by the item;
-         unknown item -> 1. So serving needs only item ids.
+  item   id = the item's line number + 2 (NUM_RESERVED_IDS); unknown -> 1 (OOV)
+  group  parsed off the item's line; unknown item -> 1. So serving needs only item ids.
   behavior  `behavior_types[i] -> i + 1`, unknown -> 0 (DatasetSpec.behavior_id)
 
 `read_user_records` streams a split's records through `tf.data` (batched
@@ -30,18 +30,20 @@ _UNKNOWN_GROUP_LINE = f"|{F.OOV_ID}"
 
 
 class Lookups(tf.Module):
-    """String -> id tables built from the Transform's vocabulary files (module docstring).
+    """String -> id tables built from the Transform's vocabulary file (module docstring).
 
     Methods take string / int tensors of any shape (dense) and return int64 of the same
-    shape. The files become SavedModel assets when the module is saved.
+    shape. The file becomes a SavedModel asset when the module is saved.
     """
 
-    def __init__(self, item_vocab_file: str, pair_vocab_file: str, behavior_types: Sequence[str]):
+    def __init__(self, pair_vocab_file: str, behavior_types: Sequence[str]):
         super().__init__(name="dmgin_lookups")
+        # Both tables key on the line's first "|" column (the item): the line number is
+        # the item id, the whole line carries the group. One file serves both, so the
+        # Transform writes (and the SavedModel ships) the item list once.
         self.items = tf.lookup.StaticHashTable(tf.lookup.TextFileInitializer(
-            item_vocab_file, tf.string, tf.lookup.TextFileIndex.WHOLE_LINE,
-            tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER), default_value=-1)
-        # One key column + WHOLE_LINE value, the group parsed off the line.
+            pair_vocab_file, tf.string, 0, tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER,
+            delimiter="|"), default_value=-1)
         self.pairs = tf.lookup.StaticHashTable(tf.lookup.TextFileInitializer(
             pair_vocab_file, tf.string, 0, tf.string, tf.lookup.TextFileIndex.WHOLE_LINE,
             delimiter="|"), default_value=_UNKNOWN_GROUP_LINE)

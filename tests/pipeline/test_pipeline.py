@@ -48,6 +48,12 @@ def test_end_to_end_span1(spans, roots):
     ex = s.artifacts["ExampleBuilder.examples"]
     assert sorted(os.listdir(ex)) == ["Split-eval", "Split-train", "Split-val"]
     _check_user_records(ex)
+    # The Transform writes one vocabulary: every item once, with its group.
+    from tfx_pipeline.module import read_item_vocab
+    assets = os.path.join(s.artifacts["Transform.transform_graph"], "transform_fn", "assets")
+    assert sorted(os.listdir(assets)) == ["item_group_vocab"], os.listdir(assets)
+    items = read_item_vocab(os.path.join(assets, "item_group_vocab"))
+    assert len(items) > 2 and len(items) == len(set(items))
     # Memory and storage per component are in the summary (also for a component that
     # finishes within one poll of the store, as the ItemGrouper often does).
     for name in ("ItemGrouper", "ExampleBuilder", "StatisticsGen", "Transform", "Trainer",

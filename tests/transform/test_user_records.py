@@ -26,16 +26,14 @@ from transform import examples as X
 L = 16
 
 
-def _vocab_files(index: ItemIndex, tmp):
-    """Vocabulary files laid out like the Transform's (line k -> id k + 2)."""
-    item_file, pair_file = str(tmp / "item_vocab"), str(tmp / "pair_vocab")
+def _vocab_file(index: ItemIndex, tmp):
+    """A vocabulary file laid out like the Transform's ("item|group", line k -> id k + 2)."""
+    pair_file = str(tmp / "item_group_vocab")
     names = [str(v) for v in index.item_ids]
     groups = index.groups_of(np.arange(len(names)) + 2)
-    with open(item_file, "w") as f:
-        f.write("".join(n + "\n" for n in names))
     with open(pair_file, "w") as f:
         f.write("".join(f"{n}|{int(g)}\n" for n, g in zip(names, groups)))
-    return item_file, pair_file
+    return pair_file
 
 
 def _rows(batch, users):
@@ -109,7 +107,7 @@ def test_records_expand_to_the_per_example_builders(spans, tmp_path, span):
                                   window=L, splits=3)
     X.build_examples(data, str(tmp_path / "flat"), cfg, DIRECT, splits=3, item_groups=groups)
     es_ref = build_example_set(beh, items, spec, index, cfg, progress=False)
-    lookups = Lookups(*_vocab_files(index, tmp_path), spec.behavior_types)
+    lookups = Lookups(_vocab_file(index, tmp_path), spec.behavior_types)
     window = min(L, cfg.max_history)
     for split in SPLIT_NAMES:
         files = beam_io.output_files(str(tmp_path / "rec" / split))
@@ -192,7 +190,7 @@ def test_serving_tensorizer_equals_training_batches(spans, tmp_path):
     groups = dict(zip(index.item_ids, index.groups_of(np.arange(len(index.item_ids)) + 2)))
     X.build_user_records(data, str(tmp_path / "rec"), cfg, DIRECT, item_groups=groups,
                          window=L, splits=2)
-    lookups = Lookups(*_vocab_files(index, tmp_path), spec.behavior_types)
+    lookups = Lookups(_vocab_file(index, tmp_path), spec.behavior_types)
     es = read_user_records(beam_io.output_files(str(tmp_path / "rec" / "test")), lookups,
                            "test", cfg.max_history)
     from tfx_pipeline.eval_records import expand_records
