@@ -209,9 +209,10 @@ def test_generic_csv_with_vocab_items_and_images(tmp_path):
         "10,u1,a,click,e3",       # same as row 2 but another event id: kept
         "7,u2,c,view,e4",         # unknown behavior
         "8,u2,,click,e5",         # empty item id
+        "9,u2,a|b,click,e7",      # '|' is reserved by the pipeline's vocabulary lines
         "-1,u2,a,click,e6"])      # negative timestamp
     _write(tmp_path / "items.csv", ["item_id,title,image", "a,Alpha,img/a.png", "b,,img/missing.png",
-                                    "a,dup,"])
+                                    "a,dup,", "x|y,Bad,"])
     res = convert_generic(tmp_path / "events.csv", tmp_path / "out", LOOSE, items_path=tmp_path / "items.csv",
                           behavior_types=["click", "order"])
     beh = pd.read_parquet(res.behaviors_path)
@@ -222,8 +223,10 @@ def test_generic_csv_with_vocab_items_and_images(tmp_path):
     assert list(items.index) == ["a", "b"]
     rep = res.report
     assert _file_stats(rep, "events.csv")["bad"] == {
-        "bad_id": 1, "bad_timestamp": 1, "duplicate_row": 1, "unknown_behavior": 1}
-    assert _file_stats(rep, "items.csv")["bad"] == {"duplicate_item": 1}
+        "bad_id": 2, "bad_timestamp": 1, "duplicate_row": 1, "unknown_behavior": 1}
+    assert _file_stats(rep, "items.csv")["bad"] == {"bad_id": 1, "duplicate_item": 1}
+    details = json.dumps(rep)
+    assert "'a|b' contains '|'" in details and "'x|y' contains '|'" in details, details
     assert _file_stats(rep, "items.csv")["flagged"] == {"missing_image": 1, "missing_item_text": 1}
     assert rep["info"]["behavior_types"] == ["click", "order"]
 

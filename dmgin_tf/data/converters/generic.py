@@ -189,9 +189,9 @@ def convert_generic(input_path, output_dir, config: DataConfig | None = None, *,
             try:
                 user, item, behavior = _text(rec[USER_ID]), _text(rec[ITEM_ID]), _text(rec[BEHAVIOR])
                 ts, ts_bad = _timestamp(rec[TIMESTAMP], timestamp_unit)
-                if not user or not item:
-                    report.bad(beh_fr, number, "bad_id", f"empty {USER_ID if not user else ITEM_ID}",
-                               text)
+                if not user or _item_id_problem(item):
+                    report.bad(beh_fr, number, "bad_id",
+                               f"empty {USER_ID}" if not user else _item_id_problem(item), text)
                 elif not behavior or (allowed and behavior not in allowed):
                     report.bad(beh_fr, number, "unknown_behavior",
                                f"behavior {behavior!r} not in {list(vocab)}", text)
@@ -225,6 +225,16 @@ def convert_generic(input_path, output_dir, config: DataConfig | None = None, *,
         return publish(tmp, output_dir, report)
 
 
+def _item_id_problem(item: str) -> Optional[str]:
+    """Why `item` cannot be an item id, or None. The pipeline's vocabulary stores one
+    `item|group` line per item, so `|` and line breaks cannot be part of an id."""
+    if not item:
+        return f"empty {ITEM_ID}"
+    if "|" in item or "\n" in item or "\r" in item:
+        return f"{ITEM_ID} {item!r} contains '|' or a line break (reserved by the vocabulary format)"
+    return None
+
+
 def _read_items(path: pathlib.Path, report: ConversionReport, fr: FileReport, show_progress) -> dict:
     """item_id -> {title, description, category, image} from an items CSV/Parquet file."""
     items: dict = {}
@@ -234,8 +244,8 @@ def _read_items(path: pathlib.Path, report: ConversionReport, fr: FileReport, sh
     for number, rec, text, _ in _records(path, (ITEM_ID,), ITEM_TEXT_COLUMNS + (IMAGE,), report, fr,
                                       (ITEM_ID,), bar):
         item = _text(rec[ITEM_ID])
-        if not item:
-            report.bad(fr, number, "bad_id", f"empty {ITEM_ID}", text)
+        if _item_id_problem(item):
+            report.bad(fr, number, "bad_id", _item_id_problem(item), text)
             continue
         if item in items:
             report.bad(fr, number, "duplicate_item", f"item {item!r} already defined", text)
