@@ -189,9 +189,9 @@ def convert_generic(input_path, output_dir, config: DataConfig | None = None, *,
             try:
                 user, item, behavior = _text(rec[USER_ID]), _text(rec[ITEM_ID]), _text(rec[BEHAVIOR])
                 ts, ts_bad = _timestamp(rec[TIMESTAMP], timestamp_unit)
-                if not user or _item_id_problem(item):
-                    report.bad(beh_fr, number, "bad_id",
-                               f"empty {USER_ID}" if not user else _item_id_problem(item), text)
+                bad_id = f"empty {USER_ID}" if not user else _item_id_problem(item)
+                if bad_id:
+                    report.bad(beh_fr, number, "bad_id", bad_id, text)
                 elif not behavior or (allowed and behavior not in allowed):
                     report.bad(beh_fr, number, "unknown_behavior",
                                f"behavior {behavior!r} not in {list(vocab)}", text)
@@ -244,8 +244,9 @@ def _read_items(path: pathlib.Path, report: ConversionReport, fr: FileReport, sh
     for number, rec, text, _ in _records(path, (ITEM_ID,), ITEM_TEXT_COLUMNS + (IMAGE,), report, fr,
                                       (ITEM_ID,), bar):
         item = _text(rec[ITEM_ID])
-        if _item_id_problem(item):
-            report.bad(fr, number, "bad_id", _item_id_problem(item), text)
+        bad_id = _item_id_problem(item)
+        if bad_id:
+            report.bad(fr, number, "bad_id", bad_id, text)
             continue
         if item in items:
             report.bad(fr, number, "duplicate_item", f"item {item!r} already defined", text)
