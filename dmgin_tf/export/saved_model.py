@@ -36,6 +36,7 @@ from dmgin_tf.export.example_parsing import LookupTables, examples_from_dense
 from dmgin_tf.export.signatures import ServingModule, score_state_keys
 from dmgin_tf.export.warmup import build_warmup_logs, write_warmup_file
 from dmgin_tf.models.cached_state import DEFAULT_LOOKUP_GROUPS, DEFAULT_LOOKUP_ITEMS
+from dmgin_tf.serving.validation import Contract
 
 NOXLA_SUFFIX = "_noxla"
 EXPORT_INFO_FILE = "dmgin_export.json"   # in assets.extra/, next to the warmup file
@@ -112,12 +113,17 @@ def export_model(model, base_path: str, name: str, *, history_length: int,
     examples = None
     if warmup_inputs is not None and tables is not None:
         examples = examples_from_dense(warmup_inputs, item_index.item_ids, behavior_types)
+    # The signatures check ids against the vocabularies the model was built with.
+    own_cfg = getattr(model, "model_cfg", None)
+    contract = Contract.from_model_config(
+        model_config or (own_cfg.to_dict() if hasattr(own_cfg, "to_dict") else None))
     paths = {}
     for variant in variants:
         module = ServingModule(model, tables, history_length, jit_compile=variant == "xla",
                                batch_buckets=serving_cfg.batch_buckets,
                                candidate_buckets=serving_cfg.candidate_buckets,
-                               state_groups=state_groups, state_items=state_items)
+                               state_groups=state_groups, state_items=state_items,
+                               contract=contract)
         model_dir = os.path.join(base_path, name + ("" if variant == "xla" else NOXLA_SUFFIX))
         final = os.path.join(model_dir, str(version))
         save_version(module, final, name=name, version=version, serving_cfg=serving_cfg,

@@ -34,6 +34,9 @@ Fixed shapes for XLA: inside every signature the batch is zero-padded up to the 
 entry of `batch_buckets` (beyond the largest: a multiple of it) and candidates up to
 the next `candidate_buckets` entry; outputs are sliced back. So the XLA-compiled core
 sees only a few shapes, all compiled by the warmup records before traffic arrives.
+Before padding, every signature checks that its inputs share dimension 0 (`shared_rows`)
+and the value rules of the request contract (`input_checks`), so a server that checks
+only dtypes and shapes (TF Serving) refuses what `dmgin serve` refuses.
 
 With `jit_compile=True` the model math (grouping included) runs in
 `tf.function(jit_compile=True)`; the graph node calling it carries `_XlaMustCompile`.
@@ -47,10 +50,12 @@ import tensorflow as tf
 
 from dmgin_tf import features as F
 from dmgin_tf.export.example_parsing import LookupTables, parse_serving_examples
+from dmgin_tf.export.input_checks import contract_checks
 from dmgin_tf.layers.context_statistics import CONTEXT_STATE_KEYS
 from dmgin_tf.layers.group_interest_encoder import LOOKUP_STATE_KEYS
 from dmgin_tf.models.cached_state import STATE_TIME
 from dmgin_tf.models.cached_state import STATE_VERSION as STATE_VERSION_KEY
+from dmgin_tf.serving.validation import Contract
 
 USER_STATE_KEYS = ("group_vectors", "group_mask", "group_ids")  # GroupInterestEncoder's
 # What only `score_cached` reads of a complete user state; `score` takes the rest
@@ -86,10 +91,60 @@ def bucket_size(n: tf.Tensor, buckets: Sequence[int]) -> tf.Tensor:
     return tf.where(n <= largest, fitting, (n + largest - 1) // largest * largest)
 
 
-def pad_rows(x: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
-    """Zero-pads dimension 0 of x up to `size` rows (zeros = padding ids / empty rows)."""
-    extra = size - tf.shape(x)[0]
-    return tf.pad(x, [[0, extra]] + [[0, 0]] * (x.shape.rank - 1))
+ROWS_MESSAGE = ("request inputs disagree: every input must have the same dimension 0 (one "
+                "row per user or example), and cand_item and cand_group the same shape")
+
+
+def shared_rows(tensors: Dict[str, tf.Tensor], same_shape: Sequence[str] = (),
+                checks: Sequence[tf.Operation] = ()) -> tf.Tensor:
+    """The dimension 0 all `tensors` share (int32 scalar), checked in the graph.
+
+    Without the check a request whose inputs disagree (candidates of two users with one
+    user's state or history) was zero-padded until they agreed and scored against empty
+    rows. `same_shape`: two inputs that must match in every dimension (`cand_item`,
+    `cand_group`). The dimensions come from one `ShapeN` per dtype + concat + gather: a
+    handful of graph ops whatever the number of inputs (`score_cached` takes ~25).
+    `checks`: further ops (`input_checks.contract_checks`) that must pass first; the
+    returned size, which all padding depends on, waits for them.
+
+    Raises (when run): InvalidArgumentError with `ROWS_MESSAGE`, the inputs' names and
+    their dimension 0.
+    """
+    # ShapeN takes one dtype: one op per dtype present, the inputs ordered by it.
+    names = sorted(tensors, key=lambda k: tensors[k].dtype.name)
+    dtypes = sorted({tensors[k].dtype.name for k in names})
+    flat = tf.concat([s for d in dtypes for s in tf.shape_n(
+        [tensors[k] for k in names if tensors[k].dtype.name == d], out_type=tf.int32)], 0)
+    ranks = [tensors[k].shape.rank for k in names]
+    starts = [sum(ranks[:i]) for i in range(len(names) + 1)]
+    rows = tf.gather(flat, starts[:-1])
+    ok = tf.reduce_all(tf.equal(rows, rows[0]))
+    data = [ROWS_MESSAGE + ". Inputs:", tf.constant(names), "dimension 0:", rows]
+    if same_shape:
+        a, b = (names.index(k) for k in same_shape)
+        dims_a, dims_b = flat[starts[a]:starts[a + 1]], flat[starts[b]:starts[b + 1]]
+        ok = tf.logical_and(ok, tf.reduce_all(tf.equal(dims_a, dims_b)))
+        data += [f"{same_shape[0]} shape:", dims_a, f"{same_shape[1]} shape:", dims_b]
+    check = tf.debugging.Assert(ok, data, summarize=len(names))
+    with tf.control_dependencies([check, *checks]):
+        return tf.identity(rows[0])
+
+
+def pad_rows(tensors: Dict[str, tf.Tensor], rows: tf.Tensor,
+             size: tf.Tensor) -> Dict[str, tf.Tensor]:
+    """Zero-pads dimension 0 of every tensor from `rows` (their common dimension 0,
+    `shared_rows`) up to `size` (zeros = padding ids / empty rows); one paddings
+    tensor per rank, shared by the inputs of that rank."""
+    first = tf.reshape(tf.stack([0, size - rows]), [1, 2])        # [[0, extra]]
+    paddings, out = {}, {}
+    for k, x in tensors.items():
+        rank = x.shape.rank
+        if rank not in paddings:
+            paddings[rank] = (first if rank == 1 else
+                              tf.concat([first, tf.zeros([rank - 1, 2], tf.int32)], 0))
+        out[k] = tf.pad(x, paddings[rank])
+        out[k].set_shape([None] + x.shape[1:])     # a computed paddings tensor hides it
+    return out
 
 
 class _Untracked:
@@ -110,12 +165,15 @@ class ServingModule(tf.Module):
       history_length: L of the model input.
       jit_compile: trace the model math with XLA (`tf.function(jit_compile=True)`).
       batch_buckets, candidate_buckets: padded sizes (see module docstring).
+      contract: the vocabulary sizes the signatures check ids against
+        (`input_checks`); None checks only that inputs share dimension 0.
     """
 
     def __init__(self, model, tables: Optional[LookupTables], history_length: int,
                  jit_compile: bool, batch_buckets: Sequence[int] = (1, 8, 32, 128),
                  candidate_buckets: Sequence[int] = (16, 64, 128, 512),
-                 state_groups: int = 128, state_items: int = 512):
+                 state_groups: int = 128, state_items: int = 512,
+                 contract: Optional[Contract] = None):
         super().__init__(name="dmgin_serving")
         # The SavedModel tracks only the variables (as keras.export.ExportArchive does),
         # the lookup tables and the signatures. The Keras model and the core
@@ -125,6 +183,7 @@ class ServingModule(tf.Module):
         self._untracked = _Untracked(model=model)
         self.model_variables = list(model.variables)
         self.tables = tables
+        self.contract = contract
         self.history_length = int(history_length)
         self.jit_compile = bool(jit_compile)
         self.batch_buckets = tuple(sorted(int(b) for b in batch_buckets))
@@ -221,21 +280,27 @@ class ServingModule(tf.Module):
                 else None)  # a given state: target attention runs in the score cluster
         return self._untracked.score(state, history, cand_item, cand_group, cand, user)
 
-    # ---- padding helpers ---------------------------------------------------------------------
+    # ---- input checks and padding ----------------------------------------------------------
+    def _checked_rows(self, tensors, same_shape=()):
+        """`shared_rows` of a signature's inputs, after the contract's value checks."""
+        checks = contract_checks(tensors, self.contract) if self.contract else ()
+        return shared_rows(tensors, same_shape, checks)
+
     def _padded_ctr(self, inputs):
-        n = tf.shape(inputs[F.CAND_ITEM])[0]
-        size = bucket_size(n, self.batch_buckets)
-        ctr = self._untracked.ctr({k: pad_rows(v, size) for k, v in inputs.items()})
+        n = self._checked_rows(inputs, (F.CAND_ITEM, F.CAND_GROUP))
+        ctr = self._untracked.ctr(pad_rows(inputs, n, bucket_size(n, self.batch_buckets)))
         return {F.PREDICTION: ctr[:n]}
 
     def _pad_users(self, tensors, cand_item, cand_group):
         """Users padded to a batch bucket, candidates [U, N] to a candidate bucket."""
-        u, n = tf.shape(cand_item)[0], tf.shape(cand_item)[1]
+        u = self._checked_rows(
+            dict(tensors, **{F.CAND_ITEM: cand_item, F.CAND_GROUP: cand_group}),
+            (F.CAND_ITEM, F.CAND_GROUP))
+        n = tf.shape(cand_item)[1]
         us = bucket_size(u, self.batch_buckets)
         ns = bucket_size(n, self.candidate_buckets)
-        pad_c = lambda c: tf.pad(c, [[0, us - u], [0, ns - n]])  # noqa: E731
-        return {k: pad_rows(v, us) for k, v in tensors.items()}, pad_c(cand_item), \
-            pad_c(cand_group), u, n
+        cand = tf.reshape(tf.stack([0, us - u, 0, ns - n]), [2, 2])
+        return pad_rows(tensors, u, us), tf.pad(cand_item, cand), tf.pad(cand_group, cand), u, n
 
     # ---- signatures ---------------------------------------------------------------------------
     def tensorize(self, examples: tf.Tensor) -> Dict[str, tf.Tensor]:
@@ -291,9 +356,9 @@ class ServingModule(tf.Module):
         if self.has_user_split:
             @tf.function(autograph=False, input_signature=[hist_b])
             def user_state(history):
-                n = tf.shape(history[F.REQUEST_TIME])[0]
-                size = bucket_size(n, self.batch_buckets)
-                state = self._untracked.user_state({k: pad_rows(v, size) for k, v in history.items()})
+                n = self._checked_rows(history)
+                state = self._untracked.user_state(
+                    pad_rows(history, n, bucket_size(n, self.batch_buckets)))
                 return {k: v[:n] for k, v in state.items()}
             sigs["user_state"] = user_state.get_concrete_function()
 
@@ -322,9 +387,12 @@ class ServingModule(tf.Module):
                     tf.size(stale) == 0,
                     [STALE_STATE_MESSAGE, "(state_version", stale[:1], "this model",
                      tf.constant(self.state_version, tf.int32), ")"])
+                # The check gates the candidates, which every score depends on (not
+                # each of the ~25 inputs: an Identity per input costs the executor).
                 with tf.control_dependencies([check]):
-                    tensors = {k: tf.identity(inputs[k]) for k in list(full_b) + list(rt_b)}
-                tensors, ci, cg, u, n = self._pad_users(tensors, inputs[F.CAND_ITEM],
+                    cand_item = tf.identity(inputs[F.CAND_ITEM])
+                tensors = {k: inputs[k] for k in list(full_b) + list(rt_b)}
+                tensors, ci, cg, u, n = self._pad_users(tensors, cand_item,
                                                         inputs[F.CAND_GROUP])
                 state = {k: tensors[k] for k in full_b}
                 # One cluster: split like `rank` (candidate side ∥ user side → head) it

@@ -94,18 +94,25 @@ class Contract:
         if os.path.exists(info_path):
             with open(info_path, encoding="utf-8") as f:
                 info = json.load(f)
-        mc = info.get("model_config") or {}
         cap = max_candidates if max_candidates is not None else info.get("max_candidates")
         buckets = tuple(int(b) for b in info.get("candidate_buckets") or ())
         if cap is None and buckets:
             cap = max(buckets)  # older exports: nothing beyond the largest bucket is warmed
+        return dataclasses.replace(
+            cls.from_model_config(info.get("model_config")),
+            max_candidates=None if cap is None else int(cap),
+            batch_buckets=tuple(int(b) for b in info.get("batch_buckets") or ()),
+            candidate_buckets=buckets, state_version=info.get("state_version"))
+
+    @classmethod
+    def from_model_config(cls, mc: Optional[dict]) -> "Contract":
+        """The vocabulary part of the contract from a model config dict
+        (`ModelConfig.to_dict()`; missing sizes are not checked)."""
+        mc = mc or {}
         return cls(item_vocab_size=int(mc.get("item_vocab_size") or 0),
                    group_vocab_size=int(mc.get("group_vocab_size") or 0),
                    num_behavior_types=int(mc.get("num_behavior_types") or 0),
-                   max_candidates=None if cap is None else int(cap),
-                   batch_buckets=tuple(int(b) for b in info.get("batch_buckets") or ()),
-                   candidate_buckets=buckets, model=str(mc.get("model") or ""),
-                   state_version=info.get("state_version"))
+                   model=str(mc.get("model") or ""))
 
     def id_ranges(self) -> dict:
         """input name → (lo, hi inclusive, what) for the ids whose vocabulary is known."""

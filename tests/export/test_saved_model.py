@@ -43,6 +43,18 @@ def test_every_signature_equals_keras_model(standin_export, variant):
     assert set(diffs) == {"predict_raw", "serving_default", "rank", "score"}
 
 
+@pytest.mark.parametrize("variant", ["xla", "noxla"])
+def test_predict_raw_refuses_rows_that_disagree(standin_export, variant):
+    """3 histories with 2 candidates: refused, not padded into a third empty example."""
+    _, paths, _, _, _ = standin_export
+    fn = tf.saved_model.load(paths[variant]).signatures["predict_raw"]
+    x = {k: tf.constant(v) for k, v in tiny_inputs(3, seed=4).items()}
+    with pytest.raises(tf.errors.InvalidArgumentError, match="request inputs disagree") as info:
+        fn(**dict(x, cand_item=x[F.CAND_ITEM][:2], cand_group=x[F.CAND_GROUP][:2]))
+    assert "cand_item" in info.value.message and "hist_item" in info.value.message
+    assert fn(**x)["ctr"].shape == (3,)
+
+
 def test_rank_scores_many_candidates_per_user(standin_export):
     _, paths, model, _, _ = standin_export
     loaded = tf.saved_model.load(paths["xla"])

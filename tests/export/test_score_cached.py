@@ -70,6 +70,76 @@ def test_stale_state_refused_with_a_clear_error(dmgin_export):
                              cand_group=tf.constant([[2, 3]], tf.int32))
 
 
+@pytest.mark.parametrize("variant", ["xla", "noxla"])
+def test_inputs_of_different_users_are_refused(dmgin_export, variant):
+    """Candidates for two users with one user's state (or history) used to be padded
+    until they agreed and the second user scored against an empty state, silently."""
+    paths, _, x = dmgin_export
+    sigs = tf.saved_model.load(paths[variant]).signatures
+    hist = {k: tf.constant(x[k][:1]) for k in HISTORY}
+    state = dict(sigs["user_state"](**hist))
+    two = dict(cand_item=tf.constant([[2, 3], [4, 5]], tf.int32),
+               cand_group=tf.constant([[2, 3], [2, 3]], tf.int32))
+    one = dict(cand_item=two["cand_item"][:1], cand_group=two["cand_group"][:1])
+    words = r"request inputs disagree: every input must have the same dimension 0.*cand_item"
+    with pytest.raises(tf.errors.InvalidArgumentError, match=words):
+        sigs["score_cached"](**state, request_time=hist[F.REQUEST_TIME], **two)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=words):
+        sigs["rank"](**hist, **two)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=words):
+        sigs["user_state"](**dict(hist, hist_time=tf.constant(x[F.HIST_TIME][:2])))
+    # cand_item and cand_group of different lengths
+    with pytest.raises(tf.errors.InvalidArgumentError, match="cand_group shape"):
+        sigs["score_cached"](**state, request_time=hist[F.REQUEST_TIME],
+                             cand_item=one["cand_item"], cand_group=one["cand_group"][:, :1])
+    # The same request with matching inputs is scored.
+    ok = sigs["score_cached"](**state, request_time=hist[F.REQUEST_TIME], **one)
+    assert ok["ctr"].shape == (1, 2)
+
+
+@pytest.mark.parametrize("variant", ["xla", "noxla"])
+def test_signatures_refuse_values_outside_the_contract(dmgin_export, variant):
+    """What TF Serving does not check: the signatures themselves refuse ids outside the
+    vocabularies (the XLA variant used to clamp them into a plausible CTR), millisecond
+    times and NaN state vectors, naming the input, the rule and the values seen."""
+    paths, model, x = dmgin_export
+    sigs = tf.saved_model.load(paths[variant]).signatures
+    items, groups = model.model_cfg.item_vocab_size, model.model_cfg.group_vocab_size
+    hist = {k: tf.constant(x[k][:1]) for k in HISTORY}
+    state = {k: v.numpy() for k, v in sigs["user_state"](**hist).items()}
+    cands = {F.CAND_ITEM: np.array([[2, 3]], np.int32), F.CAND_GROUP: np.array([[2, 3]], np.int32)}
+
+    def cached(**change):
+        inputs = dict(state, request_time=x[F.REQUEST_TIME][:1], **cands)
+        inputs.update(change)
+        return sigs["score_cached"](**{k: tf.constant(v) for k, v in inputs.items()})
+
+    assert cached()["ctr"].shape == (1, 2)
+    cases = [
+        (dict(cand_item=np.array([[2, items]], np.int32)),
+         [f"cand_item: ids must be in [0, {items - 1}]", f"[max] [{items}]"]),
+        (dict(cand_item=np.array([[-3, 2]], np.int32)), ["cand_item", "[got min] [-3]"]),
+        (dict(cand_group=np.array([[2, groups + 7]], np.int32)), ["cand_group: ids must be"]),
+        (dict(lookup_items=np.where(state["lookup_items"] > 0, items + 1, 0).astype(np.int32)),
+         ["lookup_items: ids must be"]),
+        (dict(request_time=x[F.REQUEST_TIME][:1] * 1000), ["request_time: times must be Unix "
+                                                            "seconds", "milliseconds"]),
+        (dict(group_vectors=np.full_like(state["group_vectors"], np.nan)),
+         ["group_vectors: values must be finite"]),
+    ]
+    for change, words in cases:
+        with pytest.raises(tf.errors.InvalidArgumentError) as info:
+            cached(**change)
+        for w in words:
+            assert w in info.value.message, (change.keys(), info.value.message[:300])
+    bad_hist = dict(hist, hist_item=tf.constant(np.where(x[F.HIST_ITEM][:1] > 0, items, 0)
+                                                .astype(np.int32)))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="hist_item: ids must be"):
+        sigs["rank"](**bad_hist, **{k: tf.constant(v) for k, v in cands.items()})
+    with pytest.raises(tf.errors.InvalidArgumentError, match="hist_item: ids must be"):
+        sigs["user_state"](**bad_hist)
+
+
 def test_export_info_describes_the_state(dmgin_export):
     from dmgin_tf.export.saved_model import read_export_info
     from dmgin_tf.export.warmup import read_warmup_file

@@ -1,0 +1,64 @@
+"""The request contract inside the exported signatures, for servers that do not check it.
+
+`dmgin serve` checks every request against the version's contract before a signature
+runs (`dmgin_tf.serving.validation`). TF Serving checks dtypes and shapes only, so under
+it an item id beyond the vocabulary, a millisecond timestamp or a NaN state vector went
+into the model: the XLA variant clamps out-of-range gather indices and returned a
+plausible, wrong CTR. These are the same value rules (the same `Contract`, so one
+definition) as graph ops that run before the model, outside XLA:
+
+- ids inside their vocabulary (`Contract.id_ranges`: item, group and behavior ids of
+  the history, the candidates and a user state);
+- times (`validation.TIME_INPUTS`) are Unix seconds in `[0, MAX_TIME_S]`;
+- float inputs are finite.
+
+A request breaking one fails with INVALID_ARGUMENT ("assertion failed: [input
+cand_item: ids must be in [0, 49999] …] [got min] [-5] [max] [12]"). Each rule is one
+input's min and max and an `Assert`.
+"""
+from __future__ import annotations
+
+from typing import List, Mapping
+
+import tensorflow as tf
+
+from dmgin_tf.serving.validation import MAX_TIME_S, MS_HINT_MIN, TIME_INPUTS, Contract
+
+
+def _range_check(x: tf.Tensor, lo: int, hi: int, message: str) -> tf.Operation:
+    """Two reductions: the min and max decide the check and are what the message reports
+    (an empty tensor, whose min / max are the dtype's extremes, passes)."""
+    low, high = tf.reduce_min(x), tf.reduce_max(x)
+    ok = tf.logical_or(tf.equal(tf.size(x), 0), tf.logical_and(
+        low >= tf.cast(lo, x.dtype), high <= tf.cast(hi, x.dtype)))
+    return tf.debugging.Assert(ok, [message, "got min", low, "max", high])
+
+
+def contract_checks(inputs: Mapping[str, tf.Tensor], contract: Contract) -> List[tf.Operation]:
+    """`Assert` ops for the value rules of the module docstring, one per checked input.
+
+    Args:
+      inputs: a signature's input tensors by name (any rank; padding ids 0 and times 0
+        are inside every range).
+      contract: the version's sizes; unknown sizes (0) leave those ids unchecked.
+
+    Returns:
+      the ops; run them (control dependencies) before the model reads the inputs.
+    """
+    ranges = contract.id_ranges()
+    checks = []
+    for name, x in inputs.items():
+        if name in ranges and x.dtype.is_integer:
+            lo, hi, what = ranges[name]
+            checks.append(_range_check(
+                x, lo, hi, f"input {name}: ids must be in [{lo}, {hi}] ({what}); "
+                f"out-of-vocabulary ids are refused — send the OOV id 1 for unknown items"))
+        elif name in TIME_INPUTS and x.dtype.is_integer:
+            checks.append(_range_check(
+                x, 0, MAX_TIME_S, f"input {name}: times must be Unix seconds in "
+                f"[0, {MAX_TIME_S}] (1970..2100); {MS_HINT_MIN} or more is milliseconds"))
+        elif x.dtype.is_floating:
+            checks.append(tf.debugging.Assert(
+                tf.reduce_all(tf.math.is_finite(x)),
+                [f"input {name}: values must be finite; NaN and inf are refused"]))
+    return checks
