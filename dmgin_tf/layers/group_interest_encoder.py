@@ -12,7 +12,8 @@ from dmgin_tf.layers.dense import Dense
 from dmgin_tf.layers.feature_embedding import FeatureEmbedding, age_seconds
 from dmgin_tf.layers.group_statistics import GroupStatistics
 from dmgin_tf.layers.inter_group_transformer import InterGroupTransformer
-from dmgin_tf.layers.input_contract import check_structure, check_values, clamp_ids
+from dmgin_tf.layers.input_contract import (CACHED_INPUT_KEYS, check_cached_candidates,
+                                            check_structure, check_values, clamp_ids)
 from dmgin_tf.layers.intra_group_transformer import IntraGroupTransformer
 from dmgin_tf.layers.target_attention import TargetAttention, select_last
 from dmgin_tf.layers.transformer_block import Packing
@@ -584,6 +585,8 @@ class GroupInterestEncoder(keras.layers.Layer):
         """
         if candidate_features is None:
             candidate_features = self.cached_candidate_features(user_state, inputs, training)
+        else:
+            self._check_cached_inputs(user_state, inputs)
         inputs = self._in_vocab(inputs)
         cand_item = ops.cast(inputs[CAND_ITEM], "int32")
         cand_key = ops.cast(self._cand_key(inputs), "int32")
@@ -596,12 +599,10 @@ class GroupInterestEncoder(keras.layers.Layer):
         lookup tables instead of the history (same dict, same shapes)."""
         if not self.built:
             self.build()
+        self._check_cached_inputs(user_state, inputs)
         inputs = self._in_vocab(inputs)
         cand_item = ops.cast(inputs[CAND_ITEM], "int32")
         cand_key = ops.cast(self._cand_key(inputs), "int32")
-        if len(cand_item.shape) != 2:
-            raise ValueError(f"GroupInterestEncoder.score_cached: cand_item must be [U, N], "
-                             f"got shape {tuple(cand_item.shape)}")
         query = self._query(cand_item, cand_key)
         features = {"query": query}
         if self.use_candidate_group:
@@ -660,6 +661,17 @@ class GroupInterestEncoder(keras.layers.Layer):
                          group_vocab_size=self.group_vocab_size,
                          num_behavior_types=self.num_behavior_types)
         return super().__call__(inputs, *args, **kwargs)
+
+    def _check_cached_inputs(self, user_state, inputs):
+        """`score_cached`'s candidates and request time against the input contract: the
+        structure always, the values (ids in the vocabularies, seconds) when concrete
+        and `validate` is on — as `__call__` checks the history inputs."""
+        check_cached_candidates(inputs, user_state[HISTORY_SIZE].shape[0])
+        if self.validate:
+            check_values(inputs, item_vocab_size=self.item_vocab_size,
+                         group_vocab_size=self.group_vocab_size,
+                         num_behavior_types=self.num_behavior_types,
+                         keys=tuple(k for k in CACHED_INPUT_KEYS if inputs.get(k) is not None))
 
     def _in_vocab(self, inputs):
         """Out-of-vocabulary item/group ids → OOV, identically on every device."""

@@ -42,6 +42,8 @@ MAX_TIME_S = 4_102_444_800
 #: >= 1e11 "seconds" is the year 5138: almost surely milliseconds.
 MS_HINT_MIN = 100_000_000_000
 CANDIDATE_KEYS = (CAND_ITEM, CAND_GROUP)
+#: What `score_cached` takes besides the user state (`request_time` optional).
+CACHED_INPUT_KEYS = (CAND_ITEM, CAND_GROUP, REQUEST_TIME)
 
 
 class InputContractError(ValueError):
@@ -134,6 +136,31 @@ def check_structure(inputs, *, keys=MODEL_INPUT_KEYS) -> dict:
         _fail(CAND_GROUP, f"shape {list(out[CAND_GROUP].shape)} differs from "
                           f"'cand_item' {list(out[CAND_ITEM].shape)}")
     return out
+
+
+def check_cached_candidates(inputs, users) -> None:
+    """Structure rules of `score_cached` (any mode): `cand_item` and `cand_group` present,
+    `[U, N]` of one shape, U = the state's user count `users` (None: unknown), and
+    `request_time`, when given, `[U]`. Raises `InputContractError`."""
+    for k in CANDIDATE_KEYS:
+        if k not in inputs:
+            raise InputContractError(f"missing input {k!r}; score_cached takes cand_item and "
+                                     f"cand_group [U, N] (got {sorted(inputs)})")
+        shape = tuple(inputs[k].shape)
+        if len(shape) != 2:
+            _fail(k, f"must be [U, N] (N candidates for each of the state's U users), "
+                     f"got shape {list(shape)}")
+        if not _same((shape[0],), (users,)):
+            _fail(k, f"has {shape[0]} rows but the user state holds {users} user(s); "
+                     f"row u scores candidates for the state's user u")
+    if not _same(tuple(inputs[CAND_GROUP].shape), tuple(inputs[CAND_ITEM].shape)):
+        _fail(CAND_GROUP, f"shape {list(inputs[CAND_GROUP].shape)} differs from "
+                          f"'cand_item' {list(inputs[CAND_ITEM].shape)}")
+    if inputs.get(REQUEST_TIME) is not None:
+        shape = tuple(inputs[REQUEST_TIME].shape)
+        if len(shape) != 1 or not _same(shape, (users,)):
+            _fail(REQUEST_TIME, f"must be [U] with U = {users} (the state's users), got "
+                                f"shape {list(shape)}")
 
 
 def _same(a, b):

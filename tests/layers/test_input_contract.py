@@ -149,3 +149,40 @@ def test_out_of_vocabulary_ids_map_to_oov_the_same_eagerly_and_under_xla():
     np.testing.assert_array_equal(eager, expected)
     np.testing.assert_allclose(graph, expected, atol=1e-5)
     np.testing.assert_allclose(xla, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("rule,name,words", [
+    ("users", "cand_item", "has 2 rows but the user state holds 4"),
+    ("rank", "cand_item", r"must be \[U, N\]"),
+    ("shapes", "cand_group", "differs from 'cand_item'"),
+    ("item_above_vocab", "cand_item", r"outside \[0, 40\)"),
+    ("negative_group", "cand_group", r"outside \[0, 8\)"),
+    ("milliseconds", "request_time", "milliseconds"),
+])
+def test_score_cached_checks_candidates_and_request_time(encoder, rule, name, words):
+    """The cached path (`score_cached`, `cached_candidate_features`) holds the same
+    contract as `__call__`: candidates of other users or shapes, ids outside the
+    vocabularies and millisecond times are refused, not scored."""
+    x = _x()
+    state = dict(encoder.encode_user(x))
+    state.update(encoder.lookup_state(x, 4, 8))
+    cands = {F.CAND_ITEM: np.tile(x[F.CAND_ITEM][:, None], (1, 3)),
+             F.CAND_GROUP: np.tile(x[F.CAND_GROUP][:, None], (1, 3)),
+             F.REQUEST_TIME: x[F.REQUEST_TIME]}
+    assert encoder.score_cached(state, cands).shape == (4, 3, encoder.output_dim)
+    bad = dict(cands)
+    if rule == "users":
+        bad = {k: v[:2] for k, v in cands.items()}
+    elif rule == "rank":
+        bad[F.CAND_ITEM], bad[F.CAND_GROUP] = x[F.CAND_ITEM], x[F.CAND_GROUP]
+    elif rule == "shapes":
+        bad[F.CAND_GROUP] = cands[F.CAND_GROUP][:, :2]
+    elif rule == "item_above_vocab":
+        bad[F.CAND_ITEM] = _set(dict(cands), F.CAND_ITEM, 1, 2, 40)[F.CAND_ITEM]
+    elif rule == "negative_group":
+        bad[F.CAND_GROUP] = _set(dict(cands), F.CAND_GROUP, 0, 0, -1)[F.CAND_GROUP]
+    elif rule == "milliseconds":
+        bad[F.REQUEST_TIME] = cands[F.REQUEST_TIME] * 1000
+    for fn in (encoder.score_cached, encoder.cached_candidate_features):
+        with pytest.raises(InputContractError, match=f"'{name}'.*{words}"):
+            fn(state, bad)
