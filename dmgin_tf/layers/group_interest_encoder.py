@@ -5,15 +5,15 @@ import keras
 from keras import ops
 
 from dmgin_tf.features import (CAND_GROUP, CAND_ITEM, HIST_BEHAVIOR_ID, HIST_GROUP, HIST_ITEM,
-                               HIST_TIME, NUM_RESERVED_IDS, REQUEST_TIME)
+                               HIST_TIME, MODEL_INPUT_KEYS, NUM_RESERVED_IDS, REQUEST_TIME)
 from dmgin_tf.layers.candidate_group_attention import CandidateGroupAttention
 from dmgin_tf.layers.candidate_match import candidate_item_match, item_match_features
 from dmgin_tf.layers.dense import Dense
 from dmgin_tf.layers.feature_embedding import FeatureEmbedding, age_seconds
 from dmgin_tf.layers.group_statistics import GroupStatistics
 from dmgin_tf.layers.inter_group_transformer import InterGroupTransformer
-from dmgin_tf.layers.input_contract import (CACHED_INPUT_KEYS, check_cached_candidates,
-                                            check_structure, check_values, clamp_ids)
+from dmgin_tf.layers.input_contract import (check_cached_candidates, check_structure,
+                                            check_values, clamp_ids)
 from dmgin_tf.layers.intra_group_transformer import IntraGroupTransformer
 from dmgin_tf.layers.target_attention import TargetAttention, select_last
 from dmgin_tf.layers.transformer_block import Packing
@@ -583,11 +583,12 @@ class GroupInterestEncoder(keras.layers.Layer):
             state was computed from (same request time) when every candidate's group and
             item is in the state's lookup tables or absent from the history.
         """
-        if candidate_features is None:
+        checked = candidate_features is None          # cached_candidate_features checks
+        if checked:
             candidate_features = self.cached_candidate_features(user_state, inputs, training)
         else:
             self._check_cached_inputs(user_state, inputs)
-        inputs = self._in_vocab(inputs)
+        inputs = self._in_vocab(inputs, check=not checked)
         cand_item = ops.cast(inputs[CAND_ITEM], "int32")
         cand_key = ops.cast(self._cand_key(inputs), "int32")
         return self._score_lists(user_state, inputs, cand_item, cand_key, training,
@@ -663,23 +664,29 @@ class GroupInterestEncoder(keras.layers.Layer):
         return super().__call__(inputs, *args, **kwargs)
 
     def _check_cached_inputs(self, user_state, inputs):
-        """`score_cached`'s candidates and request time against the input contract: the
-        structure always, the values (ids in the vocabularies, seconds) when concrete
-        and `validate` is on — as `__call__` checks the history inputs."""
+        """The structure of `score_cached`'s candidates and request time (any mode);
+        their values are checked by `_in_vocab`."""
         check_cached_candidates(inputs, user_state[HISTORY_SIZE].shape[0])
-        if self.validate:
+
+    def _in_vocab(self, inputs, check=True):
+        """Out-of-vocabulary item/group ids → OOV, identically on every device.
+
+        With `check` (every public entry point but `call`, whose `__call__` has checked
+        already) and `validate` on, concrete values are first checked against the input
+        contract (`check_values` on the keys present: ids, seconds, no history event
+        after the request), so the split and cached paths (`encode_user`,
+        `lookup_state`, `score_candidates`, `score_cached`, ...) refuse what `__call__`
+        refuses instead of clamping it; compiled calls skip to the clamp."""
+        if check and self.validate:
             check_values(inputs, item_vocab_size=self.item_vocab_size,
                          group_vocab_size=self.group_vocab_size,
                          num_behavior_types=self.num_behavior_types,
-                         keys=tuple(k for k in CACHED_INPUT_KEYS if inputs.get(k) is not None))
-
-    def _in_vocab(self, inputs):
-        """Out-of-vocabulary item/group ids → OOV, identically on every device."""
+                         keys=tuple(k for k in MODEL_INPUT_KEYS if inputs.get(k) is not None))
         return clamp_ids(inputs, item_vocab_size=self.item_vocab_size,
                          group_vocab_size=self.group_vocab_size)
 
     def call(self, inputs, training=None):
-        inputs = self._in_vocab(inputs)
+        inputs = self._in_vocab(inputs, check=False)
         return self.score_candidates(self.encode_user(inputs, training=training), inputs,
                                      training=training)
 

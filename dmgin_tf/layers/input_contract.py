@@ -42,8 +42,6 @@ MAX_TIME_S = 4_102_444_800
 #: >= 1e11 "seconds" is the year 5138: almost surely milliseconds.
 MS_HINT_MIN = 100_000_000_000
 CANDIDATE_KEYS = (CAND_ITEM, CAND_GROUP)
-#: What `score_cached` takes besides the user state (`request_time` optional).
-CACHED_INPUT_KEYS = (CAND_ITEM, CAND_GROUP, REQUEST_TIME)
 
 
 class InputContractError(ValueError):

@@ -186,3 +186,22 @@ def test_score_cached_checks_candidates_and_request_time(encoder, rule, name, wo
     for fn in (encoder.score_cached, encoder.cached_candidate_features):
         with pytest.raises(InputContractError, match=f"'{name}'.*{words}"):
             fn(state, bad)
+
+
+@pytest.mark.parametrize("method", ["encode_user", "lookup_state", "candidate_features",
+                                    "score_candidates"])
+def test_the_serving_split_checks_values_like_call(encoder, method):
+    """encode_user / lookup_state / candidate_features / score_candidates refuse what
+    __call__ refuses (eagerly, validate=True) instead of clamping it to OOV."""
+    x = _x()
+    state = dict(encoder.encode_user(x))
+    calls = {"encode_user": lambda v: encoder.encode_user(v),
+             "lookup_state": lambda v: encoder.lookup_state(v, 4, 8),
+             "candidate_features": lambda v: encoder.candidate_features(  # [U, N] there
+                 dict(v, **{k: v[k][:, None] for k in (F.CAND_ITEM, F.CAND_GROUP)})),
+             "score_candidates": lambda v: encoder.score_candidates(state, v)}
+    calls[method](x)
+    with pytest.raises(InputContractError, match=r"'hist_item'.*outside \[0, 40\)"):
+        calls[method](_set(_x(), F.HIST_ITEM, 0, 0, 41))
+    with pytest.raises(InputContractError, match="'hist_time'.*milliseconds"):
+        calls[method](_set(_x(), F.HIST_TIME, 0, 0, 1_700_000_000_000))
