@@ -12,8 +12,8 @@ from dmgin_tf.layers.dense import Dense
 from dmgin_tf.layers.feature_embedding import FeatureEmbedding, age_seconds
 from dmgin_tf.layers.group_statistics import GroupStatistics
 from dmgin_tf.layers.inter_group_transformer import InterGroupTransformer
-from dmgin_tf.layers.input_contract import (check_cached_candidates, check_structure,
-                                            check_values, clamp_ids)
+from dmgin_tf.layers.input_contract import (check_cached_candidates, check_state_rows,
+                                            check_structure, check_values, clamp_ids)
 from dmgin_tf.layers.intra_group_transformer import IntraGroupTransformer
 from dmgin_tf.layers.target_attention import TargetAttention, select_last
 from dmgin_tf.layers.transformer_block import Packing
@@ -375,6 +375,8 @@ class GroupInterestEncoder(keras.layers.Layer):
         """
         if not self.built:
             self.build()
+        if user_state is not None:
+            check_state_rows(inputs, user_state[GROUP_VECTORS].shape[0])
         inputs = self._in_vocab(inputs)
         cand_item = ops.cast(inputs[CAND_ITEM], "int32")
         cand_key = ops.cast(self._cand_key(inputs), "int32")
@@ -435,6 +437,8 @@ class GroupInterestEncoder(keras.layers.Layer):
         """
         if not self.built:
             self.build()
+        if user_state is not None:
+            check_state_rows(inputs, user_state[GROUP_VECTORS].shape[0])
         inputs = self._in_vocab(inputs)
         cand_item = ops.cast(inputs[CAND_ITEM], "int32")
         cand_key = ops.cast(self._cand_key(inputs), "int32")

@@ -136,6 +136,22 @@ def check_structure(inputs, *, keys=MODEL_INPUT_KEYS) -> dict:
     return out
 
 
+def check_state_rows(inputs, users) -> None:
+    """`score_candidates` / `user_features` (any mode): the history, request time and
+    candidates hold one row per user of the state (`users`, None: unknown); `[N]`
+    candidates with a one-user state are that user's N candidates. Raises
+    `InputContractError`."""
+    for k in (HIST_ITEM, REQUEST_TIME, CAND_ITEM):
+        x = inputs.get(k)
+        if x is None or len(x.shape) == 0:
+            continue
+        if k == CAND_ITEM and len(x.shape) == 1 and _same((users,), (1,)):
+            continue
+        if not _same((x.shape[0],), (users,)):
+            _fail(k, f"has {x.shape[0]} rows but the user state holds {users} user(s); "
+                     f"row u belongs to the state's user u")
+
+
 def check_cached_candidates(inputs, users) -> None:
     """Structure rules of `score_cached` (any mode): `cand_item` and `cand_group` present,
     `[U, N]` of one shape, U = the state's user count `users` (None: unknown), and

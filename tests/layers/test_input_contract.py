@@ -205,3 +205,18 @@ def test_the_serving_split_checks_values_like_call(encoder, method):
         calls[method](_set(_x(), F.HIST_ITEM, 0, 0, 41))
     with pytest.raises(InputContractError, match="'hist_time'.*milliseconds"):
         calls[method](_set(_x(), F.HIST_TIME, 0, 0, 1_700_000_000_000))
+
+
+def test_score_candidates_needs_one_input_row_per_state_user(encoder):
+    """A 1-user state with 4 users' history and candidates is refused by name (it used
+    to fail inside target attention with 'Incompatible shapes'); [N] candidates with a
+    one-user state stay that user's N candidates."""
+    x = _x()
+    one = {k: v[:1] for k, v in x.items()}
+    state = dict(encoder.encode_user(one))
+    for fn in (encoder.score_candidates, encoder.user_features):
+        with pytest.raises(InputContractError, match="'hist_item': has 4 rows but the user "
+                                                     "state holds 1 user"):
+            fn(state, x)
+    n_cands = dict(one, **{F.CAND_ITEM: x[F.CAND_ITEM], F.CAND_GROUP: x[F.CAND_GROUP]})
+    assert encoder.score_candidates(state, n_cands).shape == (4, encoder.output_dim)
