@@ -3,8 +3,8 @@
 `dmgin serve` checks every request against the version's contract before a signature
 runs (`dmgin_tf.serving.validation`). TF Serving checks dtypes and shapes only, so under
 it an item id beyond the vocabulary, a millisecond timestamp or a NaN state vector went
-into the model: the XLA variant clamps out-of-range gather indices and returned a
-plausible, wrong CTR. These are the same value rules (the same `Contract`, so one
+into the model, which scored an unknown id as the OOV id (the layers' compiled-path rule)
+and returned a plausible, wrong CTR. These are the same value rules (the same `Contract`, so one
 definition) as graph ops that run before the model, outside XLA:
 
 - ids inside their vocabulary (`Contract.id_ranges`: item, group and behavior ids of

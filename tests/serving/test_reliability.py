@@ -201,13 +201,16 @@ def test_hot_swap_under_load_slow_copy_corrupt_push_and_restart(tmp_path, monkey
     save_standin(base, 1)
     for v in (2, 3, 4, 5):
         save_standin(staging, v)
-    # Warmup that takes 1.2 s (an XLA compile): the old version must keep answering, and a
-    # version may only become available after its warmup finished.
+    # Warmup that takes 3 s (an XLA compile): the old version must keep answering, and a
+    # version may only become available after its warmup finished. Requests get a 2 s
+    # deadline: a server that stopped answering during a warmup misses it, while one
+    # request delayed past 1 s by a busy 2-core host (seen once in a full suite run)
+    # does not fail the test.
     warmed = {}
     real_warmup = mr.Servable.warmup
 
     def slow_warmup(self):
-        time.sleep(1.2)
+        time.sleep(3.0)
         warmed[self.version] = time.monotonic()
         return real_warmup(self)
 
@@ -234,7 +237,7 @@ def test_hot_swap_under_load_slow_copy_corrupt_push_and_restart(tmp_path, monkey
         while not stop.is_set():
             t0 = time.perf_counter()
             try:
-                resp = stub.Predict(_request(STANDIN, "predict_raw", x=x), timeout=1.0)
+                resp = stub.Predict(_request(STANDIN, "predict_raw", x=x), timeout=2.0)
                 v = resp.model_spec.version.value
                 np.testing.assert_allclose(tf.make_ndarray(resp.outputs["ctr"]), reference(x, v),
                                            rtol=1e-6)
@@ -289,7 +292,7 @@ def test_hot_swap_under_load_slow_copy_corrupt_push_and_restart(tmp_path, monkey
     assert not failures, failures[:3]
     assert seen == {1, 2, 3, 4}
     assert all(flips[v] >= warmed[v] for v in (2, 3, 4)), (flips, warmed)
-    assert len(latencies) > 50 and max(latencies) < 1.0, max(latencies)
+    assert len(latencies) > 50 and max(latencies) < 2.0, max(latencies)
 
     # 5. Restart with a corrupt newest version: the newest good one (4) serves at once.
     _push_corrupt(base, 6, os.path.join(staging, "5"))
