@@ -587,12 +587,11 @@ class GroupInterestEncoder(keras.layers.Layer):
             state was computed from (same request time) when every candidate's group and
             item is in the state's lookup tables or absent from the history.
         """
-        checked = candidate_features is None          # cached_candidate_features checks
-        if checked:
+        inputs = self._in_vocab(inputs)
+        if candidate_features is None:
             candidate_features = self.cached_candidate_features(user_state, inputs, training)
         else:
             self._check_cached_inputs(user_state, inputs)
-        inputs = self._in_vocab(inputs, check=not checked)
         cand_item = ops.cast(inputs[CAND_ITEM], "int32")
         cand_key = ops.cast(self._cand_key(inputs), "int32")
         return self._score_lists(user_state, inputs, cand_item, cand_key, training,
@@ -680,14 +679,18 @@ class GroupInterestEncoder(keras.layers.Layer):
         contract (`check_values` on the keys present: ids, seconds, no history event
         after the request), so the split and cached paths (`encode_user`,
         `lookup_state`, `score_candidates`, `score_cached`, ...) refuse what `__call__`
-        refuses instead of clamping it; compiled calls skip to the clamp."""
+        refuses instead of clamping it; compiled calls skip to the clamp. Returns
+        `_InVocab`, which later entry points (e.g. `call` → `encode_user` →
+        `score_candidates`) take as it is instead of checking and clamping it again."""
+        if isinstance(inputs, _InVocab):
+            return inputs
         if check and self.validate:
             check_values(inputs, item_vocab_size=self.item_vocab_size,
                          group_vocab_size=self.group_vocab_size,
                          num_behavior_types=self.num_behavior_types,
                          keys=tuple(k for k in MODEL_INPUT_KEYS if inputs.get(k) is not None))
-        return clamp_ids(inputs, item_vocab_size=self.item_vocab_size,
-                         group_vocab_size=self.group_vocab_size)
+        return _InVocab(clamp_ids(inputs, item_vocab_size=self.item_vocab_size,
+                                  group_vocab_size=self.group_vocab_size))
 
     def call(self, inputs, training=None):
         inputs = self._in_vocab(inputs, check=False)
@@ -717,6 +720,10 @@ class GroupInterestEncoder(keras.layers.Layer):
             item_content_dim=self.item_content_dim, recent_window=self.recent_window,
             item_min_count=self.item_min_count, group_shares=self.group_shares)
         return config
+
+
+class _InVocab(dict):
+    """Inputs `GroupInterestEncoder._in_vocab` has checked and clamped already."""
 
 
 def _table_lookup(table_ids, keys, columns):
