@@ -32,6 +32,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--steps", type=int, default=40, help="steps per measured epoch / raw loop")
     p.add_argument("--mixed-precision", action="store_true")
+    p.add_argument("--no-jit", dest="jit_compile", action="store_false",
+                   help="graph mode instead of XLA (train.jit_compile=false) for both loops")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     p.add_argument("--skip-raw", action="store_true")
     p.add_argument("--tiny-model", action="store_true",
@@ -72,7 +74,8 @@ def main(argv=None) -> int:
                       "model.history_length": args.history_length,
                       "train.batch_size": args.batch_size, "train.steps_per_epoch": args.steps,
                       "train.epochs": 2, "train.early_stopping_patience": 5,
-                      "train.mixed_precision": args.mixed_precision, "train.jit_compile": True,
+                      "train.mixed_precision": args.mixed_precision,
+                      "train.jit_compile": args.jit_compile,
                       "model.item_vocab_size": 0, "model.group_vocab_size": 0})
     es = ExampleSet.load(args.data)
     overrides["data.dataset"] = es.metadata.get("spec", {}).get("name", "taobao")
@@ -86,6 +89,7 @@ def main(argv=None) -> int:
     cfg = resolve_config(cfg, data)
     out = {"backend": backend, "model": args.model, "L": args.history_length,
            "B": args.batch_size, "steps": args.steps, "mixed_precision": args.mixed_precision,
+           "jit_compile": args.jit_compile,
            "tiny_model": args.tiny_model, "legacy_feed": args.legacy_feed,
            "cpu_count": os.cpu_count(), "load_avg": os.getloadavg()[0]}
 
@@ -101,7 +105,7 @@ def main(argv=None) -> int:
         keras.config.set_dtype_policy("mixed_bfloat16" if args.mixed_precision else "float32")
         model = model_fn(cfg.model)
         model.compile(optimizer=keras.optimizers.Adam(1e-3),
-                      loss=keras.losses.BinaryCrossentropy(), jit_compile=True)
+                      loss=keras.losses.BinaryCrossentropy(), jit_compile=args.jit_compile)
         t = time.perf_counter()
         model.train_on_batch(*batches[0])
         out["raw_first_step_s"] = time.perf_counter() - t

@@ -36,7 +36,8 @@ def register(subparsers) -> None:
     p.add_argument("--group-table", metavar="FILE",
                    help="item -> group table (Parquet/CSV, from `dmgin grouping`) for grouping.key=cluster")
     p.add_argument("--mixed-precision", action="store_true", default=None,
-                   help="mixed precision (float16 on TF GPUs, bfloat16 otherwise)")
+                   help="mixed precision on a GPU (float16 with TensorFlow, bfloat16 with JAX); "
+                        "on CPU only with --no-jit (XLA on CPU cannot compile it)")
     p.add_argument("--no-jit", dest="jit_compile", action="store_false", default=None,
                    help="disable XLA jit_compile")
     p.add_argument("--distribute", choices=["auto", "off", "force"],

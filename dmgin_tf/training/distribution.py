@@ -107,15 +107,28 @@ def make_placement(policy: str = "auto", batch_size: Optional[int] = None) -> Pl
     return placement
 
 
-def precision_policy(enabled: bool, placement: Placement) -> str:
+def precision_policy(enabled: bool, placement: Placement, jit_compile: bool = True) -> str:
     """The Keras dtype policy for `train.mixed_precision`.
 
     float16 with loss scaling on TF GPUs (what their tensor cores and Keras' loss-scale
     optimizer are built for); bfloat16 on JAX and on CPU (no loss scaling needed, same
     exponent range as float32). The model's `ctr` output stays float32 either way.
+
+    Raises:
+      DmginError: mixed precision on a CPU under XLA (the JAX backend, or TensorFlow with
+        `train.jit_compile`): XLA's CPU code generator cannot compile batched
+        matrix-vector products in bfloat16 (every model's attention has them), so the
+        first step would fail with "unsupported operand type BF16 in op dot".
     """
     if not enabled:
         return "float32"
+    if placement.accelerator == "cpu" and (placement.backend == "jax" or jit_compile):
+        how = ("the JAX backend compiles with XLA" if placement.backend == "jax"
+               else "train.jit_compile=true")
+        raise DmginError(
+            f"train.mixed_precision=true on CPU ({how}): XLA on CPU cannot compile the "
+            f"attention's bfloat16 matrix-vector products. Train in float32 on CPU, set "
+            f"train.jit_compile=false (TensorFlow backend, graph mode), or train on a GPU")
     if placement.backend == "tensorflow" and placement.accelerator == "gpu":
         return "mixed_float16"
     return "mixed_bfloat16"

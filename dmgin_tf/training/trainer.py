@@ -201,7 +201,7 @@ def train(cfg: Config, data: TrainingData, output_dir: str, *,
 
     seed_everything(tc.seed)
     placement = make_placement(tc.distribute, tc.batch_size)
-    policy = precision_policy(tc.mixed_precision, placement)
+    policy = precision_policy(tc.mixed_precision, placement, tc.jit_compile)
     previous_policy = keras.config.dtype_policy().name
     keras.config.set_dtype_policy(policy)
     try:
