@@ -5,9 +5,16 @@
    `build_from_canonical` or `dmgin gpu bundle`) — loaded as is (numpy only: this is the
    form the JAX-only GPU host reads);
 2. a converted directory (`behaviors.parquet` + `items.parquet`, `dmgin data convert`) —
-   examples are built into `<work_dir>/examples`;
+   examples are built into `<work_dir>/examples_<grouping key>`;
 3. anything else — raw data of `data.dataset` (a file or directory the converter reads;
    "" = the embedded sample): converted into `<work_dir>/canonical`, then as 2.
+
+The two `<work_dir>` folders are caches: each records what it was built from
+(`build_inputs.json`: the source files' names, sizes and modification times, the data
+config, the grouping) and is rebuilt when any of that changed, so a second run with
+another `--set data.*`, grouping or input file never trains on the first run's examples.
+An example-set directory named by `--data` is used as built; where its data config
+differs from the run's, a note says which fields do not apply.
 
 The grouping key (`grouping.key`) decides `hist_group` / `cand_group`. `cluster` needs
 the item -> group table of the k-means stage (`group_table`); without one we fall back to
@@ -16,9 +23,10 @@ the item -> group table of the k-means stage (`group_table`); without one we fal
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
-from typing import Dict, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
@@ -29,6 +37,9 @@ from dmgin_tf.features import MODEL_INPUT_KEYS
 EXAMPLES_FILE = "examples.npz"
 ITEM_INDEX_FILE = "item_index.parquet"
 CANONICAL_FILES = ("behaviors.parquet", "items.parquet")
+BUILD_RECORD = "build_inputs.json"
+# Data config fields that only the converter reads (the examples see their output).
+_CONVERSION_ONLY = ("input_path", "max_error_fraction")
 
 
 class ExampleSetSplit:
@@ -99,16 +110,82 @@ def _is_canonical_dir(path: str) -> bool:
     return os.path.isdir(path) and all(os.path.exists(os.path.join(path, f)) for f in CANONICAL_FILES)
 
 
+def _fingerprint(path) -> List[list]:
+    """`[name, bytes, mtime_ns]` of a file, or of every file under a directory."""
+    path = os.fspath(path)
+    if os.path.isfile(path):
+        st = os.stat(path)
+        return [[os.path.basename(path), st.st_size, st.st_mtime_ns]]
+    out = []
+    for root, _, files in os.walk(path):
+        for name in files:
+            full = os.path.join(root, name)
+            st = os.stat(full)
+            out.append([os.path.relpath(full, path), st.st_size, st.st_mtime_ns])
+    return sorted(out)
+
+
+def _table_fingerprint(table):
+    """What identifies a group table argument: a path's files, or a DataFrame's rows."""
+    if table is None:
+        return None
+    if isinstance(table, (str, os.PathLike)):
+        return {"path": os.path.abspath(table), "files": _fingerprint(table)}
+    import pandas as pd
+    return {"rows": int(pd.util.hash_pandas_object(table, index=False).sum() % (1 << 62))}
+
+
+def _cache_is_current(path: str, ready: Callable[[str], bool], inputs: dict) -> bool:
+    try:
+        with open(os.path.join(path, BUILD_RECORD), encoding="utf-8") as f:
+            return ready(path) and json.load(f) == inputs
+    except (OSError, ValueError):
+        return False
+
+
+def _build_cache(path: str, inputs: dict, build: Callable[[str], None]) -> None:
+    """Builds into a sibling folder, records its inputs, then replaces `path`: a failed
+    build leaves no half-written cache that a later run would take for a finished one."""
+    tmp = f"{path}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    build(tmp)
+    with open(os.path.join(tmp, BUILD_RECORD), "w", encoding="utf-8") as f:
+        json.dump(inputs, f, indent=1)
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+
+
+def _example_config(data_cfg) -> dict:
+    return {k: v for k, v in data_cfg.to_dict().items() if k not in _CONVERSION_ONLY}
+
+
+def _note_config_differences(example_dir: str, data_cfg, log) -> None:
+    """`--data EXAMPLE_DIR` is used as built: name the data fields it was not built with."""
+    try:
+        with open(os.path.join(example_dir, "examples.json"), encoding="utf-8") as f:
+            built = json.load(f).get("data_config") or {}
+    except (OSError, ValueError):
+        return
+    want = json.loads(json.dumps(_example_config(data_cfg)))     # tuples -> lists
+    diff = [f"data.{k}={built[k]!r} (this run: {want[k]!r})" for k in sorted(want)
+            if k in built and built[k] != want[k]]
+    if diff:
+        log(f"note: {example_dir} holds examples built with {', '.join(diff)}; they are used "
+            f"as built (rebuild them with `dmgin examples build` to apply this run's config)")
+
+
 def prepare_example_dir(cfg: Config, data_path: Optional[str], work_dir: str, *,
                         group_table=None, progress: bool = True, log=print) -> str:
     """Makes sure an example-set directory exists for `data_path`; returns its path.
 
     Example-set directories are returned unchanged; converted or raw data are built
-    under `work_dir` (reused when already there, so benchmarks build once).
+    under `work_dir` and reused while their inputs are unchanged (module docstring), so
+    benchmarks build once.
     """
     from dmgin_tf.data.examples import build_from_canonical
     path = os.fspath(data_path) if data_path else ""
     if path and _is_example_dir(path):
+        _note_config_differences(path, cfg.data, log)
         return path
     if path and not os.path.exists(path):
         raise DataError(f"--data {path}: no such file or directory")
@@ -116,22 +193,36 @@ def prepare_example_dir(cfg: Config, data_path: Optional[str], work_dir: str, *,
         canonical = path
     else:
         canonical = os.path.join(work_dir, "canonical")
-        if not _is_canonical_dir(canonical):
+        if path:
+            source = {"path": os.path.abspath(path), "files": _fingerprint(path)}
+        else:
+            from dmgin_tf import __version__
+            source = {"embedded_sample": cfg.data.dataset, "package": __version__}
+        inputs = {"dataset": cfg.data.dataset, "source": source,
+                  "max_error_fraction": cfg.data.max_error_fraction}
+        if not _cache_is_current(canonical, _is_canonical_dir, inputs):
             from dmgin_tf.data.converters import convert
             log(f"converting {cfg.data.dataset} data from {path or 'the embedded sample'} "
                 f"-> {canonical}")
-            convert(cfg.data.dataset, path, canonical, cfg.data, show_progress=progress)
+            _build_cache(canonical, inputs, lambda out: convert(
+                cfg.data.dataset, path, out, cfg.data, show_progress=progress))
     key = effective_grouping_key(cfg, group_table)
     if key != cfg.grouping.key:
         log(f"note: grouping.key={cfg.grouping.key} needs an item -> group table "
             f"(--group-table, from `dmgin grouping`); using {key!r} instead")
     example_dir = os.path.join(work_dir, f"examples_{key}")
-    if not _is_example_dir(example_dir):
+    num_groups = cfg.grouping.num_groups if key == "random" else 0
+    inputs = {"canonical": {"path": os.path.abspath(canonical),
+                            "files": [_fingerprint(os.path.join(canonical, f))[0]
+                                      for f in CANONICAL_FILES]},
+              "data": json.loads(json.dumps(_example_config(cfg.data))),
+              "grouping_key": key, "group_table": _table_fingerprint(group_table),
+              "num_groups": num_groups, "grouping_seed": cfg.grouping.seed}
+    if not _cache_is_current(example_dir, _is_example_dir, inputs):
         log(f"building examples ({cfg.data.dataset}, grouping {key}) -> {example_dir}")
-        build_from_canonical(canonical, example_dir, cfg.data, grouping_key=key,
-                             group_table=group_table,
-                             num_groups=cfg.grouping.num_groups if key == "random" else 0,
-                             grouping_seed=cfg.grouping.seed, progress=progress)
+        _build_cache(example_dir, inputs, lambda out: build_from_canonical(
+            canonical, out, cfg.data, grouping_key=key, group_table=group_table,
+            num_groups=num_groups, grouping_seed=cfg.grouping.seed, progress=progress))
     return example_dir
 
 

@@ -1,0 +1,58 @@
+"""`--data` -> example set: the work-dir caches are rebuilt when what they were built
+from changes, never reused stale."""
+from __future__ import annotations
+
+import json
+import os
+
+from dmgin_tf.config import Config
+from dmgin_tf.training.data_source import prepare_example_dir
+
+
+def _prepare(cfg, work, log, data=""):
+    return prepare_example_dir(cfg, data, str(work), progress=False, log=log.append)
+
+
+def _built_with(example_dir):
+    with open(os.path.join(example_dir, "examples.json")) as f:
+        return json.load(f)["data_config"]
+
+
+def test_caches_follow_the_data_config_and_input_files(tmp_path):
+    cfg = Config.from_dict({"data": {"dataset": "taobao"}, "grouping": {"key": "category"}})
+    log = []
+    first = _prepare(cfg, tmp_path / "w", log)
+    assert any(m.startswith("converting") for m in log) and any(m.startswith("building") for m in log)
+    log.clear()
+    assert _prepare(cfg, tmp_path / "w", log) == first and log == []       # unchanged: reused
+
+    # Another split (the same output folder, as a second `dmgin train --set ...` gets):
+    # the examples are rebuilt with it; the converted data is still current.
+    other = cfg.apply_overrides({"data.test_fraction": 0.5})
+    again = _prepare(other, tmp_path / "w", log)
+    assert [m.split(" ")[0] for m in log] == ["building"]
+    assert _built_with(again)["test_fraction"] == 0.5
+
+    # A changed input file is converted again, and its examples rebuilt.
+    raw = tmp_path / "raw.csv"
+    raw.write_text("1,10,100,pv,1511658000\n1,11,100,buy,1511658100\n")
+    log.clear()
+    _prepare(cfg, tmp_path / "w2", log, data=str(raw))
+    raw.write_text("1,10,100,pv,1511658000\n1,11,100,buy,1511658100\n2,12,100,pv,1511658200\n")
+    os.utime(raw, ns=(1, 1))              # size and mtime both differ from the first file
+    log.clear()
+    _prepare(cfg, tmp_path / "w2", log, data=str(raw))
+    assert [m.split(" ")[0] for m in log] == ["converting", "building"]
+
+
+def test_an_example_dir_given_as_data_is_used_as_built_with_a_note(tmp_path):
+    cfg = Config.from_dict({"data": {"dataset": "taobao"}, "grouping": {"key": "category"}})
+    built = _prepare(cfg, tmp_path / "w", [])
+    log = []
+    other = cfg.apply_overrides({"data.val_fraction": 0.3})
+    assert _prepare(other, tmp_path / "x", log, data=built) == built
+    assert len(log) == 1 and "data.val_fraction=0.1 (this run: 0.3)" in log[0], log
+    assert _built_with(built)["val_fraction"] == 0.1
+    log.clear()
+    _prepare(cfg, tmp_path / "x", log, data=built)
+    assert log == []
