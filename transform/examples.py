@@ -359,6 +359,7 @@ def _prepare(data_dir: str, data_cfg: DataConfig, beam_cfg: BeamConfig, splits: 
     categories = {i: (c or "") for i, c in zip(item_ids, cats)}
     observed = pc.unique(pq.read_table(beh_path, columns=[F.BEHAVIOR]).column(0)).to_pylist()
     spec = get_spec(data_cfg.dataset, data_cfg, observed_behaviors=observed)
+    spec.require_both_labels()
     if not splits:
         splits = (dask_npartitions(beam_cfg) if beam_cfg.runner == "dask"
                   else max(2, 2 * (beam_cfg.direct_num_workers or default_workers())))

@@ -62,6 +62,27 @@ class DatasetSpec:
             raise DataError(f"dataset {self.name!r}: sample_negatives needs "
                             f"negatives_per_positive >= 1, got {self.negatives_per_positive}")
 
+    def require_both_labels(self) -> None:
+        """Refuses a labelling rule under which every example gets the same label.
+
+        Without sampled negatives, the labels come only from `positive_behaviors`: when
+        they are all the labelled behaviors (the generic default), every example is
+        positive and the model learns nothing while AUC is undefined. Example builders
+        call this; the protocol functions themselves accept any spec.
+
+        Raises:
+          DataError: naming the `data.*` settings to change.
+        """
+        if self.sample_negatives or set(self.labelled_behaviors) - set(self.positive_behaviors):
+            return
+        raise DataError(
+            f"dataset {self.name!r}: every example would get label 1: the positive behaviors "
+            f"{list(self.positive_behaviors)} are all the labelled ones "
+            f"(data.labelled_behaviors, data.positive_behaviors) and no negatives are sampled "
+            f"(data.sample_negatives / data.negatives_per_positive). Name the behaviors that "
+            f"count as positive (e.g. --set data.positive_behaviors=buy) or sample negatives "
+            f"(--set data.sample_negatives=true)")
+
     @property
     def num_behavior_types(self) -> int:
         """T, the number of real behavior types (ids 1..T; 0 is padding)."""

@@ -532,6 +532,7 @@ def build_from_canonical(data_dir: Union[str, os.PathLike], output_dir: Union[st
     behaviors = pd.read_parquet(paths[BEHAVIORS_FILE], columns=[USER_ID, ITEM_ID, BEHAVIOR, TIMESTAMP])
     items = pd.read_parquet(paths[ITEMS_FILE])
     spec = get_spec(cfg.dataset, cfg, observed_behaviors=behaviors[BEHAVIOR].unique())
+    spec.require_both_labels()
     index = ItemIndex.build(items, grouping_key, num_groups=num_groups, seed=grouping_seed,
                             group_table=group_table)
     es = build_example_set(behaviors, items, spec, index, cfg, progress=progress)

@@ -252,3 +252,35 @@ def test_embedded_taobao_sample_split_sizes_match_pandas_reference(tmp_path):
     assert es.metadata["counts"]["test"]["examples"] == 2 * test.sum()
     assert es.metadata["counts"]["val"]["examples"] == 2 * val.sum()
     es.validate()
+
+
+def test_a_labelling_rule_with_one_label_is_refused_by_the_builders(tmp_path, capsys):
+    """Generic data with the defaults (every behavior labelled and positive, no sampled
+    negatives) gave all-positive examples: training ran and reported AUC nan."""
+    from dmgin_tf.cli.main import main
+    from dmgin_tf.data.examples import build_from_canonical
+    from dmgin_tf.config import BeamConfig
+    from transform.examples import build_user_records
+    beh, items = make_tables(seed=3)
+    beh.to_parquet(tmp_path / "behaviors.parquet")
+    items.to_parquet(tmp_path / "items.parquet")
+    generic = DataConfig(dataset="generic")
+    rule = r"every example would get label 1.*data.positive_behaviors.*data.sample_negatives"
+    with pytest.raises(DataError, match=rule):
+        build_from_canonical(tmp_path, tmp_path / "ex", generic, progress=False)
+    with pytest.raises(DataError, match=rule):
+        build_user_records(str(tmp_path), str(tmp_path / "rec"), generic,
+                           BeamConfig.from_dict({"direct_running_mode": "in_memory"}),
+                           item_groups={}, window=8)
+    assert main(["examples", "build", "--data", str(tmp_path), "--dataset", "generic",
+                 "--grouping-key", "category", "--output", str(tmp_path / "cli")]) == 2
+    assert "every example would get label 1" in capsys.readouterr().err
+    # Taobao without sampled negatives is the same rule.
+    with pytest.raises(DataError, match=rule):
+        build_from_canonical(tmp_path, tmp_path / "ex", DataConfig(negatives_per_positive=0),
+                             progress=False)
+    # Naming the positives (or sampling negatives) gives both labels.
+    for fix in ({"positive_behaviors": ("buy",)}, {"sample_negatives": True}):
+        es = build_from_canonical(tmp_path, tmp_path / "ok", DataConfig(dataset="generic", **fix),
+                                  progress=False)
+        assert set(np.unique(es.ex_label)) == {0.0, 1.0}, fix

@@ -74,7 +74,8 @@ def _check_pairs(items) -> None:
                                                     and len(image) > 0):
             return
     raise DataError(f"encoder training: none of {len(rows)} catalog rows has a title together "
-                    "with a description/category, or text with an image")
+                    "with a description/category, or text with an image; without item text, "
+                    "group by category (--set grouping.key=category) or import embeddings")
 
 
 class _StepLimit:
