@@ -22,14 +22,15 @@ def plot_history(rows: List[dict], path: str, title: str = "") -> Optional[str]:
             ax_loss.plot(epochs, [float("nan") if v is None else v for v in values], "o-", label=label)
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("logloss")
-    ax_loss.legend()
     for key, label in (("val_auc", "val AUC"), ("val_gauc", "val GAUC")):
         values = [r.get(key) for r in rows]
         if any(v is not None for v in values):
             ax_auc.plot(epochs, [float("nan") if v is None else v for v in values], "o-", label=label)
     ax_auc.set_xlabel("epoch")
     ax_auc.set_ylabel("AUC")
-    ax_auc.legend()
+    for ax in (ax_loss, ax_auc):
+        if ax.get_legend_handles_labels()[0]:   # a run without validation has no AUC lines
+            ax.legend()
     if title:
         fig.suptitle(title)
     fig.tight_layout()
