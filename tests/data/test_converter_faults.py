@@ -181,3 +181,25 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
                  "--output", str(tmp_path / "UserBehavior.csv" / "out"), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err and "UserBehavior.csv" in err, err
+
+
+def test_millisecond_events_in_one_second_are_not_duplicates(tmp_path):
+    """Two clicks 333 ms apart become the same second; they are still two events (they
+    were dropped as an 'exact duplicate'). A row repeated to the millisecond still is one."""
+    ms = T0 * 1000
+    _write(tmp_path / "UserBehavior.csv", [f"1,10,100,pv,{ms + 123}", f"1,10,100,pv,{ms + 456}",
+                                           f"1,10,100,pv,{ms + 456}"])
+    res = convert_taobao(tmp_path, tmp_path / "out", LOOSE, timestamp_unit="ms")
+    assert pd.read_parquet(res.behaviors_path)[TIMESTAMP].tolist() == [T0, T0]
+    assert _bad(res.report, "UserBehavior.csv") == {"duplicate_row": 1}
+    dup = [s for s in res.report["samples"] if s["reason"] == "duplicate_row"][0]
+    assert "\x1f" not in dup["text"]
+
+    src = _ml(tmp_path / "ml", [ms + 1, ms + 2, ms + 2])
+    res = convert_movielens(src, tmp_path / "ml_out", LOOSE, timestamp_unit="ms")
+    assert len(pd.read_parquet(res.behaviors_path)) == 2
+
+    (tmp_path / "g.csv").write_text("user_id,item_id,behavior,timestamp\n"
+                                    f"1,2,click,{ms + 1}\n1,2,click,{ms + 2}\n1,2,click,{ms + 2}\n")
+    res = convert_generic(tmp_path / "g.csv", tmp_path / "g_out", LOOSE, timestamp_unit="ms")
+    assert len(pd.read_parquet(res.behaviors_path)) == 2

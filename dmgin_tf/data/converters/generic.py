@@ -35,7 +35,8 @@ import pyarrow.parquet as pq
 
 from dmgin_tf.config import DataConfig
 from dmgin_tf.data.converters.common import ConversionResult, progress_bar, publish, staging
-from dmgin_tf.data.converters.reader import check_line, check_timestamp, file_size, iter_csv_lines
+from dmgin_tf.data.converters.reader import (check_line, check_timestamp, file_size, iter_csv_lines,
+                                             raw_time_detail)
 from dmgin_tf.data.converters.report import ConversionReport, FileReport
 from dmgin_tf.data.converters.tables import BEHAVIORS_FILE, ITEMS_FILE, BehaviorSink, write_items
 from dmgin_tf.errors import DataError
@@ -205,7 +206,8 @@ def convert_generic(input_path, output_dir, config: DataConfig | None = None, *,
                             report.flag(beh_fr, number, "item_not_in_catalog",
                                         f"item {item!r} not in {items_file.name}; added with "
                                         f"empty text", text)
-                    sink.add(user, item, behavior, ts, 0, number, extra)
+                    sink.add(user, item, behavior, ts, 0, number,
+                             raw_time_detail(extra, rec[TIMESTAMP], timestamp_unit))
             except Exception as e:  # one row never stops the conversion
                 report.bad(beh_fr, number, "row_error", f"{type(e).__name__}: {e}", text)
         bar.close()

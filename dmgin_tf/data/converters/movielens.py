@@ -30,7 +30,8 @@ import pathlib
 
 from dmgin_tf.config import DataConfig
 from dmgin_tf.data.converters.common import ConversionResult, progress_bar, publish, staging
-from dmgin_tf.data.converters.reader import check_line, check_timestamp, file_size, is_int_id, iter_csv_lines
+from dmgin_tf.data.converters.reader import (check_line, check_timestamp, file_size, is_int_id,
+                                             iter_csv_lines, raw_time_detail)
 from dmgin_tf.data.converters.report import ConversionReport
 from dmgin_tf.data.converters.tables import BEHAVIORS_FILE, ITEMS_FILE, BehaviorSink, write_items
 from dmgin_tf.data.datasets import MOVIELENS_BEHAVIORS
@@ -143,7 +144,8 @@ def convert_movielens(input_dir, output_dir, config: DataConfig | None = None, *
                     report.bad(ratings_fr, line.number, bad[0], bad[1], line.text)
                     continue
                 note_item(movie, ratings_fr, line.number, line.text)
-                sink.add(user, movie, rating_behavior(rating), ts, 0, line.number, rating_text)
+                sink.add(user, movie, rating_behavior(rating), ts, 0, line.number,
+                         raw_time_detail(rating_text, ts_text, timestamp_unit))
             except Exception as e:  # one row never stops the conversion
                 report.bad(ratings_fr, line.number, "row_error", f"{type(e).__name__}: {e}",
                            line.text)
@@ -170,7 +172,8 @@ def convert_movielens(input_dir, output_dir, config: DataConfig | None = None, *
                     else:
                         report.flag(tags_fr, line.number, "empty_tag",
                                     "tag text is empty; behavior kept", line.text)
-                    sink.add(user, movie, TAG, ts, 1, line.number, tag)
+                    sink.add(user, movie, TAG, ts, 1, line.number,
+                             raw_time_detail(tag, ts_text, timestamp_unit))
                 except Exception as e:  # one row never stops the conversion
                     report.bad(tags_fr, line.number, "row_error", f"{type(e).__name__}: {e}",
                                line.text)

@@ -171,6 +171,15 @@ def check_timestamp(value, unit: str = "s") -> Tuple[Optional[int], Optional[Tup
     return seconds, None
 
 
+def raw_time_detail(detail: str, raw, unit: str) -> str:
+    """The duplicate check's `detail` plus the raw timestamp where converting it to
+    seconds drops digits (`unit` "ms"): two clicks 300 ms apart are distinct events, not
+    an exact duplicate, though both become the same second."""
+    if unit == "s":
+        return detail
+    return f"{detail}\x1f{raw}" if detail else f"\x1f{raw}"
+
+
 def is_int_id(value: str) -> bool:
     """Numeric ids (Taobao, MovieLens) are ASCII digit strings."""
     return bool(value) and value.isascii() and value.isdigit()

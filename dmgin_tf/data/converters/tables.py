@@ -138,7 +138,7 @@ class BehaviorSink:
             of, ol = first[k]
             report.bad(self.files[int(f)], int(l), "duplicate_row",
                        f"exact duplicate of {self.files[int(of)].path}:{int(ol)}",
-                       ",".join(str(v) for v in k if v != ""))
+                       ",".join(str(v).strip("\x1f").replace("\x1f", ",") for v in k if v != ""))
         return keep
 
 

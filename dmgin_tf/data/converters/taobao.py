@@ -28,7 +28,7 @@ import datetime
 from dmgin_tf.config import DataConfig
 from dmgin_tf.data.converters.common import ConversionResult, progress_bar, publish, resolve_file, staging
 from dmgin_tf.data.converters.reader import (check_line, check_timestamp, file_size, is_int_id,
-                                            iter_csv_lines)
+                                             iter_csv_lines, raw_time_detail)
 from dmgin_tf.data.converters.report import ConversionReport
 from dmgin_tf.data.converters.tables import BEHAVIORS_FILE, ITEMS_FILE, BehaviorSink, write_items
 from dmgin_tf.data.datasets import TAOBAO_BEHAVIORS
@@ -119,7 +119,7 @@ def _row(f, line, fr, report, sink, behaviors, item_cat, conflicts, unit) -> Non
         report.flag(fr, line.number, "out_of_window",
                     f"{_china_time(ts)} outside 2017-11-25..2017-12-03 (China time); kept",
                     line.text)
-    sink.add(user, item, behavior, ts, 0, line.number)
+    sink.add(user, item, behavior, ts, 0, line.number, raw_time_detail("", ts_text, unit))
     if item in conflicts:
         conflicts[item][cat] += 1
     else:
