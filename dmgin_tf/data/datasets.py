@@ -75,13 +75,18 @@ class DatasetSpec:
         """
         if self.sample_negatives or set(self.labelled_behaviors) - set(self.positive_behaviors):
             return
+        if self.name == "generic":
+            fix = ("Name the behaviors that count as positive (e.g. --set "
+                   "data.positive_behaviors=buy; data.labelled_behaviors chooses which become "
+                   "examples) or sample negatives (--set data.sample_negatives=true with "
+                   "data.negatives_per_positive >= 1)")
+        else:
+            fix = (f"{self.name}'s labels are fixed and its negatives are sampled: set "
+                   f"data.negatives_per_positive >= 1")
         raise DataError(
             f"dataset {self.name!r}: every example would get label 1: the positive behaviors "
-            f"{list(self.positive_behaviors)} are all the labelled ones "
-            f"(data.labelled_behaviors, data.positive_behaviors) and no negatives are sampled "
-            f"(data.sample_negatives / data.negatives_per_positive). Name the behaviors that "
-            f"count as positive (e.g. --set data.positive_behaviors=buy) or sample negatives "
-            f"(--set data.sample_negatives=true)")
+            f"{list(self.positive_behaviors)} are all the labelled ones and no negatives are "
+            f"sampled. {fix}")
 
     @property
     def num_behavior_types(self) -> int:
@@ -148,6 +153,15 @@ def get_spec(name: str, data_cfg: Optional[DataConfig] = None,
         seen in the data; the vocabulary is their sorted set.
     """
     cfg = data_cfg or DataConfig()
+    if name in ("taobao", "movielens"):
+        # The labelling keys describe generic data; these datasets fix their own rule.
+        ignored = [f"data.{k}" for k in ("behavior_types", "labelled_behaviors",
+                                         "positive_behaviors", "sample_negatives")
+                   if getattr(cfg, k, None)]
+        if ignored:
+            raise DataError(f"dataset {name!r} has fixed behavior types and labels "
+                            f"(docs/data.md); {', '.join(ignored)} apply to --dataset generic "
+                            f"only: drop them")
     if name == "taobao":
         return DatasetSpec("taobao", TAOBAO_BEHAVIORS, TAOBAO_BEHAVIORS, TAOBAO_BEHAVIORS,
                            sample_negatives=cfg.negatives_per_positive > 0,

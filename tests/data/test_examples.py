@@ -275,9 +275,17 @@ def test_a_labelling_rule_with_one_label_is_refused_by_the_builders(tmp_path, ca
     assert main(["examples", "build", "--data", str(tmp_path), "--dataset", "generic",
                  "--grouping-key", "category", "--output", str(tmp_path / "cli")]) == 2
     assert "every example would get label 1" in capsys.readouterr().err
-    # Taobao without sampled negatives is the same rule.
+    # Sampling asked for with zero negatives per positive is no way out either.
     with pytest.raises(DataError, match=rule):
+        build_from_canonical(tmp_path, tmp_path / "ex", DataConfig(
+            dataset="generic", sample_negatives=True, negatives_per_positive=0), progress=False)
+    # Taobao without sampled negatives: the same rule, and the one key that helps there.
+    with pytest.raises(DataError, match=r"label 1.*labels are fixed.*negatives_per_positive >= 1"):
         build_from_canonical(tmp_path, tmp_path / "ex", DataConfig(negatives_per_positive=0),
+                             progress=False)
+    # The labelling keys of generic data are refused where a dataset fixes its labels.
+    with pytest.raises(DataError, match=r"data.positive_behaviors apply to --dataset generic"):
+        build_from_canonical(tmp_path, tmp_path / "ex", DataConfig(positive_behaviors=("buy",)),
                              progress=False)
     # Naming the positives (or sampling negatives) gives both labels.
     for fix in ({"positive_behaviors": ("buy",)}, {"sample_negatives": True}):
