@@ -88,6 +88,19 @@ def _resolve(type_str: str):
                            "int": int, "float": float, "str": str, "bool": bool})
 
 
+def _mapping(where: str, values) -> dict:
+    """A config section as a dict of string keys, or a ConfigError naming it."""
+    if values is None:
+        return {}
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{where}: expected a mapping of fields (key: value), got "
+                          f"{type(values).__name__} {values!r}")
+    bad = [k for k in values if not isinstance(k, str)]
+    if bad:
+        raise ConfigError(f"{where}: keys must be field names (strings), got {bad!r}")
+    return dict(values)
+
+
 class ConfigBase:
     """Mixin for frozen dataclass configs: dict round trip + validation."""
 
@@ -95,7 +108,7 @@ class ConfigBase:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None):
-        values = dict(values or {})
+        values = _mapping(cls.SECTION, values)
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - set(fields))
         if unknown:
@@ -250,6 +263,11 @@ class ModelConfig(ConfigBase):
             self._require(getattr(self, f) <= 1_000_000, f, "must be <= 1000000")
         for f in ("intra_layers", "inter_layers"):
             self._require(getattr(self, f) >= 0, f, "must be >= 0")
+        # Activations are [B, G * M, D] per block: a size that cannot fit any machine is
+        # refused here, not by the allocator mid-training.
+        self._require(self.max_groups * self.max_per_group <= 2 ** 20, "max_per_group",
+                      f"max_groups x max_per_group = {self.max_groups * self.max_per_group:,} "
+                      f"group slots per user; must be <= 1,048,576")
         self._require(self.embedding_dim % self.num_heads == 0, "embedding_dim",
                       f"must be a multiple of num_heads={self.num_heads}")
         self._require(all(u >= 1 for u in self.mlp_units), "mlp_units",
@@ -265,8 +283,9 @@ class ModelConfig(ConfigBase):
         self._require(self.item_min_count >= 0, "item_min_count", "must be >= 0 (0 = off)")
         self._require(0 <= self.item_content_dim <= 65536, "item_content_dim",
                       "must be in [0, 65536] (0 = no item content vectors)")
-        self._require(self.context_folds >= 2, "context_folds",
-                      "must be >= 2 (out-of-fold statistics)")
+        self._require(2 <= self.context_folds <= 100, "context_folds",
+                      "must be in [2, 100] (out-of-fold statistics; K + 1 tables of "
+                      "(items + groups) x 4 floats each)")
         self._require(self.context_prior > 0 and self.context_prior < float("inf"),
                       "context_prior", "must be a finite number > 0")
 
@@ -408,7 +427,7 @@ class Config:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None) -> "Config":
-        values = dict(values or {})
+        values = _mapping("config", values)
         unknown = sorted(set(values) - set(SECTIONS))
         if unknown:
             raise ConfigError(f"unknown config section(s) {unknown}; known: {sorted(SECTIONS)}")
@@ -480,6 +499,9 @@ def _read_config_file(path) -> Any:
         keys = set()
         for key_node, _ in node.value:
             key = loader.construct_object(key_node, deep=deep)
+            if not isinstance(key, (str, int, float, bool, type(None))):
+                raise ConfigError(f"{path}: the {type(key).__name__} key on line "
+                                  f"{key_node.start_mark.line + 1} is not a field name")
             if key in keys:
                 raise ConfigError(f"{path}: key {key!r} appears twice in one mapping "
                                   f"(line {key_node.start_mark.line + 1})")

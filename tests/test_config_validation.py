@@ -27,6 +27,10 @@ from dmgin_tf.config import Config, ConfigError, load_config
     ({"train.batch_size": str(2 ** 40)}, ["train.batch_size"]),
     ({"pipeline.max_auc_drop": "2"}, ["pipeline.max_auc_drop"]),
     ({"grouping.kmeans_tol": "-inf"}, ["grouping.kmeans_tol", "finite"]),
+    # Sizes no machine can hold (the first was killed for memory, the second raised a
+    # ResourceExhaustedError mid-training).
+    ({"model.context_folds": "100000"}, ["model.context_folds=100000", "[2, 100]"]),
+    ({"model.max_per_group": "100000"}, ["model.max_per_group", "6,400,000 group slots"]),
 ])
 def test_out_of_range_values_are_refused(override, words):
     with pytest.raises(ConfigError) as info:
@@ -48,6 +52,14 @@ def test_defaults_and_edges_are_accepted():
     ("dup2.yaml", "train: {epochs: 1}\ntrain: {epochs: 2}\n", ["'train'", "twice"]),
     ("dup.json", '{"train": {"epochs": 1, "epochs": 2}}', ["dup.json", "'epochs'", "twice"]),
     ("latin1.yaml", b"train:\n  output_dir: caf\xe9\n", ["latin1.yaml", "UTF-8"]),
+    # Sections and keys of the wrong kind (were TypeError / ValueError from dict()).
+    ("int_section.yaml", "model: 5\n", ["model", "expected a mapping", "int 5"]),
+    ("str_section.yaml", "model: abc\n", ["model", "expected a mapping", "'abc'"]),
+    ("list_section.json", '{"model": [1]}', ["model", "expected a mapping", "list"]),
+    ("list_top.yaml", "- 1\n- 2\n", ["list_top.yaml", "top level must be a mapping"]),
+    ("mixed_keys.yaml", "1: 2\nfoo: 3\n", ["config", "field names", "[1]"]),
+    ("mixed_inner.yaml", "model: {1: 2, foo: 3}\n", ["model", "field names", "[1]"]),
+    ("complex_key.yaml", "? [a, b]\n: 1\n", ["complex_key.yaml", "list key on line 1", "not a field name"]),
 ])
 def test_file_problems_are_config_errors(tmp_path, name, text, words):
     path = tmp_path / name
