@@ -250,6 +250,12 @@ def _read_group_table(src) -> pd.DataFrame:
         raise DataError(f"{name}: group_id must be an integer >= 0; row {row} has "
                         f"{df[GROUP_ID].iloc[row]!r} (item {df[ITEM_ID].iloc[row]!r})")
     df[GROUP_ID] = g.astype(np.int64)
+    # Group ids index an embedding table of (largest id + 1) rows, stored as int32.
+    top, distinct = (int(df[GROUP_ID].max()), int(df[GROUP_ID].nunique())) if len(df) else (0, 0)
+    if top >= 2 ** 31 - 1 - NUM_RESERVED_IDS or (top >= 100_000 and top >= 10 * distinct):
+        raise DataError(f"{name}: group_id goes up to {top:,} for {distinct:,} distinct groups; "
+                        f"ids index an embedding table of (largest id + 1) rows, so number the "
+                        f"groups 0..K-1 (e.g. by rank of their original id)")
     dup = df[ITEM_ID].duplicated()
     if dup.any():
         raise DataError(f"{name}: item_id appears more than once, e.g. "
