@@ -71,8 +71,17 @@ def _setup(args):
         args.config = os.path.join(os.path.dirname(tfx_pipeline.__file__), SAMPLE_CONFIG)
         print(f"embedded sample: using {display_path(args.config)}", flush=True)
     cfg = config_from_args(args, {"data.dataset": args.dataset, **beam_overrides(args)})
+    from dmgin_tf.errors import DmginError
+    # Argument problems first, before anything runs (TFX spans are numbered from 0).
+    if args.span < 0:
+        raise DmginError(f"--span {args.span}: spans are numbered from 0")
+    if args.data and not os.path.exists(args.data):
+        raise DmginError(f"--data {args.data}: no such file or directory")
+    if args.encoder == "external" and not cfg.grouping.external_embeddings:
+        raise DmginError("--encoder external needs the embeddings: --set "
+                         "grouping.external_embeddings=PATH (Parquet or TFRecord of "
+                         "item_id -> vector; docs/encoder.md)")
     if cfg.grouping.key == "cluster" and cfg.data.dataset == "taobao":
-        from dmgin_tf.errors import DmginError
         raise DmginError("grouping.key=cluster needs item text, which Taobao lacks; use "
                          "--set grouping.key=category")
     root = args.pipeline_root or cfg.pipeline.root

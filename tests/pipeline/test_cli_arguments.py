@@ -1,0 +1,25 @@
+"""`dmgin pipeline run` refuses bad arguments before any component runs."""
+from __future__ import annotations
+
+import pytest
+
+from dmgin_tf.cli.main import main
+
+
+@pytest.mark.parametrize("args, words", [
+    # Was accepted: a span--1 folder, a full run and a push.
+    (["--span", "-1"], ["--span -1", "numbered from 0"]),
+    # Was reported after an unrelated grouping error (Taobao + cluster defaults).
+    (["--data", "/nonexistent/dmgin-data"], ["--data /nonexistent/dmgin-data",
+                                              "no such file"]),
+    # Failed mid-pipeline with a ValueError from the encoder component.
+    (["--encoder", "external", "--set", "grouping.key=category"],
+     ["--encoder external", "grouping.external_embeddings"]),
+])
+def test_bad_arguments_stop_before_the_pipeline(tmp_path, capsys, args, words):
+    rc = main(["pipeline", "run", "--pipeline-root", str(tmp_path / "root")] + args)
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    for w in words:
+        assert w in err, err
+    assert not (tmp_path / "root").exists()
