@@ -203,3 +203,29 @@ def test_millisecond_events_in_one_second_are_not_duplicates(tmp_path):
                                     f"1,2,click,{ms + 1}\n1,2,click,{ms + 2}\n1,2,click,{ms + 2}\n")
     res = convert_generic(tmp_path / "g.csv", tmp_path / "g_out", LOOSE, timestamp_unit="ms")
     assert len(pd.read_parquet(res.behaviors_path)) == 2
+
+
+def test_parquet_ids_of_other_types_read_as_text_or_are_refused(tmp_path):
+    """Spark's binary strings and pandas' float ids read as the ids they are (they became
+    "b'u1'" and "10.0", which no items file matches); lists and booleans are refused
+    naming the column (they became "[1, 2]" and "True")."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    beh = pa.table({"user_id": pa.array([b"u1", b"u2"], pa.binary()),
+                    "item_id": pa.array([10.0, 11.0]), "behavior": ["click", "click"],
+                    "timestamp": [T0, T0 + 1]})
+    pq.write_table(beh, tmp_path / "b.parquet")
+    res = convert_generic(tmp_path / "b.parquet", tmp_path / "out")
+    got = pd.read_parquet(res.behaviors_path)
+    assert got["user_id"].tolist() == ["u1", "u2"] and got["item_id"].tolist() == ["10", "11"]
+    for column, values in (("user_id", pa.array([[1, 2], [3]])),
+                           ("behavior", pa.array([True, False]))):
+        bad = beh.set_column(beh.schema.get_field_index(column), column, values)
+        pq.write_table(bad, tmp_path / f"{column}.parquet")
+        with pytest.raises(DataError, match=rf"column '{column}' has Parquet type .*strings or integers"):
+            convert_generic(tmp_path / f"{column}.parquet", tmp_path / f"o_{column}")
+    # A binary id that is not UTF-8 is a bad row, not a crash.
+    bad = beh.set_column(0, "user_id", pa.array([b"\xff\xfe", b"u2"], pa.binary()))
+    pq.write_table(bad, tmp_path / "nonutf8.parquet")
+    res = convert_generic(tmp_path / "nonutf8.parquet", tmp_path / "o_nonutf8", LOOSE)
+    assert pd.read_parquet(res.behaviors_path)["user_id"].tolist() == ["u2"]

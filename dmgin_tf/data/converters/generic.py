@@ -96,6 +96,7 @@ def _parquet_records(path, required, optional, report, fr, bar):
         raise DataError(f"{path}: Parquet must have columns {list(required)}; missing {missing}, "
                         f"got {names}")
     cols = list(required) + [c for c in optional if c in names]
+    _check_key_types(path, pf.schema_arrow, (USER_ID, ITEM_ID, BEHAVIOR))
     others = [c for c in names if c not in cols]
     row = 0
     for batch in pf.iter_batches(batch_size=_PARQUET_BATCH, columns=cols + others):
@@ -133,7 +134,39 @@ def _timestamp(value, unit: str = "s"):
 
 
 def _text(value) -> str:
-    return "" if value is None else str(value).strip()
+    """A CSV or Parquet field as text. Parquet binary values (Spark writes strings so) are
+    decoded as UTF-8; integral floats (pandas stores integer ids with nulls as float64)
+    read as integers, so id 10 is "10" in both files; NaN reads as empty."""
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(f"binary value is not UTF-8 text ({e.reason} at byte {e.start})") \
+                from None
+    elif isinstance(value, float):
+        if value != value:
+            return ""
+        if value.is_integer():
+            return str(int(value))
+    return str(value).strip()
+
+
+def _check_key_types(path, schema: pa.Schema, columns: Sequence[str]) -> None:
+    """Id and behavior columns must hold scalars that read as text (string, binary,
+    integer, float); lists, structs, maps and booleans would become strings like
+    "[1, 2]" or "True"."""
+    for c in columns:
+        if c not in schema.names:
+            continue
+        t = schema.field(c).type
+        ok = (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t)
+              or pa.types.is_large_binary(t) or pa.types.is_integer(t) or pa.types.is_floating(t)
+              or pa.types.is_dictionary(t) or pa.types.is_null(t))
+        if not ok:
+            raise DataError(f"{path}: column {c!r} has Parquet type {t}; ids and behaviors must "
+                            f"be strings or integers")
 
 
 def convert_generic(input_path, output_dir, config: DataConfig | None = None, *,
@@ -245,7 +278,11 @@ def _read_items(path: pathlib.Path, report: ConversionReport, fr: FileReport, sh
     bar = progress_bar(total, f"generic {path.name}", show_progress, unit=unit)
     for number, rec, text, _ in _records(path, (ITEM_ID,), ITEM_TEXT_COLUMNS + (IMAGE,), report, fr,
                                       (ITEM_ID,), bar):
-        item = _text(rec[ITEM_ID])
+        try:
+            item = _text(rec[ITEM_ID])
+        except DataError as e:
+            report.bad(fr, number, "non_utf8", f"{ITEM_ID}: {e}", text)
+            continue
         bad_id = _item_id_problem(item)
         if bad_id:
             report.bad(fr, number, "bad_id", bad_id, text)
@@ -253,7 +290,8 @@ def _read_items(path: pathlib.Path, report: ConversionReport, fr: FileReport, sh
         if item in items:
             report.bad(fr, number, "duplicate_item", f"item {item!r} already defined", text)
             continue
-        entry = {c: _text(rec.get(c)) for c in ITEM_TEXT_COLUMNS}
+        entry = {c: _text(v.decode("utf-8", "replace") if isinstance(v, bytes) else v)
+                 for c, v in ((c, rec.get(c)) for c in ITEM_TEXT_COLUMNS)}
         entry[IMAGE] = _image(rec.get(IMAGE), path, report, fr, number, text)
         if not entry[TITLE] and not entry[DESCRIPTION]:
             report.flag(fr, number, "missing_item_text", f"item {item!r} has no title or description", text)
