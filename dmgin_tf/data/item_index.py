@@ -237,7 +237,17 @@ def _read_group_table(src) -> pd.DataFrame:
         name = os.fspath(src)
         if not os.path.exists(name):
             raise DataError(f"group table {name} does not exist")
-        df = pd.read_csv(name, dtype={ITEM_ID: str}) if name.endswith(".csv") else pd.read_parquet(name)
+        try:
+            if name.endswith((".csv", ".tsv")):
+                df = pd.read_csv(name, dtype={ITEM_ID: str}, sep="\t" if name.endswith(".tsv") else ",")
+            else:
+                df = pd.read_parquet(name)
+        except (ValueError, OSError, UnicodeDecodeError, ImportError) as e:
+            # pandas' EmptyDataError / ParserError and pyarrow's ArrowInvalid are ValueErrors.
+            raise DataError(f"group table {name}: cannot read it as "
+                            f"{'CSV' if name.endswith(('.csv', '.tsv')) else 'Parquet'} "
+                            f"({type(e).__name__}: {e}); give a .csv / .tsv with a header row "
+                            f"item_id,group_id, or Parquet") from None
     missing = [c for c in (ITEM_ID, GROUP_ID) if c not in df.columns]
     if missing:
         raise DataError(f"{name}: missing column(s) {missing}; columns: {list(df.columns)}")

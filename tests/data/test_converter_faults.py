@@ -229,3 +229,9 @@ def test_parquet_ids_of_other_types_read_as_text_or_are_refused(tmp_path):
     pq.write_table(bad, tmp_path / "nonutf8.parquet")
     res = convert_generic(tmp_path / "nonutf8.parquet", tmp_path / "o_nonutf8", LOOSE)
     assert pd.read_parquet(res.behaviors_path)["user_id"].tolist() == ["u2"]
+
+
+def test_a_file_that_is_not_parquet_is_named(tmp_path):
+    (tmp_path / "fake.parquet").write_text("user_id,item_id,behavior,timestamp\n1,2,click,5\n")
+    with pytest.raises(DataError, match=r"fake.parquet: not a readable Parquet file"):
+        convert_generic(tmp_path / "fake.parquet", tmp_path / "out")

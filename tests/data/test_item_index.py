@@ -97,3 +97,22 @@ def test_save_load_round_trip(tmp_path):
     np.testing.assert_array_equal(back.group_of_idx, idx.group_of_idx)
     assert (back.grouping_key, back.group_vocab_size, back.info) == ("category", 4, idx.info)
     assert back.lookup(["q"]).tolist() == [5]
+
+
+@pytest.mark.parametrize("name, content, words", [
+    ("t.tsv", "item_id\tgroup_id\nm\t0\nz\t1\n", None),                 # read, tab-separated
+    ("empty.csv", "", ["empty.csv", "cannot read it as CSV", "item_id,group_id"]),
+    ("latin1.csv", b"item_id,group_id\nm\xff,0\n", ["latin1.csv", "cannot read it as CSV"]),
+    ("fake.parquet", "item_id,group_id\nm,0\n", ["fake.parquet", "cannot read it as Parquet"]),
+])
+def test_group_table_files_read_or_fail_naming_the_file(tmp_path, name, content, words):
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    if words is None:
+        idx = ItemIndex.build(ITEMS, "table", group_table=path)
+        assert idx.info["num_groups"] == 2
+        return
+    with pytest.raises(DataError) as info:
+        ItemIndex.build(ITEMS, "table", group_table=path)
+    for w in words:
+        assert w in str(info.value), str(info.value)

@@ -88,8 +88,17 @@ def _records(path: pathlib.Path, required: Sequence[str], optional: Sequence[str
                    "\x1f".join(f[i] for i in others))
 
 
+def _parquet_file(path) -> pq.ParquetFile:
+    """Opens a Parquet input, or a DataError naming it (not pyarrow's ArrowInvalid)."""
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{path}: not a readable Parquet file ({e}); behaviors and items are "
+                        f"CSV with a header row or Parquet") from None
+
+
 def _parquet_records(path, required, optional, report, fr, bar):
-    pf = pq.ParquetFile(path)
+    pf = _parquet_file(path)
     names = pf.schema_arrow.names
     missing = [c for c in required if c not in names]
     if missing:
@@ -216,7 +225,7 @@ def convert_generic(input_path, output_dir, config: DataConfig | None = None, *,
         seen_behaviors: dict = {}
         extra_items: dict = {}
         unit = "rows" if _is_parquet(beh_path) else "B"
-        total = pq.ParquetFile(beh_path).metadata.num_rows if unit == "rows" else file_size(beh_path)
+        total = _parquet_file(beh_path).metadata.num_rows if unit == "rows" else file_size(beh_path)
         bar = progress_bar(total, f"generic {beh_path.name}", show_progress, unit=unit)
         for number, rec, text, extra in _records(beh_path, BEHAVIOR_COLUMNS, (), report, beh_fr,
                                           BEHAVIOR_COLUMNS, bar):
@@ -274,7 +283,7 @@ def _read_items(path: pathlib.Path, report: ConversionReport, fr: FileReport, sh
     """item_id -> {title, description, category, image} from an items CSV/Parquet file."""
     items: dict = {}
     unit = "rows" if _is_parquet(path) else "B"
-    total = pq.ParquetFile(path).metadata.num_rows if unit == "rows" else file_size(path)
+    total = _parquet_file(path).metadata.num_rows if unit == "rows" else file_size(path)
     bar = progress_bar(total, f"generic {path.name}", show_progress, unit=unit)
     for number, rec, text, _ in _records(path, (ITEM_ID,), ITEM_TEXT_COLUMNS + (IMAGE,), report, fr,
                                       (ITEM_ID,), bar):
