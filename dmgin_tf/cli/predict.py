@@ -42,12 +42,22 @@ def run(args: argparse.Namespace) -> int:
 
     from dmgin_tf.errors import DmginError
     from dmgin_tf.serving import Client
+    import os
+    if not os.path.isfile(args.examples):
+        raise DmginError(f"--examples {args.examples}: "
+                         f"{'is a directory' if os.path.isdir(args.examples) else 'no such file'}"
+                         f" (a TFRecord file of serialized tf.train.Examples)")
     try:
         serialized = [r.numpy() for r in tf.data.TFRecordDataset(args.examples)]
     except tf.errors.OpError as e:
-        raise DmginError(f"--examples {args.examples}: cannot read TFRecords: {e.message}") from None
+        # The op's message carries TF's function and device names; keep its last part.
+        detail = e.message.split("}}")[-1].split("[Op:")[0].strip(" ;:")
+        raise DmginError(f"--examples {args.examples}: cannot read TFRecords: {detail} "
+                         f"(a TFRecord file of serialized tf.train.Examples)") from None
     if not serialized:
-        raise DmginError(f"--examples {args.examples}: no records (empty file)")
+        raise DmginError(f"--examples {args.examples}: no records" + (
+            " (empty file)" if os.path.getsize(args.examples) == 0 else
+            " (too short for a TFRecord: a TFRecord file of serialized tf.train.Examples)"))
     with Client(args.target, args.model, version=args.version, timeout_s=args.timeout) as client:
         try:
             ctr = client.predict_examples(serialized, batch_size=args.batch_size)

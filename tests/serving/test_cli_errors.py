@@ -71,3 +71,19 @@ def test_predict_with_no_examples_is_an_error(tmp_path, capsys):
     assert main(["predict", "--examples", str(examples), "--target", "127.0.0.1:1"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no records" in err, err
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda p: p, ["no such file"]),
+    (lambda p: (p.mkdir(), p)[1], ["is a directory"]),
+    (lambda p: (p.write_text("user_id,item_id\n" * 200), p)[1],
+     ["cannot read TFRecords: corrupted record at 0"]),
+])
+def test_predict_names_what_is_wrong_with_the_examples_file(tmp_path, capsys, make, words):
+    """Without TensorFlow's function and device names ({{function_node ...}} [Op:...])."""
+    path = make(tmp_path / "e.tfrecord")
+    assert main(["predict", "--examples", str(path), "--target", "127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "{{" not in err and "[Op:" not in err, err
+    for w in words:
+        assert w in err, err
