@@ -205,7 +205,9 @@ def export_from_run_dir(run_dir: str, base_path: str, name: str, *,
     from dmgin_tf.training.trainer import load_trained_model
 
     if not os.path.isdir(run_dir):
-        raise DmginError(f"export: model dir {run_dir} does not exist")
+        raise DmginError(f"export: model dir {run_dir} " + (
+            "is a file, not a `dmgin train` output directory" if os.path.exists(run_dir)
+            else "does not exist"))
     model, cfg = load_trained_model(run_dir)
     index_path = os.path.join(run_dir, ITEM_INDEX_FILE)
     item_index = ItemIndex.load(index_path) if os.path.exists(index_path) else None

@@ -39,7 +39,7 @@ import keras
 import numpy as np
 
 from dmgin_tf.config import Config
-from dmgin_tf.errors import DmginError
+from dmgin_tf.errors import DataError, DmginError
 from dmgin_tf.features import CAND_ITEM, PREDICTION
 from dmgin_tf.training import callbacks as cb
 from dmgin_tf.training.distribution import make_placement, precision_policy
@@ -522,8 +522,14 @@ def _full_float32_matmuls(backend: str):
 
 def load_config_file(run_dir: str) -> Config:
     """The resolved Config a run wrote (config.json)."""
-    with open(os.path.join(run_dir, CONFIG_FILE), encoding="utf-8") as f:
-        return Config.from_dict(json.load(f))
+    path = os.path.join(run_dir, CONFIG_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = json.load(f)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot read the run's config ({type(e).__name__}: {e}); "
+                        f"is {run_dir} a `dmgin train` output directory?") from None
+    return Config.from_dict(values)
 
 
 def load_trained_model(run_dir: str, model_fn: Optional[Callable] = None):
@@ -535,7 +541,16 @@ def load_trained_model(run_dir: str, model_fn: Optional[Callable] = None):
     cfg = load_config_file(run_dir)
     model = (model_fn or default_model_fn)(cfg.model)
     _build_with_dummy(model, cfg)
-    model.load_weights(os.path.join(run_dir, WEIGHTS_FILE))
+    weights = os.path.join(run_dir, WEIGHTS_FILE)
+    try:
+        model.load_weights(weights)
+    except (OSError, ValueError, KeyError) as e:
+        # h5py's OSError (missing or truncated file) or Keras' "N objects could not be
+        # loaded" (weights of another config): name both files, keep the first line.
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"{weights} does not load into the model {run_dir}/{CONFIG_FILE} "
+                        f"describes (missing or truncated file, or the weights of another "
+                        f"config): {type(e).__name__}: {first[:300]}") from None
     return model, cfg
 
 

@@ -204,3 +204,37 @@ def test_read_ahead_stays_bounded_under_random_access():
             assert len(seq._pending) <= 4
     finally:
         seq.close()
+
+
+def test_a_damaged_run_directory_is_named_not_a_library_error(tmp_path):
+    """Truncated weights (h5py's 'truncated file'), invalid config JSON (JSONDecodeError)
+    and weights of another config (Keras' 'N objects could not be loaded')."""
+    import shutil
+    from dmgin_tf.training.trainer import load_trained_model, train
+    run = tmp_path / "run"
+    train(tiny_config(), tiny_data(), str(run), model_fn=tiny_model_fn, verbose=0)
+    load_trained_model(str(run), tiny_model_fn)                      # intact: loads
+
+    def damaged(name, edit):
+        bad = tmp_path / name
+        shutil.copytree(run, bad)
+        edit(bad)
+        return str(bad)
+
+    def truncate(d):
+        data = (d / "model.weights.h5").read_bytes()
+        (d / "model.weights.h5").write_bytes(data[:1000])
+
+    def other_config(d):
+        cfg = json.loads((d / "config.json").read_text())
+        cfg["model"]["embedding_dim"] = 8
+        (d / "config.json").write_text(json.dumps(cfg))
+
+    cases = [(damaged("truncated", truncate), r"truncated/model.weights.h5 does not load"),
+             (damaged("json", lambda d: (d / "config.json").write_text("{\n")),
+              r"json/config.json: cannot read the run's config \(JSONDecodeError"),
+             (damaged("other", other_config), r"other/model.weights.h5 does not load into the "
+                                              r"model .*other/config.json describes")]
+    for path, match in cases:
+        with pytest.raises(DataError, match=match):
+            load_trained_model(path, tiny_model_fn)
