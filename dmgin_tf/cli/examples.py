@@ -31,7 +31,7 @@ def register(subparsers) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from dmgin_tf.data.examples import SPLIT_NAMES, build_from_canonical
+    from dmgin_tf.data.examples import SPLIT_NAMES, build_from_canonical, group_table_note
     cfg = config_from_args(args, {"data.dataset": args.dataset,
                                   "grouping.num_groups": args.num_groups})
     key = args.grouping_key or cfg.grouping.key
@@ -52,5 +52,8 @@ def _build(args: argparse.Namespace) -> int:
     print(f"  users train-only (< {cfg.data.min_events_for_test} labelled events): "
           f"{m['users_train_only']}; OOV history behaviors {m['history_oov_behaviors']}, "
           f"OOV candidates {m['candidate_oov_examples']}")
+    note = group_table_note(m)
+    if note:
+        print(note)
     print(f"wrote {args.output}")
     return 0

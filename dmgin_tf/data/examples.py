@@ -510,6 +510,18 @@ def _percentiles(es: ExampleSet) -> dict:
 assert NUM_RESERVED_IDS == 2
 
 
+def group_table_note(metadata: dict) -> Optional[str]:
+    """A line for the catalog items a group table leaves out (they share the unknown
+    group, so a table that misses most of the catalog groups almost nothing)."""
+    info = metadata.get("grouping_info") or {}
+    missing = int(info.get("catalog_items_without_group", 0))
+    if metadata.get("grouping_key") != "table" or not missing:
+        return None
+    total = max(int(metadata.get("item_vocab_size", 0)) - NUM_RESERVED_IDS, missing)
+    return (f"note: the group table leaves {missing:,} of {total:,} catalog items "
+            f"({100 * missing / total:.1f}%) without a group; they share the unknown group")
+
+
 def build_from_canonical(data_dir: Union[str, os.PathLike], output_dir: Union[str, os.PathLike],
                          data_cfg: Optional[DataConfig] = None, *, grouping_key: str = "item_id",
                          group_table=None, num_groups: int = 0, grouping_seed: int = 0,
@@ -537,6 +549,8 @@ def build_from_canonical(data_dir: Union[str, os.PathLike], output_dir: Union[st
                             group_table=group_table)
     es = build_example_set(behaviors, items, spec, index, cfg, progress=progress)
     es.metadata["source"] = os.path.abspath(data_dir)
+    es.metadata["grouping_info"] = {k: v for k, v in index.info.items()
+                                    if isinstance(v, (int, float, str))}
     es.save(output_dir)
     index.save(output_dir)
     return es

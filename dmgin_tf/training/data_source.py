@@ -182,7 +182,7 @@ def prepare_example_dir(cfg: Config, data_path: Optional[str], work_dir: str, *,
     under `work_dir` and reused while their inputs are unchanged (module docstring), so
     benchmarks build once.
     """
-    from dmgin_tf.data.examples import build_from_canonical
+    from dmgin_tf.data.examples import build_from_canonical, group_table_note
     path = os.fspath(data_path) if data_path else ""
     if path and _is_example_dir(path):
         _note_config_differences(path, cfg.data, log)
@@ -220,9 +220,13 @@ def prepare_example_dir(cfg: Config, data_path: Optional[str], work_dir: str, *,
               "num_groups": num_groups, "grouping_seed": cfg.grouping.seed}
     if not _cache_is_current(example_dir, _is_example_dir, inputs):
         log(f"building examples ({cfg.data.dataset}, grouping {key}) -> {example_dir}")
-        _build_cache(example_dir, inputs, lambda out: build_from_canonical(
+        built = {}
+        _build_cache(example_dir, inputs, lambda out: built.update(es=build_from_canonical(
             canonical, out, cfg.data, grouping_key=key, group_table=group_table,
-            num_groups=num_groups, grouping_seed=cfg.grouping.seed, progress=progress))
+            num_groups=num_groups, grouping_seed=cfg.grouping.seed, progress=progress)))
+        note = group_table_note(built["es"].metadata)
+        if note:
+            log(note)
     return example_dir
 
 

@@ -292,3 +292,17 @@ def test_a_labelling_rule_with_one_label_is_refused_by_the_builders(tmp_path, ca
         es = build_from_canonical(tmp_path, tmp_path / "ok", DataConfig(dataset="generic", **fix),
                                   progress=False)
         assert set(np.unique(es.ex_label)) == {0.0, 1.0}, fix
+
+
+def test_a_group_table_that_misses_catalog_items_is_reported(tmp_path, capsys):
+    from dmgin_tf.cli.main import main
+    beh, items = make_tables(seed=4)
+    beh.to_parquet(tmp_path / "behaviors.parquet")
+    items.to_parquet(tmp_path / "items.parquet")
+    pd.DataFrame({ITEM_ID: ["i0", "i1", "i2"], "group_id": [0, 1, 0]}).to_csv(
+        tmp_path / "groups.csv", index=False)
+    assert main(["examples", "build", "--data", str(tmp_path), "--dataset", "taobao",
+                 "--grouping-key", "table", "--group-table", str(tmp_path / "groups.csv"),
+                 "--output", str(tmp_path / "out"), "--no-progress"]) == 0
+    assert ("note: the group table leaves 37 of 40 catalog items (92.5%) without a group"
+            in capsys.readouterr().out)
