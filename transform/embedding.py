@@ -398,7 +398,12 @@ def read_external_embeddings(path: str) -> Tuple[np.ndarray, np.ndarray]:
             raise DataError(f"{where}: empty {F.ITEM_ID}")
         if vec is None:
             raise DataError(f"{where} (item {iid!r}): missing {EMBEDDING}")
-        arr = np.asarray(vec, dtype=np.float32).reshape(-1)
+        try:
+            with np.errstate(over="ignore"):      # overflow is reported below, by name
+                arr = np.asarray(vec, dtype=np.float32).reshape(-1)
+        except (TypeError, ValueError) as e:
+            raise DataError(f"{where} (item {iid!r}): {EMBEDDING} must be a list of numbers, "
+                            f"got {type(vec).__name__} {str(vec)[:40]!r} ({e})") from None
         if dim is None:
             dim, first = len(arr), f"{where} (item {iid!r})"
             if dim == 0:

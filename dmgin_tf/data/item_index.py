@@ -228,8 +228,10 @@ def _read_group_table(src) -> pd.DataFrame:
     """Reads and validates an item -> group table (DataFrame, Parquet or CSV path)."""
     import pandas as pd
     if src is None:
-        raise DataError("grouping key 'table' needs a group table (item_id -> group_id); "
-                        "pass --group-table FILE")
+        raise DataError("grouping.key=cluster (or table) needs an item -> group table "
+                        "(item_id, group_id; `dmgin grouping` writes one): pass --group-table "
+                        "FILE, or group by another key (--grouping-key category, item_id "
+                        "or random)")
     name = "group table"
     if isinstance(src, pd.DataFrame):
         df = src

@@ -68,7 +68,7 @@ def test_group_table_offsets_ids_and_marks_missing_items_unknown(tmp_path):
     (pd.DataFrame({ITEM_ID: ["m"], GROUP_ID: [1.5]}), "group_id must be an integer"),
     (pd.DataFrame({ITEM_ID: ["m"], "cluster": [1]}), "missing column"),
     (pd.DataFrame({ITEM_ID: ["nope"], GROUP_ID: [1]}), "shares no item_id"),
-    (None, "needs a group table"),
+    (None, "grouping.key=cluster \\(or table\\) needs an item -> group table"),
     # Ids beyond int32 became negative group ids; sparse ids a billion-row table.
     (pd.DataFrame({ITEM_ID: ["m", "s"], GROUP_ID: [3_000_000_007, 3_000_000_008]}),
      "group_id goes up to 3,000,000,008 for 2 distinct groups"),

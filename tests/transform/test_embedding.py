@@ -111,6 +111,12 @@ def test_external_duplicates_missing_columns_and_nan(tmp_path):
     _parquet(tmp_path / "nan.parquet", ["a", "b"], [[1.0, 2.0], [float("nan"), 1.0]])
     with pytest.raises(DataError, match=r"row 1 \(item 'b'\): non-finite"):
         read_external_embeddings(str(tmp_path / "nan.parquet"))
+    # Vectors written as text (was numpy's ValueError naming no file, row or item).
+    pq.write_table(pa.table({"item_id": ["a", "b"], "embedding": ["1,2", "3,4"]}),
+                   str(tmp_path / "text.parquet"))
+    with pytest.raises(DataError, match=r"row 0 \(item 'a'\): embedding must be a list of "
+                                        r"numbers, got str '1,2'"):
+        read_external_embeddings(str(tmp_path / "text.parquet"))
 
 
 def test_cli_import_writes_the_table(tmp_path, capsys):
