@@ -35,6 +35,9 @@ def dataset_stats(path) -> dict:
       DataError: `path` lacks behaviors.parquet or items.parquet.
     """
     root = pathlib.Path(path)
+    if not root.is_dir():
+        raise DataError(f"{root}: " + ("is a file; give the directory `dmgin data convert` wrote"
+                                       if root.exists() else "no such directory"))
     for name in (BEHAVIORS_FILE, ITEMS_FILE):
         if not (root / name).is_file():
             raise DataError(f"{root}: no {name}; run `dmgin data convert` first")

@@ -93,5 +93,7 @@ def test_cli_errors_are_one_line_and_nonzero(tmp_path, capsys):
     assert rc != 0 and len(err.splitlines()) == 1
     assert "UserBehavior.csv: 1 of 2 rows are bad (50.00%" in err
     assert main(["data", "stats", str(tmp_path / "nothing")]) != 0
+    assert "nothing: no such directory" in capsys.readouterr().err
+    assert main(["data", "stats", str(tmp_path)]) != 0          # a directory, not converted
     assert "no behaviors.parquet" in capsys.readouterr().err
     assert main(["data", "convert", "--dataset", "taobao", "--items", "x.csv", "--output", str(tmp_path)]) != 0
