@@ -235,3 +235,11 @@ def test_a_file_that_is_not_parquet_is_named(tmp_path):
     (tmp_path / "fake.parquet").write_text("user_id,item_id,behavior,timestamp\n1,2,click,5\n")
     with pytest.raises(DataError, match=r"fake.parquet: not a readable Parquet file"):
         convert_generic(tmp_path / "fake.parquet", tmp_path / "out")
+
+
+def test_a_header_naming_a_column_twice_is_refused(tmp_path):
+    """The first of the two columns silently won."""
+    (tmp_path / "b.csv").write_text("user_id,user_id,item_id,behavior,timestamp\n1,9,2,click,5\n")
+    with pytest.raises(DataError, match=r"b.csv: the header names column\(s\) \['user_id'\] "
+                                        r"more than once"):
+        convert_generic(tmp_path / "b.csv", tmp_path / "out")

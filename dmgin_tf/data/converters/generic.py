@@ -74,6 +74,9 @@ def _records(path: pathlib.Path, required: Sequence[str], optional: Sequence[str
     lines = iter_csv_lines(path, bar)
     header = next(lines, None)
     names = [c.strip() for c in header.fields] if header is not None and header.fields else []
+    repeated = sorted({c for c in names if names.count(c) > 1 and c})
+    if repeated:
+        raise DataError(f"{path}: the header names column(s) {repeated} more than once")
     missing = [c for c in required if c not in names]
     if missing:
         raise DataError(f"{path}: header must name columns {list(required)}; missing {missing}, "
