@@ -181,12 +181,13 @@ class ItemIndex:
     def save(self, path: Union[str, os.PathLike]) -> str:
         """Writes `item_index.parquet` (item_id, item_idx, group_id + metadata).
 
-        `path` is a directory (the file goes inside it) or a `.parquet` file path.
+        `path` is a directory (the file goes inside it; also one whose name ends in
+        `.parquet`, as an example-set directory may) or a `.parquet` file path.
         """
         import pyarrow as pa
         import pyarrow.parquet as pq
         path = os.fspath(path)
-        if not path.endswith(".parquet"):
+        if os.path.isdir(path) or not path.endswith(".parquet"):
             os.makedirs(path, exist_ok=True)
             path = os.path.join(path, FILE_NAME)
         meta = {"grouping_key": self.grouping_key, "group_vocab_size": self.group_vocab_size,

@@ -234,6 +234,12 @@ def test_cli_builds_and_prints_counts(tmp_path, capsys):
     es = ExampleSet.load(tmp_path / "out")
     assert es.metadata["grouping_key"] == "category" and len(es) == 2 * len(beh)
     assert main(["examples", "build", "--data", str(tmp_path / "nope"), "--output", str(tmp_path)]) == 2
+    # An output directory whose name ends in .parquet (the item index went to the
+    # directory's own path and failed after examples.npz was written).
+    assert main(["examples", "build", "--data", str(tmp_path), "--dataset", "taobao",
+                 "--grouping-key", "category", "--output", str(tmp_path / "ex.parquet"),
+                 "--no-progress"]) == 0
+    assert (tmp_path / "ex.parquet" / "item_index.parquet").is_file()
 
 
 @pytest.mark.slow
