@@ -464,7 +464,12 @@ def import_external_embeddings(path: str, output_dir: str, normalize: bool = Fal
     """
     ids, vecs = read_external_embeddings(path)
     if normalize:
-        vecs = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+        norms = np.linalg.norm(vecs, axis=1, keepdims=True)
+        zero = np.flatnonzero(norms[:, 0] == 0)
+        if len(zero):   # a zero vector has no direction: it would stay 0 among unit vectors
+            raise DataError(f"{path}: --normalize: {len(zero)} all-zero embedding(s), e.g. item "
+                            f"{ids[zero[0]]!r}; drop them or import without --normalize")
+        vecs = vecs / norms
     table = write_embeddings(os.path.join(output_dir, EMBEDDINGS_SUBDIR), ids, vecs)
     report = {"source": path, "rows": int(len(ids)), "embedding_dim": int(vecs.shape[1]),
               "table": table}

@@ -80,6 +80,12 @@ def test_external_parquet_and_tfrecord_agree(tmp_path):
     _, imported = read_embeddings(str(tmp_path / "imp"))
     np.testing.assert_allclose(imported, vecs / np.linalg.norm(vecs, axis=1, keepdims=True),
                                rtol=1e-5)
+    # A zero vector cannot be normalised (it was kept as zeros among unit vectors).
+    vecs[2] = 0.0
+    _parquet(tmp_path / "z.parquet", ids, vecs)
+    with pytest.raises(DataError, match=r"--normalize: 1 all-zero embedding\(s\), e.g. item 'c'"):
+        import_external_embeddings(str(tmp_path / "z.parquet"), str(tmp_path / "z"), normalize=True)
+    import_external_embeddings(str(tmp_path / "z.parquet"), str(tmp_path / "z2"))   # as is: fine
 
 
 def test_external_bad_dimension_names_the_item(tmp_path):
