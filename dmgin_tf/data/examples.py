@@ -444,7 +444,8 @@ def build_example_set(behaviors_df: pd.DataFrame, items_df: Optional[pd.DataFram
     users = range(len(user_ids))
     if progress:
         from tqdm.auto import tqdm
-        users = tqdm(users, desc=f"examples ({spec.name})", unit="user", mininterval=1.0)
+        users = tqdm(users, desc=f"examples ({spec.name})", unit="user", mininterval=1.0,
+                     disable=None)     # None: no bar when stderr is not a terminal (a log file)
     missing_neg_users = 0
     for u in users:
         s, e = offsets[u], offsets[u + 1]

@@ -312,3 +312,13 @@ def test_a_group_table_that_misses_catalog_items_is_reported(tmp_path, capsys):
                  "--output", str(tmp_path / "out"), "--no-progress"]) == 0
     assert ("note: the group table leaves 37 of 40 catalog items (92.5%) without a group"
             in capsys.readouterr().out)
+
+
+def test_no_progress_bar_when_stderr_is_not_a_terminal(tmp_path, capsys):
+    """A bar written into a log file is noise (`dmgin train ... 2> log`)."""
+    from dmgin_tf.data.examples import build_from_canonical
+    beh, items = make_tables(seed=5)
+    beh.to_parquet(tmp_path / "behaviors.parquet")
+    items.to_parquet(tmp_path / "items.parquet")
+    build_from_canonical(tmp_path, tmp_path / "ex", DataConfig(), progress=True)
+    assert "examples (taobao)" not in capsys.readouterr().err
