@@ -156,7 +156,9 @@ def _build_cache(path: str, inputs: dict, build: Callable[[str], None]) -> None:
 
 
 def _example_config(data_cfg) -> dict:
-    return {k: v for k, v in data_cfg.to_dict().items() if k not in _CONVERSION_ONLY}
+    """The data fields examples depend on, as JSON holds them (tuples as lists)."""
+    return json.loads(json.dumps({k: v for k, v in data_cfg.to_dict().items()
+                                  if k not in _CONVERSION_ONLY}))
 
 
 def _note_config_differences(example_dir: str, data_cfg, log) -> None:
@@ -166,7 +168,7 @@ def _note_config_differences(example_dir: str, data_cfg, log) -> None:
             built = json.load(f).get("data_config") or {}
     except (OSError, ValueError):
         return
-    want = json.loads(json.dumps(_example_config(data_cfg)))     # tuples -> lists
+    want = _example_config(data_cfg)
     diff = [f"data.{k}={built[k]!r} (this run: {want[k]!r})" for k in sorted(want)
             if k in built and built[k] != want[k]]
     if diff:
@@ -215,7 +217,7 @@ def prepare_example_dir(cfg: Config, data_path: Optional[str], work_dir: str, *,
     inputs = {"canonical": {"path": os.path.abspath(canonical),
                             "files": [_fingerprint(os.path.join(canonical, f))[0]
                                       for f in CANONICAL_FILES]},
-              "data": json.loads(json.dumps(_example_config(cfg.data))),
+              "data": _example_config(cfg.data),
               "grouping_key": key, "group_table": _table_fingerprint(group_table),
               "num_groups": num_groups, "grouping_seed": cfg.grouping.seed}
     if not _cache_is_current(example_dir, _is_example_dir, inputs):

@@ -177,7 +177,7 @@ def raw_time_detail(detail: str, raw, unit: str) -> str:
     an exact duplicate, though both become the same second."""
     if unit == "s":
         return detail
-    return f"{detail}\x1f{raw}" if detail else f"\x1f{raw}"
+    return f"{detail}\x1f{raw}"
 
 
 def is_int_id(value: str) -> bool:
