@@ -101,6 +101,30 @@ def logloss(labels, scores, eps: float = LOGLOSS_EPS) -> float:
     return float(-np.mean(y * np.log(p) + (1.0 - y) * np.log1p(-p)))
 
 
+def undefined_reason(metric: str, labels, users=None) -> Optional[str]:
+    """Why `metric` ("auc" or "gauc") is undefined on these labels, or None if it is not.
+
+    AUC needs both labels among the examples; GAUC needs at least one user whose own
+    examples hold both. Depends on labels (and users) only, so it can be asked before any
+    model is trained.
+    """
+    y = np.asarray(labels, dtype=np.float64).reshape(-1)
+    n, pos = len(y), int(y.sum())
+    if n == 0:
+        return "no examples"
+    if pos in (0, n):
+        return f"all {n:,} examples have label {int(pos == n)}"
+    if metric == "gauc":
+        if users is None:
+            return "no user ids"
+        _, codes = np.unique(np.asarray(users).reshape(-1), return_inverse=True)
+        pos_u = np.bincount(codes, weights=y)
+        n_u = np.bincount(codes)
+        if not ((pos_u > 0) & (pos_u < n_u)).any():
+            return f"no user has both labels among its examples ({len(n_u):,} users, {n:,} examples)"
+    return None
+
+
 def evaluate(labels, scores, users: Optional[np.ndarray] = None) -> dict:
     """All metrics at once.
 

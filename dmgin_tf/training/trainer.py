@@ -40,6 +40,7 @@ import numpy as np
 
 from dmgin_tf.config import Config
 from dmgin_tf.errors import DataError, DmginError
+from dmgin_tf.evaluation import undefined_reason
 from dmgin_tf.features import CAND_ITEM, PREDICTION
 from dmgin_tf.training import callbacks as cb
 from dmgin_tf.training.distribution import make_placement, precision_policy
@@ -286,6 +287,12 @@ def train(cfg: Config, data: TrainingData, output_dir: str, *,
             if m:
                 print(f"{name}: auc {m['auc']:.4f}  gauc {_fmt(m.get('gauc'))}  "
                       f"logloss {m['logloss']:.4f}  (n={m.get('num_examples', '?')})", flush=True)
+                split = data.val if name == "val" else data.test
+                for metric in ("auc", "gauc"):
+                    reason = undefined_reason(metric, split.labels, split.user_ids)
+                    if reason is not None:
+                        print(f"note: {name} {metric.upper()} is undefined: {reason}", flush=True)
+                        break
         from dmgin_tf.display import display_path
         print(f"wrote {display_path(output_dir)}", flush=True)
     return TrainResult(model, cfg, metrics, history, output_dir)
@@ -438,6 +445,23 @@ def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
+def _defined_monitor(monitor: str, val: Split, verbose: int):
+    """(monitor, mode) for early stopping: `monitor` ("val_auc" / "val_gauc") unless the
+    validation labels leave it undefined (NaN every epoch would never improve, and the
+    run would stop after `patience` epochs on its first weights). Then val AUC if that
+    is defined, else the train loss, with a note naming the reason."""
+    reason = undefined_reason(monitor[len("val_"):], val.labels, val.user_ids)
+    if reason is None:
+        return monitor, "max"
+    fallback = "val_auc" if monitor == "val_gauc" and undefined_reason(
+        "auc", val.labels) is None else "loss"
+    if verbose:
+        print(f"note: {monitor} is undefined on the validation split ({reason}); early "
+              f"stopping monitors {'val AUC' if fallback == 'val_auc' else 'train loss'}",
+              flush=True)
+    return fallback, "max" if fallback == "val_auc" else "min"
+
+
 def _fit(model, cfg: Config, data: TrainingData, output_dir: str, ckpt_dir: str, placement,
          verbose: int):
     """model.fit with our callbacks; returns (history rows, (timer, early stopper,
@@ -460,7 +484,7 @@ def _fit(model, cfg: Config, data: TrainingData, output_dir: str, ckpt_dir: str,
     if len(data.val):
         validator = cb.ValidationMetrics(data.val, eval_bs, verbose=1 if verbose else 0)
         callbacks.append(validator)
-        monitor, mode = tc.monitor, "max"
+        monitor, mode = _defined_monitor(tc.monitor, data.val, verbose)
     else:
         # Without a validation split (tiny data) the best epoch is the lowest train loss.
         monitor, mode = "loss", "min"

@@ -166,6 +166,34 @@ def test_schedule_monitor_and_epoch_cap_flag(tmp_path):
     assert rates[3] == pytest.approx(cfg.train.learning_rate * cfg.train.lr_min_ratio)
 
 
+def test_undefined_validation_metric_falls_back_and_is_named(tmp_path, capsys):
+    """Validation GAUC with no user holding both labels (one example per user) is NaN
+    every epoch: early stopping says so and monitors val AUC instead; with one label in
+    the whole validation split, the train loss. Test metrics that are undefined are
+    named with their reason, not printed as a bare nan."""
+    from dmgin_tf import evaluation
+    from dmgin_tf.training.trainer import train
+    data = tiny_data(n_train=256)
+    data.val.user_ids = np.arange(len(data.val.labels))            # one example per user
+    cfg = tiny_config(epochs=3, monitor="val_gauc", early_stopping_patience=1)
+    result = train(cfg, data, str(tmp_path / "gauc"), model_fn=tiny_model_fn, verbose=1)
+    out = capsys.readouterr().out
+    assert "val_gauc is undefined on the validation split (no user has both labels" in out
+    assert "early stopping monitors val AUC" in out
+    aucs = [r["val_auc"] for r in result.history]
+    assert result.metrics["best_epoch"] == int(np.argmax(aucs)) + 1
+
+    data = tiny_data(n_train=256)
+    data.val.labels = np.ones_like(data.val.labels)
+    data.test.labels = np.ones_like(data.test.labels)
+    train(cfg, data, str(tmp_path / "one_label"), model_fn=tiny_model_fn, verbose=1)
+    out = capsys.readouterr().out
+    assert "(all 64 examples have label 1); early stopping monitors train loss" in out
+    assert "note: test AUC is undefined: all 64 examples have label 1" in out
+    assert evaluation.undefined_reason("gauc", [0, 1, 1], ["a", "a", "b"]) is None
+    assert evaluation.undefined_reason("auc", [], None) == "no examples"
+
+
 def test_fit_asks_for_training_batches_in_order_and_reads_ahead_boundedly(tmp_path, monkeypatch):
     """The sequence shuffles itself (seeded); Keras must not reorder its batches, or the
     read-ahead misses and built batches pile up (memory growing with the epoch)."""
