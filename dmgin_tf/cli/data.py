@@ -100,11 +100,30 @@ def _run_convert(args, output_dir):
     kwargs = {"show_progress": not args.no_progress, "timestamp_unit": args.timestamp_unit}
     if args.dataset == "generic":
         kwargs["items_path"] = args.items
-        kwargs["behavior_types"] = [b.strip() for b in (args.behaviors or "").split(",") if b.strip()]
+        kwargs["behavior_types"] = _behavior_list(args.behaviors)
     elif args.items or args.behaviors:
         from dmgin_tf.errors import DmginError
         raise DmginError("--items/--behaviors apply to --dataset generic only")
     return convert(args.dataset, args.input or cfg.data.input_path, output_dir, cfg.data, **kwargs)
+
+
+def _behavior_list(text):
+    """--behaviors "click,cart" -> ["click", "cart"]; [] when not given. A value that
+    names no behavior (",,", " ") or one twice is refused: it is a typo, not a request
+    to infer the vocabulary."""
+    if text is None:
+        return []
+    from dmgin_tf.errors import DmginError
+    names = [b.strip() for b in text.split(",")]
+    if not any(names):
+        raise DmginError(f"--behaviors {text!r} names no behavior type; give them comma-"
+                         "separated (e.g. --behaviors click,cart,order) or leave the flag out")
+    if "" in names:
+        raise DmginError(f"--behaviors {text!r} has an empty name between commas")
+    twice = sorted({b for b in names if names.count(b) > 1})
+    if twice:
+        raise DmginError(f"--behaviors {text!r} names {', '.join(twice)} more than once")
+    return names
 
 
 def _convert(args) -> int:

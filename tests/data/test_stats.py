@@ -97,3 +97,18 @@ def test_cli_errors_are_one_line_and_nonzero(tmp_path, capsys):
     assert main(["data", "stats", str(tmp_path)]) != 0          # a directory, not converted
     assert "no behaviors.parquet" in capsys.readouterr().err
     assert main(["data", "convert", "--dataset", "taobao", "--items", "x.csv", "--output", str(tmp_path)]) != 0
+
+
+@pytest.mark.parametrize("value,message", [
+    (",,,", "names no behavior type"),
+    ("click,,cart", "an empty name between commas"),
+    ("click,cart,click", "names click more than once"),
+])
+def test_generic_behavior_list_typos_are_refused(tmp_path, capsys, value, message):
+    """--behaviors that names nothing (or a name twice) is a typo, not 'infer them'."""
+    events = tmp_path / "events.csv"
+    events.write_text("user_id,item_id,behavior,timestamp\nu1,i1,click,1500000000\n")
+    rc = main(["data", "convert", "--dataset", "generic", "--input", str(events),
+               "--behaviors", value, "--output", str(tmp_path / "out"), "--no-progress"])
+    assert rc != 0 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
