@@ -365,6 +365,20 @@ class BeamConfig(ConfigBase):
                       "environment_type", "must be DOCKER, PROCESS, EXTERNAL or LOOPBACK")
 
 
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
+NAME_RULE = ("must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or "
+             "digit (it names a folder and appears in URLs)")
+
+
+def is_valid_name(name) -> bool:
+    """Pipeline and served-model names: they become folder names (the pipeline root, the
+    Pusher's `<serving_base>/<model_name>/`) and part of TF Serving's REST paths
+    (`/v1/models/<name>`), so a '/', a space or '..' would split or escape a path."""
+    import re
+    return isinstance(name, str) and re.fullmatch(NAME_PATTERN, name) is not None \
+        and ".." not in name
+
+
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig(ConfigBase):
     """TFX pipeline settings."""
@@ -376,7 +390,7 @@ class PipelineConfig(ConfigBase):
     max_auc_drop: float = 0.0         # vs last blessed model
 
     def validate(self):
-        self._require(bool(self.name), "name", "must be non-empty")
+        self._require(is_valid_name(self.name), "name", NAME_RULE)
         self._require(0 <= self.min_auc <= 1, "min_auc", "must be in [0, 1]")
         self._require(0 <= self.max_auc_drop <= 1, "max_auc_drop", "must be in [0, 1]")
 
@@ -394,6 +408,7 @@ class ServingConfig(ConfigBase):
     metrics_port: int = 8502
 
     def validate(self):
+        self._require(is_valid_name(self.model_name), "model_name", NAME_RULE)
         self._require(len(self.batch_buckets) > 0 and all(b >= 1 for b in self.batch_buckets),
                       "batch_buckets", "must be a non-empty list of positive sizes")
         self._require(len(self.candidate_buckets) > 0 and all(b >= 1 for b in self.candidate_buckets),

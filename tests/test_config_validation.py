@@ -29,6 +29,12 @@ from dmgin_tf.config import Config, ConfigError, load_config
     ({"grouping.kmeans_tol": "-inf"}, ["grouping.kmeans_tol", "finite"]),
     # Sizes no machine can hold (the first was killed for memory, the second raised a
     # ResourceExhaustedError mid-training).
+    # Names become folders and URL path segments.
+    ({"serving.model_name": "my model"}, ["serving.model_name='my model'", "letters, digits"]),
+    ({"serving.model_name": "../up"}, ["serving.model_name='../up'"]),
+    ({"serving.model_name": "a/b"}, ["serving.model_name='a/b'"]),
+    ({"pipeline.name": ""}, ["pipeline.name=''"]),
+    ({"pipeline.name": "team/ranker"}, ["pipeline.name='team/ranker'"]),
     ({"model.context_folds": "100000"}, ["model.context_folds=100000", "[2, 100]"]),
     ({"model.max_per_group": "100000"}, ["model.max_per_group", "6,400,000 group slots"]),
 ])

@@ -26,7 +26,7 @@ from typing import List, Optional
 
 from tfx import v1 as tfx
 
-from dmgin_tf.config import BeamConfig, Config
+from dmgin_tf.config import NAME_RULE, BeamConfig, Config, ConfigError, is_valid_name
 from dmgin_tf.data.datasets import get_spec
 from tfx_pipeline.artifacts import ItemGroups
 from tfx_pipeline.components import ExampleBuilder, ItemGrouper, MultimodalEncoder, ValidationGate
@@ -110,6 +110,8 @@ def create_pipeline(cfg: Config, *, data_root: str, span: int, pipeline_root: st
         validation GAUC) and the Trainer trains with its best hyperparameters.
     """
     model_name = model_name or cfg.serving.model_name
+    if not is_valid_name(model_name):
+        raise ConfigError(f"model name {model_name!r}: {NAME_RULE}")
     data_root = abs_path(data_root)
     beam_json = json.dumps(cfg.beam.to_dict(), sort_keys=True)
     mode = encoder_mode(cfg, encoder)

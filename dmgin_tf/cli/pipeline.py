@@ -75,6 +75,9 @@ def _setup(args):
     # Argument problems first, before anything runs (TFX spans are numbered from 0).
     if args.span < 0:
         raise DmginError(f"--span {args.span}: spans are numbered from 0")
+    from dmgin_tf.config import NAME_RULE, is_valid_name
+    if args.model_name is not None and not is_valid_name(args.model_name):
+        raise DmginError(f"--model-name {args.model_name!r}: {NAME_RULE}")
     if args.data and not os.path.exists(args.data):
         raise DmginError(f"--data {args.data}: no such file or directory")
     if args.encoder == "external" and not cfg.grouping.external_embeddings:

@@ -15,6 +15,9 @@ from dmgin_tf.cli.main import main
     # Failed mid-pipeline with a ValueError from the encoder component.
     (["--encoder", "external", "--set", "grouping.key=category"],
      ["--encoder external", "grouping.external_embeddings"]),
+    # A '/' would nest the Pusher's <serving_base>/<model_name>/ folder.
+    (["--model-name", "team/ranker"], ["--model-name 'team/ranker'", "letters, digits"]),
+    (["--set", "pipeline.name=a b"], ["pipeline.name='a b'"]),
 ])
 def test_bad_arguments_stop_before_the_pipeline(tmp_path, capsys, args, words):
     rc = main(["pipeline", "run", "--pipeline-root", str(tmp_path / "root")] + args)
