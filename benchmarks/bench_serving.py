@@ -88,6 +88,26 @@ def stop(server) -> None:
         server.wait()
 
 
+_SCRATCH: list = []
+
+
+def scratch_dir(prefix: str) -> str:
+    """A temporary folder for the exported models, removed when `main` returns or
+    raises (each run writes 24 MB to 1 GB of SavedModels)."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    _SCRATCH.append(path)
+    return path
+
+
+def main(argv=None):
+    import shutil
+    try:
+        return _main(argv)
+    finally:
+        while _SCRATCH:
+            shutil.rmtree(_SCRATCH.pop(), ignore_errors=True)
+
+
 def percentiles(lat):
     a = np.asarray(lat) * 1000
     return float(np.percentile(a, 50)), float(np.percentile(a, 99))
@@ -122,7 +142,7 @@ def run_load(fn, requests, concurrency):
     return lat, time.perf_counter() - t0, errors
 
 
-def main(argv=None):
+def _main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--history", type=int, default=10000, help="L")
     ap.add_argument("--candidates", type=int, default=100)
@@ -158,7 +178,7 @@ def main(argv=None):
     num_items, num_groups = 100_000, 1002
     variants = [v for v in args.variants.split(",") if v]
     rows = []
-    tmp = tempfile.mkdtemp(prefix="bench_serving_")
+    tmp = scratch_dir("bench_serving_")
 
     def export(L, buckets, cand_buckets):
         cfg = ModelConfig(item_vocab_size=num_items, group_vocab_size=num_groups, history_length=L,
@@ -342,7 +362,7 @@ def cached_benchmark(args, argv):
     num_items, num_groups, C = 100_000, 1002, args.candidates
     lengths = [int(v) for v in args.cached_lengths.split(",") if v]
     cand_buckets = (128,) if C <= 128 else (C,)
-    tmp = tempfile.mkdtemp(prefix="bench_cached_")
+    tmp = scratch_dir("bench_cached_")
     load_before = os.getloadavg()
     rows, notes, accuracy = [], {}, {}
     cands = np.random.default_rng(2).integers(2, num_items, size=C).astype(np.int32)

@@ -41,8 +41,13 @@ def test_bench_scale_tiny_on_the_sample(tmp_path):
 
 
 @pytest.mark.slow
-def test_bench_serving_tiny(tmp_path):
+def test_bench_serving_tiny(tmp_path, monkeypatch):
+    import tempfile
+
     import bench_serving
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     md = tmp_path / "serving.md"
     assert bench_serving.main(["--history", "24", "--candidates", "5", "--requests", "4",
                                "--batch-sizes", "1,2", "--raw-history", "16",
@@ -53,6 +58,7 @@ def test_bench_serving_tiny(tmp_path):
     rows = [line for line in text.splitlines() if line.startswith("| rank") or
             line.startswith("| predict_raw")]
     assert rows and all(line.rstrip(" |").endswith("| 0") for line in rows), rows  # 0 errors
+    assert not list(scratch.glob("bench_serving_*"))   # the exported models are removed
 
 
 def test_probe_statistics_mlp_trains_both_encodings_on_fixed_features():
