@@ -5,10 +5,11 @@ import keras
 from keras import ops
 
 from dmgin_tf.layers.dense import Dense
+from dmgin_tf.layers.precision import KeepsInputDtypes
 
 
 @keras.saving.register_keras_serializable(package="dmgin_tf")
-class GroupStatistics(keras.layers.Layer):
+class GroupStatistics(KeepsInputDtypes, keras.layers.Layer):
     """Embeds per-group statistics: `log1p(counts)` per behavior type + normalised stats.
 
     The grouping op counts behaviors per type over the group's *whole* history and
@@ -41,6 +42,7 @@ class GroupStatistics(keras.layers.Layer):
 
     def __init__(self, units, activation="relu", **kwargs):
         super().__init__(**kwargs)
+        self._keep_input_dtypes()   # float32 times / counts under mixed float16
         self.units = int(units)
         self.activation = activation
 

@@ -8,10 +8,11 @@ from keras import ops
 
 from dmgin_tf.layers.dense import Dense
 from dmgin_tf.layers.feature_embedding import log_time_bucket, lookup_rows
+from dmgin_tf.layers.precision import KeepsInputDtypes
 
 
 @keras.saving.register_keras_serializable(package="dmgin_tf")
-class HSTUBlock(keras.layers.Layer):
+class HSTUBlock(KeepsInputDtypes, keras.layers.Layer):
     """One HSTU layer (Zhai et al. 2024, "Actions Speak Louder than Words").
 
     ```
@@ -57,6 +58,7 @@ class HSTUBlock(keras.layers.Layer):
     def __init__(self, num_heads, max_relative_position=64, num_time_buckets=32,
                  dropout=0.0, layer_norm_epsilon=1e-5, **kwargs):
         super().__init__(**kwargs)
+        self._keep_input_dtypes()   # float32 times / counts under mixed float16
         self.num_heads = int(num_heads)
         self.max_relative_position = int(max_relative_position)
         self.num_time_buckets = int(num_time_buckets)
@@ -93,6 +95,7 @@ class HSTUBlock(keras.layers.Layer):
         self.built = True
 
     def call(self, x, padding_mask=None, ages=None, training=None):
+        x = ops.cast(x, self.compute_dtype)
         mask = padding_mask
         seq = x.shape[-2]
         if mask is None:

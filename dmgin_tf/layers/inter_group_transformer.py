@@ -6,13 +6,14 @@ from keras import ops
 
 from dmgin_tf.layers.feature_embedding import log_time_bucket
 from dmgin_tf.layers.hstu_block import HSTUBlock
+from dmgin_tf.layers.precision import KeepsInputDtypes
 from dmgin_tf.layers.transformer_block import TransformerBlock
 
 BLOCK_TYPES = ("hstu", "transformer")
 
 
 @keras.saving.register_keras_serializable(package="dmgin_tf")
-class InterGroupTransformer(keras.layers.Layer):
+class InterGroupTransformer(KeepsInputDtypes, keras.layers.Layer):
     """Evolves the G group vectors with attention across groups (interest evolution).
 
     Groups arrive ordered by their last activity, most recent first (grouping op).
@@ -53,6 +54,7 @@ class InterGroupTransformer(keras.layers.Layer):
     def __init__(self, num_heads, num_layers=2, block="hstu", num_time_buckets=32,
                  ffn_multiplier=2, dropout=0.0, **kwargs):
         super().__init__(**kwargs)
+        self._keep_input_dtypes()   # float32 times / counts under mixed float16
         if block not in BLOCK_TYPES:
             raise ValueError(f"block={block!r}: must be one of {BLOCK_TYPES}")
         self.num_heads = int(num_heads)
@@ -89,6 +91,7 @@ class InterGroupTransformer(keras.layers.Layer):
         self.built = True
 
     def call(self, group_vectors, group_mask, group_ages=None, training=None):
+        group_vectors = ops.cast(group_vectors, self.compute_dtype)
         group_mask = ops.cast(group_mask, "bool")
         x = group_vectors * ops.cast(group_mask, group_vectors.dtype)[..., None]
         if not self.blocks:
