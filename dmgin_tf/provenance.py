@@ -1,4 +1,5 @@
-"""What a result file records about where it was produced: machine and library versions.
+"""What a result records about where it came from: machine and library versions, and the
+input files it was built from.
 
 Reads package metadata and /proc; imports nothing heavy, so a benchmark can record the
 versions of a backend it has not imported.
@@ -11,7 +12,7 @@ from __future__ import annotations
 import os
 import platform
 from importlib import metadata
-from typing import Optional
+from typing import List, Optional
 
 BACKEND_PACKAGES = {"tensorflow": ("tensorflow",), "jax": ("jax", "jaxlib"), "torch": ("torch",)}
 
@@ -52,3 +53,19 @@ def package_version(name: str) -> Optional[str]:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
         return None
+
+
+def file_fingerprint(path) -> List[list]:
+    """`[name, bytes, mtime_ns]` of a file, or of every file under a directory (names
+    relative to it, sorted): enough to tell that an input changed since a build."""
+    path = os.fspath(path)
+    if os.path.isfile(path):
+        st = os.stat(path)
+        return [[os.path.basename(path), st.st_size, st.st_mtime_ns]]
+    out = []
+    for root, _, files in os.walk(path):
+        for name in files:
+            full = os.path.join(root, name)
+            st = os.stat(full)
+            out.append([os.path.relpath(full, path), st.st_size, st.st_mtime_ns])
+    return sorted(out)

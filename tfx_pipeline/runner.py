@@ -10,6 +10,7 @@ summary of what the run produced, read back from ML Metadata (SQLite under the r
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import re
@@ -33,15 +34,47 @@ def is_converted(path: str) -> bool:
     return all(os.path.exists(os.path.join(path, f)) for f in _CANONICAL)
 
 
+SPAN_SOURCE = "span_source.json"
+
+
+def _span_source(data: Optional[str]) -> dict:
+    """What a span was made from: the `--data` path and its files (None: the sample)."""
+    from dmgin_tf.provenance import file_fingerprint
+    if not data:
+        return {"data": None}
+    return {"data": os.path.abspath(data), "files": file_fingerprint(data)}
+
+
 def prepare_span(cfg: Config, data_root: str, span: int, data: Optional[str] = None) -> str:
     """Puts the canonical tables of `span` at ``<data_root>/span-<span>/``.
 
     `data`: a converted directory (copied), a raw dataset path of `cfg.data.dataset`
     (converted with `dmgin_tf.data.converters.convert`), or None for the embedded sample.
-    An existing span directory is kept as is (spans are immutable once written).
+    Spans are immutable once written: the span folder records what it was made from
+    (`span_source.json`), a rerun with the same `data` (e.g. after a failed run) uses
+    it as is, and a rerun with other data is refused — the pipeline's cached components
+    would otherwise keep training on the span's first data without a word.
+
+    Raises:
+      DmginError: the span exists and `data` differs from what it was made from.
     """
     dest = span_dir(data_root, span)
+    source = _span_source(data)
     if is_converted(dest):
+        try:
+            with open(os.path.join(dest, SPAN_SOURCE), encoding="utf-8") as f:
+                stored = json.load(f)
+        except (OSError, ValueError):
+            stored = None   # a span written by hand or by an older version: used as is
+        if data and stored is not None and stored != source:
+            was = stored.get("data") or "the embedded sample"
+            why = "other data" if stored.get("data") != source["data"] else \
+                "the same path, whose files changed since"
+            raise DmginError(
+                f"span {span} already exists ({dest}), made from {was}; --data {data} is "
+                f"{why}. Spans are immutable: train the new data as a new span (--span "
+                f"{span + 1} or later), or delete {dest} and rerun this span with "
+                f"--no-cache to replace it")
         return dest
     os.makedirs(data_root, exist_ok=True)
     tmp = dest + ".tmp"
@@ -51,6 +84,8 @@ def prepare_span(cfg: Config, data_root: str, span: int, data: Optional[str] = N
     else:
         from dmgin_tf.data.converters import convert
         convert(cfg.data.dataset, data or "", tmp, cfg.data)
+    with open(os.path.join(tmp, SPAN_SOURCE), "w", encoding="utf-8") as f:
+        json.dump(source, f, indent=1)
     os.rename(tmp, dest)
     return dest
 

@@ -26,13 +26,14 @@ import dataclasses
 import json
 import os
 import shutil
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Optional
 
 import numpy as np
 
 from dmgin_tf.config import Config
 from dmgin_tf.errors import DataError
 from dmgin_tf.features import MODEL_INPUT_KEYS
+from dmgin_tf.provenance import file_fingerprint
 
 EXAMPLES_FILE = "examples.npz"
 ITEM_INDEX_FILE = "item_index.parquet"
@@ -110,27 +111,12 @@ def _is_canonical_dir(path: str) -> bool:
     return os.path.isdir(path) and all(os.path.exists(os.path.join(path, f)) for f in CANONICAL_FILES)
 
 
-def _fingerprint(path) -> List[list]:
-    """`[name, bytes, mtime_ns]` of a file, or of every file under a directory."""
-    path = os.fspath(path)
-    if os.path.isfile(path):
-        st = os.stat(path)
-        return [[os.path.basename(path), st.st_size, st.st_mtime_ns]]
-    out = []
-    for root, _, files in os.walk(path):
-        for name in files:
-            full = os.path.join(root, name)
-            st = os.stat(full)
-            out.append([os.path.relpath(full, path), st.st_size, st.st_mtime_ns])
-    return sorted(out)
-
-
 def _table_fingerprint(table):
     """What identifies a group table argument: a path's files, or a DataFrame's rows."""
     if table is None:
         return None
     if isinstance(table, (str, os.PathLike)):
-        return {"path": os.path.abspath(table), "files": _fingerprint(table)}
+        return {"path": os.path.abspath(table), "files": file_fingerprint(table)}
     import pandas as pd
     return {"rows": int(pd.util.hash_pandas_object(table, index=False).sum() % (1 << 62))}
 
@@ -196,7 +182,7 @@ def prepare_example_dir(cfg: Config, data_path: Optional[str], work_dir: str, *,
     else:
         canonical = os.path.join(work_dir, "canonical")
         if path:
-            source = {"path": os.path.abspath(path), "files": _fingerprint(path)}
+            source = {"path": os.path.abspath(path), "files": file_fingerprint(path)}
         else:
             from dmgin_tf import __version__
             source = {"embedded_sample": cfg.data.dataset, "package": __version__}
@@ -215,7 +201,7 @@ def prepare_example_dir(cfg: Config, data_path: Optional[str], work_dir: str, *,
     example_dir = os.path.join(work_dir, f"examples_{key}")
     num_groups = cfg.grouping.num_groups if key == "random" else 0
     inputs = {"canonical": {"path": os.path.abspath(canonical),
-                            "files": [_fingerprint(os.path.join(canonical, f))[0]
+                            "files": [file_fingerprint(os.path.join(canonical, f))[0]
                                       for f in CANONICAL_FILES]},
               "data": _example_config(cfg.data),
               "grouping_key": key, "group_table": _table_fingerprint(group_table),

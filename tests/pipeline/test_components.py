@@ -122,3 +122,29 @@ def test_transform_writes_only_what_the_pipeline_reads(tmp_path):
     # No transformed_examples, pre/post_transform_* statistics or updated_analyzer_cache.
     assert sorted(transform.outputs) == ["transform_graph"], sorted(transform.outputs)
 
+
+
+def test_a_span_is_not_silently_rebuilt_from_other_data(tmp_path):
+    """Rerunning a span with other --data used to keep the span's first data (and the
+    cached components trained on it again) without a word."""
+    import shutil
+    import time
+
+    from dmgin_tf.errors import DmginError
+    from tests.pipeline.conftest import tiny_config
+    from tfx_pipeline.runner import SPAN_SOURCE, prepare_span
+    cfg = tiny_config()
+    sample_span = prepare_span(cfg, str(tmp_path / "a"), 0)              # the sample
+    export = tmp_path / "export"
+    shutil.copytree(sample_span, export, ignore=shutil.ignore_patterns(SPAN_SOURCE))
+    root = str(tmp_path / "spans")
+    span = prepare_span(cfg, root, 3, str(export))
+    assert prepare_span(cfg, root, 3, str(export)) == span      # a rerun of the same data
+    assert prepare_span(cfg, root, 3) == span                   # no --data: the span as is
+    with pytest.raises(DmginError, match=r"span 0 already exists .* made from the embedded "
+                                         r"sample; --data .* is other data"):
+        prepare_span(cfg, str(tmp_path / "a"), 0, str(export))
+    time.sleep(0.01)
+    (export / "behaviors.parquet").write_bytes((export / "behaviors.parquet").read_bytes())
+    with pytest.raises(DmginError, match=r"the same path, whose files changed since.*--span 4"):
+        prepare_span(cfg, root, 3, str(export))
