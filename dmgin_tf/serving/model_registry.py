@@ -546,6 +546,12 @@ class ModelRegistry:
         log.info("model %s version %d unloaded", name, version)
 
     # ---- lookups -------------------------------------------------------------------------
+    def known_signature(self, name: str, signature: str) -> bool:
+        """Whether `signature` is a signature of a loaded version of model `name`."""
+        with self._lock:
+            return any(signature in sv.signature_defs
+                       for sv in self._available.get(name, {}).values())
+
     @property
     def model_names(self) -> List[str]:
         return sorted(self._configs)

@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 RETRY_PUSHBACK_MS = 50   # hint sent with UNAVAILABLE "busy" (gRPC's retry pushback key)
+UNKNOWN_LABEL = "unknown"  # metric label of a model / signature name that is not served
 
 
 def _tensor_to_array(name: str, proto) -> np.ndarray:
@@ -295,6 +296,12 @@ class DevServer:
 
     # ---- request execution ---------------------------------------------------------------
     def _count(self, method: str, model: str, signature: str, code: grpc.StatusCode) -> None:
+        # Label values come from the request: names that are not served are counted as
+        # "unknown", or any client could create new time series without bound.
+        if model not in self.registry.model_names:
+            model, signature = UNKNOWN_LABEL, UNKNOWN_LABEL
+        elif signature and not self.registry.known_signature(model, signature):
+            signature = UNKNOWN_LABEL
         self.metrics.requests.labels(method, model, signature, code.name).inc()
 
     def _execute(self, servable: mr.Servable, runner: mr.SignatureRunner,

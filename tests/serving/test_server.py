@@ -1,5 +1,6 @@
 """Dev server, driven only through the official tensorflow-serving-api stubs."""
 import os
+import re
 import threading
 import time
 import urllib.request
@@ -159,6 +160,18 @@ def test_metrics_endpoint_counts_requests(served):
     text = urllib.request.urlopen(url, timeout=10).read().decode()
     assert 'dmgin_serving_requests_total{code="OK",method="Predict",model="standin",signature="predict_raw"}' in text
     assert 'dmgin_serving_model_version_state{model="standin",version="1"} 30.0' in text
+    # Names a client makes up do not become label values (unbounded time series).
+    ok = np.zeros((1, 3), np.float32)
+    for i in range(3):
+        _abort(stub.Predict, _request(signature=f"sig{i}", x=ok))
+        req = _request(x=ok)
+        req.model_spec.name = f"model{i}"
+        _abort(stub.Predict, req)
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    assert "sig0" not in text and "model0" not in text
+    labels = set(re.findall(r'dmgin_serving_requests_total\{code="\w+",method="Predict",'
+                            r'model="(\w+)",signature="(\w+)"\}', text))
+    assert {("standin", "unknown"), ("unknown", "unknown")} <= labels, labels
 
 
 def test_batching_merges_concurrent_requests_and_pads(tmp_path):
