@@ -64,5 +64,14 @@ USER_STATE = "user_state"
 
 # --- reserved ids ---------------------------------------------------------------------------
 PAD_ID = 0   # padding in every id tensor (items, groups, behaviors)
-OOV_ID = 1   # unknown item / group / behavior after vocabulary lookup
-NUM_RESERVED_IDS = 2  # real ids start at 2
+OOV_ID = 1   # unknown item / group after vocabulary lookup
+NUM_RESERVED_IDS = 2  # real item / group ids start at 2
+# Behavior ids have no OOV row: 1..T are the T behavior types, 0 an unknown type (or
+# padding), which the statistics and embeddings ignore.
+
+
+def unknown_id_hint(name: str) -> str:
+    """What to send instead of an id outside the vocabulary, for input `name`."""
+    if name == HIST_BEHAVIOR_ID:
+        return "behavior ids 1..T are real types and have no OOV id: send 0 for an unknown type"
+    return f"send the OOV id {OOV_ID} for an unknown item or group"

@@ -22,6 +22,7 @@ from typing import List, Mapping
 
 import tensorflow as tf
 
+from dmgin_tf.features import unknown_id_hint
 from dmgin_tf.serving.validation import MAX_TIME_S, MS_HINT_MIN, TIME_INPUTS, Contract
 
 
@@ -52,7 +53,7 @@ def contract_checks(inputs: Mapping[str, tf.Tensor], contract: Contract) -> List
             lo, hi, what = ranges[name]
             checks.append(_range_check(
                 x, lo, hi, f"input {name}: ids must be in [{lo}, {hi}] ({what}); "
-                f"out-of-vocabulary ids are refused — send the OOV id 1 for unknown items"))
+                f"out-of-vocabulary ids are refused — {unknown_id_hint(name)}"))
         elif name in TIME_INPUTS and x.dtype.is_integer:
             checks.append(_range_check(
                 x, 0, MAX_TIME_S, f"input {name}: times must be Unix seconds in "

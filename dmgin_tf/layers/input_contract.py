@@ -35,7 +35,7 @@ from keras import ops
 
 from dmgin_tf.features import (CAND_GROUP, CAND_ITEM, HIST_BEHAVIOR_ID, HIST_GROUP, HIST_ITEM,
                                HIST_TIME, HISTORY_INPUT_KEYS, MODEL_INPUT_KEYS, OOV_ID, PAD_ID,
-                               REQUEST_TIME)
+                               REQUEST_TIME, unknown_id_hint)
 
 #: Unix seconds accepted as a time: 1970 .. 2100-01-01 (the serving rule, same bounds).
 MAX_TIME_S = 4_102_444_800
@@ -201,7 +201,7 @@ def check_values(inputs, *, item_vocab_size, group_vocab_size, num_behavior_type
         if bad.any():
             pos, value = _first(a[k], bad)
             hint = (" — padding is 0, not -1" if value == -1 else
-                    f" — map unknown ids to {OOV_ID} (OOV)" if value >= hi else "")
+                    f" — {unknown_id_hint(k)}" if value >= hi else "")
             _fail(k, f"id outside [0, {hi}) ({what}={hi})", f"{value} at {pos}{hint}")
     for k in (HIST_TIME, REQUEST_TIME):
         if k not in a:

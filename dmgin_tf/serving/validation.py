@@ -213,8 +213,8 @@ def check_request(signature: str, inputs: Mapping[str, np.ndarray], contract: Co
             if bad.any():
                 pos, value = _where(v, bad)
                 raise _invalid(f"input {k!r}: id {value} at {pos} is outside [{lo}, {hi}] "
-                               f"({what}); out-of-vocabulary ids are refused — send the OOV "
-                               f"id 1 for unknown items")
+                               f"({what}); out-of-vocabulary ids are refused — "
+                               f"{F.unknown_id_hint(k)}")
         elif k in TIME_INPUTS and v.dtype.kind in "iu":
             check_time(k, v)
         elif v.dtype.kind == "f":

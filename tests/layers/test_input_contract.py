@@ -89,7 +89,8 @@ RULES = {  # rule → (input named, words of the rule)
     "item_above_vocab": ("hist_item", r"outside \[0, 40\).*40 at \[0, 0\].*OOV"),
     "cand_item_above_vocab": ("cand_item", r"outside \[0, 40\).*1000 at \[2\]"),
     "group_above_vocab": ("hist_group", r"outside \[0, 8\)"),
-    "behavior_above_t": ("hist_behavior_id", r"outside \[0, 3\)"),
+    # Behaviors have no OOV id: the hint is 0 (unknown type), not 1 (the first type).
+    "behavior_above_t": ("hist_behavior_id", r"outside \[0, 3\).*send 0 for an unknown type"),
     "negative_id": ("cand_group", r"-5 at \[1\]"),
     "minus_one_padding": ("hist_item", "padding is 0, not -1"),
     "milliseconds": ("hist_time", "looks like milliseconds"),

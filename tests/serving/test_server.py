@@ -303,3 +303,20 @@ def test_serve_sets_tensorflow_thread_pools(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+
+
+def test_out_of_vocabulary_hints_name_the_right_unknown_id():
+    """Items and groups have an OOV id (1); behavior types do not (1 is the first type,
+    0 the unknown one), so each error says what to send instead."""
+    from dmgin_tf import features as F
+    from dmgin_tf.serving.errors import ServingError
+    from dmgin_tf.serving.validation import Contract, check_request
+    contract = Contract(item_vocab_size=10, group_vocab_size=5, num_behavior_types=4)
+    ok = {F.HIST_ITEM: np.array([[2, 3]]), F.HIST_BEHAVIOR_ID: np.array([[1, 2]])}
+    check_request("predict_raw", ok, contract)
+    with pytest.raises(ServingError, match=r"'hist_behavior_id': id 99 .*send 0 for an "
+                                           r"unknown type"):
+        check_request("predict_raw", dict(ok, **{F.HIST_BEHAVIOR_ID: np.array([[1, 99]])}),
+                      contract)
+    with pytest.raises(ServingError, match=r"'hist_item': id 10 .*send the OOV id 1"):
+        check_request("predict_raw", dict(ok, **{F.HIST_ITEM: np.array([[2, 10]])}), contract)
