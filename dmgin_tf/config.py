@@ -385,7 +385,7 @@ class PipelineConfig(ConfigBase):
     SECTION = "pipeline"
     name: str = "dmgin"
     root: str = "runs/pipeline"
-    serving_model_dir: str = "runs/serving/dmgin"
+    serving_dir: str = "runs/serving"   # Pusher base: <serving_dir>/<model name>/<version>/
     min_auc: float = 0.5              # absolute Evaluator threshold
     max_auc_drop: float = 0.0         # vs last blessed model
 

@@ -25,7 +25,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pipeline-root", metavar="DIR", help="artifacts + metadata.sqlite "
                    "(default: pipeline.root)")
     p.add_argument("--serving-dir", metavar="DIR", help="Pusher base path; versions land in "
-                   "<dir>/<model name>/<version>/ (default: runs/serving)")
+                   "<dir>/<model name>/<version>/ (default: pipeline.serving_dir)")
     p.add_argument("--model-name", help="served model name (default: serving.model_name)")
     p.add_argument("--encoder", choices=["auto", "train", "external", "skip"], default="auto",
                    help="MultimodalEncoder mode (auto: skip unless grouping.key=cluster)")
@@ -89,7 +89,7 @@ def _setup(args):
                          "--set grouping.key=category")
     root = args.pipeline_root or cfg.pipeline.root
     data_root = args.data_root or os.path.join(root, "data")
-    serving = args.serving_dir or "runs/serving"
+    serving = args.serving_dir or cfg.pipeline.serving_dir
     kwargs = dict(model_name=args.model_name, encoder=args.encoder,
                   refit_groups=not args.no_refit_groups, enable_cache=not args.no_cache,
                   export_jit_compile=not args.no_xla)

@@ -26,3 +26,16 @@ def test_bad_arguments_stop_before_the_pipeline(tmp_path, capsys, args, words):
     for w in words:
         assert w in err, err
     assert not (tmp_path / "root").exists()
+
+
+def test_the_pusher_base_comes_from_the_config_unless_given(tmp_path):
+    """pipeline.serving_dir is the default of --serving-dir (the config key used to be
+    accepted and ignored)."""
+    from dmgin_tf.cli.main import build_parser
+    from dmgin_tf.cli.pipeline import _setup
+    common = ["pipeline", "run", "--pipeline-root", str(tmp_path / "root")]
+    args = build_parser().parse_args(common + ["--set", "pipeline.serving_dir=/srv/models"])
+    assert _setup(args)[3] == "/srv/models"
+    args = build_parser().parse_args(common + ["--set", "pipeline.serving_dir=/srv/models",
+                                               "--serving-dir", str(tmp_path / "s")])
+    assert _setup(args)[3] == str(tmp_path / "s")
