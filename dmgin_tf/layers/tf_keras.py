@@ -213,8 +213,9 @@ class KerasLayerAdapter(tf_keras.layers.Layer):
         _as_model(self.inner).save_weights(path)
 
     def load_keras3_weights(self, path):
-        """Loads a Keras 3 `.weights.h5` file (TF or JAX backend) into `inner`."""
-        _as_model(self.inner).load_weights(path)
+        """Loads a Keras 3 `.weights.h5` file (TF or JAX backend) into `inner` (built:
+        call the adapter once first; `CheckpointMismatchError` otherwise)."""
+        load_keras3_weights(self.inner, path)
 
     def get_config(self):
         config = super().get_config()
@@ -245,14 +246,34 @@ def _as_model(obj):
     return obj if isinstance(obj, keras.Model) else _Holder(obj)
 
 
+def _built_keras3_layer(layer, action: str):
+    """The Keras 3 layer behind `layer` (an adapter's `.inner`), which must be built:
+    an unbuilt layer has no variables yet, and Keras would load nothing into it (its
+    random initial weights would then be used without a word)."""
+    if isinstance(layer, KerasLayerAdapter):
+        layer = layer.inner
+    if not layer.built:
+        from dmgin_tf.layers.variable_tree import CheckpointMismatchError
+        raise CheckpointMismatchError(
+            f"cannot {action} the weights of {type(layer).__name__} {layer.name!r}: it is not "
+            f"built yet. Call it (or the model that uses it) once on a batch of inputs first")
+    return layer
+
+
 def save_keras3_weights(layer, path):
-    """Saves a (Keras 3) layer's weights as `.weights.h5` — the format all variants load."""
-    _as_model(layer).save_weights(path)
+    """Saves a (Keras 3) layer's weights as `.weights.h5` — the format all variants load.
+    `layer`: a built Keras 3 layer or a tf.keras adapter (its `.inner` is saved)."""
+    _as_model(_built_keras3_layer(layer, "save")).save_weights(path)
 
 
 def load_keras3_weights(layer, path):
-    """Loads a `.weights.h5` written by `save_keras3_weights` (any backend) into `layer`."""
-    _as_model(layer).load_weights(path)
+    """Loads a `.weights.h5` written by `save_keras3_weights` (any backend) into `layer`
+    (a built Keras 3 layer or a tf.keras adapter).
+
+    Raises:
+      CheckpointMismatchError: `layer` is not built (nothing would be loaded).
+    """
+    _as_model(_built_keras3_layer(layer, "load")).load_weights(path)
 
 
 @tf_keras.saving.register_keras_serializable(package="dmgin_tf")

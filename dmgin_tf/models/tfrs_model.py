@@ -17,7 +17,7 @@ import tensorflow_recommenders as tfrs
 import tf_keras
 
 from dmgin_tf.features import LABEL, MODEL_INPUT_KEYS
-from dmgin_tf.layers.tf_keras import KerasLayerAdapter
+from dmgin_tf.layers.tf_keras import KerasLayerAdapter, load_keras3_weights, save_keras3_weights
 from dmgin_tf.models import as_model_config, build_model
 
 
@@ -73,8 +73,9 @@ class TFRSRankingModel(tfrs.Model):
 
     def save_keras3_weights(self, path):
         """Writes the ranker's weights as the Keras 3 `.weights.h5` (loads on TF or JAX)."""
-        self.keras3_model.save_weights(path)
+        save_keras3_weights(self.keras3_model, path)
 
     def load_keras3_weights(self, path):
-        """Loads a Keras 3 `.weights.h5` of a `build_model(model_cfg)` model."""
-        self.keras3_model.load_weights(path)
+        """Loads a Keras 3 `.weights.h5` of a `build_model(model_cfg)` model (call the
+        model once first; `CheckpointMismatchError` otherwise)."""
+        load_keras3_weights(self.keras3_model, path)

@@ -179,6 +179,25 @@ def test_partial_restore_raises(tmp_path):
         tf.train.Checkpoint(encoder=bigger).read(str(tmp_path / "k3"))
 
 
+def test_keras3_weights_need_a_built_layer(tmp_path):
+    """Loading into a layer that was never called loaded nothing (its random initial
+    weights were then used, off by up to 5 from the saved layer, without a word)."""
+    from dmgin_tf.layers.tf_keras import load_keras3_weights, save_keras3_weights
+    x = synthetic_inputs(length=L)
+    source = Keras3Encoder(**KW)
+    want = np.asarray(source(x))
+    path = str(tmp_path / "enc.weights.h5")
+    save_keras3_weights(source, path)
+    adapter = GroupInterestEncoder(**KW)
+    with pytest.raises(CheckpointMismatchError, match="not built yet. Call it"):
+        load_keras3_weights(adapter.inner, path)
+    with pytest.raises(CheckpointMismatchError, match="not built yet"):
+        save_keras3_weights(Keras3Encoder(**KW), path)
+    adapter(x)
+    load_keras3_weights(adapter, path)                        # the adapter itself, built
+    np.testing.assert_allclose(adapter(x).numpy(), want, atol=1e-6)
+
+
 def test_tf_keras_file_of_other_variables_raises():
     """The `.keras` weights store of the adapter is checked like a checkpoint."""
     def encoder(model):
