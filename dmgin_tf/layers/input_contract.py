@@ -99,6 +99,13 @@ def check_structure(inputs, *, keys=MODEL_INPUT_KEYS) -> dict:
         if "int" not in dtype:
             _fail(k, f"must have an integer dtype, got {dtype}",
                   "ids and Unix-second times are integers (cast floats with care)")
+        if getattr(x.shape, "rank", 0) is None:
+            # A trace with a relaxed signature (tf.keras retraces so after a call with
+            # another rank, e.g. [B] then [B, 1] candidates): [B] and [B, N] candidates
+            # take different paths, so the rank must be known when the graph is built.
+            _fail(k, "has an unknown rank in this trace",
+                  "keep one rank per input across calls (e.g. always [B] or always [B, 1] "
+                  "candidates), or trace with a fixed-rank input_signature")
     hist_shape = None
     for k in HISTORY_INPUT_KEYS:
         if k not in keys:

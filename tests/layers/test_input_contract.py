@@ -116,6 +116,18 @@ def test_b1_candidates_are_one_candidate_per_row(encoder):
     np.testing.assert_array_equal(np.asarray(encoder(x1)), flat)
 
 
+def test_an_unknown_rank_in_a_trace_is_named(encoder):
+    """tf.keras retraces with a relaxed (unknown-rank) signature after inputs of two
+    ranks; that used to fail with "Cannot take the length of shape with unknown rank"."""
+    x = _x()
+    spec = {k: tf.TensorSpec(None if k == F.CAND_ITEM else (None,) + v.shape[1:],
+                             tf.as_dtype(v.dtype)) for k, v in x.items()}
+    f = tf.function(lambda d: encoder(d), input_signature=[spec], autograph=False)
+    with pytest.raises(InputContractError, match="'cand_item': has an unknown rank in this "
+                                                 "trace.*keep one rank per input"):
+        f({k: tf.constant(v) for k, v in x.items()})
+
+
 def test_contract_is_checked_when_a_keras_model_is_built():
     import keras
     inputs = {k: keras.Input((12,) if k in F.HISTORY_INPUT_KEYS else (),
