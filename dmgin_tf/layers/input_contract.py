@@ -205,6 +205,8 @@ def check_values(inputs, *, item_vocab_size, group_vocab_size, num_behavior_type
         if k not in a:
             continue
         bad = (a[k] < 0) | (a[k] >= hi)
+        if k in (HIST_GROUP, HIST_BEHAVIOR_ID) and HIST_ITEM in a:
+            bad &= a[HIST_ITEM] != PAD_ID      # empty slots are ignored, whatever they hold
         if bad.any():
             pos, value = _first(a[k], bad)
             hint = (" — padding is 0, not -1" if value == -1 else

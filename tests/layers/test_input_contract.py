@@ -116,6 +116,19 @@ def test_b1_candidates_are_one_candidate_per_row(encoder):
     np.testing.assert_array_equal(np.asarray(encoder(x1)), flat)
 
 
+def test_empty_slots_are_not_checked(encoder):
+    """Where hist_item is 0 the slot is padding: its group, behavior and time are
+    ignored by the model (docs/layers.md), so they are not refused either."""
+    x = _x()
+    want = np.asarray(encoder(x))
+    pad = x[F.HIST_ITEM] == 0
+    assert pad.any()
+    y = dict(x, **{F.HIST_GROUP: np.where(pad, -1, x[F.HIST_GROUP]).astype("int32"),
+                   F.HIST_BEHAVIOR_ID: np.where(pad, 99, x[F.HIST_BEHAVIOR_ID]).astype("int32"),
+                   F.HIST_TIME: np.where(pad, -5, x[F.HIST_TIME])})
+    np.testing.assert_allclose(np.asarray(encoder(y)), want, atol=1e-6)
+
+
 def test_an_unknown_rank_in_a_trace_is_named(encoder):
     """tf.keras retraces with a relaxed (unknown-rank) signature after inputs of two
     ranks; that used to fail with "Cannot take the length of shape with unknown rank"."""
