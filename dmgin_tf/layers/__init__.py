@@ -9,6 +9,7 @@ from dmgin_tf.layers.candidate_match import candidate_item_match
 from dmgin_tf.layers.feature_embedding import FeatureEmbedding, age_seconds, log_time_bucket
 from dmgin_tf.layers.group_statistics import GroupStatistics
 from dmgin_tf.layers.hstu_block import HSTUBlock
+from dmgin_tf.layers.input_contract import InputContractError, validate_inputs
 from dmgin_tf.layers.inter_group_transformer import InterGroupTransformer
 from dmgin_tf.layers.intra_group_transformer import IntraGroupTransformer, masked_mean
 from dmgin_tf.layers.target_attention import TargetAttention

@@ -235,6 +235,26 @@ def check_values(inputs, *, item_vocab_size, group_vocab_size, num_behavior_type
                       "the history holds only events before the request")
 
 
+def validate_inputs(inputs, *, item_vocab_size, group_vocab_size, num_behavior_types) -> None:
+    """The whole contract (table above) on a concrete batch — numpy, eager tensors — at a
+    data boundary, e.g. on a sample of the tf.data pipeline before `fit`, or in a
+    request handler before a compiled model that cannot raise on values.
+
+    Args:
+      inputs: dict of `MODEL_INPUT_KEYS` arrays.
+      item_vocab_size, group_vocab_size, num_behavior_types: the layer's sizes.
+
+    Raises:
+      InputContractError: naming the input, the rule and the first bad value.
+    """
+    inputs = check_structure(inputs)
+    if not all(_is_concrete(inputs[k]) for k in MODEL_INPUT_KEYS):
+        raise InputContractError("validate_inputs needs concrete values (numpy or eager "
+                                 "tensors), not symbolic or traced ones")
+    check_values(inputs, item_vocab_size=item_vocab_size, group_vocab_size=group_vocab_size,
+                 num_behavior_types=num_behavior_types)
+
+
 def _first(values, bad):
     pos = tuple(int(i) for i in np.argwhere(bad)[0])
     return list(pos), values[pos].item()

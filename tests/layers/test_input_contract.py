@@ -116,6 +116,18 @@ def test_b1_candidates_are_one_candidate_per_row(encoder):
     np.testing.assert_array_equal(np.asarray(encoder(x1)), flat)
 
 
+@pytest.mark.parametrize("rule", ["item_above_vocab", "milliseconds", "history_after_request",
+                                  "behavior_above_t", "cand_rank"])
+def test_validate_inputs_checks_the_whole_contract_without_a_layer(rule):
+    from dmgin_tf.layers import validate_inputs
+    sizes = dict(item_vocab_size=KW["item_vocab_size"], group_vocab_size=KW["group_vocab_size"],
+                 num_behavior_types=KW["num_behavior_types"])
+    validate_inputs(_x(), **sizes)
+    name, words = RULES[rule]
+    with pytest.raises(InputContractError, match=f"'{name}'.*{words}|{words}.*'{name}'"):
+        validate_inputs(_broken(rule), **sizes)
+
+
 def test_empty_slots_are_not_checked(encoder):
     """Where hist_item is 0 the slot is padding: its group, behavior and time are
     ignored by the model (docs/layers.md), so they are not refused either."""
