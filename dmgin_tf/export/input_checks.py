@@ -10,7 +10,8 @@ definition) as graph ops that run before the model, outside XLA:
 - ids inside their vocabulary (`Contract.id_ranges`: item, group and behavior ids of
   the history, the candidates and a user state);
 - times (`validation.TIME_INPUTS`) are Unix seconds in `[0, MAX_TIME_S]`;
-- float inputs are finite.
+- float inputs are finite;
+- no history event (a real slot of `hist_time`) after `request_time`.
 
 A request breaking one fails with INVALID_ARGUMENT ("assertion failed: [input
 cand_item: ids must be in [0, 49999] …] [got min] [-5] [max] [12]"). Each rule is one
@@ -22,6 +23,7 @@ from typing import List, Mapping
 
 import tensorflow as tf
 
+from dmgin_tf import features as F
 from dmgin_tf.features import unknown_id_hint
 from dmgin_tf.serving.validation import MAX_TIME_S, MS_HINT_MIN, TIME_INPUTS, Contract
 
@@ -62,4 +64,14 @@ def contract_checks(inputs: Mapping[str, tf.Tensor], contract: Contract) -> List
             checks.append(tf.debugging.Assert(
                 tf.reduce_all(tf.math.is_finite(x)),
                 [f"input {name}: values must be finite; NaN and inf are refused"]))
+    t, rt, item = (inputs.get(k) for k in (F.HIST_TIME, F.REQUEST_TIME, F.HIST_ITEM))
+    if t is not None and rt is not None and item is not None and t.shape.rank == 2:
+        # No history event after the request (real slots only): the serving rule.
+        late = tf.logical_and(tf.not_equal(item, F.PAD_ID),
+                              t > tf.reshape(tf.cast(rt, t.dtype), [-1, 1]))
+        checks.append(tf.debugging.Assert(
+            tf.logical_not(tf.reduce_any(late)),
+            [f"input {F.HIST_TIME}: a history event is after request_time; the history "
+             f"holds only events before the request", "latest event",
+             tf.reduce_max(tf.where(late, t, tf.zeros_like(t)))]))
     return checks

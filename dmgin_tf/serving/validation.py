@@ -18,12 +18,15 @@ allowed:
 - the same id and time rules for a user state's ids and times (`score_cached`);
 - times (`hist_time`, `request_time`, and the tf.Example `timestamp`/`hist_timestamp`)
   are Unix seconds in `[0, MAX_TIME_S]`; a value that only makes sense as milliseconds
-  is named as such;
+  is named as such; no history event is after the request (`hist_time` of a real slot
+  > `request_time`, a tf.Example's `hist_timestamp` > its `timestamp`): the model was
+  trained on histories strictly before each event, so a later one is a clock or unit bug;
 - float inputs are finite (no NaN/inf);
 - `score_cached`: `state_version` is the version's own (`state_version` of the export
   info) — a user state from another model version is refused, never scored;
-- `serving_default`: in every tf.Example the three history lists (`hist_item_id`,
-  `hist_behavior`, `hist_timestamp`) have the same length; float features are finite.
+- `serving_default`: every example parses as a tf.train.Example; in each the three
+  history lists (`hist_item_id`, `hist_behavior`, `hist_timestamp`) have the same length;
+  float features are finite.
 
 The vocabulary sizes and the candidate cap come from the version's
 `assets.extra/dmgin_export.json` (written by `dmgin export`); a SavedModel without it
@@ -221,6 +224,18 @@ def check_request(signature: str, inputs: Mapping[str, np.ndarray], contract: Co
             check_finite(k, v)
         elif k == EXAMPLES and v.dtype.kind in "OSU":
             _check_examples(signature, v)
+    if F.HIST_TIME in inputs and F.REQUEST_TIME in inputs:
+        t = np.asarray(inputs[F.HIST_TIME])
+        rt = np.asarray(inputs[F.REQUEST_TIME]).reshape(-1, 1)
+        real = np.asarray(inputs[F.HIST_ITEM]) != F.PAD_ID if F.HIST_ITEM in inputs \
+            else np.ones(t.shape, bool)
+        if t.ndim == 2 and t.shape[0] == rt.shape[0]:
+            late = real & (t > rt)
+            if late.any():
+                pos, value = _where(t, late)
+                raise _invalid(f"input {F.HIST_TIME!r}: history event at {value} ({pos}) is "
+                               f"after request_time {int(rt[pos[0], 0])}; the history holds "
+                               f"only events before the request (a clock or unit mix-up?)")
 
 
 def _check_examples(signature: str, serialized: np.ndarray) -> None:
@@ -231,8 +246,9 @@ def _check_examples(signature: str, serialized: np.ndarray) -> None:
     for i, raw in enumerate(serialized.reshape(-1)):
         try:
             ex = example_pb2.Example.FromString(bytes(raw))
-        except Exception:  # the signature's parser reports it, naming the input
-            continue
+        except Exception:  # noqa: BLE001 — protobuf's DecodeError and friends
+            raise _invalid(f"input {EXAMPLES!r}: example {i} ({len(bytes(raw))} bytes) is not a "
+                           f"serialized tf.train.Example") from None
         feats = ex.features.feature
         lengths = {}
         for k in EXAMPLE_HISTORY:
@@ -253,6 +269,14 @@ def _check_examples(signature: str, serialized: np.ndarray) -> None:
                     except ServingError as e:
                         raise _invalid(f"input {EXAMPLES!r}: example {i}: feature "
                                        f"{e.message[len('input '):]}") from None
+        if F.TIMESTAMP in feats and F.HIST_TIMESTAMP in feats:
+            now = feats[F.TIMESTAMP].int64_list.value
+            past = feats[F.HIST_TIMESTAMP].int64_list.value
+            late = [t for t in past if now and t > now[0]]
+            if late:
+                raise _invalid(f"input {EXAMPLES!r}: example {i}: {F.HIST_TIMESTAMP!r} holds "
+                               f"{late[0]}, after its {F.TIMESTAMP!r} {now[0]}; the history "
+                               f"holds only events before the request")
         for k, f in feats.items():
             if f.WhichOneof("kind") == "float_list":
                 bad = [x for x in f.float_list.value if not math.isfinite(x)]

@@ -138,6 +138,11 @@ def test_signatures_refuse_values_outside_the_contract(dmgin_export, variant):
         sigs["rank"](**bad_hist, **{k: tf.constant(v) for k, v in cands.items()})
     with pytest.raises(tf.errors.InvalidArgumentError, match="hist_item: ids must be"):
         sigs["user_state"](**bad_hist)
+    # A history event after the request (a clock or unit bug on the client) is refused.
+    late = dict(hist, request_time=tf.constant(np.ones(1, x[F.REQUEST_TIME].dtype)))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="hist_time: a history event is "
+                                                             "after request_time"):
+        sigs["rank"](**late, **{k: tf.constant(v) for k, v in cands.items()})
 
 
 def test_export_info_describes_the_state(dmgin_export):

@@ -114,7 +114,7 @@ def test_bad_input_gets_status_and_server_keeps_serving(served, case):
         req, words = _request(x=np.zeros((3,), np.float32)), ["'x'", "[3]", "[?, 3]"]
     elif case == "malformed_example":
         req, words = _request("serving_default", examples=np.array([b"\xff\x00garbage"], object)), \
-            ["serving_default", "parse"]
+            ["'examples'", "example 0 (9 bytes) is not a serialized tf.train.Example"]
     elif case == "example_missing_feature":
         empty = tf.train.Example().SerializeToString()
         req, words = _request("serving_default", examples=np.array([empty], object)), ["x", "required"]
@@ -320,3 +320,37 @@ def test_out_of_vocabulary_hints_name_the_right_unknown_id():
                       contract)
     with pytest.raises(ServingError, match=r"'hist_item': id 10 .*send the OOV id 1"):
         check_request("predict_raw", dict(ok, **{F.HIST_ITEM: np.array([[2, 10]])}), contract)
+
+
+def test_history_after_the_request_and_unparsable_examples_are_refused():
+    """Both used to pass: a later history event was scored (a clock or unit bug on the
+    client), and garbage bytes failed inside the signature with a raw TF message."""
+    from tensorflow.core.example import example_pb2
+
+    from dmgin_tf import features as F
+    from dmgin_tf.serving.errors import ServingError
+    from dmgin_tf.serving.validation import Contract, check_request
+    contract = Contract()
+    raw = {F.HIST_ITEM: np.array([[5, 6, 0]]), F.HIST_TIME: np.array([[100, 200, 999]]),
+           F.REQUEST_TIME: np.array([200])}
+    check_request("predict_raw", raw, contract)      # equal time and a padded slot: fine
+    with pytest.raises(ServingError, match=r"'hist_time': history event at 300 \(\[0, 1\]\) "
+                                           r"is after request_time 200"):
+        check_request("predict_raw", dict(raw, **{F.HIST_TIME: np.array([[100, 300, 0]])}),
+                      contract)
+
+    def example(now, past):
+        ex = example_pb2.Example()
+        ex.features.feature[F.TIMESTAMP].int64_list.value.append(now)
+        ex.features.feature[F.HIST_TIMESTAMP].int64_list.value.extend(past)
+        return ex.SerializeToString()
+    check_request("serving_default", {"examples": np.array([example(200, [100, 200])],
+                                                            dtype=object)}, contract)
+    with pytest.raises(ServingError, match=r"example 1: 'hist_timestamp' holds 300, after "
+                                           r"its 'timestamp' 200"):
+        check_request("serving_default", {"examples": np.array(
+            [example(200, [100]), example(200, [300])], dtype=object)}, contract)
+    with pytest.raises(ServingError, match=r"example 0 \(9 bytes\) is not a serialized "
+                                           r"tf.train.Example"):
+        check_request("serving_default", {"examples": np.array([b"\xff\x00garbage"],
+                                                               dtype=object)}, contract)
