@@ -11,7 +11,7 @@ pipeline); with no blessed model yet only the absolute threshold applies.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
 import apache_beam as beam
 import numpy as np
@@ -101,6 +101,29 @@ def eval_config(min_auc: float = 0.5, max_auc_drop: float = 0.0,
                                     prediction_key=F.PREDICTION, preprocessing_function_names=[])],
         slicing_specs=[tfma.SlicingSpec()],
         metrics_specs=[tfma.MetricsSpec(metrics=metrics)])
+
+
+def blessing_failures(evaluation_uri: str) -> List[str]:
+    """Why an evaluation was not blessed: one line per failed threshold, e.g.
+    "auc 0.5421, under the threshold 0.6000 (pipeline.min_auc)" or "auc -0.3656 against
+    the last blessed model (allowed drop 0.0200, pipeline.max_auc_drop)"; empty when
+    every threshold held."""
+    result = tfma.load_validation_result(evaluation_uri)
+    out = []
+    for per_slice in result.metric_validations_per_slice:
+        for f in per_slice.failures:
+            name, value = f.metric_key.name, f.metric_value.double_value.value
+            t = f.metric_threshold
+            if t.HasField("change_threshold"):
+                bound = t.change_threshold.absolute.value
+                out.append(f"{name} {value:+.4f} against the last blessed model (allowed "
+                           f"drop {-bound:.4f}, pipeline.max_auc_drop)")
+            elif t.value_threshold.HasField("lower_bound"):
+                out.append(f"{name} {value:.4f}, under the threshold "
+                           f"{t.value_threshold.lower_bound.value:.4f} (pipeline.min_auc)")
+            else:
+                out.append(f"{name} {value:.4f}: {f.message or 'threshold not met'}")
+    return out
 
 
 def read_metrics(evaluation_uri: str) -> Dict[str, float]:

@@ -269,6 +269,7 @@ class RunSummary:
     blessed / pushed: the Evaluator's verdict and whether the Pusher pushed.
     pushed_dir: the version directory pushed by this run (None if not pushed).
     metrics: overall-slice metrics of the newest evaluation (AUC, gauc, logloss, ...).
+    blessing_failures: why the model was not blessed, one line per failed threshold.
     cached: components whose outputs were reused.
     components: {component: {state, seconds, peak_rss_bytes, artifact_bytes}} — wall
       time, peak resident memory (process tree) and bytes of its output artifacts.
@@ -282,6 +283,7 @@ class RunSummary:
     seconds: float
     types: Dict[str, str] = dataclasses.field(default_factory=dict)
     components: Dict[str, dict] = dataclasses.field(default_factory=dict)
+    blessing_failures: List[str] = dataclasses.field(default_factory=list)
 
     def table(self) -> str:
         """The per-component rows as a fixed-width text table."""
@@ -360,11 +362,13 @@ def run_pipeline(cfg: Config, *, data_root: str, span: int, pipeline_root: str,
     outputs = run_outputs(store, pipeline_root, before)
     new = {key: art for key, (_, art) in outputs.items()}
     blessing, pushed = new.get("Evaluator.blessing"), new.get("Pusher.pushed_model")
-    metrics = {}
+    metrics, failures = {}, []
     if "Evaluator.evaluation" in new:
-        from tfx_pipeline.evaluation import read_metrics
+        from tfx_pipeline.evaluation import blessing_failures, read_metrics
         try:
             metrics = read_metrics(new["Evaluator.evaluation"].uri)
+            if blessing is not None and not _prop(blessing, "blessed"):
+                failures = blessing_failures(new["Evaluator.evaluation"].uri)
         except Exception as e:  # noqa: BLE001 - a summary must not fail the run
             echo(f"could not read the evaluation: {e}")
     pushed_flag = bool(_prop(pushed, "pushed")) if pushed is not None else None
@@ -374,7 +378,8 @@ def run_pipeline(cfg: Config, *, data_root: str, span: int, pipeline_root: str,
         blessed=bool(_prop(blessing, "blessed")) if blessing is not None else None,
         pushed=pushed_flag, pushed_dir=pushed_dir or None, metrics=metrics,
         cached=sorted(progress.cached), seconds=seconds,
-        types={k: t for k, (t, _) in outputs.items()}, components=progress.components())
+        types={k: t for k, (t, _) in outputs.items()}, components=progress.components(),
+        blessing_failures=failures)
     for key, art in new.items():
         row = summary.components.setdefault(key.split(".")[0], {})
         row["artifact_bytes"] = row.get("artifact_bytes", 0) + dir_bytes(art.uri)

@@ -110,7 +110,8 @@ def _run(args) -> int:
     if summary.pushed_dir:
         print(f"pushed: {display_path(summary.pushed_dir)}")
     elif summary.blessed is False:
-        print("not blessed: the served model is unchanged", file=sys.stderr)
+        why = "; ".join(summary.blessing_failures) or "see the Evaluator's validation result"
+        print(f"not blessed ({why}): the served model is unchanged", file=sys.stderr)
     return 0
 
 

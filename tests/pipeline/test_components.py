@@ -148,3 +148,27 @@ def test_a_span_is_not_silently_rebuilt_from_other_data(tmp_path):
     (export / "behaviors.parquet").write_bytes((export / "behaviors.parquet").read_bytes())
     with pytest.raises(DmginError, match=r"the same path, whose files changed since.*--span 4"):
         prepare_span(cfg, root, 3, str(export))
+
+
+def test_blessing_failures_name_the_threshold_and_the_setting(tmp_path):
+    """A run that is not blessed says why (it used to say only 'not blessed')."""
+    import tensorflow as tf
+    from tensorflow_model_analysis.proto import validation_result_pb2
+
+    from tfx_pipeline.evaluation import blessing_failures
+    r = validation_result_pb2.ValidationResult(validation_ok=False)
+    per_slice = r.metric_validations_per_slice.add()
+    f = per_slice.failures.add()
+    f.metric_key.name = "auc"
+    f.metric_threshold.value_threshold.lower_bound.value = 0.6
+    f.metric_value.double_value.value = 0.5421
+    f = per_slice.failures.add()
+    f.metric_key.name, f.metric_key.is_diff = "auc", True
+    f.metric_threshold.change_threshold.absolute.value = -0.02
+    f.metric_value.double_value.value = -0.3656
+    with tf.io.TFRecordWriter(str(tmp_path / "validations.tfrecord")) as w:
+        w.write(r.SerializeToString())
+    assert blessing_failures(str(tmp_path)) == [
+        "auc 0.5421, under the threshold 0.6000 (pipeline.min_auc)",
+        "auc -0.3656 against the last blessed model (allowed drop 0.0200, "
+        "pipeline.max_auc_drop)"]

@@ -143,6 +143,8 @@ def test_corrupted_labels_not_blessed(spans, roots):
     before = served_versions(roots["serving_base"])
     s = _run(spans, roots, 2, label_noise=1.0)
     assert s.blessed is False
+    # The summary says which threshold failed (random labels: AUC ~0.5 < min_auc 0.6).
+    assert any("(pipeline.min_auc)" in f for f in s.blessing_failures), s.blessing_failures
     assert not s.pushed
     assert served_versions(roots["serving_base"]) == before
 
