@@ -259,7 +259,7 @@ def time_order(valid, arrays, time, ex):
     next_valid = _shift_left(valid, False)
     in_order = ops.logical_or(ops.logical_not(next_valid), ops.logical_and(
         valid, time <= _shift_left(time, 0)))
-    big = ops.max(time) + 1
+    big = ops.max(time, initial=0) + 1    # initial: an empty batch has no max
 
     def sort_by_time():
         perm = ops.cast(ops.argsort(ops.where(valid, time, big), axis=1), "int32")

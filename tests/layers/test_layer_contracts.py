@@ -155,6 +155,14 @@ def test_encoder_empty_history_is_finite():
     assert np.isfinite(out).all()
 
 
+def test_encoder_empty_batch_gives_an_empty_output():
+    """B = 0 (e.g. the last, empty shard of a request batch) used to fail inside the
+    grouping op with "Cannot compute the max of an empty tensor"."""
+    layer, call, args, _, _ = case_group_interest_encoder()
+    empty = {k: v[:0] for k, v in args[0].items()}
+    assert np.asarray(call(layer, [empty])).shape == (0, layer.output_dim)
+
+
 def _bind(layer, call):
     return lambda *a: call(layer, list(a))
 
