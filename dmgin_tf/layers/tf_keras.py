@@ -314,5 +314,7 @@ class GroupInterestEncoder(KerasLayerAdapter):
         super().build(input_shape)   # KerasLayerAdapter.build tracks the variables
 
     def compute_output_shape(self, input_shape):
-        first = tf.TensorShape(input_shape[_gie.CAND_ITEM])
-        return tf.TensorShape([first[0], self.output_dim])
+        """The Keras 3 layer's rule: `[B]` / `[B, 1]` candidates → `(B, output_dim)`,
+        `[U, N]` → `(U, N, output_dim)`."""
+        shapes = {k: tuple(tf.TensorShape(v).as_list()) for k, v in input_shape.items()}
+        return tf.TensorShape(self.inner.compute_output_shape(shapes))

@@ -105,7 +105,11 @@ def attach_checkpoint_tree(owner, layer, name=TREE_NAME):
     `owner` is any TF trackable (the Keras 3 layer itself or a tf.keras layer wrapping
     it); call once, after `layer` is built. Returns the tree node.
     """
-    node = _make_tree(structural_variables(layer), getattr(layer, "name", "layer"))
+    import tensorflow as tf
+    # Plain Python (it defines classes): when a tf.function builds the layer, AutoGraph
+    # must call it as it is rather than try to convert it (and warn that it could not).
+    make_tree = tf.autograph.experimental.do_not_convert(_make_tree)
+    node = make_tree(structural_variables(layer), getattr(layer, "name", "layer"))
     owner._track_trackable(node, name=name, overwrite=True)
     return node
 

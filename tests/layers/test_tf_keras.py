@@ -48,3 +48,27 @@ def test_tfrs_dmgin_trains_and_weights_round_trip(tmp_path):
     from_h5.load_keras3_weights(str(tmp_path / "m.weights.h5"))
     np.testing.assert_allclose(from_h5(x).numpy(), pred, atol=1e-6)
     np.testing.assert_allclose(np.asarray(from_h5.keras3_model(x)), pred, atol=1e-6)
+
+
+def test_adapter_output_shape_and_no_autograph_warning_when_built_in_a_tf_function(caplog):
+    """The adapter's compute_output_shape follows the Keras 3 layer's for [B, N]
+    candidates (it said (B, D)); building it inside a tf.function (as tfrs.Model.fit
+    does) printed an AutoGraph 'could not transform' warning."""
+    import logging
+
+    from dmgin_tf.layers.tf_keras import GroupInterestEncoder
+    kw = dict(item_vocab_size=40, group_vocab_size=8, num_behavior_types=2, max_groups=3,
+              max_per_group=2, embedding_dim=8)
+    x = synthetic_inputs(length=12)
+    adapter = GroupInterestEncoder(**kw)
+    logging.getLogger("tensorflow").addHandler(caplog.handler)
+    try:
+        out = tf.function(lambda d: adapter(d))({k: tf.constant(v) for k, v in x.items()})
+    finally:
+        logging.getLogger("tensorflow").removeHandler(caplog.handler)
+    assert "could not transform" not in caplog.text
+    shapes = {k: tf.TensorShape((None,) + v.shape[1:]) for k, v in x.items()}
+    assert adapter.compute_output_shape(shapes).as_list() == [None, adapter.output_dim] \
+        == [None, out.shape[-1]]
+    shapes.update({F.CAND_ITEM: tf.TensorShape((None, 5)), F.CAND_GROUP: tf.TensorShape((None, 5))})
+    assert adapter.compute_output_shape(shapes).as_list() == [None, 5, adapter.output_dim]
