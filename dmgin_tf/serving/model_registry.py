@@ -508,6 +508,10 @@ class ModelRegistry:
 
     def _load(self, name: str, version: int, path: str) -> bool:
         self._set_status(name, version, LOADING)
+        # A load with warmup takes from seconds to a minute (XLA compiles each warmup
+        # shape); the other versions keep serving meanwhile, and the log says why it is busy.
+        log.info("model %s version %d: loading from %s%s", name, version, path,
+                 " (then warmup requests)" if self.warmup else "")
         fp = self._seen.get((name, version), (fingerprint(path), 0))[0]
         try:
             servable = Servable(name, version, path, self.max_candidates)

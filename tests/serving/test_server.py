@@ -354,3 +354,20 @@ def test_history_after_the_request_and_unparsable_examples_are_refused():
                                            r"tf.train.Example"):
         check_request("serving_default", {"examples": np.array([b"\xff\x00garbage"],
                                                                dtype=object)}, contract)
+
+
+def test_the_log_says_when_a_version_starts_loading(tmp_path, caplog):
+    """A load with warmup can take a minute; the log used to say only 'available' at
+    the end, so a busy server gave no sign of why."""
+    import logging
+
+    from dmgin_tf.serving.model_registry import ModelRegistry
+    base = str(tmp_path / NAME)
+    save_standin(base, 1)
+    cfg = read_model_server_config(write_models_config(str(tmp_path / "m.config"), NAME, base))
+    with caplog.at_level(logging.INFO, logger="dmgin_tf.serving.model_registry"):
+        ModelRegistry(cfg, settle_s=0).refresh(initial=True)
+    messages = [r.getMessage() for r in caplog.records]
+    loading = [i for i, m in enumerate(messages) if "version 1: loading from" in m]
+    available = [i for i, m in enumerate(messages) if "version 1 available" in m]
+    assert loading and available and loading[0] < available[0], messages
