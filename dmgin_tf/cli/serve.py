@@ -51,7 +51,13 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import logging
+    import os
     from dmgin_tf.errors import DmginError
+    # Files first, before TensorFlow is imported (~10 s): a typo answers at once.
+    for flag in ("model_config_file", "batching_parameters_file", "monitoring_config_file"):
+        value = getattr(args, flag)
+        if value and not os.path.isfile(value):
+            raise DmginError(f"--{flag.replace('_', '-')} {value}: no such file")
     from dmgin_tf.serving.metrics import DEFAULT_PATH
     from dmgin_tf.serving.protos import (read_batching_parameters, read_model_server_config,
                                          read_monitoring_config)

@@ -87,3 +87,17 @@ def test_predict_names_what_is_wrong_with_the_examples_file(tmp_path, capsys, ma
     assert len(err.splitlines()) == 1 and "{{" not in err and "[Op:" not in err, err
     for w in words:
         assert w in err, err
+
+
+def test_serve_names_a_missing_file_before_importing_tensorflow(tmp_path):
+    """A typo in a file flag answered after TensorFlow's ~10 s import; now at once."""
+    import subprocess
+    import sys
+    code = ("import sys\nfrom dmgin_tf.cli.main import main\n"
+            f"rc = main(['serve', '--model-config-file', {str(tmp_path / 'nope.config')!r}])\n"
+            "assert 'tensorflow' not in sys.modules, 'imported TensorFlow first'\n"
+            "sys.exit(rc)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "--model-config-file" in done.stderr and "no such file" in done.stderr
