@@ -1,4 +1,4 @@
-"""Fit loop vs raw steps: where `dmgin train` loses time around the model step.
+r"""Fit loop vs raw steps: where `dmgin train` loses time around the model step.
 
     KERAS_BACKEND=jax python benchmarks/bench_fit_loop.py --data runs/gpu_bundle/data/taobao \
         --history-length 32 --batch-size 256 --steps 40

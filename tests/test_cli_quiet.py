@@ -78,3 +78,25 @@ def test_paths_are_shown_relative_to_the_working_directory(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     assert display_path(str(tmp_path / "runs" / "demo")) == os.path.join("runs", "demo")
     assert display_path("/elsewhere/x") == "/elsewhere/x"
+
+
+def test_help_texts_keep_their_continued_command_lines():
+    """A backslash at a line end in a (non-raw) module docstring joins the two lines, so
+    `dmgin export --help` showed '[--version 3]         [--state-groups ...' as one."""
+    import argparse
+    import re
+
+    from dmgin_tf.cli.main import build_parser
+
+    def parsers(p):
+        yield p
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    yield from parsers(sub)
+    seen = 0
+    for p in parsers(build_parser()):
+        for line in (p.description or "").splitlines():
+            seen += 1
+            assert not re.search(r"\S {8,}[\[-]", line), (p.prog, line)
+    assert seen > 50

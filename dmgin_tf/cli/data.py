@@ -1,4 +1,4 @@
-"""`dmgin data fetch|convert|stats`: public datasets, raw data -> canonical tables, statistics.
+r"""`dmgin data fetch|convert|stats`: public datasets, raw data -> canonical tables, statistics.
 
     dmgin data fetch ml-latest-small --to data/movielens-latest-small [--convert]
     dmgin data convert --dataset taobao --input data/taobao-userbehavior --output runs/data/taobao

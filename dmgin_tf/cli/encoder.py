@@ -1,4 +1,4 @@
-"""`dmgin encoder train|embed|import`: the multimodal item encoder and catalog embedding.
+r"""`dmgin encoder train|embed|import`: the multimodal item encoder and catalog embedding.
 
     dmgin encoder train --items data/items.parquet --output runs/encoder \
         [--epochs 10 --steps 0 --batch-size 256 --from-scratch --eval-fraction 0.2]

@@ -1,4 +1,4 @@
-"""`dmgin export`: a training run directory → TF Serving SavedModels (XLA + non-XLA twin).
+r"""`dmgin export`: a training run directory → TF Serving SavedModels (XLA + non-XLA twin).
 
     dmgin export --model-dir runs/dmgin --output runs/serving/dmgin [--version 3] \
         [--state-groups 128 --state-items 512]

@@ -1,4 +1,4 @@
-"""`dmgin gpu`: an offline training bundle for air-gapped GPU hosts with JAX, and the
+r"""`dmgin gpu`: an offline training bundle for air-gapped GPU hosts with JAX, and the
 JAX -> TensorFlow parity check of its runs (docs/gpu.md).
 
     dmgin gpu bundle --dataset taobao movielens --output runs/gpu_bundle

@@ -1,4 +1,4 @@
-"""`dmgin grouping fit|assign`: item -> interest group for every grouping key.
+r"""`dmgin grouping fit|assign`: item -> interest group for every grouping key.
 
     dmgin grouping fit --items data/items.parquet --embeddings emb/ --key cluster \
         --num-groups 256 --output runs/grouping [--previous runs/grouping-old] \

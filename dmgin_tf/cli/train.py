@@ -1,4 +1,4 @@
-"""`dmgin train`: train one model on one dataset with the TensorFlow or JAX backend.
+r"""`dmgin train`: train one model on one dataset with the TensorFlow or JAX backend.
 
     dmgin train --dataset taobao --model dmgin --backend tensorflow --output runs/dmgin
     dmgin train --dataset movielens --data data/movielens-latest-small \
