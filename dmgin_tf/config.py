@@ -208,7 +208,7 @@ class ModelConfig(ConfigBase):
     model: str = "dmgin"              # dmgin | dgin | din | sim | bst | transformer
     item_vocab_size: int = 0          # filled from the data (ids incl. reserved)
     group_vocab_size: int = 0
-    num_behavior_types: int = 4       # real types (ids 2..T+1 after reserved)
+    num_behavior_types: int = 4       # T: behavior ids 1..T, 0 = unknown type / padding
     history_length: int = 512         # L of the dense model input
     max_groups: int = 64              # G
     max_per_group: int = 16           # M

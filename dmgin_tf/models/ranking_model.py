@@ -13,6 +13,8 @@ from dmgin_tf.features import (CAND_GROUP, CAND_ITEM, CONTEXT_FOLD, HIST_BEHAVIO
                                HIST_ITEM, HIST_TIME, MODEL_INPUT_KEYS, REQUEST_TIME)
 from dmgin_tf.layers.context_statistics import ContextStatistics
 from dmgin_tf.layers.dense import Dense
+from dmgin_tf.layers.input_contract import (InputContractError, check_structure, check_values,
+                                            clamp_ids)
 from dmgin_tf.layers.numeric_encoding import PiecewiseLinearEncoding, quantile_edges
 
 
@@ -266,12 +268,44 @@ class RankingModel(keras.Model):
             self.context.set_tables(item, group)
 
     def call(self, inputs, training=None):
+        if not isinstance(inputs, dict):
+            raise InputContractError(
+                f"{type(self).__name__} takes a dict of inputs keyed by "
+                f"{list(MODEL_INPUT_KEYS)}, got {type(inputs).__name__}")
         missing = [k for k in MODEL_INPUT_KEYS if k not in inputs]
         if missing:
             raise KeyError(f"{type(self).__name__}: missing model input(s) {missing}; "
                            f"expected keys {list(MODEL_INPUT_KEYS)}")
+        inputs = self.checked_inputs(inputs)
         interest = self.interest(inputs, training=training)
         return self.head(self.head_features(interest, inputs), training=training)
+
+    def checked_inputs(self, inputs):
+        """The encoder's input contract for every model, so the baselines take the same
+        inputs the same way (docs/layers.md, "Input contract"): structure on every call
+        (`[B, 1]` candidates read as `[B]`), values when concrete (eager), and in compiled
+        calls out-of-vocabulary ids mapped to OOV alike on every device."""
+        c = self.model_cfg
+        inputs = check_structure(inputs)
+        check_values(inputs, item_vocab_size=c.item_vocab_size,
+                     group_vocab_size=c.group_vocab_size,
+                     num_behavior_types=c.num_behavior_types)
+        inputs = clamp_ids(inputs, item_vocab_size=c.item_vocab_size,
+                           group_vocab_size=c.group_vocab_size)
+        b = ops.convert_to_tensor(inputs[HIST_BEHAVIOR_ID])
+        inputs[HIST_BEHAVIOR_ID] = ops.where((b < 0) | (b > c.num_behavior_types),
+                                             ops.zeros_like(b), b)   # unknown type: 0
+        return inputs
+
+    def export(self, filepath, format="tf_saved_model", verbose=None, input_signature=None,
+               **kwargs):
+        """Keras' `export`, with the model's named integer inputs (`input_specs`) as the
+        default signature: Keras would otherwise guess float32 positional inputs."""
+        if input_signature is None and format == "tf_saved_model":
+            input_signature = [{k: keras.InputSpec(shape=shape, dtype=dtype, name=k)
+                                for k, (shape, dtype) in input_specs(self.model_cfg).items()}]
+        return super().export(filepath, format=format, verbose=verbose,
+                              input_signature=input_signature, **kwargs)
 
     def get_config(self):
         config = super().get_config()

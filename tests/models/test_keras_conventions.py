@@ -62,3 +62,31 @@ def test_keras_file_round_trip(tmp_path):
     loaded = keras.models.load_model(path)
     assert type(loaded) is DMGIN and loaded.model_cfg == model.model_cfg
     np.testing.assert_allclose(np.asarray(loaded(inputs)), out, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_model_takes_the_same_input_contract_and_exports_named_inputs(name, tmp_path):
+    """The baselines used to cast float ids silently, fail with raw gather errors (or
+    score item 1000 as the last item under XLA) and crash on [B, 1] candidates; and
+    `model.export(path)` guessed float32 positional inputs (DMGIN's failed)."""
+    import tensorflow as tf
+
+    from dmgin_tf import features as F
+    from dmgin_tf.layers import InputContractError
+    from dmgin_tf.models import build_model
+    from layers.synthetic import synthetic_inputs
+    model = build_model(ModelConfig(model=name, **dict(SMALL, history_length=12)))
+    x = synthetic_inputs(length=12, item_vocab=30, group_vocab=6, num_types=3)
+    want = np.asarray(model(x))
+    one = {F.CAND_ITEM: x[F.CAND_ITEM][:, None], F.CAND_GROUP: x[F.CAND_GROUP][:, None]}
+    np.testing.assert_allclose(np.asarray(model(dict(x, **one))), want, atol=1e-6)
+    unknown = dict(x, **{F.CAND_ITEM: np.full(4, 1000, "int32")})
+    with pytest.raises(InputContractError, match="'cand_item'.*1000"):
+        model(unknown)
+    oov = dict(x, **{F.CAND_ITEM: np.full(4, 1, "int32")})
+    compiled = tf.function(lambda d: model(d), jit_compile=True)
+    np.testing.assert_allclose(np.asarray(compiled(unknown)), np.asarray(model(oov)), atol=1e-5)
+    model.export(str(tmp_path / "m"), verbose=False)
+    loaded = tf.saved_model.load(str(tmp_path / "m"))
+    served = loaded.serve({k: tf.constant(v) for k, v in x.items()})
+    np.testing.assert_allclose(np.asarray(served).reshape(-1), want.reshape(-1), atol=1e-5)
