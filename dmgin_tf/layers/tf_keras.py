@@ -210,7 +210,7 @@ class KerasLayerAdapter(tf_keras.layers.Layer):
 
     def save_keras3_weights(self, path):
         """Writes `inner`'s weights as a Keras 3 `.weights.h5` file."""
-        _as_model(self.inner).save_weights(path)
+        save_keras3_weights(self.inner, path)
 
     def load_keras3_weights(self, path):
         """Loads a Keras 3 `.weights.h5` file (TF or JAX backend) into `inner` (built:
@@ -253,8 +253,7 @@ def _built_keras3_layer(layer, action: str):
     if isinstance(layer, KerasLayerAdapter):
         layer = layer.inner
     if not layer.built:
-        from dmgin_tf.layers.variable_tree import CheckpointMismatchError
-        raise CheckpointMismatchError(
+        raise variable_tree.CheckpointMismatchError(
             f"cannot {action} the weights of {type(layer).__name__} {layer.name!r}: it is not "
             f"built yet. Call it (or the model that uses it) once on a batch of inputs first")
     return layer

@@ -297,11 +297,13 @@ class DevServer:
     # ---- request execution ---------------------------------------------------------------
     def _count(self, method: str, model: str, signature: str, code: grpc.StatusCode) -> None:
         # Label values come from the request: names that are not served are counted as
-        # "unknown", or any client could create new time series without bound.
-        if model not in self.registry.model_names:
-            model, signature = UNKNOWN_LABEL, UNKNOWN_LABEL
-        elif signature and not self.registry.known_signature(model, signature):
-            signature = UNKNOWN_LABEL
+        # "unknown", or any client could create new time series without bound. A served
+        # request named a served model and signature, so only failures are looked up.
+        if code != grpc.StatusCode.OK:
+            if model not in self.registry.model_names:
+                model, signature = UNKNOWN_LABEL, UNKNOWN_LABEL
+            elif signature and not self.registry.known_signature(model, signature):
+                signature = UNKNOWN_LABEL
         self.metrics.requests.labels(method, model, signature, code.name).inc()
 
     def _execute(self, servable: mr.Servable, runner: mr.SignatureRunner,

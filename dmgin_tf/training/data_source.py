@@ -26,7 +26,7 @@ import dataclasses
 import json
 import os
 import shutil
-from typing import Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 
@@ -129,16 +129,18 @@ def _cache_is_current(path: str, ready: Callable[[str], bool], inputs: dict) -> 
         return False
 
 
-def _build_cache(path: str, inputs: dict, build: Callable[[str], None]) -> None:
+def _build_cache(path: str, inputs: dict, build: Callable[[str], Any]) -> Any:
     """Builds into a sibling folder, records its inputs, then replaces `path`: a failed
-    build leaves no half-written cache that a later run would take for a finished one."""
+    build leaves no half-written cache that a later run would take for a finished one.
+    Returns what `build` returned."""
     tmp = f"{path}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    build(tmp)
+    result = build(tmp)
     with open(os.path.join(tmp, BUILD_RECORD), "w", encoding="utf-8") as f:
         json.dump(inputs, f, indent=1)
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
+    return result
 
 
 def _example_config(data_cfg) -> dict:
@@ -208,11 +210,10 @@ def prepare_example_dir(cfg: Config, data_path: Optional[str], work_dir: str, *,
               "num_groups": num_groups, "grouping_seed": cfg.grouping.seed}
     if not _cache_is_current(example_dir, _is_example_dir, inputs):
         log(f"building examples ({cfg.data.dataset}, grouping {key}) -> {example_dir}")
-        built = {}
-        _build_cache(example_dir, inputs, lambda out: built.update(es=build_from_canonical(
+        es = _build_cache(example_dir, inputs, lambda out: build_from_canonical(
             canonical, out, cfg.data, grouping_key=key, group_table=group_table,
-            num_groups=num_groups, grouping_seed=cfg.grouping.seed, progress=progress)))
-        note = group_table_note(built["es"].metadata)
+            num_groups=num_groups, grouping_seed=cfg.grouping.seed, progress=progress))
+        note = group_table_note(es.metadata)
         if note:
             log(note)
     return example_dir

@@ -145,15 +145,16 @@ def _timestamp(value, unit: str = "s"):
     return check_timestamp(value if isinstance(value, int) else str(value), unit)
 
 
-def _text(value) -> str:
+def _text(value, errors: str = "strict") -> str:
     """A CSV or Parquet field as text. Parquet binary values (Spark writes strings so) are
-    decoded as UTF-8; integral floats (pandas stores integer ids with nulls as float64)
-    read as integers, so id 10 is "10" in both files; NaN reads as empty."""
+    decoded as UTF-8 (`errors`: "strict" for ids, "replace" for free text); integral
+    floats (pandas stores integer ids with nulls as float64) read as integers, so id 10
+    is "10" in both files; NaN reads as empty."""
     if value is None:
         return ""
     if isinstance(value, bytes):
         try:
-            value = value.decode("utf-8")
+            value = value.decode("utf-8", errors)
         except UnicodeDecodeError as e:
             raise DataError(f"binary value is not UTF-8 text ({e.reason} at byte {e.start})") \
                 from None
@@ -302,8 +303,7 @@ def _read_items(path: pathlib.Path, report: ConversionReport, fr: FileReport, sh
         if item in items:
             report.bad(fr, number, "duplicate_item", f"item {item!r} already defined", text)
             continue
-        entry = {c: _text(v.decode("utf-8", "replace") if isinstance(v, bytes) else v)
-                 for c, v in ((c, rec.get(c)) for c in ITEM_TEXT_COLUMNS)}
+        entry = {c: _text(rec.get(c), errors="replace") for c in ITEM_TEXT_COLUMNS}
         entry[IMAGE] = _image(rec.get(IMAGE), path, report, fr, number, text)
         if not entry[TITLE] and not entry[DESCRIPTION]:
             report.flag(fr, number, "missing_item_text", f"item {item!r} has no title or description", text)
