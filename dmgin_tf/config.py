@@ -150,7 +150,7 @@ class DataConfig(ConfigBase):
     seed: int = 0
     max_error_fraction: float = 0.01   # converters fail past this fraction of bad rows
     # dataset=generic only (taobao/movielens have fixed specs, see data/datasets.py):
-    behavior_types: Tuple[str, ...] = ()      # behavior vocabulary; () = sorted set seen in data
+    behavior_types: Tuple[str, ...] = ()      # behavior vocabulary; () = the converted data's (report.json)
     labelled_behaviors: Tuple[str, ...] = ()  # behaviors that become examples; () = all
     positive_behaviors: Tuple[str, ...] = ()  # labelled behaviors with label 1; () = all labelled
     sample_negatives: bool = False            # sample negatives_per_positive items per event

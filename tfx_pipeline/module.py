@@ -286,7 +286,8 @@ def _training_data(fn_args):
                         model_overrides=overrides,
                         info={"source": "tfx", "train_files": list(fn_args.train_files),
                               "train_records": train_es.num_users,
-                              "train_behaviors": int(len(train_es.beh_item))})
+                              "train_behaviors": int(len(train_es.beh_item)),
+                              "behavior_types": behavior_types})
     return cfg, custom, lookups, item_vocab, data, train_split
 
 

@@ -72,6 +72,28 @@ def encoder_mode(cfg: Config, requested: str = "auto") -> str:
     return "external" if cfg.grouping.embedding_source == "external" else "train"
 
 
+def pipeline_behavior_types(cfg: Config, data_root: str, span: int) -> List[str]:
+    """The behavior vocabulary the Trainer and the exported model use (id `i + 1` for
+    entry i): the dataset's, `data.behavior_types`, or for generic data without it, the
+    span's (`dmgin_tf.data.datasets.data_behavior_types`) — what the ExampleBuilder labels
+    the same span with.
+
+    Raises:
+      ConfigError: generic data, no `data.behavior_types`, and no converted span to read
+        them from (e.g. compiling for an orchestrator before the data exists).
+    """
+    from dmgin_tf.data.datasets import data_behavior_types
+    from dmgin_tf.errors import DataError
+    from tfx_pipeline.components.common import span_dir
+    if cfg.data.dataset != "generic" or cfg.data.behavior_types:
+        return list(get_spec(cfg.data.dataset, cfg.data).behavior_types)
+    try:
+        return list(data_behavior_types(span_dir(data_root, span)))
+    except DataError as e:
+        raise ConfigError(f"dataset 'generic' without data.behavior_types: {e} (e.g. --set "
+                          f"data.behavior_types=click,cart,order)") from None
+
+
 def create_pipeline(cfg: Config, *, data_root: str, span: int, pipeline_root: str,
                     serving_base: str, model_name: Optional[str] = None,
                     encoder: str = "auto", refit_groups: bool = True, label_noise: float = 0.0,
@@ -148,8 +170,7 @@ def create_pipeline(cfg: Config, *, data_root: str, span: int, pipeline_root: st
                                                 schema=schema.outputs["schema"])
     gate = ValidationGate(anomalies=validator.outputs["anomalies"])
 
-    behavior_types = list(get_spec(cfg.data.dataset, cfg.data).behavior_types) \
-        if cfg.data.dataset != "generic" else list(cfg.data.behavior_types)
+    behavior_types = pipeline_behavior_types(cfg, data_root, span)
     # Analyze only: the vocabularies; the Trainer reads the user records itself. No
     # statistics (StatisticsGen's of the same records are the pre-transform ones, and
     # nothing is materialised to describe after) and no analyzer cache (nothing feeds it

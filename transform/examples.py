@@ -48,7 +48,7 @@ import apache_beam as beam
 
 from dmgin_tf import features as F
 from dmgin_tf.config import BeamConfig, DataConfig
-from dmgin_tf.data.datasets import DatasetSpec, get_spec
+from dmgin_tf.data.datasets import DatasetSpec, check_converted_as, data_behavior_types, get_spec
 from dmgin_tf.data.examples import (SPLIT_NAMES, ItemUniverse, UserExamples,
                                     build_user_examples)
 from dmgin_tf.data.sequences import record_windows
@@ -350,6 +350,7 @@ def _prepare(data_dir: str, data_cfg: DataConfig, beam_cfg: BeamConfig, splits: 
     for p in (beh_path, items_path):
         if not os.path.exists(p):
             raise DataError(f"{p} not found: convert the raw data first (`dmgin data convert`)")
+    check_converted_as(data_dir, data_cfg.dataset)
     items = pq.read_table(items_path, columns=[F.ITEM_ID, F.CATEGORY]
                           if F.CATEGORY in pq.ParquetFile(items_path).schema_arrow.names
                           else [F.ITEM_ID])
@@ -358,7 +359,8 @@ def _prepare(data_dir: str, data_cfg: DataConfig, beam_cfg: BeamConfig, splits: 
             else [""] * len(item_ids))
     categories = {i: (c or "") for i, c in zip(item_ids, cats)}
     observed = pc.unique(pq.read_table(beh_path, columns=[F.BEHAVIOR]).column(0)).to_pylist()
-    spec = get_spec(data_cfg.dataset, data_cfg, observed_behaviors=observed)
+    spec = get_spec(data_cfg.dataset, data_cfg,
+                    observed_behaviors=data_behavior_types(data_dir, observed))
     spec.require_both_labels()
     if not splits:
         splits = (dask_npartitions(beam_cfg) if beam_cfg.runner == "dask"

@@ -149,8 +149,8 @@ def get_spec(name: str, data_cfg: Optional[DataConfig] = None,
       data_cfg: `DataConfig`; supplies `negatives_per_positive` and, for `generic`, the
         behavior vocabulary (`behavior_types`, `labelled_behaviors`, `positive_behaviors`,
         `sample_negatives`).
-      observed_behaviors: for `generic` without `data.behavior_types`: the behavior strings
-        seen in the data; the vocabulary is their sorted set.
+      observed_behaviors: for `generic` without `data.behavior_types`: the data's
+        behavior vocabulary in id order (`data_behavior_types`); duplicates are dropped.
     """
     cfg = data_cfg or DataConfig()
     if name in ("taobao", "movielens"):
@@ -175,10 +175,68 @@ def get_spec(name: str, data_cfg: Optional[DataConfig] = None,
             if observed_behaviors is None:
                 raise DataError("dataset 'generic': set data.behavior_types or pass the "
                                 "behaviors observed in the data")
-            types = tuple(sorted({str(b) for b in observed_behaviors}))
+            types = tuple(dict.fromkeys(str(b) for b in observed_behaviors))
         labelled = tuple(getattr(cfg, "labelled_behaviors", ()) or ()) or types
         positive = tuple(getattr(cfg, "positive_behaviors", ()) or ()) or labelled
         sample = bool(getattr(cfg, "sample_negatives", False)) and cfg.negatives_per_positive > 0
         return DatasetSpec("generic", types, labelled, positive, sample_negatives=sample,
                            negatives_per_positive=cfg.negatives_per_positive if sample else 0)
     raise DataError(f"unknown dataset {name!r}; known: taobao, movielens, generic")
+
+
+def check_converted_as(data_dir, dataset: str) -> None:
+    """Refuses converted data whose conversion (`report.json`) was for another dataset:
+    each dataset labels its behaviors its own way (docs/data.md), so generic data built
+    as Taobao would train on Taobao's labels without a word.
+
+    Raises:
+      DataError: naming the dataset to pass.
+    """
+    import json
+    import os
+    from dmgin_tf.data.converters.report import REPORT_JSON
+    report = os.path.join(os.fspath(data_dir), REPORT_JSON)
+    try:
+        with open(report, encoding="utf-8") as f:
+            converted_as = json.load(f).get("dataset")
+    except (OSError, ValueError):
+        return      # no report (tables written by hand): nothing to check against
+    if converted_as and converted_as != dataset:
+        raise DataError(f"{data_dir} was converted as dataset {converted_as!r} ({REPORT_JSON}), "
+                        f"this run uses dataset {dataset!r}: pass --dataset {converted_as} (or "
+                        f"--set data.dataset={converted_as})")
+
+
+def data_behavior_types(data_dir, observed: Optional[Iterable[str]] = None) -> Tuple[str, ...]:
+    """The behavior vocabulary of converted generic data, in id order.
+
+    What its conversion recorded (`report.json`: the converter's `--behaviors` in the
+    order given, else the sorted values it found); without a report, the sorted set of
+    `observed` values, or of the `behavior` column of `behaviors.parquet` when `observed`
+    is None. `data.behavior_types` in the config takes precedence over all of these
+    (`get_spec`); set it for retraining, so that ids stay the same when a new span adds
+    a behavior.
+
+    Raises:
+      DataError: `data_dir` holds neither a conversion report nor behaviors.
+    """
+    import json
+    import os
+    from dmgin_tf.data.converters.report import REPORT_JSON
+    from dmgin_tf.data.converters.tables import BEHAVIORS_FILE
+    from dmgin_tf.features import BEHAVIOR
+    report = os.path.join(os.fspath(data_dir), REPORT_JSON)
+    if os.path.exists(report):
+        with open(report, encoding="utf-8") as f:
+            recorded = (json.load(f).get("info") or {}).get("behavior_types")
+        if recorded:
+            return tuple(str(b) for b in recorded)
+    if observed is None:
+        path = os.path.join(os.fspath(data_dir), BEHAVIORS_FILE)
+        if not os.path.exists(path):
+            raise DataError(f"{data_dir}: no {REPORT_JSON} or {BEHAVIORS_FILE} to read the "
+                            f"behavior types from; set data.behavior_types")
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+        observed = pc.unique(pq.read_table(path, columns=[BEHAVIOR]).column(0)).to_pylist()
+    return tuple(sorted({str(b) for b in observed}))

@@ -535,16 +535,18 @@ def build_from_canonical(data_dir: Union[str, os.PathLike], output_dir: Union[st
     """
     import pandas as pd
     from dmgin_tf.data.converters.tables import BEHAVIORS_FILE, ITEMS_FILE
-    from dmgin_tf.data.datasets import get_spec
+    from dmgin_tf.data.datasets import check_converted_as, data_behavior_types, get_spec
     cfg = data_cfg or DataConfig()
     data_dir = os.fspath(data_dir)
     paths = {name: os.path.join(data_dir, name) for name in (BEHAVIORS_FILE, ITEMS_FILE)}
     for p in paths.values():
         if not os.path.exists(p):
             raise DataError(f"{p} not found: convert the raw data first (`dmgin data convert`)")
+    check_converted_as(data_dir, cfg.dataset)
     behaviors = pd.read_parquet(paths[BEHAVIORS_FILE], columns=[USER_ID, ITEM_ID, BEHAVIOR, TIMESTAMP])
     items = pd.read_parquet(paths[ITEMS_FILE])
-    spec = get_spec(cfg.dataset, cfg, observed_behaviors=behaviors[BEHAVIOR].unique())
+    spec = get_spec(cfg.dataset, cfg, observed_behaviors=data_behavior_types(
+        data_dir, behaviors[BEHAVIOR].unique()))
     spec.require_both_labels()
     index = ItemIndex.build(items, grouping_key, num_groups=num_groups, seed=grouping_seed,
                             group_table=group_table)

@@ -139,6 +139,11 @@ class ItemIndex:
             cats = items[CATEGORY].fillna("").astype(str).str.strip().to_numpy(dtype=object)
             known = cats != ""
             vocab_cats = np.unique(cats[known].astype(str))
+            if n and not len(vocab_cats):
+                raise DataError(f"grouping key 'category': none of the {n:,} items has a "
+                                f"category (the items table's {CATEGORY!r} column is empty), so "
+                                f"every item would share one group; group by another key "
+                                f"(item_id, or cluster with item text) or give items a category")
             codes = np.searchsorted(vocab_cats, cats[known].astype(str))
             g = np.full(n, OOV_ID, dtype=np.int64)
             g[known] = codes + NUM_RESERVED_IDS

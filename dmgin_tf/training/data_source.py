@@ -32,7 +32,7 @@ import numpy as np
 
 from dmgin_tf.config import Config
 from dmgin_tf.errors import DataError
-from dmgin_tf.features import MODEL_INPUT_KEYS
+from dmgin_tf.features import CATEGORY, MODEL_INPUT_KEYS
 from dmgin_tf.provenance import file_fingerprint
 
 EXAMPLES_FILE = "examples.npz"
@@ -95,12 +95,25 @@ def regroup(example_set, item_index):
         metadata=meta)
 
 
-def effective_grouping_key(cfg: Config, group_table) -> str:
-    """`grouping.key`, with `cluster` falling back to `category` when no table is given."""
+def effective_grouping_key(cfg: Config, group_table, canonical: Optional[str] = None) -> str:
+    """`grouping.key`, with `cluster` falling back to `category` when no table is given —
+    or to `item_id` when the converted data in `canonical` has no item categories (one
+    group for the whole catalog would give the group features nothing to tell apart)."""
     key = cfg.grouping.key
     if key == "cluster" and not group_table and not cfg.grouping.external_embeddings:
-        return "category"
+        return "category" if canonical is None or _has_categories(canonical) else "item_id"
     return key
+
+
+def _has_categories(canonical: str) -> bool:
+    """Whether any item of the converted data in `canonical` has a category."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    path = os.path.join(canonical, CANONICAL_FILES[1])
+    if CATEGORY not in pq.ParquetFile(path).schema_arrow.names:
+        return False
+    cats = pc.utf8_trim_whitespace(pq.read_table(path, columns=[CATEGORY]).column(0).cast("string"))
+    return bool(pc.any(pc.greater(pc.utf8_length(pc.fill_null(cats, "")), 0)).as_py())
 
 
 def _is_example_dir(path: str) -> bool:
@@ -196,10 +209,11 @@ def prepare_example_dir(cfg: Config, data_path: Optional[str], work_dir: str, *,
                 f"-> {canonical}")
             _build_cache(canonical, inputs, lambda out: convert(
                 cfg.data.dataset, path, out, cfg.data, show_progress=progress))
-    key = effective_grouping_key(cfg, group_table)
+    key = effective_grouping_key(cfg, group_table, canonical)
     if key != cfg.grouping.key:
         log(f"note: grouping.key={cfg.grouping.key} needs an item -> group table "
-            f"(--group-table, from `dmgin grouping`); using {key!r} instead")
+            f"(--group-table, from `dmgin grouping`); using {key!r} instead"
+            + (" (the items have no category)" if key == "item_id" else ""))
     example_dir = os.path.join(work_dir, f"examples_{key}")
     num_groups = cfg.grouping.num_groups if key == "random" else 0
     inputs = {"canonical": {"path": os.path.abspath(canonical),
@@ -242,7 +256,8 @@ def training_data_from_example_set(example_set, history_length: int,
     facts = {"dataset": meta.get("spec", {}).get("name"), "source": meta.get("source"),
              "example_dir": source_dir, "grouping_key": meta.get("grouping_key"),
              "history_length": int(history_length), "counts": meta.get("counts"),
-             "max_history": meta.get("max_history")}
+             "max_history": meta.get("max_history"),
+             "behavior_types": meta.get("spec", {}).get("behavior_types")}
     facts.update(info or {})
     return TrainingData(
         train=ExampleSetSplit(example_set, "train", history_length),

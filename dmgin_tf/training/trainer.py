@@ -98,7 +98,13 @@ class TrainResult:
 
 def resolve_config(cfg: Config, data: TrainingData) -> Config:
     """Fills model fields the data decides: vocabulary sizes (when 0 in the config) and the
-    number of behavior types (always the dataset's)."""
+    number of behavior types (always the dataset's); for generic data without
+    `data.behavior_types`, the vocabulary the examples were built with, so the run's
+    config.json says what behavior id i means (export and serving need it)."""
+    data_cfg = cfg.data
+    types = data.info.get("behavior_types")
+    if cfg.data.dataset == "generic" and not cfg.data.behavior_types and types:
+        data_cfg = cfg.data.replace(behavior_types=tuple(str(t) for t in types))
     changes = {}
     for field in ("item_vocab_size", "group_vocab_size"):
         if field in data.model_overrides and not getattr(cfg.model, field):
@@ -106,7 +112,7 @@ def resolve_config(cfg: Config, data: TrainingData) -> Config:
     if "num_behavior_types" in data.model_overrides:
         changes["num_behavior_types"] = int(data.model_overrides["num_behavior_types"])
     model_cfg = cfg.model.replace(**changes) if changes else cfg.model
-    return dataclasses.replace(cfg, model=model_cfg)
+    return dataclasses.replace(cfg, model=model_cfg, data=data_cfg)
 
 
 def default_model_fn(model_cfg):

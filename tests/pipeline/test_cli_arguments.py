@@ -39,3 +39,25 @@ def test_the_pusher_base_comes_from_the_config_unless_given(tmp_path):
     args = build_parser().parse_args(common + ["--set", "pipeline.serving_dir=/srv/models",
                                                "--serving-dir", str(tmp_path / "s")])
     assert _setup(args)[3] == str(tmp_path / "s")
+
+
+def test_generic_data_gives_the_trainer_its_behavior_types(tmp_path):
+    """`dmgin pipeline run --dataset generic` without data.behavior_types handed the
+    Trainer an empty vocabulary ("model.num_behavior_types=0") after every other
+    component had run; the span's converted vocabulary is what the ExampleBuilder used."""
+    from dmgin_tf.config import Config, ConfigError
+    from dmgin_tf.data.converters import convert
+    from tfx_pipeline.components.common import span_dir
+    from tfx_pipeline.pipeline import pipeline_behavior_types
+    raw = tmp_path / "b.csv"
+    raw.write_text("user_id,item_id,behavior,timestamp\nu1,i1,view,1600000000\n"
+                   "u1,i2,buy,1600000010\n")
+    cfg = Config.from_dict({"data": {"dataset": "generic", "positive_behaviors": ["buy"]}})
+    root = tmp_path / "data"
+    with pytest.raises(ConfigError, match=r"data.behavior_types.*span-3"):
+        pipeline_behavior_types(cfg, str(root), 3)
+    convert("generic", str(raw), span_dir(str(root), 3), cfg.data, show_progress=False)
+    assert pipeline_behavior_types(cfg, str(root), 3) == ["buy", "view"]
+    given = cfg.apply_overrides({"data.behavior_types": ["view", "cart", "buy"]})
+    assert pipeline_behavior_types(given, str(root), 3) == ["view", "cart", "buy"]
+    assert pipeline_behavior_types(Config(), str(root), 3) == ["pv", "cart", "fav", "buy"]
