@@ -85,3 +85,21 @@ def beam_overrides(args: argparse.Namespace) -> dict:
         "beam.dask_local_workers": getattr(args, "dask_local_workers", None),
         "beam.extra_args": getattr(args, "beam_extra_args", None),
     }
+
+
+def read_items_table(path: str, flag: str = "--items"):
+    """The catalog a command was given: `items.parquet`, or a `dmgin data convert` output
+    directory holding it. Raises DataError naming `flag` for anything else (a CSV, a
+    folder without the catalog), instead of a Parquet reader's error."""
+    import pandas as pd
+    from dmgin_tf.errors import DataError
+    if os.path.isdir(path) and os.path.exists(os.path.join(path, "items.parquet")):
+        path = os.path.join(path, "items.parquet")
+    if not os.path.exists(path):
+        raise DataError(f"{flag} {path}: no such file or directory")
+    try:
+        return pd.read_parquet(path)
+    except (ValueError, OSError) as e:      # pyarrow's ArrowInvalid is a ValueError
+        raise DataError(f"{flag} {path}: not a readable Parquet catalog ({type(e).__name__}); "
+                        f"pass the items.parquet of `dmgin data convert` (or its output "
+                        f"directory); CSV catalogs are converted first") from None

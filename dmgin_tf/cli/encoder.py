@@ -16,7 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from dmgin_tf.cli.common import add_beam_args, add_config_args, beam_overrides, config_from_args
+from dmgin_tf.cli.common import (add_beam_args, add_config_args, beam_overrides, config_from_args,
+                                 read_items_table)
 
 
 def register(subparsers) -> None:
@@ -82,14 +83,12 @@ def encoder_config_from_args(args: argparse.Namespace):
 
 
 def _train(args: argparse.Namespace) -> int:
-    import pandas as pd
-
     from transform.encoder.io import save_encoder
     from transform.encoder.retrieval import split_items, view_recall
     from transform.encoder.train import train_encoder
 
     config = encoder_config_from_args(args)
-    items = pd.read_parquet(args.items)
+    items = read_items_table(args.items)
     held = None
     if args.eval_fraction > 0:
         items, held = split_items(items, args.eval_fraction, config.seed)

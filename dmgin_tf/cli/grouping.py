@@ -16,7 +16,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from dmgin_tf.cli.common import add_beam_args, add_config_args, beam_overrides, config_from_args
+from dmgin_tf.cli.common import (add_beam_args, add_config_args, beam_overrides, config_from_args,
+                                 read_items_table)
 
 
 def register(subparsers) -> None:
@@ -58,7 +59,10 @@ def _fit(args: argparse.Namespace) -> int:
                                   "grouping.num_groups": args.num_groups,
                                   "grouping.kmeans_iterations": args.iterations})
     g = cfg.grouping
-    items = pd.read_parquet(args.items)
+    items = read_items_table(args.items)
+    previous = kmeans.load_centroids(args.previous) if g.key == "cluster" and args.previous \
+        else None
+    _remove_previous_grouping(args.output)
     os.makedirs(args.output, exist_ok=True)
     facts = {"key": g.key}
     if g.key == "cluster":
@@ -67,7 +71,6 @@ def _fit(args: argparse.Namespace) -> int:
             raise DataError("grouping key 'cluster' needs --embeddings (or grouping.external_embeddings)")
         from transform.embedding import embeddings_table_path
         emb = embeddings_table_path(emb)      # `dmgin encoder embed --output` dir works too
-        previous = kmeans.load_centroids(args.previous) if args.previous else None
         res = kmeans.fit_kmeans(emb, g, cfg.beam, args.output, previous_centroids=previous)
         index = ItemIndex.build(items, "table", num_groups=len(res.centroids),
                                 group_table=os.path.join(args.output, kmeans.GROUPS_DIR))
@@ -87,6 +90,22 @@ def _fit(args: argparse.Namespace) -> int:
     print(f"grouping ({g.key}): {index.num_items} items, group vocabulary "
           f"{index.group_vocab_size}; report {path}")
     return 0
+
+
+def _remove_previous_grouping(output: str) -> None:
+    """Removes what an earlier `grouping fit` wrote into `output` (other files stay): a
+    refit with another key would otherwise leave the old k-means table beside the new
+    index, and `--group-table output` would read the old groups."""
+    import shutil
+    from dmgin_tf.data.item_index import FILE_NAME
+    from transform.grouping import kmeans, report
+    if not os.path.isdir(output):
+        return
+    for name in (FILE_NAME, kmeans.CENTROIDS_FILE, kmeans.META_FILE, report.REPORT_MD,
+                 report.SIZES_PNG):
+        if os.path.isfile(os.path.join(output, name)):
+            os.remove(os.path.join(output, name))
+    shutil.rmtree(os.path.join(output, kmeans.GROUPS_DIR), ignore_errors=True)
 
 
 def _assign(args: argparse.Namespace) -> int:

@@ -38,6 +38,7 @@ ITEM_IDX = "item_idx"    # column of item_index.parquet
 GROUPING_KEYS = ("item_id", "category", "random", "table", "cluster")
 _META_KEY = b"dmgin_item_index"
 FILE_NAME = "item_index.parquet"
+KMEANS_GROUPS_DIR = "item_groups"   # the item -> group table `dmgin grouping fit --key cluster` writes
 
 
 def stable_hash64(text: str) -> int:
@@ -230,6 +231,35 @@ class ItemIndex:
                 f"group_vocab_size={self.group_vocab_size})")
 
 
+def _group_table_file(name: str) -> str:
+    """The table file of a `--group-table` argument: a file as given, or inside a
+    `dmgin grouping fit` output directory its k-means table (`item_groups/`) or its
+    `item_index.parquet`."""
+    if not os.path.exists(name):
+        raise DataError(f"group table {name} does not exist")
+    if not os.path.isdir(name):
+        return name
+    for inner in (KMEANS_GROUPS_DIR, FILE_NAME):
+        if os.path.exists(os.path.join(name, inner)):
+            return os.path.join(name, inner)
+    if any(f.endswith(".parquet") for f in os.listdir(name)):
+        return name     # a directory of Parquet parts (item_id, group_id)
+    raise DataError(f"group table {name} is a directory without {KMEANS_GROUPS_DIR}/, "
+                    f"{FILE_NAME} or Parquet files; pass a `dmgin grouping fit` output "
+                    f"directory or an item_id,group_id table")
+
+
+def _is_item_index(name: str) -> bool:
+    """Whether `name` is an `item_index.parquet` (model group ids, not table ids)."""
+    if os.path.isdir(name) or not name.endswith(".parquet"):
+        return False
+    import pyarrow.parquet as pq
+    try:
+        return _META_KEY in (pq.read_schema(name).metadata or {})
+    except (OSError, ValueError):
+        return False        # not readable as Parquet: the reader below says so
+
+
 def _read_group_table(src) -> pd.DataFrame:
     """Reads and validates an item -> group table (DataFrame, Parquet or CSV path)."""
     import pandas as pd
@@ -242,9 +272,14 @@ def _read_group_table(src) -> pd.DataFrame:
     if isinstance(src, pd.DataFrame):
         df = src
     else:
-        name = os.fspath(src)
-        if not os.path.exists(name):
-            raise DataError(f"group table {name} does not exist")
+        name = _group_table_file(os.fspath(src))
+        if _is_item_index(name):
+            # model ids (0 pad, 1 unknown, 2.. groups) -> the table's groups 0..K-1
+            index = ItemIndex.load(name)
+            groups = index.group_of_idx[NUM_RESERVED_IDS:]
+            keep = groups >= NUM_RESERVED_IDS
+            return pd.DataFrame({ITEM_ID: index.item_ids[keep].astype(str),
+                                 GROUP_ID: groups[keep].astype(np.int64) - NUM_RESERVED_IDS})
         try:
             if name.endswith((".csv", ".tsv")):
                 df = pd.read_csv(name, dtype={ITEM_ID: str}, sep="\t" if name.endswith(".tsv") else ",")

@@ -45,6 +45,7 @@ import numpy as np
 import apache_beam as beam
 
 from dmgin_tf.config import BeamConfig, GroupingConfig
+from dmgin_tf.data.item_index import KMEANS_GROUPS_DIR
 from dmgin_tf.errors import DataError, DmginError
 from dmgin_tf.features import ITEM_ID
 from transform import beam_io
@@ -53,7 +54,7 @@ from transform.beam_runner import beam_pipeline, dask_npartitions
 EMBEDDING = "embedding"   # column of the item embedding table
 GROUP_ID = "group_id"     # column of the item -> group table (same name as item_index.py)
 CENTROIDS_FILE = "centroids.npy"
-GROUPS_DIR = "item_groups"
+GROUPS_DIR = KMEANS_GROUPS_DIR
 META_FILE = "kmeans.json"
 
 

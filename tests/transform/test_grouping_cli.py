@@ -1,0 +1,57 @@
+"""`dmgin grouping fit` outputs as `--group-table` inputs: a refit replaces the earlier
+grouping (no stale k-means table left beside the new index), a grouping directory or its
+`item_index.parquet` give the groups they describe, and a catalog that is not Parquet is
+refused naming the flag."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from dmgin_tf.cli.main import main
+from dmgin_tf.data.item_index import ItemIndex
+
+IDS = [f"i{k}" for k in range(8)]
+
+
+def _catalog(tmp_path):
+    items = pd.DataFrame({"item_id": IDS, "category": ["a", "a", "b", "b", "c", "c", "d", "d"]})
+    items.to_parquet(tmp_path / "items.parquet")
+    rng = np.random.default_rng(0)
+    pd.DataFrame({"item_id": IDS, "embedding": list(rng.normal(size=(8, 4)).astype(np.float32))}
+                 ).to_parquet(tmp_path / "emb.parquet")
+    return items
+
+
+def test_a_refit_with_another_key_replaces_the_earlier_grouping(tmp_path, capsys):
+    items = _catalog(tmp_path)
+    out = tmp_path / "groups"
+    assert main(["grouping", "fit", "--items", str(tmp_path / "items.parquet"), "--embeddings",
+                 str(tmp_path / "emb.parquet"), "--key", "cluster", "--num-groups", "2",
+                 "--output", str(out)]) == 0
+    assert (out / "item_groups").is_dir() and (out / "centroids.npy").exists()
+    (out / "notes.txt").write_text("mine")
+    # The same folder refit by category: the k-means files go, the user's file stays.
+    assert main(["grouping", "fit", "--items", str(tmp_path), "--key", "category",
+                 "--output", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["group_sizes.png", "item_index.parquet",
+                                                       "notes.txt", "report.md"]
+    category = ItemIndex.build(items, "category")
+    # The folder, and its index file, as a group table: the category groups (4), not the
+    # two earlier clusters and not shifted by the index's reserved ids.
+    for table in (out, out / "item_index.parquet"):
+        idx = ItemIndex.build(items, "table", group_table=table)
+        np.testing.assert_array_equal(idx.group_of_idx, category.group_of_idx)
+        assert idx.group_vocab_size == category.group_vocab_size == 6, table
+    capsys.readouterr()
+
+
+def test_a_catalog_that_is_not_parquet_is_refused_naming_the_flag(tmp_path, capsys):
+    (tmp_path / "items.csv").write_text("item_id,category\ni0,a\n")
+    assert main(["grouping", "fit", "--items", str(tmp_path / "items.csv"), "--key", "category",
+                 "--output", str(tmp_path / "g")]) == 2
+    err = capsys.readouterr().err
+    assert "--items " + str(tmp_path / "items.csv") in err and "not a readable Parquet" in err
+    assert "Traceback" not in err and "ArrowInvalid:" not in err
+    assert main(["grouping", "fit", "--items", str(tmp_path / "none"), "--key", "category",
+                 "--output", str(tmp_path / "g")]) == 2
+    assert "no such file or directory" in capsys.readouterr().err
