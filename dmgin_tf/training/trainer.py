@@ -288,6 +288,11 @@ def train(cfg: Config, data: TrainingData, output_dir: str, *,
     with open(os.path.join(output_dir, METRICS_FILE), "w", encoding="utf-8") as f:
         json.dump(metrics, f, indent=1, sort_keys=True, default=str)
     if verbose:
+        if not len(data.test) and data.info.get("source") != "tfx":   # TFX: the Evaluator tests
+            print(f"note: no test examples, so no test metrics: a user's last labelled events "
+                  f"become test examples only when the user has at least "
+                  f"data.min_events_for_test = {cfg.data.min_events_for_test} labelled events "
+                  f"(docs/data.md)", flush=True)
         for name in ("val", "test"):
             m = metrics.get(name)
             if m:

@@ -194,6 +194,21 @@ def test_undefined_validation_metric_falls_back_and_is_named(tmp_path, capsys):
     assert evaluation.undefined_reason("auc", [], None) == "no examples"
 
 
+def test_no_test_examples_is_said_with_the_rule_that_made_it(tmp_path, capsys):
+    """Data whose users all have fewer than data.min_events_for_test labelled events has
+    no test split: the run said nothing and metrics.json's test was null."""
+    from dmgin_tf.training.trainer import train
+    data = tiny_data(n_train=128, n_test=0)
+    result = train(tiny_config(), data, str(tmp_path / "r"), model_fn=tiny_model_fn, verbose=1)
+    out = capsys.readouterr().out
+    assert result.metrics["test"] is None
+    assert "note: no test examples, so no test metrics" in out
+    assert "data.min_events_for_test = 5 labelled events" in out
+    train(tiny_config(), tiny_data(n_train=128), str(tmp_path / "s"), model_fn=tiny_model_fn,
+          verbose=1)
+    assert "no test examples" not in capsys.readouterr().out
+
+
 def test_fit_asks_for_training_batches_in_order_and_reads_ahead_boundedly(tmp_path, monkeypatch):
     """The sequence shuffles itself (seeded); Keras must not reorder its batches, or the
     read-ahead misses and built batches pile up (memory growing with the epoch)."""
