@@ -146,7 +146,9 @@ def _build_cache(path: str, inputs: dict, build: Callable[[str], Any]) -> Any:
     """Builds into a sibling folder, records its inputs, then replaces `path`: a failed
     build leaves no half-written cache that a later run would take for a finished one.
     Returns what `build` returned."""
-    tmp = f"{path}.partial-{os.getpid()}"
+    # One fixed name: a failed build's leftovers (a converter's `.failed` report beside
+    # it) are replaced by the next attempt instead of piling up per process.
+    tmp = f"{path}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     result = build(tmp)
     with open(os.path.join(tmp, BUILD_RECORD), "w", encoding="utf-8") as f:

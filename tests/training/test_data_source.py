@@ -56,3 +56,17 @@ def test_an_example_dir_given_as_data_is_used_as_built_with_a_note(tmp_path):
     log.clear()
     _prepare(cfg, tmp_path / "x", log, data=built)
     assert log == []
+
+
+def test_failed_conversions_leave_one_report_not_one_per_attempt(tmp_path):
+    """Raw millisecond logs given to `dmgin train`: each failed attempt left its own
+    `canonical.partial-<pid>.failed/` behind, and the hint named a flag train lacks."""
+    import pytest
+    from dmgin_tf.errors import DataError
+    raw = tmp_path / "ms.csv"
+    raw.write_text("user_id,item_id,behavior,timestamp\nu1,i1,pv,1511544070000\n")
+    cfg = Config.from_dict({"data": {"dataset": "generic", "positive_behaviors": ["buy"]}})
+    for _ in range(2):
+        with pytest.raises(DataError, match="dmgin data convert --timestamp-unit ms"):
+            _prepare(cfg, tmp_path / "w", [], data=str(raw))
+    assert sorted(os.listdir(tmp_path / "w")) == ["canonical.partial.failed"]

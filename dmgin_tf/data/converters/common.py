@@ -155,7 +155,9 @@ def publish(tmp: pathlib.Path, output_dir, report: ConversionReport) -> Conversi
                 raise DataError(f"{fr.path}: no data rows (empty input file)")
         if not report.info.get("behaviors"):
             raise DataError(f"no behaviors converted from "
-                            f"{', '.join(fr.path for fr in report.files.values())}")
+                            f"{', '.join(fr.path for fr in report.files.values())}"
+                            + "".join(report.first_bad(fr) for fr in report.files.values()
+                                      if fr.role == "behaviors"))
     except DataError as e:
         _fail(report, out, e)
     report.write(tmp)

@@ -164,7 +164,7 @@ def check_timestamp(value, unit: str = "s") -> Tuple[Optional[int], Optional[Tup
     if seconds > MAX_TIMESTAMP_S:
         if unit == "s" and MS_LIKELY <= ts <= MAX_TIMESTAMP_S * 1000:
             why = ("looks like milliseconds; the format wants Unix seconds (convert "
-                   "millisecond logs with --timestamp-unit ms)")
+                   "millisecond logs with `dmgin data convert --timestamp-unit ms`)")
         else:
             why = "is after 2100-01-01 (Unix seconds expected)"
         return None, ("timestamp_out_of_range", f"timestamp {ts} {why}")

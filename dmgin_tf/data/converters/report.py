@@ -126,7 +126,17 @@ class ConversionReport:
                 raise DataError(
                     f"{fr.path}: {fr.rows_bad} of {fr.rows_read} rows are bad "
                     f"({fr.bad_fraction:.2%} > max_error_fraction {self.max_error_fraction:.2%}; "
-                    f"{top}){where}")
+                    f"{top}){self.first_bad(fr)}{where}")
+
+    def first_bad(self, fr: FileReport) -> str:
+        """`; e.g. <file:line>: <why>` for the most common reason `fr`'s rows were dropped
+        (what the user fixes first), or "" when none was."""
+        if not fr.bad:
+            return ""
+        reason = fr.bad.most_common(1)[0][0]
+        sample = next((x for x in self.samples if x["kind"] == "bad" and x["reason"] == reason
+                       and x["where"].startswith(fr.path)), None)
+        return f"; e.g. {sample['where']}: {sample['detail'] or reason}" if sample else ""
 
     def to_dict(self) -> dict:
         return {"dataset": self.dataset, "max_error_fraction": self.max_error_fraction,
