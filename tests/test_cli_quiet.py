@@ -15,6 +15,8 @@ print("TF_CPP_MIN_LOG_LEVEL=" + os.environ.get("TF_CPP_MIN_LOG_LEVEL", ""), file
 import tensorflow as tf
 from absl import logging as absl_logging
 absl_logging.warning("NOISE-absl")
+absl_logging.error("Execution %d failed.", 11)   # TFX's launcher; the pipeline runner reports it
+absl_logging.error("REAL-absl-error")
 tf.get_logger().warning("NOISE-tensorflow-logger")
 warnings.warn("NOISE-deprecation", DeprecationWarning)
 warnings.warn_explicit("NOISE-tf-userwarning", UserWarning, "x.py", 1, module="tensorflow.python.x")
@@ -35,10 +37,12 @@ def test_quiet_by_default_and_verbose_shows_logs():
     assert out.strip() == "ours: done"
     assert "TF_CPP_MIN_LOG_LEVEL=2" in err
     assert "NOISE" not in err, err
+    assert "Execution 11 failed" not in err and "REAL-absl-error" in err, err
 
     out, err = _run("verbose")
     assert out.strip() == "ours: done"
-    for noise in ("NOISE-absl", "NOISE-tensorflow-logger", "NOISE-deprecation", "NOISE-tf-userwarning"):
+    for noise in ("NOISE-absl", "NOISE-tensorflow-logger", "NOISE-deprecation", "NOISE-tf-userwarning",
+                  "Execution 11 failed", "REAL-absl-error"):
         assert noise in err, (noise, err)
 
 

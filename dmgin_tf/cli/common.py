@@ -16,6 +16,12 @@ QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "GRPC_VERBOSITY": "ERROR", "GLOG_minlo
 NOISY_MODULES = r"(tensorflow|tf_keras|keras|tfx|tensorflow_[a-z_]+|apache_beam|absl|google\.protobuf|ml_metadata)(\.|$)"
 
 
+def _drop_reported_component_failures(record: logging.LogRecord) -> bool:
+    """TFX's launcher logs "Execution N failed." before re-raising; `dmgin pipeline run`
+    names the failed component and its error itself, so the line is noise."""
+    return record.msg != "Execution %d failed."
+
+
 def configure_process(verbose: bool = False) -> None:
     """What every `dmgin` command sets before anything imports TensorFlow.
 
@@ -37,6 +43,7 @@ def configure_process(verbose: bool = False) -> None:
     warnings.filterwarnings("ignore", module=NOISY_MODULES)
     for name in ("tensorflow", "absl", "apache_beam", "tfx", "h5py", "jax"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    logging.getLogger("absl").addFilter(_drop_reported_component_failures)
     try:
         from absl import logging as absl_logging
         absl_logging.set_verbosity(absl_logging.ERROR)

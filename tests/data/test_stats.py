@@ -112,3 +112,18 @@ def test_generic_behavior_list_typos_are_refused(tmp_path, capsys, value, messag
                "--behaviors", value, "--output", str(tmp_path / "out"), "--no-progress"])
     assert rc != 0 and message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_stats_piped_into_a_reader_that_stops_early_is_no_error(tmp_path):
+    """`dmgin data stats DIR | head -3` printed "error: [Errno 32] Broken pipe", exit 2."""
+    import os
+    import subprocess
+    import sys
+    convert("taobao", "", tmp_path / "c", show_progress=False)
+    p = subprocess.Popen([sys.executable, "-m", "dmgin_tf.cli.main", "data", "stats",
+                          str(tmp_path / "c")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env={**os.environ, "TF_USE_LEGACY_KERAS": "1"})
+    p.stdout.close()                  # the reader is gone before anything is written
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=300) == 0, err
+    assert "Broken pipe" not in err and "Traceback" not in err, err
