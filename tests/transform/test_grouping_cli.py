@@ -13,22 +13,23 @@ from dmgin_tf.data.item_index import ItemIndex
 IDS = [f"i{k}" for k in range(8)]
 
 
-def _catalog(tmp_path):
-    items = pd.DataFrame({"item_id": IDS, "category": ["a", "a", "b", "b", "c", "c", "d", "d"]})
-    items.to_parquet(tmp_path / "items.parquet")
-    rng = np.random.default_rng(0)
-    pd.DataFrame({"item_id": IDS, "embedding": list(rng.normal(size=(8, 4)).astype(np.float32))}
-                 ).to_parquet(tmp_path / "emb.parquet")
-    return items
+def _earlier_kmeans_output(out, items):
+    """What `grouping fit --key cluster --num-groups 2` leaves in `out` (the k-means fit
+    itself is tested in test_kmeans.py; here only its files matter)."""
+    from transform.grouping import kmeans
+    (out / kmeans.GROUPS_DIR).mkdir(parents=True)
+    pd.DataFrame({"item_id": IDS, "group_id": [k % 2 for k in range(8)]}).to_parquet(
+        out / kmeans.GROUPS_DIR / "part-0.parquet")
+    np.save(out / kmeans.CENTROIDS_FILE, np.zeros((2, 4), np.float32))
+    (out / kmeans.META_FILE).write_text("{}")
+    ItemIndex.build(items, "table", num_groups=2, group_table=out / kmeans.GROUPS_DIR).save(out)
 
 
 def test_a_refit_with_another_key_replaces_the_earlier_grouping(tmp_path, capsys):
-    items = _catalog(tmp_path)
+    items = pd.DataFrame({"item_id": IDS, "category": ["a", "a", "b", "b", "c", "c", "d", "d"]})
+    items.to_parquet(tmp_path / "items.parquet")
     out = tmp_path / "groups"
-    assert main(["grouping", "fit", "--items", str(tmp_path / "items.parquet"), "--embeddings",
-                 str(tmp_path / "emb.parquet"), "--key", "cluster", "--num-groups", "2",
-                 "--output", str(out)]) == 0
-    assert (out / "item_groups").is_dir() and (out / "centroids.npy").exists()
+    _earlier_kmeans_output(out, items)
     (out / "notes.txt").write_text("mine")
     # The same folder refit by category: the k-means files go, the user's file stays.
     assert main(["grouping", "fit", "--items", str(tmp_path), "--key", "category",
