@@ -192,13 +192,18 @@ def test_anomalous_examples_stop_at_validation(spans, roots, tmp_path):
     assert now == graphs_before                                       # Transform never ran
 
 
-def test_tune_runs_the_tfx_tuner_and_the_trainer_uses_its_best(spans, tmp_path):
+def test_tune_runs_the_tfx_tuner_and_the_trainer_uses_its_best(spans, roots):
     """`--tune N`: TFX's standard Tuner component (KerasTuner over the model's search
-    space) runs N trials; the Trainer trains with the best trial's hyperparameters."""
+    space) runs N trials; the Trainer trains with the best trial's hyperparameters. Run
+    on span 2 of the shared root, so the components before the Tuner come from the cache
+    of the retrain test (one epoch per trial: what is tested is the wiring)."""
+    if "span2" not in _STATE:
+        pytest.skip("needs test_retrain_new_span_warm_starts_and_pushes")
     from tfx_pipeline.runner import run_pipeline
-    roots = {"pipeline_root": str(tmp_path / "pipeline"), "serving_base": str(tmp_path / "srv")}
-    s = run_pipeline(tiny_config(), data_root=spans, span=1, export_jit_compile=False,
+    cfg = tiny_config().apply_overrides({"train.epochs": 1})
+    s = run_pipeline(cfg, data_root=spans, span=2, export_jit_compile=False,
                      export_signatures="default", tune_trials=2, **roots)
+    assert {"ExampleBuilder", "Transform"} <= set(s.cached), s.cached
     best_dir = s.artifacts["Tuner.best_hyperparameters"]
     best = json.load(open(os.path.join(best_dir, "best_hyperparameters.txt")))
     values = best["values"]
