@@ -53,6 +53,7 @@ def _fit(args: argparse.Namespace) -> int:
 
     from dmgin_tf.data.item_index import ItemIndex
     from dmgin_tf.errors import DataError
+    from dmgin_tf.features import NUM_RESERVED_IDS, OOV_ID
     from transform.grouping import kmeans, report
 
     cfg = config_from_args(args, {**beam_overrides(args), "grouping.key": args.key,
@@ -71,7 +72,12 @@ def _fit(args: argparse.Namespace) -> int:
             raise DataError("grouping key 'cluster' needs --embeddings (or grouping.external_embeddings)")
         from transform.embedding import embeddings_table_path
         emb = embeddings_table_path(emb)      # `dmgin encoder embed --output` dir works too
-        res = kmeans.fit_kmeans(emb, g, cfg.beam, args.output, previous_centroids=previous)
+        res = kmeans.fit_kmeans(emb, g, cfg.beam, args.output, previous_centroids=previous,
+                                log=print)
+        empty = int((res.counts == 0).sum())
+        if empty:
+            print(f"note: {empty} of {len(res.centroids)} groups got no item (fewer distinct "
+                  f"embeddings than groups?); lower --num-groups")
         index = ItemIndex.build(items, "table", num_groups=len(res.centroids),
                                 group_table=os.path.join(args.output, kmeans.GROUPS_DIR))
         facts.update(iterations=res.iterations, converged=res.converged,
@@ -82,9 +88,19 @@ def _fit(args: argparse.Namespace) -> int:
     else:
         index = ItemIndex.build(items, g.key, num_groups=g.num_groups, seed=g.seed)
     index.save(args.output)
-    groups = pd.DataFrame({"item_id": index.item_ids,
-                           "group_id": index.group_of_idx[2:]})
+    model_groups = index.group_of_idx[NUM_RESERVED_IDS:]
+    grouped = model_groups != OOV_ID
+    # The report describes the real groups; items left in the unknown group are counted.
+    groups = pd.DataFrame({"item_id": index.item_ids[grouped], "group_id": model_groups[grouped]})
     facts["group vocabulary"] = index.group_vocab_size
+    ungrouped = int((~grouped).sum())
+    if ungrouped:
+        facts["items without a group (the unknown group)"] = ungrouped
+        print(f"note: {ungrouped:,} of {index.num_items:,} catalog items have no group "
+              f"(e.g. no embedding for them); they share the unknown group")
+    unused = int(index.info.get("table_items_not_in_catalog", 0))
+    if unused:
+        print(f"note: {unused:,} grouped items are not in the catalog {args.items}; ignored")
     path = report.write_report(args.output, groups, items, title=f"Interest grouping ({g.key})",
                                facts=facts)
     print(f"grouping ({g.key}): {index.num_items} items, group vocabulary "

@@ -1,8 +1,10 @@
 """`dmgin grouping fit` outputs as `--group-table` inputs: a refit replaces the earlier
 grouping (no stale k-means table left beside the new index), a grouping directory or its
-`item_index.parquet` give the groups they describe, and a catalog that is not Parquet is
-refused naming the flag."""
+`item_index.parquet` give the groups they describe, a catalog that is not Parquet is
+refused naming the flag, and a k-means fit shows its progress and what it could not group."""
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pandas as pd
@@ -56,3 +58,26 @@ def test_a_catalog_that_is_not_parquet_is_refused_naming_the_flag(tmp_path, caps
     assert main(["grouping", "fit", "--items", str(tmp_path / "none"), "--key", "category",
                  "--output", str(tmp_path / "g")]) == 2
     assert "no such file or directory" in capsys.readouterr().err
+
+
+def test_kmeans_on_identical_vectors_for_part_of_the_catalog_says_so(tmp_path, capsys):
+    """Identical vectors (items without text embed the same) ran every iteration without
+    converging; items without an embedding and groups left empty went unmentioned, and
+    the report counted the unknown group as a real one."""
+    items = pd.DataFrame({"item_id": IDS, "category": ["a"] * 8})
+    items.to_parquet(tmp_path / "items.parquet")
+    pd.DataFrame({"item_id": IDS[:6], "embedding": [np.ones(4, np.float32)] * 6}).to_parquet(
+        tmp_path / "emb.parquet")
+    out = tmp_path / "g"
+    assert main(["grouping", "fit", "--items", str(tmp_path / "items.parquet"), "--embeddings",
+                 str(tmp_path / "emb.parquet"), "--key", "cluster", "--num-groups", "3",
+                 "--iterations", "20", "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "k-means iteration 1/20: inertia 0" in printed and "iteration 2/" not in printed
+    assert "2 of 3 groups got no item" in printed
+    assert "2 of 8 catalog items have no group" in printed
+    meta = json.loads((out / "kmeans.json").read_text())
+    assert meta["converged"] is True and meta["iterations"] == 1
+    md = (out / "report.md").read_text()
+    assert "- items: 6" in md and "- non-empty groups: 1" in md
+    assert "items without a group (the unknown group): 2" in md

@@ -38,7 +38,7 @@ import dataclasses
 import json
 import os
 import time
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -354,7 +354,8 @@ class KMeansResult:
 
 def fit_kmeans(embeddings: str, cfg: GroupingConfig, beam_cfg: BeamConfig, output_dir: str, *,
                tol: Optional[float] = None, previous_centroids: Optional[np.ndarray] = None,
-               dask_address: Optional[str] = None, splits: int = 0) -> KMeansResult:
+               dask_address: Optional[str] = None, splits: int = 0,
+               log: Optional[Callable[[str], None]] = None) -> KMeansResult:
     """Fits k-means in Beam and writes the grouping artifacts to `output_dir`.
 
     Args:
@@ -370,6 +371,7 @@ def fit_kmeans(embeddings: str, cfg: GroupingConfig, beam_cfg: BeamConfig, outpu
       dask_address: run on this scheduler instead of what `beam_cfg` says (tests share one
         cluster this way).
       splits: read work items per pass (0 = 2 per worker).
+      log: called with one progress line per Lloyd iteration (e.g. `print`).
     """
     t0 = time.perf_counter()
     tol = cfg.kmeans_tol if tol is None else tol
@@ -396,7 +398,12 @@ def fit_kmeans(embeddings: str, cfg: GroupingConfig, beam_cfg: BeamConfig, outpu
         new[nonempty] = (sums[nonempty] / counts[nonempty, None]).astype(np.float32)
         centroids = new  # empty clusters keep their previous centroid
         history.append(inertia)
-        if step and history[-2] > 0 and (history[-2] - inertia) / history[-2] < tol:
+        if log is not None:
+            log(f"k-means iteration {step + 1}/{cfg.kmeans_iterations}: inertia {inertia:.6g}, "
+                f"{int(nonempty.sum())} of {k} groups non-empty "
+                f"({time.perf_counter() - t0:.0f} s)")
+        # Inertia 0 (every item on its centroid, e.g. identical vectors) cannot improve.
+        if inertia == 0 or (step and history[-2] > 0 and (history[-2] - inertia) / history[-2] < tol):
             converged = True
             break
     similarity = None
