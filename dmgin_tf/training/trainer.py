@@ -195,6 +195,7 @@ def train(cfg: Config, data: TrainingData, output_dir: str, *,
     tc = cfg.train
     model_fn = model_fn or default_model_fn
     os.makedirs(output_dir, exist_ok=True)
+    _clear_stale_outputs(output_dir)
     ckpt_dir = os.path.join(output_dir, "checkpoints")
     os.makedirs(ckpt_dir, exist_ok=True)
 
@@ -310,6 +311,19 @@ def train(cfg: Config, data: TrainingData, output_dir: str, *,
 
 
 PREDICTIONS_FILE = "test_predictions.npz"
+TENSORBOARD_DIR = "tensorboard"
+
+
+def _clear_stale_outputs(output_dir: str) -> None:
+    """A run into a used output directory: what this run may not rewrite goes first —
+    TensorBoard appends event files (two runs' curves in one log; a JAX run writes none)
+    and a run without test examples writes no predictions. The rest is overwritten, and
+    the earlier weights stay until the new ones are saved."""
+    import shutil
+    shutil.rmtree(os.path.join(output_dir, TENSORBOARD_DIR), ignore_errors=True)
+    stale = os.path.join(output_dir, PREDICTIONS_FILE)
+    if os.path.isfile(stale):
+        os.remove(stale)
 
 
 def write_predictions(path: str, split, scores: np.ndarray) -> None:
@@ -512,7 +526,7 @@ def _fit(model, cfg: Config, data: TrainingData, output_dir: str, ckpt_dir: str,
         history_writer,
     ]
     if backend == "tensorflow":
-        callbacks.append(keras.callbacks.TensorBoard(os.path.join(output_dir, "tensorboard"),
+        callbacks.append(keras.callbacks.TensorBoard(os.path.join(output_dir, TENSORBOARD_DIR),
                                                      write_graph=False, profile_batch=0))
     try:
         # shuffle=False: `seq` shuffles itself, seeded, per epoch. Keras' own shuffle of a

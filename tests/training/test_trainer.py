@@ -207,6 +207,16 @@ def test_no_test_examples_is_said_with_the_rule_that_made_it(tmp_path, capsys):
     train(tiny_config(), tiny_data(n_train=128), str(tmp_path / "s"), model_fn=tiny_model_fn,
           verbose=1)
     assert "no test examples" not in capsys.readouterr().out
+    # The same output directory again, now without test examples: the first run's
+    # predictions and TensorBoard events do not stay beside the second run's results.
+    s = tmp_path / "s"
+    assert (s / "test_predictions.npz").exists()
+    train(tiny_config(), data, str(s), model_fn=tiny_model_fn, verbose=0)
+    assert not (s / "test_predictions.npz").exists()
+    events = [f for _, _, files in os.walk(s / "tensorboard") for f in files
+              if f.startswith("events.")]
+    assert 1 <= len(events) <= 2, events          # one run: a train (+ validation) log
+    assert "test_predictions.npz" not in json.load(open(s / "metrics.json"))["files"]
 
 
 def test_fit_asks_for_training_batches_in_order_and_reads_ahead_boundedly(tmp_path, monkeypatch):
