@@ -42,6 +42,11 @@ def run(args: argparse.Namespace) -> int:
     for flag, value in (("--state-groups", args.state_groups), ("--state-items", args.state_items)):
         if value is not None and value < 1:
             raise DmginError(f"{flag}={value}: must be >= 1")
+    for item in args.overrides:
+        if not item.startswith("serving."):
+            raise DmginError(f"--set {item}: an export takes the model's config from "
+                             f"--model-dir ({args.model_dir}/config.json); only serving.* "
+                             f"settings apply here")
     cfg = config_from_args(args)
     base, name = os.path.split(os.path.normpath(args.output))
     paths = export_from_run_dir(args.model_dir, base or ".", name, version=args.version,

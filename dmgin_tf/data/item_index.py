@@ -265,9 +265,9 @@ def _read_group_table(src) -> pd.DataFrame:
     import pandas as pd
     if src is None:
         raise DataError("grouping.key=cluster (or table) needs an item -> group table "
-                        "(item_id, group_id; `dmgin grouping` writes one): pass --group-table "
-                        "FILE, or group by another key (--grouping-key category, item_id "
-                        "or random)")
+                        "(item_id, group_id; `dmgin grouping fit --key cluster --embeddings "
+                        "...` writes one from embeddings): pass --group-table DIR_OR_FILE, or "
+                        "group by another key (--set grouping.key=category, item_id or random)")
     name = "group table"
     if isinstance(src, pd.DataFrame):
         df = src
