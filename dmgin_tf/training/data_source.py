@@ -179,6 +179,24 @@ def _note_config_differences(example_dir: str, data_cfg, log) -> None:
             f"as built (rebuild them with `dmgin examples build` to apply this run's config)")
 
 
+def _check_grouping_of_example_dir(example_dir: str, cfg: Config, group_table, log) -> None:
+    """An example set is used as built, groups included: a group table is refused (it
+    would be ignored), another `grouping.key` is named in a note."""
+    try:
+        with open(os.path.join(example_dir, "examples.json"), encoding="utf-8") as f:
+            built = json.load(f).get("grouping_key")
+    except (OSError, ValueError):
+        built = None
+    if group_table is not None:
+        raise DataError(f"--data {example_dir} is an example set, used as built (grouped by "
+                        f"{built!r}); --group-table applies to converted or raw --data, whose "
+                        f"examples are built with it")
+    key = cfg.grouping.key
+    if built and key not in (built, "cluster"):
+        log(f"note: {example_dir} holds examples grouped by {built!r}; they are used as built "
+            f"(grouping.key={key} applies to converted or raw --data)")
+
+
 def prepare_example_dir(cfg: Config, data_path: Optional[str], work_dir: str, *,
                         group_table=None, progress: bool = True, log=print) -> str:
     """Makes sure an example-set directory exists for `data_path`; returns its path.
@@ -191,6 +209,7 @@ def prepare_example_dir(cfg: Config, data_path: Optional[str], work_dir: str, *,
     path = os.fspath(data_path) if data_path else ""
     if path and _is_example_dir(path):
         _note_config_differences(path, cfg.data, log)
+        _check_grouping_of_example_dir(path, cfg, group_table, log)
         return path
     if path and not os.path.exists(path):
         raise DataError(f"--data {path}: no such file or directory")

@@ -70,3 +70,22 @@ def test_failed_conversions_leave_one_report_not_one_per_attempt(tmp_path):
         with pytest.raises(DataError, match="dmgin data convert --timestamp-unit ms"):
             _prepare(cfg, tmp_path / "w", [], data=str(raw))
     assert sorted(os.listdir(tmp_path / "w")) == ["canonical.partial.failed"]
+
+
+def test_an_example_dir_keeps_its_groups_and_says_so(tmp_path):
+    """--group-table and grouping.key were silently ignored for an example-set --data,
+    while config.json recorded them as if applied."""
+    import pytest
+    from dmgin_tf.errors import DataError
+    cfg = Config.from_dict({"data": {"dataset": "taobao"}, "grouping": {"key": "category"}})
+    built = _prepare(cfg, tmp_path / "w", [])
+    with pytest.raises(DataError, match=r"example set, used as built \(grouped by 'category'\)"):
+        prepare_example_dir(cfg, built, str(tmp_path / "x"), group_table=str(tmp_path),
+                            progress=False, log=print)
+    log = []
+    other = cfg.apply_overrides({"grouping.key": "random"})
+    assert _prepare(other, tmp_path / "x", log, data=built) == built
+    assert any("grouped by 'category'" in m and "grouping.key=random" in m for m in log), log
+    log.clear()
+    _prepare(cfg.apply_overrides({"grouping.key": "cluster"}), tmp_path / "x", log, data=built)
+    assert log == []
