@@ -20,6 +20,7 @@ not carried (the host's JAX brought matching ones), so the host's jax stays unto
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -41,23 +42,28 @@ PLATFORMS = ("manylinux_2_28_x86_64", "manylinux2014_x86_64")
 SIZE_WARNING_BYTES = 64 * 1024 * 1024
 
 
-def download_command(dest: str, requirements: Sequence[str]) -> List[str]:
-    """The `pip download` command for cp312 manylinux wheels (binary only)."""
-    cmd = [sys.executable, "-m", "pip", "download", "--dest", dest, "--python-version", "3.12",
-           "--only-binary=:all:"]
+HOST_PYTHON = "3.12"   # the GPU hosts' Python unless `dmgin gpu bundle --host-python` says otherwise
+
+
+def download_command(dest: str, requirements: Sequence[str],
+                     python_version: str = HOST_PYTHON) -> List[str]:
+    """The `pip download` command for manylinux wheels of `python_version` (binary only)."""
+    cmd = [sys.executable, "-m", "pip", "download", "--dest", dest, "--python-version",
+           python_version, "--only-binary=:all:"]
     for plat in PLATFORMS:
         cmd += ["--platform", plat]
     return cmd + list(requirements)
 
 
 def download_wheels(dest: str, requirements: Sequence[str] = (KERAS_PIN,) + EXTRA_REQUIREMENTS,
-                    runner=subprocess.run) -> List[str]:
+                    runner=subprocess.run, python_version: str = HOST_PYTHON) -> List[str]:
     """Downloads the wheels into `dest`; returns the wheel file names.
 
     Raises DmginError with pip's output when the download fails (no network, no wheel).
     """
     os.makedirs(dest, exist_ok=True)
-    proc = runner(download_command(dest, requirements), capture_output=True, text=True)
+    proc = runner(download_command(dest, requirements, python_version), capture_output=True,
+                  text=True)
     if proc.returncode != 0:
         raise DmginError(f"pip download failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
     return sorted(f for f in os.listdir(dest) if f.endswith(".whl"))
@@ -101,6 +107,13 @@ mkdir -p "$RUN_OUT" "$SITE"
 # Wheels next to the host's JAX: --target + --no-deps, skipping what JAX already provides.
 WHEELS=$(ls "$HERE"/wheels/*.whl 2>/dev/null | grep -v -E '/({host_provided})-[0-9]' || true)
 if [ -n "$WHEELS" ] && [ -z "${{DMGIN_NO_INSTALL:-}}" ]; then   # DMGIN_NO_INSTALL=1: keras already there
+  HOST_PY=$("$PY" -c "import sys; print('%d.%d' % sys.version_info[:2])")
+  if [ "$HOST_PY" != "{host_python}" ]; then
+    echo "run.sh: the wheels of this bundle are for Python {host_python}, $PY is Python $HOST_PY;" \
+         "rebuild it with \`dmgin gpu bundle ... --host-python $HOST_PY\`" \
+         "(or run with PYTHON=python{host_python})" >&2
+    exit 2
+  fi
   "$PY" -m pip install --quiet --no-index --no-deps --target "$SITE" $WHEELS
 fi
 export PYTHONPATH="$SITE:$HERE/src${{PYTHONPATH:+:$PYTHONPATH}}"
@@ -119,14 +132,18 @@ TRAIN_CMD = ('"$PY" -m dmgin_tf.cli.main train --backend jax --dataset {dataset}
 QUALITY_CMD = r"""# The quality table: job queue over (dataset, row, seed), P workers sharing the GPU(s).
 # Extra arguments go to `quality_jobs run` (--budget-s, --hard-limit-s, --epochs, --quick, ...).
 mkdir -p "$RUN_OUT/quality"
+set +e   # the archives below are written whatever the driver's outcome; its status is run.sh's
 "$PY" -m dmgin_tf.bench.quality_jobs run --bundle "$HERE" --out "$RUN_OUT/quality" "$@" \
-  2>&1 | tee "$RUN_OUT/quality/driver.log" || true
+  2>&1 | tee "$RUN_OUT/quality/driver.log"
+STATUS=${PIPESTATUS[0]}
+set -e
 # Two archives to copy back: the results in one tar, the parity runs in another.
 (cd "$RUN_OUT/quality" && tar czf "$RUN_OUT/quality_results.tar.gz" quality_*.json quality_*.jsonl \
   driver.log logs 2>/dev/null || true)
 (cd "$RUN_OUT/quality" && [ -d keep ] && tar czf "$RUN_OUT/quality_parity_runs.tar.gz" keep || true)
 rm -rf "$RUN_OUT/quality/jax_cache" "$RUN_OUT/quality/runs" "$RUN_OUT/quality/bundle_view"
 ls -la "$RUN_OUT"
+if [ "$STATUS" -ne 0 ]; then echo "run.sh: the quality driver failed (exit $STATUS); see $RUN_OUT/quality/driver.log" >&2; exit "$STATUS"; fi
 """
 
 
@@ -187,9 +204,10 @@ def build_bundle(cfg: Config, datasets: Sequence[str], output: str, *,
                  data_paths: Optional[Dict[str, str]] = None, models: Sequence[str] = ("dmgin",),
                  wheels: bool = True, group_tables: Optional[Dict[str, str]] = None,
                  item_embeddings: Optional[Dict[str, str]] = None, work_dir: Optional[str] = None,
-                 progress: bool = False, log=print, downloader=download_wheels,
+                 progress: bool = False, log=print, downloader=None,
                  quality: Optional["QualitySpec"] = None, command: Optional[str] = None,
-                 size_limit_bytes: int = SIZE_WARNING_BYTES) -> dict:
+                 size_limit_bytes: int = SIZE_WARNING_BYTES,
+                 host_python: str = HOST_PYTHON) -> dict:
     """Builds the bundle directory; returns the manifest (also written as MANIFEST.json).
 
     Args:
@@ -207,7 +225,10 @@ def build_bundle(cfg: Config, datasets: Sequence[str], output: str, *,
       item_embeddings: per dataset, the catalog embedding (`dmgin encoder embed` output):
         written as data/<name>/item_content.npy by model item id; with --quality it
         gives that dataset the `dmgin +item embedding` row.
-      downloader: `download_wheels`-like callable (dest) -> names; injectable for tests.
+      downloader: `download_wheels`-like callable (dest) -> names; injectable for tests
+        (default: `download_wheels` for `host_python`).
+      host_python: the GPU host's Python version ("3.12"): the wheels are for it, and
+        run.sh refuses to install them into another.
       quality: when given, a quality-table bundle: per dataset the grouping tables of every
         row (groupings.npz), quality_plan.json, and a run.sh that runs the job queue of
         `dmgin_tf.bench.quality_jobs` instead of one `dmgin train` per model.
@@ -286,13 +307,15 @@ def build_bundle(cfg: Config, datasets: Sequence[str], output: str, *,
     if wheels:
         if os.path.exists(wheel_dir):
             shutil.rmtree(wheel_dir)
-        names = downloader(wheel_dir)
+        download = downloader or functools.partial(download_wheels, python_version=host_python)
+        names = download(wheel_dir)
         for name in names:   # the host's JAX brought these; don't carry 16 MB of numpy
             if name.split("-")[0].lower() in HOST_PROVIDED:
                 os.remove(os.path.join(wheel_dir, name))
         log(f"downloaded {len(names)} wheels into {wheel_dir}")
     os.makedirs(wheel_dir, exist_ok=True)
     manifest["wheels"] = sorted(f for f in os.listdir(wheel_dir) if f.endswith(".whl"))
+    manifest["host_python"] = host_python
     manifest["wheel_bytes"] = _size(wheel_dir)
     if quality is None:
         commands = "\n".join(TRAIN_CMD.format(dataset=d, model=m) for d in datasets for m in models)
@@ -316,7 +339,7 @@ def build_bundle(cfg: Config, datasets: Sequence[str], output: str, *,
         what = f"the quality table ({len(quality.variants)} rows x {len(quality.seeds)} seeds)"
     run_sh = RUN_SH.format(created=manifest["created"], models=what,
                            datasets=", ".join(datasets), commands=commands,
-                           host_provided="|".join(HOST_PROVIDED))
+                           host_provided="|".join(HOST_PROVIDED), host_python=host_python)
     run_path = os.path.join(output, "run.sh")
     with open(run_path, "w", encoding="utf-8") as f:
         f.write(run_sh)

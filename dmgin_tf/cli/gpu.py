@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 
 from dmgin_tf.cli.common import add_config_args, config_from_args
 
@@ -32,6 +33,9 @@ def register(subparsers) -> None:
                    help="data per dataset (converted, raw or example-set dir); default: embedded sample")
     b.add_argument("--model", nargs="+", default=["dmgin"], help="models run.sh trains (default dmgin)")
     b.add_argument("--output", required=True, metavar="DIR", help="bundle directory")
+    b.add_argument("--host-python", default="3.12", metavar="X.Y",
+                   help="the GPU host's Python version: the wheels are downloaded for it "
+                        "(default 3.12)")
     b.add_argument("--no-wheels", action="store_true",
                    help="skip `pip download` (wheels/ already there, or a dry run)")
     b.add_argument("--group-table", nargs="+", metavar="[NAME=]PATH",
@@ -166,9 +170,11 @@ def run_bundle(args: argparse.Namespace) -> int:
     cfg = config_from_args(args, {"train.epochs": args.epochs,
                                   "model.history_length": args.history_length,
                                   "train.batch_size": args.batch_size})
+    from dmgin_tf.errors import DmginError
     if args.variants and not args.quality:
-        from dmgin_tf.errors import DmginError
         raise DmginError("gpu bundle --variants: rows of the quality table; add --quality")
+    if not re.fullmatch(r"3\.\d{1,2}", args.host_python):
+        raise DmginError(f"--host-python {args.host_python!r}: a Python version like 3.12")
     manifest = build_bundle(cfg, args.dataset, args.output,
                             data_paths=per_dataset_paths(args.dataset, args.data), models=args.model,
                             wheels=not args.no_wheels,
@@ -178,7 +184,8 @@ def run_bundle(args: argparse.Namespace) -> int:
                                                               "--item-embeddings"),
                             quality=quality_spec(args) if args.quality else None,
                             command=_bundle_command(),
-                            size_limit_bytes=int(args.max_mb * 2**20))
+                            size_limit_bytes=int(args.max_mb * 2**20),
+                            host_python=args.host_python)
     mib = manifest["total_bytes"] / 2**20
     print(f"bundle {args.output}: {mib:.1f} MiB ({len(manifest['wheels'])} wheels, "
           f"{manifest['wheel_bytes'] / 2**20:.1f} MiB)")

@@ -80,3 +80,41 @@ def test_bundle_cli_variants_need_known_rows_and_quality(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--variants: unknown row(s) ['dmgin key=cluster']" in err and "'dmgin -stats'" in err
     assert not os.path.exists(tmp_path / "b")
+
+
+def test_run_sh_refuses_wheels_of_another_python(tmp_path):
+    """The wheels were always cp312: on a host with another Python, pip failed with "not
+    a supported wheel on this platform". The bundle now names its Python and run.sh
+    says what to rebuild."""
+    import sys
+    assert "--python-version 3.10" in " ".join(download_command("/w", ["x"], "3.10"))
+    out = str(tmp_path / "bundle")
+    manifest = build_bundle(Config(), ["taobao"], out, downloader=_fake_downloader,
+                            log=lambda *a: None, host_python="9.9")
+    assert manifest["host_python"] == "9.9"
+    env = dict(os.environ, PYTHON=sys.executable, RUN_OUT=str(tmp_path / "o"),
+               DMGIN_SITE=str(tmp_path / "site"))
+    p = subprocess.run(["bash", os.path.join(out, "run.sh")], env=env, capture_output=True,
+                       text=True, timeout=300)
+    here = "%d.%d" % sys.version_info[:2]
+    assert p.returncode == 2, p.stderr
+    assert f"for Python 9.9, {sys.executable} is Python {here}" in p.stderr
+    assert f"--host-python {here}" in p.stderr
+    assert not os.path.exists(tmp_path / "site" / "keras")
+
+
+def test_quality_run_sh_fails_when_its_driver_fails(tmp_path):
+    """`|| true` after the driver made run.sh exit 0 (with an empty results archive)
+    whatever happened; the archives are still written, the status is the driver's."""
+    import sys
+    from dmgin_tf.bench import quality
+    from dmgin_tf.bench.gpu_bundle import QualitySpec
+    spec = QualitySpec((quality.Variant("dmgin", "dmgin"),), (0,), quality.QUICK_BUDGET)
+    out = str(tmp_path / "bundle")
+    build_bundle(Config(), ["taobao"], out, wheels=False, quality=spec, log=lambda *a: None)
+    env = dict(os.environ, PYTHON=sys.executable, RUN_OUT=str(tmp_path / "o"),
+               DMGIN_NO_INSTALL="1")
+    p = subprocess.run(["bash", os.path.join(out, "run.sh"), "--no-such-flag"], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode != 0 and "the quality driver failed" in p.stderr, p.stderr[-2000:]
+    assert os.path.exists(tmp_path / "o" / "quality" / "driver.log")
