@@ -532,7 +532,18 @@ def run_main(args) -> int:
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
     if args.set:
-        plan["config_overrides"].update(dict(kv.split("=", 1) for kv in args.set))
+        from dmgin_tf.errors import DmginError
+        sets = [kv for group in args.set for kv in group]
+        bad = [kv for kv in sets if "=" not in kv]
+        if bad:
+            raise DmginError(f"--set {bad[0]!r}: KEY=VALUE expected")
+        owned = set(plan["budget"].overrides())
+        for kv in sets:
+            if kv.split("=", 1)[0] in owned:
+                raise DmginError(f"--set {kv}: the run budget sets {kv.split('=', 1)[0]} for "
+                                 f"every row alike (flags: --epochs, --steps-per-epoch, "
+                                 f"--batch-size, --history-length; the rest is the bundle's)")
+        plan["config_overrides"].update(dict(kv.split("=", 1) for kv in sets))
     budget_fields = {"epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch,
                      "batch_size": args.batch_size, "history_length": args.history_length}
     changes = {k: v for k, v in budget_fields.items() if v is not None}
@@ -642,7 +653,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     r.add_argument("--batch-size", type=int)
     r.add_argument("--history-length", type=int)
     r.add_argument("--seeds", type=int, help="number of seeds (default: the plan's)")
-    r.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="config overrides for every run")
+    r.add_argument("--set", nargs="+", action="append", metavar="KEY=VALUE",
+                   help="config overrides for every run (repeatable)")
     r.add_argument("--quick", action="store_true", help="smoke run: quick budget, 1 seed")
     r.add_argument("--variants", nargs="+", metavar="ROW", help="only these rows (exact names)")
     w = sub.add_parser("worker", help="(internal) one worker process")

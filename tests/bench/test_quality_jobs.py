@@ -446,3 +446,16 @@ def test_item_embedding_row_gets_the_catalog_embedding_by_model_item_id(tmp_path
     worker = quality_jobs._Worker(out, str(tmp_path / "res"))
     record = worker.run(Job("movielens", quality.ITEM_CONTENT_ROW, 0))
     assert "error" not in record and record["config"]["model"]["item_content_dim"] == 4
+
+
+def test_run_set_is_repeatable_and_cannot_override_the_budget(tmp_path):
+    """`run.sh --set train.epochs=1` was silently replaced by the budget's epochs, and of
+    two --set flags only the last was read."""
+    from dmgin_tf.errors import DmginError
+    bundle = _bundle_with_plan(tmp_path, [0])
+    base = ["run", "--bundle", bundle, "--out", str(tmp_path / "o")]
+    with pytest.raises(DmginError, match=r"--set train.epochs=1: the run budget sets "
+                                         r"train.epochs.*--epochs"):
+        quality_jobs.main(base + ["--set", "model.dropout=0.1", "--set", "train.epochs=1"])
+    with pytest.raises(DmginError, match="KEY=VALUE"):
+        quality_jobs.main(base + ["--set", "model.dropout"])
