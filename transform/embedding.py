@@ -237,6 +237,20 @@ class EmbedCatalog(_beam().PTransform):
         return {EMBEDDINGS_SUBDIR: embeddings, BAD_ROWS_SUBDIR: bad}
 
 
+def refuse_duplicate_ids(ids, where: str) -> None:
+    """A catalog or embedding table lists each item once: a repeated id would give one
+    item two embeddings (and later two groups)."""
+    seen: dict = {}
+    for row, value in enumerate(ids):
+        key = "" if value is None else str(value).strip()
+        if not key:
+            continue
+        if key in seen:
+            raise DataError(f"{where}: duplicate {F.ITEM_ID} {key!r} (rows {seen[key]} and "
+                            f"{row}); list each item once")
+        seen[key] = row
+
+
 def embed_catalog(items_path: str, encoder_dir: str, output_dir: str, beam_cfg=None,
                   batch_size: int = 256, max_batch_size: int = 256) -> dict:
     """Runs the catalog embedding pipeline; returns (and writes) the report.
@@ -267,6 +281,7 @@ def embed_catalog(items_path: str, encoder_dir: str, output_dir: str, beam_cfg=N
         raise DataError(f"{files[0]}: items table lacks column {F.ITEM_ID!r}; has {schema_names}")
     columns = [c for c in F.ITEM_COLUMNS if c in schema_names]
     ids = [v for f in files for v in pq.read_table(f, columns=[F.ITEM_ID]).column(0).to_pylist()]
+    refuse_duplicate_ids(ids, items_path)
     expected = sum(1 for v in ids if v is not None and str(v).strip())
     handler = EncoderModelHandler(encoder_dir, batch_size=batch_size,
                                   max_batch_size=max_batch_size)

@@ -147,3 +147,14 @@ def test_cli_import_writes_the_table(tmp_path, capsys):
                  "--embeddings", str(tmp_path / "out"), "--key", "cluster",
                  "--num-groups", "2", "--output", str(tmp_path / "groups")]) == 0
     assert "group vocabulary 4" in capsys.readouterr().out
+
+
+def test_embed_refuses_a_catalog_listing_an_item_twice(tmp_path):
+    """`dmgin encoder embed` embedded a duplicated id twice and exited 0; the duplicate
+    surfaced only at the end of a later k-means fit."""
+    items = pd.concat([tiny_items(), tiny_items().head(1)])
+    items.to_parquet(tmp_path / "items.parquet")
+    with pytest.raises(DataError, match=r"items.parquet: duplicate item_id 'i0' \(rows 0 and 8\)"):
+        embed_catalog(str(tmp_path / "items.parquet"), str(tmp_path / "no_encoder_needed"),
+                      str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()

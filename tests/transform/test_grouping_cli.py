@@ -81,3 +81,19 @@ def test_kmeans_on_identical_vectors_for_part_of_the_catalog_says_so(tmp_path, c
     md = (out / "report.md").read_text()
     assert "- items: 6" in md and "- non-empty groups: 1" in md
     assert "items without a group (the unknown group): 2" in md
+
+
+def test_duplicate_item_ids_are_refused_before_the_fit(tmp_path, capsys):
+    """An embedding table listing an item twice ran the whole k-means, then failed
+    naming the output folder."""
+    items = pd.DataFrame({"item_id": IDS, "category": ["a"] * 8})
+    items.to_parquet(tmp_path / "items.parquet")
+    ids = IDS + ["i1"]
+    pd.DataFrame({"item_id": ids, "embedding": list(np.eye(9, 4, dtype=np.float32))}).to_parquet(
+        tmp_path / "emb.parquet")
+    assert main(["grouping", "fit", "--items", str(tmp_path / "items.parquet"), "--embeddings",
+                 str(tmp_path / "emb.parquet"), "--key", "cluster", "--num-groups", "2",
+                 "--output", str(tmp_path / "g")]) == 2
+    captured = capsys.readouterr()
+    assert "emb.parquet: duplicate item_id 'i1' (rows 1 and 8)" in captured.err, captured.err
+    assert "k-means iteration" not in captured.out

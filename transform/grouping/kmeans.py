@@ -377,6 +377,9 @@ def fit_kmeans(embeddings: str, cfg: GroupingConfig, beam_cfg: BeamConfig, outpu
     tol = cfg.kmeans_tol if tol is None else tol
     os.makedirs(output_dir, exist_ok=True)
     rows, dim = embedding_dim(embeddings)
+    from transform.embedding import refuse_duplicate_ids
+    refuse_duplicate_ids(beam_io.read_parquet_table(embeddings, [ITEM_ID]).column(0).to_pylist(),
+                          embeddings)
     k = cfg.num_groups
     if rows < k:
         raise DataError(f"grouping.num_groups={k} exceeds the {rows} items in {embeddings}")
