@@ -92,7 +92,7 @@ def _train(args: argparse.Namespace) -> int:
     held = None
     if args.eval_fraction > 0:
         items, held = split_items(items, args.eval_fraction, config.seed)
-    encoder, summary = train_encoder(items, config)
+    encoder, summary = train_encoder(items, config, log=print)
     if held is not None and len(held):
         summary["heldout_recall"] = view_recall(encoder, held)
     vdir = save_encoder(encoder, args.output)
@@ -111,6 +111,7 @@ def _train(args: argparse.Namespace) -> int:
 def _embed(args: argparse.Namespace) -> int:
     from transform.embedding import embed_catalog
     cfg = config_from_args(args, beam_overrides(args))
+    print(f"embedding {args.items} with {args.encoder} (Beam, {cfg.beam.runner} runner) ...")
     report = embed_catalog(args.items, args.encoder, args.output, cfg.beam,
                            batch_size=args.batch_size, max_batch_size=args.batch_size)
     print(f"embedded {report['embedded']} of {report['rows']} rows (D={report['embedding_dim']}, "

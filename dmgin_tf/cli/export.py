@@ -53,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
                                 variants=[v.strip() for v in args.variants.split(",") if v.strip()],
                                 serving_cfg=cfg.serving, verify=args.verify,
                                 state_groups=args.state_groups or DEFAULT_LOOKUP_GROUPS,
-                                state_items=args.state_items or DEFAULT_LOOKUP_ITEMS)
+                                state_items=args.state_items or DEFAULT_LOOKUP_ITEMS,
+                                log=print)
     for variant, path in paths.items():
         print(f"{variant}: {path}")
     return 0

@@ -24,7 +24,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from typing import Dict, Mapping, Optional, Sequence
+import time
+from typing import Callable, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -81,7 +82,8 @@ def export_model(model, base_path: str, name: str, *, history_length: int,
                  variants: Sequence[str] = ("xla", "noxla"),
                  model_config: Optional[dict] = None,
                  state_groups: int = DEFAULT_LOOKUP_GROUPS,
-                 state_items: int = DEFAULT_LOOKUP_ITEMS) -> Dict[str, str]:
+                 state_items: int = DEFAULT_LOOKUP_ITEMS,
+                 log: Optional[Callable[[str], None]] = None) -> Dict[str, str]:
     """Exports `model` as TF Serving SavedModels; returns {variant: version dir}.
 
     Args:
@@ -99,6 +101,8 @@ def export_model(model, base_path: str, name: str, *, history_length: int,
       model_config: stored in assets.extra/dmgin_export.json for the record.
       state_groups, state_items: K and I of the cached user state's lookup tables
         (DMGIN/DGIN `user_state`; capped at `history_length`).
+      log: called with a progress line per variant (tracing every signature takes
+        minutes on a small CPU), e.g. `print`.
     """
     unknown = sorted(set(variants) - {"xla", "noxla"})
     if unknown or not variants:
@@ -126,9 +130,14 @@ def export_model(model, base_path: str, name: str, *, history_length: int,
                                contract=contract)
         model_dir = os.path.join(base_path, name + ("" if variant == "xla" else NOXLA_SUFFIX))
         final = os.path.join(model_dir, str(version))
+        t0 = time.perf_counter()
+        if log is not None:
+            log(f"export {variant}: tracing the signatures into {final} ...")
         save_version(module, final, name=name, version=version, serving_cfg=serving_cfg,
                      warmup_inputs=warmup_inputs, examples=examples,
                      behavior_types=behavior_types, model_config=model_config)
+        if log is not None:
+            log(f"export {variant}: saved ({time.perf_counter() - t0:.0f} s)")
         paths[variant] = final
     return paths
 
@@ -186,7 +195,8 @@ def export_from_run_dir(run_dir: str, base_path: str, name: str, *,
                         variants: Sequence[str] = ("xla", "noxla"),
                         serving_cfg: Optional[ServingConfig] = None,
                         verify: bool = True, state_groups: int = DEFAULT_LOOKUP_GROUPS,
-                        state_items: int = DEFAULT_LOOKUP_ITEMS) -> Dict[str, str]:
+                        state_items: int = DEFAULT_LOOKUP_ITEMS,
+                        log: Optional[Callable[[str], None]] = None) -> Dict[str, str]:
     """Exports a `dmgin train` output directory (what `dmgin export` calls).
 
     Reads `config.json` + `model.weights.h5` (any backend), `item_index.parquet` for
@@ -217,12 +227,14 @@ def export_from_run_dir(run_dir: str, base_path: str, name: str, *,
                          version=version, item_index=item_index, behavior_types=behavior_types,
                          warmup_inputs=warmup, serving_cfg=serving_cfg or cfg.serving,
                          variants=variants, model_config=cfg.model.to_dict(),
-                         state_groups=state_groups, state_items=state_items)
+                         state_groups=state_groups, state_items=state_items, log=log)
     if verify and warmup is not None:
         rows = {k: v[:4] for k, v in warmup.items()}
         examples = (examples_from_dense(rows, item_index.item_ids, behavior_types)
                     if item_index is not None else None)
         for path in paths.values():
+            if log is not None:
+                log(f"verifying {path} against the Keras model ...")
             verify_export(path, model, rows, examples, state_groups=state_groups,
                           state_items=state_items)
     return paths

@@ -15,7 +15,11 @@ def test_export_cli_sets_the_user_state_caps(tmp_path, capsys):
     train(cfg, tiny_data(n_train=64, n_val=32, n_test=32), run, verbose=0)
     assert main(["export", "--model-dir", run, "--output", str(tmp_path / "serving" / "m"),
                  "--variants", "noxla", "--state-groups", "3", "--state-items", "5"]) == 0
-    path = capsys.readouterr().out.split("noxla: ")[1].strip()
+    out = capsys.readouterr().out.strip().splitlines()
+    # Progress while the signatures are traced (minutes on a small CPU), then the result.
+    assert out[0].startswith("export noxla: tracing the signatures into ")
+    assert out[1].startswith("export noxla: saved (")
+    path = out[-1].split("noxla: ")[1].strip()
     sig = tf.saved_model.load(path).signatures["user_state"]
     outputs = sig.structured_outputs
     assert outputs["lookup_group_ids"].shape[-1] == 3 and outputs["item_ids"].shape[-1] == 5

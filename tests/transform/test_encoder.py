@@ -97,8 +97,20 @@ def trained(encoder):
     before = _full_batch_loss(enc, items)
     initial = [w.numpy().copy() for w in enc.model.weights]
     enc, summary = train_encoder(items, tiny_config(epochs=3, batch_size=8, learning_rate=3e-3),
-                                 encoder=enc)
+                                 encoder=enc, log=_PROGRESS.append)
     return enc, summary, before, _full_batch_loss(enc, items), initial
+
+
+_PROGRESS: list = []
+
+
+def test_training_shows_progress(trained):
+    """`dmgin encoder train` printed nothing until it finished (the feature pass over a
+    large catalog alone takes minutes)."""
+    assert _PROGRESS[0] == ("encoder: 8 of 8 catalog rows usable (3 with an image); "
+                            "training end to end"), _PROGRESS
+    assert [line.split(":")[0] for line in _PROGRESS[1:]] == [
+        "encoder epoch 1/3", "encoder epoch 2/3", "encoder epoch 3/3"], _PROGRESS
 
 
 def _full_batch_loss(enc, items):

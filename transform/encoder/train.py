@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 
@@ -97,8 +97,22 @@ class _StepLimit:
         return StepLimit()
 
 
+def _epoch_lines(log: Callable[[str], None], epochs: int, t0: float):
+    """Keras callback: one progress line per finished epoch (loss, elapsed seconds)."""
+    import keras
+
+    class EpochLines(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            loss = (logs or {}).get("loss")
+            log(f"encoder epoch {epoch + 1}/{epochs}: loss "
+                f"{'n/a' if loss is None else f'{float(loss):.4f}'} ({time.time() - t0:.0f} s)")
+
+    return EpochLines()
+
+
 def train_encoder(items, config: EncoderConfig = EncoderConfig(),
-                  encoder: Optional[ItemEncoder] = None, verbose: int = 0
+                  encoder: Optional[ItemEncoder] = None, verbose: int = 0,
+                  log: Optional[Callable[[str], None]] = None
                   ) -> Tuple[ItemEncoder, dict]:
     """Trains an encoder on a catalog with the symmetric contrastive objective.
 
@@ -108,6 +122,8 @@ def train_encoder(items, config: EncoderConfig = EncoderConfig(),
         training fields are used (the architecture is the encoder's).
       encoder: continue training this encoder instead of building a new one.
       verbose: Keras `fit` verbosity.
+      log: called with progress lines (catalog preparation, the text feature pass, each
+        epoch), e.g. `print`; the feature pass over a large catalog takes minutes.
 
     Returns:
       `(encoder, summary)`; `summary` (also stored as `encoder.metadata["training"]`)
@@ -142,6 +158,10 @@ def train_encoder(items, config: EncoderConfig = EncoderConfig(),
     x = {TEXT_PAIR: text_pair[idx], HAS_IMAGE: has_image[idx]}
     cached = encoder.backbone == "minilm" and config.minilm_trainable_blocks == 0
     feature_seconds = 0.0
+    if log is not None:
+        log(f"encoder: {len(idx):,} of {prepared.report.rows:,} catalog rows usable "
+            f"({int(has_image[idx].sum()):,} with an image); "
+            + ("text features of the frozen backbone first" if cached else "training end to end"))
     if cached:
         tf0 = time.time()
         for view in TEXT_VIEWS:
@@ -151,6 +171,8 @@ def train_encoder(items, config: EncoderConfig = EncoderConfig(),
                 encoder, inputs[f"{view}_token_ids"][idx], inputs[f"{view}_padding_mask"][idx],
                 batch_size=max(config.batch_size, 64))
         feature_seconds = time.time() - tf0
+        if log is not None:
+            log(f"encoder: text features done ({feature_seconds:.0f} s)")
     else:
         for view in TEXT_VIEWS:
             if view == FULL_VIEW and not has_image.any():
@@ -165,9 +187,11 @@ def train_encoder(items, config: EncoderConfig = EncoderConfig(),
     steps_per_epoch = max(1, n // batch_size)
     epochs = config.epochs
     callbacks = []
+    limit = None
     if config.max_steps:
         epochs = min(epochs, math.ceil(config.max_steps / steps_per_epoch)) or 1
-        callbacks.append(_StepLimit(config.max_steps))
+        limit = _StepLimit(config.max_steps)
+        callbacks.append(limit)
     keras.utils.set_random_seed(config.seed)
     model = encoder.model
     total_steps = min(epochs * steps_per_epoch, config.max_steps or epochs * steps_per_epoch)
@@ -177,10 +201,12 @@ def train_encoder(items, config: EncoderConfig = EncoderConfig(),
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), jit_compile=False,
                   run_eagerly=eager)
     tfit = time.time()
+    if log is not None:
+        callbacks.append(_epoch_lines(log, epochs, t0))
     history = model.fit(_batches(x, batch_size, config.seed), epochs=epochs,
                         verbose=verbose, callbacks=callbacks)
     fit_seconds = time.time() - tfit
-    steps = callbacks[0].steps if callbacks else epochs * steps_per_epoch
+    steps = limit.steps if limit is not None else epochs * steps_per_epoch
     summary = {
         "mode": "cached_features" if cached else "end_to_end",
         "backbone": encoder.backbone,
