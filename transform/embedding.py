@@ -375,12 +375,21 @@ def _files(path: str, exts: Tuple[str, ...]) -> List[str]:
 
 
 def _is_tfrecord(files: Sequence[str]) -> bool:
-    if all(f.endswith((".parquet", ".pq")) for f in files):
-        return False
-    if all(f.endswith((".tfrecord", ".tfrecords", ".tfr")) or ".tfrecord" in f for f in files):
-        return True
-    with open(files[0], "rb") as fh:  # Parquet files start with b"PAR1"
-        return fh.read(4) != b"PAR1"
+    """Whether `files` are TFRecord (else Parquet); one table is one format."""
+    def parquet(f):
+        if f.endswith((".parquet", ".pq")):
+            return True
+        if f.endswith((".tfrecord", ".tfrecords", ".tfr")) or ".tfrecord" in f:
+            return False
+        with open(f, "rb") as fh:  # Parquet files start with b"PAR1"
+            return fh.read(4) == b"PAR1"
+    kinds = {f: parquet(f) for f in files}
+    if len(set(kinds.values())) > 1:
+        pq_file = next(f for f, k in kinds.items() if k)
+        tfr_file = next(f for f, k in kinds.items() if not k)
+        raise DataError(f"embeddings mix Parquet ({pq_file}) and TFRecord ({tfr_file}) files; "
+                        f"give one table in one format (a file, a glob or a directory)")
+    return not next(iter(kinds.values()))
 
 
 def read_external_embeddings(path: str) -> Tuple[np.ndarray, np.ndarray]:

@@ -83,10 +83,14 @@ def encoder_config_from_args(args: argparse.Namespace):
 
 
 def _train(args: argparse.Namespace) -> int:
+    from dmgin_tf.errors import DataError
     from transform.encoder.io import save_encoder
     from transform.encoder.retrieval import split_items, view_recall
     from transform.encoder.train import train_encoder
 
+    if not 0 <= args.eval_fraction < 1:
+        raise DataError(f"--eval-fraction {args.eval_fraction}: the held-out share of the "
+                        f"catalog, in [0, 1) (training needs the rest)")
     config = encoder_config_from_args(args)
     items = read_items_table(args.items)
     held = None

@@ -158,3 +158,22 @@ def test_embed_refuses_a_catalog_listing_an_item_twice(tmp_path):
         embed_catalog(str(tmp_path / "items.parquet"), str(tmp_path / "no_encoder_needed"),
                       str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+
+
+def test_a_folder_mixing_parquet_and_tfrecord_is_named(tmp_path, capsys):
+    """A directory holding both formats gave pyarrow's "Parquet magic bytes not found"
+    without a file name; an --eval-fraction of 1 left no catalog to train on and blamed
+    the rows."""
+    from dmgin_tf.cli.main import main
+    (tmp_path / "emb").mkdir()
+    _parquet(tmp_path / "emb" / "a.parquet", ["a"], [[1.0, 2.0]])
+    write_tfrecord_embeddings(str(tmp_path / "emb" / "b.tfrecord"), ["b"],
+                              np.ones((1, 2), np.float32))
+    assert main(["encoder", "import", "--embeddings", str(tmp_path / "emb"),
+                 "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "mix Parquet" in err and "a.parquet" in err and "b.tfrecord" in err, err
+    tiny_items().to_parquet(tmp_path / "items.parquet")
+    assert main(["encoder", "train", "--items", str(tmp_path / "items.parquet"), "--output",
+                 str(tmp_path / "enc"), "--eval-fraction", "1"]) == 2
+    assert "--eval-fraction 1.0: the held-out share" in capsys.readouterr().err
