@@ -104,3 +104,26 @@ def test_help_texts_keep_their_continued_command_lines():
             seen += 1
             assert not re.search(r"\S {8,}[\[-]", line), (p.prog, line)
     assert seen > 50
+
+
+def test_ctrl_c_inside_beam_is_an_interruption_not_an_error(monkeypatch, capsys):
+    """Beam re-raises a step's KeyboardInterrupt as "RuntimeError: KeyboardInterrupt
+    [while running ...]": the CLI printed it as an error (exit 2)."""
+    from dmgin_tf.cli import data as data_cli
+    from dmgin_tf.cli.main import main
+
+    def beam_step(args):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise RuntimeError("KeyboardInterrupt [while running 'Read']")
+
+    monkeypatch.setattr(data_cli, "_stats", beam_step)
+    assert main(["data", "stats", "x"]) == 130
+    assert capsys.readouterr().err.strip() == "dmgin data: interrupted"
+
+    def plain_error(args):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(data_cli, "_stats", plain_error)
+    assert main(["data", "stats", "x"]) == 2

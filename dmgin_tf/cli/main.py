@@ -70,12 +70,26 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return 0
     except Exception as e:  # every error: one line naming it, exit 2 (--debug: traceback)
+        if _caused_by_interrupt(e):   # Ctrl-C inside Beam arrives wrapped in its own error
+            print(f"dmgin {args.command}: interrupted", file=sys.stderr)
+            return 130
         if debug:
             raise
         print(f"dmgin {args.command}: error: {_one_line(e, (DmginError, ConfigError))}",
               file=sys.stderr)
         return 2
     return int(result or 0)
+
+
+def _caused_by_interrupt(e: BaseException) -> bool:
+    """Whether `e` was raised while handling a KeyboardInterrupt (its cause or context
+    chain holds one): Beam re-raises a step's interrupt as a RuntimeError."""
+    seen = 0
+    while e is not None and seen < 20:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False
 
 
 def _one_line(e: Exception, ours: tuple) -> str:
