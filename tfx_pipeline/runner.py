@@ -80,6 +80,8 @@ def prepare_span(cfg: Config, data_root: str, span: int, data: Optional[str] = N
     tmp = dest + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     if data and is_converted(data):
+        from dmgin_tf.data.datasets import check_converted_as
+        check_converted_as(data, cfg.data.dataset)      # before any component runs
         shutil.copytree(data, tmp)
     else:
         from dmgin_tf.data.converters import convert

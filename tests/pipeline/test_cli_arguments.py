@@ -61,3 +61,21 @@ def test_generic_data_gives_the_trainer_its_behavior_types(tmp_path):
     given = cfg.apply_overrides({"data.behavior_types": ["view", "cart", "buy"]})
     assert pipeline_behavior_types(given, str(root), 3) == ["view", "cart", "buy"]
     assert pipeline_behavior_types(Config(), str(root), 3) == ["pv", "cart", "fav", "buy"]
+
+
+def test_converted_data_of_another_dataset_stops_before_the_pipeline(tmp_path, capsys):
+    """Generic data run with the default dataset (taobao) failed in the ExampleBuilder,
+    after the encoder and grouping components had run."""
+    from dmgin_tf.cli.main import main
+    from dmgin_tf.config import DataConfig
+    from dmgin_tf.data.converters import convert
+    raw = tmp_path / "b.csv"
+    raw.write_text("user_id,item_id,behavior,timestamp\nu1,i1,view,1600000000\n")
+    convert("generic", str(raw), str(tmp_path / "mine"), DataConfig(dataset="generic"),
+            show_progress=False)
+    rc = main(["pipeline", "run", "--data", str(tmp_path / "mine"), "--pipeline-root",
+               str(tmp_path / "root"), "--data-root", str(tmp_path / "spans"),
+               "--set", "grouping.key=category"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "converted as dataset 'generic'" in err and "--dataset generic" in err, err
+    assert not (tmp_path / "root").exists()
