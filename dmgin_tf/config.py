@@ -5,7 +5,7 @@ All configs load from one YAML/JSON file with a section per concern::
     data:     {dataset: taobao, max_history: 10000, ...}
     grouping: {key: cluster, num_groups: 256, ...}
     model:    {embedding_dim: 16, max_groups: 64, ...}
-    train:    {epochs: 3, batch_size: 1024, ...}
+    train:    {epochs: 5, batch_size: 1024, ...}
     pipeline: {...}
     serving:  {...}
 

@@ -495,6 +495,9 @@ def import_external_embeddings(path: str, output_dir: str, normalize: bool = Fal
                             f"{ids[zero[0]]!r}; drop them or import without --normalize")
         vecs = vecs / norms
     table = write_embeddings(os.path.join(output_dir, EMBEDDINGS_SUBDIR), ids, vecs)
+    # An earlier `embed` into the same folder left its bad rows: they describe another table.
+    import shutil
+    shutil.rmtree(os.path.join(output_dir, BAD_ROWS_SUBDIR), ignore_errors=True)
     report = {"source": path, "rows": int(len(ids)), "embedding_dim": int(vecs.shape[1]),
               "table": table}
     with open(os.path.join(output_dir, REPORT_FILE), "w", encoding="utf-8") as f:

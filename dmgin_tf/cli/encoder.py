@@ -1,8 +1,8 @@
 r"""`dmgin encoder train|embed|import`: the multimodal item encoder and catalog embedding.
 
-    dmgin encoder train --items data/items.parquet --output runs/encoder \
+    dmgin encoder train --items runs/data/ml/items.parquet --output runs/encoder \
         [--epochs 10 --steps 0 --batch-size 256 --from-scratch --eval-fraction 0.2]
-    dmgin encoder embed --encoder runs/encoder --items data/items.parquet \
+    dmgin encoder embed --encoder runs/encoder --items runs/data/ml/items.parquet \
         --output runs/embeddings [--beam-runner dask --dask-local-workers 2]
     dmgin encoder import --embeddings my_mllm.tfrecord --output runs/embeddings
 
@@ -27,7 +27,8 @@ def register(subparsers) -> None:
     sub.required = True
 
     train = sub.add_parser("train", help="contrastive training on a catalog (items.parquet)")
-    train.add_argument("--items", required=True, help="canonical items.parquet")
+    train.add_argument("--items", required=True, help="the items.parquet of `dmgin data convert` "
+                       "(or its output directory)")
     train.add_argument("--output", required=True, help="encoder base dir (a new version is added)")
     train.add_argument("--encoder-config", metavar="FILE",
                        help="YAML/JSON with EncoderConfig fields (an `encoder:` section or flat)")

@@ -1,9 +1,9 @@
 r"""`dmgin grouping fit|assign`: item -> interest group for every grouping key.
 
-    dmgin grouping fit --items data/items.parquet --embeddings emb/ --key cluster \
+    dmgin grouping fit --items runs/data/ml/items.parquet --embeddings emb/ --key cluster \
         --num-groups 256 --output runs/grouping [--previous runs/grouping-old] \
         [--beam-runner dask --dask-local-workers 2]
-    dmgin grouping fit --items data/items.parquet --key category --output runs/grouping-cat
+    dmgin grouping fit --items runs/data/ml/items.parquet --key category --output runs/grouping-cat
     dmgin grouping assign --embeddings new_items.parquet --grouping runs/grouping \
         --output runs/new-groups
 
@@ -28,7 +28,8 @@ def register(subparsers) -> None:
     fit = sub.add_parser("fit", help="build the item -> group map for a grouping key")
     add_config_args(fit)
     add_beam_args(fit)
-    fit.add_argument("--items", required=True, help="canonical items.parquet (catalog order = item ids)")
+    fit.add_argument("--items", required=True, help="the items.parquet of `dmgin data convert` "
+                     "(or its output directory; catalog order = item ids)")
     fit.add_argument("--embeddings", help="Parquet item_id + embedding (key=cluster); "
                      "default grouping.external_embeddings")
     fit.add_argument("--key", choices=["cluster", "item_id", "category", "random"],

@@ -129,9 +129,11 @@ def test_cli_import_writes_the_table(tmp_path, capsys):
     from dmgin_tf.cli.main import main
     ids, vecs = ["p", "q"], np.arange(6, dtype=np.float32).reshape(2, 3)
     write_tfrecord_embeddings(str(tmp_path / "x.tfrecord"), ids, vecs)
+    (tmp_path / "out" / "bad_rows").mkdir(parents=True)     # an earlier `embed` into out/
     assert main(["encoder", "import", "--embeddings", str(tmp_path / "x.tfrecord"),
                  "--output", str(tmp_path / "out")]) == 0
     assert "imported 2 embeddings (D=3)" in capsys.readouterr().out
+    assert not (tmp_path / "out" / "bad_rows").exists()      # it described another table
     got_ids, got = read_embeddings(str(tmp_path / "out"))
     assert got_ids.tolist() == ids
     np.testing.assert_array_equal(got, vecs)
