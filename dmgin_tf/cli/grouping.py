@@ -64,8 +64,6 @@ def _fit(args: argparse.Namespace) -> int:
     items = read_items_table(args.items)
     previous = kmeans.load_centroids(args.previous) if g.key == "cluster" and args.previous \
         else None
-    _remove_previous_grouping(args.output)
-    os.makedirs(args.output, exist_ok=True)
     facts = {"key": g.key}
     if g.key == "cluster":
         emb = args.embeddings or g.external_embeddings
@@ -73,6 +71,8 @@ def _fit(args: argparse.Namespace) -> int:
             raise DataError("grouping key 'cluster' needs --embeddings (or grouping.external_embeddings)")
         from transform.embedding import embeddings_table_path
         emb = embeddings_table_path(emb)      # `dmgin encoder embed --output` dir works too
+        _remove_previous_grouping(args.output)    # k-means writes into the folder as it goes
+        os.makedirs(args.output, exist_ok=True)
         res = kmeans.fit_kmeans(emb, g, cfg.beam, args.output, previous_centroids=previous,
                                 log=print)
         empty = int((res.counts == 0).sum())
@@ -88,6 +88,8 @@ def _fit(args: argparse.Namespace) -> int:
             facts["stable ids"] = f"matched to {args.previous}"
     else:
         index = ItemIndex.build(items, g.key, num_groups=g.num_groups, seed=g.seed)
+        _remove_previous_grouping(args.output)    # only once the new grouping exists
+        os.makedirs(args.output, exist_ok=True)
     index.save(args.output)
     model_groups = index.group_of_idx[NUM_RESERVED_IDS:]
     grouped = model_groups != OOV_ID

@@ -97,3 +97,14 @@ def test_duplicate_item_ids_are_refused_before_the_fit(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "emb.parquet: duplicate item_id 'i1' (rows 1 and 8)" in captured.err, captured.err
     assert "k-means iteration" not in captured.out
+
+
+def test_a_failed_refit_keeps_the_earlier_grouping(tmp_path, capsys):
+    items = pd.DataFrame({"item_id": IDS, "category": ["a", "a", "b", "b", "c", "c", "d", "d"]})
+    out = tmp_path / "groups"
+    _earlier_kmeans_output(out, items)
+    items.assign(category="").to_parquet(tmp_path / "items.parquet")     # no categories
+    assert main(["grouping", "fit", "--items", str(tmp_path / "items.parquet"), "--key",
+                 "category", "--output", str(out)]) == 2
+    assert "none of the 8 items has a category" in capsys.readouterr().err
+    assert (out / "centroids.npy").exists() and (out / "item_groups").is_dir()
