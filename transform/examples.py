@@ -343,7 +343,6 @@ def _keep_split(element, name):
 
 def _prepare(data_dir: str, data_cfg: DataConfig, beam_cfg: BeamConfig, splits: int):
     """Checks the inputs; returns (dataset spec, read work items, catalog ids, categories)."""
-    import pyarrow.compute as pc
     import pyarrow.parquet as pq
     beh_path = os.path.join(data_dir, BEHAVIORS_FILE)
     items_path = os.path.join(data_dir, ITEMS_FILE)
@@ -358,9 +357,10 @@ def _prepare(data_dir: str, data_cfg: DataConfig, beam_cfg: BeamConfig, splits: 
     cats = (items.column(F.CATEGORY).to_pylist() if F.CATEGORY in items.column_names
             else [""] * len(item_ids))
     categories = {i: (c or "") for i, c in zip(item_ids, cats)}
-    observed = pc.unique(pq.read_table(beh_path, columns=[F.BEHAVIOR]).column(0)).to_pylist()
-    spec = get_spec(data_cfg.dataset, data_cfg,
-                    observed_behaviors=data_behavior_types(data_dir, observed))
+    # The behavior column is read only for generic data without a conversion report.
+    observed = (data_behavior_types(data_dir)
+                if data_cfg.dataset == "generic" and not data_cfg.behavior_types else None)
+    spec = get_spec(data_cfg.dataset, data_cfg, observed_behaviors=observed)
     spec.require_both_labels()
     if not splits:
         splits = (dask_npartitions(beam_cfg) if beam_cfg.runner == "dask"

@@ -192,13 +192,9 @@ def check_converted_as(data_dir, dataset: str) -> None:
     Raises:
       DataError: naming the dataset to pass.
     """
-    import json
-    import os
-    from dmgin_tf.data.converters.report import REPORT_JSON
-    report = os.path.join(os.fspath(data_dir), REPORT_JSON)
+    from dmgin_tf.data.converters.report import REPORT_JSON, read_report
     try:
-        with open(report, encoding="utf-8") as f:
-            converted_as = json.load(f).get("dataset")
+        converted_as = read_report(data_dir).get("dataset")
     except (OSError, ValueError):
         return      # no report (tables written by hand): nothing to check against
     if converted_as and converted_as != dataset:
@@ -220,15 +216,12 @@ def data_behavior_types(data_dir, observed: Optional[Iterable[str]] = None) -> T
     Raises:
       DataError: `data_dir` holds neither a conversion report nor behaviors.
     """
-    import json
     import os
-    from dmgin_tf.data.converters.report import REPORT_JSON
+    from dmgin_tf.data.converters.report import REPORT_JSON, read_report
     from dmgin_tf.data.converters.tables import BEHAVIORS_FILE
     from dmgin_tf.features import BEHAVIOR
-    report = os.path.join(os.fspath(data_dir), REPORT_JSON)
-    if os.path.exists(report):
-        with open(report, encoding="utf-8") as f:
-            recorded = (json.load(f).get("info") or {}).get("behavior_types")
+    if os.path.exists(os.path.join(os.fspath(data_dir), REPORT_JSON)):
+        recorded = (read_report(data_dir).get("info") or {}).get("behavior_types")
         if recorded:
             return tuple(str(b) for b in recorded)
     if observed is None:
