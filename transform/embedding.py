@@ -41,7 +41,7 @@ import json
 import logging
 import os
 import threading
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -178,16 +178,45 @@ def _batch_key(row: dict, num_keys: int) -> int:
     return zlib.crc32(("" if iid is None else str(iid)).encode("utf-8")) % num_keys
 
 
+class _Progress:
+    """Rows embedded by this process, reported through `log` each time the count passes
+    another tenth of `total` (on a multi-process runner each worker reports its own share).
+    Per-process module state: DoFn instances come and go per bundle."""
+
+    _lock = threading.Lock()
+    _done: Dict[str, int] = {}
+    _start: Dict[str, float] = {}
+
+    @classmethod
+    def add(cls, key: str, rows: int, total: int, log: Optional[Callable[[str], None]]):
+        import time
+        if log is None or total <= 0:
+            return
+        with cls._lock:
+            before = cls._done.get(key, 0)
+            start = cls._start.setdefault(key, time.monotonic())
+            done = cls._done[key] = before + rows
+        if done * 10 // total > before * 10 // total:
+            seconds = time.monotonic() - start
+            log(f"embedded {done:,}/{total:,} rows in {seconds:.0f} s"
+                + (f" ({done / seconds:.0f} rows/s)" if seconds > 0 else ""))
+
+
 class _EmbedGroupFn(_beam().DoFn):
     """`(key, rows)` → one handler result per row; the model runs inside `process`.
 
     Rows of a group are sorted by item id (GroupByKey order is not deterministic) and
     embedded in chunks of `handler.max_batch_size` rows via `handler.run_inference`.
+    `log` (picklable, e.g. `print`) gets a progress line per tenth of `total` rows.
     """
 
-    def __init__(self, handler: EncoderModelHandler):
+    def __init__(self, handler: EncoderModelHandler, total: int = 0,
+                 log: Optional[Callable[[str], None]] = None):
+        import uuid
         self._handler = handler
         self._model = None
+        self._total, self._log = int(total), log
+        self._run = uuid.uuid4().hex       # one progress count per pipeline run
 
     def setup(self):
         self._model = self._handler.load_model()  # cached per process (cached_encoder)
@@ -197,7 +226,9 @@ class _EmbedGroupFn(_beam().DoFn):
         rows = sorted(rows, key=lambda r: str(r.get(F.ITEM_ID) or ""))
         step = max(1, self._handler.max_batch_size)
         for start in range(0, len(rows), step):
-            yield from self._handler.run_inference(rows[start:start + step], self._model)
+            chunk = rows[start:start + step]
+            yield from self._handler.run_inference(chunk, self._model)
+            _Progress.add(self._run, len(chunk), self._total, self._log)
 
 
 class EmbedCatalog(_beam().PTransform):
@@ -212,25 +243,30 @@ class EmbedCatalog(_beam().PTransform):
       num_keys: number of batch keys (groups); `embed_catalog` uses
         ceil(rows / max_batch_size) so a group is about one model batch and groups
         spread over workers.
+      total, log: rows expected and a picklable progress callback (e.g. `print`): one
+        line per tenth of `total` embedded, per worker process.
 
     Batching is keyed `GroupByKey`, not `RunInference`/`BatchElements`, because the
     latter emits its last batch from `finish_bundle`, which DaskRunner drops.
     """
 
     def __init__(self, handler: EncoderModelHandler, label: Optional[str] = None,
-                 num_keys: int = 1):
+                 num_keys: int = 1, total: int = 0,
+                 log: Optional[Callable[[str], None]] = None):
         super().__init__(label)
         if int(num_keys) < 1:
             raise ValueError(f"EmbedCatalog: num_keys must be >= 1, got {num_keys!r}")
         self._handler = handler
         self._num_keys = int(num_keys)
+        self._total, self._log = int(total), log
 
     def expand(self, rows):
         beam = _beam()
         num_keys = self._num_keys
         results = (rows | "BatchKey" >> beam.Map(lambda r: (_batch_key(r, num_keys), r))
                    | "Batch" >> beam.GroupByKey()
-                   | "Encode" >> beam.ParDo(_EmbedGroupFn(self._handler)))
+                   | "Encode" >> beam.ParDo(_EmbedGroupFn(self._handler, self._total,
+                                                         self._log)))
         embeddings = (results | "HasEmbedding" >> beam.Filter(lambda r: r[EMBEDDING] is not None)
                       | "ToTableRow" >> beam.Map(_to_table_row))
         bad = results | "BadRows" >> beam.FlatMap(_bad_rows)
@@ -252,7 +288,8 @@ def refuse_duplicate_ids(ids, where: str) -> None:
 
 
 def embed_catalog(items_path: str, encoder_dir: str, output_dir: str, beam_cfg=None,
-                  batch_size: int = 256, max_batch_size: int = 256) -> dict:
+                  batch_size: int = 256, max_batch_size: int = 256,
+                  log: Optional[Callable[[str], None]] = None) -> dict:
     """Runs the catalog embedding pipeline; returns (and writes) the report.
 
     Args:
@@ -263,6 +300,8 @@ def embed_catalog(items_path: str, encoder_dir: str, output_dir: str, beam_cfg=N
         DirectRunner.
       batch_size, max_batch_size: forward-pass rows and rows per model call (also
         sets the number of batch keys, ceil(rows / max_batch_size)).
+      log: picklable progress callback (e.g. `print`): a line per tenth of the catalog
+        embedded (per worker process on a multi-process runner).
 
     Raises:
       beam_io.SinkCountError (from the pipeline): the embeddings output would not hold
@@ -291,7 +330,8 @@ def embed_catalog(items_path: str, encoder_dir: str, output_dir: str, beam_cfg=N
     num_keys = max(1, -(-len(ids) // max(1, int(max_batch_size))))
     with beam_pipeline(beam_cfg) as p:
         outputs = (p | "ReadItems" >> beam_io.ReadParquet(items_path, columns=columns)
-                   | "Embed" >> EmbedCatalog(handler, num_keys=num_keys))
+                   | "Embed" >> EmbedCatalog(handler, num_keys=num_keys, total=len(ids),
+                                           log=log))
         # expected_rows: a runner that drops rows fails here, before anything is committed.
         _ = outputs | "Write" >> beam_io.WriteOutputs({
             EMBEDDINGS_SUBDIR: beam_io.ParquetSink(emb_path, embedding_schema()),

@@ -118,7 +118,7 @@ def _embed(args: argparse.Namespace) -> int:
     cfg = config_from_args(args, beam_overrides(args))
     print(f"embedding {args.items} with {args.encoder} (Beam, {cfg.beam.runner} runner) ...")
     report = embed_catalog(args.items, args.encoder, args.output, cfg.beam,
-                           batch_size=args.batch_size, max_batch_size=args.batch_size)
+                           batch_size=args.batch_size, max_batch_size=args.batch_size, log=print)
     print(f"embedded {report['embedded']} of {report['rows']} rows (D={report['embedding_dim']}, "
           f"runner {report['runner']}); bad rows {report['counts']}")
     print(f"table {report['table']}")

@@ -23,7 +23,7 @@ def saved_encoder(tmp_path_factory):
     return enc, save_encoder(enc, tmp_path_factory.mktemp("encoder"))
 
 
-def test_beam_embedding_equals_in_process(saved_encoder, tmp_path):
+def test_beam_embedding_equals_in_process(saved_encoder, tmp_path, capsys):
     enc, vdir = saved_encoder
     items = pd.concat([tiny_items(), bad_items(tmp_path)], ignore_index=True)
     items_path = tmp_path / "items.parquet"
@@ -31,7 +31,10 @@ def test_beam_embedding_equals_in_process(saved_encoder, tmp_path):
     beam_cfg = BeamConfig(runner="direct", direct_running_mode="in_memory")
     # Small Beam batches: several RunInference batches with different compositions.
     report = embed_catalog(str(items_path), str(vdir.parent), str(tmp_path / "out"), beam_cfg,
-                           batch_size=4, max_batch_size=5)
+                           batch_size=4, max_batch_size=5, log=print)
+    # Progress: a line each time another tenth of the catalog is embedded, the last at all rows.
+    progress = [l for l in capsys.readouterr().out.splitlines() if l.startswith("embedded ")]
+    assert progress and progress[-1].startswith(f"embedded {len(items)}/{len(items)} rows in ")
     ids, vecs = read_embeddings(str(tmp_path / "out"))
     ref_ids, ref = embed_items(enc, items, batch_size=16)
     order = np.argsort(ids)
