@@ -11,7 +11,9 @@ definition) as graph ops that run before the model, outside XLA:
   the history, the candidates and a user state);
 - times (`validation.TIME_INPUTS`) are Unix seconds in `[0, MAX_TIME_S]`;
 - float inputs are finite;
-- no history event (a real slot of `hist_time`) after `request_time`.
+- no history event (a real slot of `hist_time`) after `request_time`;
+- at most `Contract.max_candidates` candidates per user (N of `cand_* [U, N]`): each
+  new N past the largest bucket would otherwise compile at request time.
 
 A request breaking one fails with INVALID_ARGUMENT ("assertion failed: [input
 cand_item: ids must be in [0, 49999] …] [got min] [-5] [max] [12]"). Each rule is one
@@ -64,6 +66,13 @@ def contract_checks(inputs: Mapping[str, tf.Tensor], contract: Contract) -> List
             checks.append(tf.debugging.Assert(
                 tf.reduce_all(tf.math.is_finite(x)),
                 [f"input {name}: values must be finite; NaN and inf are refused"]))
+    cand = inputs.get(F.CAND_ITEM)
+    if cand is not None and cand.shape.rank == 2 and contract.max_candidates:
+        n = tf.shape(cand)[1]
+        checks.append(tf.debugging.Assert(
+            n <= contract.max_candidates,
+            [f"input {F.CAND_ITEM}: more candidates per user than max_candidates="
+             f"{contract.max_candidates}; split the list (Client.rank does)", "got", n]))
     t, rt, item = (inputs.get(k) for k in (F.HIST_TIME, F.REQUEST_TIME, F.HIST_ITEM))
     if t is not None and rt is not None and item is not None and t.shape.rank == 2:
         # No history event after the request (real slots only): the serving rule.

@@ -21,6 +21,8 @@ polling server (TF Serving or `dmgin serve`) never sees half a SavedModel.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import os
 import shutil
@@ -119,8 +121,9 @@ def export_model(model, base_path: str, name: str, *, history_length: int,
         examples = examples_from_dense(warmup_inputs, item_index.item_ids, behavior_types)
     # The signatures check ids against the vocabularies the model was built with.
     own_cfg = getattr(model, "model_cfg", None)
-    contract = Contract.from_model_config(
-        model_config or (own_cfg.to_dict() if hasattr(own_cfg, "to_dict") else None))
+    contract = dataclasses.replace(Contract.from_model_config(
+        model_config or (own_cfg.to_dict() if hasattr(own_cfg, "to_dict") else None)),
+        max_candidates=int(serving_cfg.max_candidates))
     paths = {}
     for variant in variants:
         module = ServingModule(model, tables, history_length, jit_compile=variant == "xla",

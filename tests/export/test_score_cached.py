@@ -138,6 +138,19 @@ def test_signatures_refuse_values_outside_the_contract(dmgin_export, variant):
         sigs["rank"](**bad_hist, **{k: tf.constant(v) for k, v in cands.items()})
     with pytest.raises(tf.errors.InvalidArgumentError, match="hist_item: ids must be"):
         sigs["user_state"](**bad_hist)
+    # More candidates than max_candidates: refused, not compiled at request time for a
+    # new padded N (TF Serving passes any N through; `dmgin serve` checks it as well).
+    many = {k: tf.constant(np.full((1, SERVING.max_candidates + 1), 2, np.int32))
+            for k in (F.CAND_ITEM, F.CAND_GROUP)}
+    for sig, args in (("rank", hist), ("score_cached", dict(
+            {k: tf.constant(v) for k, v in state.items()},
+            request_time=tf.constant(x[F.REQUEST_TIME][:1])))):
+        with pytest.raises(tf.errors.InvalidArgumentError,
+                           match=f"cand_item: more candidates per user than max_candidates="
+                                 f"{SERVING.max_candidates}"):
+            sigs[sig](**args, **many)
+    at_cap = {k: v[:, :SERVING.max_candidates] for k, v in many.items()}
+    assert sigs["rank"](**hist, **at_cap)["ctr"].shape == (1, SERVING.max_candidates)
     # A history event after the request (a clock or unit bug on the client) is refused.
     late = dict(hist, request_time=tf.constant(np.ones(1, x[F.REQUEST_TIME].dtype)))
     with pytest.raises(tf.errors.InvalidArgumentError, match="hist_time: a history event is "
