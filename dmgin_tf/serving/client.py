@@ -186,8 +186,8 @@ class Client:
 
     def _score_lists(self, base, cand_item, cand_group, signature, timeout_s):
         """One user's candidate list in padded chunks of `base` + `cand_* [1, n]` → [N]."""
-        cand_item = np.asarray(cand_item, np.int32).reshape(-1)
-        cand_group = np.asarray(cand_group, np.int32).reshape(-1)
+        cand_item = request_array(F.CAND_ITEM, cand_item, np.int32).reshape(-1)
+        cand_group = request_array(F.CAND_GROUP, cand_group, np.int32).reshape(-1)
         if cand_item.shape != cand_group.shape:
             raise ValueError(f"cand_item {cand_item.shape} and cand_group {cand_group.shape} differ")
         chunk = self.candidate_buckets[-1]
@@ -224,15 +224,23 @@ class Client:
         return [(s.version, names(s.state), s.status.error_message) for s in resp.model_version_status]
 
     def wait_until_available(self, timeout_s: float = 30.0, version: Optional[int] = None) -> int:
-        """Polls GetModelStatus until a (the) version is AVAILABLE; returns it."""
+        """Polls GetModelStatus until a (the) version is AVAILABLE; returns it.
+
+        Keeps polling while the server is down (UNAVAILABLE), does not know the model
+        yet (NOT_FOUND) or does not answer within a poll (DEADLINE_EXCEEDED: e.g. a port
+        that accepts connections while the server is still starting); raises
+        TimeoutError after `timeout_s`."""
         deadline = time.monotonic() + timeout_s
+        waiting = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND,
+                   grpc.StatusCode.DEADLINE_EXCEEDED)
         while True:
+            poll_s = min(2.0, max(0.1, deadline - time.monotonic()))
             try:
-                for v, state, _ in self.status(version=version, timeout_s=2.0):
+                for v, state, _ in self.status(version=version, timeout_s=poll_s):
                     if state == "AVAILABLE":
                         return v
             except grpc.RpcError as e:
-                if e.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND):
+                if e.code() not in waiting:
                     raise
             if time.monotonic() > deadline:
                 raise TimeoutError(f"model {self.model_name!r} not AVAILABLE at {self.target} "
@@ -243,12 +251,36 @@ class Client:
 def history_request(history: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
     """One user's history keys ([L] or [1, L]) and request_time (scalar or [1]) as the
     `[1, L]` / `[1]` arrays of a request, in the signatures' dtypes."""
-    base = {k: np.asarray(history[k], np.int64 if k in (F.HIST_TIME, F.REQUEST_TIME) else np.int32)
+    base = {k: request_array(k, history[k], np.int64 if k in (F.HIST_TIME, F.REQUEST_TIME)
+                             else np.int32)
             for k in F.HISTORY_INPUT_KEYS + (F.REQUEST_TIME,)}
     for k in F.HISTORY_INPUT_KEYS:
         base[k] = base[k].reshape(1, -1)
     base[F.REQUEST_TIME] = base[F.REQUEST_TIME].reshape(1)
     return base
+
+
+def request_array(name: str, values, dtype) -> np.ndarray:
+    """`values` as the signature's integer `dtype`, refusing what a cast would change:
+    a value outside the dtype's range (numpy wraps 2**32 + 5 to 5, a valid id) or a
+    fractional number (a float time would be truncated). Raises ValueError naming the
+    input and the first offending value."""
+    arr = np.asarray(values)
+    if arr.dtype.kind == "f":
+        bad = ~np.isfinite(arr) | (arr != np.round(arr))
+        if bad.any():
+            raise ValueError(f"input {name!r}: integer values expected, got "
+                             f"{arr[bad].flat[0]!r}")
+    elif arr.dtype.kind not in "iub" and arr.size:
+        raise ValueError(f"input {name!r}: integer values expected, got dtype {arr.dtype}")
+    if arr.size:
+        info = np.iinfo(dtype)
+        wide = arr.astype(np.float64) if arr.dtype.kind == "f" else arr
+        out = (wide < info.min) | (wide > info.max)
+        if np.any(out):
+            raise ValueError(f"input {name!r}: {wide[out].flat[0]} does not fit the "
+                             f"signature's {np.dtype(dtype).name}")
+    return arr.astype(dtype)
 
 
 def _pushback_s(error) -> float:
