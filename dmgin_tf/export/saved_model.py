@@ -54,7 +54,11 @@ def next_version(model_base: str) -> int:
     return max(versions, default=0) + 1
 
 
-def _save_atomically(module: ServingModule, final_dir: str, logs, info: dict, sigs) -> None:
+def _save_atomically(module: ServingModule, final_dir: str, logs, info: dict, sigs,
+                     check: Optional[Callable[[str], None]] = None) -> None:
+    """Saves into a hidden sibling folder (TF Serving loads numeric folders only), runs
+    `check` on it, then renames it into place: a version that fails its check is never
+    seen by a server polling `final_dir`'s parent."""
     parent = os.path.dirname(final_dir)
     os.makedirs(parent, exist_ok=True)
     if os.path.exists(final_dir):
@@ -71,6 +75,8 @@ def _save_atomically(module: ServingModule, final_dir: str, logs, info: dict, si
         os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
         with open(os.path.join(tmp, "assets.extra", EXPORT_INFO_FILE), "w") as f:
             json.dump(info, f, indent=1, sort_keys=True)
+        if check is not None:
+            check(tmp)
         os.rename(tmp, final_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -85,7 +91,8 @@ def export_model(model, base_path: str, name: str, *, history_length: int,
                  model_config: Optional[dict] = None,
                  state_groups: int = DEFAULT_LOOKUP_GROUPS,
                  state_items: int = DEFAULT_LOOKUP_ITEMS,
-                 log: Optional[Callable[[str], None]] = None) -> Dict[str, str]:
+                 log: Optional[Callable[[str], None]] = None,
+                 check: Optional[Callable[[str], None]] = None) -> Dict[str, str]:
     """Exports `model` as TF Serving SavedModels; returns {variant: version dir}.
 
     Args:
@@ -105,6 +112,8 @@ def export_model(model, base_path: str, name: str, *, history_length: int,
         (DMGIN/DGIN `user_state`; capped at `history_length`).
       log: called with a progress line per variant (tracing every signature takes
         minutes on a small CPU), e.g. `print`.
+      check: called with each variant's saved folder before it is renamed to its
+        version number (e.g. `verify_export`); an exception leaves no version behind.
     """
     unknown = sorted(set(variants) - {"xla", "noxla"})
     if unknown or not variants:
@@ -138,7 +147,7 @@ def export_model(model, base_path: str, name: str, *, history_length: int,
             log(f"export {variant}: tracing the signatures into {final} ...")
         save_version(module, final, name=name, version=version, serving_cfg=serving_cfg,
                      warmup_inputs=warmup_inputs, examples=examples,
-                     behavior_types=behavior_types, model_config=model_config)
+                     behavior_types=behavior_types, model_config=model_config, check=check)
         if log is not None:
             log(f"export {variant}: saved ({time.perf_counter() - t0:.0f} s)")
         paths[variant] = final
@@ -150,13 +159,15 @@ def save_version(module: ServingModule, final_dir: str, *, name: str, version: O
                  warmup_inputs: Optional[Mapping[str, np.ndarray]] = None,
                  examples: Optional[Sequence[bytes]] = None,
                  behavior_types: Optional[Sequence[str]] = None,
-                 model_config: Optional[dict] = None) -> None:
+                 model_config: Optional[dict] = None,
+                 check: Optional[Callable[[str], None]] = None) -> None:
     """Writes one servable version of `module` to `final_dir` (atomically): the
     SavedModel, its warmup records (from `warmup_inputs`, real dense examples, and their
     serialized form `examples` for the tf.Example signatures) and
     `assets.extra/dmgin_export.json` (buckets, signatures, model config: the request
     contract `dmgin serve` enforces). `dmgin export` and the TFX Trainer both save
     through here, so a pushed pipeline model is warmed and checked like an exported one.
+    `check(staged_dir)` runs before the rename to `final_dir` (`_save_atomically`).
     """
     sigs = module.signatures()
     logs = (build_warmup_logs(name, sigs, warmup_inputs, examples,
@@ -177,7 +188,7 @@ def save_version(module: ServingModule, final_dir: str, *, name: str, version: O
             "model_config": model_config or {}}
     if module.has_cached and "user_state" in sigs:
         info.update(user_state_info(sigs["user_state"], module.state_version))
-    _save_atomically(module, final_dir, logs, info, sigs)
+    _save_atomically(module, final_dir, logs, info, sigs, check)
 
 
 def read_parity_inputs(run_dir: str) -> Optional[Dict[str, np.ndarray]]:
@@ -205,7 +216,8 @@ def export_from_run_dir(run_dir: str, base_path: str, name: str, *,
     Reads `config.json` + `model.weights.h5` (any backend), `item_index.parquet` for
     the tf.Example signature, and `parity_batch.npz` (real held-out examples) for the
     warmup records; with `verify`, every exported signature is compared with the Keras
-    model on 4 of those examples (tolerance 1e-5) before returning. `state_groups`,
+    model on 4 of those examples (tolerance 1e-5) before the version folder gets its
+    number, so a server watching `base_path` never loads a version that failed. `state_groups`,
     `state_items`: K and I of the cached user state (`export_model`).
     """
     # Export needs the TensorFlow backend of Keras 3 (the SavedModel is TF).
@@ -226,21 +238,23 @@ def export_from_run_dir(run_dir: str, base_path: str, name: str, *,
     item_index = ItemIndex.load(index_path) if os.path.exists(index_path) else None
     behavior_types = get_spec(cfg.data.dataset, cfg.data).behavior_types
     warmup = read_parity_inputs(run_dir)
-    paths = export_model(model, base_path, name, history_length=cfg.model.history_length,
-                         version=version, item_index=item_index, behavior_types=behavior_types,
-                         warmup_inputs=warmup, serving_cfg=serving_cfg or cfg.serving,
-                         variants=variants, model_config=cfg.model.to_dict(),
-                         state_groups=state_groups, state_items=state_items, log=log)
+    check = None
     if verify and warmup is not None:
         rows = {k: v[:4] for k, v in warmup.items()}
         examples = (examples_from_dense(rows, item_index.item_ids, behavior_types)
                     if item_index is not None else None)
-        for path in paths.values():
+
+        def check(path):
             if log is not None:
-                log(f"verifying {path} against the Keras model ...")
+                log("verifying the export against the Keras model ...")
             verify_export(path, model, rows, examples, state_groups=state_groups,
                           state_items=state_items)
-    return paths
+    return export_model(model, base_path, name, history_length=cfg.model.history_length,
+                        version=version, item_index=item_index, behavior_types=behavior_types,
+                        warmup_inputs=warmup, serving_cfg=serving_cfg or cfg.serving,
+                        variants=variants, model_config=cfg.model.to_dict(),
+                        state_groups=state_groups, state_items=state_items, log=log,
+                        check=check)
 
 
 def user_state_info(user_state_fn, state_version: int) -> dict:

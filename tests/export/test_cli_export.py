@@ -16,9 +16,11 @@ def test_export_cli_sets_the_user_state_caps(tmp_path, capsys):
     assert main(["export", "--model-dir", run, "--output", str(tmp_path / "serving" / "m"),
                  "--variants", "noxla", "--state-groups", "3", "--state-items", "5"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
-    # Progress while the signatures are traced (minutes on a small CPU), then the result.
+    # Progress while the signatures are traced (minutes on a small CPU), the check
+    # against the Keras model before the version is published, then the result.
     assert out[0].startswith("export noxla: tracing the signatures into ")
-    assert out[1].startswith("export noxla: saved (")
+    assert out[1] == "verifying the export against the Keras model ..."
+    assert out[2].startswith("export noxla: saved (")
     path = out[-1].split("noxla: ")[1].strip()
     sig = tf.saved_model.load(path).signatures["user_state"]
     outputs = sig.structured_outputs

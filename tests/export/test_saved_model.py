@@ -216,3 +216,35 @@ def test_real_dmgin_model_exports_and_matches(tmp_path):
     # rank: user side, candidate lookups and scoring are three compiled clusters called
     # side by side (so the first two can run on different cores), not one.
     assert len(_xla_calls_under_signature(paths["xla"], "rank")) == 3
+
+
+def test_a_version_that_fails_its_check_is_never_published(tmp_path):
+    """`dmgin export` verifies the SavedModel against the Keras model before the version
+    folder gets its number: a server polling the base path (TF Serving loads numeric
+    folders) never sees a version that failed, and nothing is left behind."""
+    from dmgin_tf.export.saved_model import export_model
+    from export.conftest import NUM_ITEMS, tiny_item_index
+    from export.keras_standin import StandInRanker
+    model = StandInRanker(item_vocab=NUM_ITEMS + 2, group_vocab=7)
+    inputs = tiny_inputs(3)
+    model(inputs)
+    index = tiny_item_index()
+    seen = []
+
+    def failing_check(path):
+        seen.append((path, sorted(os.listdir(os.path.dirname(path)))))
+        raise RuntimeError("scores differ")
+
+    kwargs = dict(history_length=L, item_index=index, behavior_types=BEHAVIORS,
+                  warmup_inputs=inputs, serving_cfg=SERVING, variants=("noxla",))
+    with pytest.raises(RuntimeError, match="scores differ"):
+        export_model(model, str(tmp_path), "ranker", check=failing_check, **kwargs)
+    staged, listing = seen[0]
+    assert os.path.basename(staged).startswith(".tmp") and not any(n.isdigit() for n in listing)
+    assert os.listdir(tmp_path / "ranker_noxla") == []
+    # The same export with a passing check is published under its number.
+    examples = examples_from_dense(inputs, index.item_ids, BEHAVIORS)
+    paths = export_model(model, str(tmp_path), "ranker", check=lambda p: verify_export(
+        p, model, inputs, examples, atol=1e-5), **kwargs)
+    assert paths == {"noxla": str(tmp_path / "ranker_noxla" / "1")}
+    assert os.listdir(tmp_path / "ranker_noxla") == ["1"]
