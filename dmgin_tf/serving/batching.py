@@ -7,8 +7,10 @@ up to the next `allowed_batch_sizes` entry by repeating its first row (what TF
 Serving's BatchingSession does), run once, and the outputs are split back.
 
 Differences from TF Serving, on purpose and documented in docs/serving.md:
-- only requests whose non-batch dimensions match are merged (TF Serving needs
-  `pad_variable_length_inputs` for that, which we do not implement);
+- only requests whose non-batch dimensions match are merged; TF Serving with the
+  shipped `pad_variable_length_inputs: true` also merges requests of different
+  candidate counts, padding candidates with each request's first one (the same scores
+  for every real candidate; tests/export/test_score_cached.py);
 - a request larger than `max_batch_size` fails with RESOURCE_EXHAUSTED (TF Serving:
   INVALID_ARGUMENT "Task size ... is larger than maximum input batch size").
 A full queue (`max_enqueued_batches`) fails with UNAVAILABLE, like TF Serving, which

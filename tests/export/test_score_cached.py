@@ -208,3 +208,49 @@ def test_recent_tokens_travel_in_the_state(tmp_path):
     with pytest.raises(StaleUserStateError, match="recent_tokens"):
         model.score_cached(state, {F.CAND_ITEM: ci, F.CAND_GROUP: cg,
                                    F.REQUEST_TIME: x[F.REQUEST_TIME]})
+
+
+def _tf_serving_merge(requests):
+    """What TF Serving's batching does with `pad_variable_length_inputs: true`
+    (tensorflow_serving/batching/batching_util.cc): each input is padded after its
+    elements, in every dimension but 0, to the largest size in the batch, with the
+    input's own first value; then concatenated along dimension 0."""
+    names = requests[0].keys()
+    merged = {}
+    for k in names:
+        parts = [np.asarray(r[k]) for r in requests]
+        top = np.max([p.shape for p in parts], axis=0)
+        merged[k] = np.concatenate([np.pad(p, [(0, 0)] + [(0, t - s) for s, t in zip(
+            p.shape[1:], top[1:])], constant_values=p.flat[0]) for p in parts])
+    return merged
+
+
+@pytest.mark.parametrize("signature", ["rank", "score_cached"])
+def test_tf_serving_padded_batching_keeps_each_requests_scores(dmgin_export, signature):
+    """Requests of two users with different candidate counts, merged the way TF Serving
+    merges them under the shipped batching file (candidates padded with the request's
+    first candidate): each user's scores for its own candidates are those of its request
+    alone — what `Client` reads back (its first N columns)."""
+    paths, _, x = dmgin_export
+    sigs = tf.saved_model.load(paths["noxla"]).signatures
+    hist = {k: x[k][:2] for k in HISTORY}
+    if signature == "score_cached":
+        state = {k: v.numpy() for k, v in sigs["user_state"](
+            **{k: tf.constant(v) for k, v in hist.items()}).items()}
+        base = dict(state, request_time=hist[F.REQUEST_TIME])
+    else:
+        base = hist
+    sizes = (3, 16)
+    requests = []
+    for u, n in enumerate(sizes):
+        r = {k: v[u:u + 1] for k, v in base.items()}
+        r[F.CAND_ITEM] = np.arange(2, 2 + n, dtype=np.int32)[None] + u
+        r[F.CAND_GROUP] = np.full((1, n), 2, np.int32)
+        requests.append(r)
+    alone = [sigs[signature](**{k: tf.constant(v) for k, v in r.items()})["ctr"].numpy()
+             for r in requests]
+    merged = _tf_serving_merge(requests)
+    assert merged[F.CAND_ITEM].shape == (2, max(sizes))
+    out = sigs[signature](**{k: tf.constant(v) for k, v in merged.items()})["ctr"].numpy()
+    for u, n in enumerate(sizes):
+        np.testing.assert_allclose(out[u, :n], alone[u][0], atol=1e-5)

@@ -37,6 +37,9 @@ def test_batching_buckets_equal_export_buckets():
     assert tuple(p.allowed_batch_sizes) == ServingConfig().batch_buckets
     assert p.max_batch_size.value == ServingConfig().batch_buckets[-1]
     assert p.batch_timeout_micros.value > 0 and p.num_batch_threads.value >= 1
+    # Requests of different candidate counts share batches under TF Serving only with
+    # padding (tests/export/test_score_cached.py: padded batches keep each request's scores).
+    assert p.pad_variable_length_inputs
 
 
 def test_monitoring_config():
