@@ -12,6 +12,8 @@ definition) as graph ops that run before the model, outside XLA:
 - times (`validation.TIME_INPUTS`) are Unix seconds in `[0, MAX_TIME_S]`;
 - float inputs are finite;
 - no history event (a real slot of `hist_time`) after `request_time`;
+- `request_time` not before a user state's `state_time` (`score_cached`: the state
+  holds the user's events up to then);
 - at most `Contract.max_candidates` candidates per user (N of `cand_* [U, N]`): each
   new N past the largest bucket would otherwise compile at request time.
 
@@ -27,7 +29,8 @@ import tensorflow as tf
 
 from dmgin_tf import features as F
 from dmgin_tf.features import unknown_id_hint
-from dmgin_tf.serving.validation import MAX_TIME_S, MS_HINT_MIN, TIME_INPUTS, Contract
+from dmgin_tf.serving.validation import (MAX_TIME_S, MS_HINT_MIN, STATE_TIME, TIME_INPUTS,
+                                         Contract)
 
 
 def _range_check(x: tf.Tensor, lo: int, hi: int, message: str) -> tf.Operation:
@@ -73,6 +76,15 @@ def contract_checks(inputs: Mapping[str, tf.Tensor], contract: Contract) -> List
             n <= contract.max_candidates,
             [f"input {F.CAND_ITEM}: more candidates per user than max_candidates="
              f"{contract.max_candidates}; split the list (Client.rank does)", "got", n]))
+    st, rt = inputs.get(STATE_TIME), inputs.get(F.REQUEST_TIME)
+    if st is not None and rt is not None:
+        early = tf.reshape(rt, [-1]) < tf.cast(tf.reshape(st, [-1]), rt.dtype)
+        checks.append(tf.debugging.Assert(
+            tf.logical_not(tf.reduce_any(early)),
+            # (no apostrophes: the Assert message is quoted with escapes)
+            [f"input {F.REQUEST_TIME}: before {STATE_TIME}, the time of the user state; the "
+             f"state holds the events up to then, so score at or after it (or recompute it)", "request_time", tf.reshape(rt, [-1])[:4], STATE_TIME,
+             tf.reshape(st, [-1])[:4]]))
     t, rt, item = (inputs.get(k) for k in (F.HIST_TIME, F.REQUEST_TIME, F.HIST_ITEM))
     if t is not None and rt is not None and item is not None and t.shape.rank == 2:
         # No history event after the request (real slots only): the serving rule.

@@ -22,7 +22,9 @@ allowed:
   > `request_time`, a tf.Example's `hist_timestamp` > its `timestamp`): the model was
   trained on histories strictly before each event, so a later one is a clock or unit bug;
 - float inputs are finite (no NaN/inf);
-- `score_cached`: `state_version` is the version's own (`state_version` of the export
+- `score_cached`: `request_time` not before the state's `state_time` (the state holds
+  the user's events up to `state_time`, so an earlier request would read later events);
+  `state_version` is the version's own (`state_version` of the export
   info) — a user state from another model version is refused, never scored;
 - `serving_default`: every example parses as a tf.train.Example; in each the three
   history lists (`hist_item_id`, `hist_behavior`, `hist_timestamp`) have the same length;
@@ -53,10 +55,11 @@ MAX_TIME_S = 4_102_444_800
 MS_HINT_MIN = 100_000_000_000   # >= 1e11 "seconds" is year 5138: almost surely milliseconds
 # The user state's inputs of `score_cached` (dmgin_tf.models.cached_state) that hold
 # ids or times get the same rules as the history's.
+STATE_TIME = "state_time"         # score_cached: request_time must not be before it
 STATE_ITEM_INPUTS = ("lookup_items", "item_ids")
 STATE_GROUP_INPUTS = ("group_ids", "lookup_group_ids", "context_group_ids")
 STATE_TIME_INPUTS = ("lookup_times", "lookup_group_first_time", "lookup_group_last_time",
-                     "item_last_time", "user_last_time", "state_time")
+                     "item_last_time", "user_last_time", STATE_TIME)
 TIME_INPUTS = (F.HIST_TIME, F.REQUEST_TIME) + STATE_TIME_INPUTS
 CANDIDATE_INPUTS = (F.CAND_ITEM, F.CAND_GROUP)
 EXAMPLES = "examples"
@@ -236,6 +239,18 @@ def check_request(signature: str, inputs: Mapping[str, np.ndarray], contract: Co
                 raise _invalid(f"input {F.HIST_TIME!r}: history event at {value} ({pos}) is "
                                f"after request_time {int(rt[pos[0], 0])}; the history holds "
                                f"only events before the request (a clock or unit mix-up?)")
+
+    if STATE_TIME in inputs and F.REQUEST_TIME in inputs:
+        st = np.asarray(inputs[STATE_TIME]).reshape(-1)
+        rt = np.asarray(inputs[F.REQUEST_TIME]).reshape(-1)
+        if st.shape == rt.shape:
+            early = rt < st
+            if early.any():
+                pos, value = _where(rt, early)
+                raise _invalid(f"input {F.REQUEST_TIME!r}: {value} ({pos}) is before the user "
+                               f"state's {STATE_TIME} {int(st[pos[0]])}; the state holds the "
+                               f"user's events up to {STATE_TIME}, so score at or after it "
+                               f"(or recompute the state)")
 
 
 def _check_examples(signature: str, serialized: np.ndarray) -> None:

@@ -126,6 +126,9 @@ def test_signatures_refuse_values_outside_the_contract(dmgin_export, variant):
                                                             "seconds", "milliseconds"]),
         (dict(group_vectors=np.full_like(state["group_vectors"], np.nan)),
          ["group_vectors: values must be finite"]),
+        # Scoring before the state's time would read events after the request.
+        (dict(request_time=state["state_time"] - 3600),
+         ["request_time: before state_time, the time of the user state"]),
     ]
     for change, words in cases:
         with pytest.raises(tf.errors.InvalidArgumentError) as info:

@@ -334,6 +334,13 @@ def test_history_after_the_request_and_unparsable_examples_are_refused():
     raw = {F.HIST_ITEM: np.array([[5, 6, 0]]), F.HIST_TIME: np.array([[100, 200, 999]]),
            F.REQUEST_TIME: np.array([200])}
     check_request("predict_raw", raw, contract)      # equal time and a padded slot: fine
+    # score_cached: the state holds the user's events up to state_time.
+    cached = {"state_time": np.array([200, 300]), F.REQUEST_TIME: np.array([200, 400])}
+    check_request("score_cached", cached, contract)
+    with pytest.raises(ServingError, match=r"'request_time': 250 \(\[1\]\) is before the "
+                                           r"user state's state_time 300"):
+        check_request("score_cached", dict(cached, **{F.REQUEST_TIME: np.array([200, 250])}),
+                      contract)
     with pytest.raises(ServingError, match=r"'hist_time': history event at 300 \(\[0, 1\]\) "
                                            r"is after request_time 200"):
         check_request("predict_raw", dict(raw, **{F.HIST_TIME: np.array([[100, 300, 0]])}),
