@@ -248,6 +248,10 @@ class FeatureEmbedding(keras.layers.Layer):
     def call(self, ids):
         return self.item(ids)
 
+    def compute_output_shape(self, input_shape):
+        """`call` (= `item`): ids `[...]` -> `[..., D]`."""
+        return tuple(input_shape) + (self.embedding_dim,)
+
     def item(self, ids):
         """Item embeddings: int ids [...] -> [..., D] (+ projected content vectors)."""
         ids = ops.cast(ids, "int32")

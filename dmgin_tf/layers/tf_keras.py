@@ -297,6 +297,12 @@ class GroupInterestEncoder(KerasLayerAdapter):
         layer_kwargs = {k: encoder_kwargs.pop(k) for k in ("name", "trainable", "dtype")
                         if k in encoder_kwargs}
         if inner is None:
+            # The encoder computes in the adapter's precision: its own `dtype` (a policy
+            # name or a tf.keras Policy) or tf.keras' global policy (`mixed_float16` …).
+            policy = layer_kwargs.get("dtype") or tf_keras.mixed_precision.global_policy()
+            name = getattr(policy, "name", policy)
+            if isinstance(name, str) and name != "float32":
+                encoder_kwargs["dtype"] = name
             inner = _gie.GroupInterestEncoder(**encoder_kwargs)
         elif encoder_kwargs:
             raise TypeError(f"GroupInterestEncoder: pass either inner or encoder "

@@ -68,3 +68,15 @@ def test_group_shares_are_length_invariant_and_widen_the_matching_features():
     np.testing.assert_allclose(out[:, -2:].sum(-1) * (out[:, -2:].sum(-1) > 0),
                                (out[:, -2:].sum(-1) > 0).astype("float32"), atol=1e-6)
     assert GroupInterestEncoder.from_config(with_shares.get_config()).group_shares
+
+
+def test_feature_embedding_output_shape():
+    """FeatureEmbedding's `compute_output_shape` answers (it raised NotImplementedError,
+    the one public layer without it) and agrees with a call, eager and symbolic."""
+    import keras
+
+    from dmgin_tf.layers import FeatureEmbedding
+    emb = FeatureEmbedding(100, 10, 6, 8)
+    ids = np.array([[2, 3, 0]])
+    assert emb.compute_output_shape((1, 3)) == (1, 3, 8) == tuple(emb(ids).shape)
+    assert tuple(emb(keras.Input((5,), dtype="int32")).shape) == (None, 5, 8)

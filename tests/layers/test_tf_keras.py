@@ -72,3 +72,22 @@ def test_adapter_output_shape_and_no_autograph_warning_when_built_in_a_tf_functi
         == [None, out.shape[-1]]
     shapes.update({F.CAND_ITEM: tf.TensorShape((None, 5)), F.CAND_GROUP: tf.TensorShape((None, 5))})
     assert adapter.compute_output_shape(shapes).as_list() == [None, 5, adapter.output_dim]
+
+
+def test_adapter_computes_in_the_tf_keras_precision_policy():
+    """A tf.keras mixed-precision policy (the layer's `dtype` or the global policy)
+    reaches the encoder inside the adapter; it used to stay float32 without a word."""
+    from dmgin_tf.layers.tf_keras import GroupInterestEncoder
+    kw = dict(item_vocab_size=40, group_vocab_size=8, num_behavior_types=2, max_groups=3,
+              max_per_group=2, embedding_dim=8)
+    x = {k: tf.constant(v) for k, v in synthetic_inputs(length=12).items()}
+    own = GroupInterestEncoder(dtype="mixed_float16", **kw)
+    assert own.inner.dtype_policy.name == "mixed_float16" and own(x).dtype == tf.float16
+    tf_keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        from_global = GroupInterestEncoder(**kw)
+    finally:
+        tf_keras.mixed_precision.set_global_policy("float32")
+    assert from_global.inner.dtype_policy.name == "mixed_float16"
+    assert from_global(x).dtype == tf.float16
+    assert GroupInterestEncoder(**kw).inner.dtype_policy.name == "float32"
