@@ -341,16 +341,62 @@ def _prop(artifact, name):
     return None
 
 
+def served_versions(model_dir: str) -> List[str]:
+    """Version folders TF Serving would load under `model_dir` (numeric names holding a
+    SavedModel), oldest first."""
+    if not os.path.isdir(model_dir):
+        return []
+    found = [n for n in os.listdir(model_dir) if n.isdigit()
+             and os.path.exists(os.path.join(model_dir, n, "saved_model.pb"))]
+    return [os.path.join(model_dir, n) for n in sorted(found, key=int)]
+
+
+def pushed_destinations(pipeline_root: str) -> List[str]:
+    """Every version folder the Pusher of this pipeline root pushed (from its metadata)."""
+    if not os.path.exists(os.path.join(pipeline_root, "metadata.sqlite")):
+        return []
+    store = metadata_store(pipeline_root)
+    out = []
+    for a in store.get_artifacts_by_type("PushedModel"):
+        dest = _prop(a, "pushed_destination") if _prop(a, "pushed") else None
+        if dest:
+            out.append(os.path.abspath(dest))
+    return out
+
+
+def check_served_baseline(pipeline_root: str, model_dir: str) -> None:
+    """Refuses a run whose Pusher would replace a served version this pipeline root did
+    not push: the Evaluator compares the new model with the last model blessed in this
+    root's metadata only, so against a version pushed from another root (or before the
+    metadata was deleted) a worse model would be blessed and pushed over it."""
+    served = served_versions(model_dir)
+    if not served:
+        return
+    latest = os.path.abspath(served[-1])
+    if latest in pushed_destinations(pipeline_root):
+        return
+    raise DmginError(
+        f"{display_path(model_dir)} serves version {os.path.basename(latest)}, which this "
+        f"pipeline root ({display_path(pipeline_root)}) did not push: its Evaluator could "
+        f"not compare the new model with the served one, so a worse model could replace "
+        f"it. Run with the pipeline root that pushed it (--pipeline-root), push to another "
+        f"folder (--serving-dir), or move the served versions away first.")
+
+
 def run_pipeline(cfg: Config, *, data_root: str, span: int, pipeline_root: str,
                  serving_base: str, echo: Callable[[str], None] = print, **pipeline_kwargs
                  ) -> RunSummary:
     """Builds and runs the pipeline with LocalDagRunner; returns the run's summary.
 
     Raises the component's error when a component fails (e.g. the ValidationGate's
-    `DataValidationError` with the anomalies report).
+    `DataValidationError` with the anomalies report), and `DmginError` before anything
+    runs when the serving folder's latest version was not pushed from this pipeline root
+    (`check_served_baseline`).
     """
     from tfx import v1 as tfx
     from tfx_pipeline.pipeline import create_pipeline
+    model_name = pipeline_kwargs.get("model_name") or cfg.serving.model_name
+    check_served_baseline(pipeline_root, os.path.join(serving_base, model_name))
     os.makedirs(pipeline_root, exist_ok=True)
     before = _max_execution_id(metadata_store(pipeline_root)) \
         if os.path.exists(os.path.join(pipeline_root, "metadata.sqlite")) else 0

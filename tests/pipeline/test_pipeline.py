@@ -116,6 +116,23 @@ def _check_gauc_against_reference(summary):
                                         "tf_serving_warmup_requests")) > 0
 
 
+def test_a_served_version_from_another_root_is_never_replaced(spans, roots, tmp_path):
+    """The Evaluator's baseline is the last model blessed in this root's metadata: a run
+    from another pipeline root (or after the metadata was deleted) would bless any model
+    over `min_auc` and push it over the served one. Such a run stops before anything runs."""
+    from dmgin_tf.errors import DmginError
+    from tfx_pipeline.runner import check_served_baseline
+    model_dir = os.path.join(roots["serving_base"], "dmgin")
+    before = served_versions(roots["serving_base"])
+    assert before                                    # span 1 pushed from this root
+    check_served_baseline(roots["pipeline_root"], model_dir)
+    other = str(tmp_path / "other_root")
+    with pytest.raises(DmginError, match=rf"serves version {before[-1]}, which this pipeline "
+                                         r"root \(.*other_root\) did not push"):
+        _run(spans, dict(roots, pipeline_root=other), 1)
+    assert not os.path.exists(other) and served_versions(roots["serving_base"]) == before
+
+
 def test_retrain_new_span_warm_starts_and_pushes(spans, roots):
     first = _STATE.get("span1")
     if first is None:
