@@ -74,8 +74,11 @@ def test_docker_compose():
 
 @pytest.mark.parametrize("variant", ["cpu", "gpu"])
 def test_kubernetes_deployment(variant):
-    dep = yaml.safe_load(open(CONFIGS / "k8s" / f"deployment-{variant}.yaml"))
+    dep, hpa = yaml.safe_load_all(open(CONFIGS / "k8s" / f"deployment-{variant}.yaml"))
     assert dep["kind"] == "Deployment"
+    # Each Deployment file carries its own HPA, so swapping the file swaps the target.
+    assert hpa["kind"] == "HorizontalPodAutoscaler"
+    assert hpa["spec"]["scaleTargetRef"]["name"] == dep["metadata"]["name"]
     spec = dep["spec"]["template"]["spec"]
     (c,) = spec["containers"]
     assert c["image"].startswith("tensorflow/serving:") and c["image"].endswith("-gpu") == (variant == "gpu")
@@ -95,13 +98,41 @@ def test_kubernetes_deployment(variant):
         assert (CONFIGS / f).is_file()
 
 
-def test_service_and_hpa():
+def test_service_selects_both_deployments():
     svc = yaml.safe_load(open(CONFIGS / "k8s" / "service.yaml"))
     assert {p["port"] for p in svc["spec"]["ports"]} == {8500, 8501}
-    hpa = yaml.safe_load(open(CONFIGS / "k8s" / "hpa.yaml"))
-    dep = yaml.safe_load(open(CONFIGS / "k8s" / "deployment-cpu.yaml"))
-    assert hpa["spec"]["scaleTargetRef"]["name"] == dep["metadata"]["name"]
-    assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    for variant in ("cpu", "gpu"):
+        dep, _ = yaml.safe_load_all(open(CONFIGS / "k8s" / f"deployment-{variant}.yaml"))
+        assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+
+
+@pytest.mark.parametrize("variant", ["cpu", "gpu"])
+def test_kustomize_builds_each_variant(variant, tmp_path):
+    """`kubectl kustomize` of the shipped kustomization (CPU) and of the documented GPU
+    edit (deployment-gpu.yaml listed instead): one Deployment, its HPA pointing at it, and
+    the Deployment mounting the generated (hash-suffixed) ConfigMap."""
+    import shutil
+    import subprocess
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl not installed (kustomize build not checked)")
+    root = tmp_path / "serving_configs"
+    shutil.copytree(CONFIGS, root)
+    kust = root / "kustomization.yaml"
+    kust.write_text(kust.read_text().replace("k8s/deployment-cpu.yaml",
+                                             f"k8s/deployment-{variant}.yaml"))
+    out = subprocess.run([kubectl, "kustomize", str(root)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    docs = {d["kind"]: d for d in yaml.safe_load_all(out.stdout)}
+    assert set(docs) == {"ConfigMap", "Service", "Deployment", "HorizontalPodAutoscaler"}
+    dep = docs["Deployment"]
+    assert dep["metadata"]["name"] == f"dmgin-serving-{variant}"
+    assert docs["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"]["name"] == \
+        dep["metadata"]["name"]
+    mounted = {v["configMap"]["name"] for v in dep["spec"]["template"]["spec"]["volumes"]
+               if "configMap" in v}
+    assert mounted == {docs["ConfigMap"]["metadata"]["name"]}
 
 
 def test_gpu_config_serves_exported_twin_through_client(tmp_path):
