@@ -4,6 +4,7 @@ tests and demos; production = the official tensorflow/serving image, serving_con
     dmgin serve --model-config-file serving_configs/models.config --port 8500 \\
         [--enable-batching --batching-parameters-file serving_configs/batching_parameters.txt] \\
         [--rest-metrics-port 8501] [--ssl-cert cert.pem --ssl-key key.pem]
+    dmgin serve --model-name dmgin --model-base-path runs/serving/dmgin   # one model, no file
 
 Binds 127.0.0.1 by default; a server reachable from other hosts should use TLS
 (`--ssl-cert/--ssl-key`, PEM files).
@@ -18,7 +19,11 @@ import threading
 def register(subparsers) -> None:
     p = subparsers.add_parser("serve", help="development PredictionService server (TF Serving stand-in)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model-config-file", required=True, metavar="FILE", help="ModelServerConfig text proto")
+    p.add_argument("--model-config-file", metavar="FILE", help="ModelServerConfig text proto")
+    p.add_argument("--model-name", metavar="NAME",
+                   help="without a config file: serve one model of this name (with --model-base-path)")
+    p.add_argument("--model-base-path", metavar="DIR",
+                   help="without a config file: the model's folder of numbered versions")
     p.add_argument("--port", type=int, default=8500, help="gRPC port (default 8500)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     p.add_argument("--enable-batching", action="store_true", help="server-side request batching")
@@ -53,6 +58,15 @@ def run(args: argparse.Namespace) -> int:
     import logging
     import os
     from dmgin_tf.errors import DmginError
+    # TF Serving's two ways to name the models: a config file, or one model by flags.
+    single = args.model_name is not None or args.model_base_path is not None
+    if args.model_config_file and single:
+        raise DmginError("--model-config-file or --model-name/--model-base-path, not both")
+    if not args.model_config_file and not (args.model_name and args.model_base_path):
+        raise DmginError("name the models: --model-config-file FILE, or --model-name NAME "
+                         "--model-base-path DIR")
+    if single and not os.path.isdir(args.model_base_path):
+        raise DmginError(f"--model-base-path {args.model_base_path}: no such directory")
     # Files first, before TensorFlow is imported (~10 s): a typo answers at once.
     for flag in ("model_config_file", "batching_parameters_file", "monitoring_config_file"):
         value = getattr(args, flag)
@@ -60,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
             raise DmginError(f"--{flag.replace('_', '-')} {value}: no such file")
     from dmgin_tf.serving.metrics import DEFAULT_PATH
     from dmgin_tf.serving.protos import (read_batching_parameters, read_model_server_config,
-                                         read_monitoring_config)
+                                         read_monitoring_config, single_model_config)
     from dmgin_tf.serving.server import DevServer
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     for flag in ("port", "rest_metrics_port"):
@@ -88,7 +102,9 @@ def run(args: argparse.Namespace) -> int:
         path = mon.prometheus_config.path or DEFAULT_PATH
     threads = set_tensorflow_threads(args.tensorflow_intra_op_parallelism,
                                      args.tensorflow_inter_op_parallelism)
-    server = DevServer(read_model_server_config(args.model_config_file), port=args.port,
+    models = (read_model_server_config(args.model_config_file) if args.model_config_file
+              else single_model_config(args.model_name, args.model_base_path))
+    server = DevServer(models, port=args.port,
                        host=args.host, batching=batching, max_batch_size=args.max_batch_size,
                        max_message_bytes=args.max_message_bytes,
                        max_concurrent_rpcs=args.max_concurrent_rpcs,

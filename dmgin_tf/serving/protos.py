@@ -105,6 +105,16 @@ def read_model_server_config(path) -> "model_server_config_pb2.ModelServerConfig
     return cfg
 
 
+def single_model_config(name: str, base_path: str) -> "model_server_config_pb2.ModelServerConfig":
+    """The config TF Serving builds from `--model_name` / `--model_base_path` (no config
+    file): one TensorFlow model, latest version; a relative path is taken from the
+    working directory."""
+    cfg = model_server_config_pb2.ModelServerConfig()
+    mc = cfg.model_config_list.config.add()
+    mc.name, mc.base_path, mc.model_platform = name, os.path.abspath(base_path), "tensorflow"
+    return cfg
+
+
 def read_batching_parameters(path) -> "BatchingParameters":
     """Parses a `--batching_parameters_file` and checks TF Serving's own constraints:
     allowed_batch_sizes increasing, last entry == max_batch_size."""

@@ -101,3 +101,40 @@ def test_serve_names_a_missing_file_before_importing_tensorflow(tmp_path):
                           timeout=120)
     assert done.returncode == 2, done.stderr
     assert "--model-config-file" in done.stderr and "no such file" in done.stderr
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--model-name", "m"], ["--model-config-file FILE, or --model-name NAME --model-base-path DIR"]),
+    ([], ["name the models"]),
+    (["--model-name", "m", "--model-base-path", "ABSENT"], ["--model-base-path", "no such directory"]),
+    (["--model-config-file", "CFG", "--model-name", "m", "--model-base-path", "BASE"],
+     ["not both"]),
+])
+def test_serve_one_model_by_flags_errors(tmp_path, capsys, args, words):
+    base = str(tmp_path / "m")
+    save_standin(base, 1)
+    cfg = write_models_config(str(tmp_path / "models.config"), "m", base)
+    args = [{"CFG": cfg, "BASE": base, "ABSENT": str(tmp_path / "absent")}.get(a, a)
+            for a in args]
+    assert main(["serve", "--port", "0"] + args) == 2
+    _one_line_error(capsys, *words)
+
+
+def test_serve_one_model_by_flags(tmp_path, monkeypatch):
+    """TF Serving's --model_name / --model_base_path (no config file): the export folder
+    is served as is, relative to the working directory."""
+    from dmgin_tf.serving.client import Client
+    from dmgin_tf.serving.protos import single_model_config
+    from dmgin_tf.serving.server import DevServer
+    save_standin(str(tmp_path / "serving" / "m"), 3)
+    monkeypatch.chdir(tmp_path)
+    cfg = single_model_config("m", "serving/m")
+    (mc,) = cfg.model_config_list.config
+    assert mc.base_path == str(tmp_path / "serving" / "m") and mc.model_platform == "tensorflow"
+    server = DevServer(cfg, port=0, poll_interval_s=60, settle_s=0)
+    port = server.start()
+    try:
+        with Client(f"127.0.0.1:{port}", "m") as client:
+            assert client.wait_until_available(timeout_s=30) == 3
+    finally:
+        server.stop(1)
