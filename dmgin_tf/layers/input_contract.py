@@ -86,6 +86,7 @@ def check_structure(inputs, *, keys=MODEL_INPUT_KEYS) -> dict:
         raise InputContractError(f"missing input(s) {missing}; the encoder needs "
                                  f"{list(keys)} (got {sorted(inputs)})")
     out = dict(inputs)
+    unknown_rank = []
     for k in keys:
         x = out[k]
         kind = type(x).__name__
@@ -100,15 +101,10 @@ def check_structure(inputs, *, keys=MODEL_INPUT_KEYS) -> dict:
             _fail(k, f"must have an integer dtype, got {dtype}",
                   "ids and Unix-second times are integers (cast floats with care)")
         if getattr(x.shape, "rank", 0) is None:
-            # A trace with a relaxed signature (tf.keras retraces so after a call with
-            # another rank, e.g. [B] then [B, 1] candidates): [B] and [B, N] candidates
-            # take different paths, so the rank must be known when the graph is built.
-            _fail(k, "has an unknown rank in this trace",
-                  "keep one rank per input across calls (e.g. always [B] or always [B, 1] "
-                  "candidates), or trace with a fixed-rank input_signature")
+            unknown_rank.append(k)
     hist_shape = None
     for k in HISTORY_INPUT_KEYS:
-        if k not in keys:
+        if k not in keys or k in unknown_rank:
             continue
         shape = tuple(out[k].shape)
         if len(shape) != 2:
@@ -119,7 +115,7 @@ def check_structure(inputs, *, keys=MODEL_INPUT_KEYS) -> dict:
             _fail(k, f"shape {list(shape)} differs from {hist_shape[0]!r} "
                      f"{list(hist_shape[1])}; every history input is [B, L] with one L")
     batch = hist_shape[1][0] if hist_shape else None
-    if REQUEST_TIME in keys:
+    if REQUEST_TIME in keys and REQUEST_TIME not in unknown_rank:
         rt = out[REQUEST_TIME]
         if len(rt.shape) == 2 and rt.shape[1] == 1:
             rt = out[REQUEST_TIME] = ops.reshape(rt, (-1,))
@@ -127,7 +123,7 @@ def check_structure(inputs, *, keys=MODEL_INPUT_KEYS) -> dict:
             _fail(REQUEST_TIME, f"must be [B] (or [B, 1]), got shape {list(rt.shape)}")
         if not _same((rt.shape[0],), (batch,)):
             _fail(REQUEST_TIME, f"batch {rt.shape[0]} differs from the history's {batch}")
-    cands = [k for k in CANDIDATE_KEYS if k in keys]
+    cands = [k for k in CANDIDATE_KEYS if k in keys and k not in unknown_rank]
     for k in cands:
         c = out[k]
         if len(c.shape) == 2 and c.shape[1] == 1:
@@ -140,6 +136,16 @@ def check_structure(inputs, *, keys=MODEL_INPUT_KEYS) -> dict:
     if len(cands) == 2 and not _same(tuple(out[CAND_ITEM].shape), tuple(out[CAND_GROUP].shape)):
         _fail(CAND_GROUP, f"shape {list(out[CAND_GROUP].shape)} differs from "
                           f"'cand_item' {list(out[CAND_ITEM].shape)}")
+    if unknown_rank:
+        # Checked last, so that a wrong shape of another input is named first: a trace
+        # with a relaxed signature (tf.keras retraces so after a call with another rank,
+        # e.g. [B] then [B, 1] candidates) loses the ranks of the inputs that changed,
+        # and [B] and [B, N] candidates take different paths, so the rank must be known
+        # when the graph is built.
+        _fail(unknown_rank[0], "has an unknown rank in this trace" + (
+            f" (so do {unknown_rank[1:]})" if len(unknown_rank) > 1 else ""),
+              "keep one rank per input across calls (e.g. always [B] or always [B, 1] "
+              "candidates), or trace with a fixed-rank input_signature")
     return out
 
 

@@ -258,3 +258,16 @@ def test_score_candidates_needs_one_input_row_per_state_user(encoder):
             fn(state, x)
     n_cands = dict(one, **{F.CAND_ITEM: x[F.CAND_ITEM], F.CAND_GROUP: x[F.CAND_GROUP]})
     assert encoder.score_candidates(state, n_cands).shape == (4, encoder.output_dim)
+
+
+def test_a_wrong_shape_is_named_before_an_unknown_rank(encoder):
+    """In the same relaxed trace, a `request_time` of the wrong shape is the error
+    reported (it used to be hidden behind 'cand_item has an unknown rank')."""
+    x = _x()
+    spec = {k: tf.TensorSpec(None if k == F.CAND_ITEM else (None,) + v.shape[1:],
+                             tf.as_dtype(v.dtype)) for k, v in x.items()}
+    spec[F.REQUEST_TIME] = tf.TensorSpec((None, 2), tf.as_dtype(x[F.REQUEST_TIME].dtype))
+    f = tf.function(lambda d: encoder(d), input_signature=[spec], autograph=False)
+    bad = dict(x, **{F.REQUEST_TIME: np.stack([x[F.REQUEST_TIME]] * 2, axis=1)})
+    with pytest.raises(InputContractError, match=r"'request_time': must be \[B\] \(or \[B, 1\]\)"):
+        f({k: tf.constant(v) for k, v in bad.items()})
