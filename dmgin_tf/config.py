@@ -388,11 +388,13 @@ class PipelineConfig(ConfigBase):
     serving_dir: str = "runs/serving"   # Pusher base: <serving_dir>/<model name>/<version>/
     min_auc: float = 0.5              # absolute Evaluator threshold
     max_auc_drop: float = 0.0         # vs last blessed model
+    max_gauc_drop: float = 0.0        # vs last blessed model (per-user AUC, the headline metric)
 
     def validate(self):
         self._require(is_valid_name(self.name), "name", NAME_RULE)
         self._require(0 <= self.min_auc <= 1, "min_auc", "must be in [0, 1]")
         self._require(0 <= self.max_auc_drop <= 1, "max_auc_drop", "must be in [0, 1]")
+        self._require(0 <= self.max_gauc_drop <= 1, "max_gauc_drop", "must be in [0, 1]")
 
 
 @dataclasses.dataclass(frozen=True)

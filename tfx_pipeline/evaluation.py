@@ -5,9 +5,10 @@ It is a custom TFMA metric (`GAUC` below): its combiner collects (user, label,
 prediction) per slice — users come from the raw examples' `user_id` feature — and the
 result is computed by `dmgin_tf.evaluation.gauc`, the project's one implementation.
 
-Blessing (`eval_config`): AUC ≥ `min_auc` (absolute) and AUC ≥ baseline AUC −
-`max_auc_drop` (change threshold vs the latest blessed model, resolved from MLMD by the
-pipeline); with no blessed model yet only the absolute threshold applies.
+Blessing (`eval_config`): AUC ≥ `min_auc` (absolute), AUC ≥ baseline AUC −
+`max_auc_drop` and GAUC ≥ baseline GAUC − `max_gauc_drop` (change thresholds vs the latest
+blessed model, resolved from MLMD by the pipeline, scored on the same eval examples);
+with no blessed model yet only the absolute threshold applies.
 """
 from __future__ import annotations
 
@@ -80,14 +81,18 @@ class _GAUCCombiner(beam.CombineFn):
         return {self._key: float("nan") if value is None else float(value)}
 
 
-def eval_config(min_auc: float = 0.5, max_auc_drop: float = 0.0,
+def _no_worse(max_drop: float) -> tfma.GenericChangeThreshold:
+    return tfma.GenericChangeThreshold(direction=tfma.MetricDirection.HIGHER_IS_BETTER,
+                                       absolute={"value": -float(max_drop)})
+
+
+def eval_config(min_auc: float = 0.5, max_auc_drop: float = 0.0, max_gauc_drop: float = 0.0,
                 label_key: str = F.LABEL) -> tfma.EvalConfig:
     """EvalConfig on the `serving_default` signature (raw tf.Examples in, `ctr` out)."""
     thresholds = {"AUC": tfma.MetricThreshold(
         value_threshold=tfma.GenericValueThreshold(lower_bound={"value": float(min_auc)}),
-        change_threshold=tfma.GenericChangeThreshold(
-            direction=tfma.MetricDirection.HIGHER_IS_BETTER,
-            absolute={"value": -float(max_auc_drop)}))}
+        change_threshold=_no_worse(max_auc_drop)),
+        "GAUC": tfma.MetricThreshold(change_threshold=_no_worse(max_gauc_drop))}
     metrics = [tfma.MetricConfig(class_name="ExampleCount"),
                tfma.MetricConfig(class_name="AUC", threshold=thresholds["AUC"]),
                tfma.MetricConfig(class_name="BinaryCrossentropy", config='{"name": "logloss"}'),
@@ -95,7 +100,8 @@ def eval_config(min_auc: float = 0.5, max_auc_drop: float = 0.0,
                tfma.MetricConfig(class_name="MeanLabel"),
                tfma.MetricConfig(class_name="MeanPrediction"),
                tfma.MetricConfig(class_name="CalibrationPlot"),
-               tfma.MetricConfig(class_name="GAUC", module=__name__)]
+               tfma.MetricConfig(class_name="GAUC", module=__name__,
+                                 threshold=thresholds["GAUC"])]
     return tfma.EvalConfig(
         model_specs=[tfma.ModelSpec(signature_name="serving_default", label_key=label_key,
                                     prediction_key=F.PREDICTION, preprocessing_function_names=[])],
@@ -105,8 +111,8 @@ def eval_config(min_auc: float = 0.5, max_auc_drop: float = 0.0,
 
 def blessing_failures(evaluation_uri: str) -> List[str]:
     """Why an evaluation was not blessed: one line per failed threshold, e.g.
-    "auc 0.5421, under the threshold 0.6000 (pipeline.min_auc)" or "auc -0.3656 against
-    the last blessed model (allowed drop 0.0200, pipeline.max_auc_drop)"; empty when
+    "auc 0.5421, under the threshold 0.6000 (pipeline.min_auc)" or "gauc -0.0356 against
+    the last blessed model (allowed drop 0.0200, pipeline.max_gauc_drop)"; empty when
     every threshold held."""
     result = tfma.load_validation_result(evaluation_uri)
     out = []
@@ -117,7 +123,7 @@ def blessing_failures(evaluation_uri: str) -> List[str]:
             if t.HasField("change_threshold"):
                 bound = t.change_threshold.absolute.value
                 out.append(f"{name} {value:+.4f} against the last blessed model (allowed "
-                           f"drop {-bound:.4f}, pipeline.max_auc_drop)")
+                           f"drop {-bound:.4f}, pipeline.max_{name}_drop)")
             elif t.value_threshold.HasField("lower_bound"):
                 out.append(f"{name} {value:.4f}, under the threshold "
                            f"{t.value_threshold.lower_bound.value:.4f} (pipeline.min_auc)")

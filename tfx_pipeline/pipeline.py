@@ -213,7 +213,8 @@ def create_pipeline(cfg: Config, *, data_root: str, span: int, pipeline_root: st
         examples=examples.outputs["examples"], model=trainer.outputs["model"],
         baseline_model=latest_blessed.outputs["model"], schema=schema.outputs["schema"],
         example_splits=["eval"], module_path=EVAL_MODULE,
-        eval_config=make_eval_config(cfg.pipeline.min_auc, cfg.pipeline.max_auc_drop))
+        eval_config=make_eval_config(cfg.pipeline.min_auc, cfg.pipeline.max_auc_drop,
+                                     cfg.pipeline.max_gauc_drop))
     pusher = tfx.components.Pusher(
         model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(

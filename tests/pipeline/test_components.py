@@ -166,9 +166,15 @@ def test_blessing_failures_name_the_threshold_and_the_setting(tmp_path):
     f.metric_key.name, f.metric_key.is_diff = "auc", True
     f.metric_threshold.change_threshold.absolute.value = -0.02
     f.metric_value.double_value.value = -0.3656
+    f = per_slice.failures.add()
+    f.metric_key.name, f.metric_key.is_diff = "gauc", True
+    f.metric_threshold.change_threshold.absolute.value = -0.01
+    f.metric_value.double_value.value = -0.0356
     with tf.io.TFRecordWriter(str(tmp_path / "validations.tfrecord")) as w:
         w.write(r.SerializeToString())
     assert blessing_failures(str(tmp_path)) == [
         "auc 0.5421, under the threshold 0.6000 (pipeline.min_auc)",
         "auc -0.3656 against the last blessed model (allowed drop 0.0200, "
-        "pipeline.max_auc_drop)"]
+        "pipeline.max_auc_drop)",
+        "gauc -0.0356 against the last blessed model (allowed drop 0.0100, "
+        "pipeline.max_gauc_drop)"]
