@@ -285,9 +285,35 @@ class ServingModule(tf.Module):
 
     # ---- input checks and padding ----------------------------------------------------------
     def _checked_rows(self, tensors, same_shape=()):
-        """`shared_rows` of a signature's inputs, after the contract's value checks."""
-        checks = contract_checks(tensors, self.contract) if self.contract else ()
+        """`shared_rows` of a signature's inputs, after the contract's value checks and,
+        with the vocabularies, the item → group check."""
+        checks = list(contract_checks(tensors, self.contract) if self.contract else ())
+        if self.tables is not None:
+            checks += self._group_checks(tensors)
         return shared_rows(tensors, same_shape, checks)
+
+    def _group_checks(self, tensors):
+        """A known item's group must be its group in this model's item table (the one
+        `serving_default` looks up): a request pairing items with other groups (another
+        catalog version, a client-side bug) was scored as if they belonged there. Padding
+        and the OOV item (a new item, whose group the client knows) are not checked."""
+        table = self.tables.group_of_idx
+        checks = []
+        for item_key, group_key in ((F.HIST_ITEM, F.HIST_GROUP), (F.CAND_ITEM, F.CAND_GROUP)):
+            if item_key not in tensors or group_key not in tensors:
+                continue
+            item, group = tensors[item_key], tensors[group_key]
+            # Clipped: an id outside the vocabulary fails the contract's own check.
+            idx = tf.clip_by_value(item, 0, tf.shape(table, out_type=item.dtype)[0] - 1)
+            expected = tf.cast(tf.gather(table, idx), group.dtype)
+            bad = tf.logical_and(item >= F.NUM_RESERVED_IDS, tf.not_equal(group, expected))
+            checks.append(tf.debugging.Assert(tf.logical_not(tf.reduce_any(bad)), [
+                # (no apostrophes: the Assert message is quoted with escapes)
+                f"input {group_key}: the group of a known item must be the one of the "
+                f"item table of this model (the OOV item 1 may carry any group)", "items",
+                tf.boolean_mask(item, bad)[:3], "got", tf.boolean_mask(group, bad)[:3],
+                "expected", tf.boolean_mask(expected, bad)[:3]]))
+        return checks
 
     def _padded_ctr(self, inputs):
         n = self._checked_rows(inputs, (F.CAND_ITEM, F.CAND_GROUP))

@@ -248,3 +248,31 @@ def test_a_version_that_fails_its_check_is_never_published(tmp_path):
         p, model, inputs, examples, atol=1e-5), **kwargs)
     assert paths == {"noxla": str(tmp_path / "ranker_noxla" / "1")}
     assert os.listdir(tmp_path / "ranker_noxla") == ["1"]
+
+
+@pytest.mark.parametrize("variant", ["xla", "noxla"])
+def test_raw_signatures_refuse_an_item_paired_with_another_group(standin_export, variant):
+    """With the item table in the export, a known item sent with a group other than its
+    own is refused (it was scored as if it belonged there); padding and the OOV item,
+    whose group only the client knows, pass with any group."""
+    _, paths, _, _, inputs = standin_export
+    sigs = tf.saved_model.load(paths[variant]).signatures
+    x = {k: v[:2] for k, v in inputs.items()}
+    call = lambda d: sigs["predict_raw"](**{k: tf.constant(v) for k, v in d.items()})  # noqa: E731
+    assert call(x)["ctr"].shape == (2,)
+    wrong = x[F.CAND_GROUP].copy()
+    wrong[1] = (wrong[1] - 2 + 1) % 5 + 2                     # another valid group
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match="cand_group: the group of a known item must be the one of "
+                             "the item table"):
+        call(dict(x, **{F.CAND_GROUP: wrong}))
+    real = np.argwhere(x[F.HIST_ITEM] >= 2)[0]
+    hist_wrong = x[F.HIST_GROUP].copy()
+    hist_wrong[tuple(real)] = (hist_wrong[tuple(real)] - 2 + 1) % 5 + 2
+    with pytest.raises(tf.errors.InvalidArgumentError, match="hist_group: the group of a known item"):
+        sigs["rank"](**{k: tf.constant(v) for k, v in dict(
+            x, **{F.HIST_GROUP: hist_wrong, F.CAND_ITEM: x[F.CAND_ITEM][:, None],
+                  F.CAND_GROUP: x[F.CAND_GROUP][:, None]}).items()})
+    # The OOV item may carry any group (a new item of a known category).
+    oov = dict(x, **{F.CAND_ITEM: np.array([1, 1], np.int32), F.CAND_GROUP: wrong})
+    assert call(oov)["ctr"].shape == (2,)
