@@ -127,3 +127,14 @@ def test_ctrl_c_inside_beam_is_an_interruption_not_an_error(monkeypatch, capsys)
 
     monkeypatch.setattr(data_cli, "_stats", plain_error)
     assert main(["data", "stats", "x"]) == 2
+
+
+def test_ctrl_c_while_the_commands_load_is_an_interruption(monkeypatch, capsys):
+    """Ctrl-C in the first seconds (the subcommands' imports) printed a traceback."""
+    from dmgin_tf.cli import main as main_module
+
+    def loading():
+        raise KeyboardInterrupt
+    monkeypatch.setattr(main_module, "build_parser", loading)
+    assert main_module.main(["data", "stats", "x"]) == 130
+    assert capsys.readouterr().err.strip() == "dmgin: interrupted"
