@@ -11,7 +11,7 @@ import argparse
 import os
 import shlex
 
-from dmgin_tf.cli.common import add_config_args, config_from_args
+from dmgin_tf.cli.common import add_config_args, at_least, config_from_args, positive
 
 DOCS_DEFAULT = os.path.join("docs", "benchmarks.md")
 
@@ -42,20 +42,22 @@ def _add_quality(sub) -> None:
     p.add_argument("--compare-names", nargs=2, default=("first", "second"), metavar="NAME",
                    help="column names of the two sides of --compare")
     p.add_argument("--data", metavar="PATH", help="converted or raw data (default: embedded sample)")
-    p.add_argument("--seeds", type=int, default=3, help="number of seeds (0..N-1; default 3)")
+    p.add_argument("--seeds", type=positive(int),
+                   help="number of seeds (0..N-1; default 3, with --quick 1)")
     p.add_argument("--models", nargs="+", metavar="MODEL",
                    help="models to compare (default: dmgin dgin din sim bst transformer)")
     p.add_argument("--no-ablations", action="store_true", help="skip DMGIN's ablation rows")
-    p.add_argument("--k-values", type=int, nargs="+", metavar="K",
+    p.add_argument("--k-values", type=positive(int), nargs="+", metavar="K",
                    help="K of the random-grouping sweep (default 16 256 2048)")
     p.add_argument("--group-table", metavar="FILE", help="item -> group table: adds key=cluster")
     p.add_argument("--item-embeddings", metavar="DIR",
                    help="catalog embedding (`dmgin encoder embed` output): adds the "
                         "`dmgin +item embedding` row")
-    p.add_argument("--epochs", type=int, help="epochs per row (default 1)")
-    p.add_argument("--steps-per-epoch", type=int, help="batches per epoch at most (default 40; 0 = the whole train split)")
-    p.add_argument("--batch-size", type=int, help="batch size (default 256)")
-    p.add_argument("--history-length", type=int, help="L (default 100)")
+    p.add_argument("--epochs", type=positive(int), help="epochs per row (default 1)")
+    p.add_argument("--steps-per-epoch", type=at_least(int, 0),
+                   help="batches per epoch at most (default 40; 0 = the whole train split)")
+    p.add_argument("--batch-size", type=positive(int), help="batch size (default 256)")
+    p.add_argument("--history-length", type=positive(int), help="L (default 100)")
     p.add_argument("--backend", choices=["tensorflow", "jax"], help="Keras backend (default tensorflow)")
     p.add_argument("--variants", nargs="+", metavar="ROW",
                    help="only these rows (exact names, e.g. gbdt \"dmgin -context\")")
@@ -159,11 +161,12 @@ def run_quality(args: argparse.Namespace) -> int:
     base = quality.QUICK_BUDGET if args.quick else (
         quality.CONVERGENCE_BUDGET if args.budget == "convergence" else quality.Budget())
     budget = dataclasses.replace(
-        base, epochs=args.epochs or base.epochs,
+        base, epochs=base.epochs if args.epochs is None else args.epochs,
         # 0 is meaningful: every batch of the train split (no per-epoch cap).
         steps_per_epoch=base.steps_per_epoch if args.steps_per_epoch is None else args.steps_per_epoch,
-        batch_size=args.batch_size or base.batch_size,
-        history_length=args.history_length or base.history_length)
+        batch_size=base.batch_size if args.batch_size is None else args.batch_size,
+        history_length=base.history_length if args.history_length is None
+        else args.history_length)
     if args.quick:
         models = args.models or ["dmgin"]
         variants = [quality.Variant(m, m) for m in models]
@@ -171,13 +174,13 @@ def run_quality(args: argparse.Namespace) -> int:
             variants.append(quality.Variant("dmgin -stats", "dmgin", (("use_stats", False),),
                                             kind="ablation"))
         variants.append(quality.Variant("item popularity", "popularity", kind="baseline"))
-        seeds = list(range(args.seeds if args.seeds != 3 else 1))
+        seeds = list(range(args.seeds or 1))
     else:
         variants = quality.default_variants(
             args.models or quality.MODEL_NAMES, ablations=not args.no_ablations,
             group_table=args.group_table, k_values=args.k_values or (16, 256, 2048),
             item_embeddings=args.item_embeddings)
-        seeds = list(range(args.seeds))
+        seeds = list(range(args.seeds or 3))
     if args.variants:
         variants = quality.select_variants(variants, args.variants, flag="--variants")
     from dmgin_tf.bench.tuning import load_hparams
@@ -202,7 +205,7 @@ def _reconstruct(args: argparse.Namespace) -> str:
                         ("--item-embeddings", args.item_embeddings)):
         if value is not None:
             parts.append(f"{flag} {shlex.quote(str(value))}")
-    if args.seeds != 3:
+    if args.seeds is not None:
         parts.append(f"--seeds {args.seeds}")
     if args.models:
         parts.append("--models " + " ".join(args.models))

@@ -51,6 +51,30 @@ def configure_process(verbose: bool = False) -> None:
         pass
 
 
+def at_least(kind, minimum):
+    """argparse `type=`: a `kind` (int / float) number >= `minimum`; argparse names the
+    flag in its error ("argument --seeds: must be >= 1, got 0")."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not value >= minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {text}")
+        return value
+    return parse
+
+
+def positive(kind):
+    """argparse `type=`: a `kind` number > 0."""
+    def parse(text: str):
+        value = at_least(kind, 0)(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+    return parse
+
+
 def add_config_args(parser: argparse.ArgumentParser) -> None:
     """--config FILE and repeatable --set section.field=value overrides."""
     parser.add_argument("--config", metavar="FILE", help="YAML/JSON config with one section per concern")

@@ -6,17 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-
-def _positive(kind):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-        return value
-    return parse
+from dmgin_tf.cli.common import positive
 
 
 def register(subparsers) -> None:
@@ -27,8 +17,8 @@ def register(subparsers) -> None:
     p.add_argument("--version", type=int, help="model version (default latest)")
     p.add_argument("--examples", required=True, metavar="TFRECORD",
                    help="TFRecord file of serialized serving tf.Examples")
-    p.add_argument("--batch-size", type=_positive(int), default=128, help="examples per request (>= 1)")
-    p.add_argument("--timeout", type=_positive(float), default=10.0,
+    p.add_argument("--batch-size", type=positive(int), default=128, help="examples per request (>= 1)")
+    p.add_argument("--timeout", type=positive(float), default=10.0,
                    help="deadline per request, seconds (> 0)")
     p.add_argument("--output", metavar="CSV", help="write ctr per example (default: stdout)")
     p.set_defaults(func=run)
