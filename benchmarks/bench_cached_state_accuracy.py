@@ -66,4 +66,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from dmgin_tf.cli.main import run_script
+    sys.exit(run_script(main))

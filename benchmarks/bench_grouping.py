@@ -46,7 +46,17 @@ def parse_args(argv=None):
     p.add_argument("--unsorted", action="store_true", help="shuffle times within rows")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--append", default="", help="append a markdown table to this file")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    lengths = args.lengths.split(",")
+    if not all(v.isdigit() and int(v) >= 1 for v in lengths):
+        p.error(f"--lengths {args.lengths}: history lengths must be integers >= 1")
+    if args.batch != "auto" and not (args.batch.isdigit() and int(args.batch) >= 1):
+        p.error(f"--batch {args.batch}: 'auto' or an integer >= 1")
+    for flag in ("elements", "min_seconds", "max_groups", "max_per_group",
+                 "num_behavior_types", "num_groups"):
+        if not getattr(args, flag) > 0:
+            p.error(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be > 0")
+    return args
 
 
 def make_inputs(batch, length, args, time_dtype):
@@ -182,4 +192,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from dmgin_tf.cli.main import run_script
+    sys.exit(run_script(main))

@@ -106,10 +106,24 @@ def main(argv=None) -> int:
     p.add_argument("--max-per-group", type=int, default=16)
     p.add_argument("--embedding-dim", type=int, default=16)
     args = p.parse_args(argv)
-    sys.path.insert(0, os.path.abspath(args.code_dir) if args.code_dir else
-                    os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+    # (dmgin_tf is not imported before --code-dir is on the path: no shared parsers here)
+    for flag in ("steps", "batch_size", "history_length"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be >= 1")
+    code = os.path.abspath(args.code_dir) if args.code_dir else \
+        os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+    if not os.path.isfile(os.path.join(code, "dmgin_tf", "__init__.py")):
+        # A mistyped checkout would silently measure this one: "before" = "after".
+        p.error(f"--code-dir {args.code_dir}: no dmgin_tf package there")
+    sys.path.insert(0, code)
     import keras
     import tf_keras
+
+    import dmgin_tf
+    measured = os.path.dirname(os.path.dirname(os.path.abspath(dmgin_tf.__file__)))
+    if os.path.realpath(measured) != os.path.realpath(code):
+        p.error(f"dmgin_tf was imported from {measured}, not {code} (installed into this "
+                f"Python?); run with a Python that does not have it installed")
     encoder_kwargs = dict(item_vocab_size=args.item_vocab, group_vocab_size=args.group_vocab,
                           num_behavior_types=args.num_types, max_groups=args.max_groups,
                           max_per_group=args.max_per_group, embedding_dim=args.embedding_dim)

@@ -8,4 +8,5 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dmgin_tf.bench.scale import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from dmgin_tf.cli.main import run_script
+    sys.exit(run_script(main))

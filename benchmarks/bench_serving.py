@@ -144,9 +144,11 @@ def run_load(fn, requests, concurrency):
 
 def _main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--history", type=int, default=10000, help="L")
-    ap.add_argument("--candidates", type=int, default=100)
-    ap.add_argument("--requests", type=int, default=200, help="requests per measurement")
+    from dmgin_tf.cli.common import positive
+    ap.add_argument("--history", type=positive(int), default=10000, help="L")
+    ap.add_argument("--candidates", type=positive(int), default=100)
+    ap.add_argument("--requests", type=positive(int), default=200,
+                    help="requests per measurement")
     ap.add_argument("--batch-sizes", default="1,8,32", help="predict_raw batch sizes")
     ap.add_argument("--raw-history", type=int, default=1000, help="L for the predict_raw sweep")
     ap.add_argument("--concurrency", type=int, default=4, help="client threads in the batching runs")
@@ -511,4 +513,5 @@ def cached_benchmark(args, argv):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from dmgin_tf.cli.main import run_script
+    sys.exit(run_script(main))

@@ -214,9 +214,11 @@ def client_loop(i, target, stop, window, stats, lock, deadline_s):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--duration", type=float, default=45.0, help="seconds of traffic (default 45)")
-    p.add_argument("--clients", type=int, default=8, help="concurrent clients (default 8)")
+    from dmgin_tf.cli.common import positive
+    p.add_argument("--clients", type=positive(int), default=8, help="concurrent clients (default 8)")
     p.add_argument("--deadline", type=float, default=1.0, help="per-request deadline, s (default 1)")
-    p.add_argument("--swap-every", type=float, default=4.0, help="seconds between pushes (default 4)")
+    p.add_argument("--swap-every", type=positive(float), default=4.0,
+                   help="seconds between pushes (default 4)")
     p.add_argument("--corrupt-every", type=int, default=3, help="every k-th push is corrupt (default 3)")
     p.add_argument("--copy-pause", type=float, default=1.0,
                    help="seconds between saved_model.pb and the variables of a push (default 1)")
@@ -308,4 +310,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from dmgin_tf.cli.main import run_script
+    sys.exit(run_script(main))

@@ -671,4 +671,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from dmgin_tf.cli.main import run_script
+    sys.exit(run_script(main))

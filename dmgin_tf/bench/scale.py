@@ -57,7 +57,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runners", default="direct,dask1,dask2",
                    help="comma-separated subset of direct,dask1,dask2")
     p.add_argument("--stages", default="examples,shuffle,kmeans",
-                   help="comma-separated subset of examples, shuffle, kmeans")
+                   help="comma-separated subset of examples, shuffle, kmeans; or 'pipeline' "
+                        "alone: `dmgin pipeline run` end to end per --scales factor")
     p.add_argument("--scales", default="1,10",
                    help="pipeline stage: replication factors (1 = the data as is) and/or "
                         "'life' (5 synthetic users of 10^4 events each, chained real users)")
@@ -282,8 +283,31 @@ def pipeline_markdown(s: dict, command: str) -> str:
     return "\n".join(lines)
 
 
+STAGES = ("examples", "shuffle", "kmeans")
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Stage and runner names, before anything runs (an unknown stage used to produce an
+    empty table, and `pipeline,kmeans` quietly dropped the pipeline)."""
+    from dmgin_tf.errors import DmginError
+    stages = args.stages.split(",")
+    if "pipeline" in stages and stages != ["pipeline"]:
+        raise DmginError(f"--stages {args.stages}: 'pipeline' runs alone (it runs the whole "
+                         f"pipeline per --scales factor); run the Beam stages separately")
+    unknown = [s for s in stages if s not in STAGES + ("pipeline",)]
+    if unknown:
+        raise DmginError(f"--stages {args.stages}: unknown stage(s) {unknown}; choose from "
+                         f"{', '.join(STAGES)}, or 'pipeline' alone")
+    for name in args.runners.split(","):
+        workers = name[len("dask"):] if name.startswith("dask") else ""
+        if name != "direct" and not (workers.isdigit() and int(workers) >= 1):
+            raise DmginError(f"--runners {args.runners}: {name!r} is not a runner; use "
+                             f"direct or daskN (N local Dask workers, N >= 1)")
+
+
 def run(args: argparse.Namespace) -> int:
     from dmgin_tf.config import DataConfig, GroupingConfig
+    check_arguments(args)
     from transform import beam_io, beam_runner
     from transform import examples as beam_examples
     from transform.grouping import kmeans

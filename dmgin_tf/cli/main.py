@@ -101,9 +101,34 @@ def _caused_by_interrupt(e: BaseException) -> bool:
     return False
 
 
-def _one_line(e: Exception, ours: tuple) -> str:
+def run_script(fn, argv=None) -> int:
+    """A benchmark script's `main(argv)` with the CLI's error handling: an error is one
+    line on stderr naming it, exit 2 (`DMGIN_DEBUG=1` shows the traceback); Ctrl-C is
+    "interrupted", exit 130."""
+    from dmgin_tf.config import ConfigError
+    from dmgin_tf.errors import DmginError
+    prog = os.path.basename(sys.argv[0]) or "script"
+    try:
+        return int(fn(argv) or 0)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - reported in one line, as the CLI does
+        if _caused_by_interrupt(e):
+            print(f"{prog}: interrupted", file=sys.stderr)
+            return 130
+        if os.environ.get("DMGIN_DEBUG", "") not in ("", "0"):
+            raise
+        # The scripts' own argument checks raise ValueError with the flag in the message.
+        print(f"{prog}: error: "
+              f"{_one_line(e, (DmginError, ConfigError, ValueError), 'DMGIN_DEBUG=1 ...')}",
+              file=sys.stderr)
+        return 2
+
+
+def _one_line(e: Exception, ours: tuple, debug_hint: str = "dmgin --debug ...") -> str:
     """Our errors as they are; OS errors with the path; anything else with its type and
-    a pointer to --debug (an unexpected error is a bug worth its traceback)."""
+    a pointer to the traceback switch (an unexpected error is a bug worth its traceback)."""
     if isinstance(e, ours):
         msg = str(e)
     elif isinstance(e, OSError) and e.filename is not None:
@@ -111,7 +136,7 @@ def _one_line(e: Exception, ours: tuple) -> str:
     elif isinstance(e, OSError):
         msg = str(e)
     else:
-        msg = f"{type(e).__name__}: {e} (run 'dmgin --debug ...' for the traceback)"
+        msg = f"{type(e).__name__}: {e} (run '{debug_hint}' for the traceback)"
     return " ".join(msg.split()) or type(e).__name__
 
 

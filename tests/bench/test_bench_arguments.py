@@ -38,3 +38,34 @@ def test_quick_runs_the_seeds_asked_for(monkeypatch, tmp_path):
         with pytest.raises(SystemExit):
             main(base + extra)
         assert seen["seeds"] == want
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--stages", "foo"], "--stages foo: unknown stage(s) ['foo']"),
+    (["--stages", "pipeline,kmeans"], "'pipeline' runs alone"),
+    (["--runners", "direct,foo"], "'foo' is not a runner; use direct or daskN"),
+    (["--runners", "dask0"], "'dask0' is not a runner"),
+])
+def test_bench_scale_refuses_unknown_stages_and_runners(capsys, tmp_path, args, words):
+    """Checked before any data is read: an unknown stage produced an empty table and
+    `pipeline,kmeans` dropped the pipeline silently."""
+    assert main(["bench", "scale", "--data", str(tmp_path / "absent"), "--docs", "",
+                 "--output", str(tmp_path / "out")] + args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and words in err, err
+
+
+def test_benchmark_scripts_report_errors_in_one_line(capsys, monkeypatch):
+    """The scripts under benchmarks/ run their main through `run_script`: one line and
+    exit 2 instead of a traceback; DMGIN_DEBUG=1 shows the traceback."""
+    from dmgin_tf.cli.main import run_script
+
+    def failing(argv):
+        raise ValueError("--lengths: [0] must be >= 1")
+    monkeypatch.setattr("sys.argv", ["bench_efficiency.py"])
+    assert run_script(failing) == 2
+    assert capsys.readouterr().err.strip() == \
+        "bench_efficiency.py: error: --lengths: [0] must be >= 1"
+    monkeypatch.setenv("DMGIN_DEBUG", "1")
+    with pytest.raises(ValueError):
+        run_script(failing)
