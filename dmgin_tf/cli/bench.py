@@ -88,7 +88,11 @@ def merged_by_dataset(paths) -> dict:
     for path in paths:
         with open(path, encoding="utf-8") as f:
             results = json.load(f)
-        name = results.get("dataset")
+        name = results.get("dataset") if isinstance(results, dict) else None
+        if not name or "runs" not in results:
+            from dmgin_tf.errors import DmginError
+            raise DmginError(f"{path}: not a quality results file (quality_<dataset>.json "
+                             f"with 'dataset' and 'runs')")
         if name in by_dataset:
             first, merged = by_dataset[name]
             by_dataset[name] = (first, quality.merge_results(merged, results, base_name=first,
@@ -245,8 +249,14 @@ def _add_tune_select(sub) -> None:
 
 def run_tune_select(args: argparse.Namespace) -> int:
     from dmgin_tf.bench import tuning
+    from dmgin_tf.errors import DmginError
     for results in merged_by_dataset(args.results).values():
         best = tuning.select_best(results, args.metric)
+        if not best:
+            raise DmginError(f"{', '.join(args.results)}: no finished tuning trial (rows "
+                             f"named '<model> trial <i>' with a validation {args.metric}); "
+                             f"tune-select reads the results of `dmgin gpu bundle --quality "
+                             f"--tune N`")
         out = tuning.write_hparams(results["dataset"], best, args.output,
                                    source=results.get("command") or ", ".join(args.results))
         table = os.path.join(args.output, f"tuning_{results['dataset']}.md")

@@ -69,3 +69,19 @@ def test_benchmark_scripts_report_errors_in_one_line(capsys, monkeypatch):
     monkeypatch.setenv("DMGIN_DEBUG", "1")
     with pytest.raises(ValueError):
         run_script(failing)
+
+
+def test_tune_select_refuses_files_without_trials(capsys, tmp_path):
+    """A plain quality results file gave `"hparams": {}` and exit 0; `{}` a KeyError."""
+    import json
+    plain = tmp_path / "quality_taobao.json"
+    plain.write_text(json.dumps({"dataset": "taobao", "runs": [
+        {"variant": "dmgin", "seed": 0, "val": {"gauc": 0.9}}]}))
+    empty = tmp_path / "empty.json"
+    empty.write_text("{}")
+    for path, words in ((plain, "no finished tuning trial"),
+                        (empty, "not a quality results file")):
+        assert main(["bench", "tune-select", str(path), "--output", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err
+        assert words in err and str(path) in err, err
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
