@@ -239,7 +239,6 @@ def check_request(signature: str, inputs: Mapping[str, np.ndarray], contract: Co
                 raise _invalid(f"input {F.HIST_TIME!r}: history event at {value} ({pos}) is "
                                f"after request_time {int(rt[pos[0], 0])}; the history holds "
                                f"only events before the request (a clock or unit mix-up?)")
-
     if STATE_TIME in inputs and F.REQUEST_TIME in inputs:
         st = np.asarray(inputs[STATE_TIME]).reshape(-1)
         rt = np.asarray(inputs[F.REQUEST_TIME]).reshape(-1)
