@@ -52,10 +52,12 @@ def parse_args(argv=None):
         p.error(f"--lengths {args.lengths}: history lengths must be integers >= 1")
     if args.batch != "auto" and not (args.batch.isdigit() and int(args.batch) >= 1):
         p.error(f"--batch {args.batch}: 'auto' or an integer >= 1")
-    for flag in ("elements", "min_seconds", "max_groups", "max_per_group",
-                 "num_behavior_types", "num_groups"):
+    for flag in ("elements", "max_groups", "max_per_group", "num_behavior_types",
+                 "num_groups"):
         if not getattr(args, flag) > 0:
             p.error(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be > 0")
+    if not args.min_seconds >= 0:      # 0: one timed pass per mode
+        p.error(f"--min-seconds {args.min_seconds}: must be >= 0")
     return args
 
 

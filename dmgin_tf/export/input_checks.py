@@ -83,8 +83,8 @@ def contract_checks(inputs: Mapping[str, tf.Tensor], contract: Contract) -> List
             tf.logical_not(tf.reduce_any(early)),
             # (no apostrophes: the Assert message is quoted with escapes)
             [f"input {F.REQUEST_TIME}: before {STATE_TIME}, the time of the user state; the "
-             f"state holds the events up to then, so score at or after it (or recompute it)", "request_time", tf.reshape(rt, [-1])[:4], STATE_TIME,
-             tf.reshape(st, [-1])[:4]]))
+             f"state holds the events up to then, so score at or after it (or recompute it)",
+             "request_time", tf.reshape(rt, [-1])[:4], STATE_TIME, tf.reshape(st, [-1])[:4]]))
     t, rt, item = (inputs.get(k) for k in (F.HIST_TIME, F.REQUEST_TIME, F.HIST_ITEM))
     if t is not None and rt is not None and item is not None and t.shape.rank == 2:
         # No history event after the request (real slots only): the serving rule.

@@ -28,8 +28,8 @@ along dimension 0 and requires all inputs to share it, so candidates are `[U, N]
 rather than `[N]`. Requests of different N merge under TF Serving's
 `pad_variable_length_inputs: true` (serving_configs/batching_parameters.txt), which pads
 each request's candidates with its first one: candidates are scored independently, so
-the real ones keep their scores and the client drops the padded columns. The user side (grouping, statistics, both
-Transformer levels) runs once; target attention, candidate-group features and the MLP
+the real ones keep their scores and the client drops the padded columns. The user side
+(grouping, statistics, both Transformer levels) runs once; target attention, candidate-group features and the MLP
 run per candidate. `score` needs the history as well as the cached state because the
 candidate-group features scan the whole history (O(L) per candidate).
 

@@ -202,7 +202,12 @@ def test_encoder_under_mixed_precision_keeps_time_in_float32(policy, block):
     """Ages here reach 1,000,100 s: autocast to float16 (max 65,504) they became inf and
     picked garbage time buckets (an out-of-range gather error on CPU). The encoder under
     a mixed policy must give the float32 encoder's output with the same weights, up to
-    the compute dtype's rounding."""
+    the compute dtype's rounding: bfloat16 keeps 8 significand bits to float16's 11, so
+    its tolerance is wider (with 2%, one output of 312 differed by 3.4% of the largest
+    in a bfloat16 run, on unseeded weights). The weights are seeded."""
+    import keras
+    keras.utils.set_random_seed(7)
+    tol = {"mixed_float16": 0.02, "mixed_bfloat16": 0.05}[policy]
     cfg = dict(item_vocab_size=40, group_vocab_size=8, num_behavior_types=2, max_groups=4,
                max_per_group=3, embedding_dim=8, num_heads=2, attention_units=(8,),
                inter_layers=2, inter_block=block, intra_layers=1)
@@ -214,10 +219,10 @@ def test_encoder_under_mixed_precision_keeps_time_in_float32(policy, block):
     mixed.set_weights(ref.get_weights())
     got = np.asarray(mixed(x), dtype="float32")
     assert np.isfinite(got).all()
-    np.testing.assert_allclose(got, want, atol=0.02 * np.abs(want).max())
+    np.testing.assert_allclose(got, want, atol=tol * np.abs(want).max())
     # The time buckets, not only the magnitudes: shuffling the ages changes the output.
     shifted = dict(x, **{F.REQUEST_TIME: x[F.REQUEST_TIME] + 10_000_000})
     assert not np.allclose(np.asarray(ref(shifted)), want, atol=1e-4)
     np.testing.assert_allclose(np.asarray(mixed(shifted), dtype="float32"),
                                np.asarray(ref(shifted)),
-                               atol=0.02 * np.abs(want).max())
+                               atol=tol * np.abs(want).max())
