@@ -188,6 +188,14 @@ class _Progress:
     _start: Dict[str, float] = {}
 
     @classmethod
+    def begin(cls, key: str) -> None:
+        """Starts the clock of run `key` (once per process): before its first chunk, so
+        the rate includes that chunk's time."""
+        import time
+        with cls._lock:
+            cls._start.setdefault(key, time.monotonic())
+
+    @classmethod
     def add(cls, key: str, rows: int, total: int, log: Optional[Callable[[str], None]]):
         import time
         if log is None or total <= 0:
@@ -225,6 +233,7 @@ class _EmbedGroupFn(_beam().DoFn):
         _, rows = element
         rows = sorted(rows, key=lambda r: str(r.get(F.ITEM_ID) or ""))
         step = max(1, self._handler.max_batch_size)
+        _Progress.begin(self._run)
         for start in range(0, len(rows), step):
             chunk = rows[start:start + step]
             yield from self._handler.run_inference(chunk, self._model)
