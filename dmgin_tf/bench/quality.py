@@ -23,6 +23,7 @@ import dataclasses
 import datetime
 import json
 import os
+import sys
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -731,23 +732,58 @@ def write_outputs(results: dict, out_dir: str, docs_path: Optional[str] = None) 
     if docs_path:
         chart = os.path.relpath(paths["png"], os.path.dirname(os.path.abspath(docs_path))) \
             if "png" in paths else None
-        update_benchmarks_doc(docs_path, results["dataset"], table, chart)
-        paths["docs"] = docs_path
+        kept = update_benchmarks_doc(docs_path, results["dataset"], table, chart)
+        if kept:
+            print(f"note: {kept} To add this run's rows to it: dmgin bench quality --render "
+                  f"<the published quality_{results['dataset']}.json> {paths['json']} "
+                  f"--output <its folder>", file=sys.stderr)
+        else:
+            paths["docs"] = docs_path
     return paths
+
+
+def table_rows(table: str) -> List[str]:
+    """Row names of the first table of a `markdown_table` block (partial-seed notes cut)."""
+    rows, inside = [], False
+    for line in table.splitlines():
+        if line.startswith("| row |"):
+            inside = True
+        elif inside and line.startswith("|---"):
+            continue
+        elif inside and line.startswith("| "):
+            rows.append(line[2:].split(" | ", 1)[0].split(" (partial:", 1)[0])
+        elif inside:
+            break
+    return rows
 
 
 SECTION_TITLE = "## Quality"
 
 
-def update_benchmarks_doc(path: str, dataset: str, table: str, chart: Optional[str] = None) -> None:
+def update_benchmarks_doc(path: str, dataset: str, table: str,
+                          chart: Optional[str] = None) -> Optional[str]:
     """Replaces (or appends) the dataset's block of the "Quality" section in `path`.
 
     Only the text between `<!-- quality:<dataset>:start -->` and `...:end -->` is ours
     (`dmgin_tf.docs_blocks.replace_block`); a page without the block gets it at the end
     of its Quality section (the section is created when missing).
+
+    A block whose table has rows that `table` lacks is kept as it is: a run of some rows
+    (one variant, one seed) would otherwise replace a published table assembled from
+    several runs (`dmgin bench quality --render`). Delete the block to start it over.
+
+    Returns:
+      None when the page was written; else why it was kept (one sentence).
     """
     from dmgin_tf.docs_blocks import replace_block
     start, end = f"<!-- quality:{dataset}:start -->", f"<!-- quality:{dataset}:end -->"
+    text = open(path, encoding="utf-8").read() if os.path.exists(path) else ""
+    if start in text and end in text.split(start, 1)[1]:
+        missing = [r for r in table_rows(text.split(start, 1)[1].split(end, 1)[0])
+                   if r not in table_rows(table)]
+        if missing:
+            return (f"{path} not updated: its {dataset} table has row(s) this run lacks "
+                    f"({', '.join(missing)}).")
     block = [start, f"### {dataset}", "", table]
     if chart:
         block += ["", f"![quality on {dataset}]({chart})"]
@@ -763,6 +799,7 @@ def update_benchmarks_doc(path: str, dataset: str, table: str, chart: Optional[s
         return head + SECTION_TITLE + section.rstrip("\n") + "\n\n" + block_text + "\n" + rest
 
     replace_block(path, "\n".join(block), start, end, append=append)
+    return None
 
 
 QUALITY_INTRO = (
@@ -770,4 +807,5 @@ QUALITY_INTRO = (
     "protocol of docs/design.md: Evaluation protocol (per-user time split, history strictly before each event), "
     "mean ± std over seeds, every row with the same examples and training budget. "
     "Produced by `dmgin bench quality --dataset NAME --data PATH`; each dataset's block "
-    "below is rewritten by its run.")
+    "below is rewritten by its run, unless the run lacks some of the block's rows "
+    "(add them with `--render`).")

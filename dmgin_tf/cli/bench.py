@@ -73,7 +73,8 @@ def _add_quality(sub) -> None:
     p.add_argument("--output", metavar="DIR", default=os.path.join("runs", "bench", "quality"),
                    help="runs, JSON, table and chart (default runs/bench/quality)")
     p.add_argument("--docs", metavar="FILE", default=DOCS_DEFAULT,
-                   help="benchmarks page to update ('' = don't; default docs/benchmarks.md)")
+                   help="benchmarks page to update ('' = don't; default docs/benchmarks.md); a "
+                        "dataset's table is kept when this run lacks some of its rows")
     add_config_args(p)
     p.set_defaults(func=run_quality)
 

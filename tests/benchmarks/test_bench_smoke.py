@@ -72,3 +72,22 @@ def test_benchmarks_doc_block_replaced_in_place(tmp_path):
     assert "table ML 1" not in text and "table ML 2" in text and "table TB 1" in text
     assert text.index("table ML 2") < text.index("table TB 1") < text.index("## Serving")
     assert text.count("## Quality") == 1
+
+
+def _table(*rows):
+    head = ["| row | grouping | test AUC |", "|---|---|---|"]
+    return "\n".join(head + [f"| {r} | category | 0.9 |" for r in rows]) + "\n\nfooter"
+
+
+def test_benchmarks_doc_block_kept_when_a_run_lacks_its_rows(tmp_path, capsys):
+    """A run of one row must not replace a published table assembled from several runs."""
+    from dmgin_tf.bench.quality import table_rows, update_benchmarks_doc
+    path = str(tmp_path / "b.md")
+    assert update_benchmarks_doc(path, "movielens", _table("dmgin", "din (partial: 1/3 seeds)")) is None
+    assert table_rows(open(path).read()) == ["dmgin", "din"]
+    kept = update_benchmarks_doc(path, "movielens", _table("dmgin key=cluster"))
+    assert "dmgin, din" in kept and "movielens" in kept
+    assert "dmgin key=cluster" not in open(path).read()
+    # Every published row present (here with one more): the block is rewritten.
+    assert update_benchmarks_doc(path, "movielens", _table("dmgin", "din", "sim")) is None
+    assert table_rows(open(path).read()) == ["dmgin", "din", "sim"]
