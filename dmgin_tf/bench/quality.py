@@ -575,8 +575,9 @@ def margins(results: dict, row: str = "dmgin", metric: str = "gauc",
 
     Each entry: other, diff (row mean - other mean), pooled (sqrt of the mean of the two
     seed variances; the bar has no seeds, so `row`'s own std), sigmas (diff / pooled,
-    inf when pooled is 0 and diff > 0) and met (sigmas > GOAL_SIGMAS). Ablations of
-    `row` itself and the popularity row are not rivals and are left out.
+    inf when pooled is 0 and diff > 0; None when `row` or the rival has fewer than 2
+    seeds, which give no spread) and met (sigmas > GOAL_SIGMAS). Ablations of `row`
+    itself and the popularity row are not rivals and are left out.
     """
     rows = {r["variant"]: r for r in results["rows"]}
     mine = rows.get(row)
@@ -584,22 +585,25 @@ def margins(results: dict, row: str = "dmgin", metric: str = "gauc",
         return []
     out = []
 
-    def entry(name, mean, std):
+    def entry(name, mean, std, seeds):
         pooled = float(np.sqrt((mine[metric]["std"] ** 2 + std ** 2) / 2)) if std is not None \
             else float(mine[metric]["std"])
         diff = mine[metric]["mean"] - mean
-        sigmas = diff / pooled if pooled > 0 else (float("inf") if diff > 0 else float("-inf"))
+        if min(seeds, mine[metric].get("n", 2)) < 2:
+            sigmas = None
+        else:
+            sigmas = diff / pooled if pooled > 0 else (float("inf") if diff > 0 else float("-inf"))
         out.append({"other": name, "diff": diff, "pooled": pooled, "sigmas": sigmas,
-                    "met": bool(sigmas > GOAL_SIGMAS)})
+                    "met": sigmas is not None and bool(sigmas > GOAL_SIGMAS)})
 
     for name, r in rows.items():
         if name == row or r["kind"] not in ("model", "baseline") or r["model"] == "popularity":
             continue
         if r[metric].get("mean") is not None:
-            entry(name, r[metric]["mean"], r[metric]["std"] or 0.0)
+            entry(name, r[metric]["mean"], r[metric]["std"] or 0.0, r[metric].get("n", 2))
     bar = (results.get("bar_to_beat") or {}).get(bar_model)
     if bar is not None:
-        entry(f"bar: {bar_model}", bar[1] if metric == "gauc" else bar[0], None)
+        entry(f"bar: {bar_model}", bar[1] if metric == "gauc" else bar[0], None, 2)
     return out
 
 
@@ -608,10 +612,16 @@ def margins_line(results: dict, row: str = "dmgin", metric: str = "gauc") -> str
     ms = margins(results, row, metric)
     if not ms:
         return ""
-    parts = ", ".join(f"{m['other']} {m['diff']:+.4f} ({m['sigmas']:+.1f}σ)"
-                      for m in sorted(ms, key=lambda m: m["sigmas"]))
+    parts = ", ".join(f"{m['other']} {m['diff']:+.4f} "
+                      + ("(σ n/a: 1 seed)" if m["sigmas"] is None else f"({m['sigmas']:+.1f}σ)")
+                      for m in sorted(ms, key=lambda m: (m["sigmas"] is not None,
+                                                         m["sigmas"] or m["diff"])))
     missed = [m["other"] for m in ms if not m["met"]]
-    verdict = ("**met**" if not missed else f"**not met** (against {', '.join(missed)})")
+    unknown = [m["other"] for m in ms if m["sigmas"] is None]
+    verdict = ("**met**" if not missed else
+               f"**not met** (against {', '.join(m for m in missed if m not in unknown)})"
+               if len(unknown) < len(missed) else
+               "not determined (a seed spread needs at least 2 seeds per row)")
     return (f"{row} test {metric.upper()} minus each row (σ = pooled seed standard deviation): "
             f"{parts}. Goal, more than {GOAL_SIGMAS:.0f}σ above every row and the bar's LightGBM: "
             f"{verdict}.")

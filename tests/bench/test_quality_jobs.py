@@ -459,3 +459,22 @@ def test_run_set_is_repeatable_and_cannot_override_the_budget(tmp_path):
         quality_jobs.main(base + ["--set", "model.dropout=0.1", "--set", "train.epochs=1"])
     with pytest.raises(DmginError, match="KEY=VALUE"):
         quality_jobs.main(base + ["--set", "model.dropout"])
+
+
+def test_margins_of_one_seed_claim_no_verdict():
+    """One seed has no spread: a lead must not read as +infσ and "met"."""
+    rows = [quality.Variant("dmgin", "dmgin"), quality.Variant("din", "din")]
+    runs = [{"variant": n, "seed": 0, "test": {"auc": g, "gauc": g, "logloss": 0.5},
+             "val": {"auc": g}} for n, g in (("dmgin", 0.75), ("din", 0.60))]
+    res = quality.summarize("movielens", runs, rows, [0], quality.Budget(epochs=4),
+                            default_key="category", data="ml", backend="jax")
+    ms = {m["other"]: m for m in quality.margins(res)}
+    assert ms["din"]["sigmas"] is None and not ms["din"]["met"]
+    line = quality.margins_line(res)
+    assert "inf" not in line and "σ n/a: 1 seed" in line
+    assert "**met**" not in line and "not determined" in line
+    # A rival the one-seed row trails is still a miss.
+    runs[0]["test"] = dict(runs[0]["test"], gauc=0.55)
+    res = quality.summarize("movielens", runs, rows, [0], quality.Budget(epochs=4),
+                            default_key="category", data="ml", backend="jax")
+    assert "not determined" in quality.margins_line(res)
