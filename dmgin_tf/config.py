@@ -473,14 +473,14 @@ def load_config(path: str | os.PathLike | None = None,
     """Loads a YAML/JSON config file (or defaults when `path` is None) and applies overrides."""
     values: dict = {}
     if path:
-        values = _read_config_file(path)
+        values = read_config_file(path)
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: top level must be a mapping of sections")
     cfg = Config.from_dict(values)
     return cfg.apply_overrides(overrides or {})
 
 
-def _read_config_file(path) -> Any:
+def read_config_file(path) -> Any:
     """Parses a YAML/JSON config file; every problem (missing, a directory, not UTF-8,
     syntax, a key given twice) is a one-line ConfigError naming the file."""
     if os.path.isdir(path):

@@ -322,6 +322,9 @@ def embed_catalog(items_path: str, encoder_dir: str, output_dir: str, beam_cfg=N
     from transform import beam_io
     from transform.beam_runner import beam_pipeline
 
+    for name, value in (("batch_size", batch_size), ("max_batch_size", max_batch_size)):
+        if not (isinstance(value, int) and value >= 1):
+            raise DataError(f"embed_catalog: {name}={value!r} must be an integer >= 1")
     beam_cfg = beam_cfg or BeamConfig()
     files = beam_io.parquet_files(items_path)
     schema_names = pq.ParquetFile(files[0]).schema_arrow.names

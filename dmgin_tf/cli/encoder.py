@@ -14,10 +14,9 @@ plus `<output>/report.json`.
 from __future__ import annotations
 
 import argparse
-import json
 
-from dmgin_tf.cli.common import (add_beam_args, add_config_args, beam_overrides, config_from_args,
-                                 read_items_table)
+from dmgin_tf.cli.common import (add_beam_args, add_config_args, at_least, beam_overrides,
+                                 config_from_args, read_items_table)
 
 
 def register(subparsers) -> None:
@@ -51,7 +50,8 @@ def register(subparsers) -> None:
     embed.add_argument("--encoder", required=True, help="encoder base or version dir")
     embed.add_argument("--items", required=True, help="items Parquet file/dir/glob")
     embed.add_argument("--output", required=True, help="output dir (embeddings/, bad_rows/, report.json)")
-    embed.add_argument("--batch-size", type=int, default=256, help="rows per forward pass / Beam batch")
+    embed.add_argument("--batch-size", type=at_least(int, 1), default=256,
+                       help="rows per forward pass / Beam batch")
     embed.set_defaults(func=_embed)
 
     imp = sub.add_parser("import", help="validate external embeddings (Parquet/TFRecord) and "
@@ -65,15 +65,24 @@ def register(subparsers) -> None:
 def encoder_config_from_args(args: argparse.Namespace):
     """EncoderConfig from --encoder-config FILE, then the explicit flags."""
     from transform.encoder.config import EncoderConfig
+    from dmgin_tf.config import ConfigError, read_config_file
     values: dict = {}
     if args.encoder_config:
-        text = open(args.encoder_config, encoding="utf-8").read()
-        if args.encoder_config.endswith(".json"):
-            values = json.loads(text)
-        else:
-            import yaml
-            values = yaml.safe_load(text) or {}
-        values = dict(values.get("encoder", values))
+        path = args.encoder_config
+        values = read_config_file(path)
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: top level must be a mapping (an `encoder:` section or "
+                              f"EncoderConfig fields), not a {type(values).__name__}")
+        if "encoder" in values:
+            flat = sorted(k for k in values if k != "encoder")
+            if flat:
+                raise ConfigError(f"{path}: give an `encoder:` section or flat fields, not "
+                                  f"both (flat: {flat})")
+            values = values["encoder"] or {}
+            if not isinstance(values, dict):
+                raise ConfigError(f"{path}: the `encoder:` section must be a mapping of "
+                                  f"fields, not {values!r}")
+        values = dict(values)
     flags = {"epochs": args.epochs, "max_steps": args.steps, "batch_size": args.batch_size,
              "learning_rate": args.learning_rate, "seed": args.seed,
              "minilm_trainable_blocks": args.minilm_trainable_blocks}

@@ -37,6 +37,11 @@ def _build(args: argparse.Namespace) -> int:
     key = args.grouping_key or cfg.grouping.key
     if key == "cluster":
         key = "table"
+    if args.num_groups is not None and key != "random":
+        from dmgin_tf.errors import DataError
+        raise DataError(f"--num-groups {args.num_groups}: only --grouping-key random uses it "
+                        f"(the key is {'cluster' if key == 'table' else key!r}; a cluster "
+                        f"table brings its own groups)")
     es = build_from_canonical(args.data, args.output, cfg.data, grouping_key=key,
                               group_table=args.group_table,
                               num_groups=cfg.grouping.num_groups if key == "random" else 0,

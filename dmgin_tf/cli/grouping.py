@@ -61,6 +61,11 @@ def _fit(args: argparse.Namespace) -> int:
                                   "grouping.num_groups": args.num_groups,
                                   "grouping.kmeans_iterations": args.iterations})
     g = cfg.grouping
+    if g.key != "cluster":
+        for flag, value in (("--embeddings", args.embeddings), ("--previous", args.previous)):
+            if value:
+                raise DataError(f"{flag} {value}: only key 'cluster' reads it (the key is "
+                                f"{g.key!r}); drop it or pass --key cluster")
     items = read_items_table(args.items)
     previous = kmeans.load_centroids(args.previous) if g.key == "cluster" and args.previous \
         else None

@@ -14,7 +14,7 @@ def register(subparsers) -> None:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--target", default="localhost:8500", help="host:port of the gRPC server")
     p.add_argument("--model", default="dmgin", help="model name (default dmgin)")
-    p.add_argument("--version", type=int, help="model version (default latest)")
+    p.add_argument("--version", type=positive(int), help="model version (default latest)")
     p.add_argument("--examples", required=True, metavar="TFRECORD",
                    help="TFRecord file of serialized serving tf.Examples")
     p.add_argument("--batch-size", type=positive(int), default=128, help="examples per request (>= 1)")

@@ -33,7 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from dmgin_tf import features as F
-from dmgin_tf.config import ServingConfig
+from dmgin_tf.config import NAME_RULE, ServingConfig, is_valid_name
 from dmgin_tf.errors import DmginError
 from dmgin_tf.export.example_parsing import LookupTables, examples_from_dense
 from dmgin_tf.export.signatures import ServingModule, score_state_keys
@@ -82,6 +82,14 @@ def _save_atomically(module: ServingModule, final_dir: str, logs, info: dict, si
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def check_model_name(name) -> None:
+    """The served model's name (the export's last path component): TF Serving puts it in
+    folder names and URLs (`/v1/models/<name>`), so it follows `serving.model_name`'s rule."""
+    if not is_valid_name(name):
+        raise DmginError(f"export: model name {name!r} (the last component of the output "
+                         f"path) {NAME_RULE}")
+
+
 def export_model(model, base_path: str, name: str, *, history_length: int,
                  version: Optional[int] = None, item_index=None,
                  behavior_types: Optional[Sequence[str]] = None,
@@ -115,6 +123,7 @@ def export_model(model, base_path: str, name: str, *, history_length: int,
       check: called with each variant's saved folder before it is renamed to its
         version number (e.g. `verify_export`); an exception leaves no version behind.
     """
+    check_model_name(name)
     unknown = sorted(set(variants) - {"xla", "noxla"})
     if unknown or not variants:
         raise DmginError(f"export: variants must be a non-empty subset of ['xla', 'noxla'], "
@@ -220,6 +229,7 @@ def export_from_run_dir(run_dir: str, base_path: str, name: str, *,
     number, so a server watching `base_path` never loads a version that failed. `state_groups`,
     `state_items`: K and I of the cached user state (`export_model`).
     """
+    check_model_name(name)
     # Export needs the TensorFlow backend of Keras 3 (the SavedModel is TF).
     import keras
     if keras.backend.backend() != "tensorflow":

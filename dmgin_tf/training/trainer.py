@@ -487,6 +487,16 @@ def _defined_monitor(monitor: str, val: Split, verbose: int):
     return fallback, "max" if fallback == "val_auc" else "min"
 
 
+def examples_per_epoch(steps: int, batch_size: int, drop_remainder: bool, num_examples: int) -> int:
+    """Training examples one epoch of `steps` batches holds (what examples/s counts).
+
+    Without `drop_remainder` (a split smaller than one batch keeps its only, partial
+    batch; so does a split's last batch) the steps hold at most the split.
+    """
+    total = steps * batch_size
+    return total if drop_remainder else min(total, num_examples)
+
+
 def _fit(model, cfg: Config, data: TrainingData, output_dir: str, ckpt_dir: str, placement,
          verbose: int):
     """model.fit with our callbacks; returns (history rows, (timer, early stopper,
@@ -499,9 +509,8 @@ def _fit(model, cfg: Config, data: TrainingData, output_dir: str, ckpt_dir: str,
     seq = cb.SplitSequence(data.train, tc.batch_size, shuffle=True, seed=tc.seed, backend=backend,
                            prefetch=FEED_PREFETCH, threads=FEED_THREADS)
     steps = min(tc.steps_per_epoch, len(seq)) if tc.steps_per_epoch else None
-    examples_per_epoch = (steps or len(seq)) * tc.batch_size if seq.drop_remainder or steps \
-        else len(data.train)
-    timer = cb.EpochTimer(examples_per_epoch)
+    timer = cb.EpochTimer(examples_per_epoch(steps or len(seq), tc.batch_size,
+                                             seq.drop_remainder, len(data.train)))
     history_writer = cb.HistoryWriter(output_dir)
     callbacks = [timer]
     eval_bs = tc.eval_batch_size or tc.batch_size

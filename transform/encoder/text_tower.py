@@ -191,8 +191,11 @@ def set_trainable_blocks(backbone, trainable_blocks: Optional[int]) -> None:
     if trainable_blocks is None:
         pooler.trainable = False
         return
+    if not 0 <= trainable_blocks <= backbone.num_layers:
+        raise ValueError(f"trainable_blocks={trainable_blocks!r}: the backbone has "
+                         f"{backbone.num_layers} transformer blocks; use 0..{backbone.num_layers}")
     for layer in backbone.layers:
         layer.trainable = False
-    for i in range(max(0, backbone.num_layers - trainable_blocks), backbone.num_layers):
+    for i in range(backbone.num_layers - trainable_blocks, backbone.num_layers):
         backbone.get_layer(f"transformer_layer_{i}").trainable = True
     pooler.trainable = False
