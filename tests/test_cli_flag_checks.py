@@ -127,3 +127,16 @@ def test_examples_per_epoch_counts_what_the_steps_hold():
     assert examples_per_epoch(1, 100_000, False, 24_008) == 24_008
     assert examples_per_epoch(3, 1024, True, 10_000) == 3072
     assert examples_per_epoch(10, 1024, False, 10_000) == 10_000
+
+
+def test_a_behavior_type_count_other_than_the_datas_is_refused():
+    """The trainer always takes the data's number of behavior types; a different setting
+    was replaced without a word."""
+    from dmgin_tf.config import Config, ConfigError
+    from dmgin_tf.training.trainer import TrainingData, resolve_config
+    data = TrainingData(None, None, None, model_overrides={"num_behavior_types": 3})
+    assert resolve_config(Config(), data).model.num_behavior_types == 3
+    same = Config().apply_overrides({"model.num_behavior_types": 3})
+    assert resolve_config(same, data).model.num_behavior_types == 3
+    with pytest.raises(ConfigError, match="num_behavior_types=1.*3 behavior types"):
+        resolve_config(Config().apply_overrides({"model.num_behavior_types": 1}), data)

@@ -38,7 +38,7 @@ from typing import Callable, Dict, List, Optional
 import keras
 import numpy as np
 
-from dmgin_tf.config import Config
+from dmgin_tf.config import Config, ConfigError, ModelConfig
 from dmgin_tf.errors import DataError, DmginError
 from dmgin_tf.evaluation import undefined_reason
 from dmgin_tf.features import CAND_ITEM, PREDICTION
@@ -110,7 +110,13 @@ def resolve_config(cfg: Config, data: TrainingData) -> Config:
         if field in data.model_overrides and not getattr(cfg.model, field):
             changes[field] = int(data.model_overrides[field])
     if "num_behavior_types" in data.model_overrides:
-        changes["num_behavior_types"] = int(data.model_overrides["num_behavior_types"])
+        types_in_data = int(data.model_overrides["num_behavior_types"])
+        default = ModelConfig.__dataclass_fields__["num_behavior_types"].default
+        if cfg.model.num_behavior_types not in (default, types_in_data):
+            raise ConfigError(f"model.num_behavior_types={cfg.model.num_behavior_types}: the "
+                              f"data has {types_in_data} behavior types and the model always "
+                              f"takes the data's number; drop the setting")
+        changes["num_behavior_types"] = types_in_data
     model_cfg = cfg.model.replace(**changes) if changes else cfg.model
     return dataclasses.replace(cfg, model=model_cfg, data=data_cfg)
 
