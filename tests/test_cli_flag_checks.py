@@ -140,3 +140,12 @@ def test_a_behavior_type_count_other_than_the_datas_is_refused():
     assert resolve_config(same, data).model.num_behavior_types == 3
     with pytest.raises(ConfigError, match="num_behavior_types=1.*3 behavior types"):
         resolve_config(Config().apply_overrides({"model.num_behavior_types": 1}), data)
+
+
+def test_a_missing_input_path_names_the_setting_that_gave_it(tmp_path, capsys):
+    missing = str(tmp_path / "nonexistent")
+    assert main(["train", "--set", f"data.input_path={missing}", "--output",
+                 str(tmp_path / "run")]) == 2
+    _one_line_error(capsys, f"data.input_path={missing}", "no such file")
+    assert main(["train", "--data", missing, "--output", str(tmp_path / "run")]) == 2
+    _one_line_error(capsys, f"--data {missing}", "no such file")

@@ -292,6 +292,8 @@ def load_training_data(cfg: Config, data_path: Optional[str] = None, work_dir: s
     """`TrainingData` for `cfg` from `data_path` (see module docstring)."""
     from dmgin_tf.data.examples import ExampleSet
     path = data_path if data_path is not None else cfg.data.input_path
+    if data_path is None and path and not os.path.exists(path):
+        raise DataError(f"data.input_path={path}: no such file or directory")
     example_dir = prepare_example_dir(cfg, path, work_dir, group_table=group_table,
                                       progress=progress, log=log)
     es = ExampleSet.load(example_dir)
