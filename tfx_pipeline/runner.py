@@ -73,15 +73,15 @@ def prepare_span(cfg: Config, data_root: str, span: int, data: Optional[str] = N
             raise DmginError(
                 f"span {span} already exists ({dest}), made from {was}; --data {data} is "
                 f"{why}. Spans are immutable: train the new data as a new span (--span "
-                f"{span + 1} or later), or delete {dest} and rerun this span with "
-                f"--no-cache to replace it")
+                f"{max(span, latest_span(data_root)) + 1} or later), or delete {dest} and "
+                f"rerun this span with --no-cache to replace it")
         return dest
     os.makedirs(data_root, exist_ok=True)
     tmp = dest + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     if data and is_converted(data):
-        from dmgin_tf.data.datasets import check_converted_as
-        check_converted_as(data, cfg.data.dataset)      # before any component runs
+        from dmgin_tf.data.converted import check_converted
+        check_converted(data, cfg.data.dataset)      # before any component runs
         shutil.copytree(data, tmp)
     else:
         from dmgin_tf.data.converters import convert

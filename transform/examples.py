@@ -48,7 +48,8 @@ import apache_beam as beam
 
 from dmgin_tf import features as F
 from dmgin_tf.config import BeamConfig, DataConfig
-from dmgin_tf.data.datasets import DatasetSpec, check_converted_as, data_behavior_types, get_spec
+from dmgin_tf.data.converted import check_converted
+from dmgin_tf.data.datasets import DatasetSpec, data_behavior_types, get_spec
 from dmgin_tf.data.examples import (SPLIT_NAMES, ItemUniverse, UserExamples,
                                     build_user_examples)
 from dmgin_tf.data.sequences import record_windows
@@ -346,10 +347,7 @@ def _prepare(data_dir: str, data_cfg: DataConfig, beam_cfg: BeamConfig, splits: 
     import pyarrow.parquet as pq
     beh_path = os.path.join(data_dir, BEHAVIORS_FILE)
     items_path = os.path.join(data_dir, ITEMS_FILE)
-    for p in (beh_path, items_path):
-        if not os.path.exists(p):
-            raise DataError(f"{p} not found: convert the raw data first (`dmgin data convert`)")
-    check_converted_as(data_dir, data_cfg.dataset)
+    check_converted(data_dir, data_cfg.dataset)
     items = pq.read_table(items_path, columns=[F.ITEM_ID, F.CATEGORY]
                           if F.CATEGORY in pq.ParquetFile(items_path).schema_arrow.names
                           else [F.ITEM_ID])

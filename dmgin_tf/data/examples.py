@@ -473,6 +473,12 @@ def build_example_set(behaviors_df: pd.DataFrame, items_df: Optional[pd.DataFram
         ex_request_time=cat("timestamp", np.int64), ex_label=cat("label", np.float32),
         ex_split=cat("split", np.int8))
     n_lab = np.array([ue.num_labelled for _, ue in parts], dtype=np.int64)
+    if spec.sample_negatives and len(es) and not (es.ex_label == 0).any():
+        # Every label 1: a model would learn a constant (the catalog is empty, or every
+        # user touched all of its items).
+        raise DataError(f"no negative could be sampled for any of {int((n_lab > 0).sum())} "
+                        f"users: the item catalog has {len(item_index.item_ids)} item(s) and "
+                        f"negatives are drawn from the items a user never touched")
     es.metadata = {
         "format_version": FORMAT_VERSION,
         "spec": spec.to_dict(),
@@ -535,14 +541,12 @@ def build_from_canonical(data_dir: Union[str, os.PathLike], output_dir: Union[st
     """
     import pandas as pd
     from dmgin_tf.data.converters.tables import BEHAVIORS_FILE, ITEMS_FILE
-    from dmgin_tf.data.datasets import check_converted_as, data_behavior_types, get_spec
+    from dmgin_tf.data.converted import check_converted
+    from dmgin_tf.data.datasets import data_behavior_types, get_spec
     cfg = data_cfg or DataConfig()
     data_dir = os.fspath(data_dir)
     paths = {name: os.path.join(data_dir, name) for name in (BEHAVIORS_FILE, ITEMS_FILE)}
-    for p in paths.values():
-        if not os.path.exists(p):
-            raise DataError(f"{p} not found: convert the raw data first (`dmgin data convert`)")
-    check_converted_as(data_dir, cfg.dataset)
+    check_converted(data_dir, cfg.dataset)
     behaviors = pd.read_parquet(paths[BEHAVIORS_FILE], columns=[USER_ID, ITEM_ID, BEHAVIOR, TIMESTAMP])
     items = pd.read_parquet(paths[ITEMS_FILE])
     spec = get_spec(cfg.dataset, cfg, observed_behaviors=data_behavior_types(

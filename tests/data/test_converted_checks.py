@@ -1,0 +1,93 @@
+"""A converted directory is checked before examples are built from it (`examples build`,
+`train`, benchmarks, the pipeline's spans): a failed re-conversion, unreadable, empty or
+hand-edited tables are refused naming the file and the reason."""
+import os
+import time
+
+import numpy as np
+import pytest
+
+from dmgin_tf.cli.main import main
+from dmgin_tf.config import DataConfig
+from dmgin_tf.data.converted import check_converted
+from dmgin_tf.data.examples import build_from_canonical
+from dmgin_tf.errors import DataError
+from tests.data.test_examples import make_tables
+
+
+def _write(tmp_path, beh, items, name="conv"):
+    d = tmp_path / name
+    d.mkdir()
+    beh.to_parquet(d / "behaviors.parquet")
+    items.to_parquet(d / "items.parquet")
+    return d
+
+
+@pytest.fixture
+def tables():
+    return make_tables(seed=2)
+
+
+def test_good_tables_pass(tmp_path, tables):
+    check_converted(_write(tmp_path, *tables), "taobao")
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda b, i: (b.iloc[:0], i), ["behaviors.parquet", "empty (0 rows)"]),
+    (lambda b, i: (b, i.iloc[:0]), ["items.parquet", "empty (0 rows)"]),
+    (lambda b, i: (b.drop(columns=["behavior"]), i), ["behaviors.parquet", "missing column",
+                                                      "'behavior'"]),
+    (lambda b, i: (b.assign(user_id=b.user_id.where(b.index != 3, None)), i),
+     ["behaviors.parquet", "'user_id'", "1 null"]),
+    (lambda b, i: (b.assign(timestamp=b.timestamp.where(b.index != 0, -100)), i),
+     ["behaviors.parquet", "negative", "-100"]),
+])
+def test_broken_tables_are_refused_naming_file_and_reason(tmp_path, tables, edit, words):
+    d = _write(tmp_path, *edit(*tables))
+    with pytest.raises(DataError) as e:
+        check_converted(d, "taobao")
+    for w in words:
+        assert w in str(e.value), e.value
+    # The builder refuses before building anything.
+    with pytest.raises(DataError):
+        build_from_canonical(d, tmp_path / "ex", DataConfig(), progress=False)
+    assert not (tmp_path / "ex").exists()
+
+
+def test_a_truncated_table_is_named(tmp_path, tables, capsys):
+    d = _write(tmp_path, *tables)
+    data = (d / "behaviors.parquet").read_bytes()
+    (d / "behaviors.parquet").write_bytes(data[:1000])
+    assert main(["examples", "build", "--data", str(d), "--dataset", "taobao",
+                 "--output", str(tmp_path / "ex"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "behaviors.parquet: not a readable Parquet file" in err, err
+
+
+def test_a_failed_reconversion_is_not_silently_replaced_by_the_previous_one(tmp_path, tables,
+                                                                           capsys):
+    d = _write(tmp_path, *tables)
+    failed = tmp_path / "conv.failed"
+    failed.mkdir()
+    time.sleep(0.01)
+    (failed / "report.md").write_text("too many bad rows")
+    assert main(["examples", "build", "--data", str(d), "--dataset", "taobao",
+                 "--output", str(tmp_path / "ex"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "last conversion into" in err and "conv.failed" in err and "failed" in err, err
+    # A later successful conversion (newer tables) is used again.
+    now = time.time() + 5
+    os.utime(d / "behaviors.parquet", (now, now))
+    check_converted(d, "taobao")
+
+
+def test_no_sampled_negative_at_all_is_refused(tmp_path, tables):
+    """Negatives come from the items a user never touched: a catalog of only the
+    touched items gave an all-positive example set without a word."""
+    beh, items = tables
+    user = beh.user_id.iloc[0]
+    one = beh[beh.user_id == user]
+    d = _write(tmp_path, one, items[items.item_id.isin(one.item_id)])
+    with pytest.raises(DataError, match="no negative could be sampled"):
+        build_from_canonical(d, tmp_path / "ex", DataConfig(), progress=False)
+    assert np.unique(one.item_id).size == len(items[items.item_id.isin(one.item_id)])
