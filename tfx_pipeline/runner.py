@@ -436,7 +436,29 @@ def run_pipeline(cfg: Config, *, data_root: str, span: int, pipeline_root: str,
          + (f" -> {display_path(summary.pushed_dir)}" if summary.pushed_dir else "")
          + "".join(f"  {k}={metrics[k]:.4f}" for k in ("auc", "gauc", "logloss", "calibration")
                    if k in metrics))
+    for line in baseline_lines(metrics, cfg.pipeline, pushed=bool(summary.pushed)):
+        echo(line)
     return summary
+
+
+def baseline_lines(metrics: Dict[str, float], pipeline_cfg, pushed: bool) -> List[str]:
+    """The candidate against the last blessed model (TFMA's `*_diff` metrics, on the same
+    eval split), and a note when a pushed model is below it: each retrain may drop up to
+    `pipeline.max_<metric>_drop`, so such drops can add up over successive pushes."""
+    diffs = {k: metrics[f"{k}_diff"] for k in ("auc", "gauc") if f"{k}_diff" in metrics}
+    if not diffs:
+        return []
+    lines = ["  against the last blessed model (same eval split): " + ", ".join(
+        f"{k} {metrics[k] - d:.4f} -> {metrics[k]:.4f} ({d:+.4f})" for k, d in diffs.items()
+        if k in metrics)]
+    worse = [k for k, d in diffs.items() if d < 0]
+    if pushed and worse:
+        allowed = ", ".join(f"pipeline.max_{k}_drop={getattr(pipeline_cfg, f'max_{k}_drop')}"
+                            for k in worse)
+        lines.append(f"  note: pushed a model with lower {' and '.join(worse)} than the last "
+                     f"blessed one, within {allowed}; successive pushes can add such drops "
+                     f"up — set them to 0 to push only models at least as good")
+    return lines
 
 
 def latest_span(data_root: str) -> int:

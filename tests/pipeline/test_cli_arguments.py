@@ -79,3 +79,20 @@ def test_converted_data_of_another_dataset_stops_before_the_pipeline(tmp_path, c
     err = capsys.readouterr().err
     assert rc == 2 and "converted as dataset 'generic'" in err and "--dataset generic" in err, err
     assert not (tmp_path / "root").exists()
+
+
+def test_run_summary_shows_the_candidate_against_the_last_blessed_model():
+    """A retrain may drop up to pipeline.max_<metric>_drop below the last blessed model;
+    the summary showed no baseline, so drops that add up over pushes went unseen."""
+    from dmgin_tf.config import PipelineConfig
+    from tfx_pipeline.runner import baseline_lines
+    cfg = PipelineConfig(max_auc_drop=0.02, max_gauc_drop=0.02)
+    metrics = {"auc": 0.9020, "gauc": 0.9004, "auc_diff": -0.0019, "gauc_diff": -0.0005}
+    lines = baseline_lines(metrics, cfg, pushed=True)
+    assert "auc 0.9039 -> 0.9020 (-0.0019)" in lines[0]
+    assert "gauc 0.9009 -> 0.9004 (-0.0005)" in lines[0]
+    assert "note: pushed" in lines[1] and "pipeline.max_gauc_drop=0.02" in lines[1]
+    assert len(baseline_lines(metrics, cfg, pushed=False)) == 1
+    better = dict(metrics, auc_diff=0.001, gauc_diff=0.002)
+    assert len(baseline_lines(better, cfg, pushed=True)) == 1
+    assert baseline_lines({"auc": 0.9, "gauc": 0.9}, cfg, pushed=True) == []   # first run

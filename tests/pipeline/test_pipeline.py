@@ -152,6 +152,8 @@ def test_retrain_new_span_warm_starts_and_pushes(spans, roots):
     assert s.blessed and s.pushed
     assert served_versions(roots["serving_base"])[-1] == int(os.path.basename(s.pushed_dir))
     assert len(served_versions(roots["serving_base"])) == 2
+    # The Evaluator compared it with the span-1 model on the same split; the summary shows it.
+    assert {"auc_diff", "gauc_diff"} <= set(s.metrics), s.metrics
 
 
 def test_corrupted_labels_not_blessed(spans, roots):
