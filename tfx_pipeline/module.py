@@ -254,6 +254,74 @@ def save_serving_model(model, lookups, path: str, history_length: int, serving_c
                  behavior_types=lookups.behavior_types, model_config=model_config)
 
 
+# The Trainer's / Tuner's `custom_config` (docs/pipeline.md, "Using the module file").
+CUSTOM_CONFIG_KEYS = {
+    "config": "required: the pipeline's config sections (`Config.to_dict()`); the model, "
+              "training and history settings must be the ones the ExampleBuilder used",
+    "behavior_types": "required: the behavior vocabulary in id order, a list of strings "
+                      "(`tfx_pipeline.pipeline.pipeline_behavior_types`)",
+    "export_jit_compile": "optional bool (default true): XLA-compile the exported signatures",
+    "export_signatures": "optional (default \"all\"): which signatures to export",
+    "min_group_vocab_size": "optional int: a floor on the model's group vocabulary",
+    "tune_trials": "optional int (Tuner only, default 3): KerasTuner trials",
+}
+
+
+def check_trainer_inputs(fn_args) -> dict:
+    """The Trainer's / Tuner's `custom_config` and splits, checked before any work.
+
+    Returns the custom config (a copy). Raises ValueError naming the key or argument:
+    unknown or missing keys, `behavior_types` that is not a list of strings, `eval_args`
+    on the Evaluator's `eval` split (early stopping on it would choose the model on the
+    data that later blesses it), and `TrainArgs/EvalArgs.num_steps` (not used: training
+    runs `train.epochs` with early stopping).
+    """
+    custom = fn_args.custom_config
+    if not isinstance(custom, dict):
+        raise ValueError(f"custom_config must be a dict with {sorted(CUSTOM_CONFIG_KEYS)}, "
+                         f"got {type(custom).__name__}")
+    unknown = sorted(set(custom) - set(CUSTOM_CONFIG_KEYS))
+    if unknown:
+        raise ValueError(f"custom_config: unknown key(s) {unknown}; known: "
+                         f"{sorted(CUSTOM_CONFIG_KEYS)}")
+    for key in ("config", "behavior_types"):
+        if key not in custom:
+            raise ValueError(f"custom_config[{key!r}] is missing ({CUSTOM_CONFIG_KEYS[key]})")
+    types = custom["behavior_types"]
+    if isinstance(types, (str, bytes)) or not isinstance(types, (list, tuple)) or not types \
+            or not all(isinstance(t, str) and t for t in types):
+        raise ValueError(f"custom_config['behavior_types'] = {types!r}: "
+                         f"{CUSTOM_CONFIG_KEYS['behavior_types']}")
+    if not isinstance(custom["config"], dict):
+        raise ValueError(f"custom_config['config'] must be a dict of config sections, got "
+                         f"{type(custom['config']).__name__}")
+    for name in ("train_files", "eval_files"):
+        wrong = [p for p in getattr(fn_args, name, None) or [] if "Split-eval" in p
+                 or (name == "train_files" and "Split-val" in p)]
+        if wrong:
+            raise ValueError(f"{name} {wrong[0]}: the Trainer trains on the 'train' split and "
+                             f"validates (early stopping, best epoch) on 'val'; 'eval' is the "
+                             f"Evaluator's held-out split. Pass TrainArgs(splits=['train']), "
+                             f"EvalArgs(splits=['val'])")
+    for name, proto in (("train_steps", "TrainArgs"), ("eval_steps", "EvalArgs")):
+        if getattr(fn_args, name, None):
+            raise ValueError(f"{proto}.num_steps ({name}={getattr(fn_args, name)}) is not used: "
+                             f"training runs train.epochs epochs with early stopping; set "
+                             f"train.epochs / train.steps_per_epoch in custom_config['config']")
+    return dict(custom)
+
+
+def check_known_behaviors(behavior_ids: np.ndarray, behavior_types: List[str]) -> None:
+    """Refuses `behavior_types` that miss most of the records' behaviors: unknown ones map
+    to 0, the padding id, so a wrong vocabulary trained on empty-looking histories."""
+    unknown = float(np.mean(np.asarray(behavior_ids) == 0)) if len(behavior_ids) else 0.0
+    if unknown > 0.5:
+        raise ValueError(f"custom_config['behavior_types'] = {list(behavior_types)}: "
+                         f"{unknown:.0%} of the train records' behaviors are not among them "
+                         f"(each would get id 0, the padding id); pass the vocabulary the "
+                         f"ExampleBuilder wrote")
+
+
 def _training_data(fn_args):
     """What the Trainer and the Tuner share: (config, custom config, vocabulary lookups,
     item vocabulary (ids in line order), `TrainingData` over the user records, train
@@ -263,9 +331,9 @@ def _training_data(fn_args):
     from dmgin_tf.training.trainer import TrainingData
     from tfx_pipeline.records import Lookups, read_user_records
 
-    custom = dict(fn_args.custom_config or {})
+    custom = check_trainer_inputs(fn_args)
     behavior_types = list(custom.pop("behavior_types"))
-    cfg = Config.from_dict(custom.get("config", {}))
+    cfg = Config.from_dict(custom["config"])
     # The Trainer's FnArgs fill both names; the Tuner's only transform_graph_path.
     tft_out = tft.TFTransformOutput(fn_args.transform_graph_path or fn_args.transform_output)
     pair_vocab_file = tft_out.vocabulary_file_by_name(ITEM_GROUP_VOCAB)
@@ -275,6 +343,7 @@ def _training_data(fn_args):
     train_es = read_user_records(_files(fn_args.train_files), lookups, "train",
                                  cfg.data.max_history)
     val_es = read_user_records(_files(fn_args.eval_files), lookups, "val", cfg.data.max_history)
+    check_known_behaviors(train_es.beh_behavior, behavior_types)
     item_vocab = read_item_vocab(pair_vocab_file)
     overrides = {"item_vocab_size": len(item_vocab) + F.NUM_RESERVED_IDS,
                  "group_vocab_size": max(_max_group_id(pair_vocab_file) + 1,

@@ -96,3 +96,44 @@ def test_run_summary_shows_the_candidate_against_the_last_blessed_model():
     better = dict(metrics, auc_diff=0.001, gauc_diff=0.002)
     assert len(baseline_lines(better, cfg, pushed=True)) == 1
     assert baseline_lines({"auc": 0.9, "gauc": 0.9}, cfg, pushed=True) == []   # first run
+
+
+def _fn_args(**kw):
+    import types
+    base = dict(custom_config={"config": {}, "behavior_types": ["pv", "buy"]},
+                train_files=["/r/ExampleBuilder/examples/3/Split-train/*"],
+                eval_files=["/r/ExampleBuilder/examples/3/Split-val/*"],
+                train_steps=None, eval_steps=None)
+    base.update(kw)
+    return types.SimpleNamespace(**base)
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"custom_config": None}, ["custom_config must be a dict"]),
+    ({"custom_config": {"behavior_types": ["pv"]}}, ["custom_config['config'] is missing"]),
+    ({"custom_config": {"config": {}}}, ["custom_config['behavior_types'] is missing"]),
+    ({"custom_config": {"config": {}, "behavior_types": "pv,buy"}}, ["'pv,buy'", "list of strings"]),
+    ({"custom_config": {"config": {}, "behavior_types": ["pv"], "export_signature": "x"}},
+     ["unknown key(s) ['export_signature']", "export_signatures"]),
+    ({"eval_files": ["/r/ExampleBuilder/examples/3/Split-eval/*"]},
+     ["Split-eval", "EvalArgs(splits=['val'])"]),
+    ({"train_steps": 1}, ["TrainArgs.num_steps", "train.epochs"]),
+])
+def test_trainer_inputs_are_checked_before_any_work(changes, words):
+    """A TFX user wiring the module file into their own Trainer: a missing key was a bare
+    KeyError, a missing config trained with library defaults, early stopping on the eval
+    split chose the model on the data that blesses it, num_steps was ignored."""
+    from tfx_pipeline.module import check_trainer_inputs
+    with pytest.raises(ValueError) as e:
+        check_trainer_inputs(_fn_args(**changes))
+    for w in words:
+        assert w in str(e.value), e.value
+    assert check_trainer_inputs(_fn_args())["behavior_types"] == ["pv", "buy"]
+
+
+def test_behavior_types_that_miss_the_records_are_refused():
+    import numpy as np
+    from tfx_pipeline.module import check_known_behaviors
+    check_known_behaviors(np.array([1, 2, 0, 1]), ["pv", "buy"])
+    with pytest.raises(ValueError, match="75% of the train records' behaviors"):
+        check_known_behaviors(np.array([0, 0, 0, 1]), ["click", "order"])
