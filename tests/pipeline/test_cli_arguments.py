@@ -137,3 +137,24 @@ def test_behavior_types_that_miss_the_records_are_refused():
     check_known_behaviors(np.array([1, 2, 0, 1]), ["pv", "buy"])
     with pytest.raises(ValueError, match="75% of the train records' behaviors"):
         check_known_behaviors(np.array([0, 0, 0, 1]), ["click", "order"])
+
+
+def test_component_parameters_are_checked_when_the_pipeline_is_built():
+    """A typo in a component's config failed only when the component ran, minutes in."""
+    from tfx.types import Channel
+    from dmgin_tf.config import ConfigError, DataConfig, GroupingConfig
+    from tfx_pipeline.artifacts import ItemGroups
+    from tfx_pipeline.components.example_builder import ExampleBuilder
+    from tfx_pipeline.components.item_grouper import ItemGrouper
+    from tfx_pipeline.components.multimodal_encoder import MultimodalEncoder
+    groups = Channel(type=ItemGroups)
+    ExampleBuilder("d", 1, DataConfig().to_dict(), groups, 64)
+    ItemGrouper("d", 1, GroupingConfig().to_dict())
+    with pytest.raises(ConfigError, match=r"ExampleBuilder: data_config: .*datset"):
+        ExampleBuilder("d", 1, {"datset": "taobao"}, groups, 64)
+    with pytest.raises(ConfigError, match=r"ItemGrouper: grouping_config: .*key"):
+        ItemGrouper("d", 1, {"key": "categroy"})
+    with pytest.raises(ConfigError, match=r"ItemGrouper: beam_config_json is not JSON"):
+        ItemGrouper("d", 1, GroupingConfig().to_dict(), beam_config_json="{runner: direct")
+    with pytest.raises(ConfigError, match=r"MultimodalEncoder: encoder_config: .*epoch"):
+        MultimodalEncoder("d", 1, encoder_config={"epoch": 3})

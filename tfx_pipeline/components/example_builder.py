@@ -41,7 +41,7 @@ from dmgin_tf import features as F
 from dmgin_tf.config import DataConfig
 from dmgin_tf.errors import DataError
 from tfx_pipeline.artifacts import GROUPS_FILE, ItemGroups
-from tfx_pipeline.components.common import beam_config, require_span_dir
+from tfx_pipeline.components.common import beam_config, check_parameters, require_span_dir
 
 # protocol split (transform.examples / dmgin_tf.data.examples) -> TFX split name
 SPLITS = {"train": "train", "val": "val", "test": "eval"}
@@ -114,6 +114,23 @@ class ExampleBuilder(base_beam_component.BaseBeamComponent):
     def __init__(self, data_root: str, span: int, data_config: dict,
                  item_groups: types.BaseChannel, history_window: int,
                  label_noise: float = 0.0, beam_config_json: str = ""):
+        """
+        Args:
+          data_root: holds ``span-<N>/`` (`tfx_pipeline.runner.prepare_span`).
+          span: the span to build.
+          data_config: `DataConfig` fields as a dict (`cfg.data.to_dict()`).
+          item_groups: the ItemGrouper's output channel (the item -> group table).
+          history_window: L, the newest behaviors the eval split's flat examples keep.
+          label_noise: share of labels flipped (fault drills and tests only; 0 otherwise).
+          beam_config_json: `BeamConfig` fields as JSON; "" runs our Beam stage with the
+            pipeline's Beam args.
+
+        Raises:
+          ConfigError: a config parameter that does not parse (checked here, when the
+            pipeline is built).
+        """
+        check_parameters("ExampleBuilder", data_config=data_config,
+                         beam_config_json=beam_config_json)
         spec = ExampleBuilderSpec(
             data_root=data_root, span=int(span), data_config=json.dumps(data_config, sort_keys=True),
             label_noise=float(label_noise), beam_config=beam_config_json, item_groups=item_groups,

@@ -34,7 +34,7 @@ from dmgin_tf.config import GroupingConfig
 from dmgin_tf.errors import DataError
 from tfx_pipeline.artifacts import (SPAN, CENTROIDS_FILE, GROUPING_INFO_FILE, GROUPS_FILE, ItemEmbeddings,
                                     ItemGroups)
-from tfx_pipeline.components.common import beam_config, require_span_dir
+from tfx_pipeline.components.common import beam_config, check_parameters, require_span_dir
 
 GROUP_KEYS_FILE = "group_keys.json"
 FIRST_GROUP_ID = F.NUM_RESERVED_IDS  # cluster c -> group id c + 2
@@ -155,6 +155,22 @@ class ItemGrouper(base_beam_component.BaseBeamComponent):
                  item_embeddings: Optional[types.BaseChannel] = None,
                  previous_groups: Optional[types.BaseChannel] = None, refit: bool = True,
                  beam_config_json: str = ""):
+        """
+        Args:
+          data_root: holds ``span-<N>/`` (`tfx_pipeline.runner.prepare_span`).
+          span: the span whose catalog is grouped.
+          grouping_config: `GroupingConfig` fields as a dict (`cfg.grouping.to_dict()`).
+          item_embeddings: the MultimodalEncoder's embeddings (grouping key `cluster`).
+          previous_groups: an earlier ItemGroups artifact whose group ids stay stable.
+          refit: k-means refit (True) or assign new items to the previous centroids.
+          beam_config_json: `BeamConfig` fields as JSON; "" uses the pipeline's Beam args.
+
+        Raises:
+          ConfigError: a config parameter that does not parse (checked when the
+            pipeline is built).
+        """
+        check_parameters("ItemGrouper", grouping_config=grouping_config,
+                         beam_config_json=beam_config_json)
         spec = ItemGrouperSpec(
             data_root=data_root, span=int(span),
             grouping_config=json.dumps(grouping_config, sort_keys=True), refit=int(refit),

@@ -26,7 +26,7 @@ from tfx.dsl.components.base import base_beam_component, base_beam_executor, exe
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
 from tfx_pipeline.artifacts import SPAN, EncoderModel, ItemEmbeddings
-from tfx_pipeline.components.common import beam_config, require_span_dir
+from tfx_pipeline.components.common import beam_config, check_parameters, require_span_dir
 
 MODES = ("train", "external", "skip")
 SKIPPED = "skipped"   # custom property: 1 when the artifact holds nothing (mode skip)
@@ -104,8 +104,23 @@ class MultimodalEncoder(base_beam_component.BaseBeamComponent):
     def __init__(self, data_root: str, span: int, mode: str = "train",
                  external_embeddings: str = "", encoder_config: Optional[dict] = None,
                  beam_config_json: str = ""):
+        """
+        Args:
+          data_root: holds ``span-<N>/`` (`tfx_pipeline.runner.prepare_span`).
+          span: the span whose catalog is embedded.
+          mode: one of `MODES` (train | external | skip | auto, module docstring).
+          external_embeddings: Parquet/TFRecord embeddings for mode `external`.
+          encoder_config: `EncoderConfig` fields as a dict.
+          beam_config_json: `BeamConfig` fields as JSON; "" uses the pipeline's Beam args.
+
+        Raises:
+          ValueError / ConfigError: an unknown mode or a config parameter that does not
+            parse (checked when the pipeline is built).
+        """
         if mode not in MODES:
             raise ValueError(f"MultimodalEncoder: mode={mode!r}; expected one of {list(MODES)}")
+        check_parameters("MultimodalEncoder", encoder_config=encoder_config,
+                         beam_config_json=beam_config_json)
         spec = MultimodalEncoderSpec(
             data_root=data_root, span=int(span), mode=mode,
             external_embeddings=external_embeddings,
