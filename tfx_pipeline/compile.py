@@ -93,7 +93,8 @@ def compile_pipeline(cfg: Config, target: str, output: str, *, data_root: str, s
             f"compile --target kubeflow-v2 needs the kfp-pipeline-spec package ({e}); install "
             f"it with `pip install -c constraints.txt kfp-pipeline-spec==0.2.2` (the only "
             f"release compatible with our protobuf pin), or use --target ir") from None
-    # Components read the data from paths: on Kubeflow they must be shared storage (GCS).
+    # KFP keeps the metadata itself. Our components read and write with local file APIs:
+    # the roots must be a file system mounted in every container (docs/pipeline.md).
     p.metadata_connection_config = None
     runner = kv2.KubeflowV2DagRunner(
         config=kv2.KubeflowV2DagRunnerConfig(default_image=image),

@@ -139,7 +139,36 @@ def _convert(args) -> int:
         flagged = ", ".join(f"{k} {v}" for k, v in f["flagged"].items()) or "none"
         print(f"  {f['path']}: read {f['rows_read']:,}, kept {f['rows_kept']:,}; bad: {bad}; flagged: {flagged}")
     print(f"report: {result.output_dir / 'report.md'}")
+    note = time_unit_note(result.behaviors_path, r, args.timestamp_unit)
+    if note:
+        print(f"dmgin data convert: note: {note}", file=sys.stderr)
     return 0
+
+
+def time_unit_note(behaviors_path, report: dict, unit) -> str:
+    """A note when the converted times look like the wrong `--timestamp-unit`: most rows
+    outside the dataset's window, or every time before 2001 (Unix 1e9) — e.g. seconds
+    divided by 1000 under `--timestamp-unit ms`. Empty when nothing looks wrong."""
+    import datetime
+    import pyarrow.parquet as pq
+    kept = sum(f["rows_kept"] for f in report["files"])
+    outside = sum(f["flagged"].get("out_of_window", 0) for f in report["files"])
+    meta = pq.ParquetFile(behaviors_path).metadata
+    latest = None
+    for g in range(meta.num_row_groups):
+        for i in range(meta.num_columns):
+            col = meta.row_group(g).column(i)
+            if col.path_in_schema == "timestamp" and col.statistics is not None \
+                    and col.statistics.has_min_max:
+                latest = col.statistics.max if latest is None else max(latest, col.statistics.max)
+    unit_text = f"--timestamp-unit {unit}" if unit else "the timestamp unit (seconds)"
+    if kept and outside > kept / 2:
+        return (f"{outside:,} of {kept:,} rows fall outside the dataset's time window; check "
+                f"{unit_text}")
+    if latest is not None and latest < 1_000_000_000:
+        when = datetime.datetime.fromtimestamp(latest, datetime.timezone.utc).date()
+        return f"the latest behavior is dated {when}; check {unit_text}"
+    return ""
 
 
 def _stats(args) -> int:

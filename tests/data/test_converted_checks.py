@@ -91,3 +91,16 @@ def test_no_sampled_negative_at_all_is_refused(tmp_path, tables):
     with pytest.raises(DataError, match="no negative could be sampled"):
         build_from_canonical(d, tmp_path / "ex", DataConfig(), progress=False)
     assert np.unique(one.item_id).size == len(items[items.item_id.isin(one.item_id)])
+
+
+def test_convert_notes_times_that_look_like_the_wrong_unit(tmp_path, capsys):
+    """Seconds converted with --timestamp-unit ms land in January 1970 without a word."""
+    raw = tmp_path / "b.csv"
+    raw.write_text("user_id,item_id,behavior,timestamp\nu1,i1,view,1600000000\n"
+                   "u1,i2,buy,1600000010\n")
+    for unit, noted in ((["--timestamp-unit", "ms"], True), ([], False)):
+        out = tmp_path / f"out{len(unit)}"
+        assert main(["data", "convert", "--dataset", "generic", "--input", str(raw),
+                     "--output", str(out), "--no-progress"] + unit) == 0
+        err = capsys.readouterr().err
+        assert ("latest behavior is dated 1970-01-19; check --timestamp-unit ms" in err) == noted, err
