@@ -102,8 +102,12 @@ def _setup(args):
 
 
 def _run(args) -> int:
-    from tfx_pipeline.runner import prepare_span, run_pipeline
+    import os
+    from tfx_pipeline.runner import check_served_baseline, prepare_span, run_pipeline
     cfg, root, data_root, serving, kwargs = _setup(args)
+    # Before the span is written: a run refused here leaves nothing behind.
+    check_served_baseline(root, os.path.join(serving, kwargs.get("model_name")
+                                             or cfg.serving.model_name))
     print(f"span {args.span}: {prepare_span(cfg, data_root, args.span, args.data)}", flush=True)
     summary = run_pipeline(cfg, data_root=data_root, span=args.span, pipeline_root=root,
                            serving_base=serving, echo=lambda m: print(m, flush=True), **kwargs)

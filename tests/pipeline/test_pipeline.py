@@ -131,6 +131,11 @@ def test_a_served_version_from_another_root_is_never_replaced(spans, roots, tmp_
                                          r"root \(.*other_root\) did not push"):
         _run(spans, dict(roots, pipeline_root=other), 1)
     assert not os.path.exists(other) and served_versions(roots["serving_base"]) == before
+    # Through the CLI too, before the span's data is written under the new root.
+    from dmgin_tf.cli.main import main
+    assert main(["pipeline", "run", "--pipeline-root", other, "--serving-dir",
+                 roots["serving_base"]]) == 2
+    assert not os.path.exists(other)
 
 
 def test_retrain_new_span_warm_starts_and_pushes(spans, roots):
