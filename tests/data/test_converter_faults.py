@@ -135,6 +135,26 @@ def test_sigterm_removes_staging_and_a_killed_runs_leftover_is_cleaned(tmp_path)
     assert not dead.exists()
 
 
+def test_sigterm_whose_exception_is_swallowed_still_ends_the_run(tmp_path):
+    """A SIGTERM arriving inside an import: importlib swallows the handler's exception
+    ("Exception ignored"), a half-imported module then fails with an unrelated error,
+    which the CLI reported as the conversion's error (exit 2) instead of dying of the
+    signal."""
+    code = ("import os, signal, sys\n"
+            "from dmgin_tf.data.converters.common import staging\n"
+            "with staging(sys.argv[1]) as tmp:\n"
+            "    try:\n"
+            "        os.kill(os.getpid(), signal.SIGTERM)\n"
+            "    except BaseException:\n"
+            "        pass\n"
+            "    raise AttributeError(\"partially initialized module 'pandas'\")\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "out")], timeout=120,
+                          capture_output=True, text=True)
+    assert proc.returncode == -15, proc.stderr
+    assert "AttributeError" not in proc.stderr, proc.stderr
+    assert not [n for n in os.listdir(tmp_path) if ".convert-" in n]
+
+
 def test_empty_input_is_an_error(tmp_path):
     _write(tmp_path / "UserBehavior.csv", [])
     with pytest.raises(DataError, match="no data rows"):

@@ -94,19 +94,31 @@ def _cleanup_on_signals():
         yield
         return
     sigs = [s for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None]
+    received = []
 
     def handler(signum, frame):
+        received.append(signum)
         raise _Terminated(signum)
+
+    def die(signum):
+        for s, h in previous.items():
+            signal.signal(s, h)
+        # the caller's `finally` already ran; die of the same signal
+        os.kill(os.getpid(), signum)
+        raise SystemExit(128 + signum)
 
     previous = {s: signal.signal(s, handler) for s in sigs}
     try:
         yield
     except _Terminated as t:
-        for s, h in previous.items():
-            signal.signal(s, h)
-        # the caller's `finally` already ran; die of the same signal
-        os.kill(os.getpid(), t.signum)
-        raise SystemExit(128 + t.signum)
+        die(t.signum)
+    except BaseException:
+        # The signal's exception can be swallowed on its way up (raised inside an import,
+        # importlib prints "Exception ignored" and a half-imported module fails later):
+        # what surfaces is then an unrelated error. The signal still ends the run.
+        if received:
+            die(received[0])
+        raise
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
