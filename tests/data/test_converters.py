@@ -273,3 +273,12 @@ def test_behavior_sink_spills_in_chunks_and_sorts(tmp_path):
     assert got == [("a", "i0", "fav", 2), ("a", "i2", "pv", 9), ("a", "i4", "pv", 9),
                    ("b", "i3", "buy", 1), ("b", "i1", "pv", 5), ("c", "i1", "pv", 0)]
     assert fr.bad == {"duplicate_row": 1} and not (tmp_path / "_behaviors_spill.parquet").exists()
+
+
+def test_generic_empty_behavior_is_named_as_empty(tmp_path):
+    """Without --behaviors the message read "behavior '' not in []"."""
+    _write(tmp_path / "b.csv", ["user_id,item_id,behavior,timestamp", f"u,i,,{T0}",
+                                f"u,i,view,{T0}"])
+    res = convert_generic(tmp_path / "b.csv", tmp_path / "out", LOOSE)
+    (sample,) = _samples(res.report, "unknown_behavior")
+    assert "empty behavior" in str(sample) and "not in []" not in str(sample), sample

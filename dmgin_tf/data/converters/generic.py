@@ -241,7 +241,8 @@ def convert_generic(input_path, output_dir, config: DataConfig | None = None, *,
                     report.bad(beh_fr, number, "bad_id", bad_id, text)
                 elif not behavior or (allowed and behavior not in allowed):
                     report.bad(beh_fr, number, "unknown_behavior",
-                               f"behavior {behavior!r} not in {list(vocab)}", text)
+                               f"behavior {behavior!r} not in {list(vocab)}" if behavior
+                               else "empty behavior", text)
                 elif ts_bad is not None:
                     report.bad(beh_fr, number, ts_bad[0], ts_bad[1], text)
                 else:
