@@ -35,10 +35,12 @@ def test_caches_follow_the_data_config_and_input_files(tmp_path):
 
     # A changed input file is converted again, and its examples rebuilt.
     raw = tmp_path / "raw.csv"
-    raw.write_text("1,10,100,pv,1511658000\n1,11,100,buy,1511658100\n")
+    # (Two users with their own items: each has untouched items to draw negatives from.)
+    raw.write_text("1,10,100,pv,1511658000\n1,11,100,buy,1511658100\n3,13,100,pv,1511658300\n")
     log.clear()
     _prepare(cfg, tmp_path / "w2", log, data=str(raw))
-    raw.write_text("1,10,100,pv,1511658000\n1,11,100,buy,1511658100\n2,12,100,pv,1511658200\n")
+    raw.write_text("1,10,100,pv,1511658000\n1,11,100,buy,1511658100\n3,13,100,pv,1511658300\n"
+                   "2,12,100,pv,1511658200\n")
     os.utime(raw, ns=(1, 1))              # size and mtime both differ from the first file
     log.clear()
     _prepare(cfg, tmp_path / "w2", log, data=str(raw))
