@@ -87,8 +87,17 @@ def lookup_rows(table, ids):
     """
     ids = ops.cast(ids, "int32")
     if keras.backend.backend() != "tensorflow":
-        return ops.take(table, ids, axis=0)
+        return take_clamped(table, ids)
     return _dense_gradient_gather()(table, ids)
+
+
+def take_clamped(table, ids):
+    """`table[ids]` with ids outside `[0, V)` clamped to the nearest row on JAX, as XLA
+    does on TensorFlow (JAX's gather fills such rows with NaN); TensorFlow keeps its own
+    rule (eager/graph on CPU raise, XLA clamps)."""
+    if keras.backend.backend() != "tensorflow":
+        ids = ops.clip(ops.cast(ids, "int32"), 0, table.shape[0] - 1)
+    return ops.take(table, ids, axis=0)
 
 
 @keras.saving.register_keras_serializable(package="dmgin_tf")
@@ -122,7 +131,8 @@ class FeatureEmbedding(keras.layers.Layer):
     Call methods (there is no single `call`; `call` is `item`):
         item(ids [...]) -> [..., D]; group(ids [...]) -> [..., D];
         tokens(items, behaviors, times [..], request_time [B]) -> [..., D].
-        Ids must lie inside the vocabulary (TF on CPU raises, XLA/JAX clamp), so
+        Ids must lie inside the vocabulary (TF on CPU raises; XLA and JAX clamp to the
+        nearest row), so
         callers map unknown ids to OOV (1) upstream.
 
     Example:
@@ -257,10 +267,10 @@ class FeatureEmbedding(keras.layers.Layer):
         ids = ops.cast(ids, "int32")
         if (self.item_min_count or self.content_projection is not None) and not self.built:
             self.build()              # reached through this method, not __call__
-        rows = ops.take(self.item_rows, ids, axis=0) if self.item_min_count else ids
+        rows = take_clamped(self.item_rows, ids) if self.item_min_count else ids
         out = self._lookup(self.item_table, rows)
         if self.content_projection is not None:
-            content = ops.take(self.item_content, ids, axis=0)
+            content = take_clamped(self.item_content, ids)
             out = out + self.content_projection(ops.cast(content, out.dtype))
         return out
 

@@ -122,13 +122,15 @@ class GroupInterestEncoder(keras.layers.Layer):
 
     Call arguments:
         inputs: dict with `hist_item, hist_group, hist_behavior_id: [B, L] int`,
-            `hist_time: [B, L] int` (Unix s), `request_time: [B] int`,
-            `cand_item, cand_group: [B] int` (keys in `dmgin_tf.features`); `[B, 1]`
-            request times and candidates are read as `[B]`. Contract: docs/layers.md.
+            `hist_time: [B, L] int` (Unix s; L static), `request_time: [B] int`,
+            `cand_item, cand_group: [B] int` — or `[B, N]` for N candidates per row
+            (keys in `dmgin_tf.features`); `[B, 1]` request times and candidates are
+            read as `[B]`. Contract: docs/layers.md.
         training: bool.
 
     Returns:
-        float `[B, output_dim]` (`encoder.output_dim`).
+        float `[B, output_dim]` (`encoder.output_dim`), or `[B, N, output_dim]` for
+        `[B, N]` candidates.
 
     Example:
 

@@ -9,6 +9,7 @@ from keras import ops
 from dmgin_tf.layers.dense import Dense
 from dmgin_tf.layers.feature_embedding import log_time_bucket, lookup_rows
 from dmgin_tf.layers.precision import KeepsInputDtypes
+from dmgin_tf.layers.transformer_block import axis_size
 
 
 @keras.saving.register_keras_serializable(package="dmgin_tf")
@@ -97,7 +98,7 @@ class HSTUBlock(KeepsInputDtypes, keras.layers.Layer):
     def call(self, x, padding_mask=None, ages=None, training=None):
         x = ops.cast(x, self.compute_dtype)
         mask = padding_mask
-        seq = x.shape[-2]
+        seq = axis_size(x, -2)
         if mask is None:
             mask = ops.ones(ops.shape(x)[:2], "bool")
         mask = ops.cast(mask, "bool")

@@ -109,6 +109,9 @@ def check_structure(inputs, *, keys=MODEL_INPUT_KEYS) -> dict:
         shape = tuple(out[k].shape)
         if len(shape) != 2:
             _fail(k, f"must be [B, L], got shape {list(shape)}")
+        if shape[1] is None:
+            _fail(k, f"the history length L must be static, got shape {list(shape)}",
+                  "pad every history to one L, keeping the newest L events")
         if hist_shape is None:
             hist_shape = (HIST_ITEM if HIST_ITEM in keys else k, shape)
         elif not _same(shape, hist_shape[1]):

@@ -7,7 +7,7 @@ from keras import ops
 from dmgin_tf.layers.feature_embedding import log_time_bucket
 from dmgin_tf.layers.hstu_block import HSTUBlock
 from dmgin_tf.layers.precision import KeepsInputDtypes
-from dmgin_tf.layers.transformer_block import TransformerBlock
+from dmgin_tf.layers.transformer_block import TransformerBlock, require_static
 
 BLOCK_TYPES = ("hstu", "transformer")
 
@@ -65,6 +65,7 @@ class InterGroupTransformer(KeepsInputDtypes, keras.layers.Layer):
         self.dropout = float(dropout)
 
     def build(self, group_vectors_shape, group_mask_shape=None, group_ages_shape=None):
+        require_static("InterGroupTransformer", group_vectors_shape, {-2: "G", -1: "D"})
         num_groups, dim = group_vectors_shape[-2], group_vectors_shape[-1]
         if self.block == "hstu":
             self.blocks = [HSTUBlock(self.num_heads, max_relative_position=num_groups,

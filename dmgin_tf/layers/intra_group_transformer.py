@@ -5,7 +5,7 @@ import keras
 from keras import ops
 
 from dmgin_tf.layers.dense import Dense
-from dmgin_tf.layers.transformer_block import Packing, TransformerBlock
+from dmgin_tf.layers.transformer_block import Packing, TransformerBlock, require_static
 
 
 def masked_mean(x, mask, axis):
@@ -75,6 +75,7 @@ class IntraGroupTransformer(keras.layers.Layer):
 
     def build(self, tokens_shape, token_mask_shape=None, group_context_shape=None,
               group_mask_shape=None):
+        require_static("IntraGroupTransformer", tokens_shape, {-3: "G", -2: "M", -1: "D"})
         dim = tokens_shape[-1]
         self.blocks = [TransformerBlock(self.num_heads, self.ffn_multiplier, self.dropout,
                                         name=f"block_{i}",

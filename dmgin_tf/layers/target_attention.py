@@ -126,6 +126,16 @@ class TargetAttention(keras.layers.Layer):
     def compute_output_shape(self, query_shape, keys_shape, key_mask_shape=None):
         return tuple(query_shape[:-1]) + (keys_shape[-1],)
 
+    def compute_output_spec(self, query, keys, key_mask=None, return_weights=False):
+        """Symbolic outputs with `call`'s structure: `out`, or `(out, weights)`."""
+        out = keras.KerasTensor(self.compute_output_shape(query.shape, keys.shape),
+                                dtype=self.compute_dtype)
+        if not return_weights:
+            return out
+        weights = keras.KerasTensor(tuple(query.shape[:-1]) + (keys.shape[-2],),
+                                    dtype=self.compute_dtype)
+        return out, weights
+
     def get_config(self):
         config = super().get_config()
         config.update(hidden_units=self.hidden_units, activation=self.activation)

@@ -8,6 +8,22 @@ from keras import ops
 
 from dmgin_tf.layers.dense import Dense
 
+
+def axis_size(x, axis: int):
+    """The size of `x`'s `axis`: a Python int when static, else a scalar tensor (a model
+    built on `keras.Input((None, D))` is traced again for each new length)."""
+    size = x.shape[axis]
+    return int(size) if size is not None else ops.shape(x)[axis]
+
+
+def require_static(layer: str, shape, axes) -> None:
+    """Raises ValueError, when the model is built, if an axis a layer sizes weights or
+    packing by (`axes`: {axis: name}) is None in `shape`."""
+    for axis, name in axes.items():
+        if shape[axis] is None:
+            raise ValueError(f"{layer}: the {name} axis of its input must be static, got shape "
+                             f"{tuple(shape)}; pad to a fixed size")
+
 # Scores of masked keys; softmax is taken in float32 so this fits any compute dtype.
 _MASK_VALUE = -1e9
 
@@ -126,7 +142,7 @@ class TransformerBlock(keras.layers.Layer):
         layer_norm_epsilon: float.
 
     Call arguments:
-        x: float `[..., S, D]`.
+        x: float `[..., S, D]` (S may be dynamic, e.g. `keras.Input((None, D))`).
         padding_mask: bool `[..., S]`, True for real positions (None = all real).
         attention_bias: optional float `[..., H, S, S]` added to the attention scores
             (relative position/time biases).
@@ -182,7 +198,7 @@ class TransformerBlock(keras.layers.Layer):
     def call(self, x, padding_mask=None, attention_bias=None, training=None):
         mask = padding_mask
         shape = ops.shape(x)
-        seq = x.shape[-2]
+        seq = axis_size(x, -2)
         lead = shape[:-2]
         x = ops.reshape(x, (-1, seq, self._dim))
         if mask is None:
@@ -262,7 +278,7 @@ class TransformerBlock(keras.layers.Layer):
 
     def _attend(self, qkv, mask, attention_bias, training):
         """Masked multi-head attention: qkv `[N, S, 3D]`, mask bool `[N, S]` → `[N, S, D]`."""
-        seq = qkv.shape[-2]
+        seq = axis_size(qkv, -2)
         q, k, v = ops.split(qkv, 3, axis=-1)
         split = lambda t: ops.reshape(t, (-1, seq, self.num_heads, self._head_dim))  # noqa: E731
         q, k, v = split(q), split(k), split(v)
