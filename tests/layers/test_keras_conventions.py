@@ -12,7 +12,6 @@ import pytest
 
 from dmgin_tf import features as F
 from dmgin_tf import layers as L
-from .synthetic import synthetic_inputs
 
 
 def test_target_attention_weights_are_a_symbolic_output_too():
