@@ -151,16 +151,13 @@ def time_unit_note(behaviors_path, report: dict, unit) -> str:
     divided by 1000 under `--timestamp-unit ms`. Empty when nothing looks wrong."""
     import datetime
     import pyarrow.parquet as pq
+    from dmgin_tf.data.converted import column_statistics
+    from dmgin_tf.features import TIMESTAMP
     kept = sum(f["rows_kept"] for f in report["files"])
     outside = sum(f["flagged"].get("out_of_window", 0) for f in report["files"])
-    meta = pq.ParquetFile(behaviors_path).metadata
-    latest = None
-    for g in range(meta.num_row_groups):
-        for i in range(meta.num_columns):
-            col = meta.row_group(g).column(i)
-            if col.path_in_schema == "timestamp" and col.statistics is not None \
-                    and col.statistics.has_min_max:
-                latest = col.statistics.max if latest is None else max(latest, col.statistics.max)
+    maxima = [stats.max for _, name, stats in column_statistics(
+        pq.ParquetFile(behaviors_path).metadata) if name == TIMESTAMP and stats.has_min_max]
+    latest = max(maxima) if maxima else None
     unit_text = f"--timestamp-unit {unit}" if unit else "the timestamp unit (seconds)"
     if kept and outside > kept / 2:
         return (f"{outside:,} of {kept:,} rows fall outside the dataset's time window; check "

@@ -79,15 +79,20 @@ def _main(argv: list[str] | None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return 0
     except Exception as e:  # every error: one line naming it, exit 2 (--debug: traceback)
-        if _caused_by_interrupt(e):   # Ctrl-C inside Beam arrives wrapped in its own error
-            print(f"dmgin {args.command}: interrupted", file=sys.stderr)
-            return 130
-        if debug:
+        if debug and not _caused_by_interrupt(e):
             raise
-        print(f"dmgin {args.command}: error: {_one_line(e, (DmginError, ConfigError))}",
-              file=sys.stderr)
-        return 2
+        return _report(f"dmgin {args.command}", e, (DmginError, ConfigError))
     return int(result or 0)
+
+
+def _report(prog: str, e: Exception, ours: tuple, debug_hint: str = "dmgin --debug ...") -> int:
+    """An error that ended a command: "interrupted" (130) when it wraps a Ctrl-C (Beam
+    re-raises a step's interrupt as its own error), else one line naming it (2)."""
+    if _caused_by_interrupt(e):
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    print(f"{prog}: error: {_one_line(e, ours, debug_hint)}", file=sys.stderr)
+    return 2
 
 
 def _caused_by_interrupt(e: BaseException) -> bool:
@@ -114,16 +119,10 @@ def run_script(fn, argv=None) -> int:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001 - reported in one line, as the CLI does
-        if _caused_by_interrupt(e):
-            print(f"{prog}: interrupted", file=sys.stderr)
-            return 130
-        if os.environ.get("DMGIN_DEBUG", "") not in ("", "0"):
+        if os.environ.get("DMGIN_DEBUG", "") not in ("", "0") and not _caused_by_interrupt(e):
             raise
         # The scripts' own argument checks raise ValueError with the flag in the message.
-        print(f"{prog}: error: "
-              f"{_one_line(e, (DmginError, ConfigError, ValueError), 'DMGIN_DEBUG=1 ...')}",
-              file=sys.stderr)
-        return 2
+        return _report(prog, e, (DmginError, ConfigError, ValueError), "DMGIN_DEBUG=1 ...")
 
 
 def _one_line(e: Exception, ours: tuple, debug_hint: str = "dmgin --debug ...") -> str:

@@ -58,16 +58,21 @@ def _check_table(path: str, columns, ids) -> None:
         raise DataError(f"{path}: missing column(s) {missing}; has {names}")
     if meta.num_rows == 0:
         raise DataError(f"{path}: the table is empty (0 rows)")
+    for g, name, stats in column_statistics(meta):
+        if name in ids and stats.null_count:
+            raise DataError(f"{path}: column {name!r} has {stats.null_count} null "
+                            f"value(s) (row group {g})")
+        if name == TIMESTAMP and stats.has_min_max and stats.min < 0:
+            raise DataError(f"{path}: column {TIMESTAMP!r} has negative values (min "
+                            f"{stats.min}, row group {g}); timestamps are Unix seconds")
+
+
+def column_statistics(meta):
+    """(row group, column name, statistics) of a Parquet footer (`pq.FileMetaData`), for
+    the columns that have statistics: checks without reading any row."""
     for g in range(meta.num_row_groups):
         group = meta.row_group(g)
         for i in range(group.num_columns):
             col = group.column(i)
-            name, stats = col.path_in_schema, col.statistics
-            if stats is None:
-                continue
-            if name in ids and stats.null_count:
-                raise DataError(f"{path}: column {name!r} has {stats.null_count} null "
-                                f"value(s) (row group {g})")
-            if name == TIMESTAMP and stats.has_min_max and stats.min < 0:
-                raise DataError(f"{path}: column {TIMESTAMP!r} has negative values (min "
-                                f"{stats.min}, row group {g}); timestamps are Unix seconds")
+            if col.statistics is not None:
+                yield g, col.path_in_schema, col.statistics

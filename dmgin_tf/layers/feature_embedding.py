@@ -132,8 +132,7 @@ class FeatureEmbedding(keras.layers.Layer):
         item(ids [...]) -> [..., D]; group(ids [...]) -> [..., D];
         tokens(items, behaviors, times [..], request_time [B]) -> [..., D].
         Ids must lie inside the vocabulary (TF on CPU raises; XLA and JAX clamp to the
-        nearest row), so
-        callers map unknown ids to OOV (1) upstream.
+        nearest row), so callers map unknown ids to OOV (1) upstream.
 
     Example:
 
