@@ -68,7 +68,7 @@ def at_least(kind, minimum):
 def positive(kind):
     """argparse `type=`: a `kind` number > 0."""
     def parse(text: str):
-        value = at_least(kind, 0)(text)
+        value = at_least(kind, float("-inf"))(text)
         if not value > 0:
             raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
         return value

@@ -9,7 +9,7 @@ from dmgin_tf.cli.main import main
 
 @pytest.mark.parametrize("args, words", [
     (["--seeds", "0"], "argument --seeds: must be > 0, got 0"),
-    (["--seeds", "-1"], "argument --seeds: must be >= 0, got -1"),
+    (["--seeds", "-1"], "argument --seeds: must be > 0, got -1"),
     (["--epochs", "0"], "argument --epochs: must be > 0, got 0"),
     (["--batch-size", "0"], "argument --batch-size: must be > 0, got 0"),
     (["--history-length", "0"], "argument --history-length: must be > 0, got 0"),
