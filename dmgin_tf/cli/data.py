@@ -86,9 +86,10 @@ def _add_source_args(p: argparse.ArgumentParser, dataset_required: bool = True) 
     p.add_argument("--behaviors", metavar="B1,B2,...", help="generic: the behavior vocabulary")
     p.add_argument("--max-error-fraction", type=float, metavar="F",
                    help="fail when a file has more than this fraction of bad rows (data.max_error_fraction)")
-    p.add_argument("--timestamp-unit", choices=["s", "ms"], default="s",
-                   help="unit of the input's timestamps; ms is divided by 1000 (default s: "
-                        "millisecond values are bad rows named as such)")
+    p.add_argument("--timestamp-unit", choices=["s", "ms", "us", "ns"], default="s",
+                   help="unit of the input's integer timestamps, converted to seconds "
+                        "(default s: values in another unit are bad rows that name it); "
+                        "Parquet timestamp columns carry their own unit")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_config_args(p)
 

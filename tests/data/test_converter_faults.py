@@ -21,7 +21,7 @@ LOOSE = DataConfig(max_error_fraction=1.0)
 T0 = WINDOW_START + 3600
 GOOD = [f"1,10,100,pv,{T0}", f"1,11,100,buy,{T0 + 5}", f"2,10,100,pv,{T0 + 9}"]
 HUGE = [f"3,12,100,pv,{T0 * 1000}",     # milliseconds
-        "3,13,100,pv,1511575200000000",  # year 49871 in seconds
+        "3,13,100,pv,1511575200000000",  # microseconds (year 49871 in seconds)
         f"3,14,100,pv,{2 ** 63}",        # beyond int64
         f"3,15,100,pv,{2 ** 64 + 7}"]
 
@@ -42,15 +42,30 @@ def test_taobao_huge_and_millisecond_timestamps_are_bad_rows(tmp_path):
     assert _bad(res.report, "UserBehavior.csv") == {"timestamp_out_of_range": 4}
     details = [s["detail"] for s in res.report["samples"] if s["reason"] == "timestamp_out_of_range"]
     assert "milliseconds" in details[0] and "--timestamp-unit ms" in details[0]
-    assert all("2100" in d for d in details[1:])
+    assert "microseconds" in details[1] and "--timestamp-unit us" in details[1]
+    assert all("2100" in d for d in details[2:])
 
 
 def test_millisecond_timestamps_convert_with_the_unit_flag(tmp_path):
     _write(tmp_path / "UserBehavior.csv", [f"1,10,100,pv,{T0 * 1000 + 999}"])
     res = convert_taobao(tmp_path, tmp_path / "out", timestamp_unit="ms")
     assert pd.read_parquet(res.behaviors_path)[TIMESTAMP].tolist() == [T0]
-    with pytest.raises(DataError, match="timestamp unit 'us'"):
-        convert("taobao", tmp_path, tmp_path / "o2", timestamp_unit="us")
+    with pytest.raises(DataError, match="timestamp unit 'min'"):
+        convert("taobao", tmp_path, tmp_path / "o2", timestamp_unit="min")
+
+
+@pytest.mark.parametrize("unit, scale", [("us", 10 ** 6), ("ns", 10 ** 9)])
+def test_micro_and_nanosecond_timestamps_convert_with_the_unit_flag(tmp_path, unit, scale):
+    """Exports in µs / ns (e.g. BigQuery's TIMESTAMP as an integer) convert with the
+    flag; a value that is too large even in the unit given says so in that unit."""
+    _write(tmp_path / "UserBehavior.csv", [f"1,10,100,pv,{T0 * scale + scale - 1}",
+                                          f"1,11,100,pv,{T0 * scale * 10 ** 6}"])
+    res = convert_taobao(tmp_path, tmp_path / "out", LOOSE, timestamp_unit=unit)
+    assert pd.read_parquet(res.behaviors_path)[TIMESTAMP].tolist() == [T0]
+    detail = next(s["detail"] for s in res.report["samples"]
+                  if s["reason"] == "timestamp_out_of_range")
+    assert f"even read as {'microseconds' if unit == 'us' else 'nanoseconds'}" in detail
+    assert f"--timestamp-unit {unit}" in detail and "Unix seconds expected" not in detail
 
 
 def _ml(d, ratings_ts):

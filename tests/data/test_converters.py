@@ -245,6 +245,37 @@ def test_generic_parquet_roundtrips_converted_output(tmp_path):
     pd.testing.assert_frame_equal(pd.read_parquet(again.items_path), pd.read_parquet(res.items_path))
 
 
+def test_a_parquet_timestamp_column_is_not_divided_again_by_the_unit_flag(tmp_path):
+    """A Parquet timestamp column is read in its type's unit; `--timestamp-unit ms` on top
+    would date every event in January 1970, so that combination is refused."""
+    ts = pa.array([1_511_544_070_000_000, 1_511_544_080_000_000],
+                  type=pa.timestamp("us", tz="Asia/Shanghai"))
+    pq.write_table(pa.table({USER_ID: ["u1", "u1"], ITEM_ID: ["i1", "i2"],
+                             BEHAVIOR: ["click", "order"], TIMESTAMP: ts}), tmp_path / "tz.parquet")
+    res = convert_generic(tmp_path / "tz.parquet", tmp_path / "out")
+    assert pd.read_parquet(res.behaviors_path)[TIMESTAMP].tolist() == [1511544070, 1511544080]
+    with pytest.raises(DataError, match=r"tz.parquet: column 'timestamp' is a Parquet "
+                                        r"timestamp\[us, tz=Asia/Shanghai\] column.*"
+                                        r"--timestamp-unit ms is for integer timestamps"):
+        convert_generic(tmp_path / "tz.parquet", tmp_path / "out2", timestamp_unit="ms")
+    # integer milliseconds in Parquet still take the flag
+    pq.write_table(pa.table({USER_ID: ["u1"], ITEM_ID: ["i1"], BEHAVIOR: ["click"],
+                             TIMESTAMP: [1_511_544_070_123]}), tmp_path / "ms.parquet")
+    res = convert_generic(tmp_path / "ms.parquet", tmp_path / "out3", timestamp_unit="ms")
+    assert pd.read_parquet(res.behaviors_path)[TIMESTAMP].tolist() == [1511544070]
+
+
+def test_item_not_in_catalog_counts_rows(tmp_path):
+    """The report's flagged counts are rows, as everywhere else in it: three behaviors on
+    one missing item are 3, the item is added once."""
+    _write(tmp_path / "b.csv", ["user_id,item_id,behavior,timestamp", "u1,X,click,10",
+                                "u1,X,click,11", "u2,X,order,12", "u2,A,click,13"])
+    _write(tmp_path / "items.csv", ["item_id,title", "A,Alpha"])
+    res = convert_generic(tmp_path / "b.csv", tmp_path / "out", items_path=tmp_path / "items.csv")
+    assert _file_stats(res.report, "b.csv")["flagged"] == {"item_not_in_catalog": 3}
+    assert sorted(pd.read_parquet(res.items_path)[ITEM_ID]) == ["A", "X"]
+
+
 def test_generic_missing_column_is_an_error(tmp_path):
     _write(tmp_path / "b.csv", ["user_id,item_id,when", "u,i,1"])
     with pytest.raises(DataError, match=r"b.csv: header must name columns .*missing \['behavior', 'timestamp'\]"):

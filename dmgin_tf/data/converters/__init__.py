@@ -31,7 +31,7 @@ def convert(dataset: str, input_path, output_dir, config: DataConfig | None = No
 
     `input_path` None or "" means the embedded sample (taobao, movielens). Keyword
     arguments go to the converter (`show_progress`, `max_samples`, `timestamp_unit`
-    "s" | "ms"; generic also `items_path`, `behavior_types`).
+    "s" | "ms" | "us" | "ns"; generic also `items_path`, `behavior_types`).
     """
     if dataset not in CONVERTERS:
         raise DataError(f"unknown dataset {dataset!r}; known: {sorted(CONVERTERS)}")

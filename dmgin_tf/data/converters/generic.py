@@ -35,8 +35,8 @@ import pyarrow.parquet as pq
 
 from dmgin_tf.config import DataConfig
 from dmgin_tf.data.converters.common import ConversionResult, progress_bar, publish, staging
-from dmgin_tf.data.converters.reader import (check_line, check_timestamp, file_size, iter_csv_lines,
-                                             raw_time_detail)
+from dmgin_tf.data.converters.reader import (TIMESTAMP_UNITS, check_line, check_timestamp,
+                                             file_size, iter_csv_lines, raw_time_detail)
 from dmgin_tf.data.converters.report import ConversionReport, FileReport
 from dmgin_tf.data.converters.tables import BEHAVIORS_FILE, ITEMS_FILE, BehaviorSink, write_items
 from dmgin_tf.errors import DataError
@@ -45,7 +45,6 @@ from dmgin_tf.features import (BEHAVIOR, BEHAVIOR_COLUMNS, CATEGORY, DESCRIPTION
 
 ITEM_TEXT_COLUMNS = (TITLE, DESCRIPTION, CATEGORY)
 _PARQUET_BATCH = 65536
-_TS_DIVISOR = {"s": 1, "ms": 1000, "us": 1_000_000, "ns": 1_000_000_000}
 
 
 def _find(root: pathlib.Path, stem: str) -> Optional[pathlib.Path]:
@@ -116,7 +115,7 @@ def _parquet_records(path, required, optional, report, fr, bar):
         for c in cols:
             arr = batch.column(batch.schema.get_field_index(c))
             if pa.types.is_timestamp(arr.type):  # -> Unix seconds
-                arr = pc.divide(arr.cast(pa.int64()), _TS_DIVISOR[arr.type.unit])
+                arr = pc.divide(arr.cast(pa.int64()), TIMESTAMP_UNITS[arr.type.unit])
             values[c] = arr.to_pylist()
         extra = ["\x1f".join(map(str, vs)) for vs in zip(*(values_of(batch, c) for c in others))] \
             if others else None
@@ -128,6 +127,20 @@ def _parquet_records(path, required, optional, report, fr, bar):
                    extra[i] if extra else "")
         if bar is not None:
             bar.update(batch.num_rows)
+
+
+def _check_unit_applies(path, unit: str) -> None:
+    """A Parquet timestamp column is read in the unit its type carries; a
+    `timestamp_unit` other than seconds would divide those seconds again (every event in
+    January 1970), so the combination is refused."""
+    if unit == "s" or not _is_parquet(path):
+        return
+    schema = _parquet_file(path).schema_arrow
+    i = schema.get_field_index(TIMESTAMP)
+    if i >= 0 and pa.types.is_timestamp(schema.field(i).type):
+        raise DataError(f"{path}: column {TIMESTAMP!r} is a Parquet {schema.field(i).type} "
+                        f"column, read in the unit its type carries; --timestamp-unit {unit} "
+                        f"is for integer timestamps only (leave it out)")
 
 
 def values_of(batch: pa.RecordBatch, column: str) -> list:
@@ -215,6 +228,7 @@ def convert_generic(input_path, output_dir, config: DataConfig | None = None, *,
     if items_file is not None and not items_file.is_file():
         raise FileNotFoundError(f"items file not found: {items_file}")
     vocab = tuple(behavior_types or getattr(cfg, "behavior_types", ()) or ())
+    _check_unit_applies(beh_path, timestamp_unit)
 
     report = ConversionReport("generic", cfg.max_error_fraction, max_samples)
     items_fr = report.file(items_file, "items") if items_file else None
@@ -247,9 +261,9 @@ def convert_generic(input_path, output_dir, config: DataConfig | None = None, *,
                     report.bad(beh_fr, number, ts_bad[0], ts_bad[1], text)
                 else:
                     seen_behaviors.setdefault(behavior, None)
-                    if item not in items and item not in extra_items:
-                        extra_items[item] = {}
-                        if items_file is not None:
+                    if item not in items:
+                        extra_items.setdefault(item, {})
+                        if items_file is not None:   # counted per row, as every flag here
                             report.flag(beh_fr, number, "item_not_in_catalog",
                                         f"item {item!r} not in {items_file.name}; added with "
                                         f"empty text", text)

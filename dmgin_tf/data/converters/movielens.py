@@ -117,7 +117,7 @@ def convert_movielens(input_dir, output_dir, config: DataConfig | None = None, *
         extra_items: dict = {}  # movies referenced by behaviors but absent from movies.csv
 
         def note_item(movie, fr, number, text):
-            if movie not in movies and movie not in extra_items:
+            if movie not in movies:   # flagged per row, added to the items once
                 extra_items[movie] = True
                 report.flag(fr, number, "item_not_in_catalog",
                             f"movieId {movie} not in {MOVIES_FILE}; added with empty text", text)

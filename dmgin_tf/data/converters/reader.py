@@ -26,7 +26,8 @@ from dmgin_tf.errors import DataError
 
 MAX_TIMESTAMP_S = 4_102_444_800        # 2100-01-01: nothing later is a real log
 MS_LIKELY = 100_000_000_000             # >= 1e11 "seconds" = year 5138+: milliseconds
-TIMESTAMP_UNITS = {"s": 1, "ms": 1000}
+TIMESTAMP_UNITS = {"s": 1, "ms": 1000, "us": 1_000_000, "ns": 1_000_000_000}
+UNIT_WORDS = {"s": "seconds", "ms": "milliseconds", "us": "microseconds", "ns": "nanoseconds"}
 _ARCHIVES = ((b"PK\x03\x04", "a zip archive"), (b"BZh", "bzip2-compressed"),
              (b"\xfd7zXZ\x00", "xz-compressed"), (b"\x28\xb5\x2f\xfd", "zstd-compressed"))
 
@@ -151,9 +152,11 @@ def parse_timestamp(value: str) -> Optional[int]:
 def check_timestamp(value, unit: str = "s") -> Tuple[Optional[int], Optional[Tuple[str, str]]]:
     """(Unix seconds, None) or (None, (reason, detail)) for a timestamp field.
 
-    `value` is text (CSV) or an int; `unit` "s" or "ms" (divided by 1000, rounded down).
-    Reasons: `bad_timestamp` (not a non-negative integer), `timestamp_out_of_range`
-    (past 2100 or beyond int64 — the detail says when it looks like milliseconds).
+    `value` is text (CSV) or an int; `unit` one of `TIMESTAMP_UNITS` ("ms", "us", "ns"
+    are divided down to seconds, rounded down). Reasons: `bad_timestamp` (not a
+    non-negative integer), `timestamp_out_of_range` (past 2100 or beyond int64 — the
+    detail names the unit the value looks like, e.g. milliseconds, and the flag that
+    converts it).
     """
     ts = value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 \
         else parse_timestamp(str(value)) if isinstance(value, str) else None
@@ -162,13 +165,28 @@ def check_timestamp(value, unit: str = "s") -> Tuple[Optional[int], Optional[Tup
                                        f"(Unix seconds)")
     seconds = ts // TIMESTAMP_UNITS[unit]
     if seconds > MAX_TIMESTAMP_S:
-        if unit == "s" and MS_LIKELY <= ts <= MAX_TIMESTAMP_S * 1000:
-            why = ("looks like milliseconds; the format wants Unix seconds (convert "
-                   "millisecond logs with `dmgin data convert --timestamp-unit ms`)")
-        else:
+        likely = likely_unit(ts)
+        if likely is not None and likely != unit:
+            words = UNIT_WORDS[likely]
+            why = (f"looks like {words}; the format wants Unix seconds (convert {words} "
+                   f"logs with `dmgin data convert --timestamp-unit {likely}`)")
+        elif unit == "s":
             why = "is after 2100-01-01 (Unix seconds expected)"
+        else:
+            why = f"is after 2100-01-01 even read as {UNIT_WORDS[unit]} (--timestamp-unit {unit})"
         return None, ("timestamp_out_of_range", f"timestamp {ts} {why}")
     return seconds, None
+
+
+def likely_unit(ts: int) -> Optional[str]:
+    """The unit in which `ts` falls between 1973 and 2100 (e.g. "ms" for 1511544070123),
+    or None. The ranges of the units do not overlap: [1e11, 4.1e12] ms, [1e14, 4.1e15] µs,
+    [1e17, 4.1e18] ns (1e11 ms is March 1973)."""
+    for unit in ("ms", "us", "ns"):
+        scale = TIMESTAMP_UNITS[unit]
+        if MS_LIKELY * scale // 1000 <= ts <= MAX_TIMESTAMP_S * scale:
+            return unit
+    return None
 
 
 def raw_time_detail(detail: str, raw, unit: str) -> str:
