@@ -140,14 +140,17 @@ class Contract:
         return r
 
     def warm_candidate_sizes(self) -> Tuple[int, ...]:
-        """Every padded N a request under the cap can produce: the buckets, then
-        multiples of the largest bucket up to the cap (the signature's padding rule)."""
+        """Candidate counts whose requests reach every padded N a request under the cap
+        can produce (the signature pads N to the buckets, then to multiples of the
+        largest): the buckets and those multiples, with a padded N beyond the cap
+        reached by a request of the cap itself (e.g. 1000 candidates pad to 1024)."""
         if not self.candidate_buckets:
             return ()
         sizes = set(self.candidate_buckets)
         largest = max(sizes)
         if self.max_candidates is not None:
             sizes.update(range(largest, -(-self.max_candidates // largest) * largest + 1, largest))
+            sizes = {min(s, self.max_candidates) for s in sizes}
         return tuple(sorted(s for s in sizes if s >= 1))
 
 

@@ -168,6 +168,17 @@ def test_synthetic_warmup_covers_every_padded_candidate_count(served):
     assert raw == {(1,), (4,)}
 
 
+def test_warmup_reaches_the_padded_size_beyond_the_cap_with_a_request_under_it():
+    """Buckets 16..512 and a cap of 1000: requests of 513..1000 candidates pad to 1024,
+    which warmup must compile with a request the signature accepts (1000 candidates),
+    not with 1024 (refused: more candidates than max_candidates, a warning per load)."""
+    from dmgin_tf.serving.validation import Contract
+    c = Contract(max_candidates=1000, candidate_buckets=(16, 64, 128, 512))
+    assert c.warm_candidate_sizes() == (16, 64, 128, 512, 1000)
+    assert Contract(max_candidates=100, candidate_buckets=(16, 64, 128)).warm_candidate_sizes() \
+        == (16, 64, 100)
+
+
 def _status(model_stub, name):
     req = get_model_status_pb2.GetModelStatusRequest()
     req.model_spec.name = name
