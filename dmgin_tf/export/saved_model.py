@@ -142,6 +142,11 @@ def export_model(model, base_path: str, name: str, *, history_length: int,
     contract = dataclasses.replace(Contract.from_model_config(
         model_config or (own_cfg.to_dict() if hasattr(own_cfg, "to_dict") else None)),
         max_candidates=int(serving_cfg.max_candidates))
+    finals = {v: os.path.join(base_path, name + ("" if v == "xla" else NOXLA_SUFFIX), str(version))
+              for v in variants}
+    taken = [f for f in finals.values() if os.path.exists(f)]
+    if taken:   # before tracing anything: no variant is written when one cannot be
+        raise DmginError(f"export: {taken[0]} already exists; pick another --version")
     paths = {}
     for variant in variants:
         module = ServingModule(model, tables, history_length, jit_compile=variant == "xla",
@@ -149,8 +154,7 @@ def export_model(model, base_path: str, name: str, *, history_length: int,
                                candidate_buckets=serving_cfg.candidate_buckets,
                                state_groups=state_groups, state_items=state_items,
                                contract=contract)
-        model_dir = os.path.join(base_path, name + ("" if variant == "xla" else NOXLA_SUFFIX))
-        final = os.path.join(model_dir, str(version))
+        final = finals[variant]
         t0 = time.perf_counter()
         if log is not None:
             log(f"export {variant}: tracing the signatures into {final} ...")

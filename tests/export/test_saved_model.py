@@ -250,6 +250,25 @@ def test_a_version_that_fails_its_check_is_never_published(tmp_path):
     assert os.listdir(tmp_path / "ranker_noxla") == ["1"]
 
 
+def test_a_taken_version_is_refused_before_any_variant_is_traced(tmp_path):
+    """`--version N` where N exists (for either variant) fails before tracing: no
+    progress line claims an export, and the other variant is not written under N."""
+    from dmgin_tf.errors import DmginError
+    from dmgin_tf.export.saved_model import export_model
+    from export.conftest import NUM_ITEMS, tiny_item_index
+    from export.keras_standin import StandInRanker
+    model = StandInRanker(item_vocab=NUM_ITEMS + 2, group_vocab=7)
+    model(tiny_inputs(3))
+    os.makedirs(tmp_path / "ranker_noxla" / "2")
+    lines = []
+    with pytest.raises(DmginError, match=r"ranker_noxla/2 already exists; pick another --version"):
+        export_model(model, str(tmp_path), "ranker", history_length=L,
+                     item_index=tiny_item_index(), behavior_types=BEHAVIORS,
+                     serving_cfg=SERVING, variants=("xla", "noxla"), version=2,
+                     log=lines.append)
+    assert lines == [] and not (tmp_path / "ranker").exists()
+
+
 @pytest.mark.parametrize("variant", ["xla", "noxla"])
 def test_raw_signatures_refuse_an_item_paired_with_another_group(standin_export, variant):
     """With the item table in the export, a known item sent with a group other than its
