@@ -45,6 +45,7 @@ from dmgin_tf.features import CAND_ITEM, PREDICTION
 from dmgin_tf.training import callbacks as cb
 from dmgin_tf.training.distribution import make_placement, precision_policy
 from dmgin_tf.training.inputs import Split, cast_for_backend, check_batch
+from dmgin_tf.training.data_source import ITEM_INDEX_FILE
 from dmgin_tf.training.parity import PARITY_FILE
 from dmgin_tf.training.plots import plot_history
 
@@ -201,7 +202,10 @@ def train(cfg: Config, data: TrainingData, output_dir: str, *,
     tc = cfg.train
     model_fn = model_fn or default_model_fn
     os.makedirs(output_dir, exist_ok=True)
-    _clear_stale_outputs(output_dir)
+    previous = set_previous_run_aside(output_dir)
+    if previous and verbose:
+        print(f"note: {output_dir} held an earlier run; it is kept in {previous} until this "
+              f"run finishes")
     ckpt_dir = os.path.join(output_dir, "checkpoints")
     os.makedirs(ckpt_dir, exist_ok=True)
 
@@ -294,6 +298,9 @@ def train(cfg: Config, data: TrainingData, output_dir: str, *,
     }
     with open(os.path.join(output_dir, METRICS_FILE), "w", encoding="utf-8") as f:
         json.dump(metrics, f, indent=1, sort_keys=True, default=str)
+    if previous:   # this run is complete: the earlier one is no longer needed
+        import shutil
+        shutil.rmtree(previous, ignore_errors=True)
     if verbose:
         if not len(data.test) and data.info.get("source") != "tfx":   # TFX: the Evaluator tests
             print(f"note: no test examples, so no test metrics: a user's last labelled events "
@@ -320,16 +327,39 @@ PREDICTIONS_FILE = "test_predictions.npz"
 TENSORBOARD_DIR = "tensorboard"
 
 
-def _clear_stale_outputs(output_dir: str) -> None:
-    """A run into a used output directory: what this run may not rewrite goes first —
-    TensorBoard appends event files (two runs' curves in one log; a JAX run writes none)
-    and a run without test examples writes no predictions. The rest is overwritten, and
-    the earlier weights stay until the new ones are saved."""
+PREVIOUS_RUN_DIR = "previous_run"
+# Everything a run writes into its output directory (the data cache `data/` and any
+# other file there are left alone); `ITEM_INDEX_FILE` is the example set's artifact.
+RUN_OUTPUTS = (WEIGHTS_FILE, CONFIG_FILE, METRICS_FILE, PARITY_FILE, PREDICTIONS_FILE,
+               "training_curve.png", "history.json", "history.csv", "checkpoints",
+               TENSORBOARD_DIR, ITEM_INDEX_FILE)
+
+
+def set_previous_run_aside(output_dir: str) -> Optional[str]:
+    """A run into a used output directory moves the earlier run's outputs into
+    `<output_dir>/previous_run/` (replacing an older one) and starts from an empty
+    folder; `train` deletes them once its own metrics are written. So the folder never
+    mixes two runs: an interrupted run leaves its own checkpoints and history beside the
+    complete earlier run, not its history next to the earlier run's weights and metrics
+    (TensorBoard would also append both runs' curves to one log). Returns the
+    `previous_run` path, or None when there was no earlier run."""
     import shutil
-    shutil.rmtree(os.path.join(output_dir, TENSORBOARD_DIR), ignore_errors=True)
-    stale = os.path.join(output_dir, PREDICTIONS_FILE)
-    if os.path.isfile(stale):
-        os.remove(stale)
+    found = [n for n in RUN_OUTPUTS if os.path.lexists(os.path.join(output_dir, n))]
+    if not found:
+        return None
+    previous = os.path.join(output_dir, PREVIOUS_RUN_DIR)
+    if os.path.isfile(os.path.join(output_dir, METRICS_FILE)):
+        # A complete run replaces an older set-aside one; an unfinished one (no metrics)
+        # is deleted instead, so a complete earlier run is never lost to it.
+        shutil.rmtree(previous, ignore_errors=True)
+        os.makedirs(previous)
+        for n in found:
+            os.replace(os.path.join(output_dir, n), os.path.join(previous, n))
+        return previous
+    for n in found:
+        path = os.path.join(output_dir, n)
+        shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+    return previous if os.path.isdir(previous) else None
 
 
 def write_predictions(path: str, split, scores: np.ndarray) -> None:

@@ -291,3 +291,39 @@ def test_a_damaged_run_directory_is_named_not_a_library_error(tmp_path):
     for path, match in cases:
         with pytest.raises(DataError, match=match):
             load_trained_model(path, tiny_model_fn)
+
+
+def test_a_rerun_into_a_used_folder_never_mixes_two_runs(tmp_path, monkeypatch):
+    """A second run into the same folder sets the first aside (`previous_run/`) and
+    deletes it only once its own metrics are written; a run interrupted before that
+    leaves its own history and checkpoints beside the complete earlier run, never next
+    to the earlier run's weights and metrics (what `dmgin export` would read). The data
+    cache and other files in the folder are left alone."""
+    from dmgin_tf.training import trainer
+    data = tiny_data()
+    out = tmp_path / "run"
+    trainer.train(tiny_config(), data, str(out), model_fn=tiny_model_fn, verbose=0)
+    (out / "data").mkdir()
+    (out / "notes.txt").write_text("mine")
+    first = json.loads((out / "metrics.json").read_text())
+
+    def interrupted(*args, **kwargs):   # the second run's first epoch is cut short
+        (out / "history.json").write_text("[]")
+        raise KeyboardInterrupt
+    monkeypatch.setattr(trainer, "_fit", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train(tiny_config(), data, str(out), model_fn=tiny_model_fn, verbose=0)
+    left = set(os.listdir(out))
+    assert left == {"history.json", "checkpoints", "previous_run", "data", "notes.txt"}, left
+    kept = out / "previous_run"
+    assert json.loads((kept / "metrics.json").read_text()) == first
+    assert (kept / "model.weights.h5").exists() and (kept / "config.json").exists()
+    # Interrupted again: the unfinished run goes, the complete earlier one stays.
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train(tiny_config(), data, str(out), model_fn=tiny_model_fn, verbose=0)
+    assert json.loads((kept / "metrics.json").read_text()) == first
+    # A run that finishes replaces it.
+    monkeypatch.undo()
+    trainer.train(tiny_config(), data, str(out), model_fn=tiny_model_fn, verbose=0)
+    assert not kept.exists() and (out / "metrics.json").exists()
+    assert {"data", "notes.txt"} <= set(os.listdir(out))
