@@ -75,6 +75,25 @@ def positive(kind):
     return parse
 
 
+SAMPLE_CONFIG = "sample_config.yaml"   # in tfx_pipeline/: the embedded sample's small model
+
+
+def use_sample_config(args: argparse.Namespace, dataset: str | None, quiet: bool = False) -> None:
+    """Runs on the embedded Taobao sample (no `--data`, no `data.input_path`, no
+    `--config`) take `tfx_pipeline/sample_config.yaml`, a small model that finishes in
+    minutes, instead of the package defaults sized for real logs (L = 512, 5 epochs);
+    sets `args.config` and says so."""
+    given_input = any(o.split("=", 1)[0].strip() == "data.input_path"
+                      for o in getattr(args, "overrides", []) or [])
+    if args.data or args.config or given_input or (dataset or "taobao") != "taobao":
+        return
+    import tfx_pipeline
+    from dmgin_tf.display import display_path
+    args.config = os.path.join(os.path.dirname(tfx_pipeline.__file__), SAMPLE_CONFIG)
+    if not quiet:
+        print(f"embedded sample: using {display_path(args.config)}", flush=True)
+
+
 def add_config_args(parser: argparse.ArgumentParser) -> None:
     """--config FILE and repeatable --set section.field=value overrides."""
     parser.add_argument("--config", metavar="FILE", help="YAML/JSON config with one section per concern")

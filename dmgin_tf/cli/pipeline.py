@@ -10,7 +10,8 @@ import argparse
 import os
 import sys
 
-from dmgin_tf.cli.common import add_beam_args, add_config_args, beam_overrides, config_from_args
+from dmgin_tf.cli.common import (add_beam_args, add_config_args, beam_overrides, config_from_args,
+                               use_sample_config)
 from dmgin_tf.display import display_path
 
 
@@ -61,15 +62,8 @@ def register(subparsers) -> None:
     c.set_defaults(func=_compile)
 
 
-SAMPLE_CONFIG = "sample_config.yaml"   # in tfx_pipeline/
-
-
 def _setup(args):
-    if not args.data and not args.config and (args.dataset or "taobao") == "taobao":
-        # The embedded sample: a small model that finishes in minutes (docs/pipeline.md).
-        import tfx_pipeline
-        args.config = os.path.join(os.path.dirname(tfx_pipeline.__file__), SAMPLE_CONFIG)
-        print(f"embedded sample: using {display_path(args.config)}", flush=True)
+    use_sample_config(args, args.dataset)   # the embedded sample (docs/pipeline.md)
     cfg = config_from_args(args, {"data.dataset": args.dataset, **beam_overrides(args)})
     from dmgin_tf.errors import DmginError
     # Argument problems first, before anything runs (TFX spans are numbered from 0).

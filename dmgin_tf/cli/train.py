@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from dmgin_tf.cli.common import add_config_args, config_from_args
+from dmgin_tf.cli.common import add_config_args, config_from_args, use_sample_config
 
 MODELS = ("dmgin", "dgin", "din", "sim", "bst", "transformer")
 
@@ -50,6 +50,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    use_sample_config(args, args.dataset, quiet=args.quiet)
     cfg = config_from_args(args, {
         "data.dataset": args.dataset, "model.model": args.model, "train.backend": args.backend,
         "train.output_dir": args.output, "train.epochs": args.epochs,

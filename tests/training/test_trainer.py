@@ -327,3 +327,23 @@ def test_a_rerun_into_a_used_folder_never_mixes_two_runs(tmp_path, monkeypatch):
     trainer.train(tiny_config(), data, str(out), model_fn=tiny_model_fn, verbose=0)
     assert not kept.exists() and (out / "metrics.json").exists()
     assert {"data", "notes.txt"} <= set(os.listdir(out))
+
+
+def test_cli_train_on_the_embedded_taobao_sample_uses_the_sample_config(tmp_path, monkeypatch,
+                                                                        capsys):
+    """Like `dmgin pipeline run`, `dmgin train` without data or config trains the sample's
+    small model (tfx_pipeline/sample_config.yaml), not the defaults sized for real logs
+    (L = 512, 5 epochs: minutes per epoch on a CPU); given data or a config, it does not."""
+    import dmgin_tf.training.data_source as data_source
+    import dmgin_tf.training.trainer as trainer
+    from dmgin_tf.cli.main import main
+    seen = []
+    monkeypatch.setattr(data_source, "load_training_data", lambda cfg, *a, **k: None)
+    monkeypatch.setattr(trainer, "train", lambda cfg, *a, **k: seen.append(cfg))
+    assert main(["train", "--output", str(tmp_path / "a")]) == 0
+    assert seen[-1].model.history_length == 64 and seen[-1].train.epochs == 2
+    assert "embedded sample: using tfx_pipeline/sample_config.yaml" in capsys.readouterr().out
+    for extra in (["--data", str(tmp_path)], ["--set", f"data.input_path={tmp_path}"],
+                  ["--dataset", "movielens"]):
+        assert main(["train", "--output", str(tmp_path / "b")] + extra) == 0
+        assert seen[-1].model.history_length == 512, extra
