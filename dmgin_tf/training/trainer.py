@@ -236,28 +236,41 @@ def train(cfg: Config, data: TrainingData, output_dir: str, *,
                           loss=_loss_for(model), jit_compile=tc.jit_compile)
             history, callbacks_used = _fit(model, cfg, data, output_dir, ckpt_dir, placement,
                                            verbose)
-            eval_bs = tc.eval_batch_size or tc.batch_size
-            results = {}
-            timer, stopper, validator = callbacks_used
-            best = stopper.best_epoch if stopper is not None else len(history) - 1
-            if validator is not None and best in validator.results:
-                # The restored weights are exactly the best epoch's: reuse its val metrics.
-                results["val"] = validator.results[best]
-            for name, split in (("val", data.val), ("test", data.test)):
-                if len(split) and name not in results:
-                    scores = cb.predict_split(model, split, eval_bs, backend)
-                    results[name] = cb.split_metrics(split.labels, scores, split.user_ids)
-                    if name == "test":
-                        write_predictions(os.path.join(output_dir, PREDICTIONS_FILE), split,
-                                          scores)
-            _write_parity_batch(model, data.test if len(data.test) else data.train,
-                                os.path.join(output_dir, PARITY_FILE), backend, pad_to=eval_bs)
     finally:
         keras.config.set_dtype_policy(previous_policy)
 
     model.save_weights(os.path.join(output_dir, WEIGHTS_FILE))
     with open(os.path.join(output_dir, CONFIG_FILE), "w", encoding="utf-8") as f:
         json.dump(cfg.to_dict(), f, indent=1, sort_keys=True)
+    eval_bs = tc.eval_batch_size or tc.batch_size
+    results, mixed_val = {}, None
+    timer, stopper, validator = callbacks_used
+    best = stopper.best_epoch if stopper is not None else len(history) - 1
+    best_val = validator.results.get(best) if validator is not None else None
+    with placement.scope():
+        if policy == "float32":
+            evaluated = model
+            if best_val is not None:
+                # The restored weights are exactly the best epoch's: reuse its val metrics.
+                results["val"] = best_val
+        else:
+            # Export and serving rebuild the model in float32 from the saved weights
+            # (predictions differ from the bfloat16/float16 model's by up to ~0.05), so
+            # the metrics, predictions and parity batch are that model's.
+            mixed_val = best_val
+            keras.config.set_dtype_policy("float32")
+            try:
+                evaluated, _ = load_trained_model(output_dir, model_fn)
+            finally:
+                keras.config.set_dtype_policy(previous_policy)
+        for name, split in (("val", data.val), ("test", data.test)):
+            if len(split) and name not in results:
+                scores = cb.predict_split(evaluated, split, eval_bs, backend)
+                results[name] = cb.split_metrics(split.labels, scores, split.user_ids)
+                if name == "test":
+                    write_predictions(os.path.join(output_dir, PREDICTIONS_FILE), split, scores)
+        _write_parity_batch(evaluated, data.test if len(data.test) else data.train,
+                            os.path.join(output_dir, PARITY_FILE), backend, pad_to=eval_bs)
     artifacts = data.save_artifacts(output_dir) if data.save_artifacts else []
     curve = plot_history(history, os.path.join(output_dir, "training_curve.png"),
                          title=f"{cfg.model.model} ({backend})")
@@ -268,6 +281,9 @@ def train(cfg: Config, data: TrainingData, output_dir: str, *,
         "backend": backend,
         "placement": placement.describe(),
         "precision_policy": policy,
+        # Mixed precision: val/test below are of the float32 rebuild that export serves;
+        # this is the trained (mixed-precision) model's validation at its best epoch.
+        "mixed_precision_val": mixed_val,
         "jit_compile": tc.jit_compile,
         "epochs_run": len(history),
         "best_epoch": (stopper.best_epoch + 1) if stopper is not None else len(history),

@@ -347,3 +347,28 @@ def test_cli_train_on_the_embedded_taobao_sample_uses_the_sample_config(tmp_path
                   ["--dataset", "movielens"]):
         assert main(["train", "--output", str(tmp_path / "b")] + extra) == 0
         assert seen[-1].model.history_length == 512, extra
+
+
+def test_mixed_precision_metrics_are_those_of_the_float32_model_export_serves(tmp_path):
+    """Export rebuilds a mixed-precision run in float32 from its weights; the run's
+    metrics, saved predictions and parity batch are that model's, so they match a
+    re-evaluation of the saved run (the bfloat16 model's validation is kept beside)."""
+    from dmgin_tf import evaluation
+    from dmgin_tf.training.callbacks import predict_split
+    from dmgin_tf.training.parity import check_run_parity
+    from dmgin_tf.training.trainer import load_trained_model, train
+    data, out = tiny_data(), str(tmp_path / "mp")
+    result = train(tiny_config(mixed_precision=True, jit_compile=False), data, out,
+                   model_fn=tiny_model_fn, verbose=0)
+    assert result.metrics["precision_policy"] == "mixed_bfloat16"
+    assert result.metrics["mixed_precision_val"]["num_examples"] == 64
+    model, _ = load_trained_model(out, tiny_model_fn)
+    assert model.dtype_policy.name == "float32"
+    for name, split in (("val", data.val), ("test", data.test)):
+        scores = predict_split(model, split, 32)
+        want = evaluation.evaluate(split.labels, scores, split.user_ids)
+        for key in ("auc", "gauc", "logloss"):
+            assert result.metrics[name][key] == pytest.approx(want[key], abs=1e-6), (name, key)
+    saved = np.load(os.path.join(out, "test_predictions.npz"))["score"]
+    np.testing.assert_allclose(saved, predict_split(model, data.test, 32), atol=1e-6)
+    assert check_run_parity(out, tiny_model_fn).max_abs_diff < 1e-5
