@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from dmgin_tf.cli.common import add_config_args, config_from_args, use_sample_config
 
@@ -59,6 +60,10 @@ def run(args: argparse.Namespace) -> int:
         "train.distribute": args.distribute,
     })
     from dmgin_tf.training.backend import select_backend
+    env = os.environ.get("KERAS_BACKEND")
+    if env and env != cfg.train.backend and not args.quiet:
+        print(f"note: KERAS_BACKEND={env} in the environment, but this run uses "
+              f"train.backend={cfg.train.backend} (choose with --backend)", file=sys.stderr)
     select_backend(cfg.train.backend)           # before any Keras import
     from dmgin_tf.training.data_source import load_training_data
     from dmgin_tf.training.trainer import train

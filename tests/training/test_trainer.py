@@ -372,3 +372,19 @@ def test_mixed_precision_metrics_are_those_of_the_float32_model_export_serves(tm
     saved = np.load(os.path.join(out, "test_predictions.npz"))["score"]
     np.testing.assert_allclose(saved, predict_split(model, data.test, 32), atol=1e-6)
     assert check_run_parity(out, tiny_model_fn).max_abs_diff < 1e-5
+
+
+def test_cli_train_names_a_keras_backend_from_the_environment_it_does_not_use(
+        tmp_path, monkeypatch, capsys):
+    """`KERAS_BACKEND=jax dmgin train` runs train.backend (tensorflow by default): Keras
+    users expect the variable to choose, so the run says which one it uses and how to
+    choose."""
+    import dmgin_tf.training.data_source as data_source
+    import dmgin_tf.training.trainer as trainer
+    from dmgin_tf.cli.main import main
+    monkeypatch.setattr(data_source, "load_training_data", lambda cfg, *a, **k: None)
+    monkeypatch.setattr(trainer, "train", lambda cfg, *a, **k: None)
+    monkeypatch.setenv("KERAS_BACKEND", "jax")
+    assert main(["train", "--output", str(tmp_path / "a")]) == 0
+    assert ("KERAS_BACKEND=jax in the environment, but this run uses "
+            "train.backend=tensorflow (choose with --backend)") in capsys.readouterr().err
