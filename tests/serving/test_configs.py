@@ -85,7 +85,10 @@ def test_kubernetes_deployment(variant):
     _check_flags(_flags(c["args"]), variant == "gpu")
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
         assert probe in c
-    assert c["readinessProbe"]["httpGet"]["path"] == f"/v1/models/{NAME}"
+    # Model status (`/v1/models/NAME`) answers 200 while a version is still LOADING or
+    # after its load failed; metadata needs an AVAILABLE version.
+    for probe in ("readinessProbe", "startupProbe"):
+        assert c[probe]["httpGet"]["path"] == f"/v1/models/{NAME}/metadata", probe
     assert "requests" in c["resources"] and "limits" in c["resources"]
     if variant == "gpu":
         assert c["resources"]["limits"]["nvidia.com/gpu"] == 1
