@@ -183,8 +183,14 @@ def save_version(module: ServingModule, final_dir: str, *, name: str, version: O
     `check(staged_dir)` runs before the rename to `final_dir` (`_save_atomically`).
     """
     sigs = module.signatures()
+    # Every padded candidate count a request under the cap reaches, the one beyond the
+    # largest bucket included (e.g. 1000 candidates pad to 1024): TF Serving compiles
+    # only what the records hold.
+    cand_sizes = Contract(max_candidates=int(serving_cfg.max_candidates),
+                          candidate_buckets=tuple(serving_cfg.candidate_buckets)
+                          ).warm_candidate_sizes()
     logs = (build_warmup_logs(name, sigs, warmup_inputs, examples,
-                              serving_cfg.batch_buckets, serving_cfg.candidate_buckets)
+                              serving_cfg.batch_buckets, cand_sizes)
             if warmup_inputs is not None else [])
     info = {"model_name": name, "variant": "xla" if module.jit_compile else "noxla",
             "version": None if version is None else int(version),  # None: the pusher's

@@ -2,8 +2,11 @@
 at load time, so every XLA shape is compiled before the first real request.
 
 One record per (signature, bucket): `serving_default`/`predict_raw`/`user_state` at
-every batch bucket, `rank`/`score`/`score_cached` at every candidate bucket — the padded shapes are
-exactly these, so nothing compiles at serving time. Records are built from real
+every batch bucket, `rank`/`score`/`score_cached` at every candidate count whose request
+pads to a distinct shape (the buckets, then multiples of the largest up to the cap, reached
+by requests of at most `max_candidates`: `Contract.warm_candidate_sizes`) — the padded
+shapes are exactly these, so nothing compiles at serving time. (`tensorize` is not
+compiled with XLA and has no record.) Records are built from real
 examples (rows are reused cyclically to fill a bucket). TF Serving reads at most 1000.
 """
 from __future__ import annotations
@@ -41,7 +44,8 @@ def _log(model_name: str, signature: str, inputs: Mapping[str, np.ndarray]):
 def build_warmup_logs(model_name: str, signatures: Mapping[str, object],
                       dense: Mapping[str, np.ndarray], examples: Optional[Sequence[bytes]],
                       batch_buckets: Sequence[int], candidate_buckets: Sequence[int]) -> List:
-    """PredictionLogs for every signature × bucket.
+    """PredictionLogs for every signature × bucket (`candidate_buckets`: the candidate
+    counts to send, e.g. `Contract.warm_candidate_sizes()`).
 
     Args:
       model_name: model name for the requests' ModelSpec.
@@ -62,13 +66,14 @@ def build_warmup_logs(model_name: str, signatures: Mapping[str, object],
         if "user_state" in signatures:
             logs.append(_log(model_name, "user_state", {k: rows[k] for k in HISTORY_KEYS}))
     user = {k: dense[k][:1] for k in HISTORY_KEYS}          # one real user
+    state = (signatures["user_state"](**{k: tf.constant(v) for k, v in user.items()})
+             if "score" in signatures else None)
     for c in candidate_buckets:
         cands = {F.CAND_ITEM: _cycle(dense[F.CAND_ITEM], c).reshape(1, c),
                  F.CAND_GROUP: _cycle(dense[F.CAND_GROUP], c).reshape(1, c)}
         if "rank" in signatures:
             logs.append(_log(model_name, "rank", dict(user, **cands)))
-        if "score" in signatures:
-            state = signatures["user_state"](**{k: tf.constant(v) for k, v in user.items()})
+        if state is not None:
             logs.append(_log(model_name, "score", dict(user, **cands, **{
                 k: state[k].numpy() for k in score_state_keys(state)})))
             if "score_cached" in signatures:
@@ -76,7 +81,12 @@ def build_warmup_logs(model_name: str, signatures: Mapping[str, object],
                     cands, **{F.REQUEST_TIME: user[F.REQUEST_TIME]},
                     **{k: v.numpy() for k, v in state.items()})))
     if len(logs) > MAX_RECORDS:
-        raise ValueError(f"{len(logs)} warmup records; TF Serving reads at most {MAX_RECORDS}")
+        raise ValueError(
+            f"{len(logs)} warmup records ({len(candidate_buckets)} padded candidate counts × "
+            f"the candidate signatures, {len(batch_buckets)} batch buckets × the others); TF "
+            f"Serving reads at most {MAX_RECORDS}: add a larger serving.candidate_buckets "
+            f"entry or lower serving.max_candidates (requests pad to multiples of the "
+            f"largest bucket up to the cap)")
     return logs
 
 

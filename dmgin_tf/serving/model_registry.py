@@ -217,8 +217,13 @@ class Servable:
                 raise VersionLoadError(f"warmup record {i + 1} ({sig!r}) failed: "
                                        f"{e.message}") from None
         # Without records: every configured bucket; with them: the padded candidate counts
-        # above the exported buckets (multiples of the largest, up to max_candidates).
-        synthetic = synthetic_warmup_requests(self, only_beyond_buckets=bool(records))
+        # above the exported buckets (multiples of the largest, up to max_candidates) that
+        # the records do not already cover (exports before they wrote those sizes).
+        covered = {(sig, np.shape(inputs.get(validation.CANDIDATE_INPUTS[0])))
+                   for sig, inputs in records}
+        synthetic = [(sig, inputs) for sig, inputs
+                     in synthetic_warmup_requests(self, only_beyond_buckets=bool(records))
+                     if (sig, np.shape(inputs.get(validation.CANDIDATE_INPUTS[0]))) not in covered]
         for sig, inputs in synthetic:
             try:
                 self.signature(sig).run(inputs)

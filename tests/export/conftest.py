@@ -9,7 +9,7 @@ from dmgin_tf.config import ServingConfig
 NUM_ITEMS = 40
 L = 8
 BEHAVIORS = ("pv", "cart", "fav", "buy")
-SERVING = ServingConfig(batch_buckets=(1, 4), candidate_buckets=(2, 8))
+SERVING = ServingConfig(batch_buckets=(1, 4), candidate_buckets=(2, 8), max_candidates=16)
 
 
 def tiny_inputs(n, seed=0, length=L):
