@@ -32,6 +32,7 @@ import dataclasses
 import json
 import os
 import random
+import shutil
 import time
 from typing import Callable, Dict, List, Optional
 
@@ -43,9 +44,9 @@ from dmgin_tf.errors import DataError, DmginError
 from dmgin_tf.evaluation import undefined_reason
 from dmgin_tf.features import CAND_ITEM, PREDICTION
 from dmgin_tf.training import callbacks as cb
+from dmgin_tf.training.data_source import ITEM_INDEX_FILE
 from dmgin_tf.training.distribution import make_placement, precision_policy
 from dmgin_tf.training.inputs import Split, cast_for_backend, check_batch
-from dmgin_tf.training.data_source import ITEM_INDEX_FILE
 from dmgin_tf.training.parity import PARITY_FILE
 from dmgin_tf.training.plots import plot_history
 
@@ -307,7 +308,7 @@ def train(cfg: Config, data: TrainingData, output_dir: str, *,
         "train_seconds": float(sum(timer.seconds)),
         "total_seconds": time.perf_counter() - t_start,
         "data": data.info,
-        "files": sorted(set(os.listdir(output_dir)) | {METRICS_FILE}),
+        "files": sorted((set(os.listdir(output_dir)) | {METRICS_FILE}) - {PREVIOUS_RUN_DIR}),
         "artifacts": [os.path.basename(p) for p in artifacts],
         "training_curve": os.path.basename(curve) if curve else None,
         "versions": _versions(),
@@ -315,7 +316,6 @@ def train(cfg: Config, data: TrainingData, output_dir: str, *,
     with open(os.path.join(output_dir, METRICS_FILE), "w", encoding="utf-8") as f:
         json.dump(metrics, f, indent=1, sort_keys=True, default=str)
     if previous:   # this run is complete: the earlier one is no longer needed
-        import shutil
         shutil.rmtree(previous, ignore_errors=True)
     if verbose:
         if not len(data.test) and data.info.get("source") != "tfx":   # TFX: the Evaluator tests
@@ -359,7 +359,6 @@ def set_previous_run_aside(output_dir: str) -> Optional[str]:
     complete earlier run, not its history next to the earlier run's weights and metrics
     (TensorBoard would also append both runs' curves to one log). Returns the
     `previous_run` path, or None when there was no earlier run."""
-    import shutil
     found = [n for n in RUN_OUTPUTS if os.path.lexists(os.path.join(output_dir, n))]
     if not found:
         return None
@@ -374,7 +373,10 @@ def set_previous_run_aside(output_dir: str) -> Optional[str]:
         return previous
     for n in found:
         path = os.path.join(output_dir, n)
-        shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
     return previous if os.path.isdir(previous) else None
 
 

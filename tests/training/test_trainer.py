@@ -327,6 +327,7 @@ def test_a_rerun_into_a_used_folder_never_mixes_two_runs(tmp_path, monkeypatch):
     trainer.train(tiny_config(), data, str(out), model_fn=tiny_model_fn, verbose=0)
     assert not kept.exists() and (out / "metrics.json").exists()
     assert {"data", "notes.txt"} <= set(os.listdir(out))
+    assert "previous_run" not in json.loads((out / "metrics.json").read_text())["files"]
 
 
 def test_cli_train_on_the_embedded_taobao_sample_uses_the_sample_config(tmp_path, monkeypatch,
