@@ -102,11 +102,17 @@ def resolve_config(cfg: Config, data: TrainingData) -> Config:
     """Fills model fields the data decides: vocabulary sizes (when 0 in the config) and the
     number of behavior types (always the dataset's); for generic data without
     `data.behavior_types`, the vocabulary the examples were built with, so the run's
-    config.json says what behavior id i means (export and serving need it)."""
+    config.json says what behavior id i means (export and serving need it); the grouping
+    the examples were built with (e.g. `category` when `cluster` had no item → group
+    table), so config.json does not name a grouping the run did not use."""
     data_cfg = cfg.data
     types = data.info.get("behavior_types")
     if cfg.data.dataset == "generic" and not cfg.data.behavior_types and types:
         data_cfg = cfg.data.replace(behavior_types=tuple(str(t) for t in types))
+    grouping = cfg.grouping
+    built_with = data.info.get("grouping_key")
+    if built_with in ("cluster", "item_id", "category", "random") and built_with != grouping.key:
+        grouping = grouping.replace(key=built_with)
     changes = {}
     for field in ("item_vocab_size", "group_vocab_size"):
         if field in data.model_overrides and not getattr(cfg.model, field):
@@ -120,7 +126,7 @@ def resolve_config(cfg: Config, data: TrainingData) -> Config:
                               f"takes the data's number; drop the setting")
         changes["num_behavior_types"] = types_in_data
     model_cfg = cfg.model.replace(**changes) if changes else cfg.model
-    return dataclasses.replace(cfg, model=model_cfg, data=data_cfg)
+    return dataclasses.replace(cfg, model=model_cfg, data=data_cfg, grouping=grouping)
 
 
 def default_model_fn(model_cfg):

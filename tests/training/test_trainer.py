@@ -389,3 +389,20 @@ def test_cli_train_names_a_keras_backend_from_the_environment_it_does_not_use(
     assert main(["train", "--output", str(tmp_path / "a")]) == 0
     assert ("KERAS_BACKEND=jax in the environment, but this run uses "
             "train.backend=tensorflow (choose with --backend)") in capsys.readouterr().err
+
+
+def test_config_json_names_the_grouping_the_examples_were_built_with(tmp_path):
+    """`grouping.key=cluster` without an item → group table builds `category` examples
+    (with a note); the run's config.json says `category`, not the grouping it did not
+    use. A key the examples do not record leaves the config as it is."""
+    import dataclasses
+
+    from dmgin_tf.training.trainer import load_config_file, train
+    data = tiny_data()
+    cfg = tiny_config()
+    cfg = dataclasses.replace(cfg, grouping=cfg.grouping.replace(key="cluster"))
+    built = dataclasses.replace(data, info=dict(data.info, grouping_key="category"))
+    train(cfg, built, str(tmp_path / "a"), model_fn=tiny_model_fn, verbose=0)
+    assert load_config_file(str(tmp_path / "a")).grouping.key == "category"
+    train(cfg, data, str(tmp_path / "b"), model_fn=tiny_model_fn, verbose=0)
+    assert load_config_file(str(tmp_path / "b")).grouping.key == "cluster"
