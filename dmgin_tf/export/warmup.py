@@ -19,6 +19,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
 from dmgin_tf import features as F
+from dmgin_tf.config import ConfigError
 from dmgin_tf.export.signatures import EXAMPLES, score_state_keys
 
 WARMUP_DIR = "assets.extra"
@@ -81,7 +82,7 @@ def build_warmup_logs(model_name: str, signatures: Mapping[str, object],
                     cands, **{F.REQUEST_TIME: user[F.REQUEST_TIME]},
                     **{k: v.numpy() for k, v in state.items()})))
     if len(logs) > MAX_RECORDS:
-        raise ValueError(
+        raise ConfigError(
             f"{len(logs)} warmup records ({len(candidate_buckets)} padded candidate counts × "
             f"the candidate signatures, {len(batch_buckets)} batch buckets × the others); TF "
             f"Serving reads at most {MAX_RECORDS}: add a larger serving.candidate_buckets "

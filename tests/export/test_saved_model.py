@@ -138,6 +138,21 @@ def test_warmup_records_cover_every_bucket_and_replay(standin_export):
     assert seen == expected and len(logs) == len(expected) <= 1000
 
 
+def test_more_warmup_records_than_tf_serving_reads_is_a_config_error_naming_the_fields():
+    """Buckets (1,) with the default cap of 1000 pad to 1000 distinct candidate counts:
+    more records than TF Serving replays, refused at export with the fields to change."""
+    from dmgin_tf.config import ConfigError
+    from dmgin_tf.export.warmup import build_warmup_logs
+    from dmgin_tf.serving.validation import Contract
+    sizes = Contract(max_candidates=1000, candidate_buckets=(1,)).warm_candidate_sizes()
+    assert len(sizes) == 1000
+    with pytest.raises(ConfigError, match=r"TF Serving reads at most 1000: add a larger "
+                                          r"serving.candidate_buckets entry or lower "
+                                          r"serving.max_candidates"):
+        build_warmup_logs("ranker", {"rank": None, "predict_raw": None}, tiny_inputs(2), None,
+                          (1,), sizes)   # 1000 rank records + 1 predict_raw
+
+
 def _serving_default(standin_export):
     _, paths, *_ = standin_export
     return tf.saved_model.load(paths["noxla"]).signatures["serving_default"]
