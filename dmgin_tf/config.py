@@ -27,6 +27,21 @@ class ConfigError(ValueError):
 
 
 MAX_HISTORY = 10_000_000  # behaviors per user: far above any lifelong log we know of
+# The models `model.model` names (dmgin_tf.models.MODELS builds them). Python code adds its
+# own with `dmgin_tf.models.register_model`, which extends `model_names()`.
+BUILTIN_MODELS = ("dmgin", "dgin", "din", "sim", "bst", "transformer")
+_REGISTERED_MODELS: list = []
+
+
+def model_names() -> Tuple[str, ...]:
+    """Names `model.model` accepts: the built-in models, then registered ones."""
+    return BUILTIN_MODELS + tuple(_REGISTERED_MODELS)
+
+
+def add_model_name(name: str) -> None:
+    """Lets `model.model` take `name` (`dmgin_tf.models.register_model` calls this)."""
+    if name not in model_names():
+        _REGISTERED_MODELS.append(name)
 
 
 def _check_type(section: str, field: dataclasses.Field, value: Any) -> Any:
@@ -205,7 +220,7 @@ class GroupingConfig(ConfigBase):
 class ModelConfig(ConfigBase):
     """DMGIN / baseline hyperparameters (docs/design.md: Model and tensor contracts)."""
     SECTION = "model"
-    model: str = "dmgin"              # dmgin | dgin | din | sim | bst | transformer
+    model: str = "dmgin"              # one of model_names(): dmgin | dgin | din | sim | bst | transformer
     item_vocab_size: int = 0          # filled from the data (ids incl. reserved)
     group_vocab_size: int = 0
     num_behavior_types: int = 4       # T: behavior ids 1..T, 0 = unknown type / padding
@@ -247,8 +262,9 @@ class ModelConfig(ConfigBase):
     item_min_count: int = 0
 
     def validate(self):
-        self._require(self.model in ("dmgin", "dgin", "din", "sim", "bst", "transformer"),
-                      "model", "must be one of dmgin, dgin, din, sim, bst, transformer")
+        self._require(self.model in model_names(), "model",
+                      f"must be one of {', '.join(model_names())} (own models: "
+                      f"dmgin_tf.models.register_model)")
         for f in ("history_length", "max_groups", "max_per_group", "embedding_dim",
                   "num_heads", "recent_window", "num_behavior_types"):
             self._require(getattr(self, f) >= 1, f, "must be >= 1")

@@ -59,10 +59,11 @@ _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__f
 if _REPO_ROOT not in sys.path:   # run as a file from a plain checkout (GPU machine)
     sys.path.insert(0, _REPO_ROOT)
 
+from dmgin_tf.config import BUILTIN_MODELS  # noqa: E402
 from dmgin_tf.docs_blocks import replace_block  # noqa: E402
 from dmgin_tf.provenance import library_versions, machine_info  # noqa: E402
 
-MODEL_NAMES = ("dmgin", "transformer", "din", "sim", "dgin")
+MODEL_NAMES = ("dmgin", "transformer", "din", "sim", "dgin")   # run by default
 DEFAULT_LENGTHS = (100, 1000, 10000, 50000)
 REFERENCE = "dmgin"
 QUADRATIC = ("transformer",)           # models whose cost is O(L²) by design
@@ -818,7 +819,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of `dmgin bench efficiency` and of this script."""
     d = Settings()
     p.add_argument("--models", nargs="+", default=list(d.models), metavar="MODEL",
-                   choices=["dmgin", "transformer", "din", "sim", "dgin", "bst"],
+                   choices=list(BUILTIN_MODELS),
                    help=f"models (must include dmgin; default {' '.join(d.models)})")
     p.add_argument("--lengths", nargs="+", type=int, default=list(d.lengths), metavar="L",
                    help="history lengths (default 100 1000 10000 50000)")

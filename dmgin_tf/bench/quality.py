@@ -29,10 +29,10 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from dmgin_tf.config import Config
+from dmgin_tf.config import BUILTIN_MODELS, Config
 from dmgin_tf.errors import DmginError
 
-MODEL_NAMES = ("dmgin", "dgin", "din", "sim", "bst", "transformer")
+MODEL_NAMES = BUILTIN_MODELS
 
 # docs/design.md: Evaluation protocol: outside implementations under exactly this protocol (test, mean of 3 seeds).
 BAR_TO_BEAT = {

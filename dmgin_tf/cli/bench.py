@@ -12,6 +12,7 @@ import os
 import shlex
 
 from dmgin_tf.cli.common import add_config_args, at_least, config_from_args, positive
+from dmgin_tf.config import BUILTIN_MODELS
 
 DOCS_DEFAULT = os.path.join("docs", "benchmarks.md")
 
@@ -44,8 +45,8 @@ def _add_quality(sub) -> None:
     p.add_argument("--data", metavar="PATH", help="converted or raw data (default: embedded sample)")
     p.add_argument("--seeds", type=positive(int),
                    help="number of seeds (0..N-1; default 3, with --quick 1)")
-    p.add_argument("--models", nargs="+", metavar="MODEL",
-                   help="models to compare (default: dmgin dgin din sim bst transformer)")
+    p.add_argument("--models", nargs="+", metavar="MODEL", choices=list(BUILTIN_MODELS),
+                   help=f"models to compare (default: {' '.join(BUILTIN_MODELS)})")
     p.add_argument("--no-ablations", action="store_true", help="skip DMGIN's ablation rows")
     p.add_argument("--k-values", type=positive(int), nargs="+", metavar="K",
                    help="K of the random-grouping sweep (default 16 256 2048)")

@@ -15,7 +15,7 @@ import sys
 
 from dmgin_tf.cli.common import add_config_args, config_from_args, use_sample_config
 
-MODELS = ("dmgin", "dgin", "din", "sim", "bst", "transformer")
+from dmgin_tf.config import BUILTIN_MODELS as MODELS
 
 
 def register(subparsers) -> None:

@@ -229,7 +229,8 @@ def export_from_run_dir(run_dir: str, base_path: str, name: str, *,
                         serving_cfg: Optional[ServingConfig] = None,
                         verify: bool = True, state_groups: int = DEFAULT_LOOKUP_GROUPS,
                         state_items: int = DEFAULT_LOOKUP_ITEMS,
-                        log: Optional[Callable[[str], None]] = None) -> Dict[str, str]:
+                        log: Optional[Callable[[str], None]] = None,
+                        model_fn: Optional[Callable] = None) -> Dict[str, str]:
     """Exports a `dmgin train` output directory (what `dmgin export` calls).
 
     Reads `config.json` + `model.weights.h5` (any backend), `item_index.parquet` for
@@ -237,7 +238,10 @@ def export_from_run_dir(run_dir: str, base_path: str, name: str, *,
     warmup records; with `verify`, every exported signature is compared with the Keras
     model on 4 of those examples (tolerance 1e-5) before the version folder gets its
     number, so a server watching `base_path` never loads a version that failed. `state_groups`,
-    `state_items`: K and I of the cached user state (`export_model`).
+    `state_items`: K and I of the cached user state (`export_model`). `model_fn`: the
+    `ModelConfig -> keras.Model` the run was trained with, if not the built-in one
+    (`train(..., model_fn=...)`); the rebuilt model must reproduce the run's stored
+    predictions (`dmgin_tf.training.parity.check_rebuilt_model`) or nothing is exported.
     """
     check_model_name(name)
     # Export needs the TensorFlow backend of Keras 3 (the SavedModel is TF).
@@ -247,13 +251,17 @@ def export_from_run_dir(run_dir: str, base_path: str, name: str, *,
                          f"{keras.backend.backend()!r}")
     from dmgin_tf.data.datasets import get_spec
     from dmgin_tf.data.item_index import FILE_NAME as ITEM_INDEX_FILE, ItemIndex
+    from dmgin_tf.training.parity import check_rebuilt_model
     from dmgin_tf.training.trainer import load_trained_model
 
     if not os.path.isdir(run_dir):
         raise DmginError(f"export: model dir {run_dir} " + (
             "is a file, not a `dmgin train` output directory" if os.path.exists(run_dir)
             else "does not exist"))
-    model, cfg = load_trained_model(run_dir)
+    model, cfg = load_trained_model(run_dir, model_fn)
+    # Never publish another model than the one trained (e.g. a run of a custom model_fn
+    # rebuilt as the built-in class of its model.model): checked before anything is written.
+    check_rebuilt_model(run_dir, model, custom_model_fn=model_fn is not None)
     index_path = os.path.join(run_dir, ITEM_INDEX_FILE)
     item_index = ItemIndex.load(index_path) if os.path.exists(index_path) else None
     behavior_types = get_spec(cfg.data.dataset, cfg.data).behavior_types

@@ -24,6 +24,9 @@ from dmgin_tf.errors import DmginError
 
 PARITY_FILE = "parity_batch.npz"
 DEFAULT_TOLERANCE = 1e-5
+# Export refuses a rebuilt model this far from the run's own predictions: backends and
+# devices differ by ~1e-6, a different model (another class, other weights) by far more.
+REBUILD_TOLERANCE = 1e-3
 
 
 @dataclasses.dataclass
@@ -89,6 +92,53 @@ def check_run_parity(run_dir: str, model_fn: Optional[Callable] = None,
     backend = keras.backend.backend()
     preds = prediction_vector(model.predict_on_batch(cast_for_backend(inputs, backend)))
     return compare_predictions(reference, preds, ref_backend, backend, tolerance)
+
+
+def check_rebuilt_model(run_dir: str, model, custom_model_fn: bool = False) -> None:
+    """Refuses a model rebuilt from a run (`load_trained_model`) that is not the model the
+    run trained: a class other than the one `metrics.json` records (a run trained with
+    `train(..., model_fn=...)` rebuilt without it), or predictions on `parity_batch.npz`
+    more than `REBUILD_TOLERANCE` from the ones the run stored. Export calls this before
+    writing anything.
+
+    Args:
+      run_dir: the training run.
+      model: the rebuilt model, weights loaded.
+      custom_model_fn: the caller rebuilt it with its own model_fn (the class check is
+        then left to the predictions).
+
+    Raises:
+      DmginError naming the run, both classes or the difference, and the remedy.
+    """
+    import json
+    import keras
+    from dmgin_tf.training.callbacks import prediction_vector
+    from dmgin_tf.training.inputs import cast_for_backend
+    from dmgin_tf.training.trainer import METRICS_FILE, MODEL_CLASS_KEY, class_path
+    remedy = ("export it from Python with the model the run trained: "
+              "`export_from_run_dir(run_dir, ..., model_fn=...)` with the same model_fn, or "
+              "`dmgin_tf.models.register_model` of that class under model.model")
+    metrics_path = os.path.join(run_dir, METRICS_FILE)
+    recorded = None
+    if os.path.exists(metrics_path):
+        with open(metrics_path, encoding="utf-8") as f:
+            recorded = json.load(f).get(MODEL_CLASS_KEY)
+    rebuilt = class_path(model)
+    if recorded and recorded != rebuilt and not custom_model_fn:
+        raise DmginError(f"{run_dir} was trained as {recorded} ({METRICS_FILE}: "
+                         f"{MODEL_CLASS_KEY}), but its config rebuilds {rebuilt}: {remedy}")
+    if not os.path.exists(os.path.join(run_dir, PARITY_FILE)):
+        return
+    inputs, reference, ref_backend = reference_batch(run_dir)
+    backend = keras.backend.backend()
+    preds = prediction_vector(model.predict_on_batch(cast_for_backend(inputs, backend)))
+    report = compare_predictions(reference, preds, ref_backend, backend, REBUILD_TOLERANCE)
+    if not report.ok:
+        raise DmginError(f"the model rebuilt from {run_dir} ({rebuilt}) does not reproduce the "
+                         f"run's own predictions on {PARITY_FILE}: max |difference| "
+                         f"{report.max_abs_diff:.3g} > {REBUILD_TOLERANCE:g} over "
+                         f"{report.num_examples} examples. If the run was trained with a "
+                         f"custom model, {remedy}")
 
 
 def check_saved_model_parity(run_dir: str, saved_model_dir: str,

@@ -53,6 +53,7 @@ from dmgin_tf.training.plots import plot_history
 WEIGHTS_FILE = "model.weights.h5"
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
+MODEL_CLASS_KEY = "model_class"
 PARITY_EXAMPLES = 256
 # Training batches built ahead of the device, and the threads building them (numpy's
 # gathers release the GIL). A few batches suffice to hide densify behind a step.
@@ -232,6 +233,7 @@ def train(cfg: Config, data: TrainingData, output_dir: str, *,
     try:
         with placement.scope():
             model = model_fn(cfg.model)
+            _build_with_dummy(model, cfg)   # a model_fn may return an unbuilt model
             check_batch(data.train.batch(first), cfg.model, where="train batch 0",
                         model_input_shapes=_model_input_shapes(model))
             context = fill_context_statistics(model, cfg.model, data.train)
@@ -285,6 +287,8 @@ def train(cfg: Config, data: TrainingData, output_dir: str, *,
     speeds = [timer.examples_per_epoch / s for s in timer.seconds if s > 0]
     metrics = {
         "model": cfg.model.model,
+        # What export must rebuild: differs from the built-in class under a custom model_fn.
+        MODEL_CLASS_KEY: class_path(model),
         "backend": backend,
         "placement": placement.describe(),
         "precision_policy": policy,
@@ -648,6 +652,11 @@ def load_config_file(run_dir: str) -> Config:
         raise DataError(f"{path}: cannot read the run's config ({type(e).__name__}: {e}); "
                         f"is {run_dir} a `dmgin train` output directory?") from None
     return Config.from_dict(values)
+
+
+def class_path(model) -> str:
+    """`module.QualName` of a model's class (recorded in metrics.json as `model_class`)."""
+    return f"{type(model).__module__}.{type(model).__qualname__}"
 
 
 def load_trained_model(run_dir: str, model_fn: Optional[Callable] = None):
