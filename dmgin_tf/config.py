@@ -227,7 +227,7 @@ class ModelConfig(ConfigBase):
     history_length: int = 512         # L of the dense model input
     max_groups: int = 64              # G
     max_per_group: int = 16           # M
-    recent_window: int = 50           # DIN / BST window
+    recent_window: int = 50           # newest behaviors DIN / SIM / BST (and DMGIN/DGIN's use_recent) attend over
     embedding_dim: int = 16
     num_heads: int = 2
     intra_layers: int = 1
@@ -422,8 +422,7 @@ class ServingConfig(ConfigBase):
     # Candidate counts of `rank`/`score` are padded up to one of these (fixed XLA shapes).
     candidate_buckets: Tuple[int, ...] = (16, 64, 128, 512)
     max_candidates: int = 1000
-    port: int = 8500
-    metrics_port: int = 8502
+    # Ports and the rest of the server are `dmgin serve` flags (docs/serving.md).
 
     def validate(self):
         self._require(is_valid_name(self.model_name), "model_name", NAME_RULE)
@@ -439,8 +438,6 @@ class ServingConfig(ConfigBase):
         self._require(max(self.candidate_buckets) <= self.max_candidates, "candidate_buckets",
                       f"the largest bucket must be <= max_candidates={self.max_candidates}")
         self._require(max(self.batch_buckets) <= 1_000_000, "batch_buckets", "must be <= 1000000")
-        for f in ("port", "metrics_port"):
-            self._require(0 <= getattr(self, f) <= 65535, f, "must be a TCP port in [0, 65535]")
 
 
 SECTIONS = {c.SECTION: c for c in (DataConfig, GroupingConfig, ModelConfig, TrainConfig,

@@ -254,7 +254,8 @@ def save_serving_model(model, lookups, path: str, history_length: int, serving_c
                  behavior_types=lookups.behavior_types, model_config=model_config)
 
 
-# The Trainer's / Tuner's `custom_config` (docs/pipeline.md, "Using the module file").
+# The Trainer's / Tuner's `custom_config` (docs/pipeline.md, "Our module file in your own
+# Trainer / Tuner / Transform").
 CUSTOM_CONFIG_KEYS = {
     "config": "required: the pipeline's config sections (`Config.to_dict()`); the model, "
               "training and history settings must be the ones the ExampleBuilder used",

@@ -29,7 +29,8 @@ verified in tests/transform/test_dask.py):
 2. ``beam.io.Read``-based sources translate to a no-op: read files with a ParDo over
    a `beam.Create` of file/row-group specs (`beam_io.ReadParquet`).
 3. Parallelism comes only from how `Create` partitions its elements; we pass
-   ``--dask_npartitions`` (default: 2 × workers, at least 2).
+   ``--dask_npartitions`` (default: 2 × local workers, at least 2; 8 on an existing
+   scheduler).
 4. ``DoFn.setup`` runs per bundle (= Dask partition), not once per worker: cache
    expensive objects (models) in module-level state keyed by their path.
 """
@@ -103,7 +104,8 @@ def pipeline_args(beam_cfg: BeamConfig, dask_address: Optional[str] = None) -> L
 
 
 def dask_npartitions(beam_cfg: BeamConfig) -> int:
-    """Dask bag partitions for `Create`s: the config value, else 2 × local workers (≥ 2)."""
+    """Dask bag partitions for `Create`s: the config value, else 2 × local workers (≥ 2),
+    or 8 on a scheduler we did not start (its worker count is not known here)."""
     if beam_cfg.dask_npartitions > 0:
         return beam_cfg.dask_npartitions
     return max(2, 2 * beam_cfg.dask_local_workers) if beam_cfg.dask_local_workers else 8

@@ -342,7 +342,7 @@ class ExampleSet:
         return out
 
     def validate(self) -> None:
-        """Checks shapes, dtypes and the no-leakage invariant; DataError on violation."""
+        """Checks shapes, integer dtypes and the no-leakage invariant; DataError on violation."""
         U, N = len(self.user_ids), len(self.beh_item)
         if self.user_offsets.shape != (U + 1,) or self.user_offsets[0] != 0 \
                 or self.user_offsets[-1] != N or (np.diff(self.user_offsets) < 0).any():
@@ -354,6 +354,12 @@ class ExampleSet:
         for name in _EX_ARRAYS:
             if len(getattr(self, name)) != E:
                 raise DataError(f"example set: {name} has {len(getattr(self, name))} rows, expected {E}")
+        # Ids, positions and times index and compare exactly: a float array (e.g. an
+        # examples.npz written by other code) would round ids and times silently.
+        for name in ("user_offsets",) + _BEH_ARRAYS + _EX_ARRAYS:
+            dtype = getattr(self, name).dtype
+            if name != "ex_label" and not np.issubdtype(dtype, np.integer):
+                raise DataError(f"example set: {name} has dtype {dtype}, expected integers")
         if E:
             start = self.user_offsets[self.ex_user]
             size = self.user_offsets[self.ex_user + 1] - start

@@ -60,7 +60,6 @@ from dmgin_tf.models.cached_state import STATE_TIME
 from dmgin_tf.models.cached_state import STATE_VERSION as STATE_VERSION_KEY
 from dmgin_tf.serving.validation import Contract
 
-USER_STATE_KEYS = ("group_vectors", "group_mask", "group_ids")  # GroupInterestEncoder's
 # What only `score_cached` reads of a complete user state; `score` takes the rest
 # (`encode_user`'s outputs: the group vectors, and recent tokens when the model has them).
 CACHED_ONLY_KEYS = LOOKUP_STATE_KEYS + CONTEXT_STATE_KEYS + (STATE_TIME, STATE_VERSION_KEY)

@@ -13,9 +13,10 @@ class CandidateGroupAttention(keras.layers.Layer):
     """Self-attention over the behaviors of the candidate's own group, then target
     attention with the candidate as query (DGIN, Liu et al. 2023).
 
-    The behaviors come from `dmgin_tf.ops.candidate_group_history` — the user's last M
-    behaviors in the candidate's group, taken over the *whole* history, so the match
-    is found even when that group is not among the G most recent groups.
+    The behaviors come from `dmgin_tf.ops.candidate_groups` (or, serving from a cached
+    user state, its lookup tables) — the user's last M behaviors in the candidate's
+    group, taken over the *whole* history, so the match is found even when that group
+    is not among the G most recent groups.
 
     Args:
         num_heads: int.

@@ -1,5 +1,6 @@
 """Candidate-item matching features: how often and how recently the user touched the
-candidate item itself, per behavior type (docs/design.md: Evaluation protocol: what wins on sparse public sets)."""
+candidate item itself, per behavior type (docs/design.md, "Evaluation protocol": on these
+sparse sets, matching the candidate against the user's own past wins)."""
 from __future__ import annotations
 
 from keras import ops

@@ -53,7 +53,8 @@ class ContextStatistics(keras.layers.Layer):
     ```python
     ctx = ContextStatistics(item_vocab_size=10, group_vocab_size=4, num_behavior_types=2,
                             num_folds=2)
-    cand = ctx.candidate_features(np.array([3, 4]), np.array([2, 2]))   # [2, 8]
+    cand = ctx.candidate_features(np.array([3, 4]), np.array([2, 2]))   # [2, 12]
+    # hist_item / hist_behavior_id / hist_time [B, L], request_time [B]:
     user = ctx.user_features(hist_item, hist_behavior_id, hist_time, request_time)
     ```
     """

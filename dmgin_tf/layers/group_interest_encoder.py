@@ -83,9 +83,10 @@ class GroupInterestEncoder(keras.layers.Layer):
     The work splits in two (what serving caches per user):
     - `encode_user(inputs) -> user_state` — candidate-independent:
       `{"group_vectors": [B, G, D], "group_mask": [B, G] bool, "group_ids": [B, G]}`.
-    - `score_candidates(user_state, inputs) -> [N, output_dim]` — per candidate;
-      `user_state` and the history in `inputs` may have batch N or 1 (one user × N
-      candidates: they broadcast), while `cand_item`/`cand_group` are `[N]`.
+    - `score_candidates(user_state, inputs) -> [..., output_dim]` — per candidate; the
+      state and the history in `inputs` hold the same users: `[U]` candidates (one per
+      user) → `[U, output_dim]`, `[U, N]` → `[U, N, output_dim]`, or, with one user,
+      `[N]` → `[N, output_dim]`.
     `call(inputs)` is `score_candidates(encode_user(inputs), inputs)`.
 
     Args:

@@ -24,7 +24,7 @@ assert tuple(MODELS) == BUILTIN_MODELS
 
 def register_model(name: str, cls) -> None:
     """Makes `model.model = name` build `cls(model_cfg, name=name)` everywhere a config
-    names a model: `build_model`, `train`, `load_trained_model` and `export_run` in this
+    names a model: `build_model`, `train`, `load_trained_model` and `export_from_run_dir` in this
     process (the `dmgin` commands know the built-in models only).
 
     Args:

@@ -210,9 +210,10 @@ class RankingModel(keras.Model):
         self.call(dummy_inputs(self.model_cfg, batch_size=1))
         self.built = True
 
-    def context_features(self, inputs, like):
-        """Context features shaped like the interest `like` (`[B, F]`, `[U, N, F]` or, for
-        one user, `[N, F]`): float `[..., context.output_dim]`, or None without context."""
+    def context_features(self, inputs):
+        """Context features per candidate of `inputs` (`[B]` candidates → `[B, F]`,
+        `[U, N]` → `[U, N, F]`, one user's `[N]` → `[N, F]`; F = context.output_dim),
+        float, or None without context."""
         if self.context is None:
             return None
         cand_item, cand_group = inputs[CAND_ITEM], inputs[CAND_GROUP]
@@ -233,7 +234,7 @@ class RankingModel(keras.Model):
 
     def head_features(self, interest, inputs):
         """What the MLP head reads: the interest, plus the context features if enabled."""
-        return self.join_head_features(interest, self.context_features(inputs, interest))
+        return self.join_head_features(interest, self.context_features(inputs))
 
     def join_head_features(self, interest, context):
         """The head's input from the interest `[..., F]` and the context features (same

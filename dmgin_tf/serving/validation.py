@@ -229,7 +229,7 @@ def check_request(signature: str, inputs: Mapping[str, np.ndarray], contract: Co
         elif v.dtype.kind == "f":
             check_finite(k, v)
         elif k == EXAMPLES and v.dtype.kind in "OSU":
-            _check_examples(signature, v)
+            _check_examples(v)
     if F.HIST_TIME in inputs and F.REQUEST_TIME in inputs:
         t = np.asarray(inputs[F.HIST_TIME])
         rt = np.asarray(inputs[F.REQUEST_TIME]).reshape(-1, 1)
@@ -255,9 +255,9 @@ def check_request(signature: str, inputs: Mapping[str, np.ndarray], contract: Co
                                f"(or recompute the state)")
 
 
-def _check_examples(signature: str, serialized: np.ndarray) -> None:
-    """Per tf.Example: equal history list lengths, times in range, finite floats.
-    Unparseable bytes are left to the signature's own parser (it names them)."""
+def _check_examples(serialized: np.ndarray) -> None:
+    """Per tf.Example: parseable, equal history list lengths, times in range, finite
+    floats; the first violation raises INVALID_ARGUMENT naming the example."""
     from tensorflow.core.example import example_pb2
 
     for i, raw in enumerate(serialized.reshape(-1)):

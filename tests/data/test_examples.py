@@ -1,4 +1,5 @@
 """Per-user example building under the evaluation protocol (docs/design.md: Evaluation protocol)."""
+import dataclasses
 import numpy as np
 import pandas as pd
 import pytest
@@ -219,6 +220,18 @@ def test_example_set_save_load_round_trip(tmp_path):
     back.ex_hist_end[:] = back.user_offsets[back.ex_user + 1] - back.user_offsets[back.ex_user]
     with pytest.raises(DataError, match="not before"):
         back.validate()
+
+
+def test_validate_refuses_float_ids_and_times():
+    """Float arrays (e.g. an examples.npz written by other code) would round ids and
+    times silently; the label alone may be a float."""
+    beh, items = make_tables(seed=1)
+    es = build_example_set(beh, items, TAOBAO, None, DataConfig(), progress=False)
+    es.validate()
+    for name in ("beh_item", "beh_time", "ex_cand_item", "ex_request_time"):
+        bad = dataclasses.replace(es, **{name: getattr(es, name).astype(np.float64)})
+        with pytest.raises(DataError, match=f"{name} has dtype float64, expected integers"):
+            bad.validate()
 
 
 def test_cli_builds_and_prints_counts(tmp_path, capsys):

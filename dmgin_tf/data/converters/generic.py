@@ -68,7 +68,7 @@ def _records(path: pathlib.Path, required: Sequence[str], optional: Sequence[str
     repeated identical events apart).
     """
     if _is_parquet(path):
-        yield from _parquet_records(path, required, optional, report, fr, bar)
+        yield from _parquet_records(path, required, optional, fr, bar)
         return
     lines = iter_csv_lines(path, bar)
     header = next(lines, None)
@@ -99,7 +99,7 @@ def _parquet_file(path) -> pq.ParquetFile:
                         f"CSV with a header row or Parquet") from None
 
 
-def _parquet_records(path, required, optional, report, fr, bar):
+def _parquet_records(path, required, optional, fr, bar):
     pf = _parquet_file(path)
     names = pf.schema_arrow.names
     missing = [c for c in required if c not in names]
