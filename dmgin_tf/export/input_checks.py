@@ -11,6 +11,7 @@ definition) as graph ops that run before the model, outside XLA:
   the history, the candidates and a user state);
 - times (`validation.TIME_INPUTS`) are Unix seconds in `[0, MAX_TIME_S]`;
 - float inputs are finite;
+- a user state's counts and sizes (`validation.STATE_COUNT_INPUTS`) are not negative;
 - no history event (a real slot of `hist_time`) after `request_time`;
 - `request_time` not before a user state's `state_time` (`score_cached`: the state
   holds the user's events up to then);
@@ -29,8 +30,8 @@ import tensorflow as tf
 
 from dmgin_tf import features as F
 from dmgin_tf.features import unknown_id_hint
-from dmgin_tf.serving.validation import (MAX_TIME_S, MS_HINT_MIN, STATE_TIME, TIME_INPUTS,
-                                         Contract)
+from dmgin_tf.serving.validation import (MAX_TIME_S, MS_HINT_MIN, STATE_COUNT_INPUTS,
+                                         STATE_TIME, TIME_INPUTS, Contract)
 
 
 def _range_check(x: tf.Tensor, lo: int, hi: int, message: str) -> tf.Operation:
@@ -69,6 +70,11 @@ def contract_checks(inputs: Mapping[str, tf.Tensor], contract: Contract) -> List
             checks.append(tf.debugging.Assert(
                 tf.reduce_all(tf.math.is_finite(x)),
                 [f"input {name}: values must be finite; NaN and inf are refused"]))
+        if name in STATE_COUNT_INPUTS and (x.dtype.is_integer or x.dtype.is_floating):
+            checks.append(tf.debugging.Assert(
+                tf.logical_not(tf.reduce_any(x < tf.zeros([], x.dtype))),
+                [f"input {name}: counts must be >= 0; a user state from the user_state "
+                 f"signature holds no negative count", "got min", tf.reduce_min(x)]))
     cand = inputs.get(F.CAND_ITEM)
     if cand is not None and cand.shape.rank == 2 and contract.max_candidates:
         n = tf.shape(cand)[1]

@@ -97,6 +97,21 @@ ROWS_MESSAGE = ("request inputs disagree: every input must have the same dimensi
                 "row per user or example), and cand_item and cand_group the same shape")
 
 
+def finite_scores(ctr: tf.Tensor, signature: str) -> tf.Tensor:
+    """`ctr` once it is known to be finite (InvalidArgumentError otherwise).
+
+    The signatures that take a user state score whatever state they are given; the
+    contract bounds its ids, times and counts, but finite vectors far outside anything
+    the model produces (e.g. 3e38) still overflowed to NaN scores under status OK.
+    """
+    check = tf.debugging.Assert(tf.reduce_all(tf.math.is_finite(ctr)), [
+        # (no apostrophes: the Assert message is quoted with escapes)
+        f"{signature}: the scores are not finite for these inputs; the user state holds "
+        f"values no state of this model has (recompute it with the user_state signature)"])
+    with tf.control_dependencies([check]):
+        return tf.identity(ctr)
+
+
 def shared_rows(tensors: Dict[str, tf.Tensor], same_shape: Sequence[str] = (),
                 checks: Sequence[tf.Operation] = ()) -> tf.Tensor:
     """The dimension 0 all `tensors` share (int32 scalar), checked in the graph.
@@ -128,6 +143,22 @@ def shared_rows(tensors: Dict[str, tf.Tensor], same_shape: Sequence[str] = (),
         ok = tf.logical_and(ok, tf.reduce_all(tf.equal(dims_a, dims_b)))
         data += [f"{same_shape[0]} shape:", dims_a, f"{same_shape[1]} shape:", dims_b]
     check = tf.debugging.Assert(ok, data, summarize=len(names))
+    # The signature's fixed dimensions (e.g. K and M of a user state): TF Serving passes
+    # any shape of the right rank through, and a state with K and M swapped was scored
+    # (after compiling a new shape under XLA).
+    fixed = [(i, d) for i, d in enumerate(
+        d for k in names for d in tensors[k].shape.as_list()) if d is not None]
+    fixed = [(i, d) for i, d in fixed if i not in starts]          # not dimension 0
+    if fixed:
+        got = tf.gather(flat, [i for i, _ in fixed])
+        want = tf.constant([d for _, d in fixed], tf.int32)
+        owner = [next(k for j, k in enumerate(names) if starts[j] <= i < starts[j + 1])
+                 for i, _ in fixed]
+        bad = tf.not_equal(got, want)
+        checks = [*checks, tf.debugging.Assert(tf.logical_not(tf.reduce_any(bad)), [
+            "request inputs must have the signature fixed dimensions. Inputs:",
+            tf.boolean_mask(tf.constant(owner), bad)[:4], "got", tf.boolean_mask(got, bad)[:4],
+            "expected", tf.boolean_mask(want, bad)[:4]])]
     with tf.control_dependencies([check, *checks]):
         return tf.identity(rows[0])
 
@@ -401,7 +432,8 @@ class ServingModule(tf.Module):
                                                         inputs[F.CAND_GROUP])
                 history = {k: tensors[k] for k in hist_b}
                 state = {k: tensors[k] for k in state_b}
-                return {F.PREDICTION: self._split_score(state, history, ci, cg)[:u, :n]}
+                ctr = self._split_score(state, history, ci, cg)
+                return {F.PREDICTION: finite_scores(ctr, "score")[:u, :n]}
             sigs["score"] = score.get_concrete_function()
 
         if self.has_cached:
@@ -426,6 +458,6 @@ class ServingModule(tf.Module):
                 # One cluster: split like `rank` (candidate side ∥ user side → head) it
                 # measured slower — three calls' overhead exceeds ~2 ms of work.
                 ctr = self._untracked.score_cached(state, tensors[F.REQUEST_TIME], ci, cg)
-                return {F.PREDICTION: ctr[:u, :n]}
+                return {F.PREDICTION: finite_scores(ctr, "score_cached")[:u, :n]}
             sigs["score_cached"] = score_cached.get_concrete_function()
         return sigs

@@ -55,6 +55,14 @@ RETRY_PUSHBACK_MS = 50   # hint sent with UNAVAILABLE "busy" (gRPC's retry pushb
 UNKNOWN_LABEL = "unknown"  # metric label of a model / signature name that is not served
 
 
+class _Declared:
+    """A request tensor's declared shape (`.shape`, what `check_shapes` reads)."""
+    __slots__ = ("shape",)
+
+    def __init__(self, proto):
+        self.shape = tensor_protos.declared_shape(proto)
+
+
 def _tensor_to_array(name: str, proto) -> np.ndarray:
     try:
         return tensor_protos.to_ndarray(proto)
@@ -105,8 +113,10 @@ class _PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer)
             with s.registry.acquire(spec.name, version, spec.version_label or None) as servable:
                 runner = servable.signature(signature)
                 runner.check_dtypes({k: _proto_dtype(k, t) for k, t in request.inputs.items()})
+                # Shapes from the protos' headers first: no values are decoded for a
+                # request whose shapes the signature refuses.
+                runner.check_shapes({k: _Declared(t) for k, t in request.inputs.items()})
                 inputs = {k: _tensor_to_array(k, t) for k, t in request.inputs.items()}
-                runner.check_shapes(inputs)
                 servable.check_request(runner, inputs)
                 _check_alive(context)
                 outputs = s._execute(servable, runner, inputs, context)

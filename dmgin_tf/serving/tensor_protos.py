@@ -24,6 +24,41 @@ _NUMPY = {types_pb2.DT_FLOAT: np.float32, types_pb2.DT_DOUBLE: np.float64,
           types_pb2.DT_BOOL: np.bool_, types_pb2.DT_HALF: np.float16}
 _ENUM = {np.dtype(v): k for k, v in _NUMPY.items()}
 _RAW_OK = sys.byteorder == "little"  # tensor_content is little-endian on every TF host
+# The typed field a TensorProto carries its values in when not in `tensor_content`.
+_VALUE_FIELD = {types_pb2.DT_FLOAT: "float_val", types_pb2.DT_DOUBLE: "double_val",
+                types_pb2.DT_INT32: "int_val", types_pb2.DT_INT16: "int_val",
+                types_pb2.DT_INT8: "int_val", types_pb2.DT_UINT8: "int_val",
+                types_pb2.DT_UINT16: "int_val", types_pb2.DT_INT64: "int64_val",
+                types_pb2.DT_UINT32: "uint32_val", types_pb2.DT_UINT64: "uint64_val",
+                types_pb2.DT_BOOL: "bool_val", types_pb2.DT_HALF: "half_val",
+                types_pb2.DT_STRING: "string_val"}
+# TensorFlow repeats a proto's last value up to its declared size. A proto of a few
+# bytes declaring [1, 600000000] made the server allocate gigabytes before any check
+# ran; tensors larger than this must carry their values.
+MAX_REPEATED_ELEMENTS = 1 << 16
+
+
+def declared_shape(proto: tensor_pb2.TensorProto) -> tuple:
+    """The shape a TensorProto declares, read from its header (no values decoded)."""
+    return tuple(d.size for d in proto.tensor_shape.dim)
+
+
+def check_declared_size(proto: tensor_pb2.TensorProto) -> None:
+    """Refuses a proto whose declared size would be filled by repeating its values
+    beyond `MAX_REPEATED_ELEMENTS` elements (ValueError; the caller names the input)."""
+    if proto.tensor_content:
+        return                           # size-checked against the shape on conversion
+    shape = declared_shape(proto)
+    if any(d < 0 for d in shape):
+        raise ValueError(f"negative dimension in shape {list(shape)}")
+    declared = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    field = _VALUE_FIELD.get(proto.dtype)
+    carried = len(getattr(proto, field)) if field else 0
+    if declared > max(carried, MAX_REPEATED_ELEMENTS):
+        raise ValueError(f"shape {list(shape)} declares {declared:,} values but the proto "
+                         f"carries {carried:,}; a tensor of more than "
+                         f"{MAX_REPEATED_ELEMENTS:,} values must carry all of them "
+                         f"(tensor_content, as tf.make_tensor_proto writes it)")
 
 
 def to_ndarray(proto: tensor_pb2.TensorProto) -> np.ndarray:
@@ -35,6 +70,7 @@ def to_ndarray(proto: tensor_pb2.TensorProto) -> np.ndarray:
     """
     dtype = _NUMPY.get(proto.dtype)
     if dtype is None or not proto.tensor_content or not _RAW_OK:
+        check_declared_size(proto)
         return tf.make_ndarray(proto)
     shape = [d.size for d in proto.tensor_shape.dim]
     values = np.frombuffer(proto.tensor_content, dtype=dtype)

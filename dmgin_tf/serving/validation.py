@@ -61,6 +61,10 @@ STATE_GROUP_INPUTS = ("group_ids", "lookup_group_ids", "context_group_ids")
 STATE_TIME_INPUTS = ("lookup_times", "lookup_group_first_time", "lookup_group_last_time",
                      "item_last_time", "user_last_time", STATE_TIME)
 TIME_INPUTS = (F.HIST_TIME, F.REQUEST_TIME) + STATE_TIME_INPUTS
+# ... and those that hold counts must not be negative (a negative group size made
+# scores NaN; negative counts shifted them).
+STATE_COUNT_INPUTS = ("lookup_group_size", "lookup_group_counts", "item_counts",
+                      "history_size", "context_group_counts", "user_type_counts")
 CANDIDATE_INPUTS = (F.CAND_ITEM, F.CAND_GROUP)
 EXAMPLES = "examples"
 STATE_VERSION = "state_version"   # score_cached: must be the version's own (export info)
@@ -228,7 +232,11 @@ def check_request(signature: str, inputs: Mapping[str, np.ndarray], contract: Co
             check_time(k, v)
         elif v.dtype.kind == "f":
             check_finite(k, v)
-        elif k == EXAMPLES and v.dtype.kind in "OSU":
+        if k in STATE_COUNT_INPUTS and v.size and v.dtype.kind in "iuf" and (v < 0).any():
+            pos, value = _where(v, v < 0)
+            raise _invalid(f"input {k!r}: count {value} at {pos} is negative; a user state "
+                           f"holds counts >= 0 (recompute it with the user_state signature)")
+        if k == EXAMPLES and v.dtype.kind in "OSU":
             _check_examples(v)
     if F.HIST_TIME in inputs and F.REQUEST_TIME in inputs:
         t = np.asarray(inputs[F.HIST_TIME])

@@ -129,7 +129,21 @@ def test_signatures_refuse_values_outside_the_contract(dmgin_export, variant):
         # Scoring before the state's time would read events after the request.
         (dict(request_time=state["state_time"] - 3600),
          ["request_time: before state_time, the time of the user state"]),
+        # Negative counts (a tampered or hand-built state): a negative group size made
+        # scores NaN, negative counts shifted them, both under status OK.
+        (dict(lookup_group_size=np.full_like(state["lookup_group_size"], -1)),
+         ["lookup_group_size: counts must be >= 0", "[got min] [-1]"]),
+        (dict(item_counts=state["item_counts"] - 1e9), ["item_counts: counts must be >= 0"]),
+        # A state's fixed dimensions (K, M) swapped: TF Serving passes any shape of the
+        # right rank, and it was scored.
+        (dict(lookup_items=np.ascontiguousarray(np.swapaxes(state["lookup_items"], 1, 2))),
+         ["must have the signature fixed dimensions", "lookup_items"]),
     ]
+    if variant == "xla":
+        # Finite state vectors no model makes (3e38) overflow to NaN scores under XLA:
+        # refused after scoring. (The graph without XLA saturates them to a finite CTR.)
+        cases.append((dict(group_vectors=np.full_like(state["group_vectors"], 3e38)),
+                      ["score_cached: the scores are not finite for these inputs"]))
     for change, words in cases:
         with pytest.raises(tf.errors.InvalidArgumentError) as info:
             cached(**change)

@@ -97,7 +97,8 @@ def test_metadata_and_status(served):
     "missing_input", "extra_input", "wrong_dtype", "wrong_shape", "wrong_rank", "malformed_example",
     "example_missing_feature", "example_wrong_type", "unknown_signature",
     "unknown_model", "unknown_version", "unknown_label", "oversized_batch",
-    "oversized_message", "malformed_tensor", "bad_output_filter"])
+    "oversized_message", "malformed_tensor", "bad_output_filter", "repeated_value_shape",
+    "repeated_value_rows"])
 def test_bad_input_gets_status_and_server_keeps_serving(served, case):
     _, stub, _ = served
     ok = np.zeros((1, 3), np.float32)
@@ -144,6 +145,18 @@ def test_bad_input_gets_status_and_server_keeps_serving(served, case):
     elif case == "bad_output_filter":
         req, words = _request(x=ok), ["output_filter", "'prob'"]
         req.output_filter.append("prob")
+    elif case in ("repeated_value_shape", "repeated_value_rows"):
+        # A few bytes declaring 600M values (TensorFlow would repeat the one value):
+        # refused from the header, before any value is decoded.
+        req = _request(x=ok)
+        shape = [1, 600_000_000] if case == "repeated_value_shape" else [200_000_000, 3]
+        proto = tf.make_tensor_proto(0.0, dtype=tf.float32)
+        proto.tensor_shape.Clear()
+        for d in shape:
+            proto.tensor_shape.dim.add(size=d)
+        req.inputs["x"].CopyFrom(proto)
+        words = (["'x'", "[1, 600000000]", "[?, 3]"] if case == "repeated_value_shape" else
+                 ["'x'", "declares 600,000,000 values but the proto carries 1"])
     code, details = _abort(stub.Predict, req)
     assert code == expected, details
     for w in words:
@@ -378,3 +391,21 @@ def test_the_log_says_when_a_version_starts_loading(tmp_path, caplog):
     loading = [i for i, m in enumerate(messages) if "version 1: loading from" in m]
     available = [i for i, m in enumerate(messages) if "version 1 available" in m]
     assert loading and available and loading[0] < available[0], messages
+
+
+def test_negative_counts_in_a_user_state_are_refused():
+    """A negative group size made score_cached's scores NaN, negative counts shifted
+    them, both under status OK (the graph refuses them too: tests/export)."""
+    from dmgin_tf.serving.errors import ServingError
+    from dmgin_tf.serving.validation import Contract, check_request
+    state = {"lookup_group_size": np.array([[3, 0]], np.int32),
+             "item_counts": np.zeros((1, 2, 4), np.float32)}
+    check_request("score_cached", state, Contract())
+    with pytest.raises(ServingError, match=r"'lookup_group_size': count -1 at \[0, 1\] is "
+                                           r"negative"):
+        check_request("score_cached", dict(state, lookup_group_size=np.array([[3, -1]])),
+                      Contract())
+    with pytest.raises(ServingError, match=r"'item_counts': count -1000000000.0 at "
+                                           r"\[0, 0, 0\] is negative"):
+        check_request("score_cached", dict(state, item_counts=state["item_counts"] - 1e9),
+                      Contract())

@@ -34,3 +34,15 @@ def test_content_of_the_wrong_size_is_refused():
     proto.tensor_content = np.zeros(4, np.float32).tobytes()      # 4 values for [2, 3]
     with pytest.raises(ValueError, match=r"4 float32 values, shape \[2, 3\] needs 6"):
         tensor_protos.to_ndarray(proto)
+
+
+def test_a_proto_repeating_one_value_to_a_huge_shape_is_refused():
+    """TensorFlow fills a declared shape by repeating the last value; beyond
+    MAX_REPEATED_ELEMENTS the proto must carry its values (no allocation first)."""
+    proto = tf.make_tensor_proto(7, dtype=tf.int32)
+    proto.tensor_shape.dim.add(size=10)                 # 10 values from one: still fine
+    np.testing.assert_array_equal(tensor_protos.to_ndarray(proto), np.full(10, 7))
+    proto.tensor_shape.dim[0].size = 600_000_000
+    with pytest.raises(ValueError, match="declares 600,000,000 values but the proto carries 1"):
+        tensor_protos.to_ndarray(proto)
+    assert tensor_protos.declared_shape(proto) == (600_000_000,)
