@@ -12,7 +12,8 @@ definition) as graph ops that run before the model, outside XLA:
 - times (`validation.TIME_INPUTS`) are Unix seconds in `[0, MAX_TIME_S]`;
 - float inputs are finite;
 - a user state's counts and sizes (`validation.STATE_COUNT_INPUTS`) are not negative;
-- no history event (a real slot of `hist_time`) after `request_time`;
+- no history event (a real slot of `hist_time`) after `request_time`, and the real
+  slots oldest first (non-decreasing times);
 - `request_time` not before a user state's `state_time` (`score_cached`: the state
   holds the user's events up to then);
 - at most `Contract.max_candidates` candidates per user (N of `cand_* [U, N]`): each
@@ -101,4 +102,13 @@ def contract_checks(inputs: Mapping[str, tf.Tensor], contract: Contract) -> List
             [f"input {F.HIST_TIME}: a history event is after request_time; the history "
              f"holds only events before the request", "latest event",
              tf.reduce_max(tf.where(late, t, tf.zeros_like(t)))]))
+    if t is not None and item is not None and t.shape.rank == 2:
+        # Oldest first: the model keeps and groups the newest events by position.
+        real = tf.not_equal(item, F.PAD_ID)
+        back = tf.logical_and(tf.logical_and(real[:, 1:], real[:, :-1]), t[:, 1:] < t[:, :-1])
+        checks.append(tf.debugging.Assert(
+            tf.logical_not(tf.reduce_any(back)),
+            [f"input {F.HIST_TIME}: history not oldest first (a real slot is earlier than the "
+             f"one before it); send the newest events in time order, oldest first",
+             "first such time", tf.reduce_max(tf.where(back, t[:, 1:], tf.zeros_like(t[:, 1:])))]))
     return checks

@@ -186,6 +186,22 @@ def check_time(name: str, v: np.ndarray) -> None:
                        f"(Unix seconds, 1970..2100){hint}")
 
 
+def check_time_order(t: np.ndarray, real: np.ndarray) -> None:
+    """Histories `[U, L]` are oldest first: a real slot's time is not before the previous
+    real slot's (padding slots, 0 in `real`, may sit on either side). The model keeps
+    and groups the newest events by position, so a newest-first list was read backwards
+    and scored under status OK."""
+    if t.shape[1] < 2:
+        return
+    both = real[:, 1:] & real[:, :-1]
+    back = both & (t[:, 1:] < t[:, :-1])
+    if back.any():
+        u, j = (int(x[0]) for x in np.nonzero(back))
+        raise _invalid(f"input {F.HIST_TIME!r}: history not oldest first: {int(t[u, j + 1])} "
+                       f"at [{u}, {j + 1}] is before {int(t[u, j])} at [{u}, {j}]; send the "
+                       f"newest events in time order, oldest first")
+
+
 def check_finite(name: str, v: np.ndarray) -> None:
     if v.size and v.dtype.kind == "f":
         bad = ~np.isfinite(v)
@@ -250,6 +266,8 @@ def check_request(signature: str, inputs: Mapping[str, np.ndarray], contract: Co
                 raise _invalid(f"input {F.HIST_TIME!r}: history event at {value} ({pos}) is "
                                f"after request_time {int(rt[pos[0], 0])}; the history holds "
                                f"only events before the request (a clock or unit mix-up?)")
+        if t.ndim == 2 and real.shape == t.shape:
+            check_time_order(t, real)
     if STATE_TIME in inputs and F.REQUEST_TIME in inputs:
         st = np.asarray(inputs[STATE_TIME]).reshape(-1)
         rt = np.asarray(inputs[F.REQUEST_TIME]).reshape(-1)
@@ -294,6 +312,15 @@ def _check_examples(serialized: np.ndarray) -> None:
                     except ServingError as e:
                         raise _invalid(f"input {EXAMPLES!r}: example {i}: feature "
                                        f"{e.message[len('input '):]}") from None
+        if F.HIST_TIMESTAMP in feats:
+            past = np.asarray(feats[F.HIST_TIMESTAMP].int64_list.value, np.int64)
+            back = np.nonzero(past[1:] < past[:-1])[0]
+            if len(back):
+                j = int(back[0])
+                raise _invalid(f"input {EXAMPLES!r}: example {i}: {F.HIST_TIMESTAMP!r} is not "
+                               f"oldest first: {int(past[j + 1])} at position {j + 1} is "
+                               f"before {int(past[j])} at {j}; list the history in time "
+                               f"order, oldest first")
         if F.TIMESTAMP in feats and F.HIST_TIMESTAMP in feats:
             now = feats[F.TIMESTAMP].int64_list.value
             past = feats[F.HIST_TIMESTAMP].int64_list.value

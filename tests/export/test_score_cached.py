@@ -168,6 +168,13 @@ def test_signatures_refuse_values_outside_the_contract(dmgin_export, variant):
             sigs[sig](**args, **many)
     at_cap = {k: v[:, :SERVING.max_candidates] for k, v in many.items()}
     assert sigs["rank"](**hist, **at_cap)["ctr"].shape == (1, SERVING.max_candidates)
+    # A history sent newest first (read backwards by the model) is refused.
+    backwards = dict(hist, hist_time=tf.constant(np.where(
+        x[F.HIST_ITEM][:1] > 0, x[F.HIST_TIME][:1].max() * 2 - x[F.HIST_TIME][:1], 0)))
+    backwards["request_time"] = tf.constant(x[F.HIST_TIME][:1].max(axis=1) * 2)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="hist_time: history not oldest "
+                                                             "first"):
+        sigs["rank"](**backwards, **{k: tf.constant(v) for k, v in cands.items()})
     # A history event after the request (a clock or unit bug on the client) is refused.
     late = dict(hist, request_time=tf.constant(np.ones(1, x[F.REQUEST_TIME].dtype)))
     with pytest.raises(tf.errors.InvalidArgumentError, match="hist_time: a history event is "

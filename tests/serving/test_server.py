@@ -409,3 +409,27 @@ def test_negative_counts_in_a_user_state_are_refused():
                                            r"\[0, 0, 0\] is negative"):
         check_request("score_cached", dict(state, item_counts=state["item_counts"] - 1e9),
                       Contract())
+
+
+def test_histories_newest_first_are_refused():
+    """The model keeps and groups the newest events by position: a history sent newest
+    first (a common feature-store order) was read backwards and scored under OK."""
+    from tensorflow.core.example import example_pb2
+
+    from dmgin_tf import features as F
+    from dmgin_tf.serving.errors import ServingError
+    from dmgin_tf.serving.validation import Contract, check_request
+    raw = {F.HIST_ITEM: np.array([[0, 5, 6, 7, 0]]),           # padding on both sides
+           F.HIST_TIME: np.array([[0, 100, 100, 200, 0]]), F.REQUEST_TIME: np.array([300])}
+    check_request("predict_raw", raw, Contract())          # equal times are in order
+    with pytest.raises(ServingError, match=r"'hist_time': history not oldest first: 100 at "
+                                           r"\[0, 3\] is before 200 at \[0, 2\]"):
+        check_request("predict_raw", dict(raw, **{F.HIST_TIME: np.array([[0, 100, 200, 100,
+                                                                          0]])}), Contract())
+    ex = example_pb2.Example()
+    ex.features.feature[F.TIMESTAMP].int64_list.value.append(300)
+    ex.features.feature[F.HIST_TIMESTAMP].int64_list.value.extend([200, 100])
+    with pytest.raises(ServingError, match=r"example 0: 'hist_timestamp' is not oldest first: "
+                                           r"100 at position 1 is before 200 at 0"):
+        check_request("serving_default", {"examples": np.array([ex.SerializeToString()],
+                                                               dtype=object)}, Contract())
