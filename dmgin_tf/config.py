@@ -220,14 +220,14 @@ class GroupingConfig(ConfigBase):
 class ModelConfig(ConfigBase):
     """DMGIN / baseline hyperparameters (docs/design.md: Model and tensor contracts)."""
     SECTION = "model"
-    model: str = "dmgin"              # one of model_names(): dmgin | dgin | din | sim | bst | transformer
+    model: str = "dmgin"              # one of model_names(): dmgin | dgin | din | sim | bst | ...
     item_vocab_size: int = 0          # filled from the data (ids incl. reserved)
     group_vocab_size: int = 0
     num_behavior_types: int = 4       # T: behavior ids 1..T, 0 = unknown type / padding
     history_length: int = 512         # L of the dense model input
     max_groups: int = 64              # G
     max_per_group: int = 16           # M
-    recent_window: int = 50           # newest behaviors DIN / SIM / BST (and DMGIN/DGIN's use_recent) attend over
+    recent_window: int = 50           # newest behaviors DIN/SIM/BST (and use_recent) attend over
     embedding_dim: int = 16
     num_heads: int = 2
     intra_layers: int = 1
