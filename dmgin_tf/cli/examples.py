@@ -50,10 +50,13 @@ def _build(args: argparse.Namespace) -> int:
     print(f"{m['spec']['name']}: {m['num_users']} users, {m['num_behaviors']} behaviors, "
           f"{m['num_examples']} examples in {m['build_seconds']:.1f}s "
           f"(grouping {m['grouping_key']}, {m['group_vocab_size']} group ids)")
+    profile = es.history_profile()
     for name in SPLIT_NAMES:
-        c = m["counts"][name]
+        c, h = m["counts"][name], profile[name]
         print(f"  {name:5s} {c['examples']:>9d} examples  {c['positives']:>9d} positives  "
-              f"{c['users']:>6d} users")
+              f"{c['users']:>6d} users  history: mean {h['history_mean']:.0f} behaviors, "
+              f"newest {h['gap_p50_hours']:.2g} h / {h['gap_p90_hours']:.2g} h before the "
+              f"request (p50 / p90)")
     print(f"  users train-only (< {cfg.data.min_events_for_test} labelled events): "
           f"{m['users_train_only']}; OOV history behaviors {m['history_oov_behaviors']}, "
           f"OOV candidates {m['candidate_oov_examples']}")

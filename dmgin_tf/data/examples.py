@@ -341,6 +341,26 @@ class ExampleSet:
                          "users": int(len(np.unique(self.ex_user[m])))}
         return out
 
+    def history_profile(self) -> dict:
+        """{split: {history_mean, gap_p50_hours, gap_p90_hours}}: the mean number of
+        behaviors before an example (uncapped) and percentiles of the time from the newest
+        of them to the request (examples with a history). A model trains on the train
+        split's profile; val / test with longer histories or longer gaps (a per-user time
+        split puts the latest, longest histories in test) read features that are out of
+        the training range. NaN where a split has no example (with a history)."""
+        out = {}
+        for code, name in enumerate(SPLIT_NAMES):
+            idx = np.flatnonzero(self.ex_split == code)
+            end = self.ex_hist_end[idx].astype(np.int64)
+            has = end > 0
+            last = self.user_offsets[self.ex_user[idx[has]]] + end[has] - 1
+            gap = (self.ex_request_time[idx[has]] - self.beh_time[last]) / 3600.0
+            out[name] = {
+                "history_mean": float(end.mean()) if len(end) else float("nan"),
+                "gap_p50_hours": float(np.percentile(gap, 50)) if len(gap) else float("nan"),
+                "gap_p90_hours": float(np.percentile(gap, 90)) if len(gap) else float("nan")}
+        return out
+
     def validate(self) -> None:
         """Checks shapes, integer dtypes and the no-leakage invariant; DataError on violation."""
         U, N = len(self.user_ids), len(self.beh_item)

@@ -245,6 +245,10 @@ def test_cli_builds_and_prints_counts(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "train" in out and "test" in out
     es = ExampleSet.load(tmp_path / "out")
+    # Each split's history profile, the train / test shift a model meets.
+    h = es.history_profile()["test"]
+    assert (f"history: mean {h['history_mean']:.0f} behaviors, newest "
+            f"{h['gap_p50_hours']:.2g} h / {h['gap_p90_hours']:.2g} h before the request") in out
     assert es.metadata["grouping_key"] == "category" and len(es) == 2 * len(beh)
     assert main(["examples", "build", "--data", str(tmp_path / "nope"), "--output", str(tmp_path)]) == 2
     # An output directory whose name ends in .parquet (the item index went to the
@@ -335,3 +339,20 @@ def test_no_progress_bar_when_stderr_is_not_a_terminal(tmp_path, capsys):
     items.to_parquet(tmp_path / "items.parquet")
     build_from_canonical(tmp_path, tmp_path / "ex", DataConfig(), progress=True)
     assert "examples (taobao)" not in capsys.readouterr().err
+
+
+def test_history_profile_per_split_equals_a_loop_over_examples():
+    beh, items = make_tables(seed=3)
+    es = build_example_set(beh, items, TAOBAO, None, DataConfig(), progress=False)
+    profile = es.history_profile()
+    for code, name in enumerate(("train", "val", "test")):
+        lengths, gaps = [], []
+        for i in np.flatnonzero(es.ex_split == code):
+            first = es.user_offsets[es.ex_user[i]]
+            n = int(es.ex_hist_end[i])
+            lengths.append(n)
+            if n:
+                gaps.append((es.ex_request_time[i] - es.beh_time[first + n - 1]) / 3600)
+        assert profile[name]["history_mean"] == pytest.approx(np.mean(lengths))
+        assert profile[name]["gap_p90_hours"] == pytest.approx(np.percentile(gaps, 90))
+        assert profile[name]["gap_p50_hours"] == pytest.approx(np.percentile(gaps, 50))
