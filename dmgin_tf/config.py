@@ -422,7 +422,15 @@ class ServingConfig(ConfigBase):
     # Candidate counts of `rank`/`score` are padded up to one of these (fixed XLA shapes).
     candidate_buckets: Tuple[int, ...] = (16, 64, 128, 512)
     max_candidates: int = 1000
-    # Ports and the rest of the server are `dmgin serve` flags (docs/serving.md).
+    # Ports and the rest of the server are `dmgin serve` flags (docs/serving.md). Older
+    # configs (every run's config.json written before) carry `port` / `metrics_port`,
+    # which nothing ever read: accepted and dropped when read, refused as `--set` overrides.
+    LEGACY_KEYS = ("port", "metrics_port")
+
+    @classmethod
+    def from_dict(cls, values):
+        values = _mapping(cls.SECTION, values)
+        return super().from_dict({k: v for k, v in values.items() if k not in cls.LEGACY_KEYS})
 
     def validate(self):
         self._require(is_valid_name(self.model_name), "model_name", NAME_RULE)
@@ -477,6 +485,9 @@ class Config:
             section, field = dotted.split(".", 1)
             if section not in merged:
                 raise ConfigError(f"override {dotted!r}: unknown section {section!r}")
+            if section == ServingConfig.SECTION and field in ServingConfig.LEGACY_KEYS:
+                raise ConfigError(f"override {dotted!r}: not a config setting; the server's "
+                                  f"ports are `dmgin serve --port / --rest-metrics-port`")
             merged[section][field] = value
         return Config.from_dict(merged)
 

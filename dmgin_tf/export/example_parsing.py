@@ -78,6 +78,15 @@ def _newest(rt: tf.RaggedTensor, length: int, dtype) -> tf.Tensor:
     return rt[:, -length:].to_tensor(default_value=tf.cast(0, dtype), shape=[None, length])
 
 
+def _in_time_order(times: tf.RaggedTensor) -> tf.Operation:
+    """Assert: within each example, `hist_timestamp` is non-decreasing."""
+    t, rows = times.flat_values, times.value_rowids()
+    back = tf.logical_and(tf.equal(rows[1:], rows[:-1]), t[1:] < t[:-1])
+    return tf.debugging.Assert(tf.logical_not(tf.reduce_any(back)), [
+        f"{HIST_TIMESTAMP} must be oldest first (non-decreasing) in every example; examples "
+        f"out of order:", tf.unique(tf.boolean_mask(rows[1:], back))[0][:4]])
+
+
 def parse_serving_examples(serialized: tf.Tensor, tables: LookupTables,
                            history_length: int) -> Dict[str, tf.Tensor]:
     """Serialized tf.Examples [B] → model inputs.
@@ -98,6 +107,9 @@ def parse_serving_examples(serialized: tf.Tensor, tables: LookupTables,
         tf.debugging.assert_equal(
             n_items, times.row_lengths(),
             message=f"{HIST_ITEM_ID} and {HIST_TIMESTAMP} must have the same number of values"),
+        # Oldest first over the whole list, before the newest-L cut reads positions (the
+        # dev server checks the same).
+        _in_time_order(times),
     ]
     with tf.control_dependencies(checks):
         item_idx = items.with_flat_values(tables.item_idx(items.flat_values))

@@ -110,5 +110,5 @@ def contract_checks(inputs: Mapping[str, tf.Tensor], contract: Contract) -> List
             tf.logical_not(tf.reduce_any(back)),
             [f"input {F.HIST_TIME}: history not oldest first (a real slot is earlier than the "
              f"one before it); send the newest events in time order, oldest first",
-             "first such time", tf.reduce_max(tf.where(back, t[:, 1:], tf.zeros_like(t[:, 1:])))]))
+             "rows out of order", tf.where(tf.reduce_any(back, axis=1))[:4, 0]]))
     return checks

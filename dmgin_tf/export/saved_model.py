@@ -261,7 +261,8 @@ def export_from_run_dir(run_dir: str, base_path: str, name: str, *,
     model, cfg = load_trained_model(run_dir, model_fn)
     # Never publish another model than the one trained (e.g. a run of a custom model_fn
     # rebuilt as the built-in class of its model.model): checked before anything is written.
-    check_rebuilt_model(run_dir, model, custom_model_fn=model_fn is not None)
+    check_rebuilt_model(run_dir, model, custom_model_fn=model_fn is not None,
+                        predictions=verify)
     index_path = os.path.join(run_dir, ITEM_INDEX_FILE)
     item_index = ItemIndex.load(index_path) if os.path.exists(index_path) else None
     behavior_types = get_spec(cfg.data.dataset, cfg.data).behavior_types

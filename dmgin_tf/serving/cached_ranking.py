@@ -69,7 +69,11 @@ class InMemoryHistories:
             merged = {}
             for k, v in new.items():
                 prev = old[k][old[F.HIST_ITEM] != 0] if old is not None else v[:0]
-                merged[k] = np.concatenate([prev, v[new[F.HIST_ITEM] != 0]])[-self.length:]
+                merged[k] = np.concatenate([prev, v[new[F.HIST_ITEM] != 0]])
+            # Oldest first, as every model input (a late-arriving event goes in its place;
+            # stable, so events of equal time keep their arrival order); then the newest L.
+            order = np.argsort(merged[F.HIST_TIME], kind="stable")[-self.length:]
+            merged = {k: v[order] for k, v in merged.items()}
             n = len(merged[F.HIST_ITEM])
             dtypes = {F.HIST_TIME: np.int64}
             self._data[str(user_id)] = {

@@ -94,18 +94,24 @@ def check_run_parity(run_dir: str, model_fn: Optional[Callable] = None,
     return compare_predictions(reference, preds, ref_backend, backend, tolerance)
 
 
-def check_rebuilt_model(run_dir: str, model, custom_model_fn: bool = False) -> None:
+def check_rebuilt_model(run_dir: str, model, custom_model_fn: bool = False,
+                        predictions: bool = True) -> None:
     """Refuses a model rebuilt from a run (`load_trained_model`) that is not the model the
-    run trained: a class other than the one `metrics.json` records (a run trained with
-    `train(..., model_fn=...)` rebuilt without it), or predictions on `parity_batch.npz`
-    more than `REBUILD_TOLERANCE` from the ones the run stored. Export calls this before
-    writing anything.
+    run trained: a class of another name than the one `metrics.json` records (a run
+    trained with `train(..., model_fn=...)` rebuilt without it; the module is not
+    compared: a class defined in a script is `__main__.X` there and `script.X` when
+    imported), or predictions on `parity_batch.npz` more than `REBUILD_TOLERANCE` from
+    the ones the run stored. Export calls this before writing anything.
 
     Args:
       run_dir: the training run.
       model: the rebuilt model, weights loaded.
       custom_model_fn: the caller rebuilt it with its own model_fn (the class check is
         then left to the predictions).
+      predictions: compare the predictions (`dmgin export --no-verify` skips it). Runs
+        whose metrics.json predates `model_class` and that trained in mixed precision
+        stored the reduced-precision model's predictions (~0.05 from the float32
+        rebuild): not compared.
 
     Raises:
       DmginError naming the run, both classes or the difference, and the remedy.
@@ -119,15 +125,18 @@ def check_rebuilt_model(run_dir: str, model, custom_model_fn: bool = False) -> N
               "`export_from_run_dir(run_dir, ..., model_fn=...)` with the same model_fn, or "
               "`dmgin_tf.models.register_model` of that class under model.model")
     metrics_path = os.path.join(run_dir, METRICS_FILE)
-    recorded = None
+    metrics = {}
     if os.path.exists(metrics_path):
         with open(metrics_path, encoding="utf-8") as f:
-            recorded = json.load(f).get(MODEL_CLASS_KEY)
+            metrics = json.load(f)
+    recorded = metrics.get(MODEL_CLASS_KEY)
     rebuilt = class_path(model)
-    if recorded and recorded != rebuilt and not custom_model_fn:
+    if (recorded and recorded.rsplit(".", 1)[-1] != type(model).__qualname__.rsplit(".", 1)[-1]
+            and not custom_model_fn):
         raise DmginError(f"{run_dir} was trained as {recorded} ({METRICS_FILE}: "
                          f"{MODEL_CLASS_KEY}), but its config rebuilds {rebuilt}: {remedy}")
-    if not os.path.exists(os.path.join(run_dir, PARITY_FILE)):
+    old_mixed = recorded is None and metrics.get("precision_policy", "float32") != "float32"
+    if not predictions or old_mixed or not os.path.exists(os.path.join(run_dir, PARITY_FILE)):
         return
     inputs, reference, ref_backend = reference_batch(run_dir)
     backend = keras.backend.backend()

@@ -79,6 +79,36 @@ def test_export_refuses_weights_that_do_not_reproduce_the_runs_predictions(custo
                                          r"max \|difference\| 0\.01"):
         export_from_run_dir(copy, str(tmp_path / "serving"), "m", variants=("noxla",),
                             model_fn=model_fn)
+    # `dmgin export --no-verify` skips the comparison (the class check stays).
+    export_from_run_dir(copy, str(tmp_path / "unverified"), "m", variants=("noxla",),
+                        model_fn=model_fn, verify=False)
+
+
+def test_older_mixed_precision_runs_are_not_compared(custom_run, tmp_path):
+    """Runs from before metrics.json recorded the class stored the mixed-precision
+    model's own predictions (~0.05 from the float32 rebuild that export serves)."""
+    import json
+    import shutil
+    from dmgin_tf.export.saved_model import export_from_run_dir
+    from dmgin_tf.training.parity import PARITY_FILE
+    run, model_fn, _ = custom_run
+    copy = str(tmp_path / "run")
+    shutil.copytree(run, copy)
+    path = os.path.join(copy, PARITY_FILE)
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    np.savez(path, **dict(arrays, predictions=arrays["predictions"] + 0.03))
+    metrics_path = os.path.join(copy, "metrics.json")
+    with open(metrics_path) as f:
+        metrics = json.load(f)
+    del metrics["model_class"]
+    metrics["precision_policy"] = "mixed_bfloat16"
+    with open(metrics_path, "w") as f:
+        json.dump(metrics, f)
+    export_from_run_dir(copy, str(tmp_path / "serving"), "m", variants=("noxla",),
+                        model_fn=model_fn, verify=False)
+    export_from_run_dir(copy, str(tmp_path / "serving2"), "m", variants=("noxla",),
+                        model_fn=model_fn, verify=True)
 
 
 def test_a_registered_model_trains_and_exports_by_name(tmp_path):
@@ -107,6 +137,14 @@ def test_a_registered_model_trains_and_exports_by_name(tmp_path):
         run = str(tmp_path / "run")
         result = train(cfg, tiny_data(n_train=64, n_val=32, n_test=32), run, verbose=0)
         assert type(result.model) is DINWithHistoryMean
+        # Trained from a script, the class was `__main__.DINWithHistoryMean`; exported
+        # from another that imports it, the module differs: the name is what counts.
+        import json
+        with open(os.path.join(run, "metrics.json")) as f:
+            metrics = json.load(f)
+        metrics["model_class"] = "__main__.DINWithHistoryMean"
+        with open(os.path.join(run, "metrics.json"), "w") as f:
+            json.dump(metrics, f)
         paths = export_from_run_dir(run, str(tmp_path / "serving"), "din_mean",
                                     variants=("noxla",))
         assert check_saved_model_parity(run, paths["noxla"]).ok

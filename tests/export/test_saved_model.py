@@ -186,6 +186,9 @@ def test_examples_truncate_to_newest_history_and_map_oov(standin_export):
     ("missing", ["item_id", "required"]),
     ("dtype", ["timestamp", "type"]),
     ("lengths", ["hist_item_id", "hist_behavior", "same number"]),
+    # Out of order among the older events the newest-L cut drops (L = 8 here): still
+    # refused, as `dmgin serve` refuses it.
+    ("order", ["hist_timestamp must be oldest first"]),
 ])
 def test_bad_examples_name_the_feature(standin_export, bad, words):
     fn = _serving_default(standin_export)
@@ -197,6 +200,10 @@ def test_bad_examples_name_the_feature(standin_export, bad, words):
         good.features.feature[F.TIMESTAMP].bytes_list.value.append(b"10")
     elif bad == "lengths":
         good.features.feature[F.HIST_BEHAVIOR].bytes_list.value.append(b"pv")
+    elif bad == "order":
+        times = [5, 3] + list(range(6, 6 + L))
+        good = tf.train.Example.FromString(make_serving_example(
+            "item1", 100, ["item2"] * len(times), ["pv"] * len(times), times))
     with pytest.raises(tf.errors.InvalidArgumentError) as info:
         fn(examples=tf.constant([good.SerializeToString()]))
     for w in words:

@@ -249,3 +249,22 @@ def test_state_with_bad_ids_is_refused_by_name_and_rank_answers(served):
     np.testing.assert_allclose(ranker.rank_user("user3", ci[3], cg[3]), _rank(served, 3),
                                atol=1e-5)
     assert ranker.counters["score_cached_errors"] == 1
+
+
+def test_in_memory_histories_keep_events_in_time_order():
+    """A late-arriving event goes in its place: served histories must be oldest first
+    (a newest-first or unsorted history is refused by the signatures)."""
+    from dmgin_tf.serving.cached_ranking import InMemoryHistories
+    h = InMemoryHistories(4)
+
+    def events(items, times):
+        return {F.HIST_ITEM: np.array(items), F.HIST_GROUP: np.array(items) % 3 + 2,
+                F.HIST_BEHAVIOR_ID: np.ones(len(items), np.int32), F.HIST_TIME: np.array(times)}
+    h.append("u", events([5, 6], [100, 200]))
+    h.append("u", events([7], [150]))                       # arrived late
+    h.append("u", events([8, 9], [150, 300]))               # equal time: after the earlier one
+    got = h.get("u")
+    assert got[F.HIST_TIME].tolist() == [150, 150, 200, 300]  # the newest 4, oldest first
+    assert got[F.HIST_ITEM].tolist() == [7, 8, 6, 9]
+    assert got[F.HIST_GROUP].tolist() == [3, 4, 2, 2]
+    assert int(got[F.REQUEST_TIME]) == 300
