@@ -60,21 +60,26 @@ def test_export_with_the_runs_model_fn_reproduces_its_predictions(custom_run, tm
     assert report.ok, report
 
 
-def test_export_refuses_weights_that_do_not_reproduce_the_runs_predictions(custom_run,
-                                                                          tmp_path):
-    """The same check without a recorded class: a parity batch the rebuilt model does not
-    reproduce (here: predictions moved by 0.01) stops the export."""
+def _copy_with_shifted_predictions(run, tmp_path, shift):
+    """A copy of the run whose stored parity predictions are moved by `shift`."""
     import shutil
-    from dmgin_tf.export.saved_model import export_from_run_dir
     from dmgin_tf.training.parity import PARITY_FILE
-    run, model_fn, _ = custom_run
     copy = str(tmp_path / "run")
     shutil.copytree(run, copy)
     path = os.path.join(copy, PARITY_FILE)
     with np.load(path, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
-    arrays["predictions"] = arrays["predictions"] + 0.01
-    np.savez(path, **arrays)
+    np.savez(path, **dict(arrays, predictions=arrays["predictions"] + shift))
+    return copy
+
+
+def test_export_refuses_weights_that_do_not_reproduce_the_runs_predictions(custom_run,
+                                                                          tmp_path):
+    """The same check without a recorded class: a parity batch the rebuilt model does not
+    reproduce (here: predictions moved by 0.01) stops the export."""
+    from dmgin_tf.export.saved_model import export_from_run_dir
+    run, model_fn, _ = custom_run
+    copy = _copy_with_shifted_predictions(run, tmp_path, 0.01)
     with pytest.raises(DmginError, match=r"does not reproduce the run's own predictions.*"
                                          r"max \|difference\| 0\.01"):
         export_from_run_dir(copy, str(tmp_path / "serving"), "m", variants=("noxla",),
@@ -88,16 +93,9 @@ def test_older_mixed_precision_runs_are_not_compared(custom_run, tmp_path):
     """Runs from before metrics.json recorded the class stored the mixed-precision
     model's own predictions (~0.05 from the float32 rebuild that export serves)."""
     import json
-    import shutil
     from dmgin_tf.export.saved_model import export_from_run_dir
-    from dmgin_tf.training.parity import PARITY_FILE
     run, model_fn, _ = custom_run
-    copy = str(tmp_path / "run")
-    shutil.copytree(run, copy)
-    path = os.path.join(copy, PARITY_FILE)
-    with np.load(path, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
-    np.savez(path, **dict(arrays, predictions=arrays["predictions"] + 0.03))
+    copy = _copy_with_shifted_predictions(run, tmp_path, 0.03)
     metrics_path = os.path.join(copy, "metrics.json")
     with open(metrics_path) as f:
         metrics = json.load(f)
