@@ -146,14 +146,13 @@ def shared_rows(tensors: Dict[str, tf.Tensor], same_shape: Sequence[str] = (),
     # The signature's fixed dimensions (e.g. K and M of a user state): TF Serving passes
     # any shape of the right rank through, and a state with K and M swapped was scored
     # (after compiling a new shape under XLA).
-    fixed = [(i, d) for i, d in enumerate(
-        d for k in names for d in tensors[k].shape.as_list()) if d is not None]
-    fixed = [(i, d) for i, d in fixed if i not in starts]          # not dimension 0
+    # (position in `flat`, static size, input) of every fixed dimension after dimension 0
+    fixed = [(starts[j] + a, d, k) for j, k in enumerate(names)
+             for a, d in enumerate(tensors[k].shape.as_list()) if a and d is not None]
     if fixed:
-        got = tf.gather(flat, [i for i, _ in fixed])
-        want = tf.constant([d for _, d in fixed], tf.int32)
-        owner = [next(k for j, k in enumerate(names) if starts[j] <= i < starts[j + 1])
-                 for i, _ in fixed]
+        got = tf.gather(flat, [i for i, _, _ in fixed])
+        want = tf.constant([d for _, d, _ in fixed], tf.int32)
+        owner = [k for _, _, k in fixed]
         bad = tf.not_equal(got, want)
         checks = [*checks, tf.debugging.Assert(tf.logical_not(tf.reduce_any(bad)), [
             "request inputs must have the signature fixed dimensions. Inputs:",

@@ -131,8 +131,8 @@ def check_rebuilt_model(run_dir: str, model, custom_model_fn: bool = False,
             metrics = json.load(f)
     recorded = metrics.get(MODEL_CLASS_KEY)
     rebuilt = class_path(model)
-    if (recorded and recorded.rsplit(".", 1)[-1] != type(model).__qualname__.rsplit(".", 1)[-1]
-            and not custom_model_fn):
+    if recorded and recorded.rsplit(".", 1)[-1] != rebuilt.rsplit(".", 1)[-1] \
+            and not custom_model_fn:
         raise DmginError(f"{run_dir} was trained as {recorded} ({METRICS_FILE}: "
                          f"{MODEL_CLASS_KEY}), but its config rebuilds {rebuilt}: {remedy}")
     old_mixed = recorded is None and metrics.get("precision_policy", "float32") != "float32"
