@@ -14,10 +14,14 @@ for a cache problem:
 | unreadable value, wrong keys / shapes / dtypes for this version | `bad_states` | `rank`; the value is replaced |
 | state of another model version (server refuses it, or the version is gone) | `stale` | `rank`; the state is recomputed |
 | `score_cached` fails otherwise | `score_cached_errors` | `rank` |
+| the user's last `update_user` could not write the new state | `pending_updates` | `rank`; the state is rewritten |
 
-A new model version in the answers (hot swap) invalidates the old version's states
-(`invalidations`, `invalidated_states`). `update_user(user_id, new_behaviors)` appends
-behaviors to the history source and rewrites the state.
+A newer model version in the answers (hot swap) invalidates the old version's states
+(`invalidations`, `invalidated_states`) in a background thread, once per old version.
+`update_user(user_id, new_behaviors)` appends behaviors to the history source and
+rewrites the state. A state computed on a fallback is written only where no state is
+stored (an update racing the request keeps its newer state); an unusable stored value is
+deleted first.
 
     ranker = CachedRanker(Client("localhost:8500", "dmgin"), RedisStateStore(url), histories)
     ctr = ranker.rank_user("user-42", cand_item, cand_group)
@@ -39,8 +43,9 @@ from dmgin_tf.serving.user_state_store import StoreUnavailable, UserStateStore
 log = logging.getLogger(__name__)
 
 COUNTERS = ("requests", "hits", "misses", "cache_errors", "bad_states", "stale",
-            "score_cached_errors", "fallbacks", "writes", "write_errors", "updates",
-            "invalidations", "invalidated_states")
+            "score_cached_errors", "pending_updates", "fallbacks", "writes", "write_errors",
+            "updates", "invalidations", "invalidated_states")
+INVALIDATION_ATTEMPTS = 5
 STALE_MARKER = "another model version"
 _DTYPES = {1: "float32", 3: "int32", 9: "int64", 10: "bool"}  # tensorflow DataType enum   # in the server's INVALID_ARGUMENT message
 
@@ -89,6 +94,17 @@ class InMemoryHistories:
         return dict(h, **{F.REQUEST_TIME: np.int64(max(last, 0))})
 
 
+def user_key(user_id) -> str:
+    """The store key of a user: `str(user_id)` (so 1, np.int64(1) and "1" are one user),
+    which must encode as UTF-8."""
+    key = str(user_id)
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"user_id {user_id!r}: not encodable as UTF-8 ({e.reason})") from None
+    return key
+
+
 class CachedRanker:
     """`rank_user`: cache → `score_cached`, falling back to `rank` (see module doc).
 
@@ -107,6 +123,9 @@ class CachedRanker:
         self._lock = threading.Lock()
         self._version: Optional[int] = client.version
         self._layouts: Dict[int, Dict[str, tuple]] = {}
+        self._pending: set = set()          # users whose last update_user wrote no state
+        self._invalidated: set = set()      # old versions whose states were dropped
+        self._invalidators: list = []
 
     # ---- bookkeeping -----------------------------------------------------------------
     def _count(self, name: str, n: int = 1) -> None:
@@ -121,18 +140,46 @@ class CachedRanker:
         return self._version
 
     def _saw_version(self, answered: Optional[int]) -> None:
-        """A Predict answer came from `answered`: a new version invalidates the old one's
-        states (the old keys are never read again; this frees them)."""
+        """A Predict answer came from `answered`: states are read and written under it
+        from now on. A newer version (hot swap) also drops the old one's states, once per
+        old version and in the background (a scan over every key; a request must not
+        wait for it). An older one answering (a rollback, or replicas mid-rollout) drops
+        nothing: flip-flopping versions must not scan the store on every request."""
         if answered is None or answered == self._version:
             return
         old, self._version = self._version, answered
-        if old is not None and self.client.version is None:
-            self._count("invalidations")
+        if old is None or self.client.version is not None or answered < old:
+            return
+        with self._lock:
+            if old in self._invalidated:
+                return
+            self._invalidated.add(old)
+            self.counters["invalidations"] += 1
+        t = threading.Thread(target=self._invalidate, args=(old,), daemon=True,
+                             name=f"dmgin-invalidate-v{old}")
+        self._invalidators.append(t)
+        t.start()
+
+    def _invalidate(self, version: int) -> None:
+        """Drops `version`'s states; a store failure midway is retried (a partial scan
+        would otherwise leave the rest until their TTL or eviction)."""
+        for attempt in range(INVALIDATION_ATTEMPTS):
             try:
-                self._count("invalidated_states", self.store.invalidate_version(old))
+                self._count("invalidated_states", self.store.invalidate_version(version))
+                return
             except StoreUnavailable as e:
                 self._count("cache_errors")
-                log.warning("could not invalidate version %s states: %s", old, e)
+                log.warning("could not invalidate version %s states (attempt %d of %d): %s",
+                            version, attempt + 1, INVALIDATION_ATTEMPTS, e)
+                time.sleep(max(getattr(self.store, "cooldown_s", 1.0), 0.1) * (attempt + 1))
+
+    def wait_invalidations(self, timeout_s: Optional[float] = None) -> bool:
+        """Waits for the background invalidations started so far; True when all ended
+        (tests, shutdown)."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        for t in list(self._invalidators):
+            t.join(None if deadline is None else max(deadline - time.monotonic(), 0))
+        return not any(t.is_alive() for t in self._invalidators)
 
     def _layout(self, version: int) -> Dict[str, tuple]:
         """{input: (dtype, per-user shape)} of `score_cached` for `version` (metadata)."""
@@ -171,16 +218,20 @@ class CachedRanker:
         `state_time` on a hit, the history's `request_time` on a fallback — pass the
         request's own time in production so both paths agree. Raises KeyError only when
         the user has neither a usable state nor a history."""
+        user_id = user_key(user_id)
         self._count("requests")
         version = self.version
-        state, cause = None, "misses"
-        try:
-            state = self.store.get(user_id, version)
-        except StoreUnavailable:
-            cause = "cache_errors"
-        except ValueError as e:          # an unreadable value
-            cause = "bad_states"
-            log.warning("user %s: %s", user_id, e)
+        state, cause, unusable = None, "misses", False
+        if user_id in self._pending:     # the stored state predates the user's update
+            cause = "pending_updates"
+        else:
+            try:
+                state = self.store.get(user_id, version)
+            except StoreUnavailable:
+                cause = "cache_errors"
+            except ValueError as e:      # an unreadable value
+                cause, unusable = "bad_states", True
+                log.warning("user %s: %s", user_id, e)
         if state is not None:
             try:
                 why = self.check_state(state, version)
@@ -192,7 +243,7 @@ class CachedRanker:
             if why is not None:
                 log.warning("user %s: cached state does not fit version %s: %s", user_id,
                             version, why)
-                state = None
+                state, unusable = None, cause in ("bad_states", "stale")
             else:
                 cause = "misses"
         if state is not None:
@@ -205,13 +256,19 @@ class CachedRanker:
                 stale = (e.code() == grpc.StatusCode.INVALID_ARGUMENT
                          and STALE_MARKER in (e.details() or ""))
                 cause = "stale" if stale else "score_cached_errors"
+                unusable = e.code() == grpc.StatusCode.INVALID_ARGUMENT
                 if not stale:
                     log.warning("user %s: score_cached failed (%s): %s", user_id,
                                 e.code().name, e.details())
         self._count(cause)
-        return self._fallback(user_id, cand_item, cand_group, request_time)
+        return self._fallback(user_id, cand_item, cand_group, request_time,
+                              version if unusable else None)
 
-    def _fallback(self, user_id, cand_item, cand_group, request_time):
+    def _fallback(self, user_id, cand_item, cand_group, request_time, unusable_version=None):
+        """`rank` on the user's history; then its state is written. `unusable_version`:
+        the stored value read under that version could not be used — deleted once `rank`
+        accepted the same candidates (a request that `score_cached` refused for its
+        candidates keeps the user's state)."""
         history = self.histories.get(user_id)
         if history is None:
             raise KeyError(f"user {user_id!r}: no cached state and no history to rank with")
@@ -221,30 +278,53 @@ class CachedRanker:
         self._count("fallbacks")
         ctr = self.client.rank(history, cand_item, cand_group)
         self._saw_version(self.client.last_version)
+        if unusable_version is not None:  # so that the only-if-absent write below lands
+            try:
+                self.store.delete(user_id, unusable_version)
+            except StoreUnavailable:
+                pass
         if self.write_on_miss:
-            self._write(user_id, history)
+            # A pending user's stored state is older than its history: replace it. Any
+            # other: only where none is stored (an update may have written a newer one
+            # while this request computed from the history it read first).
+            self._write(user_id, history, only_if_absent=user_id not in self._pending)
         return ctr
 
-    def _write(self, user_id, history) -> bool:
+    def _write(self, user_id, history, only_if_absent: bool) -> bool:
+        """Computes the state of `history` and stores it; False (counted) when it could
+        not. While the store is cooling down after a failure the state is not even
+        computed (one RPC less per request during an outage)."""
+        available = getattr(self.store, "available", None)   # stores of the old interface
+        if available is not None and not available():
+            self._count("write_errors")
+            return False
         try:
             state = self.client.user_state(history)
             answered = self.client.last_version
             self._saw_version(answered)
-            self.store.put(user_id, answered if answered is not None else self.version, state)
-            self._count("writes")
-            return True
+            written = self.store.put(user_id, answered if answered is not None else self.version,
+                                     state, only_if_absent=only_if_absent)
         except StoreUnavailable:
             self._count("write_errors")
+            return False
         except grpc.RpcError as e:
             self._count("write_errors")
             log.warning("user %s: user_state failed (%s): %s", user_id, e.code().name,
                         e.details())
-        return False
+            return False
+        if written is not False:         # None: a store of the old interface wrote it
+            self._count("writes")
+            with self._lock:
+                self._pending.discard(user_id)
+        return True
 
     def update_user(self, user_id, new_behaviors: Mapping[str, np.ndarray],
                     request_time: Optional[int] = None) -> bool:
         """New behaviors of a user: appended to the history source, the state recomputed
-        (`user_state`) and written. Returns whether the state was written."""
+        (`user_state`) and written. Returns whether the state was written; when not (the
+        store or the server failed), this ranker stops reading the user's stored state
+        (counted as `pending_updates`) until a request's fallback writes a new one."""
+        user_id = user_key(user_id)
         self.histories.append(user_id, new_behaviors)
         history = dict(self.histories.get(user_id))
         if request_time is not None:
@@ -253,4 +333,12 @@ class CachedRanker:
             history[F.REQUEST_TIME] = np.int64(max(int(history[F.REQUEST_TIME]),
                                                    int(time.time())))
         self._count("updates")
-        return self._write(user_id, history)
+        if self._write(user_id, history, only_if_absent=False):
+            return True
+        with self._lock:
+            self._pending.add(user_id)
+        try:                             # other rankers must not read the old one either
+            self.store.delete(user_id, self.version)
+        except StoreUnavailable:
+            pass
+        return False

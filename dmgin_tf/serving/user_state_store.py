@@ -25,7 +25,9 @@ import abc
 
 import collections
 import json
+import math
 import os
+import re
 import shutil
 import socket
 import struct
@@ -58,10 +60,35 @@ def encode_state(state: Mapping[str, np.ndarray]) -> bytes:
                     + [a.tobytes() for a in arrays.values()])
 
 
+def _header_entries(header) -> list:
+    """The parsed JSON header → [(name, dtype, shape)]; ValueError unless it is a list
+    of [str, numeric dtype string, list of ints >= 0] (a damaged header must not reach
+    np.dtype, which raises TypeError / SyntaxError on garbage)."""
+    if not isinstance(header, list):
+        raise ValueError(f"user state: header is {type(header).__name__}, not a list")
+    out = []
+    for entry in header:
+        ok = (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str)
+              and isinstance(entry[1], str) and isinstance(entry[2], list)
+              and all(type(d) is int and d >= 0 for d in entry[2]))
+        if not ok:
+            raise ValueError(f"user state: malformed header entry {str(entry)[:80]}")
+        try:
+            dt = np.dtype(entry[1])
+        except (TypeError, ValueError, SyntaxError):
+            dt = None
+        if dt is None or dt.kind not in "biuf":
+            raise ValueError(f"user state: {entry[0]!r} has dtype {entry[1][:20]!r}, not a "
+                             f"numeric one")
+        out.append((entry[0], dt, tuple(entry[2])))
+    return out
+
+
 def decode_state(blob: bytes) -> Dict[str, np.ndarray]:
-    """`encode_state`'s bytes → arrays. Raises ValueError on anything else (a foreign
-    or truncated value)."""
-    if not blob.startswith(MAGIC) or len(blob) < len(MAGIC) + _HEADER_LEN.size:
+    """`encode_state`'s bytes → arrays. Raises ValueError on anything else (a foreign,
+    truncated or damaged value)."""
+    if not isinstance(blob, bytes) or not blob.startswith(MAGIC) or (
+            len(blob) < len(MAGIC) + _HEADER_LEN.size):
         raise ValueError("user state: not an encoded user state (bad magic)")
     start = len(MAGIC) + _HEADER_LEN.size
     (n,) = _HEADER_LEN.unpack_from(blob, len(MAGIC))
@@ -70,9 +97,8 @@ def decode_state(blob: bytes) -> Dict[str, np.ndarray]:
     except ValueError:
         raise ValueError("user state: unreadable header") from None
     offset, out = start + n, {}
-    for key, dtype, shape in header:
-        dt = np.dtype(dtype)
-        size = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+    for key, dt, shape in _header_entries(header):
+        size = math.prod(shape) * dt.itemsize       # Python ints: no overflow
         if offset + size > len(blob):
             raise ValueError(f"user state: truncated at {key!r}")
         out[key] = np.frombuffer(blob, dt, count=size // dt.itemsize, offset=offset).reshape(shape)
@@ -84,15 +110,18 @@ def decode_state(blob: bytes) -> Dict[str, np.ndarray]:
 
 class UserStateStore(abc.ABC):
     """Interface: per-(user, model version) states. Every method may raise
-    `StoreUnavailable`."""
+    `StoreUnavailable`; `get` raises ValueError for a stored value it cannot read."""
 
     @abc.abstractmethod
     def get(self, user_id: str, version: int) -> Optional[Dict[str, np.ndarray]]:
         """The stored state, or None."""
 
     @abc.abstractmethod
-    def put(self, user_id: str, version: int, state: Mapping[str, np.ndarray]) -> None:
-        """Stores (replaces) a state."""
+    def put(self, user_id: str, version: int, state: Mapping[str, np.ndarray],
+            only_if_absent: bool = False) -> bool:
+        """Stores a state; returns whether it was written. `only_if_absent`: only when
+        no state is stored under (user, version) — a state computed on a request's
+        fallback must not replace one an update wrote meanwhile."""
 
     @abc.abstractmethod
     def delete(self, user_id: str, version: int) -> None:
@@ -101,6 +130,11 @@ class UserStateStore(abc.ABC):
     @abc.abstractmethod
     def invalidate_version(self, version: int) -> int:
         """Drops every state of a model version (after a hot swap); returns how many."""
+
+    def available(self) -> bool:
+        """False while calls would fail at once (e.g. Redis' cooldown after a failure):
+        callers skip work whose result could not be stored."""
+        return True
 
 
 class InMemoryStateStore(UserStateStore):
@@ -125,13 +159,17 @@ class InMemoryStateStore(UserStateStore):
             self._data.move_to_end((str(user_id), int(version)))
         return decode_state(blob)
 
-    def put(self, user_id, version, state):
+    def put(self, user_id, version, state, only_if_absent=False):
         blob = encode_state(state)
+        key = (str(user_id), int(version))
         with self._lock:
-            self._data[(str(user_id), int(version))] = blob
-            self._data.move_to_end((str(user_id), int(version)))
+            if only_if_absent and key in self._data:
+                return False
+            self._data[key] = blob
+            self._data.move_to_end(key)
             while len(self._data) > self.max_entries:
                 self._data.popitem(last=False)
+        return True
 
     def delete(self, user_id, version):
         with self._lock:
@@ -168,8 +206,12 @@ class RedisStateStore(UserStateStore):
         except ImportError:
             raise DmginError("RedisStateStore needs the redis client: pip install "
                              "'dmgin-tf[cache]' (redis==5.2.1)") from None
-        self._redis_errors = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
-                              redis.exceptions.BusyLoadingError, OSError)
+        # Unreachable (start the cooldown) vs. an error reply of a reachable server
+        # (OOM under `maxmemory`, READONLY replica, WRONGTYPE key): both are store
+        # failures to the caller, only the first is worth not retrying for a while.
+        self._down_errors = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+                             redis.exceptions.BusyLoadingError, OSError)
+        self._reply_errors = (redis.exceptions.RedisError,)
         self._client = redis.Redis.from_url(url, socket_timeout=timeout_s,
                                             socket_connect_timeout=timeout_s)
         self.url, self.prefix = url, prefix
@@ -186,18 +228,25 @@ class RedisStateStore(UserStateStore):
                                    f"(retrying in < {self.cooldown_s:.1f} s)")
         try:
             return fn()
-        except self._redis_errors as e:
+        except self._down_errors as e:
             self._down_until = time.monotonic() + self.cooldown_s
             raise StoreUnavailable(f"Redis at {self.url}: {what} failed: {e}") from None
+        except self._reply_errors as e:
+            if str(e).startswith("WRONGTYPE"):  # a key of another writer: an unusable value
+                raise ValueError(f"user state: Redis {what} found no string value: {e}") from None
+            raise StoreUnavailable(f"Redis at {self.url}: {what} refused: {e}") from None
+
+    def available(self):
+        return time.monotonic() >= self._down_until
 
     def get(self, user_id, version):
         blob = self._run("GET", lambda: self._client.get(self.key(user_id, version)))
         return None if blob is None else decode_state(blob)
 
-    def put(self, user_id, version, state):
+    def put(self, user_id, version, state, only_if_absent=False):
         blob = encode_state(state)
-        self._run("SET", lambda: self._client.set(self.key(user_id, version), blob,
-                                                  px=self.ttl_ms))
+        return bool(self._run("SET", lambda: self._client.set(
+            self.key(user_id, version), blob, px=self.ttl_ms, nx=bool(only_if_absent))))
 
     def delete(self, user_id, version):
         self._run("DEL", lambda: self._client.delete(self.key(user_id, version)))
@@ -206,8 +255,8 @@ class RedisStateStore(UserStateStore):
         def scan_delete():
             n = 0
             keys = []
-            for key in self._client.scan_iter(match=f"{self.prefix}:{int(version)}:*",
-                                              count=1000):
+            pattern = f"{_glob_escape(self.prefix)}:{int(version)}:*"
+            for key in self._client.scan_iter(match=pattern, count=1000):
                 keys.append(key)
                 if len(keys) == 1000:
                     n += self._client.unlink(*keys)
@@ -222,6 +271,11 @@ class RedisStateStore(UserStateStore):
         t0 = time.perf_counter()
         self._run("PING", self._client.ping)
         return (time.perf_counter() - t0) * 1000
+
+
+def _glob_escape(text: str) -> str:
+    """`text` matched literally in a Redis SCAN pattern (a prefix with `*`, `?` or `[`)."""
+    return re.sub(r"([\\*?\[\]])", r"\\\1", text)
 
 
 def redis_server_binary() -> Optional[str]:

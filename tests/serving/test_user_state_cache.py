@@ -124,12 +124,183 @@ def test_redis_store_against_a_real_redis_server():
         assert store.get("u1", 1) is None and store.get("u1", 2) is not None
         store.delete("u1", 2)
         assert store.get("u1", 2) is None
+        assert store.put("u1", 3, state, only_if_absent=True)
+        assert not store.put("u1", 3, {"v": state["v"] + 1}, only_if_absent=True)
+        assert np.array_equal(store.get("u1", 3)["v"], state["v"])       # not replaced
+        # Prefixes are matched literally by the invalidation scan.
+        glob = RedisStateStore(server.url, prefix="t*")
+        odd = RedisStateStore(server.url, prefix="b[x]")
+        glob.put("u1", 3, state)
+        odd.put("u1", 3, state)
+        assert glob.invalidate_version(3) == 1 and store.get("u1", 3) is not None
+        assert odd.invalidate_version(3) == 1 and odd.get("u1", 3) is None
+        # Error replies of a reachable server are store failures (no cooldown), and a
+        # key of another type is an unreadable value.
+        raw = store._client
+        raw.rpush(store.key("u9", 1), b"x")
+        with pytest.raises(ValueError, match="no string value"):
+            store.get("u9", 1)
+        raw.config_set("maxmemory-policy", "noeviction")
+        raw.config_set("maxmemory", "1")
+        with pytest.raises(StoreUnavailable, match="refused.*OOM|refused.*maxmemory"):
+            store.put("u8", 1, state)
+        assert store.available()
+        raw.config_set("maxmemory", "256mb")
     t0 = time.perf_counter()
     with pytest.raises(StoreUnavailable, match="Redis at"):
         store.get("u1", 1)                 # server gone: a fast, named error
     with pytest.raises(StoreUnavailable, match="skipped after a recent failure"):
         store.get("u1", 1)                 # cooldown: not even tried
     assert time.perf_counter() - t0 < 2
+
+
+def test_decode_state_refuses_any_damaged_value_with_value_error():
+    """A stored value damaged anywhere (a bad header included) is an unreadable state
+    (`bad_states`, rewritten), never another exception out of `rank_user`."""
+    import json
+    from dmgin_tf.serving.user_state_store import MAGIC, _HEADER_LEN
+    blob = encode_state({"a": np.arange(6, dtype=np.int64).reshape(2, 3),
+                         "v": np.ones(4, np.float32)})
+    start = len(MAGIC) + _HEADER_LEN.size
+    (n,) = _HEADER_LEN.unpack_from(blob, len(MAGIC))
+    for i in range(start, start + n):
+        for b in (0, ord("x"), ord("1"), ord('"'), ord("]"), 0xF4):
+            damaged = blob[:i] + bytes([b]) + blob[i + 1:]
+            try:
+                decode_state(damaged)
+            except ValueError:
+                pass
+    for header in ([1], None, 5, [["a", "O", [1]]], [["a", "<i8", [-1]]], [["a", 3, [1]]],
+                   [["a", "<i8", [1.5]]], [["a", "<i8"]]):
+        text = json.dumps(header).encode()
+        with pytest.raises(ValueError, match="user state"):
+            decode_state(MAGIC + _HEADER_LEN.pack(len(text)) + text + b"\0" * 8)
+
+
+def test_user_ids_must_encode_and_are_keyed_by_their_text():
+    from dmgin_tf.serving.cached_ranking import user_key
+    assert user_key(1) == user_key(np.int64(1)) == user_key("1") == "1"
+    with pytest.raises(ValueError, match="user_id"):
+        user_key("bad\ud800id")
+
+
+class _Client:
+    """A stand-in client: only what `_saw_version` reads."""
+    version, timeout_s = None, 1.0
+
+
+def test_only_a_newer_version_invalidates_and_each_old_version_once():
+    """Replicas of two versions answering in turn (mid-rollout) or a rollback must not
+    scan the store on every request."""
+    from dmgin_tf.serving.cached_ranking import CachedRanker
+    state = {"v": np.zeros(2, np.float32)}
+    store = InMemoryStateStore()
+    for v in (1, 2):
+        store.put("u", v, state)
+    ranker = CachedRanker(_Client(), store, histories=None)
+    for answered in (1, 2, 1, 2, 1, 2):
+        ranker._saw_version(answered)
+    assert ranker.wait_invalidations(10)
+    assert ranker.counters["invalidations"] == 1 and ranker.counters["invalidated_states"] == 1
+    assert ranker.version == 2 and store.get("u", 1) is None and store.get("u", 2) is not None
+
+
+def _own_user(served, user, row):
+    """A history source of its own (the module's is shared) with `user` = row `row`."""
+    from dmgin_tf.serving.cached_ranking import InMemoryHistories
+    client, histories, x, ci, cg, *_ = served
+    own = InMemoryHistories(L)
+    own.append(user, {k: x[k][row] for k in F.HISTORY_INPUT_KEYS})
+    return own
+
+
+def _new_events(own, user, ci, cg):
+    last = int(own.get(user)[F.REQUEST_TIME])
+    return {F.HIST_ITEM: ci[:3], F.HIST_GROUP: cg[:3],
+            F.HIST_BEHAVIOR_ID: np.array([4, 4, 4], np.int32),
+            F.HIST_TIME: np.array([last + 10, last + 20, last + 30], np.int64)}, last + 40
+
+
+class _FailingPuts(InMemoryStateStore):
+    fail = False
+
+    def put(self, *args, **kwargs):
+        if self.fail:
+            raise StoreUnavailable("put refused (test)")
+        return super().put(*args, **kwargs)
+
+
+def test_a_failed_update_never_serves_the_old_state(served):
+    from dmgin_tf.serving.cached_ranking import CachedRanker
+    client, histories, x, ci, cg, *_ = served
+    own = _own_user(served, "u", 4)
+    store = _FailingPuts()
+    ranker = CachedRanker(client, store, own)
+    ranker.rank_user("u", ci[4], cg[4])                       # the state of the old history
+    new, rt = _new_events(own, "u", ci[4], cg[4])
+    store.fail = True
+    assert not ranker.update_user("u", new, request_time=rt)
+    store.fail = False
+    h = dict(own.get("u"), **{F.REQUEST_TIME: np.int64(rt)})
+    ref = client.rank(h, ci[4], cg[4])
+    got = ranker.rank_user("u", ci[4], cg[4], request_time=rt)  # not the old state
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    assert ranker.counters["pending_updates"] == 1 and ranker.counters["hits"] == 0
+    again = ranker.rank_user("u", ci[4], cg[4], request_time=rt)  # the fallback rewrote it
+    assert ranker.counters["hits"] == 1
+    np.testing.assert_allclose(again, ref, atol=1e-5)
+
+
+def test_a_fallback_write_never_replaces_a_state_an_update_wrote_meanwhile(served):
+    """rank_user misses, reads the history, and while it computes the state an update
+    writes the state of the newer history: the update's state stays."""
+    from dmgin_tf.serving.cached_ranking import CachedRanker
+    client, histories, x, ci, cg, *_ = served
+    own = _own_user(served, "u", 5)
+    store = InMemoryStateStore()
+    updater = CachedRanker(client, store, own)
+    new, rt = _new_events(own, "u", ci[5], cg[5])
+
+    class Racing:
+        """The client, with an update landing inside the fallback's user_state call."""
+        def __getattr__(self, name):
+            return getattr(client, name)
+
+        def user_state(self, history):
+            assert updater.update_user("u", new, request_time=rt)
+            return client.user_state(history)
+    ranker = CachedRanker(Racing(), store, own)
+    ranker.rank_user("u", ci[5], cg[5], request_time=rt)      # miss → fallback (old history)
+    h = dict(own.get("u"), **{F.REQUEST_TIME: np.int64(rt)})
+    ref = client.rank(h, ci[5], cg[5])
+    got = updater.rank_user("u", ci[5], cg[5], request_time=rt)
+    assert updater.counters["hits"] == 1
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
+def test_no_state_is_computed_while_the_store_cannot_take_it(served):
+    from dmgin_tf.serving.cached_ranking import CachedRanker
+    client, histories, x, ci, cg, *_ = served
+    calls = []
+
+    class Counting:
+        def __getattr__(self, name):
+            return getattr(client, name)
+
+        def user_state(self, history):
+            calls.append(1)
+            return client.user_state(history)
+
+    class CoolingDown(InMemoryStateStore):
+        def get(self, user_id, version):
+            raise StoreUnavailable("down (test)")
+
+        def available(self):
+            return False
+    ranker = CachedRanker(Counting(), CoolingDown(), _own_user(served, "u", 3))
+    ranker.rank_user("u", ci[3], cg[3])
+    assert calls == [] and ranker.counters["write_errors"] == 1
+    assert ranker.counters["cache_errors"] == 1 and ranker.counters["fallbacks"] == 1
 
 
 def test_rank_user_hits_equal_rank_and_bad_states_fall_back(served):
@@ -223,6 +394,7 @@ def test_hot_swap_invalidates_old_states(served):
     else:
         pytest.fail(f"version 2 not served: {client.status()}")
     got = ranker.rank_user("user0", ci[0], cg[0])            # v1 state → stale → rank (v2)
+    assert ranker.wait_invalidations(30)                     # dropped in the background
     c = ranker.counters
     assert c["stale"] == 1 and c["invalidations"] == 1 and c["invalidated_states"] >= 2
     assert ranker.version == 2
