@@ -54,8 +54,11 @@ class ContextStatistics(keras.layers.Layer):
     ctx = ContextStatistics(item_vocab_size=10, group_vocab_size=4, num_behavior_types=2,
                             num_folds=2)
     cand = ctx.candidate_features(np.array([3, 4]), np.array([2, 2]))   # [2, 12]
-    # hist_item / hist_behavior_id / hist_time [B, L], request_time [B]:
-    user = ctx.user_features(hist_item, hist_behavior_id, hist_time, request_time)
+    hist_item = np.array([[3, 5, 0], [4, 0, 0]])                  # [B, L], 0 = padding
+    hist_behavior_id = np.array([[1, 2, 0], [1, 0, 0]])
+    hist_time = np.array([[1_600_000_000, 1_600_000_500, 0], [1_600_000_100, 0, 0]])
+    request_time = np.array([1_600_001_000, 1_600_001_000])      # [B]
+    user = ctx.user_features(hist_item, hist_behavior_id, hist_time, request_time)  # [2, 6]
     ```
     """
 

@@ -1,6 +1,7 @@
 """What every ranking model shares: inputs, the MLP head, config round trip."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Optional
 
@@ -16,6 +17,47 @@ from dmgin_tf.layers.dense import Dense
 from dmgin_tf.layers.input_contract import (InputContractError, check_structure, check_values,
                                             clamp_ids)
 from dmgin_tf.layers.numeric_encoding import PiecewiseLinearEncoding, quantile_edges
+
+
+INT32_MIN, INT32_MAX = -(2 ** 31), 2 ** 31 - 1
+
+
+def check_host_batch(x) -> None:
+    """On the JAX backend (64-bit off), a numpy batch's int64 values must fit int32: JAX
+    converts them by wrapping, so a millisecond timestamp or an id ≥ 2³¹ would become a
+    plausible-looking second or id before any check could see it. No-op elsewhere and
+    for anything but a dict of numpy arrays (datasets, generators, tensors)."""
+    if keras.backend.backend() != "jax" or not isinstance(x, dict):
+        return
+    for k, v in x.items():
+        if isinstance(v, np.ndarray) and v.dtype.kind in "iu" and v.size and (
+                v.min() < INT32_MIN or v.max() > INT32_MAX):
+            bad = v[(v < INT32_MIN) | (v > INT32_MAX)].reshape(-1)[0]
+            hint = (" — this looks like milliseconds; use Unix seconds"
+                    if k in (HIST_TIME, REQUEST_TIME) else "")
+            raise InputContractError(
+                f"input {k!r}: value {int(bad)} does not fit int32, which the JAX backend "
+                f"(64-bit off) would wrap silently{hint}")
+
+
+@contextlib.contextmanager
+def kept_jax_weights(model):
+    """Keras' JAX `predict` / `evaluate` detach every variable's value for their loop and
+    re-attach them only when the loop ends: an exception inside (an input refused by the
+    contract checks, a shape error while tracing) left the model without weights
+    (`'NoneType' object is not callable` on its next call). The values are restored on
+    the way out; JAX arrays are immutable, so keeping references copies nothing."""
+    if keras.backend.backend() != "jax":
+        yield
+        return
+    kept = [(v, v.value) for v in list(model.variables) + list(model.metrics_variables)]
+    try:
+        yield
+    except BaseException:
+        for v, value in kept:
+            v.assign(value)
+        model._jax_state, model._jax_state_synced = None, True
+        raise
 
 
 def time_dtype():
@@ -297,6 +339,16 @@ class RankingModel(keras.Model):
         inputs[HIST_BEHAVIOR_ID] = ops.where((b < 0) | (b > c.num_behavior_types),
                                              ops.zeros_like(b), b)   # unknown type: 0
         return inputs
+
+    def predict(self, x, *args, **kwargs):
+        check_host_batch(x)
+        with kept_jax_weights(self):
+            return super().predict(x, *args, **kwargs)
+
+    def evaluate(self, x=None, *args, **kwargs):
+        check_host_batch(x)
+        with kept_jax_weights(self):
+            return super().evaluate(x, *args, **kwargs)
 
     def export(self, filepath, format="tf_saved_model", verbose=None, input_signature=None,
                **kwargs):

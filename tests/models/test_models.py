@@ -101,11 +101,28 @@ from dmgin_tf.models import build_model
 d = sys.argv[1]
 inputs = dict(np.load(os.path.join(d, "inputs.npz")))
 inputs = {k: (v.astype("int32") if v.dtype == np.int64 else v) for k, v in inputs.items()}
-out = {}
+out, models = {}, {}
 for name, cfg in json.load(open(os.path.join(d, "cfgs.json"))).items():
     model = build_model(ModelConfig.from_dict(cfg))
     model.load_weights(os.path.join(d, name + ".weights.h5"))
     out[name] = np.asarray(model(inputs))
+    models[name] = model
+# A batch refused inside Keras' JAX predict must not cost the model its weights (eager
+# predict: the contract's value checks raise inside its loop), and int64 values that JAX
+# would wrap to int32 are refused before it can.
+model = models["dmgin"]
+model.compile(loss="binary_crossentropy", jit_compile=False)
+before = model.predict(inputs, verbose=0)
+refused = []
+ms = dict(inputs, hist_time=np.where(inputs["hist_time"] > 0,   # 2023 in milliseconds
+                                     np.int64(1_697_512_081_920) + inputs["hist_time"], 0))
+for bad in (dict(inputs, hist_item=np.full_like(inputs["hist_item"], 10 ** 6)), ms):
+    try:
+        model.predict(bad, verbose=0)
+    except Exception as e:  # noqa: BLE001
+        refused.append(type(e).__name__ + ": " + str(e)[:300])
+out["predict_before"], out["predict_after"] = before, model.predict(inputs, verbose=0)
+json.dump(refused, open(os.path.join(d, "refused.json"), "w"))
 np.savez(os.path.join(d, "jax.npz"), **out)
 """
 
@@ -130,3 +147,8 @@ def test_jax_backend_parity(tmp_path):
     got = np.load(tmp_path / "jax.npz")
     for name in cfgs:
         np.testing.assert_allclose(got[name], expected[name], atol=1e-5, err_msg=name)
+    refused = json.loads((tmp_path / "refused.json").read_text())
+    assert len(refused) == 2, refused
+    assert "InputContractError" in refused[0] and "hist_item" in refused[0], refused[0]
+    assert "InputContractError" in refused[1] and "milliseconds" in refused[1], refused[1]
+    np.testing.assert_array_equal(got["predict_after"], got["predict_before"])
