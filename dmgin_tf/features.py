@@ -28,6 +28,11 @@ CATEGORY = "category"
 IMAGE = "image"
 
 BEHAVIOR_COLUMNS = (USER_ID, ITEM_ID, BEHAVIOR, TIMESTAMP)
+#: Unix seconds accepted as a time anywhere (data, model inputs, requests): 1970 ..
+#: 2100-01-01. Millisecond timestamps of today (~1.7e12) are far above it.
+MAX_TIME_S = 4_102_444_800
+#: >= 1e11 "seconds" is the year 5138: almost surely milliseconds.
+MS_HINT_MIN = 100_000_000_000
 ITEM_COLUMNS = (ITEM_ID, TITLE, DESCRIPTION, CATEGORY, IMAGE)
 
 # --- labelled training examples (tf.Example features, string ids) ---------------------

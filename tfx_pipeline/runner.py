@@ -86,10 +86,52 @@ def prepare_span(cfg: Config, data_root: str, span: int, data: Optional[str] = N
     else:
         from dmgin_tf.data.converters import convert
         convert(cfg.data.dataset, data or "", tmp, cfg.data)
+    try:
+        check_cumulative(tmp, data_root, span)
+    except DmginError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     with open(os.path.join(tmp, SPAN_SOURCE), "w", encoding="utf-8") as f:
         json.dump(source, f, indent=1)
     os.rename(tmp, dest)
     return dest
+
+
+def _time_range(converted: str) -> Optional[tuple]:
+    """(min, max) timestamp of a converted directory's behaviors, from the Parquet
+    footer's statistics (no row read); None when a row group has none."""
+    import pyarrow.parquet as pq
+    from dmgin_tf.data.converted import column_statistics
+    from dmgin_tf.data.converters.tables import BEHAVIORS_FILE
+    from dmgin_tf.features import TIMESTAMP
+    meta = pq.ParquetFile(os.path.join(converted, BEHAVIORS_FILE)).metadata
+    stats = [st for _, name, st in column_statistics(meta) if name == TIMESTAMP]
+    if len(stats) != meta.num_row_groups or not all(st.has_min_max for st in stats):
+        return None
+    return min(st.min for st in stats), max(st.max for st in stats)
+
+
+def check_cumulative(converted: str, data_root: str, span: int) -> None:
+    """A new span must overlap the previous one in time: spans are cumulative snapshots
+    ("everything up to day N"). A span that starts after the previous one ends is a
+    per-day export, which would restart every user's history at the span and sample
+    negatives among items the user touched before it.
+
+    Raises:
+      DmginError: the span's earliest behavior is later than the previous span's last.
+    """
+    previous = [s for s in range(span - 1, 0, -1) if is_converted(span_dir(data_root, s))]
+    if not previous:
+        return
+    new, old = _time_range(converted), _time_range(span_dir(data_root, previous[0]))
+    if new is None or old is None or new[0] <= old[1]:
+        return
+    raise DmginError(
+        f"span {span} starts after span {previous[0]} ends (timestamps {new[0]}..{new[1]} "
+        f"vs {old[0]}..{old[1]}): spans are cumulative snapshots of the whole log, not "
+        f"per-period exports — an incremental span would start every user's history at "
+        f"the span. Convert the log up to the new day as one span "
+        f"(docs/pipeline.md, 'Spans')")
 
 
 def split_into_spans(converted: str, data_root: str, fractions: Sequence[float],

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 
 from dmgin_tf.errors import DataError
-from dmgin_tf.features import BEHAVIOR, ITEM_ID, TIMESTAMP, USER_ID
+from dmgin_tf.features import BEHAVIOR, ITEM_ID, MAX_TIME_S, MS_HINT_MIN, TIMESTAMP, USER_ID
 
 BEHAVIOR_COLUMNS = (USER_ID, ITEM_ID, BEHAVIOR, TIMESTAMP)
 ITEM_COLUMNS = (ITEM_ID,)
@@ -58,6 +58,8 @@ def _check_table(path: str, columns, ids) -> None:
         raise DataError(f"{path}: missing column(s) {missing}; has {names}")
     if meta.num_rows == 0:
         raise DataError(f"{path}: the table is empty (0 rows)")
+    if TIMESTAMP in columns:
+        _check_time_type(path)
     for g, name, stats in column_statistics(meta):
         if name in ids and stats.null_count:
             raise DataError(f"{path}: column {name!r} has {stats.null_count} null "
@@ -65,6 +67,23 @@ def _check_table(path: str, columns, ids) -> None:
         if name == TIMESTAMP and stats.has_min_max and stats.min < 0:
             raise DataError(f"{path}: column {TIMESTAMP!r} has negative values (min "
                             f"{stats.min}, row group {g}); timestamps are Unix seconds")
+        if name == TIMESTAMP and stats.has_min_max and stats.max > MAX_TIME_S:
+            hint = "; this looks like milliseconds" if stats.max >= MS_HINT_MIN else ""
+            raise DataError(f"{path}: column {TIMESTAMP!r} has values after 2100 (max "
+                            f"{stats.max}, row group {g}); timestamps are Unix seconds{hint}")
+
+
+def _check_time_type(path: str) -> None:
+    """Timestamps are integer Unix seconds: a float column would be truncated to whole
+    seconds (sub-second order becomes ties, which the strictly-before rule drops from
+    each other's histories), strings or dates would fail deep inside a build."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    kind = pq.ParquetFile(path).schema_arrow.field(TIMESTAMP).type
+    if not pa.types.is_integer(kind):
+        raise DataError(f"{path}: column {TIMESTAMP!r} is {kind}, not integers; timestamps "
+                        f"are integer Unix seconds (convert dates and floats when writing "
+                        f"the table)")
 
 
 def column_statistics(meta):

@@ -34,13 +34,9 @@ import numpy as np
 from keras import ops
 
 from dmgin_tf.features import (CAND_GROUP, CAND_ITEM, HIST_BEHAVIOR_ID, HIST_GROUP, HIST_ITEM,
-                               HIST_TIME, HISTORY_INPUT_KEYS, MODEL_INPUT_KEYS, OOV_ID, PAD_ID,
-                               REQUEST_TIME, unknown_id_hint)
+                               HIST_TIME, HISTORY_INPUT_KEYS, MAX_TIME_S, MODEL_INPUT_KEYS,
+                               MS_HINT_MIN, OOV_ID, PAD_ID, REQUEST_TIME, unknown_id_hint)
 
-#: Unix seconds accepted as a time: 1970 .. 2100-01-01 (the serving rule, same bounds).
-MAX_TIME_S = 4_102_444_800
-#: >= 1e11 "seconds" is the year 5138: almost surely milliseconds.
-MS_HINT_MIN = 100_000_000_000
 CANDIDATE_KEYS = (CAND_ITEM, CAND_GROUP)
 
 

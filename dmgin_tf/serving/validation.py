@@ -46,13 +46,10 @@ import grpc
 import numpy as np
 
 from dmgin_tf import features as F
+from dmgin_tf.features import MAX_TIME_S, MS_HINT_MIN
 from dmgin_tf.serving.errors import ServingError
 
 EXPORT_INFO = os.path.join("assets.extra", "dmgin_export.json")
-# Unix seconds accepted as a time: 1970 .. 2100-01-01. Millisecond timestamps of today
-# (~1.7e12) are far above it, second timestamps of any real log far below.
-MAX_TIME_S = 4_102_444_800
-MS_HINT_MIN = 100_000_000_000   # >= 1e11 "seconds" is year 5138: almost surely milliseconds
 # The user state's inputs of `score_cached` (dmgin_tf.models.cached_state) that hold
 # ids or times get the same rules as the history's.
 STATE_TIME = "state_time"         # score_cached: request_time must not be before it

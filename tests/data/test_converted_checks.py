@@ -41,6 +41,14 @@ def test_good_tables_pass(tmp_path, tables):
      ["behaviors.parquet", "'user_id'", "1 null"]),
     (lambda b, i: (b.assign(timestamp=b.timestamp.where(b.index != 0, -100)), i),
      ["behaviors.parquet", "negative", "-100"]),
+    # Floats were truncated to whole seconds by the pipeline's builder (sub-second order
+    # turned into ties); strings and dates failed deep inside it with a TypeError.
+    (lambda b, i: (b.assign(timestamp=b.timestamp + 0.25), i),
+     ["behaviors.parquet", "'timestamp' is double, not integers"]),
+    (lambda b, i: (b.assign(timestamp=b.timestamp.astype(str)), i),
+     ["behaviors.parquet", "'timestamp' is string, not integers"]),
+    (lambda b, i: (b.assign(timestamp=b.timestamp + 1_600_000_000_000), i),
+     ["behaviors.parquet", "after 2100", "milliseconds"]),
 ])
 def test_broken_tables_are_refused_naming_file_and_reason(tmp_path, tables, edit, words):
     d = _write(tmp_path, *edit(*tables))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -127,7 +128,6 @@ def test_transform_writes_only_what_the_pipeline_reads(tmp_path):
 def test_a_span_is_not_silently_rebuilt_from_other_data(tmp_path):
     """Rerunning a span with other --data used to keep the span's first data (and the
     cached components trained on it again) without a word."""
-    import shutil
     import time
 
     from dmgin_tf.errors import DmginError
@@ -148,6 +148,47 @@ def test_a_span_is_not_silently_rebuilt_from_other_data(tmp_path):
     (export / "behaviors.parquet").write_bytes((export / "behaviors.parquet").read_bytes())
     with pytest.raises(DmginError, match=r"the same path, whose files changed since.*--span 4"):
         prepare_span(cfg, root, 3, str(export))
+
+
+def test_a_span_after_the_previous_one_ends_is_refused_as_incremental(tmp_path):
+    """A per-day export as the next span restarted every history at the span and drew
+    negatives among items touched before it, without a word."""
+    from dmgin_tf.errors import DmginError
+    from tests.pipeline.conftest import tiny_config
+    from tfx_pipeline.runner import prepare_span, span_dir
+    cfg = tiny_config()
+    root = str(tmp_path / "spans")
+    first = prepare_span(cfg, root, 1)                                   # the sample
+    beh = pd.read_parquet(os.path.join(first, "behaviors.parquet"))
+    for name, shift in (("later", 1 + int(beh.timestamp.max() - beh.timestamp.min())),
+                        ("overlapping", 3600)):
+        export = tmp_path / name
+        export.mkdir()
+        beh.assign(timestamp=beh.timestamp + shift).to_parquet(export / "behaviors.parquet")
+        shutil.copy(os.path.join(first, "items.parquet"), export / "items.parquet")
+    with pytest.raises(DmginError, match=r"span 2 starts after span 1 ends .* cumulative"):
+        prepare_span(cfg, root, 2, str(tmp_path / "later"))
+    assert not os.path.exists(span_dir(root, 2))                 # nothing left half-made
+    assert prepare_span(cfg, root, 2, str(tmp_path / "overlapping")) == span_dir(root, 2)
+
+
+def test_an_empty_val_or_eval_split_is_refused_with_what_it_needs():
+    """TFX's readers failed on an empty split with only "No files found" (StatisticsGen,
+    after the ExampleBuilder had reported success)."""
+    from dmgin_tf.config import DataConfig
+    from dmgin_tf.errors import DataError
+    from tfx_pipeline.components.example_builder import check_split_counts
+    cfg = DataConfig()
+    check_split_counts(1, "d", {"train": 9, "val": 1, "eval": 2}, cfg)
+    with pytest.raises(DataError, match=r"no val records .* at least 12 labelled events"):
+        check_split_counts(1, "d", {"train": 9, "val": 0, "eval": 2}, cfg)
+    with pytest.raises(DataError, match=r"no eval records .* at least 5 labelled events"):
+        check_split_counts(1, "d", {"train": 9, "val": 1, "eval": 0}, cfg)
+    with pytest.raises(DataError, match=r"val_fraction=0 leaves no val split"):
+        check_split_counts(1, "d", {"train": 9, "val": 0, "eval": 2},
+                           DataConfig(val_fraction=0.0))
+    with pytest.raises(DataError, match="no training records"):
+        check_split_counts(1, "d", {"train": 0, "val": 1, "eval": 2}, cfg)
 
 
 def test_blessing_failures_name_the_threshold_and_the_setting(tmp_path):

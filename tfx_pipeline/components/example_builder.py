@@ -94,8 +94,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
                 os.rename(shard, os.path.join(dest, os.path.basename(shard)))
         shutil.rmtree(staging, ignore_errors=True)
         renamed = {SPLITS[k]: int(counts[k]) for k in SPLITS}
-        if not renamed.get("train"):
-            raise DataError(f"span {span}: no training records built from {data_dir}")
+        check_split_counts(span, data_dir, renamed, data_cfg)
         out.split_names = artifact_utils.encode_split_names(list(SPLITS.values()))
         examples_utils.set_payload_format(out, example_gen_pb2.FORMAT_TF_SEQUENCE_EXAMPLE)
         out.span = span
@@ -103,6 +102,37 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         out.set_string_custom_property("counts", json.dumps(renamed, sort_keys=True))
         _LOG.info("ExampleBuilder: span %d user records %s (label_noise %s)", span, renamed,
                   noise)
+
+
+def min_labelled_events(split: str, cfg: DataConfig) -> int:
+    """The fewest labelled events a user needs for one example of `split` ("val" /
+    "eval") under the time split of `cfg` (`dmgin_tf.data.examples.split_sizes`)."""
+    from dmgin_tf.data.examples import split_sizes
+    column = {"val": 1, "eval": 2}[split]
+    for n in range(1, 100_000):
+        if split_sizes(n, cfg)[column]:
+            return n
+    return 100_000
+
+
+def check_split_counts(span: int, data_dir: str, counts: Dict[str, int],
+                       cfg: DataConfig) -> None:
+    """Every split must hold records: StatisticsGen, the Transform and the Evaluator read
+    each one, and TFX's readers fail on an empty split with only "No files found"."""
+    if not counts.get("train"):
+        raise DataError(f"span {span}: no training records built from {data_dir}")
+    for split in ("val", "eval"):
+        if not counts.get(split) and split == "val" and cfg.val_fraction == 0:
+            raise DataError(f"span {span}: data.val_fraction=0 leaves no val split; the "
+                            f"pipeline needs one (early stopping, statistics)")
+        if not counts.get(split):
+            raise DataError(
+                f"span {span}: no {split} records built from {data_dir}: with "
+                f"data.min_events_for_test={cfg.min_events_for_test}, "
+                f"test_fraction={cfg.test_fraction} and val_fraction={cfg.val_fraction} a "
+                f"user needs at least {min_labelled_events(split, cfg)} labelled events "
+                f"for a {split} example, and no user has that many (records per split: "
+                f"{counts}). Use more data, or change those settings (--set data.KEY=VALUE)")
 
 
 class ExampleBuilder(base_beam_component.BaseBeamComponent):
