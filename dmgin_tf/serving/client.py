@@ -11,10 +11,14 @@ Works against the official `tensorflow/serving` image and `dmgin serve` alike.
 Retries: UNAVAILABLE (server starting, batch queue full, connection reset) is retried
 with exponential backoff and jitter inside the call's overall deadline; every other
 status is raised at once as `grpc.RpcError`.
+
+Threads: one `Client` may be shared (gRPC channels are thread-safe); `last_version` is
+kept per thread, so each thread reads the version that answered its own last call.
 """
 from __future__ import annotations
 
 import random
+import threading
 import time
 from typing import Dict, Mapping, Optional, Sequence
 
@@ -55,20 +59,39 @@ class Client:
                  max_message_bytes: int = 64 * 1024 * 1024,
                  candidate_buckets: Sequence[int] = DEFAULT_CANDIDATE_BUCKETS,
                  channel: Optional[grpc.Channel] = None):
+        if not candidate_buckets or min(candidate_buckets) < 1:
+            raise ValueError(f"candidate_buckets={tuple(candidate_buckets)!r}: need at least "
+                             f"one size >= 1 (the served export's serving.candidate_buckets)")
+        if timeout_s is None or not timeout_s > 0:
+            raise ValueError(f"timeout_s={timeout_s!r}: a per-call deadline in seconds > 0")
         self.target, self.model_name = target, model_name
         self.signature, self.version, self.version_label = signature, version, version_label
         self.timeout_s, self.max_retries, self.backoff_s = timeout_s, max_retries, backoff_s
-        self.candidate_buckets = tuple(sorted(candidate_buckets))
+        self.candidate_buckets = tuple(sorted(int(b) for b in candidate_buckets))
+        self._owns_channel = channel is None     # a caller's channel is the caller's to close
+        self._local = threading.local()
         self._channel = channel or grpc.insecure_channel(target, options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes)])
         self._predict = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
         self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
-        self.last_version: Optional[int] = None   # model version of the last Predict answer
+
+    @property
+    def last_version(self) -> Optional[int]:
+        """The model version that answered this thread's last Predict call (None before
+        one); a hot swap shows here first (`CachedRanker` reads it)."""
+        return getattr(self._local, "version", None)
+
+    @last_version.setter
+    def last_version(self, version: Optional[int]) -> None:
+        self._local.version = version
 
     # ---- plumbing -----------------------------------------------------------------------
     def close(self) -> None:
-        self._channel.close()
+        """Closes the channel this client created (not one passed in); calls in flight
+        end with CANCELLED."""
+        if self._owns_channel:
+            self._channel.close()
 
     def __enter__(self):
         return self
@@ -120,7 +143,6 @@ class Client:
             req.inputs[k].CopyFrom(tensor_protos.from_ndarray(np.asarray(v) if not isinstance(v, list) else v))
         req.output_filter.extend(output_filter)
         resp = self._call(self._predict.Predict, req, timeout_s)
-        # The version that answered (a hot swap shows here first; `CachedRanker` uses it).
         self.last_version = resp.model_spec.version.value
         return {k: tensor_protos.to_ndarray(v) for k, v in resp.outputs.items()}
 
@@ -154,7 +176,9 @@ class Client:
           cand_item, cand_group: [N] int ids.
         Long lists are split into chunks of the largest candidate bucket; each chunk is
         padded with id 0 to a bucket size (fixed shapes for XLA) and the padding's
-        scores are dropped.
+        scores are dropped. Every chunk is scored by the version that answered the first
+        (a hot swap between chunks does not mix two models in one list), within one
+        deadline (`timeout_s`) for the whole list.
         """
         return self._score_lists(history_request(history), cand_item, cand_group, signature,
                                  timeout_s)
@@ -181,17 +205,28 @@ class Client:
         """
         base = {k: np.asarray(v)[None] for k, v in state.items()}
         rt = state["state_time"] if request_time is None else request_time
-        base[F.REQUEST_TIME] = np.asarray(rt, np.int64).reshape(1)
+        base[F.REQUEST_TIME] = one_value(F.REQUEST_TIME, rt)
         return self._score_lists(base, cand_item, cand_group, "score_cached", timeout_s)
 
     def _score_lists(self, base, cand_item, cand_group, signature, timeout_s):
         """One user's candidate list in padded chunks of `base` + `cand_* [1, n]` → [N]."""
-        cand_item = request_array(F.CAND_ITEM, cand_item, np.int32).reshape(-1)
-        cand_group = request_array(F.CAND_GROUP, cand_group, np.int32).reshape(-1)
+        cand_item = candidate_list(F.CAND_ITEM, cand_item)
+        cand_group = candidate_list(F.CAND_GROUP, cand_group)
         if cand_item.shape != cand_group.shape:
             raise ValueError(f"cand_item {cand_item.shape} and cand_group {cand_group.shape} differ")
+        deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
+        for attempt in range(2):
+            try:
+                return self._chunks(base, cand_item, cand_group, signature, deadline)
+            except _VersionGone:
+                if attempt:                   # swapped twice within one list
+                    raise _ListError(grpc.StatusCode.NOT_FOUND,
+                                     f"{signature}: the served version changed twice while "
+                                     f"one candidate list was scored") from None
+
+    def _chunks(self, base, cand_item, cand_group, signature, deadline):
         chunk = self.candidate_buckets[-1]
-        scores = []
+        scores, pinned = [], self.version
         for i in range(0, len(cand_item), chunk):
             items, groups = cand_item[i:i + chunk], cand_group[i:i + chunk]
             n = len(items)
@@ -199,7 +234,23 @@ class Client:
             req = dict(base)
             req[F.CAND_ITEM] = np.pad(items, (0, size - n)).reshape(1, size)
             req[F.CAND_GROUP] = np.pad(groups, (0, size - n)).reshape(1, size)
-            out = self.predict(req, signature=signature, timeout_s=timeout_s)[F.PREDICTION]
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise _ListError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                 f"{signature}: the deadline ran out after {i} of "
+                                 f"{len(cand_item)} candidates")
+            try:
+                out = self.predict(req, signature=signature, version=pinned,
+                                   timeout_s=remaining)[F.PREDICTION]
+            except grpc.RpcError as e:
+                if i and pinned != self.version and e.code() == grpc.StatusCode.NOT_FOUND:
+                    raise _VersionGone() from None       # unloaded mid-list: start over
+                if i and e.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                    raise _ListError(e.code(), f"{e.details()} (in the chunk of candidates "
+                                               f"{i}..{i + n - 1} of the list: positions in "
+                                               f"the message count from {i})") from None
+                raise
+            pinned = self.last_version if pinned is None else pinned
             scores.append(out.reshape(-1)[:n])
         return np.concatenate(scores) if scores else np.zeros([0], np.float32)
 
@@ -224,7 +275,9 @@ class Client:
         return [(s.version, names(s.state), s.status.error_message) for s in resp.model_version_status]
 
     def wait_until_available(self, timeout_s: float = 30.0, version: Optional[int] = None) -> int:
-        """Polls GetModelStatus until a (the) version is AVAILABLE; returns it.
+        """Polls GetModelStatus until a version is AVAILABLE; returns the newest one (the
+        one an unpinned Predict gets), or `version` (default: this client's pinned
+        `version`) once that one is.
 
         Keeps polling while the server is down (UNAVAILABLE), does not know the model
         yet (NOT_FOUND) or does not answer within a poll (DEADLINE_EXCEEDED: e.g. a port
@@ -233,12 +286,14 @@ class Client:
         deadline = time.monotonic() + timeout_s
         waiting = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND,
                    grpc.StatusCode.DEADLINE_EXCEEDED)
+        version = self.version if version is None else version
         while True:
             poll_s = min(2.0, max(0.1, deadline - time.monotonic()))
             try:
-                for v, state, _ in self.status(version=version, timeout_s=poll_s):
-                    if state == "AVAILABLE":
-                        return v
+                available = [v for v, state, _ in self.status(version=version, timeout_s=poll_s)
+                             if state == "AVAILABLE"]
+                if available:
+                    return max(available)
             except grpc.RpcError as e:
                 if e.code() not in waiting:
                     raise
@@ -248,16 +303,57 @@ class Client:
             time.sleep(0.1)
 
 
+class _ListError(grpc.RpcError):
+    """A status raised for a whole candidate list (its deadline, or a chunk's error with
+    the chunk's offset named): `code()` and `details()` as a gRPC error's."""
+
+    def __init__(self, code: grpc.StatusCode, details: str):
+        super().__init__(details)
+        self._code, self._details = code, details
+
+    def code(self):
+        return self._code
+
+    def details(self):
+        return self._details
+
+
+class _VersionGone(Exception):
+    """The version that answered a list's first chunk was unloaded before its last."""
+
+
 def history_request(history: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
     """One user's history keys ([L] or [1, L]) and request_time (scalar or [1]) as the
-    `[1, L]` / `[1]` arrays of a request, in the signatures' dtypes."""
-    base = {k: request_array(k, history[k], np.int64 if k in (F.HIST_TIME, F.REQUEST_TIME)
-                             else np.int32)
-            for k in F.HISTORY_INPUT_KEYS + (F.REQUEST_TIME,)}
+    `[1, L]` / `[1]` arrays of a request, in the signatures' dtypes. Another shape
+    (several users' rows) is refused naming the input: these calls score one user."""
+    base = {}
     for k in F.HISTORY_INPUT_KEYS:
-        base[k] = base[k].reshape(1, -1)
-    base[F.REQUEST_TIME] = base[F.REQUEST_TIME].reshape(1)
+        arr = request_array(k, history[k], np.int64 if k == F.HIST_TIME else np.int32)
+        if arr.ndim not in (1, 2) or (arr.ndim == 2 and arr.shape[0] != 1):
+            raise ValueError(f"input {k!r}: shape {list(arr.shape)}; one user's history is "
+                             f"[L] or [1, L] (score several users with one call per user)")
+        base[k] = arr.reshape(1, -1)
+    base[F.REQUEST_TIME] = one_value(F.REQUEST_TIME, history[F.REQUEST_TIME])
     return base
+
+
+def one_value(name: str, value) -> np.ndarray:
+    """One user's `request_time` (scalar or [1]) as the int64 `[1]` of a request."""
+    arr = request_array(name, value, np.int64)
+    if arr.size != 1:
+        raise ValueError(f"input {name!r}: shape {list(arr.shape)}; one user's request "
+                         f"time is a scalar or [1]")
+    return arr.reshape(1)
+
+
+def candidate_list(name: str, values) -> np.ndarray:
+    """One user's candidates `[N]` (or `[1, N]`) as int32 `[N]`; a batch-shaped array
+    (several users' lists) is refused naming the input."""
+    arr = request_array(name, values, np.int32)
+    if arr.ndim > 2 or (arr.ndim == 2 and arr.shape[0] != 1):
+        raise ValueError(f"input {name!r}: shape {list(arr.shape)}; one user's candidates "
+                         f"are [N] (score several users with one call per user)")
+    return arr.reshape(-1)
 
 
 def request_array(name: str, values, dtype) -> np.ndarray:
@@ -266,17 +362,21 @@ def request_array(name: str, values, dtype) -> np.ndarray:
     fractional number (a float time would be truncated). Raises ValueError naming the
     input and the first offending value."""
     arr = np.asarray(values)
+    if arr.dtype.kind == "b":
+        raise ValueError(f"input {name!r}: integer values expected, got booleans")
     if arr.dtype.kind == "f":
         bad = ~np.isfinite(arr) | (arr != np.round(arr))
         if bad.any():
             raise ValueError(f"input {name!r}: integer values expected, got "
                              f"{arr[bad].flat[0]!r}")
-    elif arr.dtype.kind not in "iub" and arr.size:
+    elif arr.dtype.kind not in "iu" and arr.size:
         raise ValueError(f"input {name!r}: integer values expected, got dtype {arr.dtype}")
     if arr.size:
         info = np.iinfo(dtype)
+        # Floats compare as floats: 2**63 as a float64 equals info.max + 1, so `>=` it.
         wide = arr.astype(np.float64) if arr.dtype.kind == "f" else arr
-        out = (wide < info.min) | (wide > info.max)
+        out = ((wide < info.min) | (wide >= float(info.max) + 1) if arr.dtype.kind == "f"
+               else (wide < info.min) | (wide > info.max))
         if np.any(out):
             raise ValueError(f"input {name!r}: {wide[out].flat[0]} does not fit the "
                              f"signature's {np.dtype(dtype).name}")

@@ -55,3 +55,97 @@ def test_wait_until_available_waits_through_a_silent_server():
         with pytest.raises(TimeoutError, match="not AVAILABLE"):
             client.wait_until_available(timeout_s=2.5)
         client.close()
+
+
+@pytest.mark.parametrize("call, words", [
+    (lambda c: c.rank(_history(), np.ones((2, 3), np.int32), np.ones((2, 3), np.int32)),
+     "input 'cand_item': shape [2, 3]; one user's candidates are [N]"),
+    (lambda c: c.rank(dict(_history(), **{F.HIST_ITEM: np.ones((2, L), np.int32)}),
+                      [2], [2]), "input 'hist_item': shape [2, 4]; one user's history"),
+    (lambda c: c.rank(dict(_history(), **{F.REQUEST_TIME: np.array([300, 301])}), [2], [2]),
+     "input 'request_time': shape [2]; one user's request time"),
+    (lambda c: c.score_cached({"state_time": np.int64(1)}, [2], [2], request_time=300.5),
+     "input 'request_time': integer values expected"),
+    (lambda c: c.rank(_history(), np.array([True, False]), [2, 2]),
+     "input 'cand_item': integer values expected, got booleans"),
+    (lambda c: c.rank(dict(_history(), **{F.REQUEST_TIME: float(2 ** 63)}), [2], [2]),
+     "does not fit the signature's int64"),
+])
+def test_one_user_calls_refuse_batch_shapes_and_lossy_values_by_name(call, words):
+    """A [2, 3] candidate array was flattened into one user's 6 candidates, two users'
+    histories into one [1, 2L] row; score_cached truncated a float request_time."""
+    client = Client("127.0.0.1:1", "dmgin")
+    with pytest.raises(ValueError, match=re.escape(words)):
+        call(client)
+    client.close()
+
+
+def test_client_settings_are_checked_and_a_callers_channel_stays_open():
+    import grpc
+    with pytest.raises(ValueError, match="candidate_buckets"):
+        Client("127.0.0.1:1", "dmgin", candidate_buckets=())
+    with pytest.raises(ValueError, match="timeout_s"):
+        Client("127.0.0.1:1", "dmgin", timeout_s=None)
+    channel = grpc.insecure_channel("127.0.0.1:1")
+    with Client("127.0.0.1:1", "dmgin", channel=channel):
+        pass
+    channel.close()                     # still the caller's, still open until here
+
+
+class _Status(Exception):
+    """A stand-in gRPC error (code, details)."""
+
+    def __init__(self, code, details=""):
+        import grpc
+        super().__init__(details)
+        self._code = getattr(grpc.StatusCode, code)
+
+    def code(self):
+        return self._code
+
+    def details(self):
+        return str(self)
+
+
+class _Scripted(Client):
+    """`predict` answered by a script: (version that answers, error or None, seconds)."""
+
+    def __init__(self, script, **kw):
+        super().__init__("127.0.0.1:1", "dmgin", candidate_buckets=(4,), **kw)
+        self.script, self.asked = list(script), []
+
+    def predict(self, inputs, *, signature=None, version=None, timeout_s=None, **kw):
+        import grpc
+        import time
+        answer, error, sleep = self.script.pop(0)
+        self.asked.append(version)
+        time.sleep(sleep)
+        if error:
+            raise type("E", (_Status, grpc.RpcError), {})(*error)
+        self.last_version = answer
+        return {F.PREDICTION: np.full((1, 4), answer / 10, np.float32)}
+
+
+def test_rank_scores_a_whole_list_with_one_version_and_one_deadline():
+    import grpc
+    # The first chunk's version answers every chunk (no mix after a hot swap) ...
+    c = _Scripted([(1, None, 0), (1, None, 0), (1, None, 0)])
+    np.testing.assert_allclose(c.rank(_history(), np.arange(2, 12), np.full(10, 2)),
+                               np.full(10, 0.1), rtol=1e-6)
+    assert c.asked == [None, 1, 1]
+    # ... and when it is unloaded mid-list, the list starts over on the new one.
+    c = _Scripted([(1, None, 0), (None, ("NOT_FOUND", "version 1 not found"), 0),
+                   (2, None, 0), (2, None, 0)])
+    np.testing.assert_allclose(c.rank(_history(), np.arange(2, 8), np.full(6, 2)),
+                               np.full(6, 0.2), rtol=1e-6)
+    assert c.asked == [None, 1, None, 2]
+    # One deadline for the list, not one per chunk.
+    c = _Scripted([(1, None, 0.3)] * 5, timeout_s=0.5)
+    with pytest.raises(grpc.RpcError) as e:
+        c.rank(_history(), np.arange(2, 22), np.full(20, 2))
+    assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED and len(c.asked) == 2
+    # A chunk's error names where in the caller's list its positions start.
+    c = _Scripted([(1, None, 0), (None, ("INVALID_ARGUMENT", "id 99 at [0, 1]"), 0)])
+    with pytest.raises(grpc.RpcError) as e:
+        c.rank(_history(), np.arange(2, 8), np.full(6, 2))
+    assert "candidates 4..5 of the list" in e.value.details(), e.value.details()

@@ -433,3 +433,40 @@ def test_histories_newest_first_are_refused():
                                            r"100 at position 1 is before 200 at 0"):
         check_request("serving_default", {"examples": np.array([ex.SerializeToString()],
                                                                dtype=object)}, Contract())
+
+
+def test_client_versions_per_thread_and_the_newest_available(tmp_path):
+    """`last_version` was one attribute for every thread sharing a Client (a thread could
+    read another call's version), and `wait_until_available` returned the oldest of the
+    available versions — pinning callers to the model being replaced."""
+    from dmgin_tf.serving import Client
+    from serving.standin import ids_inputs, save_ids_standin
+    base = str(tmp_path / "ids")
+    for v in (1, 2):
+        save_ids_standin(base, v)
+    cfg = read_model_server_config(write_models_config(str(tmp_path / "models.config"), "ids",
+                                                       base, policy="all {}"))
+    server = DevServer(cfg, port=portpicker.pick_unused_port(), metrics_port=0,
+                       poll_interval_s=60)
+    port = server.start()
+    try:
+        with Client(f"127.0.0.1:{port}", "ids", candidate_buckets=(4, 8)) as c:
+            assert c.wait_until_available(10) == 2
+            assert c.wait_until_available(10, version=1) == 1
+            hist = {k: v[0] for k, v in ids_inputs(1, 1).items() if not k.startswith("cand")}
+            seen = {}
+
+            def call(version, then):
+                c.predict(dict(ids_inputs(1, 3, rank=False)), signature="predict_raw",
+                          version=version)
+                then.wait(10)
+                seen[version] = c.last_version
+            other = threading.Event()
+            t = threading.Thread(target=call, args=(1, other))
+            t.start()
+            c.rank(hist, [5, 5], [2, 2])             # this thread: answered by version 2
+            other.set()
+            t.join(10)
+            assert seen == {1: 1} and c.last_version == 2
+    finally:
+        server.stop(1)
