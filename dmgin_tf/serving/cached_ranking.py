@@ -29,6 +29,7 @@ deleted first.
 from __future__ import annotations
 
 import collections
+import inspect
 import logging
 import threading
 import time
@@ -46,6 +47,7 @@ COUNTERS = ("requests", "hits", "misses", "cache_errors", "bad_states", "stale",
             "score_cached_errors", "pending_updates", "fallbacks", "writes", "write_errors",
             "updates", "invalidations", "invalidated_states")
 INVALIDATION_ATTEMPTS = 5
+TRACKED_UPDATES = 100_000
 STALE_MARKER = "another model version"
 _DTYPES = {1: "float32", 3: "int32", 9: "int64", 10: "bool"}  # tensorflow DataType enum   # in the server's INVALID_ARGUMENT message
 
@@ -124,8 +126,19 @@ class CachedRanker:
         self._version: Optional[int] = client.version
         self._layouts: Dict[int, Dict[str, tuple]] = {}
         self._pending: set = set()          # users whose last update_user wrote no state
+        # update_user calls started per user, the most recent users only: a state
+        # computed from a history read before the user's latest update is not written
+        # (an evicted user reads 0, which can only skip a write, never allow a stale one).
+        self._updates: "collections.OrderedDict[str, int]" = collections.OrderedDict()
         self._invalidated: set = set()      # old versions whose states were dropped
         self._invalidators: list = []
+        # Stores written against the interface before `only_if_absent` always replace.
+        params = inspect.signature(store.put).parameters
+        self._put_flag = "only_if_absent" in params or any(
+            p.kind == p.VAR_KEYWORD for p in params.values())
+        if not self._put_flag:
+            log.warning("%s.put takes no only_if_absent: a request's fallback may replace a "
+                        "state an update wrote meanwhile", type(store).__name__)
 
     # ---- bookkeeping -----------------------------------------------------------------
     def _count(self, name: str, n: int = 1) -> None:
@@ -169,6 +182,11 @@ class CachedRanker:
                 return
             except StoreUnavailable as e:
                 self._count("cache_errors")
+                if attempt + 1 == INVALIDATION_ATTEMPTS:
+                    log.error("gave up invalidating version %s states after %d attempts "
+                              "(they stay until their TTL or eviction): %s", version,
+                              INVALIDATION_ATTEMPTS, e)
+                    return
                 log.warning("could not invalidate version %s states (attempt %d of %d): %s",
                             version, attempt + 1, INVALIDATION_ATTEMPTS, e)
                 time.sleep(max(getattr(self.store, "cooldown_s", 1.0), 0.1) * (attempt + 1))
@@ -218,11 +236,11 @@ class CachedRanker:
         `state_time` on a hit, the history's `request_time` on a fallback — pass the
         request's own time in production so both paths agree. Raises KeyError only when
         the user has neither a usable state nor a history."""
-        user_id = user_key(user_id)
+        key = user_key(user_id)          # stores and bookkeeping; `histories` gets user_id
         self._count("requests")
         version = self.version
         state, cause, unusable = None, "misses", False
-        if user_id in self._pending:     # the stored state predates the user's update
+        if key in self._pending:         # the stored state predates the user's update
             cause = "pending_updates"
         else:
             try:
@@ -261,14 +279,17 @@ class CachedRanker:
                     log.warning("user %s: score_cached failed (%s): %s", user_id,
                                 e.code().name, e.details())
         self._count(cause)
-        return self._fallback(user_id, cand_item, cand_group, request_time,
+        return self._fallback(user_id, key, cand_item, cand_group, request_time,
                               version if unusable else None)
 
-    def _fallback(self, user_id, cand_item, cand_group, request_time, unusable_version=None):
+    def _fallback(self, user_id, key, cand_item, cand_group, request_time,
+                  unusable_version=None):
         """`rank` on the user's history; then its state is written. `unusable_version`:
         the stored value read under that version could not be used — deleted once `rank`
         accepted the same candidates (a request that `score_cached` refused for its
         candidates keeps the user's state)."""
+        with self._lock:
+            seq = self._updates.get(key, 0)      # before the history is read
         history = self.histories.get(user_id)
         if history is None:
             raise KeyError(f"user {user_id!r}: no cached state and no history to rank with")
@@ -283,17 +304,21 @@ class CachedRanker:
                 self.store.delete(user_id, unusable_version)
             except StoreUnavailable:
                 pass
-        if self.write_on_miss:
+        pending = key in self._pending
+        if self.write_on_miss or pending:
             # A pending user's stored state is older than its history: replace it. Any
             # other: only where none is stored (an update may have written a newer one
             # while this request computed from the history it read first).
-            self._write(user_id, history, only_if_absent=user_id not in self._pending)
+            self._write(user_id, history, seq, only_if_absent=not pending)
         return ctr
 
-    def _write(self, user_id, history, only_if_absent: bool) -> bool:
-        """Computes the state of `history` and stores it; False (counted) when it could
-        not. While the store is cooling down after a failure the state is not even
-        computed (one RPC less per request during an outage)."""
+    def _write(self, user_id, history, seq: int, only_if_absent: bool) -> bool:
+        """Computes the state of `history` and stores it; False when it could not (counted)
+        or when an `update_user` started after `history` was read (`seq`: the user's
+        update count then): that update writes the newer state. While the store is
+        cooling down after a failure the state is not even computed (one RPC less per
+        request during an outage)."""
+        key = user_key(user_id)
         available = getattr(self.store, "available", None)   # stores of the old interface
         if available is not None and not available():
             self._count("write_errors")
@@ -302,8 +327,12 @@ class CachedRanker:
             state = self.client.user_state(history)
             answered = self.client.last_version
             self._saw_version(answered)
-            written = self.store.put(user_id, answered if answered is not None else self.version,
-                                     state, only_if_absent=only_if_absent)
+            with self._lock:
+                if self._updates.get(key, 0) != seq:
+                    return False
+            version = answered if answered is not None else self.version
+            written = (self.store.put(user_id, version, state, only_if_absent=only_if_absent)
+                       if self._put_flag else self.store.put(user_id, version, state))
         except StoreUnavailable:
             self._count("write_errors")
             return False
@@ -315,7 +344,8 @@ class CachedRanker:
         if written is not False:         # None: a store of the old interface wrote it
             self._count("writes")
             with self._lock:
-                self._pending.discard(user_id)
+                if self._updates.get(key, 0) == seq:
+                    self._pending.discard(key)
         return True
 
     def update_user(self, user_id, new_behaviors: Mapping[str, np.ndarray],
@@ -324,7 +354,12 @@ class CachedRanker:
         (`user_state`) and written. Returns whether the state was written; when not (the
         store or the server failed), this ranker stops reading the user's stored state
         (counted as `pending_updates`) until a request's fallback writes a new one."""
-        user_id = user_key(user_id)
+        key = user_key(user_id)
+        with self._lock:
+            seq = self._updates[key] = self._updates.get(key, 0) + 1
+            self._updates.move_to_end(key)
+            while len(self._updates) > TRACKED_UPDATES:
+                self._updates.popitem(last=False)
         self.histories.append(user_id, new_behaviors)
         history = dict(self.histories.get(user_id))
         if request_time is not None:
@@ -333,10 +368,12 @@ class CachedRanker:
             history[F.REQUEST_TIME] = np.int64(max(int(history[F.REQUEST_TIME]),
                                                    int(time.time())))
         self._count("updates")
-        if self._write(user_id, history, only_if_absent=False):
+        if self._write(user_id, history, seq, only_if_absent=False):
             return True
         with self._lock:
-            self._pending.add(user_id)
+            if self._updates.get(key, 0) != seq:
+                return False             # a newer update of this user writes its state
+            self._pending.add(key)
         try:                             # other rankers must not read the old one either
             self.store.delete(user_id, self.version)
         except StoreUnavailable:

@@ -214,6 +214,7 @@ class Client:
         cand_group = candidate_list(F.CAND_GROUP, cand_group)
         if cand_item.shape != cand_group.shape:
             raise ValueError(f"cand_item {cand_item.shape} and cand_group {cand_group.shape} differ")
+        self.last_version = None          # N = 0 makes no call: no version answered it
         deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
         for attempt in range(2):
             try:

@@ -139,11 +139,13 @@ def test_rank_scores_a_whole_list_with_one_version_and_one_deadline():
     np.testing.assert_allclose(c.rank(_history(), np.arange(2, 8), np.full(6, 2)),
                                np.full(6, 0.2), rtol=1e-6)
     assert c.asked == [None, 1, None, 2]
+    # No candidates, no call: no version answered (not this thread's previous one).
+    assert c.rank(_history(), [], []).shape == (0,) and c.last_version is None
     # One deadline for the list, not one per chunk.
     c = _Scripted([(1, None, 0.3)] * 5, timeout_s=0.5)
     with pytest.raises(grpc.RpcError) as e:
         c.rank(_history(), np.arange(2, 22), np.full(20, 2))
-    assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED and len(c.asked) == 2
+    assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED and 1 <= len(c.asked) < 5
     # A chunk's error names where in the caller's list its positions start.
     c = _Scripted([(1, None, 0), (None, ("INVALID_ARGUMENT", "id 99 at [0, 1]"), 0)])
     with pytest.raises(grpc.RpcError) as e:

@@ -278,6 +278,63 @@ def test_a_fallback_write_never_replaces_a_state_an_update_wrote_meanwhile(serve
     np.testing.assert_allclose(got, ref, atol=1e-5)
 
 
+def test_an_update_failing_during_a_fallback_keeps_the_user_off_the_old_state(served):
+    """The fallback read the history before the update; its state must not be written
+    (nor clear the update's pending mark) — it would be served as a hit."""
+    from dmgin_tf.serving.cached_ranking import CachedRanker
+    client, histories, x, ci, cg, *_ = served
+    own = _own_user(served, "u", 2)
+    store = _FailingPuts()
+    new, rt = _new_events(own, "u", ci[2], cg[2])
+
+    class Racing:
+        """The client, with a failing update landing inside the fallback's rank call."""
+        armed = True
+
+        def __getattr__(self, name):
+            return getattr(client, name)
+
+        def rank(self, *args, **kwargs):
+            if Racing.armed:
+                Racing.armed, store.fail = False, True
+                assert not ranker.update_user("u", new, request_time=rt)
+                store.fail = False
+            return client.rank(*args, **kwargs)
+    ranker = CachedRanker(Racing(), store, own)
+    ranker.rank_user("u", ci[2], cg[2], request_time=rt)     # miss → fallback (old history)
+    assert ranker.counters["writes"] == 0 and store.get("u", ranker.version) is None
+    h = dict(own.get("u"), **{F.REQUEST_TIME: np.int64(rt)})
+    ref = client.rank(h, ci[2], cg[2])
+    for hits in (0, 1):                          # pending → rank + rewrite, then a hit
+        np.testing.assert_allclose(ranker.rank_user("u", ci[2], cg[2], request_time=rt),
+                                   ref, atol=1e-5)
+        assert ranker.counters["hits"] == hits
+
+
+def test_stores_and_history_sources_of_the_earlier_interfaces_still_work(served):
+    """A store whose put takes no only_if_absent, and a history source keyed by int ids
+    (the store key is the id's text; the source gets the caller's id)."""
+    from dmgin_tf.serving.cached_ranking import CachedRanker
+    client, histories, x, ci, cg, *_ = served
+    own = _own_user(served, "7", 1)
+
+    class IntKeyed:
+        def get(self, user_id):
+            assert isinstance(user_id, int), user_id
+            return own.get(str(user_id))
+
+    class OldStore(InMemoryStateStore):
+        def put(self, user_id, version, state):
+            super().put(user_id, version, state)
+    store = OldStore()
+    ranker = CachedRanker(client, store, IntKeyed())
+    first = ranker.rank_user(7, ci[1], cg[1])
+    again = ranker.rank_user(7, ci[1], cg[1])
+    assert ranker.counters["writes"] == 1 and ranker.counters["hits"] == 1
+    np.testing.assert_allclose(again, first, atol=1e-5)
+    assert store.get("7", ranker.version) is not None
+
+
 def test_no_state_is_computed_while_the_store_cannot_take_it(served):
     from dmgin_tf.serving.cached_ranking import CachedRanker
     client, histories, x, ci, cg, *_ = served
