@@ -11,9 +11,12 @@ The serving example carries what a caller knows at request time (no label needed
 Other features (user_id, label, category, …) are ignored. Lookups (built into the
 SavedModel as `tf.lookup.StaticHashTable`s): item id → item idx (unknown → OOV 1),
 item idx → group id (OOV item → group 1), behavior string → id `i + 1` of the
-dataset's behavior_types (unknown → 0, i.e. ignored like padding). The newest
-`history_length` behaviors are kept, left-aligned, zero-padded on the right — the same
-layout `dmgin_tf.data.batches.densify` produces for training.
+dataset's behavior_types. An event whose behavior the model does not know is dropped
+before anything else (training data never holds one: conversion refuses unknown
+behaviors), so it neither reaches the model as a real item nor pushes known events out
+of the window. Of the rest, the newest `history_length` behaviors are kept,
+left-aligned, zero-padded on the right — the same layout
+`dmgin_tf.data.batches.densify` produces for training.
 
 Errors name the feature: a missing required feature, a wrong dtype, a wrong number of
 values, or history lists of different lengths fail with InvalidArgumentError.
@@ -113,8 +116,11 @@ def parse_serving_examples(serialized: tf.Tensor, tables: LookupTables,
     ]
     with tf.control_dependencies(checks):
         item_idx = items.with_flat_values(tables.item_idx(items.flat_values))
-    group = item_idx.with_flat_values(tables.group_of(item_idx.flat_values))
     behavior = behaviors.with_flat_values(tables.behavior_id(behaviors.flat_values))
+    known = tf.not_equal(behavior, PAD_ID)                       # unknown behaviors: dropped
+    item_idx, behavior, times = (tf.ragged.boolean_mask(v, known)
+                                 for v in (item_idx, behavior, times))
+    group = item_idx.with_flat_values(tables.group_of(item_idx.flat_values))
     cand_item = tables.item_idx(parsed[ITEM_ID])
     L = int(history_length)
     return {

@@ -159,18 +159,21 @@ def _serving_default(standin_export):
 
 
 def test_examples_truncate_to_newest_history_and_map_oov(standin_export):
+    """Unknown items map to OOV; events of an unknown behavior are dropped before the
+    newest-L cut (they used to stay as real items with behavior 0, and enough of them
+    pushed every known event out of the window)."""
     _, _, model, index, _ = standin_export
     fn = _serving_default(standin_export)
     n = L + 5  # longer than L: the newest L behaviors are kept
-    hist = [f"item{k % 40}" for k in range(n - 1)] + ["never-seen"]
+    hist = [f"item{k % 40}" for k in range(n - 2)] + ["never-seen", "item3"]
     times = list(range(1000, 1000 + n))
     ex = make_serving_example("item7", 5000, hist, ["pv"] * (n - 1) + ["unknown-type"], times)
     got = fn(examples=tf.constant([ex]))["ctr"].numpy()
-    idx = index.lookup(hist[-L:])
+    idx = index.lookup(hist[-L - 1:-1])           # the last event's behavior is unknown
     assert idx[-1] == F.OOV_ID
     dense = {F.HIST_ITEM: idx[None], F.HIST_GROUP: index.groups_of(idx)[None],
-             F.HIST_BEHAVIOR_ID: np.array([[1] * (L - 1) + [0]], np.int32),
-             F.HIST_TIME: np.array([times[-L:]], np.int64),
+             F.HIST_BEHAVIOR_ID: np.ones((1, L), np.int32),
+             F.HIST_TIME: np.array([times[-L - 1:-1]], np.int64),
              F.REQUEST_TIME: np.array([5000], np.int64),
              F.CAND_ITEM: index.lookup(["item7"]), F.CAND_GROUP: index.lookup_groups(["item7"])}
     np.testing.assert_allclose(got, np.asarray(model(dense)), atol=1e-5)
