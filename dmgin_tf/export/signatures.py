@@ -376,7 +376,11 @@ class ServingModule(tf.Module):
 
         @tf.function(autograph=False, input_signature=spec)
         def tensorize(examples):
-            return dict(self.tensorize(examples))
+            # The request contract as `serving_default` checks it (TF Serving runs no
+            # checks of its own): the ids a client keeps must be ids the model accepts.
+            ids = self.tensorize(examples)
+            n = self._checked_rows(ids, (F.CAND_ITEM, F.CAND_GROUP))
+            return {k: v[:n] for k, v in ids.items()}
         return {"serving_default": serving_default.get_concrete_function(),
                 "tensorize": tensorize.get_concrete_function()}
 

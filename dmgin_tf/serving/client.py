@@ -149,21 +149,38 @@ class Client:
     def predict_examples(self, serialized: Sequence[bytes], *, batch_size: int = 128,
                          timeout_s: Optional[float] = None) -> np.ndarray:
         """`serving_default` on serialized tf.Examples, `batch_size` per request → ctr [N]."""
-        out = []
-        for i in range(0, len(serialized), batch_size):
-            chunk = np.array(list(serialized[i:i + batch_size]), dtype=object)
-            out.append(self.predict({"examples": chunk}, signature="serving_default",
-                                    timeout_s=timeout_s)[F.PREDICTION])
-        return np.concatenate(out) if out else np.zeros([0], np.float32)
+        out = self._example_batches(serialized, "serving_default", batch_size, timeout_s)
+        return (np.concatenate([o[F.PREDICTION] for o in out]) if out
+                else np.zeros([0], np.float32))
 
-    def tensorize(self, serialized: Sequence[bytes], *,
+    def tensorize(self, serialized: Sequence[bytes], *, batch_size: int = 128,
                   timeout_s: Optional[float] = None) -> Dict[str, np.ndarray]:
         """`tensorize` on serialized tf.Examples (as `serving_default` takes them) → the
         model's id inputs per example, mapped with the served version's vocabularies:
         history keys `[B, L]`, `request_time [B]`, `cand_item`, `cand_group` `[B]` —
-        what `rank`, `user_state` and `score_cached` take (one row = one user)."""
-        chunk = np.array(list(serialized), dtype=object)
-        return self.predict({"examples": chunk}, signature="tensorize", timeout_s=timeout_s)
+        what `rank`, `user_state` and `score_cached` take (one row = one user).
+        `batch_size` examples per request, as `predict_examples`."""
+        out = self._example_batches(serialized, "tensorize", batch_size, timeout_s)
+        return {k: np.concatenate([o[k] for o in out]) for k in out[0]} if out else {}
+
+    def _example_batches(self, serialized, signature, batch_size, timeout_s):
+        """One Predict per `batch_size` examples → their outputs. An INVALID_ARGUMENT
+        names the batch's place in the caller's list ("example k" counts within it)."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r}: must be >= 1")
+        out = []
+        for i in range(0, len(serialized), batch_size):
+            chunk = np.array(list(serialized[i:i + batch_size]), dtype=object)
+            try:
+                out.append(self.predict({"examples": chunk}, signature=signature,
+                                        timeout_s=timeout_s))
+            except grpc.RpcError as e:
+                if i == 0 or e.code() != grpc.StatusCode.INVALID_ARGUMENT:
+                    raise
+                raise _ListError(e.code(), f"{e.details()} (in the batch of examples "
+                                           f"{i}..{i + len(chunk) - 1} of the list: example "
+                                           f"numbers in the message count from {i})") from None
+        return out
 
     def rank(self, history: Mapping[str, np.ndarray], cand_item: np.ndarray,
              cand_group: np.ndarray, *, signature: str = "rank",

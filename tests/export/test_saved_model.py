@@ -183,6 +183,10 @@ def test_examples_truncate_to_newest_history_and_map_oov(standin_export):
     assert set(ids) == set(dense)
     for k, v in dense.items():
         np.testing.assert_array_equal(ids[k].numpy(), v, err_msg=k)
+    # ... and checks them as serving_default does (TF Serving runs no checks of its own).
+    ms = make_serving_example("item7", 1_700_000_000_000, hist, ["pv"] * n, times)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="request_time"):
+        tf.saved_model.load(paths["noxla"]).signatures["tensorize"](examples=tf.constant([ms]))
 
 
 @pytest.mark.parametrize("bad,words", [

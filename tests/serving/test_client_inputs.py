@@ -151,3 +151,24 @@ def test_rank_scores_a_whole_list_with_one_version_and_one_deadline():
     with pytest.raises(grpc.RpcError) as e:
         c.rank(_history(), np.arange(2, 8), np.full(6, 2))
     assert "candidates 4..5 of the list" in e.value.details(), e.value.details()
+
+
+def test_example_lists_go_in_batches_and_errors_name_the_batch():
+    """`tensorize` sent every example in one request (a server's max batch size refused
+    5,000), and an error's "example k" counted within the failing batch."""
+    import grpc
+    sent = []
+
+    class Fake(Client):
+        def predict(self, inputs, *, signature=None, timeout_s=None, **kw):
+            sent.append(len(inputs["examples"]))
+            if len(sent) == 2:
+                raise type("E", (_Status, grpc.RpcError), {})(
+                    "INVALID_ARGUMENT", "example 1 (3 bytes) is not a serialized tf.train.Example")
+            return {F.HIST_ITEM: np.zeros((len(inputs["examples"]), L), np.int32)}
+    c = Fake("127.0.0.1:1", "dmgin")
+    assert c.tensorize([b"x"] * 2, batch_size=2)[F.HIST_ITEM].shape == (2, L)
+    sent.clear()
+    with pytest.raises(grpc.RpcError) as e:
+        c.tensorize([b"x"] * 5, batch_size=2)
+    assert sent == [2, 2] and "examples 2..3 of the list" in e.value.details()
