@@ -126,21 +126,59 @@ class CachedRanker:
         self._version: Optional[int] = client.version
         self._layouts: Dict[int, Dict[str, tuple]] = {}
         self._pending: set = set()          # users whose last update_user wrote no state
-        # update_user calls started per user, the most recent users only: a state
-        # computed from a history read before the user's latest update is not written
-        # (an evicted user reads 0, which can only skip a write, never allow a stale one).
+        # The sequence number of each user's latest update_user (one counter for all
+        # users; the most recent users only): a state computed from a history read
+        # before the user's latest update is not written. An evicted user reads the
+        # largest evicted number, so an eviction can only skip a write, never allow one.
         self._updates: "collections.OrderedDict[str, int]" = collections.OrderedDict()
+        self._last_seq = self._evicted_floor = 0
+        # Per-user (striped) locks: the sequence check and the store write are one step.
+        self._stripes = [threading.Lock() for _ in range(64)]
         self._invalidated: set = set()      # old versions whose states were dropped
         self._invalidators: list = []
         # Stores written against the interface before `only_if_absent` always replace.
-        params = inspect.signature(store.put).parameters
-        self._put_flag = "only_if_absent" in params or any(
-            p.kind == p.VAR_KEYWORD for p in params.values())
+        try:
+            params = inspect.signature(store.put).parameters
+            self._put_flag = "only_if_absent" in params or any(
+                p.kind == p.VAR_KEYWORD for p in params.values())
+        except (TypeError, ValueError):   # not introspectable: find out on the first put
+            self._put_flag = True
         if not self._put_flag:
-            log.warning("%s.put takes no only_if_absent: a request's fallback may replace a "
-                        "state an update wrote meanwhile", type(store).__name__)
+            self._old_put_warning()
 
     # ---- bookkeeping -----------------------------------------------------------------
+    def _old_put_warning(self) -> None:
+        log.warning("%s.put takes no only_if_absent: a request's fallback may replace a "
+                    "state an update wrote meanwhile", type(self.store).__name__)
+
+    def _stripe(self, key: str) -> threading.Lock:
+        return self._stripes[hash(key) % len(self._stripes)]
+
+    def _seq(self, key: str) -> int:
+        """The sequence number of the user's latest update (call under `self._lock`)."""
+        return self._updates.get(key, self._evicted_floor)
+
+    def _next_seq(self, key: str) -> int:
+        with self._lock:
+            self._last_seq += 1
+            self._updates[key] = self._last_seq
+            self._updates.move_to_end(key)
+            while len(self._updates) > TRACKED_UPDATES:
+                _, evicted = self._updates.popitem(last=False)
+                self._evicted_floor = max(self._evicted_floor, evicted)
+            return self._last_seq
+
+    def _put(self, key, version, state, only_if_absent: bool):
+        if self._put_flag:
+            try:
+                return self.store.put(key, version, state, only_if_absent=only_if_absent)
+            except TypeError as e:
+                if "only_if_absent" not in str(e):
+                    raise
+                self._put_flag = False
+                self._old_put_warning()
+        return self.store.put(key, version, state)
+
     def _count(self, name: str, n: int = 1) -> None:
         with self._lock:
             self.counters[name] += n
@@ -244,7 +282,7 @@ class CachedRanker:
             cause = "pending_updates"
         else:
             try:
-                state = self.store.get(user_id, version)
+                state = self.store.get(key, version)
             except StoreUnavailable:
                 cause = "cache_errors"
             except ValueError as e:      # an unreadable value
@@ -289,7 +327,7 @@ class CachedRanker:
         accepted the same candidates (a request that `score_cached` refused for its
         candidates keeps the user's state)."""
         with self._lock:
-            seq = self._updates.get(key, 0)      # before the history is read
+            seq = self._seq(key)                 # before the history is read
         history = self.histories.get(user_id)
         if history is None:
             raise KeyError(f"user {user_id!r}: no cached state and no history to rank with")
@@ -301,7 +339,7 @@ class CachedRanker:
         self._saw_version(self.client.last_version)
         if unusable_version is not None:  # so that the only-if-absent write below lands
             try:
-                self.store.delete(user_id, unusable_version)
+                self.store.delete(key, unusable_version)
             except StoreUnavailable:
                 pass
         pending = key in self._pending
@@ -309,16 +347,15 @@ class CachedRanker:
             # A pending user's stored state is older than its history: replace it. Any
             # other: only where none is stored (an update may have written a newer one
             # while this request computed from the history it read first).
-            self._write(user_id, history, seq, only_if_absent=not pending)
+            self._write(user_id, key, history, seq, only_if_absent=not pending)
         return ctr
 
-    def _write(self, user_id, history, seq: int, only_if_absent: bool) -> bool:
+    def _write(self, user_id, key, history, seq: int, only_if_absent: bool) -> bool:
         """Computes the state of `history` and stores it; False when it could not (counted)
         or when an `update_user` started after `history` was read (`seq`: the user's
         update count then): that update writes the newer state. While the store is
         cooling down after a failure the state is not even computed (one RPC less per
         request during an outage)."""
-        key = user_key(user_id)
         available = getattr(self.store, "available", None)   # stores of the old interface
         if available is not None and not available():
             self._count("write_errors")
@@ -327,12 +364,16 @@ class CachedRanker:
             state = self.client.user_state(history)
             answered = self.client.last_version
             self._saw_version(answered)
-            with self._lock:
-                if self._updates.get(key, 0) != seq:
-                    return False
             version = answered if answered is not None else self.version
-            written = (self.store.put(user_id, version, state, only_if_absent=only_if_absent)
-                       if self._put_flag else self.store.put(user_id, version, state))
+            with self._stripe(key):
+                with self._lock:
+                    if self._seq(key) != seq:
+                        return False
+                written = self._put(key, version, state, only_if_absent)
+                if written is not False:         # None: a store of the old interface
+                    with self._lock:
+                        if self._seq(key) == seq:
+                            self._pending.discard(key)
         except StoreUnavailable:
             self._count("write_errors")
             return False
@@ -341,11 +382,8 @@ class CachedRanker:
             log.warning("user %s: user_state failed (%s): %s", user_id, e.code().name,
                         e.details())
             return False
-        if written is not False:         # None: a store of the old interface wrote it
+        if written is not False:
             self._count("writes")
-            with self._lock:
-                if self._updates.get(key, 0) == seq:
-                    self._pending.discard(key)
         return True
 
     def update_user(self, user_id, new_behaviors: Mapping[str, np.ndarray],
@@ -355,11 +393,8 @@ class CachedRanker:
         store or the server failed), this ranker stops reading the user's stored state
         (counted as `pending_updates`) until a request's fallback writes a new one."""
         key = user_key(user_id)
-        with self._lock:
-            seq = self._updates[key] = self._updates.get(key, 0) + 1
-            self._updates.move_to_end(key)
-            while len(self._updates) > TRACKED_UPDATES:
-                self._updates.popitem(last=False)
+        with self._stripe(key):
+            seq = self._next_seq(key)
         self.histories.append(user_id, new_behaviors)
         history = dict(self.histories.get(user_id))
         if request_time is not None:
@@ -368,14 +403,14 @@ class CachedRanker:
             history[F.REQUEST_TIME] = np.int64(max(int(history[F.REQUEST_TIME]),
                                                    int(time.time())))
         self._count("updates")
-        if self._write(user_id, history, seq, only_if_absent=False):
+        if self._write(user_id, key, history, seq, only_if_absent=False):
             return True
         with self._lock:
-            if self._updates.get(key, 0) != seq:
+            if self._seq(key) != seq:
                 return False             # a newer update of this user writes its state
             self._pending.add(key)
         try:                             # other rankers must not read the old one either
-            self.store.delete(user_id, self.version)
+            self.store.delete(key, self.version)
         except StoreUnavailable:
             pass
         return False

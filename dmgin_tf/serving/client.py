@@ -160,16 +160,19 @@ class Client:
         history keys `[B, L]`, `request_time [B]`, `cand_item`, `cand_group` `[B]` —
         what `rank`, `user_state` and `score_cached` take (one row = one user).
         `batch_size` examples per request, as `predict_examples`."""
-        out = self._example_batches(serialized, "tensorize", batch_size, timeout_s)
-        return {k: np.concatenate([o[k] for o in out]) for k in out[0]} if out else {}
+        # An empty list still asks the server once: the outputs' keys and shapes ([0, L]).
+        out = self._example_batches(serialized, "tensorize", batch_size, timeout_s,
+                                    at_least_one=True)
+        return {k: np.concatenate([o[k] for o in out]) for k in out[0]}
 
-    def _example_batches(self, serialized, signature, batch_size, timeout_s):
+    def _example_batches(self, serialized, signature, batch_size, timeout_s,
+                         at_least_one=False):
         """One Predict per `batch_size` examples → their outputs. An INVALID_ARGUMENT
         names the batch's place in the caller's list ("example k" counts within it)."""
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r}: must be >= 1")
         out = []
-        for i in range(0, len(serialized), batch_size):
+        for i in range(0, max(len(serialized), int(at_least_one)), batch_size):
             chunk = np.array(list(serialized[i:i + batch_size]), dtype=object)
             try:
                 out.append(self.predict({"examples": chunk}, signature=signature,

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from typing import Mapping, Optional, Tuple
 
@@ -325,4 +326,9 @@ def _check_examples(serialized: np.ndarray) -> None:
                 raise _invalid(f"input {EXAMPLES!r}: example {i}: {F.HIST_TIMESTAMP!r} holds "
                                f"{late[0]}, after its {F.TIMESTAMP!r} {now[0]}; the history "
                                f"holds only events before the request")
-
+        for k, f in feats.items():
+            if f.WhichOneof("kind") == "float_list":
+                bad = [x for x in f.float_list.value if not math.isfinite(x)]
+                if bad:
+                    raise _invalid(f"input {EXAMPLES!r}: example {i}: feature {k!r} holds "
+                                   f"{bad[0]}; NaN and inf are refused")

@@ -162,13 +162,15 @@ def test_example_lists_go_in_batches_and_errors_name_the_batch():
     class Fake(Client):
         def predict(self, inputs, *, signature=None, timeout_s=None, **kw):
             sent.append(len(inputs["examples"]))
-            if len(sent) == 2:
+            if b"bad" in list(inputs["examples"]):
                 raise type("E", (_Status, grpc.RpcError), {})(
                     "INVALID_ARGUMENT", "example 1 (3 bytes) is not a serialized tf.train.Example")
             return {F.HIST_ITEM: np.zeros((len(inputs["examples"]), L), np.int32)}
     c = Fake("127.0.0.1:1", "dmgin")
     assert c.tensorize([b"x"] * 2, batch_size=2)[F.HIST_ITEM].shape == (2, L)
+    assert c.tensorize([])[F.HIST_ITEM].shape == (0, L)     # keys and shapes, no rows
+    assert sent == [2, 0]
     sent.clear()
     with pytest.raises(grpc.RpcError) as e:
-        c.tensorize([b"x"] * 5, batch_size=2)
+        c.tensorize([b"x", b"x", b"x", b"bad", b"x"], batch_size=2)
     assert sent == [2, 2] and "examples 2..3 of the list" in e.value.details()

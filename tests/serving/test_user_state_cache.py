@@ -311,6 +311,35 @@ def test_an_update_failing_during_a_fallback_keeps_the_user_off_the_old_state(se
         assert ranker.counters["hits"] == hits
 
 
+def test_an_evicted_update_count_never_lets_an_older_state_through(monkeypatch):
+    """Update counts are kept for the most recent users only; a fallback that read a
+    user's count before a failed update must still skip its write after the user's
+    count was evicted (it read 0 again before: the old state was written and served)."""
+    from dmgin_tf.serving import cached_ranking as C
+    monkeypatch.setattr(C, "TRACKED_UPDATES", 1)
+
+    class Client:
+        version, timeout_s, last_version = 1, 1.0, 1
+
+        def user_state(self, history):
+            return {"v": np.zeros(2, np.float32)}
+    store = _FailingPuts()
+    histories = C.InMemoryHistories(4)
+    events = {F.HIST_ITEM: np.array([2]), F.HIST_GROUP: np.array([2]),
+              F.HIST_BEHAVIOR_ID: np.array([1]), F.HIST_TIME: np.array([100])}
+    for user in ("u", "v"):
+        histories.append(user, events)
+    ranker = C.CachedRanker(Client(), store, histories)
+    with ranker._lock:
+        read = ranker._seq("u")                  # a fallback reads the count, then the history
+    store.fail = True
+    assert not ranker.update_user("u", events, request_time=200)     # pending now
+    store.fail = False
+    assert ranker.update_user("v", events, request_time=200)         # evicts u's count
+    assert not ranker._write("u", "u", histories.get("u"), read, only_if_absent=False)
+    assert store.get("u", 1) is None and "u" in ranker._pending
+
+
 def test_stores_and_history_sources_of_the_earlier_interfaces_still_work(served):
     """A store whose put takes no only_if_absent, and a history source keyed by int ids
     (the store key is the id's text; the source gets the caller's id)."""
