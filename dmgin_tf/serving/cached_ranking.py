@@ -29,7 +29,6 @@ deleted first.
 from __future__ import annotations
 
 import collections
-import inspect
 import logging
 import threading
 import time
@@ -136,21 +135,9 @@ class CachedRanker:
         self._stripes = [threading.Lock() for _ in range(64)]
         self._invalidated: set = set()      # old versions whose states were dropped
         self._invalidators: list = []
-        # Stores written against the interface before `only_if_absent` always replace.
-        try:
-            params = inspect.signature(store.put).parameters
-            self._put_flag = "only_if_absent" in params or any(
-                p.kind == p.VAR_KEYWORD for p in params.values())
-        except (TypeError, ValueError):   # not introspectable: find out on the first put
-            self._put_flag = True
-        if not self._put_flag:
-            self._old_put_warning()
+        self._put_flag = True      # False after a store of the earlier interface refused it
 
     # ---- bookkeeping -----------------------------------------------------------------
-    def _old_put_warning(self) -> None:
-        log.warning("%s.put takes no only_if_absent: a request's fallback may replace a "
-                    "state an update wrote meanwhile", type(self.store).__name__)
-
     def _stripe(self, key: str) -> threading.Lock:
         return self._stripes[hash(key) % len(self._stripes)]
 
@@ -175,8 +162,10 @@ class CachedRanker:
             except TypeError as e:
                 if "only_if_absent" not in str(e):
                     raise
-                self._put_flag = False
-                self._old_put_warning()
+                self._put_flag = False   # a store of the interface before only_if_absent
+                log.warning("%s.put takes no only_if_absent: a request's fallback may "
+                            "replace a state an update wrote meanwhile",
+                            type(self.store).__name__)
         return self.store.put(key, version, state)
 
     def _count(self, name: str, n: int = 1) -> None:

@@ -178,11 +178,7 @@ class Client:
                 out.append(self.predict({"examples": chunk}, signature=signature,
                                         timeout_s=timeout_s))
             except grpc.RpcError as e:
-                if i == 0 or e.code() != grpc.StatusCode.INVALID_ARGUMENT:
-                    raise
-                raise _ListError(e.code(), f"{e.details()} (in the batch of examples "
-                                           f"{i}..{i + len(chunk) - 1} of the list: example "
-                                           f"numbers in the message count from {i})") from None
+                raise _placed(e, "examples", i, len(chunk)) from None
         return out
 
     def rank(self, history: Mapping[str, np.ndarray], cand_item: np.ndarray,
@@ -266,11 +262,7 @@ class Client:
             except grpc.RpcError as e:
                 if i and pinned != self.version and e.code() == grpc.StatusCode.NOT_FOUND:
                     raise _VersionGone() from None       # unloaded mid-list: start over
-                if i and e.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                    raise _ListError(e.code(), f"{e.details()} (in the chunk of candidates "
-                                               f"{i}..{i + n - 1} of the list: positions in "
-                                               f"the message count from {i})") from None
-                raise
+                raise _placed(e, "candidates", i, n) from None
             pinned = self.last_version if pinned is None else pinned
             scores.append(out.reshape(-1)[:n])
         return np.concatenate(scores) if scores else np.zeros([0], np.float32)
@@ -337,6 +329,16 @@ class _ListError(grpc.RpcError):
 
     def details(self):
         return self._details
+
+
+def _placed(error, what: str, start: int, size: int):
+    """A request's error, with where its part of the caller's list starts when that is
+    not 0 and the error is about the inputs (positions in it count within the part)."""
+    if not start or error.code() != grpc.StatusCode.INVALID_ARGUMENT:
+        return error
+    return _ListError(error.code(), f"{error.details()} (in {what} {start}..{start + size - 1} "
+                                    f"of the list: positions in the message count from "
+                                    f"{start})")
 
 
 class _VersionGone(Exception):

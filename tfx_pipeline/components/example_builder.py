@@ -121,10 +121,10 @@ def check_split_counts(span: int, data_dir: str, counts: Dict[str, int],
     each one, and TFX's readers fail on an empty split with only "No files found"."""
     if not counts.get("train"):
         raise DataError(f"span {span}: no training records built from {data_dir}")
+    if not counts.get("val") and cfg.val_fraction == 0:
+        raise DataError(f"span {span}: data.val_fraction=0 leaves no val split; the "
+                        f"pipeline needs one (early stopping, statistics)")
     for split in ("val", "eval"):
-        if not counts.get(split) and split == "val" and cfg.val_fraction == 0:
-            raise DataError(f"span {span}: data.val_fraction=0 leaves no val split; the "
-                            f"pipeline needs one (early stopping, statistics)")
         if not counts.get(split):
             raise DataError(
                 f"span {span}: no {split} records built from {data_dir}: with "
