@@ -29,8 +29,10 @@ import os
 from typing import Iterable, Iterator, List, Optional
 
 import apache_beam as beam
+import numpy as np
 
 from dmgin_tf import features as F
+from dmgin_tf.data.sequences import resolve_positions
 from dmgin_tf.errors import DataError
 from tfx_pipeline.artifacts import WARM_START_DIR
 from transform import examples as X
@@ -58,19 +60,33 @@ def expand_record(record: bytes, window: int) -> List[bytes]:
         raise ValueError(f"expand_record: window must be >= 1, got {window}")
     user, lists = X.from_sequence_example(record)
     n = len(lists[X.SEQ_ITEM])
+    if not len(lists[X.SEQ_BEHAVIOR]) == len(lists[X.SEQ_TIME]) == len(lists[X.SEQ_GROUP]) == n:
+        raise DataError(f"user record {user!r}: behavior lists of different lengths")
+    positions = len(lists[X.POS_HIST_END])
+    if len(lists[X.POS_LABEL]) != positions:
+        raise DataError(f"user record {user!r}: {X.POS_LABEL} has {len(lists[X.POS_LABEL])} "
+                        f"steps, {X.POS_HIST_END} {positions}")
+    for j, end in enumerate(lists[X.POS_HIST_END]):
+        if not 0 <= int(end) <= n:
+            raise DataError(f"user record {user!r}: {X.POS_HIST_END}[{j}] = {end} is outside "
+                            f"the record's {n} behaviors")
+    obj = lambda v: np.asarray(v, dtype=object)  # noqa: E731
+    cand = resolve_positions(
+        [user], [n], [positions], [len(lists[X.SAMPLED_ITEM])],
+        {"item": obj(lists[X.SEQ_ITEM]), "group": obj(lists[X.SEQ_GROUP]),
+         "time": obj(lists[X.SEQ_TIME])},
+        lists[X.POS_HIST_END], lists[X.POS_EVENT], lists[X.POS_SAMPLED],
+        {"item": obj(lists[X.SAMPLED_ITEM]), "group": obj(lists[X.SAMPLED_GROUP])})
     out = []
     for j, end in enumerate(lists[X.POS_HIST_END]):
         end = int(end)
-        if not 0 <= end <= n:
-            raise DataError(f"user record {user!r}: {X.POS_HIST_END}[{j}] = {end} is outside "
-                            f"the record's {n} behaviors")
         s = max(0, end - int(window))
         out.append(X.to_tf_example({
-            F.USER_ID: user, F.ITEM_ID: lists[X.POS_ITEM][j], F.LABEL: int(lists[X.POS_LABEL][j]),
-            F.TIMESTAMP: int(lists[X.POS_TIME][j]), F.HIST_ITEM_ID: lists[X.SEQ_ITEM][s:end],
+            F.USER_ID: user, F.ITEM_ID: cand["item"][j], F.LABEL: int(lists[X.POS_LABEL][j]),
+            F.TIMESTAMP: int(cand["time"][j]), F.HIST_ITEM_ID: lists[X.SEQ_ITEM][s:end],
             F.HIST_BEHAVIOR: lists[X.SEQ_BEHAVIOR][s:end],
             F.HIST_TIMESTAMP: lists[X.SEQ_TIME][s:end],
-            F.GROUP_ID: int(lists[X.POS_GROUP][j]), F.HIST_GROUP_ID: lists[X.SEQ_GROUP][s:end]}))
+            F.GROUP_ID: int(cand["group"][j]), F.HIST_GROUP_ID: lists[X.SEQ_GROUP][s:end]}))
     return out
 
 

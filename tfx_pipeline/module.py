@@ -73,16 +73,31 @@ def preprocessing_fn(inputs: Dict[str, tf.Tensor], custom_config: Optional[dict]
     custom_config: accepted for compatibility (the vocabulary needs none).
     """
     del custom_config
-    # Keys of the schema's tensor_representation_group; feature lists are ragged.
-    beh, cand = inputs[X.SEQ_ITEM], inputs[X.POS_ITEM]
-    items, cands = _values(beh), _values(cand)
+    # Keys of the schema's tensor_representation_group; feature lists are ragged
+    # [B, (steps), (1)].
+    beh = inputs[X.SEQ_ITEM]
     groups = tf.strings.as_string(_values(inputs[X.SEQ_GROUP]))
-    cand_groups = tf.strings.as_string(_values(inputs[X.POS_GROUP]))
     # One "item|group" vocabulary: an item's frequency is its pair's (one group per
     # item), so this is the item vocabulary with the group on each line; a second,
     # items-only file would repeat every item id in the artifact and the SavedModel.
-    beh_pairs = tf.strings.join([items, groups], separator="|")
-    pairs = tf.concat([tf.strings.join([cands, cand_groups], separator="|"), beh_pairs], 0)
+    beh_pairs = tf.strings.join([_values(beh), groups], separator="|")
+    sampled = tf.strings.join([_values(inputs[X.SAMPLED_ITEM]),
+                               tf.strings.as_string(_values(inputs[X.SAMPLED_GROUP]))],
+                              separator="|")
+    # Every candidate counts, as every behavior does: a position that is not sampled has
+    # its event's item (index pos_event of its record). Out-of-record indices count
+    # nothing here; the Trainer refuses such records with their user id.
+    event = inputs[X.POS_EVENT]
+    rows = event.value_rowids()
+    index = _values(event)
+    inside = (index >= 0) & (index < tf.gather(beh.row_lengths(), rows))
+    flags = _values(inputs[X.POS_SAMPLED])
+    flags = tf.cond(tf.equal(tf.size(flags), tf.size(index)), lambda: flags,
+                    lambda: tf.ones_like(index))   # lists disagree: the Trainer says so
+    own = inside & tf.equal(flags, 0)
+    flat = tf.boolean_mask(tf.gather(beh.row_starts(), rows) + index, own)
+    events = tf.gather(beh_pairs, flat)
+    pairs = tf.concat([events, sampled, beh_pairs], 0)
     pair_vocab = tft.vocabulary(pairs, vocab_filename=ITEM_GROUP_VOCAB)
     return {F.USER_ID: tf.reshape(inputs[F.USER_ID], [-1]),
             "known_pairs": _count_known(beh, beh_pairs, pair_vocab)}

@@ -23,7 +23,8 @@ import tensorflow as tf
 
 from dmgin_tf import features as F
 from dmgin_tf.data.examples import ExampleSet, split_code
-from dmgin_tf.data.sequences import example_set_from_records
+from dmgin_tf.data.sequences import example_set_from_records, resolve_positions
+from dmgin_tf.errors import DataError
 from transform import examples as X
 
 _UNKNOWN_GROUP_LINE = f"|{F.OOV_ID}"
@@ -72,26 +73,35 @@ def newest(x: tf.RaggedTensor, length: int) -> tf.Tensor:
 
 
 def _decode_batch(serialized: tf.Tensor, lookups: Lookups) -> Dict[str, tf.Tensor]:
-    """[b] serialized user records -> per-record counts and mapped flat values."""
+    """[b] serialized user records -> per-record step counts and mapped flat values."""
     context, seq = X.sequence_feature_spec()
     ctx, lists, _ = tf.io.parse_sequence_example(serialized, context_features=context,
                                                  sequence_features=seq)
-    beh_item = lists[X.SEQ_ITEM]
-    pos_item = lists[X.POS_ITEM]
-    return {
-        "user_id": ctx[F.USER_ID],
-        "behavior_counts": beh_item.row_lengths(),
-        "beh_item": lookups.item_ids(beh_item.flat_values),
-        "beh_group": lookups.group_ids(beh_item.flat_values),
-        "beh_behavior": lookups.behavior_ids(lists[X.SEQ_BEHAVIOR].flat_values),
-        "beh_time": lists[X.SEQ_TIME].flat_values,
-        "position_counts": pos_item.row_lengths(),
-        "pos_hist_end": lists[X.POS_HIST_END].flat_values,
-        "pos_item": lookups.item_ids(pos_item.flat_values),
-        "pos_group": lookups.group_ids(pos_item.flat_values),
-        "pos_label": lists[X.POS_LABEL].flat_values,
-        "pos_time": lists[X.POS_TIME].flat_values,
-    }
+    beh_item = lists[X.SEQ_ITEM].flat_values
+    sampled_item = lists[X.SAMPLED_ITEM].flat_values
+    out = {"user_id": ctx[F.USER_ID],
+           "beh_item": lookups.item_ids(beh_item), "beh_group": lookups.group_ids(beh_item),
+           "beh_behavior": lookups.behavior_ids(lists[X.SEQ_BEHAVIOR].flat_values),
+           "sampled_item": lookups.item_ids(sampled_item),
+           "sampled_group": lookups.group_ids(sampled_item)}
+    for key in (X.SEQ_TIME, X.POS_HIST_END, X.POS_EVENT, X.POS_LABEL, X.POS_SAMPLED):
+        out[key] = lists[key].flat_values
+    for key in (X.SEQ_ITEM, X.SEQ_BEHAVIOR, X.SEQ_TIME, X.POS_HIST_END, X.POS_EVENT,
+                X.POS_LABEL, X.POS_SAMPLED, X.SAMPLED_ITEM):
+        out["steps:" + key] = lists[key].row_lengths()
+    return out
+
+
+def _step_counts(cols: Dict[str, np.ndarray], users: np.ndarray, keys) -> np.ndarray:
+    """[R] steps per record shared by the feature lists `keys` (DataError if they differ)."""
+    counts = [cols.pop("steps:" + k) for k in keys]
+    for k, c in zip(keys[1:], counts[1:]):
+        differ = np.flatnonzero(c != counts[0])
+        if len(differ):
+            r = int(differ[0])
+            raise DataError(f"user record {users[r]!r}: {k} has {int(c[r])} steps, "
+                            f"{keys[0]} {int(counts[0][r])}")
+    return counts[0]
 
 
 def read_user_records(files: List[str], lookups: Lookups, split: str, max_history: int,
@@ -114,11 +124,24 @@ def read_user_records(files: List[str], lookups: Lookups, split: str, max_histor
     for batch in ds:
         for k, v in batch.items():
             parts.setdefault(k, []).append(v.numpy())
-    cols = {k: np.concatenate(v) if v else np.zeros(0, np.int64) for k, v in parts.items()}
     if not parts:
-        cols = {k: np.zeros(0, np.int64) for k in (
-            "user_id", "behavior_counts", "beh_item", "beh_group", "beh_behavior", "beh_time",
-            "position_counts", "pos_hist_end", "pos_item", "pos_group", "pos_label", "pos_time")}
+        spec = _decode_batch(tf.constant([], tf.string), lookups)
+        parts = {k: [np.zeros(0, v.dtype.as_numpy_dtype)] for k, v in spec.items()}
+    cols = {k: np.concatenate(v) for k, v in parts.items()}
     users = np.array([u.decode("utf-8") for u in cols.pop("user_id")], dtype=str)
-    return example_set_from_records(users, split=split_code(split),
-                                    metadata={"max_history": int(max_history)}, **cols)
+    behavior_counts = _step_counts(cols, users, (X.SEQ_ITEM, X.SEQ_BEHAVIOR, X.SEQ_TIME))
+    position_counts = _step_counts(cols, users, (X.POS_HIST_END, X.POS_EVENT, X.POS_LABEL,
+                                                 X.POS_SAMPLED))
+    sampled_counts = _step_counts(cols, users, (X.SAMPLED_ITEM,))
+    cand = resolve_positions(
+        users, behavior_counts, position_counts, sampled_counts,
+        {"item": cols["beh_item"], "group": cols["beh_group"], "time": cols[X.SEQ_TIME]},
+        cols[X.POS_HIST_END], cols[X.POS_EVENT], cols[X.POS_SAMPLED],
+        {"item": cols["sampled_item"], "group": cols["sampled_group"]})
+    return example_set_from_records(
+        users, behavior_counts=behavior_counts, beh_item=cols["beh_item"],
+        beh_group=cols["beh_group"], beh_behavior=cols["beh_behavior"],
+        beh_time=cols[X.SEQ_TIME], position_counts=position_counts,
+        pos_hist_end=cols[X.POS_HIST_END], pos_item=cand["item"], pos_group=cand["group"],
+        pos_label=cols[X.POS_LABEL], pos_time=cand["time"], split=split_code(split),
+        metadata={"max_history": int(max_history)})

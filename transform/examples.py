@@ -52,7 +52,10 @@ from dmgin_tf.data.converted import check_converted
 from dmgin_tf.data.datasets import DatasetSpec, data_behavior_types, get_spec
 from dmgin_tf.data.examples import (SPLIT_NAMES, ItemUniverse, UserExamples,
                                     build_user_examples)
-from dmgin_tf.data.sequences import record_windows
+from dmgin_tf.data.sequences import (POS_EVENT, POS_HIST_END, POS_LABEL, POS_SAMPLED,  # noqa: F401
+                                     SAMPLED_GROUP, SAMPLED_ITEM, SEQ_BEHAVIOR, SEQ_GROUP,
+                                     SEQ_ITEM, SEQ_TIME, SEQUENCE_BYTES, SEQUENCE_INTS,
+                                     record_windows)
 from dmgin_tf.errors import DataError
 from transform import beam_io
 from transform.beam_runner import beam_pipeline, dask_npartitions, default_workers
@@ -219,13 +222,7 @@ class _UserExamplesFn(_UserFn):
 
 
 # ------------------------------------------------------------------ per-user sequence records
-# Feature list keys of a user record (context: `user_id`). Behaviors, one step each, time order:
-SEQ_ITEM, SEQ_BEHAVIOR, SEQ_TIME, SEQ_GROUP = F.ITEM_ID, F.BEHAVIOR, F.TIMESTAMP, F.GROUP_ID
-# Labelled positions (negatives included), one step each:
-POS_HIST_END = "pos_hist_end"   # history = the record's behaviors [0, pos_hist_end)
-POS_ITEM, POS_GROUP, POS_LABEL, POS_TIME = "pos_item_id", "pos_group_id", "pos_label", "pos_timestamp"
-SEQUENCE_BYTES = (SEQ_ITEM, SEQ_BEHAVIOR, POS_ITEM)
-SEQUENCE_INTS = (SEQ_TIME, SEQ_GROUP, POS_HIST_END, POS_GROUP, POS_LABEL, POS_TIME)
+# Feature list keys of a user record: `dmgin_tf.data.sequences` (imported above).
 
 
 def to_sequence_example(user_id: str, lists: Mapping[str, Sequence]) -> bytes:
@@ -268,14 +265,21 @@ def from_sequence_example(record: bytes) -> Tuple[str, dict]:
 def user_records(user_id: str, items: np.ndarray, behaviors: np.ndarray, timestamps: np.ndarray,
                  groups: np.ndarray, ue: UserExamples, window: int, cand_groups: np.ndarray
                  ) -> Iterable[Tuple[str, bytes]]:
-    """(split name, serialized user record) per split with examples (`record_windows`)."""
+    """(split name, serialized user record) per split with examples (`record_windows`).
+
+    A position whose candidate is its event's own item stores only the event's index;
+    sampled candidates (negatives) are stored once each, with their group.
+    """
     for code, start, stop, ex in record_windows(ue, window):
+        sampled = np.asarray(ue.cand_item[ex] != items[ue.event[ex]], dtype=bool)
         yield SPLIT_NAMES[code], to_sequence_example(str(user_id), {
             SEQ_ITEM: [str(v) for v in items[start:stop]],
             SEQ_BEHAVIOR: [str(v) for v in behaviors[start:stop]],
             SEQ_TIME: timestamps[start:stop], SEQ_GROUP: groups[start:stop],
-            POS_HIST_END: ue.hist_end[ex] - start, POS_ITEM: [str(v) for v in ue.cand_item[ex]],
-            POS_GROUP: cand_groups[ex], POS_LABEL: ue.label[ex], POS_TIME: ue.timestamp[ex]})
+            POS_HIST_END: ue.hist_end[ex] - start, POS_EVENT: ue.event[ex] - start,
+            POS_LABEL: ue.label[ex], POS_SAMPLED: sampled.astype(np.int64),
+            SAMPLED_ITEM: [str(v) for v in ue.cand_item[ex][sampled]],
+            SAMPLED_GROUP: cand_groups[ex][sampled]})
 
 
 def flip_labels(label: np.ndarray, fraction: float, user_id: str, seed: int) -> np.ndarray:

@@ -10,12 +10,19 @@ Record of user u for split s (what `record_windows` computes, `transform.example
 serializes as a `tf.train.SequenceExample`):
 
   behaviors  the user's behaviors `[start, stop)` in (timestamp, file order), where
-             `stop` = the largest `hist_end` of the split's examples and `start` =
-             `max(0, smallest hist_end - window)`: exactly the behaviors the newest-`window`
-             histories of these examples contain;
+             `start` = `max(0, smallest hist_end - window)` and `stop` = one past the
+             split's last labelled event: the behaviors the newest-`window` histories of
+             these examples contain, plus the labelled events themselves;
   positions  per example of the split (negatives included): `hist_end - start` (its
              history = the record's behaviors before that index, strictly-before rule of
-             `dmgin_tf.data.examples`), candidate item, label, request time.
+             `dmgin_tf.data.examples`), `event - start` (its labelled event: the request
+             time, and the candidate unless sampled), label, sampled flag;
+  sampled    the sampled candidates (negatives), one per position with the flag set, in
+             position order.
+
+A position's candidate is stored only when it is not its event's own item, so a record
+holds each behavior once and each sampled negative once (`resolve_positions` reads them
+back).
 
 `example_set_from_records` turns a batch of decoded records into an `ExampleSet` (one
 "user" row per record) without a Python loop over examples, so the numpy/JAX and the TF
@@ -28,7 +35,22 @@ from typing import Iterator, Mapping, Optional, Tuple
 import numpy as np
 
 from dmgin_tf.data.examples import ExampleSet, UserExamples
+from dmgin_tf import features as F
 from dmgin_tf.errors import DataError
+
+# Feature list keys of a user record (context: `user_id`). Behaviors, one step each, time order:
+SEQ_ITEM, SEQ_BEHAVIOR, SEQ_TIME, SEQ_GROUP = F.ITEM_ID, F.BEHAVIOR, F.TIMESTAMP, F.GROUP_ID
+# Labelled positions (negatives included), one step each. A position's request time is its
+# labelled event's timestamp and its candidate the event's item, unless sampled:
+POS_HIST_END = "pos_hist_end"   # history = the record's behaviors [0, pos_hist_end)
+POS_EVENT = "pos_event"         # index of the labelled event in the record (>= pos_hist_end)
+POS_LABEL = "pos_label"
+POS_SAMPLED = "pos_sampled"     # 1: the candidate is the next sampled item (a negative)
+# Sampled candidates, one step per position with pos_sampled = 1, in position order:
+SAMPLED_ITEM, SAMPLED_GROUP = "sampled_item_id", "sampled_group_id"
+SEQUENCE_BYTES = (SEQ_ITEM, SEQ_BEHAVIOR, SAMPLED_ITEM)
+SEQUENCE_INTS = (SEQ_TIME, SEQ_GROUP, POS_HIST_END, POS_EVENT, POS_LABEL, POS_SAMPLED,
+                 SAMPLED_GROUP)
 
 
 def record_windows(ue: UserExamples, window: int
@@ -50,8 +72,76 @@ def record_windows(ue: UserExamples, window: int
         ex = np.flatnonzero(ue.split == code)
         if not len(ex):
             continue
-        he = ue.hist_end[ex]
-        yield code, max(0, int(he.min()) - window), int(he.max()), ex
+        yield code, max(0, int(ue.hist_end[ex].min()) - window), int(ue.event[ex].max()) + 1, ex
+
+
+def resolve_positions(user_ids: np.ndarray, behavior_counts: np.ndarray,
+                      position_counts: np.ndarray, sampled_counts: np.ndarray,
+                      beh_values: Mapping[str, np.ndarray], pos_hist_end: np.ndarray,
+                      pos_event: np.ndarray, pos_sampled: np.ndarray,
+                      sampled_values: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+    """Each position's candidate and request time from its record (R records, E positions).
+
+    Args:
+      user_ids: [R] (for errors). behavior_counts / position_counts / sampled_counts: [R]
+        steps per record of the behavior, position and sampled lists.
+      beh_values: name -> [N] per-behavior values, records concatenated (e.g. "item",
+        "group", "time"); sampled_values: the same names -> [S] values of the sampled
+        candidates ("time" excepted: a sampled position takes its event's time).
+      pos_hist_end, pos_event, pos_sampled: [E] record-relative indices and 0/1 flags.
+
+    Returns: name -> [E]: the event's value, or for a sampled position the next sampled
+    candidate's (every name of `beh_values`).
+
+    Raises:
+      DataError: naming the user and field, when an event index is outside its record or
+        before its history's end, a flag is not 0/1, or a record's sampled candidates do
+        not match its flags.
+    """
+    behavior_counts = np.asarray(behavior_counts, np.int64)
+    position_counts = np.asarray(position_counts, np.int64)
+    sampled_counts = np.asarray(sampled_counts, np.int64)
+    pos_event = np.asarray(pos_event, np.int64)
+    pos_sampled = np.asarray(pos_sampled, np.int64)
+    if not (len(pos_event) == len(pos_sampled) == len(pos_hist_end) == position_counts.sum()):
+        raise DataError(f"records: {position_counts.sum()} positions counted, "
+                        f"pos_hist_end / pos_event / pos_sampled have {len(pos_hist_end)} / "
+                        f"{len(pos_event)} / {len(pos_sampled)} steps")
+    record = np.repeat(np.arange(len(behavior_counts)), position_counts)
+
+    def fail(mask, what):
+        j = int(np.flatnonzero(mask)[0])
+        r = record[j]
+        first = j - int(position_counts[:r].sum())
+        raise DataError(f"user record {str(user_ids[r])!r}: position {first}: {what(j)}")
+
+    bad = (pos_event < np.asarray(pos_hist_end)) | (pos_event >= behavior_counts[record])
+    if bad.any():
+        fail(bad, lambda j: f"{POS_EVENT} = {pos_event[j]} is not in [pos_hist_end = "
+                            f"{pos_hist_end[j]}, {behavior_counts[record[j]]} behaviors)")
+    bad = (pos_sampled != 0) & (pos_sampled != 1)
+    if bad.any():
+        fail(bad, lambda j: f"{POS_SAMPLED} = {pos_sampled[j]} (must be 0 or 1)")
+    flagged = np.bincount(record, weights=pos_sampled, minlength=len(sampled_counts))
+    if (flagged != sampled_counts).any():
+        r = int(np.flatnonzero(flagged != sampled_counts)[0])
+        raise DataError(f"user record {str(user_ids[r])!r}: {int(flagged[r])} positions have "
+                        f"{POS_SAMPLED} = 1 but the record has {int(sampled_counts[r])} sampled "
+                        f"candidates")
+    for name, values in sampled_values.items():
+        if len(values) != sampled_counts.sum():
+            raise DataError(f"records: {sampled_counts.sum()} sampled candidates counted, "
+                            f"{len(values)} sampled {name} values")
+    offsets = np.concatenate([[0], np.cumsum(behavior_counts)])[:-1]
+    event = offsets[record] + pos_event
+    sampled = pos_sampled.astype(bool)
+    out = {}
+    for name, values in beh_values.items():
+        v = np.asarray(values)[event]
+        if name in sampled_values:
+            v[sampled] = np.asarray(sampled_values[name])
+        out[name] = v
+    return out
 
 
 def example_set_from_records(user_ids: np.ndarray, behavior_counts: np.ndarray,

@@ -79,7 +79,8 @@ def _check_user_records(uri):
         user, lists = X.from_sequence_example(rec)
         users.append(user)
         assert lists[X.SEQ_TIME] == sorted(lists[X.SEQ_TIME])
-        assert len(lists[X.POS_ITEM]) == len(lists[X.POS_HIST_END]) > 0
+        assert len(lists[X.POS_EVENT]) == len(lists[X.POS_HIST_END]) > 0
+        assert sum(lists[X.POS_SAMPLED]) == len(lists[X.SAMPLED_ITEM])
     assert len(users) == len(set(users))          # one record per user in a split
 
 
@@ -176,18 +177,18 @@ def test_corrupted_labels_not_blessed(spans, roots):
 def _user_record(user: str, k: int) -> bytes:
     """A well-formed user record with k behaviors and one labelled position."""
     from transform import examples as X
-    items = [f"i{j}" for j in range(k)]
+    items = [f"i{j}" for j in range(k)] + [f"c{k}"]    # the last one is the labelled event
     return X.to_sequence_example(user, {
-        X.SEQ_ITEM: items, X.SEQ_BEHAVIOR: ["pv"] * k, X.SEQ_TIME: list(range(k)),
-        X.SEQ_GROUP: [2] * k, X.POS_HIST_END: [k], X.POS_ITEM: [f"c{k}"], X.POS_GROUP: [2],
-        X.POS_LABEL: [k % 2], X.POS_TIME: [k + 10]})
+        X.SEQ_ITEM: items, X.SEQ_BEHAVIOR: ["pv"] * (k + 1), X.SEQ_TIME: list(range(k)) + [k + 10],
+        X.SEQ_GROUP: [2] * (k + 1), X.POS_HIST_END: [k], X.POS_EVENT: [k], X.POS_LABEL: [k % 2],
+        X.POS_SAMPLED: [0], X.SAMPLED_ITEM: [], X.SAMPLED_GROUP: []})
 
 
 def test_anomalous_examples_stop_at_validation(spans, roots, tmp_path):
     import tensorflow as tf
     from tfx_pipeline.components.validation_gate import DataValidationError
-    # Imported user records with two defects: pos_group_id dropped (missing feature list)
-    # and pos_timestamp written as bytes (wrong type); everything else follows the schema.
+    # Imported user records with two defects: pos_event dropped (missing feature list)
+    # and pos_sampled written as bytes (wrong type); everything else follows the schema.
     from transform import examples as X
     for split in ("train", "val", "eval"):
         os.makedirs(tmp_path / f"Split-{split}")
@@ -195,8 +196,8 @@ def test_anomalous_examples_stop_at_validation(spans, roots, tmp_path):
             for k in range(20):
                 se = tf.train.SequenceExample.FromString(_user_record(f"u{k}", 1 + k % 5))
                 lists = se.feature_lists.feature_list
-                del lists[X.POS_GROUP]
-                for step in lists[X.POS_TIME].feature:
+                del lists[X.POS_EVENT]
+                for step in lists[X.POS_SAMPLED].feature:
                     v = step.int64_list.value[0]
                     step.ClearField("int64_list")
                     step.bytes_list.value.append(str(v).encode())
@@ -207,7 +208,7 @@ def test_anomalous_examples_stop_at_validation(spans, roots, tmp_path):
     with pytest.raises(DataValidationError) as err:
         _run(spans, roots, 3, import_examples=str(tmp_path))
     msg = str(err.value)
-    assert X.POS_GROUP in msg and X.POS_TIME in msg, msg
+    assert X.POS_EVENT in msg and X.POS_SAMPLED in msg, msg
     kept = [p for p in os.listdir(os.path.join(roots["pipeline_root"], "ValidationGate"))
             if p.startswith("anomalies-")]
     assert kept, "the anomalies report must survive the failed execution"

@@ -86,21 +86,26 @@ def spans(tmp_path_factory):
     return split_into_spans(str(converted), str(root / "spans"), [0.7, 1.0])
 
 
-@pytest.mark.parametrize("span", [0, 1])
-def test_records_expand_to_the_per_example_builders(spans, tmp_path, span):
-    import tensorflow as tf
+@pytest.fixture(scope="module")
+def taobao_slice(tmp_path_factory):
+    """Taobao slice: sampled negatives, stored once each beside the positions."""
+    return str(make_slice(tmp_path_factory.mktemp("user_records_taobao"), "taobao", 15))
+
+
+@pytest.mark.parametrize("dataset,span", [("movielens", 0), ("movielens", 1), ("taobao", 0)])
+def test_records_expand_to_the_per_example_builders(spans, taobao_slice, tmp_path, dataset, span):
     from tfx_pipeline.records import Lookups, read_user_records
-    data = spans[span]
-    cfg = DataConfig.from_dict({"dataset": "movielens", "max_history": 10, "seed": 3})
+    data = spans[span] if dataset == "movielens" else taobao_slice
+    cfg = DataConfig.from_dict({"dataset": dataset, "max_history": 10, "seed": 3})
     beh = pd.read_parquet(os.path.join(data, "behaviors.parquet"))
     items = pd.read_parquet(os.path.join(data, "items.parquet"))
-    spec = get_spec("movielens", cfg, observed_behaviors=beh[F.BEHAVIOR].unique())
+    spec = get_spec(dataset, cfg, observed_behaviors=beh[F.BEHAVIOR].unique())
     index = ItemIndex.build(items, "category")
     groups = dict(zip(index.item_ids, index.groups_of(np.arange(len(index.item_ids)) + 2)))
     # The slice must exercise the edge cases: a user with < 5 labelled events and
     # behaviors at the same second as a later one of the same user.
     per_user = beh.groupby(F.USER_ID).size()
-    assert (per_user < 5).any(), per_user.min()
+    assert dataset == "taobao" or (per_user < 5).any(), per_user.min()
     assert beh.duplicated([F.USER_ID, F.TIMESTAMP]).any()
 
     counts = X.build_user_records(data, str(tmp_path / "rec"), cfg, DIRECT, item_groups=groups,
@@ -120,6 +125,13 @@ def test_records_expand_to_the_per_example_builders(spans, tmp_path, span):
         flat = _flat_rows(str(tmp_path / "flat" / split), index, spec, window)
         assert got == flat, split                                        # == old flat builder
         assert len(got) > 0
+        # Negatives (Taobao) are stored once each, not as positions of their own.
+        stored = [X.from_sequence_example(r)[1] for r in beam_io.read_tfrecords(
+            str(tmp_path / "rec" / split))]
+        sampled = sum(len(lists[X.SAMPLED_ITEM]) for lists in stored)
+        assert (sampled > 0) == spec.sample_negatives, (split, sampled)
+        assert sampled == int((es.ex_label[es.split_indices(split)] == 0).sum()) \
+            or not spec.sample_negatives
     # The strict-before rule at equal timestamps: no history behavior at the request second.
     es = read_user_records(beam_io.output_files(str(tmp_path / "rec" / "train")), lookups,
                            "train", cfg.max_history)
@@ -160,8 +172,9 @@ def test_storage_is_linear_in_behaviors(spans, tmp_path):
 def test_sequence_example_round_trip():
     import tensorflow as tf
     lists = {X.SEQ_ITEM: ["a", "é"], X.SEQ_BEHAVIOR: ["pv", "buy"], X.SEQ_TIME: [5, 2 ** 40],
-             X.SEQ_GROUP: [2, 3], X.POS_HIST_END: [0, 1, 1], X.POS_ITEM: ["a", "x", "y"],
-             X.POS_GROUP: [2, 1, 1], X.POS_LABEL: [1, 0, 0], X.POS_TIME: [5, 9, 9]}
+             X.SEQ_GROUP: [2, 3], X.POS_HIST_END: [0, 1, 1], X.POS_EVENT: [0, 1, 1],
+             X.POS_LABEL: [1, 0, 0], X.POS_SAMPLED: [0, 1, 1], X.SAMPLED_ITEM: ["x", "y"],
+             X.SAMPLED_GROUP: [1, 1]}
     rec = X.to_sequence_example("u1", lists)
     assert X.from_sequence_example(rec) == ("u1", {k: list(v) for k, v in lists.items()})
     ref = tf.train.SequenceExample.FromString(rec)      # TensorFlow's own parser agrees
@@ -224,20 +237,29 @@ def test_expand_record_cuts_each_position_at_the_window(tmp_path):
     every position (negatives included) in record order; bad records and models named."""
     from dmgin_tf.errors import DataError
     from tfx_pipeline.eval_records import expand_record, history_window
-    lists = {X.SEQ_ITEM: ["a", "b", "c"], X.SEQ_BEHAVIOR: ["pv", "cart", "pv"],
-             X.SEQ_TIME: [5, 6, 7], X.SEQ_GROUP: [2, 3, 2], X.POS_HIST_END: [0, 2, 3, 3],
-             X.POS_ITEM: ["a", "c", "d", "e"], X.POS_GROUP: [2, 2, 1, 1],
-             X.POS_LABEL: [1, 1, 1, 0], X.POS_TIME: [5, 7, 9, 9]}
+    lists = {X.SEQ_ITEM: ["a", "b", "c", "d"], X.SEQ_BEHAVIOR: ["pv", "cart", "pv", "pv"],
+             X.SEQ_TIME: [5, 6, 7, 9], X.SEQ_GROUP: [2, 3, 2, 1], X.POS_HIST_END: [0, 2, 3, 3],
+             X.POS_EVENT: [0, 2, 3, 3], X.POS_LABEL: [1, 1, 1, 0], X.POS_SAMPLED: [0, 0, 0, 1],
+             X.SAMPLED_ITEM: ["e"], X.SAMPLED_GROUP: [4]}
     rows = [X.from_tf_example(r) for r in expand_record(X.to_sequence_example("u1", lists), 2)]
     assert [r[F.HIST_ITEM_ID] for r in rows] == [[], ["a", "b"], ["b", "c"], ["b", "c"]]
     assert [r[F.HIST_GROUP_ID] for r in rows] == [[], [2, 3], [3, 2], [3, 2]]
     assert [(r[F.ITEM_ID], r[F.GROUP_ID], r[F.LABEL], r[F.TIMESTAMP]) for r in rows] == \
-        [("a", 2, 1, 5), ("c", 2, 1, 7), ("d", 1, 1, 9), ("e", 1, 0, 9)]
+        [("a", 2, 1, 5), ("c", 2, 1, 7), ("d", 1, 1, 9), ("e", 4, 0, 9)]
     assert rows[1][F.HIST_BEHAVIOR] == ["pv", "cart"] and rows[1][F.HIST_TIMESTAMP] == [5, 6]
     assert {r[F.USER_ID] for r in rows} == {"u1"} and F.CATEGORY not in rows[0]
-    bad = dict(lists, **{X.POS_HIST_END: [0, 2, 3, 4]})
-    with pytest.raises(DataError, match=r"pos_hist_end\[3\] = 4 .* 3 behaviors"):
+    bad = dict(lists, **{X.POS_HIST_END: [0, 2, 3, 5]})
+    with pytest.raises(DataError, match=r"pos_hist_end\[3\] = 5 .* 4 behaviors"):
         expand_record(X.to_sequence_example("u1", bad), 2)
+    # The labelled event must be in the record, at or after its history's end.
+    for events, what in (([0, 2, 3, 4], r"pos_event = 4 is not in \[pos_hist_end = 3, 4"),
+                         ([0, 1, 3, 3], r"position 1: pos_event = 1 is not in \[pos_hist_end = 2")):
+        with pytest.raises(DataError, match=what):
+            expand_record(X.to_sequence_example("u1", dict(lists, **{X.POS_EVENT: events})), 2)
+    with pytest.raises(DataError, match=r"2 positions have pos_sampled = 1 .* 1 sampled"):
+        expand_record(X.to_sequence_example("u1", dict(lists, **{X.POS_SAMPLED: [0, 1, 0, 1]})), 2)
+    with pytest.raises(DataError, match=r"pos_sampled = 2 \(must be 0 or 1\)"):
+        expand_record(X.to_sequence_example("u1", dict(lists, **{X.POS_SAMPLED: [0, 0, 2, 0]})), 2)
     with pytest.raises(ValueError, match="window"):
         expand_record(X.to_sequence_example("u1", lists), 0)
     with pytest.raises(DataError, match="max_history"):
