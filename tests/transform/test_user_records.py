@@ -268,3 +268,36 @@ def test_expand_record_cuts_each_position_at_the_window(tmp_path):
     cfg.mkdir(parents=True)
     (cfg / "config.json").write_text('{"data": {"max_history": 200}, "model": {"history_length": 64}}')
     assert history_window(str(tmp_path)) == 64
+
+
+def test_trainer_refuses_malformed_records_by_user_and_field(tmp_path):
+    """Imported records whose lists disagree reach the Trainer's reader with a DataError
+    naming the user and the feature list, not a numpy or TensorFlow error."""
+    import tensorflow as tf
+    from dmgin_tf.errors import DataError
+    from tfx_pipeline.records import Lookups, read_user_records
+    vocab = tmp_path / "item_group_vocab"
+    vocab.write_text("a|2\nb|3\nx|4\n")
+    lookups = Lookups(str(vocab), ["pv", "buy"])
+    good = {X.SEQ_ITEM: ["a", "b"], X.SEQ_BEHAVIOR: ["pv", "buy"], X.SEQ_TIME: [5, 9],
+            X.SEQ_GROUP: [2, 3], X.POS_HIST_END: [1, 1], X.POS_EVENT: [1, 1],
+            X.POS_LABEL: [1, 0], X.POS_SAMPLED: [0, 1], X.SAMPLED_ITEM: ["x"],
+            X.SAMPLED_GROUP: [4]}
+
+    def read(**change):
+        path = str(tmp_path / "r.tfrecord")
+        with tf.io.TFRecordWriter(path) as w:
+            w.write(X.to_sequence_example("u0", good))
+            w.write(X.to_sequence_example("u7", dict(good, **change)))
+        return read_user_records([path], lookups, "train", 10)
+
+    es = read()
+    assert es.ex_cand_item.tolist() == [3, 4, 3, 4]          # b (the event), x (sampled)
+    assert es.ex_cand_group.tolist() == [3, 4, 3, 4]
+    assert es.ex_request_time.tolist() == [9, 9, 9, 9]
+    for change, what in (({X.POS_LABEL: [1]}, r"'u7': pos_label has 1 steps, pos_hist_end 2"),
+                         ({X.SEQ_TIME: [5]}, r"'u7': timestamp has 1 steps, item_id 2"),
+                         ({X.POS_EVENT: [1, 2]}, r"'u7': position 1: pos_event = 2 is not in"),
+                         ({X.POS_SAMPLED: [0, 0]}, r"'u7': 0 positions have pos_sampled = 1")):
+        with pytest.raises(DataError, match=what):
+            read(**change)
