@@ -59,13 +59,14 @@ def expand_record(record: bytes, window: int) -> List[bytes]:
     if window < 1:
         raise ValueError(f"expand_record: window must be >= 1, got {window}")
     user, lists = X.from_sequence_example(record)
-    n = len(lists[X.SEQ_ITEM])
-    if not len(lists[X.SEQ_BEHAVIOR]) == len(lists[X.SEQ_TIME]) == len(lists[X.SEQ_GROUP]) == n:
-        raise DataError(f"user record {user!r}: behavior lists of different lengths")
-    positions = len(lists[X.POS_HIST_END])
-    if len(lists[X.POS_LABEL]) != positions:
-        raise DataError(f"user record {user!r}: {X.POS_LABEL} has {len(lists[X.POS_LABEL])} "
-                        f"steps, {X.POS_HIST_END} {positions}")
+    for group in ((X.SEQ_ITEM, X.SEQ_BEHAVIOR, X.SEQ_TIME, X.SEQ_GROUP),
+                  (X.POS_HIST_END, X.POS_EVENT, X.POS_LABEL, X.POS_SAMPLED),
+                  (X.SAMPLED_ITEM, X.SAMPLED_GROUP)):
+        for key in group[1:]:
+            if len(lists[key]) != len(lists[group[0]]):
+                raise DataError(f"user record {user!r}: {key} has {len(lists[key])} steps, "
+                                f"{group[0]} {len(lists[group[0]])}")
+    n, positions = len(lists[X.SEQ_ITEM]), len(lists[X.POS_HIST_END])
     for j, end in enumerate(lists[X.POS_HIST_END]):
         if not 0 <= int(end) <= n:
             raise DataError(f"user record {user!r}: {X.POS_HIST_END}[{j}] = {end} is outside "

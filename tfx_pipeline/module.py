@@ -57,6 +57,14 @@ def _values(x) -> tf.Tensor:
     return tf.reshape(x, [-1])
 
 
+def _pairs(items: tf.Tensor, groups: tf.Tensor) -> tf.Tensor:
+    """[n] items, [n] int groups -> [n] "item|group" strings (groups of another length:
+    every group OOV, so the count stays per item; the Trainer then refuses the records)."""
+    groups = tf.cond(tf.equal(tf.size(items), tf.size(groups)), lambda: groups,
+                     lambda: tf.fill(tf.shape(items), tf.constant(F.OOV_ID, groups.dtype)))
+    return tf.strings.join([items, tf.strings.as_string(groups)], separator="|")
+
+
 def _count_known(x, values: tf.Tensor, vocab) -> tf.Tensor:
     """[B] number of a record's values found in `vocab` (keeps the analyzer in the graph)."""
     ids = tft.apply_vocabulary(values, vocab, default_value=-1)
@@ -74,30 +82,31 @@ def preprocessing_fn(inputs: Dict[str, tf.Tensor], custom_config: Optional[dict]
     """
     del custom_config
     # Keys of the schema's tensor_representation_group; feature lists are ragged
-    # [B, (steps), (1)].
+    # [B, (steps), (1)]. Lists of a record that disagree in length (imported records) count
+    # nothing here; the Trainer refuses such records naming the user and the list.
     beh = inputs[X.SEQ_ITEM]
-    groups = tf.strings.as_string(_values(inputs[X.SEQ_GROUP]))
-    # One "item|group" vocabulary: an item's frequency is its pair's (one group per
-    # item), so this is the item vocabulary with the group on each line; a second,
-    # items-only file would repeat every item id in the artifact and the SavedModel.
-    beh_pairs = tf.strings.join([_values(beh), groups], separator="|")
-    sampled = tf.strings.join([_values(inputs[X.SAMPLED_ITEM]),
-                               tf.strings.as_string(_values(inputs[X.SAMPLED_GROUP]))],
-                              separator="|")
+    items = _values(beh)
+    beh_pairs = _pairs(items, _values(inputs[X.SEQ_GROUP]))
+    sampled = _pairs(_values(inputs[X.SAMPLED_ITEM]), _values(inputs[X.SAMPLED_GROUP]))
     # Every candidate counts, as every behavior does: a position that is not sampled has
-    # its event's item (index pos_event of its record). Out-of-record indices count
-    # nothing here; the Trainer refuses such records with their user id.
+    # its event's item (index pos_event of its record).
     event = inputs[X.POS_EVENT]
-    rows = event.value_rowids()
-    index = _values(event)
-    inside = (index >= 0) & (index < tf.gather(beh.row_lengths(), rows))
+    rows, index = event.value_rowids(), _values(event)
     flags = _values(inputs[X.POS_SAMPLED])
     flags = tf.cond(tf.equal(tf.size(flags), tf.size(index)), lambda: flags,
-                    lambda: tf.ones_like(index))   # lists disagree: the Trainer says so
+                    lambda: tf.ones_like(index))
+    inside = (index >= 0) & (index < tf.gather(beh.row_lengths(), rows))
     own = inside & tf.equal(flags, 0)
-    flat = tf.boolean_mask(tf.gather(beh.row_starts(), rows) + index, own)
-    events = tf.gather(beh_pairs, flat)
-    pairs = tf.concat([events, sampled, beh_pairs], 0)
+    events = tf.gather(beh_pairs, tf.boolean_mask(tf.gather(beh.row_starts(), rows) + index, own))
+    # Behaviors count up to the record's last history end: the labelled events after it
+    # (which close the record) count once, as candidates.
+    hist_end = inputs[X.POS_HIST_END]
+    limit = tf.math.unsorted_segment_max(_values(hist_end), hist_end.value_rowids(),
+                                         num_segments=beh.nrows())
+    step = tf.range(tf.size(items, out_type=tf.int64)) - tf.gather(beh.row_starts(),
+                                                                  beh.value_rowids())
+    history = tf.boolean_mask(beh_pairs, step < tf.gather(limit, beh.value_rowids()))
+    pairs = tf.concat([events, sampled, history], 0)
     pair_vocab = tft.vocabulary(pairs, vocab_filename=ITEM_GROUP_VOCAB)
     return {F.USER_ID: tf.reshape(inputs[F.USER_ID], [-1]),
             "known_pairs": _count_known(beh, beh_pairs, pair_vocab)}

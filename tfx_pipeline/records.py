@@ -86,8 +86,8 @@ def _decode_batch(serialized: tf.Tensor, lookups: Lookups) -> Dict[str, tf.Tenso
            "sampled_group": lookups.group_ids(sampled_item)}
     for key in (X.SEQ_TIME, X.POS_HIST_END, X.POS_EVENT, X.POS_LABEL, X.POS_SAMPLED):
         out[key] = lists[key].flat_values
-    for key in (X.SEQ_ITEM, X.SEQ_BEHAVIOR, X.SEQ_TIME, X.POS_HIST_END, X.POS_EVENT,
-                X.POS_LABEL, X.POS_SAMPLED, X.SAMPLED_ITEM):
+    for key in (X.SEQ_ITEM, X.SEQ_BEHAVIOR, X.SEQ_TIME, X.SEQ_GROUP, X.POS_HIST_END,
+                X.POS_EVENT, X.POS_LABEL, X.POS_SAMPLED, X.SAMPLED_ITEM, X.SAMPLED_GROUP):
         out["steps:" + key] = lists[key].row_lengths()
     return out
 
@@ -124,15 +124,15 @@ def read_user_records(files: List[str], lookups: Lookups, split: str, max_histor
     for batch in ds:
         for k, v in batch.items():
             parts.setdefault(k, []).append(v.numpy())
-    if not parts:
-        spec = _decode_batch(tf.constant([], tf.string), lookups)
-        parts = {k: [np.zeros(0, v.dtype.as_numpy_dtype)] for k, v in spec.items()}
+    if not parts:   # no records: empty columns of the decoded dtypes
+        parts = {k: [np.zeros(0, v.dtype.as_numpy_dtype)] for k, v in ds.element_spec.items()}
     cols = {k: np.concatenate(v) for k, v in parts.items()}
     users = np.array([u.decode("utf-8") for u in cols.pop("user_id")], dtype=str)
-    behavior_counts = _step_counts(cols, users, (X.SEQ_ITEM, X.SEQ_BEHAVIOR, X.SEQ_TIME))
+    behavior_counts = _step_counts(cols, users, (X.SEQ_ITEM, X.SEQ_BEHAVIOR, X.SEQ_TIME,
+                                                 X.SEQ_GROUP))
     position_counts = _step_counts(cols, users, (X.POS_HIST_END, X.POS_EVENT, X.POS_LABEL,
                                                  X.POS_SAMPLED))
-    sampled_counts = _step_counts(cols, users, (X.SAMPLED_ITEM,))
+    sampled_counts = _step_counts(cols, users, (X.SAMPLED_ITEM, X.SAMPLED_GROUP))
     cand = resolve_positions(
         users, behavior_counts, position_counts, sampled_counts,
         {"item": cols["beh_item"], "group": cols["beh_group"], "time": cols[X.SEQ_TIME]},

@@ -9,7 +9,8 @@ place, `dmgin_tf.data.examples.build_user_examples`; this module only distribute
 
 Two record formats:
 - `build_user_records` (the TFX pipeline): one `tf.train.SequenceExample` per user and
-  split — the behaviors the split's examples can read plus its labelled positions
+  split — the behaviors the split's examples can read, its labelled events, positions
+  that point at them and its sampled negatives
   (`to_sequence_example`, `dmgin_tf.data.sequences`): O(behaviors); the Evaluator expands
   the test records into flat tf.Examples itself (`tfx_pipeline.eval_records`);
 - `build_examples` (reference, bring-your-own): one flat tf.Example per example with its
@@ -229,11 +230,15 @@ def to_sequence_example(user_id: str, lists: Mapping[str, Sequence]) -> bytes:
     """One user record -> serialized `tf.train.SequenceExample` (hand-encoded, no TF).
 
     lists: every key of SEQUENCE_BYTES (str values) and SEQUENCE_INTS (ints); each value
-    becomes one step of its feature list (a Feature with one value).
+    becomes one step of its feature list (a Feature with one value). A list without steps
+    (no sampled candidates) is left out: readers take a missing list as empty, and data
+    validation cannot type a feature that never has a value.
     """
     context = _map_entry(F.USER_ID, _feature("bytes", [user_id]))
     entries = []
     for key in SEQUENCE_BYTES + SEQUENCE_INTS:
+        if not len(lists[key]):
+            continue
         kind = "bytes" if key in SEQUENCE_BYTES else "int"
         steps = b"".join(_field(1, _feature(kind, [v])) for v in lists[key])
         entries.append(_map_entry(key, steps))                       # FeatureLists map entry

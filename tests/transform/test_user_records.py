@@ -258,6 +258,10 @@ def test_expand_record_cuts_each_position_at_the_window(tmp_path):
             expand_record(X.to_sequence_example("u1", dict(lists, **{X.POS_EVENT: events})), 2)
     with pytest.raises(DataError, match=r"2 positions have pos_sampled = 1 .* 1 sampled"):
         expand_record(X.to_sequence_example("u1", dict(lists, **{X.POS_SAMPLED: [0, 1, 0, 1]})), 2)
+    for change, what in (({X.POS_EVENT: [0, 2, 3]}, r"'u1': pos_event has 3 steps, pos_hist_end 4"),
+                         ({X.SAMPLED_GROUP: []}, r"'u1': sampled_group_id has 0 steps, sampled_item_id 1")):
+        with pytest.raises(DataError, match=what):
+            expand_record(X.to_sequence_example("u1", dict(lists, **change)), 2)
     with pytest.raises(DataError, match=r"pos_sampled = 2 \(must be 0 or 1\)"):
         expand_record(X.to_sequence_example("u1", dict(lists, **{X.POS_SAMPLED: [0, 0, 2, 0]})), 2)
     with pytest.raises(ValueError, match="window"):
@@ -291,6 +295,10 @@ def test_trainer_refuses_malformed_records_by_user_and_field(tmp_path):
             w.write(X.to_sequence_example("u7", dict(good, **change)))
         return read_user_records([path], lookups, "train", 10)
 
+    empty = str(tmp_path / "empty.tfrecord")
+    tf.io.TFRecordWriter(empty).close()
+    for files in ([], [empty]):                           # a split without records
+        assert len(read_user_records(files, lookups, "val", 10)) == 0
     es = read()
     assert es.ex_cand_item.tolist() == [3, 4, 3, 4]          # b (the event), x (sampled)
     assert es.ex_cand_group.tolist() == [3, 4, 3, 4]
@@ -298,6 +306,71 @@ def test_trainer_refuses_malformed_records_by_user_and_field(tmp_path):
     for change, what in (({X.POS_LABEL: [1]}, r"'u7': pos_label has 1 steps, pos_hist_end 2"),
                          ({X.SEQ_TIME: [5]}, r"'u7': timestamp has 1 steps, item_id 2"),
                          ({X.POS_EVENT: [1, 2]}, r"'u7': position 1: pos_event = 2 is not in"),
-                         ({X.POS_SAMPLED: [0, 0]}, r"'u7': 0 positions have pos_sampled = 1")):
+                         ({X.POS_SAMPLED: [0, 0]}, r"'u7': 0 positions have pos_sampled = 1"),
+                         ({X.SAMPLED_GROUP: []}, r"'u7': sampled_group_id has 0 steps"),
+                         ({X.SEQ_GROUP: [2]}, r"'u7': group_id has 1 steps, item_id 2")):
         with pytest.raises(DataError, match=what):
             read(**change)
+
+
+def test_transform_counts_each_behavior_and_candidate_once(monkeypatch):
+    """The Transform's item|group vocabulary counts every candidate (an event's own item or
+    a sampled one) and the behaviors before the record's last history end — the labelled
+    events that close a record count once, as candidates, as in the per-example format.
+    Lists of different lengths (imported records) do not crash the Transform."""
+    import tensorflow as tf
+    from tfx_pipeline import module as M
+    counted = {}
+
+    def vocabulary(x, vocab_filename=None, **_):
+        counted["pairs"] = sorted(v.decode() for v in x.numpy())
+        return vocab_filename
+
+    monkeypatch.setattr(M.tft, "vocabulary", vocabulary)
+    monkeypatch.setattr(M, "_count_known", lambda x, *_: tf.zeros([x.nrows()], tf.int64))
+
+    def ragged(rows, dtype):
+        return tf.RaggedTensor.from_nested_row_lengths(
+            tf.constant([v for r in rows for v in r], dtype),
+            [[len(r) for r in rows], [1] * sum(map(len, rows))])
+
+    def count(*records):
+        inputs = {F.USER_ID: tf.constant([[b"u"]] * len(records))}
+        for k in X.SEQUENCE_BYTES + X.SEQUENCE_INTS:
+            inputs[k] = ragged([r.get(k, []) for r in records],
+                               tf.string if k in X.SEQUENCE_BYTES else tf.int64)
+        M.preprocessing_fn(inputs)
+        return counted["pairs"]
+
+    r1 = {X.SEQ_ITEM: ["a", "b"], X.SEQ_GROUP: [2, 3], X.POS_HIST_END: [1, 1],
+          X.POS_EVENT: [1, 1], X.POS_SAMPLED: [0, 1], X.SAMPLED_ITEM: ["x"], X.SAMPLED_GROUP: [4]}
+    r2 = {X.SEQ_ITEM: ["c", "d", "e"], X.SEQ_GROUP: [5, 5, 6], X.POS_HIST_END: [0, 2],
+          X.POS_EVENT: [0, 2], X.POS_SAMPLED: [0, 0]}
+    assert count(r1, r2) == ["a|2", "b|3", "c|5", "c|5", "d|5", "e|6", "x|4"]
+    assert count(dict(r1, **{X.SAMPLED_GROUP: []}), r2)[-1] == f"x|{F.OOV_ID}"
+    # Flags that do not match the positions: no event candidates, the rest still counts.
+    assert count(r1, dict(r2, **{X.POS_SAMPLED: [0]})) == ["a|2", "c|5", "d|5", "x|4"]
+
+
+def test_records_without_sampled_candidates_pass_the_schema(spans, tmp_path):
+    """MovieLens samples no negatives: its records must still satisfy the pipeline's
+    schema (no anomaly for the sampled lists), as StatisticsGen + ExampleValidator see them."""
+    import apache_beam as beam
+    import tensorflow_data_validation as tfdv
+    from google.protobuf import text_format
+    from tensorflow_metadata.proto.v0 import schema_pb2
+    from tfx_bsl.public import tfxio
+    from tfx_pipeline.pipeline import SCHEMA_DIR
+    cfg = DataConfig.from_dict({"dataset": "movielens", "max_history": 10, "seed": 3})
+    X.build_user_records(spans[1], str(tmp_path / "rec"), cfg, DIRECT, item_groups={"1": 2},
+                         window=L, splits=2)
+    with open(os.path.join(SCHEMA_DIR, "schema.pbtxt")) as f:
+        schema = text_format.Parse(f.read(), schema_pb2.Schema())
+    source = tfxio.TFSequenceExampleRecord(
+        file_pattern=str(tmp_path / "rec" / "train" / "*.tfrecord.gz"), telemetry_descriptors=["test"])
+    out = str(tmp_path / "stats")
+    with beam.Pipeline() as p:
+        _ = (p | source.BeamSource() | tfdv.GenerateStatistics(tfdv.StatsOptions())
+             | tfdv.WriteStatisticsToBinaryFile(out))
+    anomalies = tfdv.validate_statistics(tfdv.load_stats_binary(out), schema)
+    assert not anomalies.anomaly_info, {k: v.description for k, v in anomalies.anomaly_info.items()}
