@@ -327,7 +327,6 @@ def test_transform_counts_each_behavior_and_candidate_once(monkeypatch):
         return vocab_filename
 
     monkeypatch.setattr(M.tft, "vocabulary", vocabulary)
-    monkeypatch.setattr(M, "_count_known", lambda x, *_: tf.zeros([x.nrows()], tf.int64))
 
     def ragged(rows, dtype):
         return tf.RaggedTensor.from_nested_row_lengths(
@@ -374,3 +373,43 @@ def test_records_without_sampled_candidates_pass_the_schema(spans, tmp_path):
              | tfdv.WriteStatisticsToBinaryFile(out))
     anomalies = tfdv.validate_statistics(tfdv.load_stats_binary(out), schema)
     assert not anomalies.anomaly_info, {k: v.description for k, v in anomalies.anomaly_info.items()}
+
+
+def test_transform_reads_the_records_through_the_schema(taobao_slice, tmp_path):
+    """TFX's Transform path: TFXIO reads the records with the pipeline schema's tensor
+    representations, `preprocessing_fn` writes the vocabulary: every behavior's and every
+    candidate's (sampled negatives included) item|group, most frequent first."""
+    import tempfile
+    import apache_beam as beam
+    import tensorflow_transform as tft
+    import tensorflow_transform.beam as tft_beam
+    from google.protobuf import text_format
+    from tensorflow_metadata.proto.v0 import schema_pb2
+    from tfx_bsl.public import tfxio
+    from tfx_pipeline.module import ITEM_GROUP_VOCAB, preprocessing_fn
+    from tfx_pipeline.pipeline import SCHEMA_DIR
+    cfg = DataConfig.from_dict({"dataset": "taobao", "max_history": 10, "seed": 3})
+    items = pd.read_parquet(os.path.join(taobao_slice, "items.parquet"))
+    groups = {str(i): 2 + k % 7 for k, i in enumerate(items[F.ITEM_ID])}
+    X.build_user_records(taobao_slice, str(tmp_path / "rec"), cfg, DIRECT, item_groups=groups,
+                         window=L, splits=2)
+    with open(os.path.join(SCHEMA_DIR, "schema.pbtxt")) as f:
+        schema = text_format.Parse(f.read(), schema_pb2.Schema())
+    source = tfxio.TFSequenceExampleRecord(
+        file_pattern=str(tmp_path / "rec" / "train" / "*.tfrecord.gz"),
+        telemetry_descriptors=["test"], schema=schema)
+    with beam.Pipeline() as p, tft_beam.Context(temp_dir=tempfile.mkdtemp(dir=tmp_path)):
+        fn = ((p | source.BeamSource(), source.TensorAdapterConfig())
+              | tft_beam.AnalyzeDataset(preprocessing_fn))
+        _ = fn | tft_beam.WriteTransformFn(str(tmp_path / "tft"))
+    vocab_file = tft.TFTransformOutput(str(tmp_path / "tft")).vocabulary_file_by_name(
+        ITEM_GROUP_VOCAB)
+    with open(vocab_file) as f:
+        lines = f.read().split()
+    expected = set()
+    for rec in beam_io.read_tfrecords(str(tmp_path / "rec" / "train")):
+        _, lists = X.from_sequence_example(rec)
+        expected |= {f"{i}|{groups.get(i, F.OOV_ID)}" for i in lists[X.SAMPLED_ITEM]}
+        expected |= {f"{i}|{groups.get(i, F.OOV_ID)}"
+                     for i in lists[X.SEQ_ITEM][:max(lists[X.POS_EVENT]) + 1]}
+    assert len(lines) == len(set(lines)) and set(lines) == expected
