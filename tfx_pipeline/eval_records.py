@@ -67,10 +67,6 @@ def expand_record(record: bytes, window: int) -> List[bytes]:
                 raise DataError(f"user record {user!r}: {key} has {len(lists[key])} steps, "
                                 f"{group[0]} {len(lists[group[0]])}")
     n, positions = len(lists[X.SEQ_ITEM]), len(lists[X.POS_HIST_END])
-    for j, end in enumerate(lists[X.POS_HIST_END]):
-        if not 0 <= int(end) <= n:
-            raise DataError(f"user record {user!r}: {X.POS_HIST_END}[{j}] = {end} is outside "
-                            f"the record's {n} behaviors")
     obj = lambda v: np.asarray(v, dtype=object)  # noqa: E731
     cand = resolve_positions(
         [user], [n], [positions], [len(lists[X.SAMPLED_ITEM])],

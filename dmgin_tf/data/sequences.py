@@ -85,8 +85,8 @@ def resolve_positions(user_ids: np.ndarray, behavior_counts: np.ndarray,
     Args:
       user_ids: [R] (for errors). behavior_counts / position_counts / sampled_counts: [R]
         steps per record of the behavior, position and sampled lists.
-      beh_values: name -> [N] per-behavior values, records concatenated (e.g. "item",
-        "group", "time"); sampled_values: the same names -> [S] values of the sampled
+      beh_values: name -> [N] per-behavior values, records concatenated ("time", Unix
+        seconds, required; e.g. "item", "group"); sampled_values: the same names -> [S] values of the sampled
         candidates ("time" excepted: a sampled position takes its event's time).
       pos_hist_end, pos_event, pos_sampled: [E] record-relative indices and 0/1 flags.
 
@@ -95,8 +95,8 @@ def resolve_positions(user_ids: np.ndarray, behavior_counts: np.ndarray,
 
     Raises:
       DataError: naming the user and field, when an event index is outside its record or
-        before its history's end, a flag is not 0/1, or a record's sampled candidates do
-        not match its flags.
+        before its history's end, a history holds a behavior not strictly before its
+        event, a flag is not 0/1, or a record's sampled candidates do not match its flags.
     """
     behavior_counts = np.asarray(behavior_counts, np.int64)
     position_counts = np.asarray(position_counts, np.int64)
@@ -115,7 +115,11 @@ def resolve_positions(user_ids: np.ndarray, behavior_counts: np.ndarray,
         first = j - int(position_counts[:r].sum())
         raise DataError(f"user record {str(user_ids[r])!r}: position {first}: {what(j)}")
 
-    bad = (pos_event < np.asarray(pos_hist_end)) | (pos_event >= behavior_counts[record])
+    pos_hist_end = np.asarray(pos_hist_end, np.int64)
+    bad = pos_hist_end < 0
+    if bad.any():
+        fail(bad, lambda j: f"pos_hist_end = {pos_hist_end[j]} is negative")
+    bad = (pos_event < pos_hist_end) | (pos_event >= behavior_counts[record])
     if bad.any():
         fail(bad, lambda j: f"{POS_EVENT} = {pos_event[j]} is not in [pos_hist_end = "
                             f"{pos_hist_end[j]}, {behavior_counts[record[j]]} behaviors)")
@@ -134,6 +138,14 @@ def resolve_positions(user_ids: np.ndarray, behavior_counts: np.ndarray,
                             f"{len(values)} sampled {name} values")
     offsets = np.concatenate([[0], np.cumsum(behavior_counts)])[:-1]
     event = offsets[record] + pos_event
+    # The strict-before rule: the history's newest behavior precedes the event's second.
+    time = np.asarray(beh_values["time"]).astype(np.int64)
+    last = offsets[record] + pos_hist_end - 1
+    bad = (pos_hist_end > 0) & (time[np.maximum(last, 0)] >= time[event])
+    if bad.any():
+        fail(bad, lambda j: f"pos_hist_end = {pos_hist_end[j]} puts a behavior at timestamp "
+                            f"{time[last[j]]} into the history of an event at {time[event[j]]} "
+                            f"(histories hold only behaviors strictly before their event)")
     sampled = pos_sampled.astype(bool)
     out = {}
     for name, values in beh_values.items():

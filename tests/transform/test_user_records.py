@@ -249,7 +249,7 @@ def test_expand_record_cuts_each_position_at_the_window(tmp_path):
     assert rows[1][F.HIST_BEHAVIOR] == ["pv", "cart"] and rows[1][F.HIST_TIMESTAMP] == [5, 6]
     assert {r[F.USER_ID] for r in rows} == {"u1"} and F.CATEGORY not in rows[0]
     bad = dict(lists, **{X.POS_HIST_END: [0, 2, 3, 5]})
-    with pytest.raises(DataError, match=r"pos_hist_end\[3\] = 5 .* 4 behaviors"):
+    with pytest.raises(DataError, match=r"position 3: pos_event = 3 is not in \[pos_hist_end = 5, 4"):
         expand_record(X.to_sequence_example("u1", bad), 2)
     # The labelled event must be in the record, at or after its history's end.
     for events, what in (([0, 2, 3, 4], r"pos_event = 4 is not in \[pos_hist_end = 3, 4"),
@@ -262,6 +262,13 @@ def test_expand_record_cuts_each_position_at_the_window(tmp_path):
                          ({X.SAMPLED_GROUP: []}, r"'u1': sampled_group_id has 0 steps, sampled_item_id 1")):
         with pytest.raises(DataError, match=what):
             expand_record(X.to_sequence_example("u1", dict(lists, **change)), 2)
+    # A history that reaches the event's second (a leak the builder never writes).
+    same_second = dict(lists, **{X.SEQ_TIME: [5, 6, 7, 7]})
+    with pytest.raises(DataError, match=r"'u1': position 2: pos_hist_end = 3 puts a behavior at "
+                                        r"timestamp 7 into the history of an event at 7"):
+        expand_record(X.to_sequence_example("u1", same_second), 2)
+    with pytest.raises(DataError, match=r"'u1': position 0: pos_hist_end = -1 is negative"):
+        expand_record(X.to_sequence_example("u1", dict(lists, **{X.POS_HIST_END: [-1, 2, 3, 3]})), 2)
     with pytest.raises(DataError, match=r"pos_sampled = 2 \(must be 0 or 1\)"):
         expand_record(X.to_sequence_example("u1", dict(lists, **{X.POS_SAMPLED: [0, 0, 2, 0]})), 2)
     with pytest.raises(ValueError, match="window"):
@@ -308,7 +315,9 @@ def test_trainer_refuses_malformed_records_by_user_and_field(tmp_path):
                          ({X.POS_EVENT: [1, 2]}, r"'u7': position 1: pos_event = 2 is not in"),
                          ({X.POS_SAMPLED: [0, 0]}, r"'u7': 0 positions have pos_sampled = 1"),
                          ({X.SAMPLED_GROUP: []}, r"'u7': sampled_group_id has 0 steps"),
-                         ({X.SEQ_GROUP: [2]}, r"'u7': group_id has 1 steps, item_id 2")):
+                         ({X.SEQ_GROUP: [2]}, r"'u7': group_id has 1 steps, item_id 2"),
+                         ({X.SEQ_TIME: [9, 9]}, r"'u7': position 0: pos_hist_end = 1 puts a "
+                                                r"behavior at timestamp 9")):
         with pytest.raises(DataError, match=what):
             read(**change)
 
