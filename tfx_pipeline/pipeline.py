@@ -4,7 +4,7 @@
                               │
                         ExampleBuilder (our ExampleGen: per-user time split, span)
                               │
-        StatisticsGen ─► ExampleValidator ◄─ ImportSchemaGen (curated schema/schema.pbtxt)
+        StatisticsGen ─► ExampleValidator ◄─ ImportSchemaGen (curated schema/user_records_v2.pbtxt)
                               │
                         ValidationGate (anomalies stop the run)
                               │
@@ -28,6 +28,7 @@ from tfx import v1 as tfx
 
 from dmgin_tf.config import NAME_RULE, BeamConfig, Config, ConfigError, is_valid_name
 from dmgin_tf.data.datasets import get_spec
+from dmgin_tf.data.sequences import RECORD_FORMAT
 from tfx_pipeline.artifacts import ItemGroups
 from tfx_pipeline.components import ExampleBuilder, ItemGrouper, MultimodalEncoder, ValidationGate
 from tfx_pipeline.resolvers import PreviousSpanStrategy
@@ -42,6 +43,9 @@ RUN_FN = "tfx_pipeline.module.run_fn"
 TUNER_FN = "tfx_pipeline.module.tuner_fn"
 EVAL_MODULE = "tfx_pipeline.eval_records"   # the Evaluator's UDFs (custom_extractors)
 SCHEMA_DIR = os.path.join(HERE, "schema")
+# The user records' data contract; its name carries the record layout version, so a
+# cached ImportSchemaGen output of an older layout is not reused after an upgrade.
+SCHEMA_FILE = os.path.join(SCHEMA_DIR, f"user_records_v{RECORD_FORMAT}.pbtxt")
 METADATA_FILE = "metadata.sqlite"
 
 
@@ -165,7 +169,7 @@ def create_pipeline(cfg: Config, *, data_root: str, span: int, pipeline_root: st
                                   history_window=model_window(cfg),
                                   label_noise=label_noise, beam_config_json=beam_json)
     stats = tfx.components.StatisticsGen(examples=examples.outputs["examples"])
-    schema = tfx.components.ImportSchemaGen(schema_file=os.path.join(SCHEMA_DIR, "schema.pbtxt"))
+    schema = tfx.components.ImportSchemaGen(schema_file=SCHEMA_FILE)
     validator = tfx.components.ExampleValidator(statistics=stats.outputs["statistics"],
                                                 schema=schema.outputs["schema"])
     gate = ValidationGate(anomalies=validator.outputs["anomalies"])

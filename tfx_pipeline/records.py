@@ -89,12 +89,18 @@ def _decode_batch(serialized: tf.Tensor, lookups: Lookups) -> Dict[str, tf.Tenso
     for key in (X.SEQ_ITEM, X.SEQ_BEHAVIOR, X.SEQ_TIME, X.SEQ_GROUP, X.POS_HIST_END,
                 X.POS_EVENT, X.POS_LABEL, X.POS_SAMPLED, X.SAMPLED_ITEM, X.SAMPLED_GROUP):
         out["steps:" + key] = lists[key].row_lengths()
+        out["values:" + key] = tf.reduce_sum(lists[key].row_lengths(axis=2), axis=1)
     return out
 
 
 def _step_counts(cols: Dict[str, np.ndarray], users: np.ndarray, keys) -> np.ndarray:
     """[R] steps per record shared by the feature lists `keys` (DataError if they differ)."""
     counts = [cols.pop("steps:" + k) for k in keys]
+    for k, c in zip(keys, counts):
+        wrong = np.flatnonzero(cols.pop("values:" + k) != c)
+        if len(wrong):
+            raise DataError(f"user record {users[int(wrong[0])]!r}: {k} does not hold one "
+                            f"value per step")
     for k, c in zip(keys[1:], counts[1:]):
         differ = np.flatnonzero(c != counts[0])
         if len(differ):

@@ -259,12 +259,18 @@ def from_sequence_example(record: bytes) -> Tuple[str, dict]:
     """Serialized user record -> (user id, {key: list}) (inverse of `to_sequence_example`)."""
     from tensorflow.core.example import example_pb2
     se = example_pb2.SequenceExample.FromString(record)
+    user = b"".join(se.context.feature[F.USER_ID].bytes_list.value[:1]).decode("utf-8")
     lists = {}
     for key in SEQUENCE_BYTES + SEQUENCE_INTS:
-        steps = se.feature_lists.feature_list[key].feature
-        lists[key] = ([f.bytes_list.value[0].decode("utf-8") for f in steps] if key in SEQUENCE_BYTES
-                      else [int(f.int64_list.value[0]) for f in steps])
-    return se.context.feature[F.USER_ID].bytes_list.value[0].decode("utf-8"), lists
+        kind = "bytes_list" if key in SEQUENCE_BYTES else "int64_list"
+        values = [getattr(f, kind).value for f in se.feature_lists.feature_list[key].feature]
+        bad = [j for j, v in enumerate(values) if len(v) != 1]
+        if bad:
+            raise DataError(f"user record {user!r}: {key} step {bad[0]} has "
+                            f"{len(values[bad[0]])} {kind} values (one per step)")
+        lists[key] = ([v[0].decode("utf-8") for v in values] if key in SEQUENCE_BYTES
+                      else [int(v[0]) for v in values])
+    return user, lists
 
 
 def user_records(user_id: str, items: np.ndarray, behaviors: np.ndarray, timestamps: np.ndarray,

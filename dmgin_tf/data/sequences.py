@@ -38,6 +38,11 @@ from dmgin_tf.data.examples import ExampleSet, UserExamples
 from dmgin_tf import features as F
 from dmgin_tf.errors import DataError
 
+# Version of the record layout below: bump it with any change to the keys or their
+# meaning. The ExampleBuilder passes it as an execution property and the pipeline imports
+# `tfx_pipeline/schema/user_records_v<N>.pbtxt`, so cached outputs of another layout are
+# never reused (TFX caches on properties, not on code or file contents).
+RECORD_FORMAT = 2
 # Feature list keys of a user record (context: `user_id`). Behaviors, one step each, time order:
 SEQ_ITEM, SEQ_BEHAVIOR, SEQ_TIME, SEQ_GROUP = F.ITEM_ID, F.BEHAVIOR, F.TIMESTAMP, F.GROUP_ID
 # Labelled positions (negatives included), one step each. A position's request time is its
@@ -95,8 +100,9 @@ def resolve_positions(user_ids: np.ndarray, behavior_counts: np.ndarray,
 
     Raises:
       DataError: naming the user and field, when an event index is outside its record or
-        before its history's end, a history holds a behavior not strictly before its
-        event, a flag is not 0/1, or a record's sampled candidates do not match its flags.
+        before its history's end, behaviors are not in time order, a history holds a
+        behavior not strictly before its event, a flag is not 0/1, or a record's sampled
+        candidates do not match its flags.
     """
     behavior_counts = np.asarray(behavior_counts, np.int64)
     position_counts = np.asarray(position_counts, np.int64)
@@ -138,8 +144,16 @@ def resolve_positions(user_ids: np.ndarray, behavior_counts: np.ndarray,
                             f"{len(values)} sampled {name} values")
     offsets = np.concatenate([[0], np.cumsum(behavior_counts)])[:-1]
     event = offsets[record] + pos_event
-    # The strict-before rule: the history's newest behavior precedes the event's second.
     time = np.asarray(beh_values["time"]).astype(np.int64)
+    owner = np.repeat(np.arange(len(behavior_counts)), behavior_counts)
+    back = np.flatnonzero((np.diff(time) < 0) & (owner[1:] == owner[:-1])) + 1
+    if len(back):
+        i, r = int(back[0]), int(owner[back[0]])
+        raise DataError(f"user record {str(user_ids[r])!r}: timestamp of behavior "
+                        f"{i - int(offsets[r])} ({time[i]}) is before the one preceding it "
+                        f"({time[i - 1]}): behaviors must be in time order")
+    # The strict-before rule: the history's newest behavior precedes the event's second
+    # (behaviors are in time order, so every other one does too).
     last = offsets[record] + pos_hist_end - 1
     bad = (pos_hist_end > 0) & (time[np.maximum(last, 0)] >= time[event])
     if bad.any():
@@ -151,7 +165,10 @@ def resolve_positions(user_ids: np.ndarray, behavior_counts: np.ndarray,
     for name, values in beh_values.items():
         v = np.asarray(values)[event]
         if name in sampled_values:
-            v[sampled] = np.asarray(sampled_values[name])
+            extra = np.asarray(sampled_values[name])
+            if v.dtype.kind in "USO" or extra.dtype.kind in "USO":
+                v = v.astype(object)   # fixed-width strings would cut longer sampled ids
+            v[sampled] = extra
         out[name] = v
     return out
 

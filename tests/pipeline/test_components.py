@@ -125,6 +125,30 @@ def test_transform_writes_only_what_the_pipeline_reads(tmp_path):
 
 
 
+def test_cached_records_and_schema_follow_the_record_layout(tmp_path, monkeypatch):
+    """TFX caches on execution properties, not on code or file contents: the record layout
+    version is an ExampleBuilder property and in the schema file's name, so an upgrade that
+    changes the layout cannot reuse records or a schema of the old one."""
+    from dmgin_tf.config import Config
+    from dmgin_tf.data import sequences
+    from dmgin_tf.errors import DataError
+    from tfx_pipeline.components import example_builder
+    from tfx_pipeline.pipeline import create_pipeline
+    p = create_pipeline(Config.from_dict({"grouping": {"key": "category"}}),
+                        data_root=str(tmp_path / "d"), span=1,
+                        pipeline_root=str(tmp_path / "r"), serving_base=str(tmp_path / "s"))
+    nodes = {c.id: c for c in p.components}
+    assert nodes["ExampleBuilder"].exec_properties["record_format"] == sequences.RECORD_FORMAT
+    schema_file = nodes["ImportSchemaGen"].exec_properties["schema_file"]
+    assert os.path.basename(schema_file) == f"user_records_v{sequences.RECORD_FORMAT}.pbtxt"
+    assert os.path.isfile(schema_file)
+    # A pipeline compiled for another layout is refused before anything is read.
+    now = sequences.RECORD_FORMAT
+    monkeypatch.setattr(example_builder, "RECORD_FORMAT", now + 1)
+    with pytest.raises(DataError, match=f"layout {now}; this installation writes layout {now + 1}"):
+        example_builder.Executor().Do({}, {}, {"span": 1, "record_format": now})
+
+
 def test_a_span_is_not_silently_rebuilt_from_other_data(tmp_path):
     """Rerunning a span with other --data used to keep the span's first data (and the
     cached components trained on it again) without a word."""

@@ -235,6 +235,7 @@ def test_user_records_on_dask_equal_direct(spans, tmp_path):
 def test_expand_record_cuts_each_position_at_the_window(tmp_path):
     """The Evaluator's expansion: newest `window` behaviors strictly before each position,
     every position (negatives included) in record order; bad records and models named."""
+    import tensorflow as tf
     from dmgin_tf.errors import DataError
     from tfx_pipeline.eval_records import expand_record, history_window
     lists = {X.SEQ_ITEM: ["a", "b", "c", "d"], X.SEQ_BEHAVIOR: ["pv", "cart", "pv", "pv"],
@@ -269,6 +270,12 @@ def test_expand_record_cuts_each_position_at_the_window(tmp_path):
         expand_record(X.to_sequence_example("u1", same_second), 2)
     with pytest.raises(DataError, match=r"'u1': position 0: pos_hist_end = -1 is negative"):
         expand_record(X.to_sequence_example("u1", dict(lists, **{X.POS_HIST_END: [-1, 2, 3, 3]})), 2)
+    with pytest.raises(DataError, match=r"'u1': timestamp of behavior 1 \(4\) is before"):
+        expand_record(X.to_sequence_example("u1", dict(lists, **{X.SEQ_TIME: [5, 4, 7, 9]})), 2)
+    two = tf.train.SequenceExample.FromString(X.to_sequence_example("u1", lists))
+    two.feature_lists.feature_list[X.SEQ_TIME].feature[2].int64_list.value.append(8)
+    with pytest.raises(DataError, match=r"'u1': timestamp step 2 has 2 int64_list values"):
+        expand_record(two.SerializeToString(), 2)
     with pytest.raises(DataError, match=r"pos_sampled = 2 \(must be 0 or 1\)"):
         expand_record(X.to_sequence_example("u1", dict(lists, **{X.POS_SAMPLED: [0, 0, 2, 0]})), 2)
     with pytest.raises(ValueError, match="window"):
@@ -295,11 +302,14 @@ def test_trainer_refuses_malformed_records_by_user_and_field(tmp_path):
             X.POS_LABEL: [1, 0], X.POS_SAMPLED: [0, 1], X.SAMPLED_ITEM: ["x"],
             X.SAMPLED_GROUP: [4]}
 
-    def read(**change):
+    def read(two_values=None, **change):
         path = str(tmp_path / "r.tfrecord")
+        bad = tf.train.SequenceExample.FromString(X.to_sequence_example("u7", dict(good, **change)))
+        if two_values:              # a step with two values (schema: one per step)
+            bad.feature_lists.feature_list[two_values].feature[0].int64_list.value.append(3)
         with tf.io.TFRecordWriter(path) as w:
             w.write(X.to_sequence_example("u0", good))
-            w.write(X.to_sequence_example("u7", dict(good, **change)))
+            w.write(bad.SerializeToString())
         return read_user_records([path], lookups, "train", 10)
 
     empty = str(tmp_path / "empty.tfrecord")
@@ -317,7 +327,9 @@ def test_trainer_refuses_malformed_records_by_user_and_field(tmp_path):
                          ({X.SAMPLED_GROUP: []}, r"'u7': sampled_group_id has 0 steps"),
                          ({X.SEQ_GROUP: [2]}, r"'u7': group_id has 1 steps, item_id 2"),
                          ({X.SEQ_TIME: [9, 9]}, r"'u7': position 0: pos_hist_end = 1 puts a "
-                                                r"behavior at timestamp 9")):
+                                                r"behavior at timestamp 9"),
+                         ({X.SEQ_TIME: [9, 5]}, r"'u7': timestamp of behavior 1 \(5\) is before"),
+                         ({"two_values": X.POS_EVENT}, r"'u7': pos_event does not hold one value")):
         with pytest.raises(DataError, match=what):
             read(**change)
 
@@ -368,11 +380,11 @@ def test_records_without_sampled_candidates_pass_the_schema(spans, tmp_path):
     from google.protobuf import text_format
     from tensorflow_metadata.proto.v0 import schema_pb2
     from tfx_bsl.public import tfxio
-    from tfx_pipeline.pipeline import SCHEMA_DIR
+    from tfx_pipeline.pipeline import SCHEMA_FILE
     cfg = DataConfig.from_dict({"dataset": "movielens", "max_history": 10, "seed": 3})
     X.build_user_records(spans[1], str(tmp_path / "rec"), cfg, DIRECT, item_groups={"1": 2},
                          window=L, splits=2)
-    with open(os.path.join(SCHEMA_DIR, "schema.pbtxt")) as f:
+    with open(SCHEMA_FILE) as f:
         schema = text_format.Parse(f.read(), schema_pb2.Schema())
     source = tfxio.TFSequenceExampleRecord(
         file_pattern=str(tmp_path / "rec" / "train" / "*.tfrecord.gz"), telemetry_descriptors=["test"])
@@ -396,13 +408,13 @@ def test_transform_reads_the_records_through_the_schema(taobao_slice, tmp_path):
     from tensorflow_metadata.proto.v0 import schema_pb2
     from tfx_bsl.public import tfxio
     from tfx_pipeline.module import ITEM_GROUP_VOCAB, preprocessing_fn
-    from tfx_pipeline.pipeline import SCHEMA_DIR
+    from tfx_pipeline.pipeline import SCHEMA_FILE
     cfg = DataConfig.from_dict({"dataset": "taobao", "max_history": 10, "seed": 3})
     items = pd.read_parquet(os.path.join(taobao_slice, "items.parquet"))
     groups = {str(i): 2 + k % 7 for k, i in enumerate(items[F.ITEM_ID])}
     X.build_user_records(taobao_slice, str(tmp_path / "rec"), cfg, DIRECT, item_groups=groups,
                          window=L, splits=2)
-    with open(os.path.join(SCHEMA_DIR, "schema.pbtxt")) as f:
+    with open(SCHEMA_FILE) as f:
         schema = text_format.Parse(f.read(), schema_pb2.Schema())
     source = tfxio.TFSequenceExampleRecord(
         file_pattern=str(tmp_path / "rec" / "train" / "*.tfrecord.gz"),
@@ -422,3 +434,11 @@ def test_transform_reads_the_records_through_the_schema(taobao_slice, tmp_path):
         expected |= {f"{i}|{groups.get(i, F.OOV_ID)}"
                      for i in lists[X.SEQ_ITEM][:max(lists[X.POS_EVENT]) + 1]}
     assert len(lines) == len(set(lines)) and set(lines) == expected
+
+
+def test_resolve_positions_keeps_longer_sampled_ids():
+    """Fixed-width string arrays from the caller do not cut a longer sampled id."""
+    from dmgin_tf.data.sequences import resolve_positions
+    out = resolve_positions(["u"], [1], [2], [1], {"item": np.array(["a"]), "time": np.array([1])},
+                            [0, 0], [0, 0], [0, 1], {"item": np.array(["longer_item"])})
+    assert list(out["item"]) == ["a", "longer_item"] and list(out["time"]) == [1, 1]

@@ -39,6 +39,7 @@ from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
 from dmgin_tf import features as F
 from dmgin_tf.config import DataConfig
+from dmgin_tf.data.sequences import RECORD_FORMAT
 from dmgin_tf.errors import DataError
 from tfx_pipeline.artifacts import GROUPS_FILE, ItemGroups
 from tfx_pipeline.components.common import beam_config, check_parameters, require_span_dir
@@ -56,6 +57,9 @@ class ExampleBuilderSpec(types.ComponentSpec):
         "label_noise": ExecutionParameter(type=float, optional=True),
         "history_window": ExecutionParameter(type=int),
         "beam_config": ExecutionParameter(type=str, optional=True),
+        # The record layout this run writes (`dmgin_tf.data.sequences.RECORD_FORMAT`): part
+        # of the cache key, so records of an older layout are never reused after an upgrade.
+        "record_format": ExecutionParameter(type=int, optional=True),
     }
     INPUTS = {"item_groups": ChannelParameter(type=ItemGroups)}
     OUTPUTS = {"examples": ChannelParameter(type=standard_artifacts.Examples)}
@@ -74,6 +78,11 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         from transform import beam_io
         from transform.examples import build_user_records
         span = int(exec_properties["span"])
+        wanted = exec_properties.get("record_format")
+        if wanted is not None and int(wanted) != RECORD_FORMAT:
+            raise DataError(f"ExampleBuilder: the pipeline asks for user records of layout "
+                            f"{wanted}; this installation writes layout {RECORD_FORMAT} "
+                            f"(recompile the pipeline with the installed package)")
         data_dir = require_span_dir(exec_properties["data_root"], span)
         data_cfg = DataConfig.from_dict(json.loads(exec_properties["data_config"]))
         groups_uri = artifact_utils.get_single_uri(input_dict["item_groups"])
@@ -164,6 +173,6 @@ class ExampleBuilder(base_beam_component.BaseBeamComponent):
         spec = ExampleBuilderSpec(
             data_root=data_root, span=int(span), data_config=json.dumps(data_config, sort_keys=True),
             label_noise=float(label_noise), beam_config=beam_config_json, item_groups=item_groups,
-            history_window=int(history_window),
+            history_window=int(history_window), record_format=RECORD_FORMAT,
             examples=types.Channel(type=standard_artifacts.Examples))
         super().__init__(spec=spec)
