@@ -91,8 +91,9 @@ def resolve_positions(user_ids: np.ndarray, behavior_counts: np.ndarray,
       user_ids: [R] (for errors). behavior_counts / position_counts / sampled_counts: [R]
         steps per record of the behavior, position and sampled lists.
       beh_values: name -> [N] per-behavior values, records concatenated ("time", Unix
-        seconds, required; e.g. "item", "group"); sampled_values: the same names -> [S] values of the sampled
-        candidates ("time" excepted: a sampled position takes its event's time).
+        seconds, required; e.g. "item", "group").
+      sampled_values: the same names -> [S] values of the sampled candidates ("time"
+        excepted: a sampled position takes its event's time).
       pos_hist_end, pos_event, pos_sampled: [E] record-relative indices and 0/1 flags.
 
     Returns: name -> [E]: the event's value, or for a sampled position the next sampled

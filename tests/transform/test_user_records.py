@@ -250,7 +250,8 @@ def test_expand_record_cuts_each_position_at_the_window(tmp_path):
     assert rows[1][F.HIST_BEHAVIOR] == ["pv", "cart"] and rows[1][F.HIST_TIMESTAMP] == [5, 6]
     assert {r[F.USER_ID] for r in rows} == {"u1"} and F.CATEGORY not in rows[0]
     bad = dict(lists, **{X.POS_HIST_END: [0, 2, 3, 5]})
-    with pytest.raises(DataError, match=r"position 3: pos_event = 3 is not in \[pos_hist_end = 5, 4"):
+    with pytest.raises(DataError,
+                       match=r"position 3: pos_event = 3 is not in \[pos_hist_end = 5, 4"):
         expand_record(X.to_sequence_example("u1", bad), 2)
     # The labelled event must be in the record, at or after its history's end.
     for events, what in (([0, 2, 3, 4], r"pos_event = 4 is not in \[pos_hist_end = 3, 4"),
@@ -260,7 +261,8 @@ def test_expand_record_cuts_each_position_at_the_window(tmp_path):
     with pytest.raises(DataError, match=r"2 positions have pos_sampled = 1 .* 1 sampled"):
         expand_record(X.to_sequence_example("u1", dict(lists, **{X.POS_SAMPLED: [0, 1, 0, 1]})), 2)
     for change, what in (({X.POS_EVENT: [0, 2, 3]}, r"'u1': pos_event has 3 steps, pos_hist_end 4"),
-                         ({X.SAMPLED_GROUP: []}, r"'u1': sampled_group_id has 0 steps, sampled_item_id 1")):
+                         ({X.SAMPLED_GROUP: []},
+                          r"'u1': sampled_group_id has 0 steps, sampled_item_id 1")):
         with pytest.raises(DataError, match=what):
             expand_record(X.to_sequence_example("u1", dict(lists, **change)), 2)
     # A history that reaches the event's second (a leak the builder never writes).
@@ -269,7 +271,8 @@ def test_expand_record_cuts_each_position_at_the_window(tmp_path):
                                         r"timestamp 7 into the history of an event at 7"):
         expand_record(X.to_sequence_example("u1", same_second), 2)
     with pytest.raises(DataError, match=r"'u1': position 0: pos_hist_end = -1 is negative"):
-        expand_record(X.to_sequence_example("u1", dict(lists, **{X.POS_HIST_END: [-1, 2, 3, 3]})), 2)
+        expand_record(X.to_sequence_example("u1", dict(lists, **{X.POS_HIST_END: [-1, 2, 3, 3]})),
+                      2)
     with pytest.raises(DataError, match=r"'u1': timestamp of behavior 1 \(4\) is before"):
         expand_record(X.to_sequence_example("u1", dict(lists, **{X.SEQ_TIME: [5, 4, 7, 9]})), 2)
     two = tf.train.SequenceExample.FromString(X.to_sequence_example("u1", lists))
@@ -387,7 +390,8 @@ def test_records_without_sampled_candidates_pass_the_schema(spans, tmp_path):
     with open(SCHEMA_FILE) as f:
         schema = text_format.Parse(f.read(), schema_pb2.Schema())
     source = tfxio.TFSequenceExampleRecord(
-        file_pattern=str(tmp_path / "rec" / "train" / "*.tfrecord.gz"), telemetry_descriptors=["test"])
+        file_pattern=str(tmp_path / "rec" / "train" / "*.tfrecord.gz"),
+        telemetry_descriptors=["test"])
     out = str(tmp_path / "stats")
     with beam.Pipeline() as p:
         _ = (p | source.BeamSource() | tfdv.GenerateStatistics(tfdv.StatsOptions())
