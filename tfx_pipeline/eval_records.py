@@ -32,7 +32,7 @@ import apache_beam as beam
 import numpy as np
 
 from dmgin_tf import features as F
-from dmgin_tf.data.sequences import resolve_positions
+from dmgin_tf.data.sequences import resolve_positions, steps_per_record
 from dmgin_tf.errors import DataError
 from tfx_pipeline.artifacts import WARM_START_DIR
 from transform import examples as X
@@ -59,17 +59,10 @@ def expand_record(record: bytes, window: int) -> List[bytes]:
     if window < 1:
         raise ValueError(f"expand_record: window must be >= 1, got {window}")
     user, lists = X.from_sequence_example(record)
-    for group in ((X.SEQ_ITEM, X.SEQ_BEHAVIOR, X.SEQ_TIME, X.SEQ_GROUP),
-                  (X.POS_HIST_END, X.POS_EVENT, X.POS_LABEL, X.POS_SAMPLED),
-                  (X.SAMPLED_ITEM, X.SAMPLED_GROUP)):
-        for key in group[1:]:
-            if len(lists[key]) != len(lists[group[0]]):
-                raise DataError(f"user record {user!r}: {key} has {len(lists[key])} steps, "
-                                f"{group[0]} {len(lists[group[0]])}")
-    n, positions = len(lists[X.SEQ_ITEM]), len(lists[X.POS_HIST_END])
+    counts = steps_per_record([user], {k: [len(v)] for k, v in lists.items()})
     obj = lambda v: np.asarray(v, dtype=object)  # noqa: E731
     cand = resolve_positions(
-        [user], [n], [positions], [len(lists[X.SAMPLED_ITEM])],
+        [user], *counts,
         {"item": obj(lists[X.SEQ_ITEM]), "group": obj(lists[X.SEQ_GROUP]),
          "time": obj(lists[X.SEQ_TIME])},
         lists[X.POS_HIST_END], lists[X.POS_EVENT], lists[X.POS_SAMPLED],

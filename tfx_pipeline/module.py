@@ -89,17 +89,18 @@ def preprocessing_fn(inputs: Dict[str, tf.Tensor], custom_config: Optional[dict]
     flags = _values(inputs[X.POS_SAMPLED])
     flags = tf.cond(tf.equal(tf.size(flags), tf.size(index)), lambda: flags,
                     lambda: tf.ones_like(index))
+    starts = beh.row_starts()
     inside = (index >= 0) & (index < tf.gather(beh.row_lengths(), rows))
     own = inside & tf.equal(flags, 0)
-    events = tf.gather(beh_pairs, tf.boolean_mask(tf.gather(beh.row_starts(), rows) + index, own))
+    events = tf.gather(beh_pairs, tf.boolean_mask(tf.gather(starts, rows) + index, own))
     # Behaviors count up to the record's last history end: the labelled events after it
     # (which close the record) count once, as candidates.
     hist_end = inputs[X.POS_HIST_END]
     limit = tf.math.unsorted_segment_max(_values(hist_end), hist_end.value_rowids(),
                                          num_segments=beh.nrows())
-    step = tf.range(tf.size(items, out_type=tf.int64)) - tf.gather(beh.row_starts(),
-                                                                  beh.value_rowids())
-    history = tf.boolean_mask(beh_pairs, step < tf.gather(limit, beh.value_rowids()))
+    owner = beh.value_rowids()
+    step = tf.range(tf.size(items, out_type=tf.int64)) - tf.gather(starts, owner)
+    history = tf.boolean_mask(beh_pairs, step < tf.gather(limit, owner))
     pairs = tf.concat([events, sampled, history], 0)
     tft.vocabulary(pairs, vocab_filename=ITEM_GROUP_VOCAB)   # written whatever uses it
     return {F.USER_ID: tf.reshape(inputs[F.USER_ID], [-1]), "behaviors": beh.row_lengths()}

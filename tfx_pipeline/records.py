@@ -23,7 +23,8 @@ import tensorflow as tf
 
 from dmgin_tf import features as F
 from dmgin_tf.data.examples import ExampleSet, split_code
-from dmgin_tf.data.sequences import example_set_from_records, resolve_positions
+from dmgin_tf.data.sequences import (example_set_from_records, resolve_positions,
+                                     steps_per_record)
 from dmgin_tf.errors import DataError
 from transform import examples as X
 
@@ -86,28 +87,22 @@ def _decode_batch(serialized: tf.Tensor, lookups: Lookups) -> Dict[str, tf.Tenso
            "sampled_group": lookups.group_ids(sampled_item)}
     for key in (X.SEQ_TIME, X.POS_HIST_END, X.POS_EVENT, X.POS_LABEL, X.POS_SAMPLED):
         out[key] = lists[key].flat_values
-    for key in (X.SEQ_ITEM, X.SEQ_BEHAVIOR, X.SEQ_TIME, X.SEQ_GROUP, X.POS_HIST_END,
-                X.POS_EVENT, X.POS_LABEL, X.POS_SAMPLED, X.SAMPLED_ITEM, X.SAMPLED_GROUP):
+    for key in X.SEQUENCE_BYTES + X.SEQUENCE_INTS:
         out["steps:" + key] = lists[key].row_lengths()
         out["values:" + key] = tf.reduce_sum(lists[key].row_lengths(axis=2), axis=1)
     return out
 
 
-def _step_counts(cols: Dict[str, np.ndarray], users: np.ndarray, keys) -> np.ndarray:
-    """[R] steps per record shared by the feature lists `keys` (DataError if they differ)."""
-    counts = [cols.pop("steps:" + k) for k in keys]
-    for k, c in zip(keys, counts):
-        wrong = np.flatnonzero(cols.pop("values:" + k) != c)
+def _steps_per_record(cols: Dict[str, np.ndarray], users: np.ndarray):
+    """(behaviors, positions, sampled) steps per record, each [R]; DataError naming the
+    user when a list does not hold one value per step or lists of one kind differ."""
+    steps = {k[len("steps:"):]: cols.pop(k) for k in list(cols) if k.startswith("steps:")}
+    for key, n in steps.items():
+        wrong = np.flatnonzero(cols.pop("values:" + key) != n)
         if len(wrong):
-            raise DataError(f"user record {users[int(wrong[0])]!r}: {k} does not hold one "
+            raise DataError(f"user record {users[int(wrong[0])]!r}: {key} does not hold one "
                             f"value per step")
-    for k, c in zip(keys[1:], counts[1:]):
-        differ = np.flatnonzero(c != counts[0])
-        if len(differ):
-            r = int(differ[0])
-            raise DataError(f"user record {users[r]!r}: {k} has {int(c[r])} steps, "
-                            f"{keys[0]} {int(counts[0][r])}")
-    return counts[0]
+    return steps_per_record(users, steps)
 
 
 def read_user_records(files: List[str], lookups: Lookups, split: str, max_history: int,
@@ -134,11 +129,7 @@ def read_user_records(files: List[str], lookups: Lookups, split: str, max_histor
         parts = {k: [np.zeros(0, v.dtype.as_numpy_dtype)] for k, v in ds.element_spec.items()}
     cols = {k: np.concatenate(v) for k, v in parts.items()}
     users = np.array([u.decode("utf-8") for u in cols.pop("user_id")], dtype=str)
-    behavior_counts = _step_counts(cols, users, (X.SEQ_ITEM, X.SEQ_BEHAVIOR, X.SEQ_TIME,
-                                                 X.SEQ_GROUP))
-    position_counts = _step_counts(cols, users, (X.POS_HIST_END, X.POS_EVENT, X.POS_LABEL,
-                                                 X.POS_SAMPLED))
-    sampled_counts = _step_counts(cols, users, (X.SAMPLED_ITEM, X.SAMPLED_GROUP))
+    behavior_counts, position_counts, sampled_counts = _steps_per_record(cols, users)
     cand = resolve_positions(
         users, behavior_counts, position_counts, sampled_counts,
         {"item": cols["beh_item"], "group": cols["beh_group"], "time": cols[X.SEQ_TIME]},

@@ -53,6 +53,10 @@ POS_LABEL = "pos_label"
 POS_SAMPLED = "pos_sampled"     # 1: the candidate is the next sampled item (a negative)
 # Sampled candidates, one step per position with pos_sampled = 1, in position order:
 SAMPLED_ITEM, SAMPLED_GROUP = "sampled_item_id", "sampled_group_id"
+# Lists of one kind hold one step per behavior / position / sampled candidate.
+LIST_KINDS = ((SEQ_ITEM, SEQ_BEHAVIOR, SEQ_TIME, SEQ_GROUP),
+              (POS_HIST_END, POS_EVENT, POS_LABEL, POS_SAMPLED),
+              (SAMPLED_ITEM, SAMPLED_GROUP))
 SEQUENCE_BYTES = (SEQ_ITEM, SEQ_BEHAVIOR, SAMPLED_ITEM)
 SEQUENCE_INTS = (SEQ_TIME, SEQ_GROUP, POS_HIST_END, POS_EVENT, POS_LABEL, POS_SAMPLED,
                  SAMPLED_GROUP)
@@ -78,6 +82,26 @@ def record_windows(ue: UserExamples, window: int
         if not len(ex):
             continue
         yield code, max(0, int(ue.hist_end[ex].min()) - window), int(ue.event[ex].max()) + 1, ex
+
+
+def steps_per_record(user_ids, steps: Mapping[str, np.ndarray]) -> Tuple[np.ndarray, ...]:
+    """Steps per record of each list kind (`LIST_KINDS`): `(behaviors, positions,
+    sampled)`, each [R], from `steps` (list key -> [R] steps per record).
+
+    Raises:
+      DataError: naming the user, when lists of one kind differ in length.
+    """
+    out = []
+    for kind in LIST_KINDS:
+        first = np.asarray(steps[kind[0]])
+        for key in kind[1:]:
+            differ = np.flatnonzero(np.asarray(steps[key]) != first)
+            if len(differ):
+                r = int(differ[0])
+                raise DataError(f"user record {str(user_ids[r])!r}: {key} has "
+                                f"{int(steps[key][r])} steps, {kind[0]} {int(first[r])}")
+        out.append(first)
+    return tuple(out)
 
 
 def resolve_positions(user_ids: np.ndarray, behavior_counts: np.ndarray,
