@@ -8,9 +8,9 @@ Works against the official `tensorflow/serving` image and `dmgin serve` alike.
         state = c.user_state(history)                               # cache it per user ...
         ctr = c.score_cached(state, cand_item, cand_group)          # ... score without history
 
-Retries: UNAVAILABLE (server starting, batch queue full, connection reset) is retried
-with exponential backoff and jitter inside the call's overall deadline; every other
-status is raised at once as `grpc.RpcError`.
+Retries: UNAVAILABLE (server starting or restarting, batch queue full, connection reset)
+is retried with exponential backoff and jitter until the call's overall deadline; every
+other status is raised at once as `grpc.RpcError`.
 
 Threads: one `Client` may be shared (gRPC channels are thread-safe); `last_version` is
 kept per thread, so each thread reads the version that answered its own last call.
@@ -47,15 +47,18 @@ class Client:
       signature: default signature name.
       version / version_label: pin a version (default: latest available).
       timeout_s: per-call deadline, retries included.
-      max_retries: extra attempts on UNAVAILABLE.
-      backoff_s: first retry delay; doubles each attempt (±50% jitter).
+      max_retries: extra attempts on UNAVAILABLE; None (default): as many as the
+        deadline allows, so a server restart shorter than the deadline fails no call.
+      backoff_s: first retry delay; doubles each attempt up to `max_backoff_s` (±50%
+        jitter; at least the server's `grpc-retry-pushback-ms` hint).
       max_message_bytes: gRPC channel send/receive limit.
       candidate_buckets: candidate chunk sizes for `rank` (last = the chunk size).
     """
 
     def __init__(self, target: str, model_name: str, *, signature: str = "serving_default",
                  version: Optional[int] = None, version_label: Optional[str] = None,
-                 timeout_s: float = 10.0, max_retries: int = 3, backoff_s: float = 0.05,
+                 timeout_s: float = 10.0, max_retries: Optional[int] = None,
+                 backoff_s: float = 0.05, max_backoff_s: float = 1.0,
                  max_message_bytes: int = 64 * 1024 * 1024,
                  candidate_buckets: Sequence[int] = DEFAULT_CANDIDATE_BUCKETS,
                  channel: Optional[grpc.Channel] = None):
@@ -66,13 +69,21 @@ class Client:
             raise ValueError(f"timeout_s={timeout_s!r}: a per-call deadline in seconds > 0")
         self.target, self.model_name = target, model_name
         self.signature, self.version, self.version_label = signature, version, version_label
-        self.timeout_s, self.max_retries, self.backoff_s = timeout_s, max_retries, backoff_s
+        if max_retries is not None and max_retries < 0:
+            raise ValueError(f"max_retries={max_retries!r}: >= 0, or None (until the deadline)")
+        self.timeout_s, self.max_retries = timeout_s, max_retries
+        self.backoff_s, self.max_backoff_s = backoff_s, max(backoff_s, max_backoff_s)
         self.candidate_buckets = tuple(sorted(int(b) for b in candidate_buckets))
         self._owns_channel = channel is None     # a caller's channel is the caller's to close
         self._local = threading.local()
         self._channel = channel or grpc.insecure_channel(target, options=[
             ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes)])
+            ("grpc.max_send_message_length", max_message_bytes),
+            # Reconnect to a restarted server within ~1 s (gRPC's own reconnect backoff
+            # starts at 1 s and grows to 2 min, longer than any retry deadline).
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 1000)])
         self._predict = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
         self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
 
@@ -114,8 +125,8 @@ class Client:
         """Calls with an overall deadline; retries UNAVAILABLE with jittered backoff (at
         least the server's `grpc-retry-pushback-ms` hint when it sends one)."""
         deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
-        delay = self.backoff_s
-        for attempt in range(self.max_retries + 1):
+        delay, attempt = self.backoff_s, 0
+        while True:
             remaining = deadline - time.monotonic()
             try:
                 return method(request, timeout=max(remaining, 1e-3))
@@ -126,7 +137,7 @@ class Client:
                 if time.monotonic() + sleep >= deadline:
                     raise
                 time.sleep(sleep)
-                delay *= 2
+                delay, attempt = min(delay * 2, self.max_backoff_s), attempt + 1
 
     # ---- API ------------------------------------------------------------------------------
     def predict(self, inputs: Mapping[str, np.ndarray], *, signature: Optional[str] = None,

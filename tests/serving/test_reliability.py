@@ -346,6 +346,40 @@ def test_concurrency_limit_answers_unavailable_with_retry_hint(tmp_path):
         server.stop(1)
 
 
+def test_client_retries_through_a_server_restart_within_its_deadline(tmp_path):
+    """A call made while the server is down (restarting, a new pod) succeeds once the
+    server answers within the call's deadline; the client used to stop retrying after
+    three attempts (~0.35 s), far inside its 10 s default deadline. `max_retries=0`
+    still fails at once."""
+    base = str(tmp_path / STANDIN)
+    save_standin(base, 1)
+    cfg = _config(str(tmp_path / "m.config"), [(STANDIN, base)])
+    with socket.socket() as sock:          # a free port nobody listens on yet
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    x = np.ones((1, 3), np.float32)
+    with Client(f"127.0.0.1:{port}", STANDIN, timeout_s=5, max_retries=0) as c:
+        t0 = time.monotonic()
+        with pytest.raises(grpc.RpcError) as info:
+            c.predict({"x": x}, signature="predict_raw")
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert time.monotonic() - t0 < 2.0
+    server = DevServer(cfg, port=port, poll_interval_s=60, settle_s=0)
+    starter = threading.Timer(1.5, server.start)
+    starter.start()
+    try:
+        with Client(f"127.0.0.1:{port}", STANDIN, timeout_s=60) as c:
+            t0 = time.monotonic()
+            out = c.predict({"x": x}, signature="predict_raw")
+            assert time.monotonic() - t0 >= 1.0        # it waited for the server
+        np.testing.assert_allclose(out["ctr"], reference(x, 1), rtol=1e-6)
+        with pytest.raises(ValueError, match="max_retries"):
+            Client(f"127.0.0.1:{port}", STANDIN, max_retries=-1)
+    finally:
+        starter.join()
+        server.stop(1)
+
+
 def test_abandoned_request_is_dropped_before_its_batch_runs(tmp_path):
     base = str(tmp_path / STANDIN)
     save_standin(base, 1)
