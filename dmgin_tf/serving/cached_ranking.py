@@ -5,7 +5,8 @@
 — the request carries the state and the candidates, not the history. Whenever that
 path cannot answer, the request falls back to `rank` with the user's history (from the
 `histories` source, the feature store) and the cause is counted; nothing is raised
-for a cache problem:
+for a cache problem (a request the server refuses for its candidates or request time is
+raised as it is: `rank` would refuse it too):
 
 | cause | counter | then |
 |---|---|---|
@@ -13,6 +14,7 @@ for a cache problem:
 | store down / timing out | `cache_errors` | `rank` (the store skips Redis for its cooldown) |
 | unreadable value, wrong keys / shapes / dtypes for this version | `bad_states` | `rank`; the value is replaced |
 | state of another model version (server refuses it, or the version is gone) | `stale` | `rank`; the state is recomputed |
+| `score_cached` refuses the request's own inputs (candidates, request time) | `invalid_requests` | the INVALID_ARGUMENT is raised; the state is kept |
 | `score_cached` fails otherwise | `score_cached_errors` | `rank` |
 | the user's last `update_user` could not write the new state | `pending_updates` | `rank`; the state is rewritten |
 
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import re
 import threading
 import time
 from typing import Dict, Mapping, Optional
@@ -43,12 +46,25 @@ from dmgin_tf.serving.user_state_store import StoreUnavailable, UserStateStore
 log = logging.getLogger(__name__)
 
 COUNTERS = ("requests", "hits", "misses", "cache_errors", "bad_states", "stale",
-            "score_cached_errors", "pending_updates", "fallbacks", "writes", "write_errors",
+            "invalid_requests", "score_cached_errors", "pending_updates", "fallbacks", "writes", "write_errors",
             "updates", "invalidations", "invalidated_states")
 INVALIDATION_ATTEMPTS = 5
 TRACKED_UPDATES = 100_000
 STALE_MARKER = "another model version"
 _DTYPES = {1: "float32", 3: "int32", 9: "int64", 10: "bool"}  # tensorflow DataType enum   # in the server's INVALID_ARGUMENT message
+
+
+# The server's INVALID_ARGUMENT names the input it refuses: "input 'cand_item': ..." (the
+# dev server's checks) or "input cand_item: ..." (the signature's own, e.g. on TF Serving).
+_REQUEST_INPUT = re.compile(r"input '?(%s)'?[: ]" % "|".join(
+    (F.CAND_ITEM, F.CAND_GROUP, F.REQUEST_TIME)))
+
+
+def refuses_request_inputs(error: grpc.RpcError) -> bool:
+    """Whether `score_cached` refused the request's own inputs (candidates or request
+    time), not the user state."""
+    return (error.code() == grpc.StatusCode.INVALID_ARGUMENT
+            and _REQUEST_INPUT.search(error.details() or "") is not None)
 
 
 class InMemoryHistories:
@@ -298,6 +314,9 @@ class CachedRanker:
                 self._saw_version(self.client.last_version)
                 return ctr
             except grpc.RpcError as e:
+                if refuses_request_inputs(e):    # not the state: rank would refuse it too
+                    self._count("invalid_requests")
+                    raise
                 stale = (e.code() == grpc.StatusCode.INVALID_ARGUMENT
                          and STALE_MARKER in (e.details() or ""))
                 cause = "stale" if stale else "score_cached_errors"

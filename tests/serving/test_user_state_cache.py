@@ -509,6 +509,38 @@ def test_state_with_bad_ids_is_refused_by_name_and_rank_answers(served):
     assert ranker.counters["score_cached_errors"] == 1
 
 
+def test_a_request_refused_for_its_own_inputs_is_raised_once_and_keeps_the_state(served):
+    """Candidates outside the vocabulary, too many of them or a request time before the
+    state's: the server refuses the request, not the state. `rank_user` raises that
+    INVALID_ARGUMENT at once (it used to count a `score_cached` error, send the same
+    request to `rank`, and raise `rank`'s refusal after two RPCs) and keeps the state."""
+    import grpc
+    from dmgin_tf.serving.cached_ranking import refuses_request_inputs
+    client, histories, x, ci, cg, *_ = served
+    store = InMemoryStateStore()
+    ranker = _ranker(served, store)
+    ranker.rank_user("user2", ci[2], cg[2])                  # a miss: writes the state
+    state = store.get("user2", ranker.version)
+    unknown = np.array(ci[2]).copy()
+    unknown[0] = 10 ** 7
+    too_many = np.full(65, ci[2][0])
+    early = int(state["state_time"]) - 3600
+    for cand_item, cand_group, rt in ((unknown, cg[2], None),
+                                      (too_many, np.full(65, cg[2][0]), None),
+                                      (ci[2], cg[2], early)):
+        with pytest.raises(grpc.RpcError) as info:
+            ranker.rank_user("user2", cand_item, cand_group, request_time=rt)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert refuses_request_inputs(info.value), info.value.details()
+    c = ranker.counters
+    assert c["invalid_requests"] == 3
+    assert c["score_cached_errors"] == 0 and c["fallbacks"] == 1  # the first miss only
+    assert store.get("user2", ranker.version) is not None
+    np.testing.assert_allclose(ranker.rank_user("user2", ci[2], cg[2]), _rank(served, 2),
+                               atol=1e-5)
+    assert c["hits"] == 1
+
+
 def test_in_memory_histories_keep_events_in_time_order():
     """A late-arriving event goes in its place: served histories must be oldest first
     (a newest-first or unsorted history is refused by the signatures)."""
