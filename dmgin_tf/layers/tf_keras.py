@@ -270,9 +270,50 @@ def load_keras3_weights(layer, path):
     (a built Keras 3 layer or a tf.keras adapter).
 
     Raises:
-      CheckpointMismatchError: `layer` is not built (nothing would be loaded).
+      CheckpointMismatchError: `layer` is not built (nothing would be loaded), or the
+        file's variables are not exactly the layer's (before anything is assigned).
     """
-    _as_model(_built_keras3_layer(layer, "load")).load_weights(path)
+    model = _as_model(_built_keras3_layer(layer, "load"))
+    _check_same_variables(model, path)
+    model.load_weights(path)
+
+
+def _h5_variables(path) -> dict:
+    """`{dataset path: shape}` of a Keras 3 `.weights.h5` file, optimizer state left out."""
+    import h5py
+    found = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, obj: found.__setitem__(name, tuple(obj.shape))
+                     if isinstance(obj, h5py.Dataset) and not name.startswith("optimizer/")
+                     else None)
+    return found
+
+
+def _check_same_variables(model, path) -> None:
+    """Keras 3 `load_weights` ignores variables of the file that the model does not
+    have: weights saved from an encoder with more blocks (other `inter_layers`, with
+    `use_candidate_group`, ...) loaded into a smaller one without a word, the rest left
+    as initialised. Compares the file's variables with the model's own (written to a
+    temporary file, so both follow Keras' layout) and raises naming the differences."""
+    import tempfile
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such weights file")
+    with tempfile.TemporaryDirectory() as tmp:
+        mine = os.path.join(tmp, "layer.weights.h5")
+        model.save_weights(mine)
+        expected = _h5_variables(mine)
+    saved = _h5_variables(path)
+    if saved == expected:
+        return
+    missing = sorted(set(expected) - set(saved))
+    extra = sorted(set(saved) - set(expected))
+    shapes = sorted(f"{k} {list(saved[k])} != {list(expected[k])}"
+                    for k in set(saved) & set(expected) if saved[k] != expected[k])
+    raise variable_tree.CheckpointMismatchError(
+        f"{path}: its {len(saved)} variables are not this layer's {len(expected)} "
+        f"(saved from a layer with other arguments, e.g. inter_layers, embedding_dim, "
+        f"vocabulary sizes?); missing: {missing[:5]}, unexpected: {extra[:5]}, "
+        f"other shapes: {shapes[:5]}; nothing was loaded")
 
 
 @tf_keras.saving.register_keras_serializable(package="dmgin_tf")

@@ -198,6 +198,28 @@ def test_keras3_weights_need_a_built_layer(tmp_path):
     np.testing.assert_allclose(adapter(x).numpy(), want, atol=1e-6)
 
 
+@pytest.mark.parametrize("other", [dict(inter_layers=1), dict(use_candidate_group=False),
+                                   dict(embedding_dim=4)])
+def test_keras3_weights_of_another_layer_raise_and_load_nothing(tmp_path, other):
+    """A `.weights.h5` from an encoder with more variables (another `inter_layers`, the
+    candidate-group path) loaded silently into a smaller one — Keras 3 skips what the
+    layer lacks — leaving its other variables as initialised."""
+    from dmgin_tf.layers.tf_keras import load_keras3_weights, save_keras3_weights
+    x = synthetic_inputs(length=L)
+    source = Keras3Encoder(**dict(KW, inter_layers=2))
+    source(x)
+    path = str(tmp_path / "enc.weights.h5")
+    save_keras3_weights(source, path)
+    adapter = GroupInterestEncoder(**dict(KW, **dict(dict(inter_layers=2), **other)))
+    adapter(x)
+    before = [w.numpy().copy() for w in adapter.inner.weights]
+    with pytest.raises(CheckpointMismatchError, match="nothing was loaded"):
+        load_keras3_weights(adapter, path)
+    assert all(np.array_equal(a, w.numpy()) for a, w in zip(before, adapter.inner.weights))
+    with pytest.raises(FileNotFoundError, match="no such weights file"):
+        load_keras3_weights(adapter, str(tmp_path / "missing.weights.h5"))
+
+
 def test_tf_keras_file_of_other_variables_raises():
     """The `.keras` weights store of the adapter is checked like a checkpoint."""
     def encoder(model):
