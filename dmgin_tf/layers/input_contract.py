@@ -43,6 +43,13 @@ CANDIDATE_KEYS = (CAND_ITEM, CAND_GROUP)
 class InputContractError(ValueError):
     """An input of `GroupInterestEncoder` breaks the contract (names input and rule)."""
 
+    # AutoGraph (tf.keras traces models and `fit` through it) re-raises an error from
+    # converted code as its own type only when that type's constructor is
+    # `Exception.__init__` (or one of a few builtin types); a subclass of ValueError
+    # otherwise reached the caller as a StagingError, which `except InputContractError`
+    # / `except ValueError` miss. The constructor is the same: one message.
+    __init__ = Exception.__init__
+
 
 def _fail(name, rule, detail=""):
     raise InputContractError(f"input {name!r}: {rule}{': ' + detail if detail else ''} "
@@ -107,7 +114,12 @@ def check_structure(inputs, *, keys=MODEL_INPUT_KEYS) -> dict:
             _fail(k, f"must be [B, L], got shape {list(shape)}")
         if shape[1] is None:
             _fail(k, f"the history length L must be static, got shape {list(shape)}",
-                  "pad every history to one L, keeping the newest L events")
+                  "pad every history to one L, keeping the newest L events; a functional "
+                  "model built on Input((L,)) and called with histories of another length "
+                  "is traced again with an unknown L — send exactly the model's L")
+        if shape[1] == 0:
+            _fail(k, f"the history length L must be >= 1, got shape {list(shape)}",
+                  "a user without history is a row of padding (id 0) of the model's L")
         if hist_shape is None:
             hist_shape = (HIST_ITEM if HIST_ITEM in keys else k, shape)
         elif not _same(shape, hist_shape[1]):

@@ -74,6 +74,9 @@ def _broken(rule):
     elif rule == "milliseconds":
         x[F.HIST_TIME] = x[F.HIST_TIME] * 1000
         x[F.REQUEST_TIME] = x[F.REQUEST_TIME] * 1000
+    elif rule == "empty_history_axis":     # L = 0 crashed in a gather (indices not in [0, 0))
+        for k in F.HISTORY_INPUT_KEYS:
+            x[k] = x[k][:, :0]
     elif rule == "history_after_request":
         x = _set(x, F.HIST_TIME, r, c, int(x[F.REQUEST_TIME][r]) + 60)
     return x
@@ -95,6 +98,7 @@ RULES = {  # rule → (input named, words of the rule)
     "minus_one_padding": ("hist_item", "padding is 0, not -1"),
     "milliseconds": ("hist_time", "looks like milliseconds"),
     "history_after_request": ("hist_time", "after request_time"),
+    "empty_history_axis": ("hist_item", "L must be >= 1"),
 }
 
 
@@ -160,6 +164,25 @@ def test_contract_is_checked_when_a_keras_model_is_built():
               for k in F.MODEL_INPUT_KEYS}
     with pytest.raises(InputContractError, match="'hist_item'.*integer dtype"):
         GroupInterestEncoder(**KW)(inputs)
+
+
+def test_contract_errors_keep_their_type_through_tf_keras_tracing():
+    """tf.keras builds functional models and runs `fit` / `predict` through AutoGraph,
+    which re-raised our error as a StagingError: `except InputContractError` (or
+    `ValueError`) missed it."""
+    import tf_keras
+    from dmgin_tf.layers.tf_keras import GroupInterestEncoder as TfKerasEncoder
+    inputs = {k: tf_keras.Input((None,) if k in F.HISTORY_INPUT_KEYS else (),
+                                dtype="int64" if k in (F.HIST_TIME, F.REQUEST_TIME) else "int32",
+                                name=k) for k in F.MODEL_INPUT_KEYS}
+    with pytest.raises(InputContractError, match="'hist_item'.*L must be static"):
+        TfKerasEncoder(**KW)(inputs)
+    # The same error raised inside a function AutoGraph converts (as `fit` does).
+    x = {k: tf.constant(v) for k, v in _x().items()}
+    x[F.HIST_ITEM] = tf.cast(x[F.HIST_ITEM], tf.float32)
+    enc = TfKerasEncoder(**KW)
+    with pytest.raises(InputContractError, match="'hist_item'.*integer dtype"):
+        tf.function(lambda d: enc(d))(x)
 
 
 def test_out_of_vocabulary_ids_map_to_oov_the_same_eagerly_and_under_xla():
