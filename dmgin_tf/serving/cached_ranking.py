@@ -5,8 +5,10 @@
 — the request carries the state and the candidates, not the history. Whenever that
 path cannot answer, the request falls back to `rank` with the user's history (from the
 `histories` source, the feature store) and the cause is counted; nothing is raised
-for a cache problem (a request the server refuses for its candidates or request time is
-raised as it is: `rank` would refuse it too):
+for a cache problem. Two failures are not the cache's and are raised as they are,
+without a second call to `rank` that would fail the same way: candidates the server
+refuses, and a server that did not answer within the client's deadline (the `Client`
+retries UNAVAILABLE until then):
 
 | cause | counter | then |
 |---|---|---|
@@ -14,7 +16,8 @@ raised as it is: `rank` would refuse it too):
 | store down / timing out | `cache_errors` | `rank` (the store skips Redis for its cooldown) |
 | unreadable value, wrong keys / shapes / dtypes for this version | `bad_states` | `rank`; the value is replaced |
 | state of another model version (server refuses it, or the version is gone) | `stale` | `rank`; the state is recomputed |
-| `score_cached` refuses the request's own inputs (candidates, request time) | `invalid_requests` | the INVALID_ARGUMENT is raised; the state is kept |
+| `score_cached` refuses the candidates (ids outside the vocabularies, an item's group, more than `max_candidates`) | `invalid_requests` | the INVALID_ARGUMENT is raised; the state is kept |
+| the server does not answer `score_cached` within the deadline (UNAVAILABLE, DEADLINE_EXCEEDED) | `server_errors` | raised; the state is kept |
 | `score_cached` fails otherwise | `score_cached_errors` | `rank` |
 | the user's last `update_user` could not write the new state | `pending_updates` | `rank`; the state is rewritten |
 
@@ -46,7 +49,7 @@ from dmgin_tf.serving.user_state_store import StoreUnavailable, UserStateStore
 log = logging.getLogger(__name__)
 
 COUNTERS = ("requests", "hits", "misses", "cache_errors", "bad_states", "stale",
-            "invalid_requests", "score_cached_errors", "pending_updates", "fallbacks", "writes", "write_errors",
+            "invalid_requests", "server_errors", "score_cached_errors", "pending_updates", "fallbacks", "writes", "write_errors",
             "updates", "invalidations", "invalidated_states")
 INVALIDATION_ATTEMPTS = 5
 TRACKED_UPDATES = 100_000
@@ -56,15 +59,18 @@ _DTYPES = {1: "float32", 3: "int32", 9: "int64", 10: "bool"}  # tensorflow DataT
 
 # The server's INVALID_ARGUMENT names the input it refuses: "input 'cand_item': ..." (the
 # dev server's checks) or "input cand_item: ..." (the signature's own, e.g. on TF Serving).
-_REQUEST_INPUT = re.compile(r"input '?(%s)'?[: ]" % "|".join(
-    (F.CAND_ITEM, F.CAND_GROUP, F.REQUEST_TIME)))
+# `request_time` is not among them: a request time before the state's `state_time` (an
+# update stamped later than the request, clocks of two hosts) is the state's problem,
+# and `rank` on the history answers it.
+_CANDIDATE_INPUT = re.compile(r"input '?(%s)'?[: ]" % "|".join((F.CAND_ITEM, F.CAND_GROUP)))
+_UNANSWERED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
-def refuses_request_inputs(error: grpc.RpcError) -> bool:
-    """Whether `score_cached` refused the request's own inputs (candidates or request
-    time), not the user state."""
+def refuses_candidates(error: grpc.RpcError) -> bool:
+    """Whether `score_cached` refused the request's candidates (which `rank` refuses
+    too), not the user state."""
     return (error.code() == grpc.StatusCode.INVALID_ARGUMENT
-            and _REQUEST_INPUT.search(error.details() or "") is not None)
+            and _CANDIDATE_INPUT.search(error.details() or "") is not None)
 
 
 class InMemoryHistories:
@@ -314,8 +320,11 @@ class CachedRanker:
                 self._saw_version(self.client.last_version)
                 return ctr
             except grpc.RpcError as e:
-                if refuses_request_inputs(e):    # not the state: rank would refuse it too
+                if refuses_candidates(e):        # not the state: rank would refuse it too
                     self._count("invalid_requests")
+                    raise
+                if e.code() in _UNANSWERED:      # the deadline is spent: rank would wait again
+                    self._count("server_errors")
                     raise
                 stale = (e.code() == grpc.StatusCode.INVALID_ARGUMENT
                          and STALE_MARKER in (e.details() or ""))

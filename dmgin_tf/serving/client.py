@@ -82,7 +82,6 @@ class Client:
             # Reconnect to a restarted server within ~1 s (gRPC's own reconnect backoff
             # starts at 1 s and grows to 2 min, longer than any retry deadline).
             ("grpc.initial_reconnect_backoff_ms", 100),
-            ("grpc.min_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 1000)])
         self._predict = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
         self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)

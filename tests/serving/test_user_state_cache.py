@@ -509,13 +509,15 @@ def test_state_with_bad_ids_is_refused_by_name_and_rank_answers(served):
     assert ranker.counters["score_cached_errors"] == 1
 
 
-def test_a_request_refused_for_its_own_inputs_is_raised_once_and_keeps_the_state(served):
-    """Candidates outside the vocabulary, too many of them or a request time before the
-    state's: the server refuses the request, not the state. `rank_user` raises that
-    INVALID_ARGUMENT at once (it used to count a `score_cached` error, send the same
-    request to `rank`, and raise `rank`'s refusal after two RPCs) and keeps the state."""
+def test_refused_candidates_and_an_unanswered_server_are_raised_once(served):
+    """Candidates outside the vocabulary or too many of them: the server refuses the
+    request, not the state. `rank_user` raises that INVALID_ARGUMENT at once (it used to
+    count a `score_cached` error, send the same request to `rank`, and raise `rank`'s
+    refusal after two RPCs) and keeps the state. A server that did not answer within
+    the deadline is not asked again through `rank` (a second deadline). A request time
+    before the state's time is the state's problem: `rank` answers it."""
     import grpc
-    from dmgin_tf.serving.cached_ranking import refuses_request_inputs
+    from dmgin_tf.serving.cached_ranking import refuses_candidates
     client, histories, x, ci, cg, *_ = served
     store = InMemoryStateStore()
     ranker = _ranker(served, store)
@@ -524,21 +526,45 @@ def test_a_request_refused_for_its_own_inputs_is_raised_once_and_keeps_the_state
     unknown = np.array(ci[2]).copy()
     unknown[0] = 10 ** 7
     too_many = np.full(65, ci[2][0])
-    early = int(state["state_time"]) - 3600
-    for cand_item, cand_group, rt in ((unknown, cg[2], None),
-                                      (too_many, np.full(65, cg[2][0]), None),
-                                      (ci[2], cg[2], early)):
+    for cand_item, cand_group in ((unknown, cg[2]), (too_many, np.full(65, cg[2][0]))):
         with pytest.raises(grpc.RpcError) as info:
-            ranker.rank_user("user2", cand_item, cand_group, request_time=rt)
+            ranker.rank_user("user2", cand_item, cand_group)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert refuses_request_inputs(info.value), info.value.details()
+        assert refuses_candidates(info.value), info.value.details()
     c = ranker.counters
-    assert c["invalid_requests"] == 3
+    assert c["invalid_requests"] == 2
     assert c["score_cached_errors"] == 0 and c["fallbacks"] == 1  # the first miss only
     assert store.get("user2", ranker.version) is not None
     np.testing.assert_allclose(ranker.rank_user("user2", ci[2], cg[2]), _rank(served, 2),
                                atol=1e-5)
     assert c["hits"] == 1
+
+    # A state stamped later than the request (an update's clock ahead of the caller's).
+    rt = int(state["state_time"])
+    store.put("user2", ranker.version, dict(state, state_time=np.asarray(rt + 3600)))
+    np.testing.assert_allclose(ranker.rank_user("user2", ci[2], cg[2], request_time=rt),
+                               _rank(served, 2, rt), atol=1e-5)
+    assert c["invalid_requests"] == 2 and c["fallbacks"] == 2
+
+    class Down(grpc.RpcError):
+        def code(self):
+            return grpc.StatusCode.UNAVAILABLE
+
+        def details(self):
+            return "failed to connect to all addresses"
+
+    class Unanswered:                # the served client, with score_cached timing out
+        def __getattr__(self, name):
+            return getattr(client, name)
+
+        def score_cached(self, *args, **kwargs):
+            raise Down()
+
+    ranker.client = Unanswered()
+    with pytest.raises(grpc.RpcError) as info:
+        ranker.rank_user("user2", ci[2], cg[2])
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert c["server_errors"] == 1 and c["fallbacks"] == 2
 
 
 def test_in_memory_histories_keep_events_in_time_order():
