@@ -294,15 +294,23 @@ def _check_same_variables(model, path) -> None:
     have: weights saved from an encoder with more blocks (other `inter_layers`, with
     `use_candidate_group`, ...) loaded into a smaller one without a word, the rest left
     as initialised. Compares the file's variables with the model's own (written to a
-    temporary file, so both follow Keras' layout) and raises naming the differences."""
+    temporary file, so both follow Keras' layout: a load writes the layer's size once
+    more to local disk) and raises naming the differences."""
     import tempfile
-    if not os.path.isfile(path):
+    path = os.fspath(path)
+    if not path.endswith(".h5"):      # another format Keras reads (e.g. sharded .json)
+        return
+    if not tf.io.gfile.exists(path):
         raise FileNotFoundError(f"{path}: no such weights file")
     with tempfile.TemporaryDirectory() as tmp:
         mine = os.path.join(tmp, "layer.weights.h5")
         model.save_weights(mine)
         expected = _h5_variables(mine)
-    saved = _h5_variables(path)
+        if "://" in path:             # gs://, s3://, ...: h5py reads local files only
+            tf.io.gfile.copy(path, os.path.join(tmp, "saved.weights.h5"))
+            saved = _h5_variables(os.path.join(tmp, "saved.weights.h5"))
+        else:
+            saved = _h5_variables(path)
     if saved == expected:
         return
     missing = sorted(set(expected) - set(saved))
