@@ -282,10 +282,12 @@ def _h5_variables(path) -> dict:
     """`{dataset path: shape}` of a Keras 3 `.weights.h5` file, optimizer state left out."""
     import h5py
     found = {}
+
+    def visit(name, obj):
+        if isinstance(obj, h5py.Dataset) and not name.startswith("optimizer/"):
+            found[name] = tuple(obj.shape)
     with h5py.File(path, "r") as f:
-        f.visititems(lambda name, obj: found.__setitem__(name, tuple(obj.shape))
-                     if isinstance(obj, h5py.Dataset) and not name.startswith("optimizer/")
-                     else None)
+        f.visititems(visit)
     return found
 
 

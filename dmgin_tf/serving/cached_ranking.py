@@ -49,8 +49,9 @@ from dmgin_tf.serving.user_state_store import StoreUnavailable, UserStateStore
 log = logging.getLogger(__name__)
 
 COUNTERS = ("requests", "hits", "misses", "cache_errors", "bad_states", "stale",
-            "invalid_requests", "server_errors", "score_cached_errors", "pending_updates", "fallbacks", "writes", "write_errors",
-            "updates", "invalidations", "invalidated_states")
+            "invalid_requests", "server_errors", "score_cached_errors", "pending_updates",
+            "fallbacks", "writes", "write_errors", "updates", "invalidations",
+            "invalidated_states")
 INVALIDATION_ATTEMPTS = 5
 TRACKED_UPDATES = 100_000
 STALE_MARKER = "another model version"
