@@ -52,7 +52,7 @@ def register(subparsers) -> None:
 def _fit(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from dmgin_tf.data.item_index import ItemIndex
+    from dmgin_tf.data.converters.common import staging
     from dmgin_tf.errors import DataError
     from dmgin_tf.features import NUM_RESERVED_IDS, OOV_ID
     from transform.grouping import kmeans, report
@@ -69,51 +69,93 @@ def _fit(args: argparse.Namespace) -> int:
     items = read_items_table(args.items)
     previous = kmeans.load_centroids(args.previous) if g.key == "cluster" and args.previous \
         else None
-    facts = {"key": g.key}
-    if g.key == "cluster":
-        emb = args.embeddings or g.external_embeddings
-        if not emb:
-            raise DataError("grouping key 'cluster' needs --embeddings (or grouping.external_embeddings)")
-        from transform.embedding import embeddings_table_path
-        emb = embeddings_table_path(emb)      # `dmgin encoder embed --output` dir works too
-        _remove_previous_grouping(args.output)    # k-means writes into the folder as it goes
-        os.makedirs(args.output, exist_ok=True)
-        res = kmeans.fit_kmeans(emb, g, cfg.beam, args.output, previous_centroids=previous,
-                                log=print)
-        empty = int((res.counts == 0).sum())
-        if empty:
-            print(f"note: {empty} of {len(res.centroids)} groups got no item (fewer distinct "
-                  f"embeddings than groups?); lower --num-groups")
-        index = ItemIndex.build(items, "table", num_groups=len(res.centroids),
-                                group_table=os.path.join(args.output, kmeans.GROUPS_DIR))
-        facts.update(iterations=res.iterations, converged=res.converged,
-                     inertia=f"{res.inertia:.4f}", runner=cfg.beam.runner,
-                     seconds=f"{res.seconds:.1f}")
-        if res.matched_similarity is not None:
-            facts["stable ids"] = f"matched to {args.previous}"
-    else:
-        index = ItemIndex.build(items, g.key, num_groups=g.num_groups, seed=g.seed)
-        _remove_previous_grouping(args.output)    # only once the new grouping exists
-        os.makedirs(args.output, exist_ok=True)
-    index.save(args.output)
-    model_groups = index.group_of_idx[NUM_RESERVED_IDS:]
-    grouped = model_groups != OOV_ID
-    # The report describes the real groups; items left in the unknown group are counted.
-    groups = pd.DataFrame({"item_id": index.item_ids[grouped], "group_id": model_groups[grouped]})
-    facts["group vocabulary"] = index.group_vocab_size
-    ungrouped = int((~grouped).sum())
-    if ungrouped:
-        facts["items without a group (the unknown group)"] = ungrouped
-        print(f"note: {ungrouped:,} of {index.num_items:,} catalog items have no group "
-              f"(e.g. no embedding for them); they share the unknown group")
-    unused = int(index.info.get("table_items_not_in_catalog", 0))
-    if unused:
-        print(f"note: {unused:,} grouped items are not in the catalog {args.items}; ignored")
-    path = report.write_report(args.output, groups, items, title=f"Interest grouping ({g.key})",
-                               facts=facts)
+    # Everything is written to a staging folder beside --output and moved in only when
+    # the fit succeeded: a failed refit (bad embeddings, ids that match no item) leaves
+    # the previous grouping in --output as it was.
+    with staging(args.output, step="grouping") as tmp:
+        index, facts = _fit_into(str(tmp), args, cfg, items, previous)
+        model_groups = index.group_of_idx[NUM_RESERVED_IDS:]
+        grouped = model_groups != OOV_ID
+        # The report describes the real groups; items left in the unknown group are counted.
+        groups = pd.DataFrame({"item_id": index.item_ids[grouped],
+                               "group_id": model_groups[grouped]})
+        facts["group vocabulary"] = index.group_vocab_size
+        ungrouped = int((~grouped).sum())
+        if ungrouped:
+            facts["items without a group (the unknown group)"] = ungrouped
+            print(f"note: {ungrouped:,} of {index.num_items:,} catalog items have no group "
+                  f"(e.g. no embedding for them); they share the unknown group")
+        unused = int(index.info.get("table_items_not_in_catalog", 0))
+        if unused:
+            print(f"note: {unused:,} grouped items are not in the catalog {args.items}; ignored")
+        path = report.write_report(str(tmp), groups, items,
+                                   title=f"Interest grouping ({g.key})", facts=facts)
+        _publish_grouping(tmp, args.output)
     print(f"grouping ({g.key}): {index.num_items} items, group vocabulary "
-          f"{index.group_vocab_size}; report {path}")
+          f"{index.group_vocab_size}; report {os.path.join(args.output, os.path.basename(path))}")
     return 0
+
+
+def _fit_into(out: str, args, cfg, items, previous):
+    """The grouping of `cfg.grouping.key` written into `out` → (ItemIndex, report facts)."""
+    from dmgin_tf.data.item_index import ItemIndex
+    from dmgin_tf.errors import DataError
+    from transform.grouping import kmeans
+    g = cfg.grouping
+    facts = {"key": g.key}
+    if g.key != "cluster":
+        index = ItemIndex.build(items, g.key, num_groups=g.num_groups, seed=g.seed)
+        index.save(out)
+        return index, facts
+    emb = args.embeddings or g.external_embeddings
+    if not emb:
+        raise DataError("grouping key 'cluster' needs --embeddings (or grouping.external_embeddings)")
+    from transform.embedding import embeddings_table_path
+    emb = embeddings_table_path(emb)      # `dmgin encoder embed --output` dir works too
+    _check_embedding_ids(emb, items, args.items)
+    res = kmeans.fit_kmeans(emb, g, cfg.beam, out, previous_centroids=previous, log=print)
+    empty = int((res.counts == 0).sum())
+    if empty:
+        print(f"note: {empty} of {len(res.centroids)} groups got no item (fewer distinct "
+              f"embeddings than groups?); lower --num-groups")
+    index = ItemIndex.build(items, "table", num_groups=len(res.centroids),
+                            group_table=os.path.join(out, kmeans.GROUPS_DIR))
+    index.save(out)
+    facts.update(iterations=res.iterations, converged=res.converged,
+                 inertia=f"{res.inertia:.4f}", runner=cfg.beam.runner,
+                 seconds=f"{res.seconds:.1f}")
+    if res.matched_similarity is not None:
+        facts["stable ids"] = f"matched to {args.previous}"
+    return index, facts
+
+
+def _check_embedding_ids(emb: str, items, items_path: str) -> None:
+    """Refuses, before k-means runs, an embedding table that cannot be read or whose
+    item ids match no catalog item (DataError naming the file)."""
+    import pyarrow as pa
+
+    from dmgin_tf.errors import DataError
+    from dmgin_tf.features import ITEM_ID
+    from transform import beam_io
+    try:
+        ids = beam_io.read_parquet_table(emb, [ITEM_ID]).column(0).to_pylist()
+    except (OSError, pa.ArrowException) as e:
+        raise DataError(f"--embeddings {emb}: not a readable Parquet table of item_id, "
+                        f"embedding ({type(e).__name__}: {e})") from None
+    catalog = set(items[ITEM_ID].astype(str))
+    if ids and not any(str(i) in catalog for i in ids):
+        raise DataError(f"--embeddings {emb}: none of its {len(ids):,} item ids is in the "
+                        f"catalog {items_path} (e.g. {[str(i) for i in ids[:3]]} vs "
+                        f"{sorted(catalog)[:3]})")
+
+
+def _publish_grouping(tmp, output: str) -> None:
+    """Moves a finished grouping from the staging folder `tmp` into `output`, replacing
+    what an earlier `grouping fit` wrote there (other files stay)."""
+    os.makedirs(output, exist_ok=True)
+    _remove_previous_grouping(output)
+    for name in os.listdir(tmp):
+        os.replace(os.path.join(tmp, name), os.path.join(output, name))
 
 
 def _remove_previous_grouping(output: str) -> None:

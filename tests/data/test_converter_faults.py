@@ -216,6 +216,24 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
                  "--output", str(tmp_path / "UserBehavior.csv" / "out"), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err and "UserBehavior.csv" in err, err
+    assert "UserBehavior.csv is a file, not a directory" in err, err
+
+
+def test_an_unwritable_output_is_named_not_the_staging_folder(tmp_path, capsys, monkeypatch):
+    """A folder the user may not write to was reported by the converter's hidden staging
+    folder beside it (`.out.convert-<pid>-<random>: Permission denied`)."""
+    import tempfile
+
+    def refuse(prefix, dir):
+        raise PermissionError(13, "Permission denied", os.path.join(dir, prefix + "x1"))
+    monkeypatch.setattr(tempfile, "mkdtemp", refuse)
+    _write(tmp_path / "UserBehavior.csv", GOOD)
+    out = tmp_path / "ro" / "out"
+    assert main(["data", "convert", "--dataset", "taobao", "--input", str(tmp_path),
+                 "--output", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"output {out}: cannot write there (Permission denied)" in err, err
+    assert ".convert-" not in err and len(err.splitlines()) == 1, err
 
 
 def test_millisecond_events_in_one_second_are_not_duplicates(tmp_path):

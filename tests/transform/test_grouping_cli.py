@@ -108,3 +108,40 @@ def test_a_failed_refit_keeps_the_earlier_grouping(tmp_path, capsys):
                  "category", "--output", str(out)]) == 2
     assert "none of the 8 items has a category" in capsys.readouterr().err
     assert (out / "centroids.npy").exists() and (out / "item_groups").is_dir()
+
+
+def _files(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def test_a_failed_cluster_refit_leaves_the_earlier_grouping_untouched(tmp_path, capsys):
+    """A k-means refit removed the earlier grouping before reading the embeddings: a NaN
+    in them, an unreadable file or ids that match no item left --output empty or half
+    new (a new k-means table beside no index)."""
+    items = pd.DataFrame({"item_id": IDS, "category": ["a"] * 8})
+    items.to_parquet(tmp_path / "items.parquet")
+    out = tmp_path / "groups"
+    _earlier_kmeans_output(out, items)
+    before = {p: (out / p).read_bytes() for p in _files(out) if (out / p).is_file()}
+    vectors = list(np.eye(8, 4, dtype=np.float32))
+    nan = [v.copy() for v in vectors]
+    nan[3][0] = np.nan
+    pd.DataFrame({"item_id": IDS, "embedding": nan}).to_parquet(tmp_path / "nan.parquet")
+    (tmp_path / "garbage.parquet").write_bytes(b"hello")
+    pd.DataFrame({"item_id": [f"x{k}" for k in range(8)], "embedding": vectors}).to_parquet(
+        tmp_path / "other_ids.parquet")
+    for name, words in (("nan.parquet", ["non-finite"]),
+                        ("garbage.parquet", ["--embeddings", "garbage.parquet",
+                                             "not a readable Parquet"]),
+                        ("other_ids.parquet", ["--embeddings", "other_ids.parquet",
+                                               "none of its 8 item ids is in the catalog"])):
+        assert main(["grouping", "fit", "--items", str(tmp_path / "items.parquet"),
+                     "--embeddings", str(tmp_path / name), "--key", "cluster", "--num-groups",
+                     "2", "--output", str(out)]) == 2, name
+        captured = capsys.readouterr()
+        for w in words:
+            assert w in captured.err, (name, captured.err)
+        assert "Traceback" not in captured.err
+        assert {p: (out / p).read_bytes() for p in _files(out) if (out / p).is_file()} == before
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith(".groups.")], name
+    assert "k-means iteration" not in captured.out     # ids checked before the fit

@@ -51,13 +51,13 @@ def failure_dir(output_dir) -> pathlib.Path:
     return out.parent / (out.name + FAILED_SUFFIX)
 
 
-def _staging_prefix(out: pathlib.Path) -> str:
-    return f".{out.name}.convert-"
+def _staging_prefix(out: pathlib.Path, step: str = "convert") -> str:
+    return f".{out.name}.{step}-"
 
 
-def _remove_stale_staging(out: pathlib.Path) -> None:
+def _remove_stale_staging(out: pathlib.Path, step: str = "convert") -> None:
     """Staging dirs of runs that were killed (their pid is gone)."""
-    prefix = _staging_prefix(out)
+    prefix = _staging_prefix(out, step)
     try:
         names = os.listdir(out.parent)
     except OSError:
@@ -125,17 +125,31 @@ def _cleanup_on_signals():
 
 
 @contextlib.contextmanager
-def staging(output_dir) -> Iterator[pathlib.Path]:
+def staging(output_dir, step: str = "convert") -> Iterator[pathlib.Path]:
     """A temp dir beside `output_dir` (same filesystem, so publishing is a rename);
-    removed on exit, on an exception and on SIGTERM/SIGHUP."""
+    removed on exit, on an exception and on SIGTERM/SIGHUP. `step` names it
+    (`.<name>.<step>-<pid>-*`). An output that cannot be written raises DataError naming
+    `output_dir`, not the temp dir."""
     out = pathlib.Path(output_dir)
     if out.exists() and not out.is_dir():
         raise DataError(f"output {out} exists and is not a directory")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_staging(out)
-    with _cleanup_on_signals():
-        tmp = pathlib.Path(tempfile.mkdtemp(prefix=f"{_staging_prefix(out)}{os.getpid()}-",
+    for above in out.parents:
+        if above.exists():
+            if not above.is_dir():
+                raise DataError(f"output {out}: {above} is a file, not a directory")
+            break
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_staging(out, step)
+        tmp = pathlib.Path(tempfile.mkdtemp(prefix=f"{_staging_prefix(out, step)}{os.getpid()}-",
                                             dir=out.parent))
+    except OSError as e:
+        # Name the path the user gave (or the parent that failed), never the temp dir.
+        failed = e.filename and not os.path.basename(str(e.filename)).startswith(
+            _staging_prefix(out, step))
+        raise DataError(f"output {out}: cannot write there ({e.strerror or e}"
+                        f"{': ' + str(e.filename) if failed else ''})") from None
+    with _cleanup_on_signals():
         try:
             yield tmp
         finally:
