@@ -149,3 +149,31 @@ def test_a_missing_input_path_names_the_setting_that_gave_it(tmp_path, capsys):
     _one_line_error(capsys, f"data.input_path={missing}", "no such file")
     assert main(["train", "--data", missing, "--output", str(tmp_path / "run")]) == 2
     _one_line_error(capsys, f"--data {missing}", "no such file")
+
+
+@pytest.mark.parametrize("args, key", [
+    (["train", "--epochs", "1", "--set", "train.epochs=abc"], "train.epochs"),
+    (["train", "--batch-size", "256", "--set", "train.batch_size=-5"], "train.batch_size"),
+    (["train", "--dataset", "taobao", "--set", "data.dataset=movielens"], "data.dataset"),
+    (["data", "convert", "--dataset", "taobao", "--input", "IN", "--output", "OUT",
+      "--max-error-fraction", "0.5", "--set", "data.max_error_fraction=abc"],
+     "data.max_error_fraction"),
+    (["grouping", "fit", "--items", "IN", "--key", "random", "--num-groups", "4", "--set",
+      "grouping.num_groups=abc", "--output", "OUT"], "grouping.num_groups"),
+])
+def test_a_set_that_disagrees_with_its_own_flag_is_refused(tmp_path, capsys, args, key):
+    """The command's flag used to win silently: a bad --set value (`abc`, -5) went
+    unchecked and training started; a conflicting valid one was dropped."""
+    args = [str(tmp_path / a) if a in ("IN", "OUT") else a for a in args]
+    assert main(args) == 2
+    _one_line_error(capsys, f"{key} is given twice", "give it once")
+    assert not (tmp_path / "OUT").exists()
+
+
+def test_a_set_equal_to_its_own_flag_is_accepted():
+    import argparse
+
+    from dmgin_tf.cli.common import config_from_args
+    args = argparse.Namespace(config=None, overrides=["train.epochs=3", "model.mlp_units=8,4"])
+    cfg = config_from_args(args, {"train.epochs": 3, "model.mlp_units": [8, 4]})
+    assert cfg.train.epochs == 3 and tuple(cfg.model.mlp_units) == (8, 4)

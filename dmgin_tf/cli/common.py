@@ -109,8 +109,24 @@ def config_from_args(args: argparse.Namespace, extra: dict | None = None) -> Con
             raise ConfigError(f"--set {item!r}: expected SECTION.FIELD=VALUE")
         key, value = item.split("=", 1)
         overrides[key.strip()] = value
-    overrides.update({k: v for k, v in (extra or {}).items() if v is not None})
+    flags = {k: v for k, v in (extra or {}).items() if v is not None}
+    for key, value in flags.items():
+        # A command's own flag used to win silently over a --set of the same key, so a
+        # bad --set value was never checked and a conflicting one was dropped.
+        if key in overrides and overrides[key].strip() != _flag_text(value):
+            raise ConfigError(f"{key} is given twice: --set {key}={overrides[key]} and its "
+                              f"own flag ({_flag_text(value)}); give it once")
+    overrides.update(flags)
     return load_config(getattr(args, "config", None), overrides)
+
+
+def _flag_text(value) -> str:
+    """A flag's value as it would be written after `--set KEY=` (lists comma-joined)."""
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
 
 
 def add_beam_args(parser: argparse.ArgumentParser) -> None:
