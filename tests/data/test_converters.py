@@ -134,16 +134,20 @@ MOVIES = ["movieId,title,genres",
           b"4,Mis\xe9rables (1995),Drama",          # latin-1 byte in a title: repaired, kept
           "5,,",                                     # no title, no genres, no tags
           "2,Heat again (1995),Action"]              # duplicate movieId
+T = 964_982_600          # MovieLens times are 1995 or later; T + 100 etc. below
 RATINGS = ["userId,movieId,rating,timestamp",
-           "1,1,4.0,100", "1,2,2.5,90", "1,3,3.5,100", "2,4,5.0,50", "2,9,1.0,60",  # 9: not in catalog
-           "2,5,3.0,70",
-           "2,1,6.0,80",          # rating out of range
+           f"1,1,4.0,{T + 100}", f"1,2,2.5,{T + 90}", f"1,3,3.5,{T + 100}", f"2,4,5.0,{T + 50}",
+           f"2,9,1.0,{T + 60}",   # 9: not in catalog
+           f"2,5,3.0,{T + 70}",
+           f"2,1,6.0,{T + 80}",   # rating out of range
            "2,1,4.0,1e9",         # bad timestamp
-           "1,1,4.0,100"]         # exact duplicate
+           f"1,1,4.0,{T + 100}",  # exact duplicate
+           "2,3,4.0,145573"]      # a line cut short (1970): before MovieLens began
 TAGS = ["userId,movieId,tag,timestamp",
-        '1,1,"politics, US",100', "1,1,president,100", "1,1,President,101",  # same second: both kept
-        "2,2,,55",                # empty tag: behavior kept
-        b"2,\xff2,heist,56"]      # invalid byte in an id
+        f'1,1,"politics, US",{T + 100}', f"1,1,president,{T + 100}",
+        f"1,1,President,{T + 101}",  # same second: both kept
+        f"2,2,,{T + 55}",            # empty tag: behavior kept
+        b"2,\xff2,heist," + str(T + 56).encode()]      # invalid byte in an id
 
 
 @pytest.fixture
@@ -159,9 +163,10 @@ def ml_dir(tmp_path):
 def test_movielens_behaviors_items_and_report(ml_dir, tmp_path):
     res = convert_movielens(ml_dir, tmp_path / "out", LOOSE)
     beh = pd.read_parquet(res.behaviors_path)
-    expected = [("1", "2", "low", 90), ("1", "1", "high", 100), ("1", "3", "mid", 100),
-                ("1", "1", "tag", 100), ("1", "1", "tag", 100), ("1", "1", "tag", 101),
-                ("2", "4", "high", 50), ("2", "2", "tag", 55), ("2", "9", "low", 60), ("2", "5", "mid", 70)]
+    expected = [(u, i, b, T + t) for u, i, b, t in [
+        ("1", "2", "low", 90), ("1", "1", "high", 100), ("1", "3", "mid", 100),
+        ("1", "1", "tag", 100), ("1", "1", "tag", 100), ("1", "1", "tag", 101),
+        ("2", "4", "high", 50), ("2", "2", "tag", 55), ("2", "9", "low", 60), ("2", "5", "mid", 70)]]
     assert list(beh.itertuples(index=False, name=None)) == expected
     items = pd.read_parquet(res.items_path).set_index(ITEM_ID)
     assert list(items.index) == ["1", "2", "3", "4", "5", "9"]
@@ -175,7 +180,10 @@ def test_movielens_behaviors_items_and_report(ml_dir, tmp_path):
     assert _file_stats(rep, "movies.csv")["bad"] == {"duplicate_item": 1}
     assert _file_stats(rep, "movies.csv")["flagged"] == {
         "missing_item_text": 2, "missing_title": 1, "non_utf8_text_repaired": 1}
-    assert _file_stats(rep, "ratings.csv")["bad"] == {"bad_rating": 1, "bad_timestamp": 1, "duplicate_row": 1}
+    assert _file_stats(rep, "ratings.csv")["bad"] == {"bad_rating": 1, "bad_timestamp": 1,
+                                                      "duplicate_row": 1,
+                                                      "timestamp_out_of_range": 1}
+    assert "before 1995-01-01" in json.dumps(rep)
     assert _file_stats(rep, "ratings.csv")["flagged"] == {"item_not_in_catalog": 1}
     assert _file_stats(rep, "tags.csv")["bad"] == {"non_utf8": 1}
     assert _file_stats(rep, "tags.csv")["flagged"] == {"empty_tag": 1}
@@ -191,12 +199,31 @@ def test_movielens_wrong_header_names_file(ml_dir, tmp_path):
 
 
 def test_movielens_tags_optional_and_missing_ratings(ml_dir, tmp_path):
+    _write(ml_dir / "tags.csv", TAGS[:1])              # a header only: no tags, no failure
+    res = convert_movielens(ml_dir, tmp_path / "out0", LOOSE)
+    assert "tag" not in set(pd.read_parquet(res.behaviors_path)[BEHAVIOR])
+    assert "holds no rows" in json.dumps(res.report)
     (ml_dir / "tags.csv").unlink()
     res = convert_movielens(ml_dir, tmp_path / "out", LOOSE)
     assert "tag" not in set(pd.read_parquet(res.behaviors_path)[BEHAVIOR])
+    _write(ml_dir / "movies.csv", MOVIES[:1])          # a catalog with a header only
+    with pytest.raises(DataError, match=r"movies.csv: no data rows \(a header only\?\)"):
+        convert_movielens(ml_dir, tmp_path / "out1", LOOSE)
     (ml_dir / "ratings.csv").unlink()
     with pytest.raises(FileNotFoundError, match="ratings.csv"):
         convert_movielens(ml_dir, tmp_path / "out2")
+    with pytest.raises(FileNotFoundError, match="is a file; pass the directory"):
+        convert_movielens(ml_dir / "movies.csv", tmp_path / "out3")
+
+
+def test_movielens_gzipped_files_in_a_directory_are_found(ml_dir, tmp_path):
+    import gzip
+    for name in ("movies.csv", "ratings.csv"):
+        (ml_dir / f"{name}.gz").write_bytes(gzip.compress((ml_dir / name).read_bytes()))
+        (ml_dir / name).unlink()
+    res = convert_movielens(ml_dir, tmp_path / "out", LOOSE)
+    assert len(pd.read_parquet(res.behaviors_path)) == 10     # the 6 ratings kept + 4 tags
+    assert len(pd.read_parquet(res.items_path)) == 6
 
 
 # --- generic ------------------------------------------------------------------------------------

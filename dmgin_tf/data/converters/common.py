@@ -177,8 +177,11 @@ def publish(tmp: pathlib.Path, output_dir, report: ConversionReport) -> Conversi
     try:
         report.check_error_fraction()
         for fr in report.files.values():
-            if fr.role == "behaviors" and fr.rows_read == 0:
-                raise DataError(f"{fr.path}: no data rows (empty input file)")
+            # A header-only catalog used to pass, leaving every behavior's item unknown.
+            if fr.role in ("behaviors", "items") and fr.rows_read == 0 and not fr.optional:
+                empty = os.path.isfile(fr.path) and os.path.getsize(fr.path) == 0
+                raise DataError(f"{fr.path}: no data rows"
+                                + (" (empty file)" if empty else " (a header only?)"))
         if not report.info.get("behaviors"):
             raise DataError(f"no behaviors converted from "
                             f"{', '.join(fr.path for fr in report.files.values())}"

@@ -60,6 +60,20 @@ def item_description(genres: str, tags) -> str:
     return ". ".join(p for p in parts if p)
 
 
+# MovieLens began collecting ratings in 1995: an earlier time is a broken value (a line
+# cut short, e.g. by an interrupted download, or a zero), not an early rating.
+MOVIELENS_START = 788_918_400            # 1995-01-01 00:00 UTC
+
+
+def _movielens_time(text: str, unit: str):
+    """`check_timestamp`, plus times before 1995 refused as `timestamp_out_of_range`."""
+    ts, bad = check_timestamp(text, unit)
+    if bad is None and ts < MOVIELENS_START:
+        return None, ("timestamp_out_of_range", f"timestamp {ts} is before 1995-01-01, when "
+                                                "MovieLens began (a truncated line?)")
+    return ts, bad
+
+
 def _data_lines(path: pathlib.Path, header, bar):
     """Data lines of a CSV whose first line must be `header` (else DataError: wrong file)."""
     lines = iter_csv_lines(path, bar)
@@ -83,15 +97,21 @@ def convert_movielens(input_dir, output_dir, config: DataConfig | None = None, *
     """
     cfg = config or DataConfig()
     root = pathlib.Path(input_dir)
-    paths = {name: root / name for name in (MOVIES_FILE, RATINGS_FILE, TAGS_FILE)}
+    if root.is_file():
+        raise FileNotFoundError(f"MovieLens input: {root} is a file; pass the directory that "
+                                f"holds {RATINGS_FILE} and {MOVIES_FILE}")
+    # Each file as named, or gzipped beside it (`ratings.csv.gz`).
+    paths = {name: root / name if (root / name).exists() or not (root / f"{name}.gz").is_file()
+             else root / f"{name}.gz" for name in (MOVIES_FILE, RATINGS_FILE, TAGS_FILE)}
     for name in (MOVIES_FILE, RATINGS_FILE):
         if not paths[name].is_file():
-            raise FileNotFoundError(f"MovieLens input: {paths[name]} not found")
+            raise FileNotFoundError(f"MovieLens input: {paths[name]} not found (nor "
+                                    f"{paths[name].name}.gz)")
     has_tags = paths[TAGS_FILE].is_file()
     report = ConversionReport("movielens", cfg.max_error_fraction, max_samples)
     movies_fr = report.file(paths[MOVIES_FILE], "items")
     ratings_fr = report.file(paths[RATINGS_FILE], "behaviors")
-    tags_fr = report.file(paths[TAGS_FILE], "behaviors") if has_tags else None
+    tags_fr = report.file(paths[TAGS_FILE], "behaviors", optional=True) if has_tags else None
     total = sum(file_size(p) for p in paths.values())
     bar = progress_bar(total, "movielens", show_progress)
 
@@ -139,7 +159,7 @@ def convert_movielens(input_dir, output_dir, config: DataConfig | None = None, *
                         bad = ("bad_rating", f"rating {rating_text!r} is not one of 0.5, 1.0, ..., "
                                              "5.0 (no behavior type)")
                 if bad is None:
-                    ts, bad = check_timestamp(ts_text, timestamp_unit)
+                    ts, bad = _movielens_time(ts_text, timestamp_unit)
                 if bad is not None:
                     report.bad(ratings_fr, line.number, bad[0], bad[1], line.text)
                     continue
@@ -162,7 +182,7 @@ def convert_movielens(input_dir, output_dir, config: DataConfig | None = None, *
                                                  f[3].strip())
                     bad = _check_ids(user, movie)
                     if bad is None:
-                        ts, bad = check_timestamp(ts_text, timestamp_unit)
+                        ts, bad = _movielens_time(ts_text, timestamp_unit)
                     if bad is not None:
                         report.bad(tags_fr, line.number, bad[0], bad[1], line.text)
                         continue
@@ -195,6 +215,8 @@ def convert_movielens(input_dir, output_dir, config: DataConfig | None = None, *
         n_items = write_items(tmp / ITEMS_FILE, items)
         report.decide("behaviors", "rating <= 2.5 -> low, 3.0-3.5 -> mid, >= 4.0 -> high; tag "
                       "application -> tag")
+        if has_tags and tags_fr.rows_read == 0:
+            report.decide("tags", f"{paths[TAGS_FILE].name} holds no rows: no tag behaviors")
         report.decide("category", "the full |-joined genre list; '(no genres listed)' -> empty")
         report.decide("description", "genres joined by ', ' then 'Tags: ' and the movie's "
                       "distinct tags (case-insensitive, first spelling)")

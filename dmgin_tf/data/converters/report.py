@@ -36,6 +36,7 @@ class FileReport:
     path: str
     role: str                      # behaviors | items | tags ... (what the file feeds)
     rows_read: int = 0
+    optional: bool = False         # may hold no data rows (e.g. MovieLens tags.csv)
     bad: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     flagged: collections.Counter = dataclasses.field(default_factory=collections.Counter)
 
@@ -78,11 +79,12 @@ class ConversionReport:
         self.info: Dict[str, Any] = {}
 
     # --- recording -------------------------------------------------------------------------
-    def file(self, path, role: str) -> FileReport:
-        """The `FileReport` of `path` (created on first use)."""
+    def file(self, path, role: str, optional: bool = False) -> FileReport:
+        """The `FileReport` of `path` (created on first use). A file that is not
+        `optional` must hold data rows (`publish` fails the conversion otherwise)."""
         key = str(path)
         if key not in self.files:
-            self.files[key] = FileReport(path=key, role=role)
+            self.files[key] = FileReport(path=key, role=role, optional=optional)
         return self.files[key]
 
     def bad(self, fr: FileReport, line: int, reason: str, detail: str = "", text: str = "") -> None:
