@@ -54,9 +54,7 @@ def _build(args: argparse.Namespace) -> int:
     for name in SPLIT_NAMES:
         c, h = m["counts"][name], profile[name]
         print(f"  {name:5s} {c['examples']:>9d} examples  {c['positives']:>9d} positives  "
-              f"{c['users']:>6d} users  history: mean {h['history_mean']:.0f} behaviors, "
-              f"newest {h['gap_p50_hours']:.2g} h / {h['gap_p90_hours']:.2g} h before the "
-              f"request (p50 / p90)")
+              f"{c['users']:>6d} users  {_history_line(h)}")
     print(f"  users train-only (< {cfg.data.min_events_for_test} labelled events): "
           f"{m['users_train_only']}; OOV history behaviors {m['history_oov_behaviors']}, "
           f"OOV candidates {m['candidate_oov_examples']}")
@@ -65,3 +63,16 @@ def _build(args: argparse.Namespace) -> int:
         print(note)
     print(f"wrote {args.output}")
     return 0
+
+
+def _history_line(h: dict) -> str:
+    """One split's history profile (`ExampleSet.history_profile`) for the summary; a
+    split without examples, or whose examples have no history, says so instead of nan."""
+    import math
+    if math.isnan(h["history_mean"]):
+        return "history: no examples"
+    if math.isnan(h["gap_p50_hours"]):
+        return "history: none (no example has an earlier behavior)"
+    return (f"history: mean {h['history_mean']:.0f} behaviors, newest "
+            f"{h['gap_p50_hours']:.2g} h / {h['gap_p90_hours']:.2g} h before the request "
+            f"(p50 / p90)")

@@ -356,3 +356,20 @@ def test_history_profile_per_split_equals_a_loop_over_examples():
         assert profile[name]["history_mean"] == pytest.approx(np.mean(lengths))
         assert profile[name]["gap_p90_hours"] == pytest.approx(np.percentile(gaps, 90))
         assert profile[name]["gap_p50_hours"] == pytest.approx(np.percentile(gaps, 50))
+
+
+def test_cli_summary_of_users_with_one_event_says_so_without_nan(tmp_path, capsys):
+    """Every user with a single event: no validation or test examples and no history;
+    the summary printed `mean nan behaviors, newest nan h / nan h`."""
+    from dmgin_tf.cli.main import main
+    beh, items = make_tables(seed=3)
+    beh.drop_duplicates(USER_ID).to_parquet(tmp_path / "behaviors.parquet")
+    items.to_parquet(tmp_path / "items.parquet")
+    assert main(["examples", "build", "--data", str(tmp_path), "--dataset", "taobao",
+                 "--grouping-key", "category", "--output", str(tmp_path / "out"),
+                 "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "nan" not in out, out
+    lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
+    assert "history: none (no example has an earlier behavior)" in lines["train"], out
+    assert "history: no examples" in lines["val"] and "history: no examples" in lines["test"]
