@@ -296,3 +296,24 @@ def test_a_header_naming_a_column_twice_is_refused(tmp_path):
     with pytest.raises(DataError, match=r"b.csv: the header names column\(s\) \['user_id'\] "
                                         r"more than once"):
         convert_generic(tmp_path / "b.csv", tmp_path / "out")
+
+
+def test_zero_padded_numeric_ids_are_the_same_user_and_item(tmp_path):
+    """`001` and `1` were two users (Taobao), and a rating of movie `0050` created a new,
+    empty catalog item beside movie 50 (MovieLens)."""
+    from dmgin_tf.features import ITEM_ID, USER_ID
+    d = tmp_path / "tb"
+    d.mkdir()
+    _write(d / "UserBehavior.csv", [f"001,010,0100,pv,{T0}", f"1,10,100,buy,{T0 + 5}"])
+    beh = pd.read_parquet(convert_taobao(d, tmp_path / "out").behaviors_path)
+    assert beh[USER_ID].tolist() == ["1", "1"] and beh[ITEM_ID].tolist() == ["10", "10"]
+    src = tmp_path / "ml"
+    src.mkdir()
+    _write(src / "movies.csv", ["movieId,title,genres", "0050,Usual Suspects (1995),Crime"])
+    _write(src / "ratings.csv", ["userId,movieId,rating,timestamp", "01,50,4.0,964982703",
+                                 "1,0050,3.0,964982710"])
+    res = convert_movielens(src, tmp_path / "out2")
+    beh = pd.read_parquet(res.behaviors_path)
+    assert beh[USER_ID].tolist() == ["1", "1"] and beh[ITEM_ID].tolist() == ["50", "50"]
+    assert pd.read_parquet(res.items_path)[ITEM_ID].tolist() == ["50"]
+    assert not any(f["flagged"] for f in res.report["files"])

@@ -30,8 +30,8 @@ import pathlib
 
 from dmgin_tf.config import DataConfig
 from dmgin_tf.data.converters.common import ConversionResult, progress_bar, publish, staging
-from dmgin_tf.data.converters.reader import (check_line, check_timestamp, file_size, is_int_id,
-                                             iter_csv_lines, raw_time_detail)
+from dmgin_tf.data.converters.reader import (check_line, check_timestamp, file_size, int_id,
+                                             is_int_id, iter_csv_lines, raw_time_detail)
 from dmgin_tf.data.converters.report import ConversionReport
 from dmgin_tf.data.converters.tables import BEHAVIORS_FILE, ITEMS_FILE, BehaviorSink, write_items
 from dmgin_tf.data.datasets import MOVIELENS_BEHAVIORS
@@ -124,7 +124,7 @@ def convert_movielens(input_dir, output_dir, config: DataConfig | None = None, *
         movie, title, genres = f[0].strip(), f[1].strip(), f[2].strip()
         if not is_int_id(movie):
             report.bad(movies_fr, line.number, "bad_id", f"movieId {movie!r} is not a numeric id", line.text)
-        elif movie in movies:
+        elif (movie := int_id(movie)) in movies:
             report.bad(movies_fr, line.number, "duplicate_item",
                        f"movieId {movie} already defined on line {movies[movie][2]}", line.text)
         else:
@@ -149,7 +149,7 @@ def convert_movielens(input_dir, output_dir, config: DataConfig | None = None, *
                 continue
             try:
                 user, movie, rating_text, ts_text = (v.strip() for v in f)
-                bad = _check_ids(user, movie)
+                user, movie, bad = _checked_ids(user, movie)
                 if bad is None:
                     try:
                         rating = float(rating_text)
@@ -180,7 +180,7 @@ def convert_movielens(input_dir, output_dir, config: DataConfig | None = None, *
                 try:
                     user, movie, tag, ts_text = (f[0].strip(), f[1].strip(), f[2].strip(),
                                                  f[3].strip())
-                    bad = _check_ids(user, movie)
+                    user, movie, bad = _checked_ids(user, movie)
                     if bad is None:
                         ts, bad = _movielens_time(ts_text, timestamp_unit)
                     if bad is not None:
@@ -230,9 +230,11 @@ def convert_movielens(input_dir, output_dir, config: DataConfig | None = None, *
         return publish(tmp, output_dir, report)
 
 
-def _check_ids(user: str, movie: str):
+def _checked_ids(user: str, movie: str):
+    """(user, movie, None) with the ids as numbers (`int_id`), or (user, movie, (reason,
+    detail)) when one is not a numeric id."""
     if not is_int_id(user):
-        return ("bad_id", f"userId {user!r} is not a numeric id")
+        return user, movie, ("bad_id", f"userId {user!r} is not a numeric id")
     if not is_int_id(movie):
-        return ("bad_id", f"movieId {movie!r} is not a numeric id")
-    return None
+        return user, movie, ("bad_id", f"movieId {movie!r} is not a numeric id")
+    return int_id(user), int_id(movie), None

@@ -203,6 +203,12 @@ def is_int_id(value: str) -> bool:
     return bool(value) and value.isascii() and value.isdigit()
 
 
+def int_id(value: str) -> str:
+    """A numeric id (`is_int_id`) as its number, without leading zeros (`007` → `7`):
+    an export that pads ids must not split one user or item into two."""
+    return value.lstrip("0") or "0"
+
+
 def file_size(path) -> int:
     try:
         return os.path.getsize(path)

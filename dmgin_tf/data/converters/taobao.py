@@ -27,8 +27,8 @@ import datetime
 
 from dmgin_tf.config import DataConfig
 from dmgin_tf.data.converters.common import ConversionResult, progress_bar, publish, resolve_file, staging
-from dmgin_tf.data.converters.reader import (check_line, check_timestamp, file_size, is_int_id,
-                                             iter_csv_lines, raw_time_detail)
+from dmgin_tf.data.converters.reader import (check_line, check_timestamp, file_size, int_id,
+                                             is_int_id, iter_csv_lines, raw_time_detail)
 from dmgin_tf.data.converters.report import ConversionReport
 from dmgin_tf.data.converters.tables import BEHAVIORS_FILE, ITEMS_FILE, BehaviorSink, write_items
 from dmgin_tf.data.datasets import TAOBAO_BEHAVIORS
@@ -115,6 +115,7 @@ def _row(f, line, fr, report, sink, behaviors, item_cat, conflicts, unit) -> Non
     if bad is not None:
         report.bad(fr, line.number, bad[0], bad[1], line.text)
         return
+    user, item, cat = int_id(user), int_id(item), int_id(cat)
     if not WINDOW_START <= ts < WINDOW_END:
         report.flag(fr, line.number, "out_of_window",
                     f"{_china_time(ts)} outside 2017-11-25..2017-12-03 (China time); kept",
