@@ -164,8 +164,15 @@ def read_items_table(path: str, flag: str = "--items"):
     if not os.path.exists(path):
         raise DataError(f"{flag} {path}: no such file or directory")
     try:
-        return pd.read_parquet(path)
+        items = pd.read_parquet(path)
     except (ValueError, OSError) as e:      # pyarrow's ArrowInvalid is a ValueError
         raise DataError(f"{flag} {path}: not a readable Parquet catalog ({type(e).__name__}); "
                         f"pass the items.parquet of `dmgin data convert` (or its output "
                         f"directory); CSV catalogs are converted first") from None
+    from dmgin_tf.features import ITEM_ID, USER_ID
+    if ITEM_ID not in items.columns or USER_ID in items.columns:
+        what = ("a behaviors table (it has user_id)" if USER_ID in items.columns
+                else f"not an items catalog (no item_id column; columns {list(items.columns)})")
+        raise DataError(f"{flag} {path}: {what}; pass the items.parquet of `dmgin data "
+                        f"convert` (or its output directory)")
+    return items

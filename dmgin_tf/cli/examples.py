@@ -31,7 +31,9 @@ def register(subparsers) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
+    from dmgin_tf.data.converters.common import check_output_dir
     from dmgin_tf.data.examples import SPLIT_NAMES, build_from_canonical, group_table_note
+    check_output_dir(args.output)
     cfg = config_from_args(args, {"data.dataset": args.dataset,
                                   "grouping.num_groups": args.num_groups})
     key = args.grouping_key or cfg.grouping.key

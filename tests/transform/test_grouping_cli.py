@@ -145,3 +145,22 @@ def test_a_failed_cluster_refit_leaves_the_earlier_grouping_untouched(tmp_path, 
         assert {p: (out / p).read_bytes() for p in _files(out) if (out / p).is_file()} == before
         assert not [p for p in tmp_path.iterdir() if p.name.startswith(".groups.")], name
     assert "k-means iteration" not in captured.out     # ids checked before the fit
+
+
+def test_a_behaviors_table_as_the_catalog_and_an_output_under_a_file_are_named(tmp_path,
+                                                                                  capsys):
+    """A behaviors table passed as --items failed with 'duplicate item_id values'; an
+    --output under a regular file with a bare 'File exists'."""
+    pd.DataFrame({"user_id": ["u1", "u2"], "item_id": ["i0", "i0"], "behavior": ["pv", "pv"],
+                  "timestamp": [1, 2]}).to_parquet(tmp_path / "behaviors.parquet")
+    assert main(["grouping", "fit", "--items", str(tmp_path / "behaviors.parquet"), "--key",
+                 "category", "--output", str(tmp_path / "g")]) == 2
+    err = capsys.readouterr().err
+    assert "--items" in err and "a behaviors table (it has user_id)" in err, err
+    pd.DataFrame({"item_id": IDS, "category": ["a"] * 8}).to_parquet(tmp_path / "items.parquet")
+    for args in (["grouping", "fit", "--items", str(tmp_path / "items.parquet"), "--key",
+                  "category"], ["examples", "build", "--data", str(tmp_path), "--dataset",
+                                "taobao", "--grouping-key", "category"]):
+        assert main(args + ["--output", str(tmp_path / "items.parquet" / "out")]) == 2
+        err = capsys.readouterr().err
+        assert "items.parquet is a file, not a directory" in err and "Traceback" not in err, err

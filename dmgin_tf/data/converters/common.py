@@ -124,12 +124,9 @@ def _cleanup_on_signals():
             signal.signal(s, h)
 
 
-@contextlib.contextmanager
-def staging(output_dir, step: str = "convert") -> Iterator[pathlib.Path]:
-    """A temp dir beside `output_dir` (same filesystem, so publishing is a rename);
-    removed on exit, on an exception and on SIGTERM/SIGHUP. `step` names it
-    (`.<name>.<step>-<pid>-*`). An output that cannot be written raises DataError naming
-    `output_dir`, not the temp dir."""
+def check_output_dir(output_dir) -> None:
+    """Raises DataError naming `output_dir` when it cannot be a directory: it is a file,
+    or a file stands where one of its parents should be."""
     out = pathlib.Path(output_dir)
     if out.exists() and not out.is_dir():
         raise DataError(f"output {out} exists and is not a directory")
@@ -138,6 +135,16 @@ def staging(output_dir, step: str = "convert") -> Iterator[pathlib.Path]:
             if not above.is_dir():
                 raise DataError(f"output {out}: {above} is a file, not a directory")
             break
+
+
+@contextlib.contextmanager
+def staging(output_dir, step: str = "convert") -> Iterator[pathlib.Path]:
+    """A temp dir beside `output_dir` (same filesystem, so publishing is a rename);
+    removed on exit, on an exception and on SIGTERM/SIGHUP. `step` names it
+    (`.<name>.<step>-<pid>-*`). An output that cannot be written raises DataError naming
+    `output_dir`, not the temp dir."""
+    out = pathlib.Path(output_dir)
+    check_output_dir(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_staging(out, step)
