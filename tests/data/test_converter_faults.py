@@ -304,9 +304,12 @@ def test_zero_padded_numeric_ids_are_the_same_user_and_item(tmp_path):
     from dmgin_tf.features import ITEM_ID, USER_ID
     d = tmp_path / "tb"
     d.mkdir()
-    _write(d / "UserBehavior.csv", [f"001,010,0100,pv,{T0}", f"1,10,100,buy,{T0 + 5}"])
-    beh = pd.read_parquet(convert_taobao(d, tmp_path / "out").behaviors_path)
+    _write(d / "UserBehavior.csv", [f"001,010,0100,pv,{T0}", f"1,10,100,buy,{T0 + 5}",
+                                    "1,10,100,pv,151154"])     # a line cut short: 1970
+    res = convert_taobao(d, tmp_path / "out", LOOSE)
+    beh = pd.read_parquet(res.behaviors_path)
     assert beh[USER_ID].tolist() == ["1", "1"] and beh[ITEM_ID].tolist() == ["10", "10"]
+    assert _bad(res.report, "UserBehavior.csv") == {"timestamp_out_of_range": 1}
     src = tmp_path / "ml"
     src.mkdir()
     _write(src / "movies.csv", ["movieId,title,genres", "0050,Usual Suspects (1995),Crime"])
