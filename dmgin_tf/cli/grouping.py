@@ -104,6 +104,9 @@ def _fit_into(out: str, args, cfg, items, previous):
     g = cfg.grouping
     facts = {"key": g.key}
     if g.key != "cluster":
+        if g.key == "random" and g.num_groups > len(items):
+            raise DataError(f"grouping.num_groups={g.num_groups} exceeds the {len(items):,} "
+                            f"items of {args.items} (random groups of one item or none)")
         index = ItemIndex.build(items, g.key, num_groups=g.num_groups, seed=g.seed)
         index.save(out)
         return index, facts

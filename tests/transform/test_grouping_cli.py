@@ -164,3 +164,11 @@ def test_a_behaviors_table_as_the_catalog_and_an_output_under_a_file_are_named(t
         assert main(args + ["--output", str(tmp_path / "items.parquet" / "out")]) == 2
         err = capsys.readouterr().err
         assert "items.parquet is a file, not a directory" in err and "Traceback" not in err, err
+
+
+def test_more_random_groups_than_items_is_refused(tmp_path, capsys):
+    pd.DataFrame({"item_id": IDS, "category": ["a"] * 8}).to_parquet(tmp_path / "items.parquet")
+    assert main(["grouping", "fit", "--items", str(tmp_path / "items.parquet"), "--key",
+                 "random", "--num-groups", "9", "--output", str(tmp_path / "g")]) == 2
+    assert "grouping.num_groups=9 exceeds the 8 items" in capsys.readouterr().err
+    assert not (tmp_path / "g").exists()
