@@ -86,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
                 " (empty file)" if os.path.getsize(args.examples) == 0 else
                 " (too short for a TFRecord: a TFRecord file of serialized tf.train.Examples)"))
         if scored == 0:
+            rejects.commit()        # the reasons are what the user needs now
             raise DmginError(f"--examples {args.examples}: the server refused all {refused:,} "
                              f"examples" + (f"; reasons in {rejects_path}" if rejects_path else ""))
     except BaseException:

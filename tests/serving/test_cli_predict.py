@@ -81,6 +81,17 @@ def test_skip_scores_the_other_records_and_lists_the_refused_one(tmp_path, targe
     assert f"1 examples refused" in capsys.readouterr().err
 
 
+def test_when_every_record_is_refused_the_run_fails_and_keeps_the_reasons(tmp_path, target,
+                                                                          capsys):
+    out = tmp_path / "ctr.csv"
+    assert main(["predict", "--target", target, "--model", "m", "--examples",
+                 _write(tmp_path / "e.tfrecord", np.ones((3, 3)), bad={0, 1, 2}),
+                 "--output", str(out), "--on-invalid", "skip"]) == 2
+    assert "refused all 3 examples" in capsys.readouterr().err
+    assert not out.exists()
+    assert [r[0] for r in _read(str(out) + ".rejects.csv")[1:]] == ["0", "1", "2"]
+
+
 def test_rejects_without_skip_is_refused(tmp_path, capsys):
     assert main(["predict", "--examples", _write(tmp_path / "e.tfrecord", np.ones((1, 3))),
                  "--rejects", str(tmp_path / "r.csv"), "--target", "127.0.0.1:1"]) == 2
