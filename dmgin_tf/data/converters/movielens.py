@@ -29,7 +29,8 @@ from __future__ import annotations
 import pathlib
 
 from dmgin_tf.config import DataConfig
-from dmgin_tf.data.converters.common import ConversionResult, progress_bar, publish, staging
+from dmgin_tf.data.converters.common import (ConversionResult, progress_bar, publish,
+                                             resolve_file, staging)
 from dmgin_tf.data.converters.reader import (check_line, check_timestamp, file_size, int_id,
                                              is_int_id, iter_csv_lines, raw_time_detail)
 from dmgin_tf.data.converters.report import ConversionReport
@@ -62,16 +63,7 @@ def item_description(genres: str, tags) -> str:
 
 # MovieLens began collecting ratings in 1995: an earlier time is a broken value (a line
 # cut short, e.g. by an interrupted download, or a zero), not an early rating.
-MOVIELENS_START = 788_918_400            # 1995-01-01 00:00 UTC
-
-
-def _movielens_time(text: str, unit: str):
-    """`check_timestamp`, plus times before 1995 refused as `timestamp_out_of_range`."""
-    ts, bad = check_timestamp(text, unit)
-    if bad is None and ts < MOVIELENS_START:
-        return None, ("timestamp_out_of_range", f"timestamp {ts} is before 1995-01-01, when "
-                                                "MovieLens began (a truncated line?)")
-    return ts, bad
+MOVIELENS_START = (788_918_400, "1995-01-01, when MovieLens began")   # 00:00 UTC
 
 
 def _data_lines(path: pathlib.Path, header, bar):
@@ -100,19 +92,18 @@ def convert_movielens(input_dir, output_dir, config: DataConfig | None = None, *
     if root.is_file():
         raise FileNotFoundError(f"MovieLens input: {root} is a file; pass the directory that "
                                 f"holds {RATINGS_FILE} and {MOVIES_FILE}")
-    # Each file as named, or gzipped beside it (`ratings.csv.gz`).
-    paths = {name: root / name if (root / name).exists() or not (root / f"{name}.gz").is_file()
-             else root / f"{name}.gz" for name in (MOVIES_FILE, RATINGS_FILE, TAGS_FILE)}
-    for name in (MOVIES_FILE, RATINGS_FILE):
-        if not paths[name].is_file():
-            raise FileNotFoundError(f"MovieLens input: {paths[name]} not found (nor "
-                                    f"{paths[name].name}.gz)")
-    has_tags = paths[TAGS_FILE].is_file()
+    # Each file as named, or gzipped beside it (`ratings.csv.gz`); tags.csv is optional.
+    paths = {name: resolve_file(root, name) for name in (MOVIES_FILE, RATINGS_FILE)}
+    try:
+        paths[TAGS_FILE] = resolve_file(root, TAGS_FILE)
+    except FileNotFoundError:
+        paths[TAGS_FILE] = None
+    has_tags = paths[TAGS_FILE] is not None
     report = ConversionReport("movielens", cfg.max_error_fraction, max_samples)
     movies_fr = report.file(paths[MOVIES_FILE], "items")
     ratings_fr = report.file(paths[RATINGS_FILE], "behaviors")
     tags_fr = report.file(paths[TAGS_FILE], "behaviors", optional=True) if has_tags else None
-    total = sum(file_size(p) for p in paths.values())
+    total = sum(file_size(p) for p in paths.values() if p is not None)
     bar = progress_bar(total, "movielens", show_progress)
 
     # --- movies.csv -> catalog (movieId -> title, genres, line) ---------------------------
@@ -159,7 +150,7 @@ def convert_movielens(input_dir, output_dir, config: DataConfig | None = None, *
                         bad = ("bad_rating", f"rating {rating_text!r} is not one of 0.5, 1.0, ..., "
                                              "5.0 (no behavior type)")
                 if bad is None:
-                    ts, bad = _movielens_time(ts_text, timestamp_unit)
+                    ts, bad = check_timestamp(ts_text, timestamp_unit, not_before=MOVIELENS_START)
                 if bad is not None:
                     report.bad(ratings_fr, line.number, bad[0], bad[1], line.text)
                     continue
@@ -182,7 +173,7 @@ def convert_movielens(input_dir, output_dir, config: DataConfig | None = None, *
                                                  f[3].strip())
                     user, movie, bad = _checked_ids(user, movie)
                     if bad is None:
-                        ts, bad = _movielens_time(ts_text, timestamp_unit)
+                        ts, bad = check_timestamp(ts_text, timestamp_unit, not_before=MOVIELENS_START)
                     if bad is not None:
                         report.bad(tags_fr, line.number, bad[0], bad[1], line.text)
                         continue

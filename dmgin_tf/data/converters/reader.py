@@ -149,14 +149,16 @@ def parse_timestamp(value: str) -> Optional[int]:
     return int(v)
 
 
-def check_timestamp(value, unit: str = "s") -> Tuple[Optional[int], Optional[Tuple[str, str]]]:
+def check_timestamp(value, unit: str = "s", not_before: Optional[Tuple[int, str]] = None
+                    ) -> Tuple[Optional[int], Optional[Tuple[str, str]]]:
     """(Unix seconds, None) or (None, (reason, detail)) for a timestamp field.
 
     `value` is text (CSV) or an int; `unit` one of `TIMESTAMP_UNITS` ("ms", "us", "ns"
     are divided down to seconds, rounded down). Reasons: `bad_timestamp` (not a
     non-negative integer), `timestamp_out_of_range` (past 2100 or beyond int64 — the
     detail names the unit the value looks like, e.g. milliseconds, and the flag that
-    converts it).
+    converts it — or, with `not_before=(seconds, what)`, before a data set's first
+    possible time: a line cut short or a zero, not an event).
     """
     ts = value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 \
         else parse_timestamp(str(value)) if isinstance(value, str) else None
@@ -175,6 +177,9 @@ def check_timestamp(value, unit: str = "s") -> Tuple[Optional[int], Optional[Tup
         else:
             why = f"is after 2100-01-01 even read as {UNIT_WORDS[unit]} (--timestamp-unit {unit})"
         return None, ("timestamp_out_of_range", f"timestamp {ts} {why}")
+    if not_before is not None and seconds < not_before[0]:
+        return None, ("timestamp_out_of_range", f"timestamp {seconds} is before "
+                                                f"{not_before[1]} (a truncated line?)")
     return seconds, None
 
 

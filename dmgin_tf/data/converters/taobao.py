@@ -41,7 +41,8 @@ WINDOW_START = int(datetime.datetime(2017, 11, 25, tzinfo=_CHINA).timestamp())
 WINDOW_END = int(datetime.datetime(2017, 12, 4, tzinfo=_CHINA).timestamp())
 # Behaviors outside the window are real (as early as 2017-09-11) and kept; a time before
 # 2017 is a broken value (a line cut short, a zero), not a behavior.
-EARLIEST = int(datetime.datetime(2017, 1, 1, tzinfo=_CHINA).timestamp())
+EARLIEST = (int(datetime.datetime(2017, 1, 1, tzinfo=_CHINA).timestamp()),
+            "2017, long before the data set's window")
 _KEY_FIELDS = (0, 1, 2, 3, 4)
 
 
@@ -114,10 +115,7 @@ def _row(f, line, fr, report, sink, behaviors, item_cat, conflicts, unit) -> Non
         bad = ("unknown_behavior", f"behavior {behavior!r} not in {list(TAOBAO_BEHAVIORS)}")
     ts = None
     if bad is None:
-        ts, bad = check_timestamp(ts_text, unit)
-    if bad is None and ts < EARLIEST:
-        bad = ("timestamp_out_of_range", f"timestamp {ts} is before 2017, long before the "
-                                         "data set's window (a truncated line?)")
+        ts, bad = check_timestamp(ts_text, unit, not_before=EARLIEST)
     if bad is not None:
         report.bad(fr, line.number, bad[0], bad[1], line.text)
         return
