@@ -474,6 +474,13 @@ def read_external_embeddings(path: str) -> Tuple[np.ndarray, np.ndarray]:
             raise DataError(f"{where}: empty {F.ITEM_ID}")
         if vec is None:
             raise DataError(f"{where} (item {iid!r}): missing {EMBEDDING}")
+        # numpy would parse "0.1" as a number: text is refused, not guessed. A column
+        # holds one type, so its first value tells.
+        first = vec[0] if isinstance(vec, (list, tuple)) and vec else None
+        shown = vec if isinstance(vec, (str, bytes)) else first
+        if isinstance(shown, (str, bytes)):
+            raise DataError(f"{where} (item {iid!r}): {EMBEDDING} must be a list of numbers, "
+                            f"got {type(vec).__name__} holding text {str(shown)[:40]!r}")
         try:
             with np.errstate(over="ignore"):      # overflow is reported below, by name
                 arr = np.asarray(vec, dtype=np.float32).reshape(-1)

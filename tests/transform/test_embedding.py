@@ -124,8 +124,14 @@ def test_external_duplicates_missing_columns_and_nan(tmp_path):
     pq.write_table(pa.table({"item_id": ["a", "b"], "embedding": ["1,2", "3,4"]}),
                    str(tmp_path / "text.parquet"))
     with pytest.raises(DataError, match=r"row 0 \(item 'a'\): embedding must be a list of "
-                                        r"numbers, got str '1,2'"):
+                                        r"numbers, got str holding text '1,2'"):
         read_external_embeddings(str(tmp_path / "text.parquet"))
+    # Numbers stored as strings were parsed silently.
+    pq.write_table(pa.table({"item_id": ["a", "b"], "embedding": [["1", "2"], ["3", "4"]]}),
+                   str(tmp_path / "strings.parquet"))
+    with pytest.raises(DataError, match=r"row 0 \(item 'a'\): embedding must be a list of "
+                                        r"numbers, got list holding text '1'"):
+        read_external_embeddings(str(tmp_path / "strings.parquet"))
 
 
 def test_cli_import_writes_the_table(tmp_path, capsys):

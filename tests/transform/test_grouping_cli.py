@@ -172,3 +172,36 @@ def test_more_random_groups_than_items_is_refused(tmp_path, capsys):
                  "random", "--num-groups", "9", "--output", str(tmp_path / "g")]) == 2
     assert "grouping.num_groups=9 exceeds the 8 items" in capsys.readouterr().err
     assert not (tmp_path / "g").exists()
+
+
+def test_zero_or_text_embeddings_are_refused_naming_the_item_or_column(tmp_path, capsys):
+    """An all-zero vector (what a failed embedding job often writes) was grouped with
+    whatever came first, silently; numbers stored as strings were parsed, and words
+    crashed mid-fit with a bare ValueError."""
+    items = pd.DataFrame({"item_id": IDS, "category": ["a"] * 8})
+    items.to_parquet(tmp_path / "items.parquet")
+    vectors = [np.arange(1, 5, dtype=np.float32) * (k + 1) % 7 + 1 for k in range(8)]
+    zero = [v.copy() for v in vectors]
+    zero[5][:] = 0.0
+    tables = {"zero": zero, "all_zero": [np.zeros(4, np.float32)] * 8,
+              "numbers_as_text": [[str(x) for x in v] for v in vectors],
+              "words": [["a", "b", "c", "d"]] * 8}
+    expected = {"zero": "item 'i5' has an all-zero embedding (1 such item(s)",
+                "all_zero": "item 'i0' has an all-zero embedding (8 such item(s)",
+                "numbers_as_text": "column 'embedding' must hold lists of numbers, has list<",
+                "words": "column 'embedding' must hold lists of numbers, has list<"}
+    for name, rows in tables.items():
+        pd.DataFrame({"item_id": IDS, "embedding": rows}).to_parquet(tmp_path / f"{name}.parquet")
+        assert main(["grouping", "fit", "--items", str(tmp_path / "items.parquet"),
+                     "--embeddings", str(tmp_path / f"{name}.parquet"), "--key", "cluster",
+                     "--num-groups", "2", "--output", str(tmp_path / name)]) == 2, name
+        err = capsys.readouterr().err
+        assert f"{name}.parquet" in err and expected[name] in err, (name, err)
+        assert "Traceback" not in err and "ValueError" not in err, err
+        assert not (tmp_path / name).exists(), name
+    # The same vectors as numbers group fine.
+    pd.DataFrame({"item_id": IDS, "embedding": vectors}).to_parquet(tmp_path / "ok.parquet")
+    assert main(["grouping", "fit", "--items", str(tmp_path / "items.parquet"), "--embeddings",
+                 str(tmp_path / "ok.parquet"), "--key", "cluster", "--num-groups", "2",
+                 "--output", str(tmp_path / "ok")]) == 0
+    capsys.readouterr()

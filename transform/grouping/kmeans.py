@@ -165,6 +165,7 @@ def embedding_dim(path: str) -> Tuple[int, int]:
         missing = [c for c in (ITEM_ID, EMBEDDING) if c not in names]
         if missing:
             raise DataError(f"{f}: embedding table lacks column(s) {missing}; has {names}")
+        check_embedding_type(f, pf.schema_arrow.field(EMBEDDING).type)
         rows += pf.metadata.num_rows
         if dim is None and pf.metadata.num_rows:
             first = pf.read_row_group(0, columns=[EMBEDDING]).column(0)[0].as_py()
@@ -172,6 +173,16 @@ def embedding_dim(path: str) -> Tuple[int, int]:
     if not rows or not dim:
         raise DataError(f"{path}: embedding table is empty")
     return rows, dim
+
+
+def check_embedding_type(filename: str, column_type) -> None:
+    """DataError unless the embedding column is a list of numbers (a list of strings
+    such as "0.1" would otherwise be parsed as numbers, and words fail mid-fit)."""
+    import pyarrow as pa
+    value = getattr(column_type, "value_type", None)
+    if value is None or not (pa.types.is_floating(value) or pa.types.is_integer(value)):
+        raise DataError(f"{filename}: column {EMBEDDING!r} must hold lists of numbers, "
+                        f"has {column_type}")
 
 
 def read_range(work: Tuple[str, int, int, int]) -> Tuple[List[str], np.ndarray]:
@@ -194,6 +205,15 @@ def read_range(work: Tuple[str, int, int, int]) -> Tuple[List[str], np.ndarray]:
     if not np.isfinite(x).all():
         bad = int(np.flatnonzero(~np.isfinite(x).all(1))[0])
         raise DataError(f"{filename}: item {ids[bad]!r} has a non-finite embedding value")
+    zero = ~(x != 0).any(1) if x.size else np.zeros(len(ids), bool)
+    if zero.any():
+        # A zero vector has no direction: cosine k-means would put every such item into
+        # whichever group comes first (often what a failed embedding job writes).
+        bad = np.flatnonzero(zero)
+        raise DataError(f"{filename}: item {ids[bad[0]]!r} has an all-zero embedding "
+                        f"({len(bad)} such item(s) in rows {start}..{stop}); k-means groups "
+                        f"by direction, so give these items an embedding or leave them out "
+                        f"of the table (items without one get the unknown group)")
     return ids, l2_normalize(x)
 
 
