@@ -134,21 +134,26 @@ def _record_batches(path: str, batch_size: int):
 
 
 def _score(client, target, start, chunk):
-    """(index, ctr, None) per example of `chunk`, or (index, None, error) for one the
-    server refuses as invalid: a refused batch is scored again one example at a time, so
-    one bad record costs its batch a request per example, not the whole file."""
+    """Yields (index, ctr, None) per example of `chunk`, or (index, None, error) for one
+    the server refuses as invalid: a refused batch is scored again one example at a time,
+    so one bad record costs its batch a request per example, not the whole file — and
+    lazily, so a run that stops at the first refused record sends no request after it."""
     import grpc
 
     from dmgin_tf.errors import DmginError
     try:
         ctr = client.predict_examples(chunk, batch_size=len(chunk))
-        return [(start + i, float(v), None) for i, v in enumerate(ctr)]
     except grpc.RpcError as e:
         if e.code() != grpc.StatusCode.INVALID_ARGUMENT:
             raise DmginError(f"{target}: {e.code().name}: {e.details()}") from None
         if len(chunk) == 1:
-            return [(start, None, _one_example(e.details()))]
-    return [row for i, record in enumerate(chunk) for row in _score(client, target, start + i, [record])]
+            yield start, None, _one_example(e.details())
+            return
+    else:
+        yield from ((start + i, float(v), None) for i, v in enumerate(ctr))
+        return
+    for i, record in enumerate(chunk):
+        yield from _score(client, target, start + i, [record])
 
 
 def _one_example(details: str) -> str:

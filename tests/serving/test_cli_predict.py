@@ -65,6 +65,26 @@ def test_an_invalid_record_stops_the_run_by_name_and_leaves_no_output(tmp_path, 
     assert not out.exists() and not (tmp_path / "ctr.csv.partial").exists()
 
 
+def test_a_run_that_stops_at_a_refused_record_sends_nothing_after_it(tmp_path, target,
+                                                                    capsys, monkeypatch):
+    """A refused batch was rescored one example at a time to its end before the run
+    stopped at its first bad record: a batch of 1,024 cost 1,024 more requests."""
+    from dmgin_tf.serving import Client
+    sizes = []
+    predict = Client.predict_examples
+
+    def counted(self, records, **kw):
+        sizes.append(len(records))
+        return predict(self, records, **kw)
+
+    monkeypatch.setattr(Client, "predict_examples", counted)
+    assert main(["predict", "--target", target, "--model", "m", "--examples",
+                 _write(tmp_path / "e.tfrecord", np.ones((8, 3), np.float32), bad={1}),
+                 "--batch-size", "8", "--output", str(tmp_path / "ctr.csv")]) == 2
+    assert "record 1:" in capsys.readouterr().err
+    assert sizes == [8, 1, 1], sizes      # the batch, then records 0 and 1 alone
+
+
 def test_skip_scores_the_other_records_and_lists_the_refused_one(tmp_path, target, capsys):
     x = np.random.default_rng(1).normal(size=(10, 3)).astype(np.float32)
     out = tmp_path / "ctr.csv"
