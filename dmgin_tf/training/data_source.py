@@ -172,11 +172,18 @@ def _note_config_differences(example_dir: str, data_cfg, log) -> None:
     except (OSError, ValueError):
         return
     want = _example_config(data_cfg)
+    if built.get("dataset", want["dataset"]) != want["dataset"]:
+        # Refused, not noted: another data set's examples cannot be "used as built".
+        raise _dataset_mismatch(example_dir, built["dataset"], want["dataset"])
     diff = [f"data.{k}={built[k]!r} (this run: {want[k]!r})" for k in sorted(want)
             if k in built and built[k] != want[k]]
     if diff:
         log(f"note: {example_dir} holds examples built with {', '.join(diff)}; they are used "
             f"as built (rebuild them with `dmgin examples build` to apply this run's config)")
+
+
+def _dataset_mismatch(example_dir: str, built: str, wanted: str) -> DataError:
+    return DataError(f"{example_dir} holds {built!r} examples but data.dataset={wanted!r}")
 
 
 def _check_grouping_of_example_dir(example_dir: str, cfg: Config, group_table, log) -> None:
@@ -299,6 +306,5 @@ def load_training_data(cfg: Config, data_path: Optional[str] = None, work_dir: s
     es = ExampleSet.load(example_dir)
     name = es.metadata.get("spec", {}).get("name")
     if name and name != cfg.data.dataset:
-        raise DataError(f"{example_dir} holds {name!r} examples but data.dataset="
-                        f"{cfg.data.dataset!r}")
+        raise _dataset_mismatch(example_dir, name, cfg.data.dataset)
     return training_data_from_example_set(es, cfg.model.history_length, example_dir)

@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
+
 from dmgin_tf.config import Config
+from dmgin_tf.errors import DataError
 from dmgin_tf.training.data_source import prepare_example_dir
 
 
@@ -57,6 +60,12 @@ def test_an_example_dir_given_as_data_is_used_as_built_with_a_note(tmp_path):
     assert _built_with(built)["val_fraction"] == 0.1
     log.clear()
     _prepare(cfg, tmp_path / "x", log, data=built)
+    assert log == []
+    # Another data set's examples are refused, not noted as "used as built" first.
+    log.clear()
+    movielens = Config.from_dict({"data": {"dataset": "movielens"}})
+    with pytest.raises(DataError, match=r"holds 'taobao' examples but data.dataset='movielens'"):
+        _prepare(movielens, tmp_path / "x", log, data=built)
     assert log == []
 
 
