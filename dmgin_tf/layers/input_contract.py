@@ -277,6 +277,9 @@ def _first(values, bad):
     return list(pos), values[pos].item()
 
 
+_NARROW_INTS = ("int8", "int16", "uint8", "uint16")
+
+
 def clamp_ids(inputs, *, item_vocab_size, group_vocab_size):
     """The compiled-path rule: item / group ids outside the vocabulary → `OOV_ID`
     (padding 0 stays 0). Behavior ids and times are clamped by the grouping op itself
@@ -287,5 +290,9 @@ def clamp_ids(inputs, *, item_vocab_size, group_vocab_size):
         for k in keys:
             if k in out:
                 x = ops.convert_to_tensor(out[k])
+                if str(getattr(x.dtype, "name", x.dtype)) in _NARROW_INTS:
+                    # int8 / int16 ids (e.g. a pandas downcast) would compare against a
+                    # vocabulary size wrapped into their range: every id would be OOV.
+                    x = ops.cast(x, "int32")
                 out[k] = ops.where((x < 0) | (x >= hi), ops.cast(OOV_ID, x.dtype), x)
     return out

@@ -294,3 +294,14 @@ def test_a_wrong_shape_is_named_before_an_unknown_rank(encoder):
     bad = dict(x, **{F.REQUEST_TIME: np.stack([x[F.REQUEST_TIME]] * 2, axis=1)})
     with pytest.raises(InputContractError, match=r"'request_time': must be \[B\] \(or \[B, 1\]\)"):
         f({k: tf.constant(v) for k, v in bad.items()})
+
+
+@pytest.mark.parametrize("dtype,vocab", [("int8", 200), ("int16", 40_000), ("uint8", 300)])
+def test_narrow_integer_ids_are_read_as_their_values(dtype, vocab):
+    """int8 / int16 ids (what a pandas integer downcast gives) were compared with a
+    vocabulary size wrapped into their range, so every id silently became OOV."""
+    enc = GroupInterestEncoder(**dict(KW, item_vocab_size=vocab, group_vocab_size=vocab))
+    x = synthetic_inputs(batch=4, length=12, item_vocab=100, group_vocab=100, seed=3)
+    narrow = dict(x, **{k: x[k].astype(dtype) for k in
+                        (F.HIST_ITEM, F.HIST_GROUP, F.CAND_ITEM, F.CAND_GROUP)})
+    np.testing.assert_array_equal(np.asarray(enc(narrow)), np.asarray(enc(x)))
