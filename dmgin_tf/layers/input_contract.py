@@ -142,6 +142,9 @@ def check_structure(inputs, *, keys=MODEL_INPUT_KEYS) -> dict:
         if len(c.shape) not in (1, 2):
             _fail(k, f"must be [B] (one candidate per row, also [B, 1]) or [B, N] "
                      f"(N candidates per row), got shape {list(c.shape)}")
+        if len(c.shape) == 2 and c.shape[1] == 0:
+            _fail(k, f"needs at least one candidate per row (N >= 1), got shape "
+                     f"{list(c.shape)}", "skip the call for a request without candidates")
         if not _same((c.shape[0],), (batch,)):
             _fail(k, f"batch {c.shape[0]} differs from the history's {batch}")
     if len(cands) == 2 and not _same(tuple(out[CAND_ITEM].shape), tuple(out[CAND_GROUP].shape)):

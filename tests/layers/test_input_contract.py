@@ -54,6 +54,9 @@ def _broken(rule):
         x[F.HIST_GROUP] = x[F.HIST_GROUP][:, :8]
     elif rule == "batch":
         x[F.REQUEST_TIME] = x[F.REQUEST_TIME][:3]
+    elif rule == "no_candidates":
+        x[F.CAND_ITEM] = x[F.CAND_ITEM][:, None][:, :0]
+        x[F.CAND_GROUP] = x[F.CAND_GROUP][:, None][:, :0]
     elif rule == "cand_rank":
         x[F.CAND_ITEM] = x[F.CAND_ITEM].reshape(4, 1, 1)
         x[F.CAND_GROUP] = x[F.CAND_GROUP].reshape(4, 1, 1)
@@ -99,6 +102,7 @@ RULES = {  # rule → (input named, words of the rule)
     "milliseconds": ("hist_time", "looks like milliseconds"),
     "history_after_request": ("hist_time", "after request_time"),
     "empty_history_axis": ("hist_item", "L must be >= 1"),
+    "no_candidates": ("cand_item", r"at least one candidate per row \(N >= 1\)"),
 }
 
 
