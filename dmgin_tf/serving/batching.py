@@ -64,8 +64,8 @@ class BatchOptions:
         return n
 
 
-@dataclasses.dataclass
-class _Task:
+@dataclasses.dataclass(eq=False)   # removed from the queue by identity: field equality
+class _Task:                       # would compare the arrays of tasks of other shapes
     inputs: Mapping[str, np.ndarray]
     size: int
     key: tuple                      # dtypes + non-batch shapes: tasks merge only if equal
