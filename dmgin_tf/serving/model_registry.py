@@ -318,14 +318,31 @@ def _read_signature_defs(path: str):
     return {k: v for k, v in defs.items() if not k.startswith("__")}
 
 
-def list_versions(base_path: str) -> List[int]:
-    """Integer version dirs under `base_path` that hold `saved_model.pb`."""
+_INT64_MAX = 2 ** 63 - 1
+
+
+def version_dirs(base_path: str) -> Dict[int, str]:
+    """{version: folder path} of the version dirs under `base_path` that hold
+    `saved_model.pb`. Like TF Serving, a folder counts when its whole name is an int64
+    written in ASCII digits ("0003" is version 3, served from that folder); other names
+    ("²", a number past int64) are ignored, so one stray folder never stops the scan.
+    When two folders name one version, the one spelled without leading zeros wins."""
     try:
         names = os.listdir(base_path)
     except (FileNotFoundError, NotADirectoryError):
-        return []
-    return sorted(int(n) for n in names
-                  if n.isdigit() and os.path.isfile(os.path.join(base_path, n, "saved_model.pb")))
+        return {}
+    out: Dict[int, str] = {}
+    for n in sorted(names, key=lambda n: (len(n), n), reverse=True):
+        if not (n.isascii() and n.isdigit()) or int(n) > _INT64_MAX:
+            continue
+        if os.path.isfile(os.path.join(base_path, n, "saved_model.pb")):
+            out[int(n)] = os.path.join(base_path, n)
+    return out
+
+
+def list_versions(base_path: str) -> List[int]:
+    """Integer versions under `base_path` that hold `saved_model.pb` (`version_dirs`)."""
+    return sorted(version_dirs(base_path))
 
 
 def missing_files(path: str) -> List[str]:
@@ -417,6 +434,7 @@ class ModelRegistry:
         self._available: Dict[str, Dict[int, Servable]] = {n: {} for n in self._configs}
         self._status: Dict[str, Dict[int, VersionStatus]] = {n: {} for n in self._configs}
         self._failed: Dict[Tuple[str, int], _Failure] = {}
+        self._dirs: Dict[str, Dict[int, str]] = {}     # model -> {version: folder}, last scan
         self._seen: Dict[Tuple[str, int], Tuple[tuple, float]] = {}  # fingerprint, since
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -463,10 +481,12 @@ class ModelRegistry:
         if which in (None, "latest"):
             limit = policy.latest.num_versions if which == "latest" and policy.latest.num_versions else 1
         out = []
-        for v in sorted(list_versions(base_path), reverse=True):
+        dirs = version_dirs(base_path)
+        self._dirs[name] = dirs
+        for v in sorted(dirs, reverse=True):
             if limit is not None and len(out) >= limit:
                 break
-            path = os.path.join(base_path, str(v))
+            path = dirs[v]
             if v in self._available[name]:
                 out.append(v)
                 continue
@@ -497,7 +517,8 @@ class ModelRegistry:
                     failed_now = False
                     for v in aspired:
                         if v not in self._available[name]:
-                            failed_now |= not self._load(name, v, os.path.join(mc.base_path, str(v)))
+                            path = self._dirs[name].get(v, os.path.join(mc.base_path, str(v)))
+                            failed_now |= not self._load(name, v, path)
                     if not failed_now:
                         break
                 # Only unload once every aspired version is serving, so a model never

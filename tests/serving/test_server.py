@@ -470,3 +470,33 @@ def test_client_versions_per_thread_and_the_newest_available(tmp_path):
             assert seen == {1: 1} and c.last_version == 2
     finally:
         server.stop(1)
+
+
+def test_version_folders_are_read_like_tf_serving(tmp_path):
+    """A folder whose name passed str.isdigit but not int() ('²') failed every scan, so no
+    new version of any model loaded; a name past int64 loaded as the latest version and
+    then broke every request; '0003' was read as version 3 and looked for in '3', so a
+    complete model there never loaded, silently."""
+    import shutil
+
+    from dmgin_tf.serving.model_registry import ModelRegistry, version_dirs
+    base = tmp_path / NAME
+    v1 = save_standin(str(base), 1)
+    for stray in ("²", "99999999999999999999999"):
+        shutil.copytree(v1, base / stray)
+    shutil.copytree(v1, base / "0003")
+    assert version_dirs(str(base)) == {1: v1, 3: str(base / "0003")}
+    cfg = read_model_server_config(write_models_config(str(tmp_path / "m.config"), NAME,
+                                                       str(base)))
+    registry = ModelRegistry(cfg, settle_s=0)
+    registry.refresh(initial=True)
+    served = registry.resolve(NAME)
+    assert (served.version, served.path) == (3, str(base / "0003"))
+    # Version 5 arrives later: the stray folders do not stop the scan.
+    save_standin(str(base), 5)
+    registry.refresh()
+    assert registry.resolve(NAME).version == 5
+    # "7" and "007" both: the folder spelled without leading zeros is version 7.
+    shutil.copytree(v1, base / "007")
+    shutil.copytree(v1, base / "7")
+    assert version_dirs(str(base))[7] == str(base / "7")
