@@ -9,6 +9,7 @@ fields) falls back to TensorFlow's helpers — same results, just slower.
 """
 from __future__ import annotations
 
+import math
 import sys
 
 import numpy as np
@@ -51,9 +52,12 @@ def check_declared_size(proto: tensor_pb2.TensorProto) -> None:
     shape = declared_shape(proto)
     if any(d < 0 for d in shape):
         raise ValueError(f"negative dimension in shape {list(shape)}")
-    declared = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    declared = math.prod(shape)          # Python ints: [2^40, 2^40] must not wrap
     field = _VALUE_FIELD.get(proto.dtype)
     carried = len(getattr(proto, field)) if field else 0
+    if carried > declared:
+        raise ValueError(f"shape {list(shape)} declares {declared:,} values but the proto "
+                         f"carries {carried:,} in {field}")
     if declared > max(carried, MAX_REPEATED_ELEMENTS):
         raise ValueError(f"shape {list(shape)} declares {declared:,} values but the proto "
                          f"carries {carried:,}; a tensor of more than "

@@ -46,3 +46,22 @@ def test_a_proto_repeating_one_value_to_a_huge_shape_is_refused():
     with pytest.raises(ValueError, match="declares 600,000,000 values but the proto carries 1"):
         tensor_protos.to_ndarray(proto)
     assert tensor_protos.declared_shape(proto) == (600_000_000,)
+
+
+def test_more_values_than_the_shape_or_a_shape_past_int64_is_named():
+    """Five int_val values for a [1, 3] tensor, or dims [2^40, 2^40] (whose product
+    wrapped in int64), got numpy's "index can't contain negative values"."""
+    proto = tf.make_tensor_proto(np.arange(5, dtype=np.int32))
+    proto.tensor_shape.dim[0].size = 1
+    proto.tensor_shape.dim.add(size=3)
+    proto.ClearField("tensor_content")
+    proto.int_val.extend(range(5))
+    with pytest.raises(ValueError, match=r"shape \[1, 3\] declares 3 values but the proto "
+                                         r"carries 5 in int_val"):
+        tensor_protos.to_ndarray(proto)
+    proto.ClearField("int_val")
+    proto.int_val.append(1)
+    proto.tensor_shape.dim[0].size = 2 ** 40
+    proto.tensor_shape.dim[1].size = 2 ** 40
+    with pytest.raises(ValueError, match="declares 1,208,925,819,614,629,174,706,176 values"):
+        tensor_protos.to_ndarray(proto)
