@@ -165,6 +165,24 @@ class _PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer)
         s._count("GetModelMetadata", spec.name, "", grpc.StatusCode.OK)
         return response
 
+    def _unimplemented(self, method, model, context):
+        # The generated base class raises NotImplementedError, which gRPC logs as a
+        # server error with a traceback on every call; this is a client's choice of API.
+        self._s._count(method, model, "", grpc.StatusCode.UNIMPLEMENTED)
+        context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                      f"{method} is not served by dmgin serve; use Predict (the model's "
+                      f"signatures: GetModelMetadata)")
+
+    def Classify(self, request, context):
+        self._unimplemented("Classify", request.model_spec.name, context)
+
+    def Regress(self, request, context):
+        self._unimplemented("Regress", request.model_spec.name, context)
+
+    def MultiInference(self, request, context):
+        self._unimplemented("MultiInference", request.tasks[0].model_spec.name
+                            if request.tasks else "", context)
+
 
 class _ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
     def __init__(self, server: "DevServer"):

@@ -187,6 +187,26 @@ def test_metrics_endpoint_counts_requests(served):
     assert {("standin", "unknown"), ("unknown", "unknown")} <= labels, labels
 
 
+def test_classify_and_regress_answer_unimplemented_without_a_server_traceback(served,
+                                                                            caplog):
+    """The generated servicer's NotImplementedError was logged by gRPC as a server
+    error with a traceback on every such call."""
+    import logging
+
+    from tensorflow_serving.apis import (classification_pb2, inference_pb2,
+                                         regression_pb2)
+    _, stub, _ = served
+    with caplog.at_level(logging.ERROR):
+        for call, req in ((stub.Classify, classification_pb2.ClassificationRequest()),
+                          (stub.Regress, regression_pb2.RegressionRequest()),
+                          (stub.MultiInference, inference_pb2.MultiInferenceRequest())):
+            if call is not stub.MultiInference:
+                req.model_spec.name = NAME
+            code, details = _abort(call, req)
+            assert code == grpc.StatusCode.UNIMPLEMENTED and "use Predict" in details, details
+    assert not [r for r in caplog.records if "Exception calling application" in r.getMessage()]
+
+
 def test_batching_merges_concurrent_requests_and_pads(tmp_path):
     base = str(tmp_path / NAME)
     save_standin(base, 3)
