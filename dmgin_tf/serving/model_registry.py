@@ -651,10 +651,12 @@ class ModelRegistry:
                                    f"model {name!r} not found; served models: {self.model_names}")
             items = sorted(self._status[name].items())
         if version is not None:
+            known = [v for v, _ in items]
             items = [(v, s) for v, s in items if v == version]
             if not items:
                 raise ServingError(grpc.StatusCode.NOT_FOUND,
-                                   f"model {name!r} version {version} not found")
+                                   f"model {name!r} version {version} not found; versions "
+                                   f"with a status: {known}")
         return items
 
     def available_versions(self, name: str) -> List[int]:

@@ -91,6 +91,9 @@ def test_metadata_and_status(served):
     status = model_stub.GetModelStatus(sreq, timeout=10)
     assert [(s.version, s.state) for s in status.model_version_status] == [
         (1, get_model_status_pb2.ModelVersionStatus.AVAILABLE)]
+    sreq.model_spec.version.value = 7           # the versions there are, named
+    code, details = _abort(model_stub.GetModelStatus, sreq)
+    assert code == grpc.StatusCode.NOT_FOUND and "versions with a status: [1]" in details, details
 
 
 @pytest.mark.parametrize("case", [
