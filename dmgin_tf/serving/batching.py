@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import logging
 import threading
 import time
 from concurrent.futures import Future
@@ -31,6 +32,8 @@ import grpc
 import numpy as np
 
 from dmgin_tf.serving.errors import ServingError
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,7 +191,14 @@ class BatchScheduler:
 
     def _loop(self) -> None:
         while True:
-            batch = self._take_batch()
+            try:
+                batch = self._take_batch()
+            except Exception as e:  # noqa: BLE001 — a dead batch thread would hang the queue
+                log.exception("batch scheduler: taking a batch failed; failing the queued "
+                              "requests")
+                self._fail_queued(ServingError(grpc.StatusCode.INTERNAL,
+                                               f"batch scheduler error: {e}"))
+                continue
             if batch is None:
                 return
             rows = sum(t.size for t in batch)
@@ -207,6 +217,14 @@ class BatchScheduler:
                 for t in batch:
                     if not t.future.done():
                         t.future.set_exception(e)
+
+    def _fail_queued(self, error: Exception) -> None:
+        with self._cond:
+            while self._queue:
+                task = self._queue.popleft()
+                if not task.future.done():
+                    task.future.set_exception(error)
+            self._queued_rows = 0
 
     def close(self) -> None:
         """Finishes queued work, then stops the batch threads."""

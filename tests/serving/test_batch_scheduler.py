@@ -41,3 +41,27 @@ def test_mixed_shapes_and_abandoned_requests_leave_the_scheduler_serving():
         assert all(t.is_alive() for t in threading.enumerate() if t.name.startswith("batch-"))
     finally:
         sched.close()
+
+
+def test_an_error_while_taking_a_batch_fails_the_queued_requests_not_the_thread(monkeypatch):
+    """Whatever goes wrong in the queue, the requests waiting there get an error and the
+    scheduler keeps serving; a dead batch thread left them waiting for their deadline."""
+    from dmgin_tf.serving import batching
+    calls = {"n": 0}
+    abandoned = batching._Task.abandoned
+
+    def fails_once(self, now):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("boom")
+        return abandoned(self, now)
+
+    monkeypatch.setattr(batching._Task, "abandoned", fails_once)
+    sched = BatchScheduler(_run, BatchOptions(max_batch_size=8, batch_timeout_micros=1000))
+    try:
+        first = sched.submit({"x": np.ones((1, 4), np.float32)}, 1, timeout_s=10)
+        with pytest.raises(ServingError, match="batch scheduler error: boom"):
+            first.result(timeout=10)
+        assert sched({"x": np.ones((1, 4), np.float32)}, 1, timeout_s=10)["y"][0, 0] == 4
+    finally:
+        sched.close()
