@@ -517,8 +517,8 @@ class ModelRegistry:
                     failed_now = False
                     for v in aspired:
                         if v not in self._available[name]:
-                            path = self._dirs[name].get(v, os.path.join(mc.base_path, str(v)))
-                            failed_now |= not self._load(name, v, path)
+                            # aspired versions come from the scan `_loadable` just made
+                            failed_now |= not self._load(name, v, self._dirs[name][v])
                     if not failed_now:
                         break
                 # Only unload once every aspired version is serving, so a model never
