@@ -77,16 +77,17 @@ def _dtype_name(x):
     return str(getattr(dtype, "name", dtype))
 
 
-def check_structure(inputs, *, keys=MODEL_INPUT_KEYS) -> dict:
+def check_structure(inputs, *, keys=MODEL_INPUT_KEYS, owner="GroupInterestEncoder") -> dict:
     """Structure rules (any mode); returns the inputs with `[B, 1]` request times and
-    candidates as `[B]`. Raises `InputContractError`."""
+    candidates as `[B]`. Raises `InputContractError`; `owner` names the layer or model
+    in the messages."""
     if not isinstance(inputs, dict):
         raise InputContractError(
-            f"GroupInterestEncoder takes a dict of inputs with keys {list(keys)}, got "
+            f"{owner} takes a dict of inputs with keys {list(keys)}, got "
             f"{type(inputs).__name__}")
     missing = [k for k in keys if k not in inputs]
     if missing:
-        raise InputContractError(f"missing input(s) {missing}; the encoder needs "
+        raise InputContractError(f"missing input(s) {missing}; {owner} needs "
                                  f"{list(keys)} (got {sorted(inputs)})")
     out = dict(inputs)
     unknown_rank = []

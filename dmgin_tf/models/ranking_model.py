@@ -311,14 +311,6 @@ class RankingModel(keras.Model):
             self.context.set_tables(item, group)
 
     def call(self, inputs, training=None):
-        if not isinstance(inputs, dict):
-            raise InputContractError(
-                f"{type(self).__name__} takes a dict of inputs keyed by "
-                f"{list(MODEL_INPUT_KEYS)}, got {type(inputs).__name__}")
-        missing = [k for k in MODEL_INPUT_KEYS if k not in inputs]
-        if missing:
-            raise KeyError(f"{type(self).__name__}: missing model input(s) {missing}; "
-                           f"expected keys {list(MODEL_INPUT_KEYS)}")
         inputs = self.checked_inputs(inputs)
         interest = self.interest(inputs, training=training)
         return self.head(self.head_features(interest, inputs), training=training)
@@ -329,7 +321,7 @@ class RankingModel(keras.Model):
         (`[B, 1]` candidates read as `[B]`), values when concrete (eager), and in compiled
         calls out-of-vocabulary ids mapped to OOV alike on every device."""
         c = self.model_cfg
-        inputs = check_structure(inputs)
+        inputs = check_structure(inputs, owner=type(self).__name__)
         check_values(inputs, item_vocab_size=c.item_vocab_size,
                      group_vocab_size=c.group_vocab_size,
                      num_behavior_types=c.num_behavior_types)

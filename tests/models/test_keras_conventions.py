@@ -83,6 +83,10 @@ def test_every_model_takes_the_same_input_contract_and_exports_named_inputs(name
     unknown = dict(x, **{F.CAND_ITEM: np.full(4, 1000, "int32")})
     with pytest.raises(InputContractError, match="'cand_item'.*1000"):
         model(unknown)
+    # A missing input is the same contract error as the layer's, naming the model.
+    partial = {k: v for k, v in x.items() if k != F.HIST_TIME}
+    with pytest.raises(InputContractError, match=rf"missing input.*hist_time.*{type(model).__name__} needs"):
+        model(partial)
     oov = dict(x, **{F.CAND_ITEM: np.full(4, 1, "int32")})
     compiled = tf.function(lambda d: model(d), jit_compile=True)
     np.testing.assert_allclose(np.asarray(compiled(unknown)), np.asarray(model(oov)), atol=1e-5)
