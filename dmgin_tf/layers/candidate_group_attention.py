@@ -4,6 +4,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from dmgin_tf.layers import arguments as A
 from dmgin_tf.layers.target_attention import TargetAttention
 from dmgin_tf.layers.transformer_block import TransformerBlock
 
@@ -47,10 +48,11 @@ class CandidateGroupAttention(keras.layers.Layer):
     def __init__(self, num_heads, num_layers=1, attention_units=(64, 32), dropout=0.0,
                  **kwargs):
         super().__init__(**kwargs)
-        self.num_heads = int(num_heads)
-        self.num_layers = int(num_layers)
-        self.attention_units = tuple(int(u) for u in attention_units)
-        self.dropout = float(dropout)
+        self.num_heads = A.count("CandidateGroupAttention", "num_heads", num_heads)
+        self.num_layers = A.count("CandidateGroupAttention", "num_layers", num_layers, minimum=0)
+        self.attention_units = A.units("CandidateGroupAttention", "attention_units",
+                                       attention_units)
+        self.dropout = A.rate("CandidateGroupAttention", "dropout", dropout)
 
     def build(self, query_shape, tokens_shape, token_mask_shape=None):
         self.blocks = [TransformerBlock(self.num_heads, dropout=self.dropout,

@@ -20,13 +20,17 @@ def log_time_bucket(seconds, num_buckets):
     """Log2 buckets of a non-negative duration in seconds.
 
     Args:
-        seconds: float tensor of any shape (negative values clamp to 0).
-        num_buckets: int, the bucket count; larger ages clamp to `num_buckets - 1`.
+        seconds: float tensor of any shape (negative values and NaN count as 0).
+        num_buckets: int, the bucket count; larger ages (and +inf) clamp to
+            `num_buckets - 1`.
 
     Returns:
         int32 tensor, same shape, values in `[0, num_buckets)`.
     """
-    seconds = ops.maximum(ops.cast(seconds, "float32"), 0.0)
+    seconds = ops.cast(seconds, "float32")
+    # `> 0` is False for NaN: a NaN age falls in bucket 0 on every backend (it used to
+    # become int32's minimum, an index error on TensorFlow and a clamp on JAX).
+    seconds = ops.where(seconds > 0.0, seconds, 0.0)
     b = ops.floor(ops.log(1.0 + seconds / _BUCKET_UNIT_SECONDS) / math.log(2.0))
     return ops.cast(ops.clip(b, 0, num_buckets - 1), "int32")
 

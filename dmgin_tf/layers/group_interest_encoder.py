@@ -6,6 +6,7 @@ from keras import ops
 
 from dmgin_tf.features import (CAND_GROUP, CAND_ITEM, HIST_BEHAVIOR_ID, HIST_GROUP, HIST_ITEM,
                                HIST_TIME, MODEL_INPUT_KEYS, NUM_RESERVED_IDS, REQUEST_TIME)
+from dmgin_tf.layers import arguments as A
 from dmgin_tf.layers.candidate_group_attention import CandidateGroupAttention
 from dmgin_tf.layers.candidate_match import candidate_item_match, item_match_features
 from dmgin_tf.layers.dense import Dense
@@ -159,23 +160,24 @@ class GroupInterestEncoder(keras.layers.Layer):
                  group_key="group", num_time_buckets=32, validate=True, item_content_dim=0,
                  recent_window=0, item_min_count=0, group_shares=False, **kwargs):
         super().__init__(**kwargs)
-        for name, value in (("max_groups", max_groups), ("max_per_group", max_per_group),
-                            ("num_behavior_types", num_behavior_types),
-                            ("embedding_dim", embedding_dim), ("num_heads", num_heads)):
-            if int(value) < 1:
-                raise ValueError(f"GroupInterestEncoder: {name}={value!r} must be >= 1")
-        self.item_vocab_size = int(item_vocab_size)
-        self.group_vocab_size = int(group_vocab_size)
-        self.num_behavior_types = int(num_behavior_types)
-        self.max_groups = int(max_groups)
-        self.max_per_group = int(max_per_group)
-        self.embedding_dim = int(embedding_dim)
-        self.num_heads = int(num_heads)
-        self.intra_layers = int(intra_layers)
-        self.inter_layers = int(inter_layers)
+        me = "GroupInterestEncoder"
+        # Ids 0 (padding) and 1 (OOV) are reserved: a vocabulary holds at least those.
+        self.item_vocab_size = A.count(me, "item_vocab_size", item_vocab_size, minimum=2)
+        self.group_vocab_size = A.count(me, "group_vocab_size", group_vocab_size,
+                                        minimum=2 if group_key == "group" else 0)
+        self.num_behavior_types = A.count(me, "num_behavior_types", num_behavior_types)
+        self.max_groups = A.count(me, "max_groups", max_groups)
+        self.max_per_group = A.count(me, "max_per_group", max_per_group)
+        self.embedding_dim = A.count(me, "embedding_dim", embedding_dim)
+        self.num_heads = A.count(me, "num_heads", num_heads)
+        if self.embedding_dim % self.num_heads:
+            raise ValueError(f"{me}: embedding_dim={embedding_dim!r} must be a multiple of "
+                             f"num_heads={num_heads!r} (the heads split the embedding)")
+        self.intra_layers = A.count(me, "intra_layers", intra_layers, minimum=0)
+        self.inter_layers = A.count(me, "inter_layers", inter_layers, minimum=0)
         self.inter_block = inter_block
-        self.attention_units = tuple(int(u) for u in attention_units)
-        self.dropout = float(dropout)
+        self.attention_units = A.units(me, "attention_units", attention_units)
+        self.dropout = A.rate(me, "dropout", dropout)
         self.use_stats = bool(use_stats)
         self.use_intra = bool(use_intra)
         self.use_inter = bool(use_inter)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from dmgin_tf.layers import arguments as A
 from dmgin_tf.layers.dense import Dense
 from dmgin_tf.layers.precision import KeepsInputDtypes
 
@@ -43,7 +44,7 @@ class GroupStatistics(KeepsInputDtypes, keras.layers.Layer):
     def __init__(self, units, activation="relu", **kwargs):
         super().__init__(**kwargs)
         self._keep_input_dtypes()   # float32 times / counts under mixed float16
-        self.units = int(units)
+        self.units = A.count("GroupStatistics", "units", units)
         self.activation = activation
 
     def build(self, counts_shape, stats_shape=None, group_mask_shape=None):

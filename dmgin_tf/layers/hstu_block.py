@@ -6,6 +6,7 @@ import math
 import keras
 from keras import ops
 
+from dmgin_tf.layers import arguments as A
 from dmgin_tf.layers.dense import Dense
 from dmgin_tf.layers.feature_embedding import log_time_bucket, lookup_rows
 from dmgin_tf.layers.precision import KeepsInputDtypes
@@ -60,10 +61,11 @@ class HSTUBlock(KeepsInputDtypes, keras.layers.Layer):
                  dropout=0.0, layer_norm_epsilon=1e-5, **kwargs):
         super().__init__(**kwargs)
         self._keep_input_dtypes()   # float32 times / counts under mixed float16
-        self.num_heads = int(num_heads)
-        self.max_relative_position = int(max_relative_position)
-        self.num_time_buckets = int(num_time_buckets)
-        self.dropout = float(dropout)
+        self.num_heads = A.count("HSTUBlock", "num_heads", num_heads)
+        self.max_relative_position = A.count("HSTUBlock", "max_relative_position",
+                                             max_relative_position, minimum=0)
+        self.num_time_buckets = A.count("HSTUBlock", "num_time_buckets", num_time_buckets)
+        self.dropout = A.rate("HSTUBlock", "dropout", dropout)
         self.layer_norm_epsilon = float(layer_norm_epsilon)
 
     def build(self, x_shape):
@@ -103,6 +105,9 @@ class HSTUBlock(KeepsInputDtypes, keras.layers.Layer):
             mask = ops.ones(ops.shape(x)[:2], "bool")
         mask = ops.cast(mask, "bool")
         maskf = ops.cast(mask, "float32")
+        # Padding is dropped, not multiplied away: 0 * NaN at a padded position would
+        # reach the real ones through the attention sums.
+        x = ops.where(mask[..., None], x, ops.zeros_like(x))
         u, v, q, k = ops.split(self.uvqk(self.norm_in(x)), 4, axis=-1)
         heads = lambda t: ops.reshape(t, (-1, seq, self.num_heads, self._head_dim))  # noqa: E731
         v, q, k = heads(v), heads(q), heads(k)
@@ -120,7 +125,7 @@ class HSTUBlock(KeepsInputDtypes, keras.layers.Layer):
         pos_bias = lookup_rows(self.position_bias, rel)           # [S, S, H]
         scores = scores + ops.cast(ops.transpose(pos_bias, (2, 0, 1))[None], "float32")
         if ages is not None:
-            ages = ops.cast(ages, "float32")
+            ages = ops.where(mask, ops.cast(ages, "float32"), 0.0)
             gap = ops.abs(ages[:, :, None] - ages[:, None, :])
             tb = lookup_rows(self.time_bias,
                              log_time_bucket(gap, self.num_time_buckets))  # [B, S, S, H]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from dmgin_tf.layers import arguments as A
 from dmgin_tf.layers.feature_embedding import log_time_bucket
 from dmgin_tf.layers.hstu_block import HSTUBlock
 from dmgin_tf.layers.precision import KeepsInputDtypes
@@ -57,12 +58,13 @@ class InterGroupTransformer(KeepsInputDtypes, keras.layers.Layer):
         self._keep_input_dtypes()   # float32 times / counts under mixed float16
         if block not in BLOCK_TYPES:
             raise ValueError(f"block={block!r}: must be one of {BLOCK_TYPES}")
-        self.num_heads = int(num_heads)
-        self.num_layers = int(num_layers)
+        name = "InterGroupTransformer"
+        self.num_heads = A.count(name, "num_heads", num_heads)
+        self.num_layers = A.count(name, "num_layers", num_layers, minimum=0)
         self.block = block
-        self.num_time_buckets = int(num_time_buckets)
-        self.ffn_multiplier = int(ffn_multiplier)
-        self.dropout = float(dropout)
+        self.num_time_buckets = A.count(name, "num_time_buckets", num_time_buckets)
+        self.ffn_multiplier = A.count(name, "ffn_multiplier", ffn_multiplier)
+        self.dropout = A.rate(name, "dropout", dropout)
 
     def build(self, group_vectors_shape, group_mask_shape=None, group_ages_shape=None):
         require_static("InterGroupTransformer", group_vectors_shape, {-2: "G", -1: "D"})

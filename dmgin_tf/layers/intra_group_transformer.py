@@ -4,6 +4,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from dmgin_tf.layers import arguments as A
 from dmgin_tf.layers.dense import Dense
 from dmgin_tf.layers.transformer_block import Packing, TransformerBlock, require_static
 
@@ -67,11 +68,12 @@ class IntraGroupTransformer(keras.layers.Layer):
     def __init__(self, num_heads, num_layers=1, output_dim=None, ffn_multiplier=2,
                  dropout=0.0, **kwargs):
         super().__init__(**kwargs)
-        self.num_heads = int(num_heads)
-        self.num_layers = int(num_layers)
-        self.output_dim = None if output_dim is None else int(output_dim)
-        self.ffn_multiplier = int(ffn_multiplier)
-        self.dropout = float(dropout)
+        name = "IntraGroupTransformer"
+        self.num_heads = A.count(name, "num_heads", num_heads)
+        self.num_layers = A.count(name, "num_layers", num_layers, minimum=0)
+        self.output_dim = None if output_dim is None else A.count(name, "output_dim", output_dim)
+        self.ffn_multiplier = A.count(name, "ffn_multiplier", ffn_multiplier)
+        self.dropout = A.rate(name, "dropout", dropout)
 
     def build(self, tokens_shape, token_mask_shape=None, group_context_shape=None,
               group_mask_shape=None):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from dmgin_tf.layers import arguments as A
 from dmgin_tf.layers.dense import Dense, matmul_rows
 from dmgin_tf.layers.transformer_block import masked_softmax
 
@@ -69,11 +70,12 @@ class TargetAttention(keras.layers.Layer):
 
     def __init__(self, hidden_units=(64, 32), activation="relu", **kwargs):
         super().__init__(**kwargs)
-        self.hidden_units = tuple(int(u) for u in hidden_units)
+        self.hidden_units = A.units("TargetAttention", "hidden_units", hidden_units)
         self.activation = activation
 
     def build(self, query_shape, keys_shape, key_mask_shape=None):
         dim = keys_shape[-1]
+        self._dims = (query_shape[-1], dim)
         self.query_proj = None
         if query_shape[-1] != dim:
             self.query_proj = Dense(dim, name="query_projection", dtype=self.dtype_policy)
@@ -91,7 +93,10 @@ class TargetAttention(keras.layers.Layer):
         self.built = True
 
     def call(self, query, keys, key_mask, return_weights=False):
+        self._check(query, keys, key_mask)
         single = len(query.shape) == 2
+        # Masked keys are dropped, not multiplied away (0 * NaN at padding is NaN).
+        keys = ops.where(ops.cast(key_mask, "bool")[..., None], keys, ops.zeros_like(keys))
         if self.query_proj is not None:
             query = self.query_proj(query)
         q = ops.cast(query, keys.dtype)
@@ -104,6 +109,21 @@ class TargetAttention(keras.layers.Layer):
         if single:
             out, weights = out[:, 0], weights[:, 0]
         return (out, weights) if return_weights else out
+
+    def _check(self, query, keys, key_mask):
+        """Ranks, dtypes and static sizes of the call arguments (ValueError naming them)."""
+        me = "TargetAttention"
+        A.float_input(me, "query", query)
+        A.float_input(me, "keys", keys)
+        if len(query.shape) not in (2, 3) or len(keys.shape) != 3 or len(key_mask.shape) != 2:
+            raise ValueError(f"{me}: expects query [B, Dq] or [B, N, Dq], keys [B, S, D] and "
+                             f"key_mask [B, S]; got {tuple(query.shape)}, {tuple(keys.shape)}, "
+                             f"{tuple(key_mask.shape)}")
+        A.same_size(me, "last dim of query (built for)", query.shape[-1], self._dims[0])
+        A.same_size(me, "last dim of keys (built for)", keys.shape[-1], self._dims[1])
+        A.same_size(me, "batch of keys (query's)", keys.shape[0], query.shape[0])
+        A.same_size(me, "batch of key_mask (keys')", key_mask.shape[0], keys.shape[0])
+        A.same_size(me, "key_mask length S (keys')", key_mask.shape[1], keys.shape[1])
 
     def _scores(self, q, keys):
         """MLP scores of every (query, key) pair: q [B, N, D], keys [B, S, D] → [B, N, S]."""

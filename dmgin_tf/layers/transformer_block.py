@@ -6,6 +6,7 @@ import math
 import keras
 from keras import ops
 
+from dmgin_tf.layers import arguments as A
 from dmgin_tf.layers.dense import Dense
 
 
@@ -165,9 +166,9 @@ class TransformerBlock(keras.layers.Layer):
     def __init__(self, num_heads, ffn_multiplier=2, dropout=0.0, layer_norm_epsilon=1e-5,
                  **kwargs):
         super().__init__(**kwargs)
-        self.num_heads = int(num_heads)
-        self.ffn_multiplier = int(ffn_multiplier)
-        self.dropout = float(dropout)
+        self.num_heads = A.count("TransformerBlock", "num_heads", num_heads)
+        self.ffn_multiplier = A.count("TransformerBlock", "ffn_multiplier", ffn_multiplier)
+        self.dropout = A.rate("TransformerBlock", "dropout", dropout)
         self.layer_norm_epsilon = float(layer_norm_epsilon)
 
     def build(self, x_shape):
@@ -196,7 +197,15 @@ class TransformerBlock(keras.layers.Layer):
         self.built = True
 
     def call(self, x, padding_mask=None, attention_bias=None, training=None):
+        A.float_input("TransformerBlock", "x", x)
+        A.same_size("TransformerBlock", "last dim of x (built for)", x.shape[-1], self._dim)
         mask = padding_mask
+        if mask is not None and len(mask.shape) != len(x.shape) - 1:
+            raise ValueError(f"TransformerBlock: padding_mask must be x's shape without the "
+                             f"last axis, got {tuple(mask.shape)} for x {tuple(x.shape)}")
+        if mask is not None:
+            for axis, (m, s) in enumerate(zip(mask.shape, x.shape[:-1])):
+                A.same_size("TransformerBlock", f"padding_mask axis {axis} (x's)", m, s)
         shape = ops.shape(x)
         seq = axis_size(x, -2)
         lead = shape[:-2]
@@ -204,6 +213,9 @@ class TransformerBlock(keras.layers.Layer):
         if mask is None:
             mask = ops.ones(ops.shape(x)[:2], "bool")
         mask = ops.reshape(ops.cast(mask, "bool"), (-1, seq))
+        # Padding is dropped, not multiplied away: 0 * NaN (or inf) at a padded position
+        # would reach the real ones through the attention sums.
+        x = ops.where(mask[..., None], x, ops.zeros_like(x))
         attended = self._attend(self.qkv(self.norm1(x)), mask, attention_bias, training)
         y = self._residuals(x, attended, training) * ops.cast(mask, x.dtype)[..., None]
         return ops.reshape(y, tuple(lead) + (seq, self._dim))
