@@ -379,6 +379,24 @@ class BeamConfig(ConfigBase):
                       "must be multi_processing, multi_threading or in_memory")
         self._require(self.environment_type in ("", "DOCKER", "PROCESS", "EXTERNAL", "LOOPBACK"),
                       "environment_type", "must be DOCKER, PROCESS, EXTERNAL or LOOPBACK")
+        # Without a target Beam's Flink/Spark runners start an embedded cluster and
+        # download its job-server jar at submission: say which cluster, before any step
+        # runs (docs/scale-out.md). `[local]` asks for the embedded one explicitly.
+        master = {"flink": self.flink_master, "spark": self.spark_master}.get(self.runner)
+        self._require(self.runner not in ("flink", "spark") or bool(self.job_endpoint or master),
+                      "runner", f"needs beam.job_endpoint=HOST:PORT (a running Beam job "
+                      f"server) or beam.{self.runner}_master="
+                      + ("HOST:PORT" if self.runner == "flink" else "spark://HOST:PORT")
+                      + (" ('[local]' for an embedded Flink, which downloads its job-server "
+                         "jar)" if self.runner == "flink" else ""))
+        if self.runner == "dataflow":      # what Beam's Dataflow options refuse to run without
+            given = {a.split("=", 1)[0] for a in self.extra_args}
+            missing = [f for f in ("--project",) if f not in given]
+            if not given & {"--temp_location", "--staging_location"}:
+                missing.append("--temp_location")
+            self._require(not missing, "runner", f"needs {' and '.join(missing)} in "
+                          f"beam.extra_args (--beam-arg=--project=PROJECT "
+                          f"--beam-arg=--temp_location=gs://BUCKET/tmp; docs/scale-out.md)")
 
 
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"

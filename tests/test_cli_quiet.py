@@ -20,6 +20,17 @@ absl_logging.error("REAL-absl-error")
 tf.get_logger().warning("NOISE-tensorflow-logger")
 warnings.warn("NOISE-deprecation", DeprecationWarning)
 warnings.warn_explicit("NOISE-tf-userwarning", UserWarning, "x.py", 1, module="tensorflow.python.x")
+# A finalizer error inside a library (TensorFlow's AtomicFunction.__del__ during garbage
+# collection printed "Exception ignored in ..." with a traceback mid-pipeline) and one in
+# user code, which stays visible.
+def _finalizer(): pass
+class _Lib:
+    def __del__(self): raise TypeError("NOISE-finalizer")
+_Lib.__del__.__module__ = "tensorflow.python.eager.polymorphic_function.atomic_function"
+class _Ours:
+    def __del__(self): raise TypeError("REAL-finalizer")
+x = _Lib(); del x
+y = _Ours(); del y
 print("ours: done")
 """
 
@@ -38,11 +49,12 @@ def test_quiet_by_default_and_verbose_shows_logs():
     assert "TF_CPP_MIN_LOG_LEVEL=2" in err
     assert "NOISE" not in err, err
     assert "Execution 11 failed" not in err and "REAL-absl-error" in err, err
+    assert "REAL-finalizer" in err, err
 
     out, err = _run("verbose")
     assert out.strip() == "ours: done"
     for noise in ("NOISE-absl", "NOISE-tensorflow-logger", "NOISE-deprecation", "NOISE-tf-userwarning",
-                  "Execution 11 failed", "REAL-absl-error"):
+                  "Execution 11 failed", "REAL-absl-error", "NOISE-finalizer", "REAL-finalizer"):
         assert noise in err, (noise, err)
 
 

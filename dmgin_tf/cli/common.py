@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
+import sys
 import warnings
 
 from dmgin_tf.config import Config, ConfigError, load_config
@@ -44,11 +46,25 @@ def configure_process(verbose: bool = False) -> None:
     for name in ("tensorflow", "absl", "apache_beam", "tfx", "h5py", "jax"):
         logging.getLogger(name).setLevel(logging.ERROR)
     logging.getLogger("absl").addFilter(_drop_reported_component_failures)
+    if sys.unraisablehook is sys.__unraisablehook__:
+        sys.unraisablehook = _drop_library_finalizer_errors
     try:
         from absl import logging as absl_logging
         absl_logging.set_verbosity(absl_logging.ERROR)
     except ImportError:  # the JAX-only path may run without absl
         pass
+
+
+def _drop_library_finalizer_errors(unraisable) -> None:
+    """`sys.unraisablehook` of a quiet command: an error in a TensorFlow / Beam / TFX
+    object's finalizer (e.g. `AtomicFunction.__del__` when the garbage collector runs
+    while a component tears its graph down) is printed by Python as "Exception ignored
+    in ..." with a traceback, although nothing failed; drop those, show every other."""
+    owner = getattr(unraisable.object, "__module__", None) or getattr(
+        type(unraisable.object), "__module__", "")
+    if re.match(NOISY_MODULES, str(owner or "")):
+        return
+    sys.__unraisablehook__(unraisable)
 
 
 def at_least(kind, minimum):

@@ -74,6 +74,10 @@ def _setup(args):
         raise DmginError(f"--model-name {args.model_name!r}: {NAME_RULE}")
     if args.data and not os.path.exists(args.data):
         raise DmginError(f"--data {args.data}: no such file or directory")
+    if args.data and os.path.isdir(args.data) and not os.listdir(args.data):
+        raise DmginError(f"--data {args.data}: the folder is empty; give the raw "
+                         f"{cfg.data.dataset} dataset (its folder or file) or the output folder "
+                         f"of `dmgin data convert` (behaviors.parquet, items.parquet)")
     if args.encoder == "external" and not cfg.grouping.external_embeddings:
         raise DmginError("--encoder external needs the embeddings: --set "
                          "grouping.external_embeddings=PATH (Parquet or TFRecord of "

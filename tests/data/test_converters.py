@@ -210,7 +210,8 @@ def test_movielens_tags_optional_and_missing_ratings(ml_dir, tmp_path):
     with pytest.raises(DataError, match=r"movies.csv: no data rows \(a header only\?\)"):
         convert_movielens(ml_dir, tmp_path / "out1", LOOSE)
     (ml_dir / "ratings.csv").unlink()
-    with pytest.raises(FileNotFoundError, match="ratings.csv"):
+    # The message says what the folder holds (a mistyped name is then plain to see).
+    with pytest.raises(FileNotFoundError, match=r"ratings.csv \(.* holds movies.csv"):
         convert_movielens(ml_dir, tmp_path / "out2")
     with pytest.raises(FileNotFoundError, match="is a file; pass the directory"):
         convert_movielens(ml_dir / "movies.csv", tmp_path / "out3")

@@ -18,8 +18,17 @@ from dmgin_tf.cli.main import main
     # A '/' would nest the Pusher's <serving_base>/<model_name>/ folder.
     (["--model-name", "team/ranker"], ["--model-name 'team/ranker'", "letters, digits"]),
     (["--set", "pipeline.name=a b"], ["pipeline.name='a b'"]),
+    # Was reported as Taobao lacking item text (the default grouping), then as a missing
+    # UserBehavior.csv.
+    (["--data", "{empty}"], ["the folder is empty", "dmgin data convert"]),
+    # Beam's FlinkRunner started an embedded cluster in the first Beam step and failed
+    # downloading its job-server jar, after the span was written.
+    (["--beam-runner", "flink", "--set", "grouping.key=category"],
+     ["beam.runner='flink'", "beam.job_endpoint", "beam.flink_master"]),
 ])
 def test_bad_arguments_stop_before_the_pipeline(tmp_path, capsys, args, words):
+    (tmp_path / "empty").mkdir()
+    args = [a.format(empty=tmp_path / "empty") for a in args]
     rc = main(["pipeline", "run", "--pipeline-root", str(tmp_path / "root")] + args)
     err = capsys.readouterr().err
     assert rc == 2, err

@@ -59,11 +59,26 @@ def test_portable_and_dataflow_options_and_passthrough():
     assert beam_runner.pipeline_args(spark) == ["--runner=SparkRunner",
                                                 "--spark_master_url=spark://s:7077"]
     df = BeamConfig.from_dict({"runner": "dataflow",
-                               "extra_args": ["--project=p", "--region=r"]})
-    assert beam_runner.pipeline_args(df) == ["--runner=DataflowRunner", "--project=p", "--region=r"]
+                               "extra_args": ["--project=p", "--temp_location=gs://b/t"]})
+    assert beam_runner.pipeline_args(df) == ["--runner=DataflowRunner", "--project=p",
+                                             "--temp_location=gs://b/t"]
     # extra_args come last, so they override derived flags.
     d = BeamConfig.from_dict({"extra_args": "--direct_num_workers=5"})
     assert beam_runner.pipeline_args(d)[-1] == "--direct_num_workers=5"
+
+
+@pytest.mark.parametrize("section,words", [
+    ({"runner": "flink"}, r"beam.runner='flink': needs beam.job_endpoint.*beam.flink_master"),
+    ({"runner": "spark"}, r"needs beam.job_endpoint.*beam.spark_master=spark://"),
+    ({"runner": "dataflow"}, r"needs --project and --temp_location in beam.extra_args"),
+    ({"runner": "dataflow", "extra_args": ["--project=p"]}, r"needs --temp_location"),
+])
+def test_a_cluster_runner_without_a_cluster_is_refused_when_the_config_loads(section, words):
+    """Without a target, Beam's FlinkRunner started an embedded cluster and tried to
+    download a job-server jar in the first Beam step, after the span was written."""
+    with pytest.raises(ConfigError, match=words):
+        BeamConfig.from_dict(section)
+    BeamConfig.from_dict({"runner": "flink", "flink_master": "[local]"})   # asked for
 
 
 def test_bad_beam_config_names_field():

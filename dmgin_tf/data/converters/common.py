@@ -241,9 +241,15 @@ def resolve_file(input_path, default_name: str) -> pathlib.Path:
     """`input_path` itself, or `input_path/default_name` (or `default_name.gz`) when it
     is a directory."""
     p = pathlib.Path(input_path)
-    if p.is_dir():
+    folder = p if p.is_dir() else None
+    if folder is not None:
         gz = p / (default_name + ".gz")
         p = gz if not (p / default_name).exists() and gz.is_file() else p / default_name
     if not p.is_file():
-        raise FileNotFoundError(f"input file not found: {p}")
+        held = ""
+        if folder is not None:       # say what the folder does hold
+            names = sorted(x.name for x in folder.iterdir())
+            held = (f" ({folder} is empty)" if not names else f" ({folder} holds "
+                    f"{', '.join(names[:5])}{', ...' if len(names) > 5 else ''})")
+        raise FileNotFoundError(f"input file not found: {p}{held}")
     return p
