@@ -106,7 +106,8 @@ def _run(args) -> int:
     # Before the span is written: a run refused here leaves nothing behind.
     check_served_baseline(root, os.path.join(serving, kwargs.get("model_name")
                                              or cfg.serving.model_name))
-    print(f"span {args.span}: {prepare_span(cfg, data_root, args.span, args.data)}", flush=True)
+    span_path = prepare_span(cfg, data_root, args.span, args.data)
+    print(f"span {args.span}: {display_path(span_path)}", flush=True)
     summary = run_pipeline(cfg, data_root=data_root, span=args.span, pipeline_root=root,
                            serving_base=serving, echo=lambda m: print(m, flush=True), **kwargs)
     if summary.pushed_dir:
