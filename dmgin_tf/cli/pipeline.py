@@ -82,6 +82,11 @@ def _setup(args):
         raise DmginError("--encoder external needs the embeddings: --set "
                          "grouping.external_embeddings=PATH (Parquet or TFRecord of "
                          "item_id -> vector; docs/encoder.md)")
+    if cfg.model.item_content_dim:
+        # The pipeline's Trainer reads ids only; it failed there, after the data steps.
+        raise DmginError(f"model.item_content_dim={cfg.model.item_content_dim}: the pipeline's "
+                         f"Trainer does not read the catalog embedding; set it to 0 (item "
+                         f"content vectors are read by `dmgin bench quality --item-embeddings`)")
     if cfg.grouping.key == "cluster" and cfg.data.dataset == "taobao":
         raise DmginError("grouping.key=cluster needs item text, which Taobao lacks; use "
                          "--set grouping.key=category")

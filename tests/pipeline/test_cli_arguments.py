@@ -21,6 +21,8 @@ from dmgin_tf.cli.main import main
     # Was reported as Taobao lacking item text (the default grouping), then as a missing
     # UserBehavior.csv.
     (["--data", "{empty}"], ["the folder is empty", "dmgin data convert"]),
+    # Failed in the Trainer, after the data steps had run.
+    (["--set", "model.item_content_dim=8"], ["model.item_content_dim=8", "does not read"]),
     # Beam's FlinkRunner started an embedded cluster in the first Beam step and failed
     # downloading its job-server jar, after the span was written.
     (["--beam-runner", "flink", "--set", "grouping.key=category"],
