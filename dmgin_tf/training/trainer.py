@@ -372,6 +372,13 @@ def set_previous_run_aside(output_dir: str) -> Optional[str]:
     found = [n for n in RUN_OUTPUTS if os.path.lexists(os.path.join(output_dir, n))]
     if not found:
         return None
+    # Every run, finished or not, has its checkpoints folder (made right after this) or
+    # its metrics: files of ours without either are another command's output — a group
+    # table or an example set also holds item_index.parquet — and are not deleted.
+    if not {"checkpoints", METRICS_FILE, CONFIG_FILE, WEIGHTS_FILE} & set(found):
+        raise DmginError(f"{output_dir} holds {', '.join(found)} but no training run (no "
+                         f"checkpoints/ or {METRICS_FILE}): it is another command's output "
+                         f"(a group table or an example set?); train into another folder")
     previous = os.path.join(output_dir, PREVIOUS_RUN_DIR)
     if os.path.isfile(os.path.join(output_dir, METRICS_FILE)):
         # A complete run replaces an older set-aside one; an unfinished one (no metrics)

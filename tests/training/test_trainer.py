@@ -330,6 +330,20 @@ def test_a_rerun_into_a_used_folder_never_mixes_two_runs(tmp_path, monkeypatch):
     assert "previous_run" not in json.loads((out / "metrics.json").read_text())["files"]
 
 
+def test_a_run_into_another_commands_output_is_refused_and_deletes_nothing(tmp_path):
+    """`--output` at a group table's or an example set's folder deleted its
+    item_index.parquet (a run output name) as if it were an unfinished run's."""
+    from dmgin_tf.errors import DmginError
+    from dmgin_tf.training import trainer
+    out = tmp_path / "groups"
+    out.mkdir()
+    (out / "item_index.parquet").write_bytes(b"PAR1")
+    (out / "report.md").write_text("groups")
+    with pytest.raises(DmginError, match="holds item_index.parquet but no training run"):
+        trainer.train(tiny_config(), tiny_data(), str(out), model_fn=tiny_model_fn, verbose=0)
+    assert sorted(os.listdir(out)) == ["item_index.parquet", "report.md"]
+
+
 def test_cli_train_on_the_embedded_taobao_sample_uses_the_sample_config(tmp_path, monkeypatch,
                                                                         capsys):
     """Like `dmgin pipeline run`, `dmgin train` without data or config trains the sample's
