@@ -19,7 +19,8 @@ def register(subparsers) -> None:
     p.add_argument("--model-dir", required=True, metavar="DIR", help="output directory of dmgin train")
     p.add_argument("--output", required=True, metavar="BASE/NAME",
                    help="model base path; the last component is the model name")
-    p.add_argument("--version", type=int, help="version number (default: next free)")
+    p.add_argument("--version", type=int, help="version number (default: 1 + the largest "
+                   "version of any exported variant)")
     p.add_argument("--variants", default="xla,noxla",
                    help="comma list of xla,noxla (default both)")
     p.add_argument("--state-groups", type=int, default=None, metavar="K",

@@ -45,13 +45,34 @@ NOXLA_SUFFIX = "_noxla"
 EXPORT_INFO_FILE = "dmgin_export.json"   # in assets.extra/, next to the warmup file
 
 
-def next_version(model_base: str) -> int:
-    """1 + the largest integer version directory under `model_base` (1 if none)."""
-    try:
-        versions = [int(n) for n in os.listdir(model_base) if n.isdigit()]
-    except FileNotFoundError:
-        versions = []
+def next_version(*model_bases: str) -> int:
+    """1 + the largest integer version directory under any of `model_bases` (1 if
+    none): the variants of one export share its version number."""
+    versions = []
+    for base in model_bases:
+        try:
+            versions += [int(n) for n in os.listdir(base) if n.isdigit()]
+        except FileNotFoundError:
+            pass
     return max(versions, default=0) + 1
+
+
+def _remove_stale_staging(parent: str, version_name: str) -> None:
+    """Deletes `.tmp-<version>-<pid>` staging folders of exports whose process is gone
+    (killed before it could clean up); a live export's folder is left alone."""
+    prefix = f".tmp-{version_name}-"
+    for entry in os.listdir(parent):
+        pid = entry[len(prefix):]
+        if not entry.startswith(prefix) or not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue                         # still running
+        except ProcessLookupError:
+            pass
+        except PermissionError:              # another user's live process
+            continue
+        shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
 
 
 def _save_atomically(module: ServingModule, final_dir: str, logs, info: dict, sigs,
@@ -63,6 +84,7 @@ def _save_atomically(module: ServingModule, final_dir: str, logs, info: dict, si
     os.makedirs(parent, exist_ok=True)
     if os.path.exists(final_dir):
         raise DmginError(f"export: {final_dir} already exists; pick another --version")
+    _remove_stale_staging(parent, os.path.basename(final_dir))
     tmp = os.path.join(parent, f".tmp-{os.path.basename(final_dir)}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -107,7 +129,7 @@ def export_model(model, base_path: str, name: str, *, history_length: int,
       model: built Keras 3 ranking model (TF backend), inputs `MODEL_INPUT_KEYS`.
       base_path, name: write `<base_path>/<name>[_noxla]/<version>/`.
       history_length: L of the model's history inputs.
-      version: integer version; default = next free version of the XLA variant.
+      version: integer version; default = 1 + the largest version of either variant.
       item_index: `dmgin_tf.data.item_index.ItemIndex`; with `behavior_types` it
         enables the tf.Example `serving_default` signature (else serving_default =
         predict_raw).
@@ -131,7 +153,9 @@ def export_model(model, base_path: str, name: str, *, history_length: int,
     tables = None
     if item_index is not None and behavior_types:
         tables = LookupTables(item_index.item_ids, item_index.group_of_idx, behavior_types)
-    version = int(version) if version is not None else next_version(os.path.join(base_path, name))
+    bases = {v: os.path.join(base_path, name + ("" if v == "xla" else NOXLA_SUFFIX))
+             for v in ("xla", "noxla")}
+    version = int(version) if version is not None else next_version(*bases.values())
     if version < 1:
         raise DmginError(f"export: version must be >= 1, got {version}")
     examples = None
@@ -142,8 +166,7 @@ def export_model(model, base_path: str, name: str, *, history_length: int,
     contract = dataclasses.replace(Contract.from_model_config(
         model_config or (own_cfg.to_dict() if hasattr(own_cfg, "to_dict") else None)),
         max_candidates=int(serving_cfg.max_candidates))
-    finals = {v: os.path.join(base_path, name + ("" if v == "xla" else NOXLA_SUFFIX), str(version))
-              for v in variants}
+    finals = {v: os.path.join(bases[v], str(version)) for v in variants}
     taken = [f for f in finals.values() if os.path.exists(f)]
     if taken:   # before tracing anything: no variant is written when one cannot be
         raise DmginError(f"export: {taken[0]} already exists; pick another --version")

@@ -300,6 +300,28 @@ def test_a_taken_version_is_refused_before_any_variant_is_traced(tmp_path):
     assert lines == [] and not (tmp_path / "ranker").exists()
 
 
+def test_the_default_version_is_free_in_every_variant_and_dead_staging_is_removed(tmp_path):
+    """A second noxla-only export without --version took version 1 of the (empty) XLA
+    folder and failed on ranker_noxla/1; a killed export's staging folder stayed."""
+    from dmgin_tf.export.saved_model import export_model
+    from export.conftest import NUM_ITEMS, tiny_item_index
+    from export.keras_standin import StandInRanker
+    model = StandInRanker(item_vocab=NUM_ITEMS + 2, group_vocab=7)
+    model(tiny_inputs(3))
+    kwargs = dict(history_length=L, item_index=tiny_item_index(), behavior_types=BEHAVIORS,
+                  serving_cfg=SERVING, variants=("noxla",))
+    os.makedirs(tmp_path / "ranker_noxla" / "1")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()                                    # a pid that no longer runs
+    stale = tmp_path / "ranker_noxla" / f".tmp-2-{dead.pid}"
+    live = tmp_path / "ranker_noxla" / f".tmp-2-{os.getppid()}"
+    stale.mkdir()
+    live.mkdir()
+    paths = export_model(model, str(tmp_path), "ranker", **kwargs)
+    assert paths == {"noxla": str(tmp_path / "ranker_noxla" / "2")}
+    assert not stale.exists() and live.exists()
+
+
 @pytest.mark.parametrize("variant", ["xla", "noxla"])
 def test_raw_signatures_refuse_an_item_paired_with_another_group(standin_export, variant):
     """With the item table in the export, a known item sent with a group other than its
