@@ -140,10 +140,35 @@ def _convert(args) -> int:
         flagged = ", ".join(f"{k} {v}" for k, v in f["flagged"].items()) or "none"
         print(f"  {f['path']}: read {f['rows_read']:,}, kept {f['rows_kept']:,}; bad: {bad}; flagged: {flagged}")
     print(f"report: {result.output_dir / 'report.md'}")
-    note = time_unit_note(result.behaviors_path, r, args.timestamp_unit)
-    if note:
-        print(f"dmgin data convert: note: {note}", file=sys.stderr)
+    for note in (time_unit_note(result.behaviors_path, r, args.timestamp_unit),
+                 catalog_note(r), behavior_case_note(r)):
+        if note:
+            print(f"dmgin data convert: note: {note}", file=sys.stderr)
     return 0
+
+
+def catalog_note(report: dict) -> str:
+    """A note when most behaviors name items the catalog lacks (they were added without
+    text or category): usually the two files spell item ids differently."""
+    kept = sum(f["rows_kept"] for f in report["files"] if f.get("role") == "behaviors")
+    missing = sum(f["flagged"].get("item_not_in_catalog", 0) for f in report["files"])
+    if not kept or missing <= kept / 10:
+        return ""
+    return (f"{missing:,} of {kept:,} behaviors ({missing / kept:.0%}) name items missing from "
+            f"the items file and were kept without text or category; check that both files "
+            f"write item_id the same way (e.g. 'item-123' vs '123')")
+
+
+def behavior_case_note(report: dict) -> str:
+    """A note when behavior types differ only in case ('pv', 'PV'): they are kept as
+    separate types, which is rarely meant."""
+    from dmgin_tf.data.converters.generic import case_collisions
+    groups = case_collisions(report.get("info", {}).get("behavior_types", []))
+    if not groups:
+        return ""
+    return ("behavior types that differ only in case are kept apart: "
+            + "; ".join(", ".join(map(repr, g)) for g in groups)
+            + " (names are case-sensitive; normalise them, or pass --behaviors to refuse the others)")
 
 
 def time_unit_note(behaviors_path, report: dict, unit) -> str:

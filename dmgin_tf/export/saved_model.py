@@ -60,19 +60,12 @@ def next_version(*model_bases: str) -> int:
 def _remove_stale_staging(parent: str, version_name: str) -> None:
     """Deletes `.tmp-<version>-<pid>` staging folders of exports whose process is gone
     (killed before it could clean up); a live export's folder is left alone."""
+    from dmgin_tf.data.converters.common import pid_alive
     prefix = f".tmp-{version_name}-"
     for entry in os.listdir(parent):
         pid = entry[len(prefix):]
-        if not entry.startswith(prefix) or not pid.isdigit():
-            continue
-        try:
-            os.kill(int(pid), 0)
-            continue                         # still running
-        except ProcessLookupError:
-            pass
-        except PermissionError:              # another user's live process
-            continue
-        shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+        if entry.startswith(prefix) and pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
 
 
 def _save_atomically(module: ServingModule, final_dir: str, logs, info: dict, sigs,

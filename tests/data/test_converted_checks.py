@@ -112,3 +112,30 @@ def test_convert_notes_times_that_look_like_the_wrong_unit(tmp_path, capsys):
                      "--output", str(out), "--no-progress"] + unit) == 0
         err = capsys.readouterr().err
         assert ("latest behavior is dated 1970-01-19; check --timestamp-unit ms" in err) == noted, err
+
+
+def test_convert_notes_item_ids_the_catalog_lacks_and_behaviors_differing_in_case(tmp_path,
+                                                                                 capsys):
+    """Behaviors whose item ids the items file spells otherwise ('item-1' vs '1') lost
+    their text and category with only a count in the report; 'pv' / 'PV' became two
+    behavior types without a word, and a --behaviors list refused 'PV' without saying
+    the list has 'pv'."""
+    raw = tmp_path / "b.csv"
+    raw.write_text("user_id,item_id,behavior,timestamp\n"
+                   + "".join(f"u1,item-{i},{b},{1600000000 + i}\n"
+                             for i, b in enumerate(["pv", "PV", "pv", "buy"] * 3)))
+    items = tmp_path / "items.csv"
+    items.write_text("item_id,title\n" + "".join(f"{i},t{i}\n" for i in range(12)))
+    out = tmp_path / "out"
+    assert main(["data", "convert", "--dataset", "generic", "--input", str(raw),
+                 "--items", str(items), "--output", str(out), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "12 of 12 behaviors (100%) name items missing from the items file" in err, err
+    assert "differ only in case are kept apart: 'PV', 'pv'" in err, err
+    # Matching ids and one spelling: no notes.
+    raw.write_text(raw.read_text().replace("item-", "").replace("PV", "pv"))
+    assert main(["data", "convert", "--dataset", "generic", "--input", str(raw), "--items",
+                 str(items), "--output", str(tmp_path / "ok"), "--no-progress"]) == 0
+    assert "note:" not in capsys.readouterr().err
+    from dmgin_tf.data.converters.generic import _case_hint
+    assert _case_hint("PV", ["pv", "buy"]) == " (names are case-sensitive: the list has 'pv')"

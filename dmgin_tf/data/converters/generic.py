@@ -255,7 +255,8 @@ def convert_generic(input_path, output_dir, config: DataConfig | None = None, *,
                     report.bad(beh_fr, number, "bad_id", bad_id, text)
                 elif not behavior or (allowed and behavior not in allowed):
                     report.bad(beh_fr, number, "unknown_behavior",
-                               f"behavior {behavior!r} not in {list(vocab)}" if behavior
+                               f"behavior {behavior!r} not in {list(vocab)}"
+                               + _case_hint(behavior, vocab) if behavior
                                else "empty behavior", text)
                 elif ts_bad is not None:
                     report.bad(beh_fr, number, ts_bad[0], ts_bad[1], text)
@@ -286,6 +287,21 @@ def convert_generic(input_path, output_dir, config: DataConfig | None = None, *,
                             "items_with_text": sum(1 for v in items.values()
                                                    if v.get(TITLE) or v.get(DESCRIPTION))})
         return publish(tmp, output_dir, report)
+
+
+def _case_hint(behavior: str, vocab) -> str:
+    """", which differs only in case from 'pv'" when a known name matches `behavior`
+    ignoring case (names are case-sensitive), else ""."""
+    near = [v for v in vocab if v.casefold() == behavior.casefold()]
+    return f" (names are case-sensitive: the list has {near[0]!r})" if near else ""
+
+
+def case_collisions(names) -> list:
+    """Groups of behavior names that differ only in case, e.g. [['PV', 'pv']]."""
+    groups: dict = {}
+    for n in names:
+        groups.setdefault(n.casefold(), []).append(n)
+    return [sorted(g) for g in groups.values() if len(g) > 1]
 
 
 def _item_id_problem(item: str) -> Optional[str]:
