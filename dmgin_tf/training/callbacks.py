@@ -217,6 +217,37 @@ class EpochTimer(keras.callbacks.Callback):
             logs["train_examples_per_second"] = self.examples_per_epoch / max(dt, 1e-9)
 
 
+class StepProgress(keras.callbacks.Callback):
+    """A progress line within long epochs, at most one per `every_s` seconds:
+    ``  epoch 1: step 120/700 (17%), 950 ex/s, ~61 s left``. Short epochs print none
+    (the epoch's own line follows soon enough). Reads no logs, so steps are not synced.
+    The first epoch's first steps include the compilation, so its rate starts low."""
+
+    async_safe = True
+
+    def __init__(self, steps_per_epoch: int, batch_size: int, every_s: float = 30.0):
+        super().__init__()
+        self.steps, self.batch_size, self.every_s = int(steps_per_epoch), int(batch_size), every_s
+        self._epoch = 0
+        self._t0 = self._last = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        self._t0 = self._last = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        now = time.perf_counter()
+        if now - self._last < self.every_s or batch + 1 >= self.steps:
+            return
+        self._last = now
+        done = batch + 1
+        rate = done * self.batch_size / max(now - self._t0, 1e-9)
+        left = (self.steps - done) * self.batch_size / max(rate, 1e-9)
+        print(f"  epoch {self._epoch + 1}: step {done:,}/{self.steps:,} "
+              f"({100 * done / self.steps:.0f}%), {rate:,.0f} ex/s, ~{left:.0f} s left",
+              flush=True)
+
+
 class EpochCheckpoint(keras.callbacks.ModelCheckpoint):
     """`ModelCheckpoint` that saves at epoch ends only (`save_freq="epoch"`), marked
     async-safe.

@@ -194,7 +194,8 @@ def train(cfg: Config, data: TrainingData, output_dir: str, *,
       output_dir: where everything is written (created).
       model_fn: `ModelConfig -> keras.Model` (inputs: dict of MODEL_INPUT_KEYS, output
         `ctr` [B]); default `dmgin_tf.models.build_model`.
-      verbose: 0 silent, 1 one line per epoch, 2 also Keras' progress bar.
+      verbose: 0 silent; 1 one line per epoch and, in long epochs, a progress line
+        every `PROGRESS_EVERY_S` seconds; 2 also Keras' own epoch lines.
 
     Raises:
       DmginError: backend mismatch, empty train split; DataError on data/config mismatch.
@@ -568,6 +569,9 @@ def examples_per_epoch(steps: int, batch_size: int, drop_remainder: bool, num_ex
     return total if drop_remainder else min(total, num_examples)
 
 
+PROGRESS_EVERY_S = 30.0     # seconds between progress lines within an epoch
+
+
 def _fit(model, cfg: Config, data: TrainingData, output_dir: str, ckpt_dir: str, placement,
          verbose: int):
     """model.fit with our callbacks; returns (history rows, (timer, early stopper,
@@ -584,6 +588,9 @@ def _fit(model, cfg: Config, data: TrainingData, output_dir: str, ckpt_dir: str,
                                              seq.drop_remainder, len(data.train)))
     history_writer = cb.HistoryWriter(output_dir)
     callbacks = [timer]
+    if verbose:
+        callbacks.append(cb.StepProgress(steps or len(seq), tc.batch_size,
+                                         every_s=PROGRESS_EVERY_S))
     eval_bs = tc.eval_batch_size or tc.batch_size
     validator = None
     if len(data.val):

@@ -420,3 +420,17 @@ def test_config_json_names_the_grouping_the_examples_were_built_with(tmp_path):
     assert load_config_file(str(tmp_path / "a")).grouping.key == "category"
     train(cfg, data, str(tmp_path / "b"), model_fn=tiny_model_fn, verbose=0)
     assert load_config_file(str(tmp_path / "b")).grouping.key == "cluster"
+
+
+def test_long_epochs_print_progress_lines(tmp_path, monkeypatch, capsys):
+    """`dmgin train` printed nothing within an epoch (minutes on real data at L = 512);
+    now a step line every PROGRESS_EVERY_S seconds (here: every step but the last)."""
+    from dmgin_tf.training import trainer
+    monkeypatch.setattr(trainer, "PROGRESS_EVERY_S", 0.0)
+    cfg = tiny_config(epochs=1, batch_size=32)
+    trainer.train(cfg, tiny_data(), str(tmp_path / "run"), model_fn=tiny_model_fn, verbose=1)
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("  epoch 1: step")]
+    assert len(lines) == 256 // 32 - 1, lines
+    assert lines[0].startswith("  epoch 1: step 1/8 (12%),") and "ex/s, ~" in lines[0], lines
+    trainer.train(cfg, tiny_data(), str(tmp_path / "quiet"), model_fn=tiny_model_fn, verbose=0)
+    assert "step" not in capsys.readouterr().out
