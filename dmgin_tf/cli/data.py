@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 
@@ -202,7 +203,7 @@ def _stats(args) -> int:
     if args.path:
         from dmgin_tf.data.converters.common import failure_dir
         failed = failure_dir(args.path) / "report.md"
-        if failed.exists():
+        if failed.exists() and os.path.isdir(args.path):   # else the missing folder is the error
             print(f"dmgin data stats: note: the last conversion into {args.path} failed "
                   f"(see {failed}); these statistics are of the previous successful one",
                   file=sys.stderr)
@@ -214,8 +215,10 @@ def _stats(args) -> int:
                 _run_convert(args, f"{tmp}/canonical")
             except DataError as e:  # its report lives in tmp, about to be deleted
                 msg = str(e).split("; report: ")[0]
-                raise DataError(f"{msg} (run `dmgin data convert --output DIR` with the same "
-                                f"input to keep the report)") from None
+                if args.input:   # a report of the user's file is worth keeping
+                    msg += (" (run `dmgin data convert --output DIR` with the same input to "
+                            "keep the report)")
+                raise DataError(msg) from None
             stats = dataset_stats(f"{tmp}/canonical")
             stats["path"] = str(args.input or f"embedded sample ({args.dataset})")
     else:

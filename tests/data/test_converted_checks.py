@@ -139,3 +139,17 @@ def test_convert_notes_item_ids_the_catalog_lacks_and_behaviors_differing_in_cas
     assert "note:" not in capsys.readouterr().err
     from dmgin_tf.data.converters.generic import _case_hint
     assert _case_hint("PV", ["pv", "buy"]) == " (names are case-sensitive: the list has 'pv')"
+
+
+def test_stats_errors_say_only_what_applies(tmp_path, capsys):
+    """A missing folder with a failed conversion beside it got the "previous successful
+    one" note before the error; --dataset generic without --input was told to keep a
+    report of an input it never had."""
+    (tmp_path / "gone.failed").mkdir()
+    (tmp_path / "gone.failed" / "report.md").write_text("failed")
+    assert main(["data", "stats", str(tmp_path / "gone")]) == 2
+    err = capsys.readouterr().err
+    assert "no such directory" in err and "previous successful" not in err, err
+    assert main(["data", "stats", "--dataset", "generic"]) == 2
+    err = capsys.readouterr().err
+    assert "needs an input path" in err and "keep the report" not in err, err
