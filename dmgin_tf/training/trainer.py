@@ -210,6 +210,8 @@ def train(cfg: Config, data: TrainingData, output_dir: str, *,
     cfg = resolve_config(cfg, data)
     tc = cfg.train
     model_fn = model_fn or default_model_fn
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise DmginError(f"{output_dir} exists and is not a directory; train into a folder")
     os.makedirs(output_dir, exist_ok=True)
     previous = set_previous_run_aside(output_dir)
     if previous and verbose:
@@ -663,8 +665,12 @@ def load_config_file(run_dir: str) -> Config:
         with open(path, encoding="utf-8") as f:
             values = json.load(f)
     except (OSError, ValueError) as e:
-        raise DataError(f"{path}: cannot read the run's config ({type(e).__name__}: {e}); "
-                        f"is {run_dir} a `dmgin train` output directory?") from None
+        kept = os.path.join(run_dir, PREVIOUS_RUN_DIR, CONFIG_FILE)
+        hint = (f"the run into {run_dir} did not finish; its complete earlier run is in "
+                f"{os.path.join(run_dir, PREVIOUS_RUN_DIR)}" if os.path.isfile(kept) else
+                f"is {run_dir} a `dmgin train` output directory?")
+        raise DataError(f"{path}: cannot read the run's config ({type(e).__name__}: "
+                        f"{getattr(e, 'strerror', None) or e}); {hint}") from None
     return Config.from_dict(values)
 
 

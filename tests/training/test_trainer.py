@@ -318,6 +318,9 @@ def test_a_rerun_into_a_used_folder_never_mixes_two_runs(tmp_path, monkeypatch):
     kept = out / "previous_run"
     assert json.loads((kept / "metrics.json").read_text()) == first
     assert (kept / "model.weights.h5").exists() and (kept / "config.json").exists()
+    # `dmgin export` of the folder points at the complete run (was a raw FileNotFoundError).
+    with pytest.raises(DataError, match=r"did not finish; its complete earlier run is in .*previous_run"):
+        trainer.load_config_file(str(out))
     # Interrupted again: the unfinished run goes, the complete earlier one stays.
     with pytest.raises(KeyboardInterrupt):
         trainer.train(tiny_config(), data, str(out), model_fn=tiny_model_fn, verbose=0)
@@ -342,6 +345,9 @@ def test_a_run_into_another_commands_output_is_refused_and_deletes_nothing(tmp_p
     with pytest.raises(DmginError, match="holds item_index.parquet but no training run"):
         trainer.train(tiny_config(), tiny_data(), str(out), model_fn=tiny_model_fn, verbose=0)
     assert sorted(os.listdir(out)) == ["item_index.parquet", "report.md"]
+    with pytest.raises(DmginError, match="report.md exists and is not a directory"):
+        trainer.train(tiny_config(), tiny_data(), str(out / "report.md"),
+                      model_fn=tiny_model_fn, verbose=0)
 
 
 def test_cli_train_on_the_embedded_taobao_sample_uses_the_sample_config(tmp_path, monkeypatch,
