@@ -150,3 +150,27 @@ def test_ctrl_c_while_the_commands_load_is_an_interruption(monkeypatch, capsys):
     monkeypatch.setattr(main_module, "build_parser", loading)
     assert main_module.main(["data", "stats", "x"]) == 130
     assert capsys.readouterr().err.strip() == "dmgin: interrupted"
+
+
+def test_verbose_and_debug_are_accepted_after_the_command():
+    """`dmgin data convert ... --debug` was "unrecognized arguments"."""
+    import argparse
+    from dmgin_tf.cli.main import build_parser
+    parser = build_parser()
+    assert parser.parse_args(["data", "stats", "X", "--debug"]).debug is True
+    assert parser.parse_args(["--debug", "data", "stats", "X"]).debug is True
+    args = parser.parse_args(["data", "stats", "X"])
+    assert args.debug is False and args.verbose is False
+    assert parser.parse_args(["serve", "--model-base-path", "m", "--verbose"]).verbose is True
+
+    def leaves(p):
+        subs = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs:
+            yield p
+        for a in subs:
+            for child in {id(c): c for c in a.choices.values()}.values():
+                yield from leaves(child)
+    for leaf in leaves(parser):
+        if leaf is not parser:
+            flags = {s for a in leaf._actions for s in a.option_strings}
+            assert {"--verbose", "--debug"} <= flags, leaf.prog

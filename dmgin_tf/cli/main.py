@@ -37,7 +37,23 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # command not shipped in this build
             raise
         module.register(sub)
+    _global_flags_after_the_command(parser)
     return parser
+
+
+def _global_flags_after_the_command(parser: argparse.ArgumentParser, top: bool = True) -> None:
+    """`--verbose` / `--debug` also after the (sub)command (`dmgin data convert ...
+    --debug`, where people add them when a command fails): every leaf parser accepts
+    them, without overriding a value given before the command."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for action in subs:
+        for child in {id(p): p for p in action.choices.values()}.values():
+            _global_flags_after_the_command(child, top=False)
+    if not top and not subs:
+        parser.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                            help="as `dmgin --verbose`")
+        parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                            help="as `dmgin --debug`")
 
 
 def _version() -> str:
