@@ -34,6 +34,7 @@ import tensorflow as tf
 
 from dmgin_tf import features as F
 from dmgin_tf.config import NAME_RULE, ServingConfig, is_valid_name
+from dmgin_tf.data.converters.common import remove_dead_staging
 from dmgin_tf.errors import DmginError
 from dmgin_tf.export.example_parsing import LookupTables, examples_from_dense
 from dmgin_tf.export.signatures import ServingModule, score_state_keys
@@ -57,17 +58,6 @@ def next_version(*model_bases: str) -> int:
     return max(versions, default=0) + 1
 
 
-def _remove_stale_staging(parent: str, version_name: str) -> None:
-    """Deletes `.tmp-<version>-<pid>` staging folders of exports whose process is gone
-    (killed before it could clean up); a live export's folder is left alone."""
-    from dmgin_tf.data.converters.common import pid_alive
-    prefix = f".tmp-{version_name}-"
-    for entry in os.listdir(parent):
-        pid = entry[len(prefix):]
-        if entry.startswith(prefix) and pid.isdigit() and not pid_alive(int(pid)):
-            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
-
-
 def _save_atomically(module: ServingModule, final_dir: str, logs, info: dict, sigs,
                      check: Optional[Callable[[str], None]] = None) -> None:
     """Saves into a hidden sibling folder (TF Serving loads numeric folders only), runs
@@ -77,7 +67,8 @@ def _save_atomically(module: ServingModule, final_dir: str, logs, info: dict, si
     os.makedirs(parent, exist_ok=True)
     if os.path.exists(final_dir):
         raise DmginError(f"export: {final_dir} already exists; pick another --version")
-    _remove_stale_staging(parent, os.path.basename(final_dir))
+    # Staging folders `.tmp-<version>-<pid>` of exports killed before their cleanup.
+    remove_dead_staging(parent, f".tmp-{os.path.basename(final_dir)}-")
     tmp = os.path.join(parent, f".tmp-{os.path.basename(final_dir)}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:

@@ -212,10 +212,11 @@ class TransformerBlock(keras.layers.Layer):
         x = ops.reshape(x, (-1, seq, self._dim))
         if mask is None:
             mask = ops.ones(ops.shape(x)[:2], "bool")
-        mask = ops.reshape(ops.cast(mask, "bool"), (-1, seq))
-        # Padding is dropped, not multiplied away: 0 * NaN (or inf) at a padded position
-        # would reach the real ones through the attention sums.
-        x = ops.where(mask[..., None], x, ops.zeros_like(x))
+        else:
+            mask = ops.reshape(ops.cast(mask, "bool"), (-1, seq))
+            # Padding is dropped, not multiplied away: 0 * NaN (or inf) at a padded
+            # position would reach the real ones through the attention sums.
+            x = ops.where(mask[..., None], x, ops.zeros_like(x))
         attended = self._attend(self.qkv(self.norm1(x)), mask, attention_bias, training)
         y = self._residuals(x, attended, training) * ops.cast(mask, x.dtype)[..., None]
         return ops.reshape(y, tuple(lead) + (seq, self._dim))

@@ -57,9 +57,14 @@ def _staging_prefix(out: pathlib.Path, step: str = "convert") -> str:
 
 def _remove_stale_staging(out: pathlib.Path, step: str = "convert") -> None:
     """Staging dirs of runs that were killed (their pid is gone)."""
-    prefix = _staging_prefix(out, step)
+    remove_dead_staging(out.parent, _staging_prefix(out, step))
+
+
+def remove_dead_staging(parent, prefix: str) -> None:
+    """Deletes the folders in `parent` named `<prefix><pid>[-...]` whose process is gone
+    (a run killed before its own cleanup); live runs' folders and this process's stay."""
     try:
-        names = os.listdir(out.parent)
+        names = os.listdir(parent)
     except OSError:
         return
     for name in names:
@@ -67,7 +72,7 @@ def _remove_stale_staging(out: pathlib.Path, step: str = "convert") -> None:
             continue
         pid = name[len(prefix):].split("-", 1)[0]
         if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
-            shutil.rmtree(out.parent / name, ignore_errors=True)
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
 
 
 def pid_alive(pid: int) -> bool:
