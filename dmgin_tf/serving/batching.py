@@ -13,6 +13,9 @@ Differences from TF Serving, on purpose and documented in docs/serving.md:
   for every real candidate; tests/export/test_score_cached.py);
 - a request larger than `max_batch_size` fails with RESOURCE_EXHAUSTED (TF Serving:
   INVALID_ARGUMENT "Task size ... is larger than maximum input batch size").
+- a merged batch that fails the model's input checks (INVALID_ARGUMENT) is rerun
+  request by request, so only the request at fault gets the error; TF Serving gives
+  that one error to every request of the batch (docs/serving.md, "Request validation").
 A full queue (`max_enqueued_batches`) fails with UNAVAILABLE, like TF Serving, which
 `dmgin_tf.serving.Client` retries with backoff. A queued request whose RPC was
 cancelled or whose deadline passed is dropped before its batch runs (its rows are not
@@ -105,16 +108,20 @@ class BatchScheduler:
         leading dimension.
       options: `BatchOptions`.
       on_batch: called with (real_rows, padded_rows) after each batch (metrics).
+      on_isolate: called with the number of requests each time a merged batch that
+        failed the model's input checks is rerun request by request (metrics).
     """
 
     def __init__(self, run_fn: Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]],
                  options: BatchOptions, on_batch: Optional[Callable[[int, int], None]] = None,
-                 name: str = "batch"):
+                 name: str = "batch", on_isolate: Optional[Callable[[int], None]] = None):
         self._run = run_fn
         self.options = options
         self._on_batch = on_batch or (lambda real, padded: None)
+        self._on_isolate = on_isolate or (lambda requests: None)
         self._queue: Deque[_Task] = collections.deque()
         self._queued_rows = 0
+        self.isolated_batches = 0    # merged batches rerun request by request (see _loop)
         self._cond = threading.Condition()
         self._closed = False
         self._threads = [threading.Thread(target=self._loop, name=f"{name}-{i}", daemon=True)
@@ -201,22 +208,48 @@ class BatchScheduler:
                 continue
             if batch is None:
                 return
-            rows = sum(t.size for t in batch)
-            padded = self.options.padded_size(rows)
             try:
-                if len(batch) == 1 and padded == rows:
-                    outputs = self._run(batch[0].inputs)
+                self._run_batch(batch)
+            except ServingError as e:
+                if len(batch) > 1 and e.code == grpc.StatusCode.INVALID_ARGUMENT:
+                    # One request's values failed the model's checks (a stale group, a
+                    # time in milliseconds): the others merged with it are not wrong.
+                    # Each runs alone, so only the request at fault gets the error.
+                    self.isolated_batches += 1
+                    self._on_isolate(len(batch))
+                    for t in batch:
+                        self._run_batch([t], fail=True)
                 else:
-                    outputs = self._run(pad_and_concat([t.inputs for t in batch], padded))
-                self._on_batch(rows, padded)
-                start = 0
-                for t in batch:
-                    t.future.set_result({k: v[start:start + t.size] for k, v in outputs.items()})
-                    start += t.size
+                    self._fail(batch, e)
             except BaseException as e:  # every waiting request gets the error
-                for t in batch:
-                    if not t.future.done():
-                        t.future.set_exception(e)
+                self._fail(batch, e)
+
+    def _run_batch(self, batch: List[_Task], fail: bool = False) -> None:
+        """Runs `batch` merged (padded to an allowed size) and completes its futures;
+        raises the run's error unless `fail`, which gives it to the batch's futures."""
+        rows = sum(t.size for t in batch)
+        padded = self.options.padded_size(rows)
+        try:
+            if len(batch) == 1 and padded == rows:
+                outputs = self._run(batch[0].inputs)
+            else:
+                outputs = self._run(pad_and_concat([t.inputs for t in batch], padded))
+        except BaseException as e:
+            if not fail:
+                raise
+            self._fail(batch, e)
+            return
+        self._on_batch(rows, padded)
+        start = 0
+        for t in batch:
+            t.future.set_result({k: v[start:start + t.size] for k, v in outputs.items()})
+            start += t.size
+
+    @staticmethod
+    def _fail(batch: List[_Task], error: BaseException) -> None:
+        for t in batch:
+            if not t.future.done():
+                t.future.set_exception(error)
 
     def _fail_queued(self, error: Exception) -> None:
         with self._cond:

@@ -9,8 +9,10 @@ class ServingError(Exception):
 
     Codes used (same meaning as in TF Serving):
       INVALID_ARGUMENT   bad request: missing/extra input, wrong dtype or shape,
-                         malformed tensor or tf.Example, unknown signature;
-      NOT_FOUND          unknown model, version or version label;
+                         malformed tensor or tf.Example, unknown or repeated
+                         output_filter alias, unknown version label;
+      FAILED_PRECONDITION unknown signature;
+      NOT_FOUND          unknown model or version;
       RESOURCE_EXHAUSTED request larger than the server's batch limit;
       UNAVAILABLE        batch queue full or server stopping (retryable);
       INTERNAL           the model itself failed.

@@ -32,6 +32,11 @@ class ServingMetrics:
                                          ["model", "signature"], buckets=_BATCH_BUCKETS, registry=r)
         self.padded_rows = prom.Counter("dmgin_serving_padding_rows", "Rows added to reach an allowed batch size",
                                         ["model", "signature"], registry=r)
+        self.isolated_batches = prom.Counter(
+            "dmgin_serving_isolated_batches",
+            "Merged batches that failed the model's input checks and were rerun request by "
+            "request (one request's bad values must not fail the others)",
+            ["model", "signature"], registry=r)
         self.inflight = prom.Gauge("dmgin_serving_inflight_requests", "Predict RPCs being served", registry=r)
         self.version_state = prom.Gauge("dmgin_serving_model_version_state",
                                         "ModelVersionStatus.State per model version (30 = AVAILABLE)",

@@ -186,9 +186,11 @@ class Servable:
     def signature(self, name: str) -> SignatureRunner:
         runner = self.signatures.get(name or "serving_default")
         if runner is None:
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"model {self.name!r} version {self.version}: serving signature "
-                               f"{name!r} not found; available: {sorted(self.signatures)}")
+            # TF Serving: FAILED_PRECONDITION 'Serving signature key "..." not found.'
+            raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
+                               f"Serving signature key {name!r} not found (model "
+                               f"{self.name!r} version {self.version}; signatures: "
+                               f"{sorted(self.signatures)})")
         return runner
 
     def check_request(self, runner: SignatureRunner, inputs: Mapping[str, np.ndarray]) -> None:
@@ -312,10 +314,12 @@ def _read_signature_defs(path: str):
                                f"corrupt file): {e}") from None
     if not sm.meta_graphs:
         raise VersionLoadError("saved_model.pb holds no MetaGraph (truncated or corrupt file)")
-    if not any("serve" in mg.meta_info_def.tags for mg in sm.meta_graphs):
+    served = [mg for mg in sm.meta_graphs if "serve" in mg.meta_info_def.tags]
+    if not served:
         raise VersionLoadError("saved_model.pb has no MetaGraph tagged 'serve'")
-    defs = sm.meta_graphs[0].signature_def
-    return {k: v for k, v in defs.items() if not k.startswith("__")}
+    # All of them, `__saved_model_init_op` included: GetModelMetadata lists what TF
+    # Serving lists.
+    return dict(served[0].signature_def)
 
 
 _INT64_MAX = 2 ** 63 - 1
@@ -617,9 +621,10 @@ class ModelRegistry:
             if label:
                 labels = dict(self._configs[name].version_labels)
                 if label not in labels:
-                    raise ServingError(grpc.StatusCode.NOT_FOUND,
-                                       f"model {name!r}: version label {label!r} not found; "
-                                       f"labels: {sorted(labels)}")
+                    # TF Serving: INVALID_ARGUMENT "Unrecognized servable version label"
+                    raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                                       f"Unrecognized servable version label: {label!r} "
+                                       f"(model {name!r}; labels: {sorted(labels)})")
                 version = labels[label]
             if version is None:
                 if not available:

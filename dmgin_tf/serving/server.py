@@ -121,6 +121,11 @@ class _PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer)
                 _check_alive(context)
                 outputs = s._execute(servable, runner, inputs, context)
                 wanted = list(request.output_filter) or sorted(outputs)
+                repeated = sorted({k for k in wanted if wanted.count(k) > 1})
+                if repeated:     # TF Serving refuses them too
+                    raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                                       f"duplicate output tensor alias in output_filter: "
+                                       f"{repeated}")
                 unknown = sorted(set(wanted) - set(outputs))
                 if unknown:
                     raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
@@ -131,7 +136,7 @@ class _PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer)
                 response.model_spec.version.value = servable.version
                 response.model_spec.signature_name = signature
                 for k in wanted:
-                    response.outputs[k].CopyFrom(tensor_protos.from_ndarray(outputs[k]))
+                    tensor_protos.write_typed(response.outputs[k], outputs[k])
         except ServingError as e:
             s._count("Predict", spec.name, signature, e.code)
             context.abort(e.code, e.message)
@@ -364,7 +369,9 @@ class DevServer:
                     self.metrics.batch_rows.labels(*labels).observe(real)
                     self.metrics.padded_rows.labels(*labels).inc(padded - real)
 
-                sched = BatchScheduler(runner.run, self.batching, on_batch,
-                                       name=f"batch-{servable.name}-{servable.version}-{runner.name}")
+                sched = BatchScheduler(
+                    runner.run, self.batching, on_batch,
+                    name=f"batch-{servable.name}-{servable.version}-{runner.name}",
+                    on_isolate=lambda n: self.metrics.isolated_batches.labels(*labels).inc())
                 servable.extras[runner.name] = sched
             return sched

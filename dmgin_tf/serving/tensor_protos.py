@@ -2,10 +2,12 @@
 
 `tf.make_tensor_proto` / `tf.make_ndarray` are general (lists, strings, every field
 layout) and cost ~25–100 µs per call in Python; a `rank` request has seven tensors of
-10k values each way. Numeric arrays travel as `tensor_content` (raw little-endian
+10k values each way. Numeric request arrays travel as `tensor_content` (raw little-endian
 bytes, what TF Serving's own clients send), so they convert with one
-`np.frombuffer` / `tobytes`. Anything else (strings, values in the typed `*_val`
-fields) falls back to TensorFlow's helpers — same results, just slower.
+`np.frombuffer` / `tobytes`; responses carry their values in the typed `*_val` fields,
+as TF Serving's do (`write_typed`), read back with one `np.array`. Anything else
+(strings, half floats, protos that rely on a repeated last value) falls back to
+TensorFlow's helpers — same results, just slower.
 """
 from __future__ import annotations
 
@@ -72,9 +74,23 @@ def to_ndarray(proto: tensor_pb2.TensorProto) -> np.ndarray:
       ValueError / TypeError: content size does not match shape and dtype, or an
         unknown dtype (the caller names the input).
     """
+    if proto.tensor_shape.unknown_rank and proto.tensor_shape.dim:
+        raise ValueError(f"the shape sets unknown_rank and lists dimensions "
+                         f"{list(declared_shape(proto))}; a tensor has a known shape")
+    if any(d < 0 for d in declared_shape(proto)):
+        raise ValueError(f"negative dimension in shape {list(declared_shape(proto))}")
     dtype = _NUMPY.get(proto.dtype)
     if dtype is None or not proto.tensor_content or not _RAW_OK:
         check_declared_size(proto)
+        field = _VALUE_FIELD.get(proto.dtype)
+        if dtype is not None and field and proto.dtype != types_pb2.DT_HALF:
+            # Typed values (what TF Serving answers with): one conversion, unless the
+            # proto relies on TensorFlow repeating its last value up to the shape.
+            values = getattr(proto, field)
+            shape = declared_shape(proto)
+            count = math.prod(shape)
+            if len(values) == count:
+                return np.fromiter(values, dtype=dtype, count=count).reshape(shape)
         return tf.make_ndarray(proto)
     shape = [d.size for d in proto.tensor_shape.dim]
     values = np.frombuffer(proto.tensor_content, dtype=dtype)
@@ -93,3 +109,22 @@ def from_ndarray(value) -> tensor_pb2.TensorProto:
             proto.tensor_shape.dim.add(size=size)
         return proto
     return tf.make_tensor_proto(value)
+
+
+def write_typed(proto: tensor_pb2.TensorProto, value) -> None:
+    """Writes `value` into `proto` the way TF Serving answers Predict: dtype, shape and
+    the values in the typed field (`float_val`, `int64_val`, `bool_val`, `string_val`,
+    …; TensorFlow's `Tensor::AsProtoField`), never `tensor_content`. Clients that read
+    the typed lists (Java's `getFloatValList()`, Go's `FloatVal`) see the same response
+    from `dmgin serve` as from TF Serving; `to_ndarray` and `tf.make_ndarray` read both."""
+    arr = np.asarray(value)
+    enum = _ENUM.get(arr.dtype)
+    field = _VALUE_FIELD.get(enum) if enum is not None else None
+    if field is None or enum == types_pb2.DT_HALF:
+        proto.CopyFrom(tf.make_tensor_proto(arr))    # strings: string_val already
+        return
+    proto.Clear()
+    proto.dtype = enum
+    for size in arr.shape:
+        proto.tensor_shape.dim.add(size=size)
+    getattr(proto, field).extend(arr.ravel().tolist())

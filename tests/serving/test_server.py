@@ -64,6 +64,9 @@ def test_predict_raw_matches_reference(served):
     np.testing.assert_allclose(tf.make_ndarray(resp.outputs["ctr"]), reference(x, 1), rtol=1e-6)
     assert resp.model_spec.version.value == 1
     assert resp.model_spec.signature_name == "predict_raw"
+    # Values in the typed field, as TF Serving answers (Java / Go clients read it).
+    assert not resp.outputs["ctr"].tensor_content
+    np.testing.assert_allclose(resp.outputs["ctr"].float_val, reference(x, 1), rtol=1e-6)
 
 
 def test_serving_default_parses_examples(served):
@@ -82,7 +85,9 @@ def test_metadata_and_status(served):
     resp = stub.GetModelMetadata(req, timeout=10)
     sig_map = get_model_metadata_pb2.SignatureDefMap()
     resp.metadata["signature_def"].Unpack(sig_map)
-    assert set(sig_map.signature_def) == {"serving_default", "predict_raw", "rank"}
+    # as TF Serving lists them: the SavedModel's init op too
+    assert set(sig_map.signature_def) == {"serving_default", "predict_raw", "rank",
+                                          "__saved_model_init_op"}
     assert set(sig_map.signature_def["predict_raw"].inputs) == {"x"}
     assert resp.model_spec.version.value == 1
 
@@ -100,7 +105,8 @@ def test_metadata_and_status(served):
     "missing_input", "extra_input", "wrong_dtype", "wrong_shape", "wrong_rank", "malformed_example",
     "example_missing_feature", "example_wrong_type", "unknown_signature",
     "unknown_model", "unknown_version", "unknown_label", "oversized_batch",
-    "oversized_message", "malformed_tensor", "bad_output_filter", "repeated_value_shape",
+    "oversized_message", "malformed_tensor", "bad_output_filter", "duplicate_output_filter",
+    "repeated_value_shape",
     "repeated_value_rows"])
 def test_bad_input_gets_status_and_server_keeps_serving(served, case):
     _, stub, _ = served
@@ -128,6 +134,7 @@ def test_bad_input_gets_status_and_server_keeps_serving(served, case):
         req, words = _request("serving_default", examples=np.array([bad], object)), ["x", "type"]
     elif case == "unknown_signature":
         req, words = _request("nope", x=ok), ["'nope'", "not found"]
+        expected = grpc.StatusCode.FAILED_PRECONDITION      # as TF Serving answers
     elif case == "unknown_model":
         req, words = _request(x=ok), ["'other'", "not found"]
         req.model_spec.name = "other"
@@ -135,7 +142,7 @@ def test_bad_input_gets_status_and_server_keeps_serving(served, case):
     elif case == "unknown_version":
         req, words, expected = _request(version=7, x=ok), ["version 7"], grpc.StatusCode.NOT_FOUND
     elif case == "unknown_label":
-        req, words, expected = _request(label="canary", x=ok), ["'canary'"], grpc.StatusCode.NOT_FOUND
+        req, words = _request(label="canary", x=ok), ["'canary'", "unrecognized"]  # TF Serving's
     elif case == "oversized_batch":
         req, words = _request(x=np.zeros((65, 3), np.float32)), ["65 rows", "64"]
         expected = grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -148,6 +155,9 @@ def test_bad_input_gets_status_and_server_keeps_serving(served, case):
     elif case == "bad_output_filter":
         req, words = _request(x=ok), ["output_filter", "'prob'"]
         req.output_filter.append("prob")
+    elif case == "duplicate_output_filter":
+        req, words = _request(x=ok), ["duplicate", "'ctr'"]
+        req.output_filter.extend(["ctr", "ctr"])
     elif case in ("repeated_value_shape", "repeated_value_rows"):
         # A few bytes declaring 600M values (TensorFlow would repeat the one value):
         # refused from the header, before any value is decoded.
@@ -248,6 +258,52 @@ def test_batching_merges_concurrent_requests_and_pads(tmp_path):
         code, details = _abort(stub.Predict, _request(x=np.zeros((9, 3), np.float32)))
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "max batch size 8" in details
     finally:
+        server.stop(1)
+
+
+def test_a_request_failing_the_models_checks_does_not_fail_its_batch(tmp_path):
+    """With server-side batching, one request the model refuses (here a tf.Example
+    without the feature `x`: the graph's parse fails for the merged batch) gets
+    INVALID_ARGUMENT, and the requests merged with it are answered."""
+    base = str(tmp_path / NAME)
+    save_standin(base, 2)
+    cfg = read_model_server_config(write_models_config(str(tmp_path / "m.config"), NAME, base))
+    opts = BatchOptions(max_batch_size=8, batch_timeout_micros=300_000, max_enqueued_batches=100,
+                        num_batch_threads=1, allowed_batch_sizes=(4, 8))
+    server = DevServer(cfg, port=0, batching=opts, poll_interval_s=60)
+    port = server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    rng = np.random.default_rng(2)
+    xs = [rng.normal(size=3).astype(np.float32) for _ in range(6)]
+    bad = tf.train.Example().SerializeToString()
+    examples = [make_example(x) for x in xs]
+    examples[3] = bad
+    results, codes = [None] * len(xs), [None] * len(xs)
+
+    def call(i):
+        req = _request("serving_default", examples=np.array([examples[i]], object))
+        try:
+            results[i] = tf.make_ndarray(stub.Predict(req, timeout=20).outputs["ctr"])
+            codes[i] = grpc.StatusCode.OK
+        except grpc.RpcError as e:
+            codes[i] = e.code()
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(xs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    try:
+        assert codes[3] == grpc.StatusCode.INVALID_ARGUMENT
+        for i, x in enumerate(xs):
+            if i != 3:
+                assert codes[i] == grpc.StatusCode.OK, (i, codes)
+                np.testing.assert_allclose(results[i], reference(x[None], 2), rtol=1e-6)
+        samples = {s.name: s.value for m in server.metrics.registry.collect() for s in m.samples}
+        assert samples["dmgin_serving_isolated_batches_total"] >= 1
+    finally:
+        channel.close()
         server.stop(1)
 
 

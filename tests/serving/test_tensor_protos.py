@@ -65,3 +65,36 @@ def test_more_values_than_the_shape_or_a_shape_past_int64_is_named():
     proto.tensor_shape.dim[1].size = 2 ** 40
     with pytest.raises(ValueError, match="declares 1,208,925,819,614,629,174,706,176 values"):
         tensor_protos.to_ndarray(proto)
+
+
+@pytest.mark.parametrize("dtype,field", [("float32", "float_val"), ("float64", "double_val"),
+                                         ("int32", "int_val"), ("int64", "int64_val"),
+                                         ("bool", "bool_val"), ("uint8", "int_val")])
+def test_responses_carry_typed_values_as_tf_serving_writes_them(dtype, field):
+    """TF Serving answers Predict with `Tensor::AsProtoField`: the values in the typed
+    field, no tensor_content. Java / Go clients read those lists."""
+    x = (np.random.default_rng(1).normal(size=(2, 5)) * 10).astype(dtype)
+    proto = tensor_protos.from_ndarray(np.zeros(1, np.float32))   # overwritten entirely
+    tensor_protos.write_typed(proto, x)
+    assert not proto.tensor_content and len(getattr(proto, field)) == x.size
+    assert [d.size for d in proto.tensor_shape.dim] == [2, 5]
+    np.testing.assert_array_equal(tf.make_ndarray(proto), x)      # TensorFlow reads it
+    ours = tensor_protos.to_ndarray(proto)
+    assert ours.dtype == x.dtype
+    np.testing.assert_array_equal(ours, x)
+    strings = np.array([b"a", b"bc"], dtype=object)
+    tensor_protos.write_typed(proto, strings)
+    assert list(proto.string_val) == [b"a", b"bc"]
+
+
+def test_negative_dimensions_and_unknown_rank_with_dimensions_are_refused():
+    """TF Serving refuses both as invalid shapes; a -1 with raw content was reported as
+    'shape [-1, 3] needs -3 values'."""
+    proto = tensor_protos.from_ndarray(np.zeros((2, 3), np.float32))
+    proto.tensor_shape.dim[0].size = -1
+    with pytest.raises(ValueError, match=r"negative dimension in shape \[-1, 3\]"):
+        tensor_protos.to_ndarray(proto)
+    proto = tensor_protos.from_ndarray(np.zeros((2, 3), np.float32))
+    proto.tensor_shape.unknown_rank = True
+    with pytest.raises(ValueError, match="unknown_rank"):
+        tensor_protos.to_ndarray(proto)
