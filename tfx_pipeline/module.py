@@ -137,17 +137,24 @@ def _max_group_id(pair_vocab_file: str) -> int:
     return max(ids, default=F.OOV_ID)
 
 
-def warm_start(model, base_dir: str, item_vocab: List[str]) -> Dict[str, int]:
+def warm_start(model, base_dir: str, item_vocab: List[str],
+               grouping_key: Optional[str] = None) -> Dict[str, int]:
     """Copies the weights of the model saved under `base_dir` into `model` (built).
 
     Variables are matched by path. Equal shapes copy as is; item embedding tables
     (first dimension = the old / new item id count) are remapped row by row through the
     two item vocabularies, so an item keeps its learned vector though its id changed
     between spans; other tables whose first dimension grew (groups: ids are stable)
-    copy the overlapping rows. Returns counts of copied / remapped / skipped variables.
+    copy the overlapping rows. When `grouping_key` differs from the one the old model
+    was trained with, the group ids mean other groups (the ItemGrouper numbered them
+    afresh): the tables keyed by group id (first dimension = the old group vocabulary)
+    keep their fresh initialisation. Returns counts of copied / remapped / partial /
+    skipped variables (and `groups_reset`).
     """
     from dmgin_tf.training.trainer import load_trained_model
-    old_model, _ = load_trained_model(base_dir)
+    old_model, old_cfg = load_trained_model(base_dir)
+    groups_changed = grouping_key is not None and old_cfg.grouping.key != grouping_key
+    old_groups = old_cfg.model.group_vocab_size
     old_vocab = _read_vocab(os.path.join(base_dir, ITEM_VOCAB))
     old_n, new_n = len(old_vocab) + F.NUM_RESERVED_IDS, len(item_vocab) + F.NUM_RESERVED_IDS
     old_pos = {v: i + F.NUM_RESERVED_IDS for i, v in enumerate(old_vocab)}
@@ -156,13 +163,17 @@ def warm_start(model, base_dir: str, item_vocab: List[str]) -> Dict[str, int]:
     old_rows = np.array([p[1] for p in pairs], np.int64)
     old_vars = {v.path: v for v in old_model.weights}
     stats = {"copied": 0, "remapped": 0, "partial": 0, "skipped": 0,
-             "items_kept": int(len(pairs))}
+             "items_kept": int(len(pairs)), "groups_reset": 0}
     for var in model.weights:
         old = old_vars.get(var.path)
         if old is None:
             stats["skipped"] += 1
             continue
         src, dst = np.asarray(old.numpy()), np.asarray(var.numpy())
+        if groups_changed and src.ndim == 2 and src.shape[0] == old_groups \
+                and "group" in var.path:
+            stats["groups_reset"] += 1
+            continue
         if src.ndim == 2 and src.shape[0] == old_n and dst.shape[0] == new_n \
                 and src.shape[1:] == dst.shape[1:]:
             dst = dst.copy()
@@ -440,7 +451,7 @@ def run_fn(fn_args) -> None:
         model = build_model(model_cfg)
         model(train_split.batch(np.arange(min(2, len(train_split)))))  # create variables
         if base is not None:
-            warm.update(warm_start(model, base, item_vocab))
+            warm.update(warm_start(model, base, item_vocab, cfg.grouping.key))
         return model
 
     run_dir = fn_args.model_run_dir

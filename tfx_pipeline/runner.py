@@ -393,32 +393,55 @@ def served_versions(model_dir: str) -> List[str]:
     return [os.path.join(model_dir, n) for n in sorted(found, key=int)]
 
 
-def pushed_destinations(pipeline_root: str) -> List[str]:
-    """Every version folder the Pusher of this pipeline root pushed (from its metadata)."""
+def pushed_destinations(pipeline_root: str, pipeline_name: Optional[str] = None) -> List[str]:
+    """Every version folder the Pusher pushed from this pipeline root (from its
+    metadata); with `pipeline_name`, only the pushes of the pipeline of that name."""
+    return [dest for dest, name in _pushes(pipeline_root)
+            if pipeline_name is None or name == pipeline_name]
+
+
+def _pushes(pipeline_root: str) -> List[tuple]:
+    """(pushed version folder, name of the pipeline that pushed it) from the root's
+    metadata (a pipeline's artifacts belong to its `pipeline` context)."""
     if not os.path.exists(os.path.join(pipeline_root, "metadata.sqlite")):
         return []
     store = metadata_store(pipeline_root)
+    owner = {}
+    for ctx in store.get_contexts_by_type("pipeline"):
+        for a in store.get_artifacts_by_context(ctx.id):
+            owner[a.id] = ctx.name
     out = []
     for a in store.get_artifacts_by_type("PushedModel"):
         dest = _prop(a, "pushed_destination") if _prop(a, "pushed") else None
         if dest:
-            out.append(os.path.abspath(dest))
+            out.append((os.path.abspath(dest), owner.get(a.id)))
     return out
 
 
-def check_served_baseline(pipeline_root: str, model_dir: str) -> None:
-    """Refuses a run whose Pusher would replace a served version this pipeline root did
-    not push: the Evaluator compares the new model with the last model blessed in this
-    root's metadata only, so against a version pushed from another root (or before the
-    metadata was deleted) a worse model would be blessed and pushed over it."""
+def check_served_baseline(pipeline_root: str, model_dir: str, pipeline_name: str) -> None:
+    """Refuses a run whose Pusher would replace a served version this pipeline did not
+    push: the Evaluator compares the new model with the last model blessed by the same
+    pipeline (`pipeline.name`) in this root's metadata only, so against a version pushed
+    from another root, by a pipeline of another name, or before the metadata was
+    deleted, a worse model would be blessed and pushed over it."""
     served = served_versions(model_dir)
     if not served:
         return
     latest = os.path.abspath(served[-1])
-    if latest in pushed_destinations(pipeline_root):
+    pushes = dict(_pushes(pipeline_root))
+    if latest in pushes and pushes[latest] == pipeline_name:
         return
+    version = os.path.basename(latest)
+    if latest in pushes:
+        raise DmginError(
+            f"{display_path(model_dir)} serves version {version}, which pipeline "
+            f"{pushes[latest]!r} pushed, not this run's pipeline {pipeline_name!r} "
+            f"(pipeline.name): its Evaluator compares with the models {pipeline_name!r} "
+            f"blessed, so a worse model could replace the served one. Keep "
+            f"pipeline.name={pushes[latest]!r}, push to another folder (--serving-dir), "
+            f"or move the served versions away first.")
     raise DmginError(
-        f"{display_path(model_dir)} serves version {os.path.basename(latest)}, which this "
+        f"{display_path(model_dir)} serves version {version}, which this "
         f"pipeline root ({display_path(pipeline_root)}) did not push: its Evaluator could "
         f"not compare the new model with the served one, so a worse model could replace "
         f"it. Run with the pipeline root that pushed it (--pipeline-root), push to another "
@@ -438,7 +461,8 @@ def run_pipeline(cfg: Config, *, data_root: str, span: int, pipeline_root: str,
     from tfx import v1 as tfx
     from tfx_pipeline.pipeline import create_pipeline
     model_name = pipeline_kwargs.get("model_name") or cfg.serving.model_name
-    check_served_baseline(pipeline_root, os.path.join(serving_base, model_name))
+    check_served_baseline(pipeline_root, os.path.join(serving_base, model_name),
+                          cfg.pipeline.name)
     os.makedirs(pipeline_root, exist_ok=True)
     before = _max_execution_id(metadata_store(pipeline_root)) \
         if os.path.exists(os.path.join(pipeline_root, "metadata.sqlite")) else 0
@@ -480,7 +504,28 @@ def run_pipeline(cfg: Config, *, data_root: str, span: int, pipeline_root: str,
                    if k in metrics))
     for line in baseline_lines(metrics, cfg.pipeline, pushed=bool(summary.pushed)):
         echo(line)
+    if "ItemGrouper.item_groups" in new:
+        line = regrouping_note(new["ItemGrouper.item_groups"].uri)
+        if line:
+            echo(line)
     return summary
+
+
+def regrouping_note(item_groups_uri: str) -> Optional[str]:
+    """A note when this run's ItemGrouper numbered the groups afresh because
+    `grouping.key` changed since the previous span (the group ids, and the Trainer's
+    group tables, start over)."""
+    from tfx_pipeline.artifacts import GROUPING_INFO_FILE
+    path = os.path.join(item_groups_uri, GROUPING_INFO_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        info = json.load(f)
+    if "previous_key" not in info:
+        return None
+    return (f"  note: grouping.key changed from {info['previous_key']!r} to {info['key']!r}: "
+            f"the groups were numbered afresh and the model's group tables were not "
+            f"warm-started")
 
 
 def baseline_lines(metrics: Dict[str, float], pipeline_cfg, pushed: bool) -> List[str]:

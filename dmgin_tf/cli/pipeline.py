@@ -110,7 +110,7 @@ def _run(args) -> int:
     cfg, root, data_root, serving, kwargs = _setup(args)
     # Before the span is written: a run refused here leaves nothing behind.
     check_served_baseline(root, os.path.join(serving, kwargs.get("model_name")
-                                             or cfg.serving.model_name))
+                                             or cfg.serving.model_name), cfg.pipeline.name)
     span_path = prepare_span(cfg, data_root, args.span, args.data)
     print(f"span {args.span}: {display_path(span_path)}", flush=True)
     summary = run_pipeline(cfg, data_root=data_root, span=args.span, pipeline_root=root,

@@ -20,6 +20,40 @@ def test_key_groups_keep_previous_ids_and_append_new():
     assert second["c"] == 5 and second["z"] == 6
 
 
+def test_a_changed_grouping_key_numbers_the_groups_afresh(tmp_path):
+    """Span 1 grouped by category, span 2 by item id: the previous span's category ids
+    are not kept (an item whose id equals an old category would land in its group), the
+    run says so, and the warm start leaves the group tables fresh."""
+    import json
+    from tfx_pipeline.artifacts import GROUPING_INFO_FILE, GROUPS_FILE, ItemGroups
+    from tfx_pipeline.components.item_grouper import Executor
+    from tfx_pipeline.runner import regrouping_note
+    span = tmp_path / "data" / "span-2"
+    span.mkdir(parents=True)
+    items = pd.DataFrame({F.ITEM_ID: ["i1", "i2", "7"], F.CATEGORY: ["7", "8", "8"]})
+    items.to_parquet(span / "items.parquet")
+
+    def group(key, previous, name):
+        out = ItemGroups()
+        out.uri = str(tmp_path / name)
+        Executor().Do({"previous_groups": [previous] if previous else []},
+                      {"item_groups": [out]},
+                      {"grouping_config": json.dumps({"key": key}), "span": 2,
+                       "data_root": str(tmp_path / "data"), "refit": 1})
+        return out
+
+    by_category = group("category", None, "g1")
+    assert regrouping_note(by_category.uri) is None
+    same = group("category", by_category, "g2")            # same key: ids kept
+    assert json.load(open(os.path.join(same.uri, GROUPING_INFO_FILE)))["kept_ids"] == 2
+    by_item = group("item_id", by_category, "g3")
+    info = json.load(open(os.path.join(by_item.uri, GROUPING_INFO_FILE)))
+    assert info["previous_key"] == "category" and info["kept_ids"] == 0
+    table = pd.read_parquet(os.path.join(by_item.uri, GROUPS_FILE))
+    assert sorted(table["group_id"]) == [2, 3, 4]          # 3 items, 3 fresh groups
+    assert "grouping.key changed from 'category' to 'item_id'" in regrouping_note(by_item.uri)
+
+
 def test_validation_report_names_split_and_feature(tmp_path):
     from tensorflow_metadata.proto.v0 import anomalies_pb2
     from tfx_pipeline.components.validation_gate import format_report, read_anomalies
@@ -243,3 +277,47 @@ def test_blessing_failures_name_the_threshold_and_the_setting(tmp_path):
         "pipeline.max_auc_drop)",
         "gauc -0.0356 against the last blessed model (allowed drop 0.0100, "
         "pipeline.max_gauc_drop)"]
+
+
+def test_warm_start_leaves_group_tables_fresh_when_the_grouping_key_changed(tmp_path):
+    """Group ids of another grouping.key mean other groups: the group-id tables are not
+    copied; everything else still is."""
+    import json
+    import keras
+    from dmgin_tf.models import build_model
+    from dmgin_tf.training.trainer import CONFIG_FILE, WEIGHTS_FILE, _build_with_dummy
+    from tests.pipeline.conftest import tiny_config
+    from tfx_pipeline.module import ITEM_VOCAB, warm_start
+    cfg = tiny_config().apply_overrides({"model.item_vocab_size": 12,
+                                         "model.group_vocab_size": 6})
+    keras.utils.set_random_seed(0)
+    old = build_model(cfg.model)
+    _build_with_dummy(old, cfg)
+    base = tmp_path / "base"
+    base.mkdir()
+    old.save_weights(str(base / WEIGHTS_FILE))
+    (base / CONFIG_FILE).write_text(json.dumps(cfg.to_dict()))
+    vocab = [f"i{k}" for k in range(10)]
+    (base / ITEM_VOCAB).write_text("".join(v + "\n" for v in vocab))
+    group_paths = [v.path for v in old.weights
+                   if "group" in v.path and len(v.shape) == 2 and v.shape[0] == 6]
+    assert group_paths
+
+    def restored(key):
+        keras.utils.set_random_seed(1)
+        new = build_model(cfg.model)
+        _build_with_dummy(new, cfg)
+        stats = warm_start(new, str(base), vocab, key)
+        return {v.path: np.asarray(v.numpy()) for v in new.weights}, stats
+
+    old_w = {v.path: np.asarray(v.numpy()) for v in old.weights}
+    same, stats = restored(cfg.grouping.key)
+    assert stats["groups_reset"] == 0
+    assert all(np.array_equal(same[p], old_w[p]) for p in group_paths)
+    other = "item_id" if cfg.grouping.key != "item_id" else "category"
+    changed, stats = restored(other)
+    assert stats["groups_reset"] == len(group_paths)
+    assert not any(np.array_equal(changed[p], old_w[p]) for p in group_paths)
+    kept = [p for p in old_w if p not in group_paths and old_w[p].size > 1
+            and np.array_equal(changed[p], old_w[p])]
+    assert kept                                        # the rest still warm-started

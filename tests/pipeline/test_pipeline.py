@@ -126,7 +126,19 @@ def test_a_served_version_from_another_root_is_never_replaced(spans, roots, tmp_
     model_dir = os.path.join(roots["serving_base"], "dmgin")
     before = served_versions(roots["serving_base"])
     assert before                                    # span 1 pushed from this root
-    check_served_baseline(roots["pipeline_root"], model_dir)
+    check_served_baseline(roots["pipeline_root"], model_dir, tiny_config().pipeline.name)
+    # The same root under another pipeline.name: its Evaluator's baseline resolver sees
+    # only that pipeline's blessings, so the served version would go unchecked.
+    renamed = tiny_config().apply_overrides({"pipeline.name": "renamed"})
+    with pytest.raises(DmginError, match=rf"serves version {before[-1]}, which pipeline "
+                                         rf"'{tiny_config().pipeline.name}' pushed, not this "
+                                         r"run's pipeline 'renamed'"):
+        check_served_baseline(roots["pipeline_root"], model_dir, "renamed")
+    from tfx_pipeline.runner import run_pipeline
+    with pytest.raises(DmginError, match="not this run's pipeline 'renamed'"):
+        run_pipeline(renamed, data_root=spans, span=1, export_jit_compile=False,
+                     export_signatures="default", **roots)
+    assert served_versions(roots["serving_base"]) == before
     other = str(tmp_path / "other_root")
     with pytest.raises(DmginError, match=rf"serves version {before[-1]}, which this pipeline "
                                          r"root \(.*other_root\) did not push"):

@@ -68,6 +68,17 @@ def key_groups(items, key: str, previous: Optional[Dict[str, int]]) -> Dict[str,
     return mapping
 
 
+def _grouping_key(groups_artifact) -> Optional[str]:
+    """`grouping.key` the ItemGroups artifact was made with (None: unknown / none)."""
+    if groups_artifact is None:
+        return None
+    path = os.path.join(groups_artifact.uri, GROUPING_INFO_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f).get("key")
+
+
 class Executor(base_beam_executor.BaseBeamExecutor):
     """Fits (or extends) the grouping; see the module docstring."""
 
@@ -84,8 +95,18 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         data_dir = require_span_dir(exec_properties["data_root"], span, ("items.parquet",))
         items = pd.read_parquet(os.path.join(data_dir, "items.parquet"))
         previous = (input_dict.get("previous_groups") or [None])[0]
+        previous_key = _grouping_key(previous)
+        if previous is not None and previous_key not in (None, cfg.key):
+            # Ids of another key (category ids vs item ids) mean other groups: keeping
+            # them would put an item whose id equals an old category into that group.
+            _LOG.warning("ItemGrouper: grouping.key changed from %r to %r; the groups are "
+                         "numbered afresh (the previous span's ids are not kept)",
+                         previous_key, cfg.key)
+            previous = None
         info: Dict[str, Any] = {"key": cfg.key, "span": span, "refit": refit,
                                 "previous": previous.uri if previous is not None else None}
+        if previous_key not in (None, cfg.key):
+            info["previous_key"] = previous_key
         if cfg.key == "cluster":
             table = self._cluster(cfg, input_dict, exec_properties, previous, refit, out.uri, info)
         elif cfg.key in ("category", "item_id"):
