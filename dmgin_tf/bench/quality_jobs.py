@@ -41,6 +41,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from dmgin_tf.errors import DmginError
+
 PLAN_FILE = "quality_plan.json"
 GROUPINGS_FILE = "groupings.npz"
 RESULT_PREFIX = "@@RESULT "
@@ -244,6 +246,7 @@ class _Worker:
         t = time.perf_counter()
         result = train(cfg, data, run_dir, verbose=0)
         record = {"dataset": job.dataset, "variant": variant.name, "seed": job.seed,
+                  "settings": run_settings(self.plan, job.dataset),
                   "test": result.metrics["test"], "val": result.metrics["val"],
                   "best_epoch": result.metrics["best_epoch"],
                   "epochs_run": result.metrics["epochs_run"],
@@ -476,24 +479,61 @@ def _f(value, digits: int = 4) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def run_settings(plan: dict, dataset: str) -> dict:
+    """What a run's result depends on beyond its variant and seed: the budget, the
+    bundle's config overrides and the dataset's tuned hyperparameters (JSON-normal)."""
+    return json.loads(json.dumps({"budget": dataclasses.asdict(plan["budget"]),
+                                  "config_overrides": plan["config_overrides"],
+                                  "hparams": (plan.get("hparams") or {}).get(dataset)},
+                                 sort_keys=True, default=str))
+
+
+def finished_runs(out: str, dataset: str) -> List[dict]:
+    """The finished runs recorded in OUT/quality_<dataset>.jsonl, the last record of
+    each (variant, seed) (a queue run again into the same folder appends)."""
+    path = os.path.join(out, f"quality_{dataset}.jsonl")
+    runs = {}
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:   # a line cut by a kill: skip it
+                    continue
+                if "error" not in record:
+                    runs[(record.get("variant"), record.get("seed"))] = record
+    return list(runs.values())
+
+
+def resumable_runs(out: str, dataset: str, plan: dict) -> set:
+    """(variant, seed) of the runs OUT already holds for `dataset` with this plan's
+    settings: a queue run again into the same folder resumes instead of training them
+    twice. Raises DmginError when OUT holds runs of other settings (another budget,
+    `--set` or hyperparameters), which one results file must not mix."""
+    want = run_settings(plan, dataset)
+    done = set()
+    for r in finished_runs(out, dataset):
+        if r.get("settings") != want:
+            raise DmginError(
+                f"{os.path.join(out, f'quality_{dataset}.jsonl')} holds runs made with other "
+                f"settings ({r.get('variant')}, seed {r.get('seed')}: "
+                f"{r.get('settings') or 'settings not recorded'}; this run: {want}); one "
+                f"results file must not mix them. Write to another folder (RUN_OUT=...) or "
+                f"move that one away.")
+        done.add((r["variant"], r["seed"]))
+    return done
+
+
 def merge_dataset(bundle: str, out: str, dataset: str, plan: dict, *,
                   seconds: float = 0.0, command: str = "") -> dict:
     """Per-dataset results (`quality.run_quality` schema) from its JSONL + popularity."""
     from dmgin_tf.data.examples import ExampleSet
     from dmgin_tf.bench.popularity import evaluate_popularity
     from dmgin_tf.bench.quality import summarize
-    runs = []
-    path = os.path.join(out, f"quality_{dataset}.jsonl")
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                line = line.strip()
-                if line:
-                    try:
-                        runs.append(json.loads(line))
-                    except json.JSONDecodeError:   # a line cut by a kill: skip it
-                        continue
-    runs = [r for r in runs if "error" not in r]
+    runs = finished_runs(out, dataset)
     es = ExampleSet.load(os.path.join(bundle, "data", dataset))
     variants = dataset_variants(plan, dataset)
     for v in variants:
@@ -532,7 +572,6 @@ def run_main(args) -> int:
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
     if args.set:
-        from dmgin_tf.errors import DmginError
         sets = [kv for group in args.set for kv in group]
         bad = [kv for kv in sets if "=" not in kv]
         if bad:
@@ -565,9 +604,14 @@ def run_main(args) -> int:
     bundle = os.path.abspath(args.bundle)
     if changes or args.set or args.seeds is not None:
         eff = os.path.join(out, "bundle_view")
-        os.makedirs(eff, exist_ok=True)
+        # Made afresh on every start: a view left by a killed run may link to a bundle
+        # that has moved (dangling links) or to another bundle altogether.
+        if os.path.lexists(eff):
+            shutil.rmtree(eff) if os.path.isdir(eff) and not os.path.islink(eff) \
+                else os.remove(eff)
+        os.makedirs(eff)
         for name in os.listdir(bundle):
-            if name != PLAN_FILE and not os.path.exists(os.path.join(eff, name)):
+            if name != PLAN_FILE:
                 os.symlink(os.path.join(bundle, name), os.path.join(eff, name))
         with open(os.path.join(eff, PLAN_FILE), "w", encoding="utf-8") as f:
             json.dump(plan_dict(plan["datasets"], plan["variants"], plan["seeds"],
@@ -580,6 +624,13 @@ def run_main(args) -> int:
         print(f"[quality] no row of {idle} selected: skipped", flush=True)
         datasets = [ds for ds in datasets if ds not in idle]
     skip = {tuple(x) for x in plan.get("skip_runs") or []}
+    for ds in datasets:
+        done = resumable_runs(out, ds, plan)
+        if done:
+            print(f"[quality] {len(done)} {ds} run(s) already in "
+                  f"{os.path.join(out, f'quality_{ds}.jsonl')} with these settings: not "
+                  f"rerun", flush=True)
+        skip |= {(ds, v, sd) for v, sd in done}
     jobs = [j for j in plan_jobs(datasets, plan["variants"], plan["seeds"], plan["dataset_rows"])
             if (j.dataset, j.variant, j.seed) not in skip]
     layout = worker_layout(args.processes, cpus=args.cpus)

@@ -31,6 +31,7 @@ import json
 import math
 import os
 import time
+import zipfile
 from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 import numpy as np
@@ -409,8 +410,13 @@ class ExampleSet:
         path = os.path.join(directory, ARRAYS_FILE)
         if not os.path.exists(path):
             raise DataError(f"{directory}: no {ARRAYS_FILE}; build it with `dmgin examples build`")
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            raise DataError(f"{path}: not a readable example set ({type(e).__name__}: {e}); "
+                            f"a truncated copy? Copy it again or rebuild it with "
+                            f"`dmgin examples build`") from None
         meta_path = os.path.join(directory, META_FILE)
         metadata = {}
         if os.path.exists(meta_path):

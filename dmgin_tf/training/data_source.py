@@ -36,6 +36,7 @@ from dmgin_tf.features import CATEGORY, MODEL_INPUT_KEYS
 from dmgin_tf.provenance import file_fingerprint
 
 EXAMPLES_FILE = "examples.npz"
+EXAMPLE_META_FILE = "examples.json"
 ITEM_INDEX_FILE = "item_index.parquet"
 CANONICAL_FILES = ("behaviors.parquet", "items.parquet")
 BUILD_RECORD = "build_inputs.json"
@@ -214,6 +215,12 @@ def prepare_example_dir(cfg: Config, data_path: Optional[str], work_dir: str, *,
     """
     from dmgin_tf.data.examples import build_from_canonical, group_table_note
     path = os.fspath(data_path) if data_path else ""
+    if path and os.path.isdir(path) and not _is_example_dir(path) \
+            and os.path.exists(os.path.join(path, EXAMPLE_META_FILE)):
+        # examples.json without its arrays: a partial copy, not raw data to convert.
+        raise DataError(f"--data {path}: holds {EXAMPLE_META_FILE} but no {EXAMPLES_FILE}: an "
+                        f"example set copied in part; copy the whole folder again (or "
+                        f"build it with `dmgin examples build`)")
     if path and _is_example_dir(path):
         _note_config_differences(path, cfg.data, log)
         _check_grouping_of_example_dir(path, cfg, group_table, log)

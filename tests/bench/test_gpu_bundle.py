@@ -118,3 +118,23 @@ def test_quality_run_sh_fails_when_its_driver_fails(tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert p.returncode != 0 and "the quality driver failed" in p.stderr, p.stderr[-2000:]
     assert os.path.exists(tmp_path / "o" / "quality" / "driver.log")
+
+
+def test_run_sh_again_skips_the_runs_that_finished(tmp_path):
+    """After an interruption, run.sh trained every finished dataset again (hours on a
+    GPU) and overwrote its log; a finished run (its metrics.json) is now skipped unless
+    FORCE=1."""
+    import sys
+    out = str(tmp_path / "bundle")
+    build_bundle(Config(), ["taobao"], out, wheels=False, log=lambda *a: None)
+    run_out = tmp_path / "o"
+    (run_out / "taobao_dmgin").mkdir(parents=True)
+    (run_out / "taobao_dmgin" / "metrics.json").write_text("{}")
+    (run_out / "taobao_dmgin.log").write_text("the first attempt\n")
+    env = dict(os.environ, PYTHON=sys.executable, RUN_OUT=str(run_out), DMGIN_NO_INSTALL="1")
+    p = subprocess.run(["bash", os.path.join(out, "run.sh")], env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "taobao_dmgin: finished earlier" in p.stdout and "FORCE=1" in p.stdout
+    assert (run_out / "taobao_dmgin.log").read_text() == "the first attempt\n"
+    assert "tee -a" in open(os.path.join(out, "run.sh")).read()

@@ -478,3 +478,46 @@ def test_margins_of_one_seed_claim_no_verdict():
     res = quality.summarize("movielens", runs, rows, [0], quality.Budget(epochs=4),
                             default_key="category", data="ml", backend="jax")
     assert "not determined" in quality.margins_line(res)
+
+
+def test_a_queue_run_again_into_the_same_folder_resumes_and_never_mixes_settings(tmp_path):
+    """Run again into the same OUT, the queue trained finished runs again and appended
+    them: the results counted two runs for one seed, averaged across budgets."""
+    from dmgin_tf.errors import DmginError
+    bundle = _bundle_with_plan(tmp_path, [0, 1])
+    plan = quality_jobs.load_plan(bundle)
+    out = tmp_path / "out"
+    out.mkdir()
+    settings = quality_jobs.run_settings(plan, "taobao")
+
+    def record(seed, auc, settings=settings):
+        return json.dumps({"dataset": "taobao", "variant": "dmgin", "seed": seed,
+                           "settings": settings, "test": {"auc": auc, "gauc": 0.6},
+                           "val": {"auc": 0.7}, "seconds": 1.0})
+
+    path = out / "quality_taobao.jsonl"
+    path.write_text(record(0, 0.70) + "\n" + record(0, 0.72) + "\n")   # the same run twice
+    assert quality_jobs.resumable_runs(str(out), "taobao", plan) == {("dmgin", 0)}
+    rows = {r["variant"]: r for r in quality_jobs.merge_dataset(bundle, str(out), "taobao",
+                                                                 plan)["rows"]}
+    assert rows["dmgin"]["runs"] == 1 and rows["dmgin"]["auc"]["mean"] == pytest.approx(0.72)
+    other = dict(settings, budget=dict(settings["budget"], epochs=99))
+    path.write_text(record(0, 0.70) + "\n" + record(1, 0.71, other) + "\n")
+    with pytest.raises(DmginError, match=r"holds runs made with other settings .*RUN_OUT"):
+        quality_jobs.resumable_runs(str(out), "taobao", plan)
+
+
+def test_a_stale_bundle_view_is_made_afresh(tmp_path):
+    """A view left by a killed run linked to the old bundle (or dangled after a move):
+    "src: File exists", or workers silently reading the other bundle's files."""
+    bundle = _bundle_with_plan(tmp_path, [0])
+    out = tmp_path / "o"
+    view = out / "bundle_view"
+    view.mkdir(parents=True)
+    os.symlink(str(tmp_path / "moved_away" / "src"), str(view / "src"))        # dangling
+    os.symlink(str(tmp_path / "other_bundle" / "data"), str(view / "data"))
+    quality_jobs.main(["run", "--bundle", bundle, "--out", str(out), "--seeds", "1",
+                       "--variants", "dmgin", "--budget-s", "0"])
+    for name in os.listdir(bundle):
+        if name != quality_jobs.PLAN_FILE:
+            assert os.readlink(view / name) == os.path.join(os.path.abspath(bundle), name)

@@ -186,6 +186,23 @@ def test_example_set_matches_per_user_function_and_is_order_independent():
     assert sum(v["examples"] for v in c.values()) == len(es) == 2 * len(beh)
 
 
+def test_a_truncated_or_missing_example_set_is_named(tmp_path):
+    """A partial copy (e.g. to a GPU host) gave `BadZipFile: File is not a zip file`
+    without a path, and a folder with examples.json but no examples.npz was taken for
+    raw data to convert."""
+    from dmgin_tf.config import Config
+    from dmgin_tf.training.data_source import prepare_example_dir
+    beh, items = make_tables(seed=1)
+    build_example_set(beh, items, TAOBAO, None, DataConfig(), progress=False).save(tmp_path)
+    npz = tmp_path / "examples.npz"
+    npz.write_bytes(npz.read_bytes()[:1000])
+    with pytest.raises(DataError, match=r"examples.npz: not a readable example set .*Copy it again"):
+        ExampleSet.load(tmp_path)
+    npz.unlink()
+    with pytest.raises(DataError, match=r"holds examples.json but no examples.npz.*copy the whole"):
+        prepare_example_dir(Config(), str(tmp_path), str(tmp_path / "work"))
+
+
 def test_example_set_keeps_file_order_for_equal_timestamps():
     beh = pd.DataFrame({USER_ID: ["u"] * 4, ITEM_ID: ["c", "a", "b", "d"],
                         BEHAVIOR: ["pv", "buy", "pv", "pv"], TIMESTAMP: [5, 5, 5, 9]})
