@@ -265,6 +265,9 @@ def build_bundle(cfg: Config, datasets: Sequence[str], output: str, *,
         for name, path in paths.items():
             if not os.path.exists(path):
                 raise DmginError(f"gpu bundle {flag} {name}={path}: no such file or directory")
+    for name, path in (data_paths or {}).items():     # before anything is written
+        if path and not os.path.exists(path):
+            raise DmginError(f"gpu bundle --data {name}={path}: no such file or directory")
     os.makedirs(output, exist_ok=True)
     data_paths = data_paths or {}
     rows_by_dataset: Dict[str, list] = {}

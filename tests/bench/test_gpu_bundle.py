@@ -80,6 +80,10 @@ def test_bundle_cli_variants_need_known_rows_and_quality(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--variants: unknown row(s) ['dmgin key=cluster']" in err and "'dmgin -stats'" in err
     assert not os.path.exists(tmp_path / "b")
+    # A missing --data path is named with its dataset, and nothing is written.
+    assert main(base + ["--data", f"movielens={tmp_path / 'nowhere'}"]) == 2
+    assert f"--data movielens={tmp_path / 'nowhere'}: no such file" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "b")
 
 
 def test_run_sh_refuses_wheels_of_another_python(tmp_path):
