@@ -152,6 +152,29 @@ def test_ctrl_c_while_the_commands_load_is_an_interruption(monkeypatch, capsys):
     assert capsys.readouterr().err.strip() == "dmgin: interrupted"
 
 
+def test_sigterm_stops_a_command_like_ctrl_c_with_status_143(tmp_path):
+    """An orchestrator stopping a job sends SIGTERM: the process died at once, without
+    a line or the command's cleanup (Ctrl-C gave both)."""
+    import subprocess
+    import sys
+    code = ("import os, signal, sys, time\n"
+            "from dmgin_tf.cli import data as data_cli, main as m\n"
+            "def slow(args):\n"
+            "    try:\n"
+            "        os.kill(os.getpid(), signal.SIGTERM)\n"
+            "        time.sleep(30)\n"
+            "    finally:\n"
+            "        print('cleanup ran', flush=True)\n"
+            "data_cli._stats = slow\n"
+            "sys.exit(m.main(['data', 'stats', 'x']))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, cwd=str(tmp_path))
+    assert proc.returncode == 143, proc.stderr
+    assert "cleanup ran" in proc.stdout
+    assert proc.stderr.strip().splitlines()[-1] == "dmgin data: terminated (SIGTERM)"
+    assert "Traceback" not in proc.stderr
+
+
 def test_verbose_and_debug_are_accepted_after_the_command():
     """`dmgin data convert ... --debug` was "unrecognized arguments"."""
     import argparse

@@ -61,13 +61,38 @@ def _version() -> str:
     return f"dmgin-tf {__version__}"
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (an orchestrator stopping the job, `kill`): handled as Ctrl-C is — the
+    command's cleanup runs, one line says so — with SIGTERM's exit status 143."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
+def _stopped(prog: str, e: BaseException) -> int:
+    if isinstance(e, Terminated):
+        print(f"{prog}: terminated (SIGTERM)", file=sys.stderr)
+        return 143
+    print(f"{prog}: interrupted", file=sys.stderr)
+    return 130
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+    import threading
+    previous = None
+    if threading.current_thread() is threading.main_thread() \
+            and signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return _main(argv)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         # Ctrl-C before a command runs (the subcommands' imports take seconds): no traceback.
-        print("dmgin: interrupted", file=sys.stderr)
-        return 130
+        return _stopped("dmgin", e)
+    finally:
+        if previous is not None:         # called from Python: leave the caller's handler
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _main(argv: list[str] | None) -> int:
@@ -85,9 +110,8 @@ def _main(argv: list[str] | None) -> int:
     debug = args.debug or os.environ.get("DMGIN_DEBUG", "") not in ("", "0")
     try:
         result = args.func(args)
-    except KeyboardInterrupt:
-        print(f"dmgin {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        return _stopped(f"dmgin {args.command}", e)
     except BrokenPipeError:
         # The reader went away (`dmgin data stats ... | head`): what it read was fine.
         # Point stdout at /dev/null so the interpreter's final flush does not fail again.
@@ -104,22 +128,23 @@ def _main(argv: list[str] | None) -> int:
 def _report(prog: str, e: Exception, ours: tuple, debug_hint: str = "dmgin --debug ...") -> int:
     """An error that ended a command: "interrupted" (130) when it wraps a Ctrl-C (Beam
     re-raises a step's interrupt as its own error), else one line naming it (2)."""
-    if _caused_by_interrupt(e):
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
+    interrupt = _caused_by_interrupt(e)
+    if interrupt is not None:
+        return _stopped(prog, interrupt)
     print(f"{prog}: error: {_one_line(e, ours, debug_hint)}", file=sys.stderr)
     return 2
 
 
-def _caused_by_interrupt(e: BaseException) -> bool:
-    """Whether `e` was raised while handling a KeyboardInterrupt (its cause or context
-    chain holds one): Beam re-raises a step's interrupt as a RuntimeError."""
+def _caused_by_interrupt(e: BaseException):
+    """The KeyboardInterrupt (Ctrl-C, or `Terminated`) `e` was raised while handling, if
+    its cause or context chain holds one (Beam re-raises a step's interrupt as a
+    RuntimeError); else None."""
     seen = 0
     while e is not None and seen < 20:
         if isinstance(e, KeyboardInterrupt):
-            return True
+            return e
         e, seen = e.__cause__ or e.__context__, seen + 1
-    return False
+    return None
 
 
 def run_script(fn, argv=None) -> int:
@@ -131,9 +156,8 @@ def run_script(fn, argv=None) -> int:
     prog = os.path.basename(sys.argv[0]) or "script"
     try:
         return int(fn(argv) or 0)
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        return _stopped(prog, e)
     except Exception as e:  # noqa: BLE001 - reported in one line, as the CLI does
         if os.environ.get("DMGIN_DEBUG", "") not in ("", "0") and not _caused_by_interrupt(e):
             raise
