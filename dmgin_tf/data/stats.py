@@ -90,7 +90,7 @@ def format_stats(stats: dict) -> str:
             ("items with behaviors", f"{stats['items_with_behaviors']:,}"),
             ("interactions", f"{stats['interactions']:,}"),
             ("history length p50 / p90 / p99 / max",
-             f"{h['p50']:g} / {h['p90']:g} / {h['p99']:g} / {h['max']:,}"),
+             f"{h['p50']:,.0f} / {h['p90']:,.0f} / {h['p99']:,.0f} / {h['max']:,}"),
             ("history length mean", f"{h['mean']:.1f}")]
     total = stats["interactions"] or 1
     for b, n in stats["behavior_counts"].items():
