@@ -59,8 +59,10 @@ def tfx_beam_args(beam_cfg: BeamConfig) -> List[str]:
 
     They stay on DirectRunner here (docs/design.md: Architecture and data flow); `extra_args` pass through. Our own
     components get the full `beam_cfg` (any runner) through their `beam_config`."""
-    from transform.beam_runner import default_workers, pipeline_args
-    workers = beam_cfg.direct_num_workers or default_workers()   # 0 = one per core
+    from transform.beam_runner import pipeline_args
+    # 0 stays 0: Beam takes it as one worker per core of the machine the component runs
+    # on — a compiled pipeline must not carry the compiling machine's core count.
+    workers = beam_cfg.direct_num_workers
     mode = "in_memory" if workers == 1 else beam_cfg.direct_running_mode
     direct = BeamConfig(runner="direct", direct_num_workers=workers, direct_running_mode=mode,
                         extra_args=beam_cfg.extra_args if beam_cfg.runner == "direct" else ())

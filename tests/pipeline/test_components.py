@@ -321,3 +321,14 @@ def test_warm_start_leaves_group_tables_fresh_when_the_grouping_key_changed(tmp_
     kept = [p for p in old_w if p not in group_paths and old_w[p].size > 1
             and np.array_equal(changed[p], old_w[p])]
     assert kept                                        # the rest still warm-started
+
+
+def test_tfx_components_beam_workers_are_decided_where_they_run():
+    """direct_num_workers 0 (one per core) was resolved on the machine that built the
+    pipeline, so a compiled pipeline carried the laptop's core count to every pod."""
+    from dmgin_tf.config import BeamConfig
+    from tfx_pipeline.pipeline import tfx_beam_args
+    args = tfx_beam_args(BeamConfig(direct_num_workers=0))
+    assert "--direct_num_workers=0" in args and "--direct_running_mode=multi_processing" in args
+    one = tfx_beam_args(BeamConfig(direct_num_workers=1))
+    assert "--direct_running_mode=in_memory" in one and "--direct_num_workers=1" in one
