@@ -126,6 +126,13 @@ def _run(args) -> int:
 def _compile(args) -> int:
     from tfx_pipeline.compile import compile_pipeline
     cfg, root, data_root, serving, kwargs = _setup(args)
+    if args.data:
+        # As `run` does: the span's converted data under the data root, where the
+        # compiled pipeline's components read it (--data was otherwise only read for
+        # which config to use).
+        from tfx_pipeline.runner import prepare_span
+        span_path = prepare_span(cfg, data_root, args.span, args.data)
+        print(f"span {args.span}: {display_path(span_path)}", flush=True)
     path = compile_pipeline(cfg, args.target, args.output, data_root=data_root, span=args.span,
                             pipeline_root=root, serving_base=serving, image=args.image, **kwargs)
     print(f"wrote {path}")

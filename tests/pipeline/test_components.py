@@ -332,3 +332,35 @@ def test_tfx_components_beam_workers_are_decided_where_they_run():
     assert "--direct_num_workers=0" in args and "--direct_running_mode=multi_processing" in args
     one = tfx_beam_args(BeamConfig(direct_num_workers=1))
     assert "--direct_running_mode=in_memory" in one and "--direct_num_workers=1" in one
+
+
+def test_the_example_builder_refuses_groups_of_another_span(tmp_path):
+    """Airflow re-reads the DAG file (and so the newest span) for every task: a span
+    landing mid-run made ExampleBuilder build span 3 with span 2's groups, silently."""
+    import json
+    from dmgin_tf.errors import DataError
+    from tfx.types import standard_artifacts
+    from tfx_pipeline.artifacts import SPAN, ItemGroups
+    from tfx_pipeline.components.example_builder import Executor
+    groups = ItemGroups()
+    groups.uri = str(tmp_path / "groups")
+    groups.set_int_custom_property(SPAN, 2)
+    out = standard_artifacts.Examples()
+    out.uri = str(tmp_path / "examples")
+    with pytest.raises(DataError, match="span 3, but the ItemGrouper of this run grouped "
+                                        "span 2"):
+        Executor().Do({"item_groups": [groups]}, {"examples": [out]},
+                      {"span": 3, "data_root": str(tmp_path / "data"), "data_config": "{}"})
+
+
+def test_compile_stages_the_span_given_with_data(spans, tmp_path):
+    """`dmgin pipeline compile --data DIR` read --data only to pick the config: the
+    compiled pipeline then found no span under its data root."""
+    from dmgin_tf.cli.main import main
+    root = tmp_path / "root"
+    assert main(["pipeline", "compile", "--target", "ir", "--dataset", "taobao",
+                 "--config", "tfx_pipeline/sample_config.yaml",
+                 "--data", os.path.join(spans, "span-1"), "--pipeline-root", str(root),
+                 "--output", str(tmp_path / "p.pbtxt")]) == 0
+    assert os.path.exists(root / "data" / "span-1" / "behaviors.parquet")
+    assert os.path.exists(tmp_path / "p.pbtxt")

@@ -41,7 +41,7 @@ from dmgin_tf import features as F
 from dmgin_tf.config import DataConfig
 from dmgin_tf.data.sequences import RECORD_FORMAT
 from dmgin_tf.errors import DataError
-from tfx_pipeline.artifacts import GROUPS_FILE, ItemGroups
+from tfx_pipeline.artifacts import GROUPS_FILE, SPAN, ItemGroups
 from tfx_pipeline.components.common import beam_config, check_parameters, require_span_dir
 
 # protocol split (transform.examples / dmgin_tf.data.examples) -> TFX split name
@@ -83,9 +83,18 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             raise DataError(f"ExampleBuilder: the pipeline asks for user records of layout "
                             f"{wanted}; this installation writes layout {RECORD_FORMAT} "
                             f"(recompile the pipeline with the installed package)")
+        groups = artifact_utils.get_single_instance(input_dict["item_groups"])
+        groups_span = groups.get_int_custom_property(SPAN) \
+            if groups.has_custom_property(SPAN) else span
+        if groups_span != span:
+            # An orchestrator that builds each task's pipeline anew (Airflow re-reads the
+            # DAG file per task) can pick a newer span between two tasks of one run.
+            raise DataError(f"ExampleBuilder: span {span}, but the ItemGrouper of this run "
+                            f"grouped span {groups_span}: the newest span changed during the "
+                            f"run. Land a new span only between runs (or pin --span); rerun.")
         data_dir = require_span_dir(exec_properties["data_root"], span)
         data_cfg = DataConfig.from_dict(json.loads(exec_properties["data_config"]))
-        groups_uri = artifact_utils.get_single_uri(input_dict["item_groups"])
+        groups_uri = groups.uri
         table = pd.read_parquet(os.path.join(groups_uri, GROUPS_FILE))
         item_groups = dict(zip(table[F.ITEM_ID].astype(str), table["group_id"].astype(int)))
         out = output_dict["examples"][0]
