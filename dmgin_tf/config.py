@@ -389,8 +389,14 @@ class BeamConfig(ConfigBase):
                       + ("HOST:PORT" if self.runner == "flink" else "spark://HOST:PORT")
                       + (" ('[local]' for an embedded Flink, which downloads its job-server "
                          "jar)" if self.runner == "flink" else ""))
+        self._require(self.runner != "dask" or bool(self.dask_address)
+                      or self.dask_local_workers > 0, "runner",
+                      "dask needs beam.dask_address=tcp://HOST:PORT (a running scheduler) or "
+                      "beam.dask_local_workers=N (a local cluster for the run)")
         if self.runner == "dataflow":      # what Beam's Dataflow options refuse to run without
-            given = {a.split("=", 1)[0] for a in self.extra_args}
+            # an empty value (--project=) is no value
+            given = {a.split("=", 1)[0] for a in self.extra_args
+                     if "=" not in a or a.split("=", 1)[1].strip()}
             missing = [f for f in ("--project",) if f not in given]
             if not given & {"--temp_location", "--staging_location"}:
                 missing.append("--temp_location")

@@ -91,6 +91,14 @@ def _setup(args):
         raise DmginError("grouping.key=cluster needs item text, which Taobao lacks; use "
                          "--set grouping.key=category")
     root = args.pipeline_root or cfg.pipeline.root
+    for flag, path in (("--pipeline-root", root), ("--data-root", args.data_root or ""),
+                       ("--serving-dir", args.serving_dir or "")):
+        if "://" in path:
+            from dmgin_tf.errors import DmginError
+            raise DmginError(f"{flag} {path}: a URL; the pipeline's own components read and "
+                             f"write with local file APIs, so give a local or mounted path "
+                             f"(e.g. a gcsfuse mount of the bucket; docs/pipeline.md, "
+                             f"Compile targets)")
     data_root = args.data_root or os.path.join(root, "data")
     serving = args.serving_dir or cfg.pipeline.serving_dir
     kwargs = dict(model_name=args.model_name, encoder=args.encoder,

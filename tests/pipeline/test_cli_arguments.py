@@ -27,6 +27,12 @@ from dmgin_tf.cli.main import main
     # downloading its job-server jar, after the span was written.
     (["--beam-runner", "flink", "--set", "grouping.key=category"],
      ["beam.runner='flink'", "beam.job_endpoint", "beam.flink_master"]),
+    # Failed in the first Beam step, after the span was written.
+    (["--beam-runner", "dask"], ["dask needs beam.dask_address", "beam.dask_local_workers"]),
+    # A raw "Couldn't resolve host" from the metadata set-up; the served-version check
+    # reads the serving folder locally.
+    (["--serving-dir", "gs://bucket/models"], ["--serving-dir gs://bucket/models: a URL",
+                                               "mounted path"]),
 ])
 def test_bad_arguments_stop_before_the_pipeline(tmp_path, capsys, args, words):
     (tmp_path / "empty").mkdir()

@@ -44,8 +44,22 @@ def test_dask_options_address_and_partitions():
 
 
 def test_dask_without_address_is_a_clear_error():
+    """Refused when the config is read (it failed only in the first Beam step, after the
+    span was written)."""
+    from dmgin_tf.config import ConfigError
+    with pytest.raises(ConfigError, match="dask needs beam.dask_address=tcp://HOST:PORT .* or "
+                                          "beam.dask_local_workers=N"):
+        BeamConfig.from_dict({"runner": "dask"})
+    # The runner's own check stays for configs built without validation.
     with pytest.raises(DmginError, match="dask_address"):
-        beam_runner.pipeline_args(BeamConfig.from_dict({"runner": "dask"}))
+        beam_runner.pipeline_args(BeamConfig(runner="dask"))
+
+
+def test_dataflow_options_with_empty_values_are_refused():
+    from dmgin_tf.config import ConfigError
+    with pytest.raises(ConfigError, match="--project and --temp_location"):
+        BeamConfig.from_dict({"runner": "dataflow",
+                              "extra_args": ["--project=", "--temp_location= "]})
 
 
 def test_portable_and_dataflow_options_and_passthrough():
