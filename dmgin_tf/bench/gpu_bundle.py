@@ -101,6 +101,10 @@ RUN_SH = r"""#!/usr/bin/env bash
 # DMGIN_SITE (wheel install folder, default /tmp/dmgin_site), DMGIN_NO_INSTALL=1 (Keras
 # already installed), FORCE=1 (train runs that finished earlier again). See docs/gpu.md.
 set -euo pipefail
+if [ "${{1:-}}" = "-h" ] || [ "${{1:-}}" = "--help" ]; then   # the header above, nothing run
+  sed -n '2,/^set -euo/p' "${{BASH_SOURCE[0]}}" | sed -e '$d' -e 's/^# \{{0,1\}}//'
+  exit 0
+fi
 HERE="$(cd "$(dirname "${{BASH_SOURCE[0]}}")" && pwd)"
 RUN_OUT="${{RUN_OUT:-$HERE/out}}"
 PY="${{PYTHON:-python3}}"

@@ -142,3 +142,8 @@ def test_run_sh_again_skips_the_runs_that_finished(tmp_path):
     assert "taobao_dmgin: finished earlier" in p.stdout and "FORCE=1" in p.stdout
     assert (run_out / "taobao_dmgin.log").read_text() == "the first attempt\n"
     assert "tee -a" in open(os.path.join(out, "run.sh")).read()
+    # --help prints the header (usage, environment) and runs nothing.
+    p = subprocess.run(["bash", os.path.join(out, "run.sh"), "--help"], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and "Usage: bash run.sh" in p.stdout and "FORCE=1" in p.stdout
+    assert not p.stderr and "taobao_dmgin: finished earlier" not in p.stdout
