@@ -48,6 +48,11 @@ def run(args: argparse.Namespace) -> int:
             raise DmginError(f"--set {item}: an export takes the model's config from "
                              f"--model-dir ({args.model_dir}/config.json); only serving.* "
                              f"settings apply here")
+    run_config = os.path.join(args.model_dir, "config.json")
+    if not getattr(args, "config", None) and os.path.isfile(run_config):
+        # The run's own serving.* settings (e.g. `dmgin train --set
+        # serving.candidate_buckets=...`), --set on top; the package defaults replaced them.
+        args.config = run_config
     cfg = config_from_args(args)
     base, name = os.path.split(os.path.normpath(args.output))
     paths = export_from_run_dir(args.model_dir, base or ".", name, version=args.version,

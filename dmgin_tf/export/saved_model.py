@@ -59,10 +59,13 @@ def next_version(*model_bases: str) -> int:
 
 
 def _save_atomically(module: ServingModule, final_dir: str, logs, info: dict, sigs,
-                     check: Optional[Callable[[str], None]] = None) -> None:
+                     check: Optional[Callable[[str], None]] = None,
+                     defer: Optional[list] = None) -> None:
     """Saves into a hidden sibling folder (TF Serving loads numeric folders only), runs
     `check` on it, then renames it into place: a version that fails its check is never
-    seen by a server polling `final_dir`'s parent."""
+    seen by a server polling `final_dir`'s parent. With `defer` (a list), the checked
+    folder is not renamed: `(staged, final_dir)` is appended for the caller to publish
+    with its other variants (`_publish`)."""
     parent = os.path.dirname(final_dir)
     os.makedirs(parent, exist_ok=True)
     if os.path.exists(final_dir):
@@ -83,9 +86,30 @@ def _save_atomically(module: ServingModule, final_dir: str, logs, info: dict, si
             json.dump(info, f, indent=1, sort_keys=True)
         if check is not None:
             check(tmp)
-        os.rename(tmp, final_dir)
+        if defer is not None:
+            defer.append((tmp, final_dir))
+            tmp = None
+        else:
+            os.rename(tmp, final_dir)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _publish(staged: Sequence[tuple]) -> None:
+    """Renames checked staging folders into place, one right after the other (every
+    variant of a version appears together, or, on an error, none is left)."""
+    done = []
+    try:
+        for tmp, final in staged:
+            if os.path.exists(final):
+                raise DmginError(f"export: {final} already exists; pick another --version")
+            os.rename(tmp, final)
+            done.append(final)
+    except BaseException:
+        for final in done:
+            shutil.rmtree(final, ignore_errors=True)
+        raise
 
 
 def check_model_name(name) -> None:
@@ -130,6 +154,7 @@ def export_model(model, base_path: str, name: str, *, history_length: int,
         version number (e.g. `verify_export`); an exception leaves no version behind.
     """
     check_model_name(name)
+    variants = list(dict.fromkeys(variants))        # --variants xla,xla traced twice
     unknown = sorted(set(variants) - {"xla", "noxla"})
     if unknown or not variants:
         raise DmginError(f"export: variants must be a non-empty subset of ['xla', 'noxla'], "
@@ -154,24 +179,31 @@ def export_model(model, base_path: str, name: str, *, history_length: int,
     taken = [f for f in finals.values() if os.path.exists(f)]
     if taken:   # before tracing anything: no variant is written when one cannot be
         raise DmginError(f"export: {taken[0]} already exists; pick another --version")
-    paths = {}
-    for variant in variants:
-        module = ServingModule(model, tables, history_length, jit_compile=variant == "xla",
-                               batch_buckets=serving_cfg.batch_buckets,
-                               candidate_buckets=serving_cfg.candidate_buckets,
-                               state_groups=state_groups, state_items=state_items,
-                               contract=contract)
-        final = finals[variant]
-        t0 = time.perf_counter()
-        if log is not None:
-            log(f"export {variant}: tracing the signatures into {final} ...")
-        save_version(module, final, name=name, version=version, serving_cfg=serving_cfg,
-                     warmup_inputs=warmup_inputs, examples=examples,
-                     behavior_types=behavior_types, model_config=model_config, check=check)
-        if log is not None:
-            log(f"export {variant}: saved ({time.perf_counter() - t0:.0f} s)")
-        paths[variant] = final
-    return paths
+    staged = []      # (staging folder, final folder) of each checked variant
+    try:
+        for variant in variants:
+            module = ServingModule(model, tables, history_length, jit_compile=variant == "xla",
+                                   batch_buckets=serving_cfg.batch_buckets,
+                                   candidate_buckets=serving_cfg.candidate_buckets,
+                                   state_groups=state_groups, state_items=state_items,
+                                   contract=contract)
+            t0 = time.perf_counter()
+            if log is not None:
+                log(f"export {variant}: tracing the signatures into {finals[variant]} ...")
+            save_version(module, finals[variant], name=name, version=version,
+                         serving_cfg=serving_cfg, warmup_inputs=warmup_inputs,
+                         examples=examples, behavior_types=behavior_types,
+                         model_config=model_config, check=check, defer=staged)
+            if log is not None:
+                log(f"export {variant}: saved ({time.perf_counter() - t0:.0f} s)")
+        # Every variant of the version appears together: a server polling one variant's
+        # folder never gets a version the other lacks (an interrupt while the second
+        # traced used to leave the first published alone).
+        _publish(staged)
+    finally:
+        for tmp, _ in staged:          # what an error or an interrupt left unpublished
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dict(finals)
 
 
 def save_version(module: ServingModule, final_dir: str, *, name: str, version: Optional[int],
@@ -180,14 +212,16 @@ def save_version(module: ServingModule, final_dir: str, *, name: str, version: O
                  examples: Optional[Sequence[bytes]] = None,
                  behavior_types: Optional[Sequence[str]] = None,
                  model_config: Optional[dict] = None,
-                 check: Optional[Callable[[str], None]] = None) -> None:
+                 check: Optional[Callable[[str], None]] = None,
+                 defer: Optional[list] = None) -> None:
     """Writes one servable version of `module` to `final_dir` (atomically): the
     SavedModel, its warmup records (from `warmup_inputs`, real dense examples, and their
     serialized form `examples` for the tf.Example signatures) and
     `assets.extra/dmgin_export.json` (buckets, signatures, model config: the request
     contract `dmgin serve` enforces). `dmgin export` and the TFX Trainer both save
     through here, so a pushed pipeline model is warmed and checked like an exported one.
-    `check(staged_dir)` runs before the rename to `final_dir` (`_save_atomically`).
+    `check(staged_dir)` runs before the rename to `final_dir` (`_save_atomically`);
+    with `defer` the checked folder is left for the caller to publish.
     """
     sigs = module.signatures()
     # Every padded candidate count a request under the cap reaches, the one beyond the
@@ -214,7 +248,7 @@ def save_version(module: ServingModule, final_dir: str, *, name: str, version: O
             "model_config": model_config or {}}
     if module.has_cached and "user_state" in sigs:
         info.update(user_state_info(sigs["user_state"], module.state_version))
-    _save_atomically(module, final_dir, logs, info, sigs, check)
+    _save_atomically(module, final_dir, logs, info, sigs, check, defer)
 
 
 def read_parity_inputs(run_dir: str) -> Optional[Dict[str, np.ndarray]]:

@@ -28,3 +28,30 @@ def test_export_cli_sets_the_user_state_caps(tmp_path, capsys):
     assert main(["export", "--model-dir", run, "--output", str(tmp_path / "s2" / "m"),
                  "--state-groups", "0"]) == 2
     assert "--state-groups=0: must be >= 1" in capsys.readouterr().err
+
+
+def test_export_cli_keeps_the_runs_serving_settings(tmp_path, capsys):
+    """`dmgin train --set serving.candidate_buckets=...` was recorded in the run and then
+    replaced by the package defaults at `dmgin export` (the Python export kept it)."""
+    import json
+    from dmgin_tf.cli.main import main
+    from dmgin_tf.training.trainer import train
+    from tests.training.tiny import tiny_config, tiny_data
+    cfg = tiny_config(jit_compile=False).apply_overrides(
+        {"model.max_groups": 4, "model.max_per_group": 2, "model.num_heads": 2,
+         "model.mlp_units": [8], "model.attention_units": [4],
+         "serving.candidate_buckets": [8, 32], "serving.max_candidates": 64})
+    run = str(tmp_path / "run")
+    train(cfg, tiny_data(n_train=64, n_val=32, n_test=32), run, verbose=0)
+
+    def exported(*extra):
+        out = str(tmp_path / f"s{len(extra)}" / "m")
+        assert main(["export", "--model-dir", run, "--output", out, "--variants", "noxla",
+                     "--no-verify", *extra]) == 0
+        path = capsys.readouterr().out.strip().splitlines()[-1].split("noxla: ")[1].strip()
+        return json.load(open(f"{path}/assets.extra/dmgin_export.json"))
+
+    info = exported()
+    assert info["candidate_buckets"] == [8, 32] and info["max_candidates"] == 64
+    info = exported("--set", "serving.max_candidates=40")       # --set on top of the run's
+    assert info["candidate_buckets"] == [8, 32] and info["max_candidates"] == 40

@@ -281,6 +281,34 @@ def test_a_version_that_fails_its_check_is_never_published(tmp_path):
     assert os.listdir(tmp_path / "ranker_noxla") == ["1"]
 
 
+def test_a_version_appears_in_every_variant_or_in_none(tmp_path):
+    """An export stopped while tracing its second variant (SIGTERM, a failed check) left
+    the first published alone: a CPU server got version 1, the GPU one never did, and a
+    rerun wrote version 2. Both variants are now published together, after both passed."""
+    from dmgin_tf.export.saved_model import export_model
+    from export.conftest import NUM_ITEMS, tiny_item_index
+    from export.keras_standin import StandInRanker
+    model = StandInRanker(item_vocab=NUM_ITEMS + 2, group_vocab=7)
+    model(tiny_inputs(3))
+    checked = []
+
+    def second_fails(path):
+        checked.append(path)
+        if len(checked) == 2:
+            raise KeyboardInterrupt          # what the CLI's SIGTERM handler raises
+
+    kwargs = dict(history_length=L, item_index=tiny_item_index(), behavior_types=BEHAVIORS,
+                  serving_cfg=SERVING, variants=("xla", "noxla", "xla"))
+    with pytest.raises(KeyboardInterrupt):
+        export_model(model, str(tmp_path), "ranker", check=second_fails, **kwargs)
+    assert len(checked) == 2                 # the repeated "xla" is traced once
+    for base in ("ranker", "ranker_noxla"):
+        assert os.listdir(tmp_path / base) == [], os.listdir(tmp_path / base)
+    paths = export_model(model, str(tmp_path), "ranker", **kwargs)
+    assert paths == {"xla": str(tmp_path / "ranker" / "1"),
+                     "noxla": str(tmp_path / "ranker_noxla" / "1")}
+
+
 def test_a_taken_version_is_refused_before_any_variant_is_traced(tmp_path):
     """`--version N` where N exists (for either variant) fails before tracing: no
     progress line claims an export, and the other variant is not written under N."""
