@@ -1,5 +1,7 @@
-"""Item-popularity baseline: score = how often the candidate item occurs among the
-training events (the bar-to-beat row "item popularity"; docs/design.md: Evaluation protocol).
+"""Item-popularity baseline (row "item popularity"): score = how often the candidate item
+occurs among the training events. The outside bar's row of the same name
+(docs/design.md: Evaluation protocol) ranks by the item's smoothed positive rate instead,
+which the context statistics give every trained row (docs/benchmarks.md, Quality).
 
 Counted over the train split's real events only — sampled negatives (Taobao) are not
 behaviors and validation/test events are the future — so the baseline sees exactly the
