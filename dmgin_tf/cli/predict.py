@@ -121,7 +121,7 @@ def _record_batches(path: str, batch_size: int):
             break
         except tf.errors.OpError as e:
             # The op's message carries TF's function and device names; keep its last part.
-            detail = e.message.split("}}")[-1].split("[Op:")[0].strip(" ;:")
+            detail = e.message.split("}}")[-1].split("[Op:")[0].strip(" ;:'")
             raise DmginError(f"--examples {path}: cannot read TFRecords: {detail} (after "
                              f"{start + len(chunk)} records; a TFRecord file of serialized "
                              "tf.train.Examples)") from None
@@ -144,6 +144,12 @@ def _score(client, target, start, chunk):
     try:
         ctr = client.predict_examples(chunk, batch_size=len(chunk))
     except grpc.RpcError as e:
+        if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in \
+                (e.details() or ""):
+            raise DmginError(
+                f"{target}: records {start}..{start + len(chunk) - 1} make a request larger "
+                f"than gRPC's message limit ({e.details()}); long histories need smaller "
+                f"batches: --batch-size {max(1, len(chunk) // 4)}") from None
         if e.code() != grpc.StatusCode.INVALID_ARGUMENT:
             raise DmginError(f"{target}: {e.code().name}: {e.details()}") from None
         if len(chunk) == 1:

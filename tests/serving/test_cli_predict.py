@@ -116,3 +116,26 @@ def test_rejects_without_skip_is_refused(tmp_path, capsys):
     assert main(["predict", "--examples", _write(tmp_path / "e.tfrecord", np.ones((1, 3))),
                  "--rejects", str(tmp_path / "r.csv"), "--target", "127.0.0.1:1"]) == 2
     assert "--on-invalid skip" in capsys.readouterr().err
+
+
+def test_a_batch_over_the_message_limit_names_its_records_and_a_batch_size(
+        tmp_path, target, capsys, monkeypatch):
+    """Long histories made a batch larger than gRPC's limit: a raw "Sent message larger
+    than max" without the records or what to change."""
+    import dmgin_tf.serving as serving_package
+    monkeypatch.setattr(serving_package, "Client", _small_limit_client(serving_package.Client))
+    x = np.random.default_rng(0).normal(size=(8, 3)).astype(np.float32)
+    assert main(["predict", "--target", target, "--model", "m", "--examples",
+                 _write(tmp_path / "e.tfrecord", x), "--batch-size", "8",
+                 "--output", str(tmp_path / "o.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "records 0..7 make a request larger than gRPC's message limit" in err, err
+    assert "--batch-size 2" in err
+
+
+def _small_limit_client(cls):
+    class Small(cls):
+        def __init__(self, *args, **kwargs):
+            kwargs["max_message_bytes"] = 120
+            super().__init__(*args, **kwargs)
+    return Small
