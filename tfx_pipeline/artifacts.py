@@ -11,6 +11,9 @@ cluster c (0-based, stable across retrains) is group id c + 2.
 """
 from __future__ import annotations
 
+import json
+import os
+
 from tfx.types.artifact import Artifact
 
 # Type names follow KFP's schema-title rule (`<namespace>.<Name>`) and the span is an int
@@ -40,3 +43,13 @@ GROUPS_FILE = "item_groups.parquet"
 WARM_START_DIR = "dmgin_warmstart"
 CENTROIDS_FILE = "centroids.npy"
 GROUPING_INFO_FILE = "grouping.json"
+
+
+def grouping_info(item_groups_uri: str) -> dict:
+    """An ItemGroups artifact's `grouping.json` (key, span, kept / new ids, ...); {} when
+    it has none."""
+    path = os.path.join(item_groups_uri, GROUPING_INFO_FILE)
+    if not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)

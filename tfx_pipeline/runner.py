@@ -393,13 +393,6 @@ def served_versions(model_dir: str) -> List[str]:
     return [os.path.join(model_dir, n) for n in sorted(found, key=int)]
 
 
-def pushed_destinations(pipeline_root: str, pipeline_name: Optional[str] = None) -> List[str]:
-    """Every version folder the Pusher pushed from this pipeline root (from its
-    metadata); with `pipeline_name`, only the pushes of the pipeline of that name."""
-    return [dest for dest, name in _pushes(pipeline_root)
-            if pipeline_name is None or name == pipeline_name]
-
-
 def _pushes(pipeline_root: str) -> List[tuple]:
     """(pushed version folder, name of the pipeline that pushed it) from the root's
     metadata (a pipeline's artifacts belong to its `pipeline` context)."""
@@ -515,12 +508,8 @@ def regrouping_note(item_groups_uri: str) -> Optional[str]:
     """A note when this run's ItemGrouper numbered the groups afresh because
     `grouping.key` changed since the previous span (the group ids, and the Trainer's
     group tables, start over)."""
-    from tfx_pipeline.artifacts import GROUPING_INFO_FILE
-    path = os.path.join(item_groups_uri, GROUPING_INFO_FILE)
-    if not os.path.exists(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        info = json.load(f)
+    from tfx_pipeline.artifacts import grouping_info
+    info = grouping_info(item_groups_uri)
     if "previous_key" not in info:
         return None
     return (f"  note: grouping.key changed from {info['previous_key']!r} to {info['key']!r}: "

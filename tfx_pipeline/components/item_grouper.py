@@ -33,7 +33,7 @@ from dmgin_tf import features as F
 from dmgin_tf.config import GroupingConfig
 from dmgin_tf.errors import DataError
 from tfx_pipeline.artifacts import (SPAN, CENTROIDS_FILE, GROUPING_INFO_FILE, GROUPS_FILE, ItemEmbeddings,
-                                    ItemGroups)
+                                    ItemGroups, grouping_info)
 from tfx_pipeline.components.common import beam_config, check_parameters, require_span_dir
 
 GROUP_KEYS_FILE = "group_keys.json"
@@ -68,17 +68,6 @@ def key_groups(items, key: str, previous: Optional[Dict[str, int]]) -> Dict[str,
     return mapping
 
 
-def _grouping_key(groups_artifact) -> Optional[str]:
-    """`grouping.key` the ItemGroups artifact was made with (None: unknown / none)."""
-    if groups_artifact is None:
-        return None
-    path = os.path.join(groups_artifact.uri, GROUPING_INFO_FILE)
-    if not os.path.exists(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f).get("key")
-
-
 class Executor(base_beam_executor.BaseBeamExecutor):
     """Fits (or extends) the grouping; see the module docstring."""
 
@@ -95,7 +84,8 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         data_dir = require_span_dir(exec_properties["data_root"], span, ("items.parquet",))
         items = pd.read_parquet(os.path.join(data_dir, "items.parquet"))
         previous = (input_dict.get("previous_groups") or [None])[0]
-        previous_key = _grouping_key(previous)
+        # `grouping.key` the previous span's groups were made with (None: unknown / none)
+        previous_key = grouping_info(previous.uri).get("key") if previous is not None else None
         if previous is not None and previous_key not in (None, cfg.key):
             # Ids of another key (category ids vs item ids) mean other groups: keeping
             # them would put an item whose id equals an old category into that group.
