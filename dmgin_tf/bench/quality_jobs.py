@@ -606,9 +606,10 @@ def run_main(args) -> int:
         eff = os.path.join(out, "bundle_view")
         # Made afresh on every start: a view left by a killed run may link to a bundle
         # that has moved (dangling links) or to another bundle altogether.
-        if os.path.lexists(eff):
-            shutil.rmtree(eff) if os.path.isdir(eff) and not os.path.islink(eff) \
-                else os.remove(eff)
+        if os.path.isdir(eff) and not os.path.islink(eff):
+            shutil.rmtree(eff)
+        elif os.path.lexists(eff):
+            os.remove(eff)
         os.makedirs(eff)
         for name in os.listdir(bundle):
             if name != PLAN_FILE:
